@@ -1,0 +1,34 @@
+"""``build``: a variant's layer from a model shape, preset or keyword dims."""
+
+from __future__ import annotations
+
+import torch
+
+from variants.layer import AttentionLayer
+from variants.registry import VARIANTS
+from variants.shape import ATTENTION_KINDS, AttentionKind, ModelShape, check_choice
+
+
+def build(variant: str = "mla", shape: ModelShape | None = None, *, model: str | None = None,
+          attention: AttentionKind = "self", dtype: torch.dtype = torch.float32,
+          device: torch.device | str = "cpu", seed: int | None = None, **dims: object) -> AttentionLayer:
+    """Build ``variant`` ("mha", "mqa", "gqa", "mla", or a plugged-in one).
+
+    The shape is ``shape``, else the preset ``model`` (``conf/model/<model>.yaml``), else ``dims``
+    alone; ``dims`` (``heads=``, ``d_c=``, ...) override it. Weights take torch's default init,
+    drawn from ``seed`` when given without touching the global random state.
+    """
+    spec = VARIANTS.get(variant)
+    check_choice("attention", attention, ATTENTION_KINDS)
+    if shape is None and model is not None:
+        from variants.presets import load_preset
+
+        shape = load_preset(model)
+    shape = shape.replace(**dims) if shape is not None else ModelShape.from_dict(dict(dims))
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(seed)
+        with device:
+            layer = spec.make(shape, attention)
+    return layer.to(dtype=dtype)

@@ -1,0 +1,1 @@
+"""Attention families, one file each; ``variants.registry`` discovers every module here."""

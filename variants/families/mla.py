@@ -1,0 +1,274 @@
+"""Multi-head latent attention as DeepSeek-V2 (arXiv 2405.04434, section 2.1) and V3 define it.
+
+Legend: B batch, L new queries, M tokens whose latent a step computes, T visible keys, D hidden,
+N heads, Q query rank d_c' (q_lora_rank), C latent d_c (kv_lora_rank), R rotary d_r
+(qk_rope_head_dim), P qk_nope_head_dim, V v_head_dim, E key width of a path's attention.
+
+Per token: ``c_kv = RMSNorm(W_DKV x)`` (eq. 9) and ``k_rope = RoPE(W_KR x)`` (eq. 15, one rotary
+key shared by all heads) come out of one down-projection ``kv_a_proj`` of width C + R. Heads get
+``k_nope = W_UK c_kv`` and ``v = W_UV c_kv`` (eqs. 10-11) from ``kv_b_proj``. Queries: ``q_proj``,
+or ``q_b_proj(RMSNorm(q_a_proj x))`` with compression (eqs. 12-13); each head's query splits into
+P nope dims and R rotary dims. Softmax scale ``1/sqrt(P + R)`` (eq. 17). Module names follow the
+Hugging Face port so that checkpoints map by name.
+
+Paths (the cache is the latent ``[c_kv; k_rope]``, C + R values per token and layer, in all but
+``expanded``):
+- ``standard``: up-project the whole cached latent to per-head K, V every step, then attend.
+- ``absorbed``: ``q_lat = q_nope W_UK`` per head, attend on the latent as a single shared key of
+  width C + R and value c_kv, then apply W_UV (or W_O·W_UV folded, ``fold_o``).
+- ``expanded``: cache per-head K (P + R) and V (V), up-projected once when written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from variants.cache import CacheField, CacheLayout
+from variants.cost import Cost, matmul_flops
+from variants.kernel import Kernel
+from variants.layer import AttentionLayer, Step, StepFn
+from variants.registry import register_variant
+from variants.rope import Rope
+from variants.shape import ATTENTION_KINDS, AttentionKind, ModelShape, RopeLayout, check_choice, check_positive
+from variants.variant import VariantSpec
+
+
+@dataclass(frozen=True)
+class MLAConfig:
+    hidden: int  # D
+    heads: int  # N
+    d_c: int  # C, kv_lora_rank
+    d_r: int  # R, qk_rope_head_dim
+    nope_head_dim: int  # P, qk_nope_head_dim
+    v_head_dim: int  # V
+    q_rank: int | None = None  # Q, q_lora_rank; None: plain query projection
+    rope_theta: float = 10000.0
+    rope_layout: RopeLayout = "interleaved"
+    attention: AttentionKind = "self"
+    softmax_scale: float | None = None  # None: 1 / sqrt(P + R); YaRN checkpoints scale it further
+    attention_bias: bool = False  # bias on q_a_proj, kv_a_proj and o_proj (HF's attention_bias)
+    norm_eps: float = 1e-6  # HF's DeepseekV3RMSNorm default, which its attention layer uses
+
+    def __post_init__(self) -> None:
+        for name in ("hidden", "heads", "d_c", "d_r", "nope_head_dim", "v_head_dim"):
+            check_positive(name, getattr(self, name))
+        check_positive("q_rank", self.q_rank, optional=True)
+        if self.d_r % 2:
+            raise ValueError(f"d_r={self.d_r} is odd; the decoupled RoPE key rotates pairs, so d_r must be even")
+        check_choice("attention", self.attention, ATTENTION_KINDS)
+
+
+class MLA(AttentionLayer):
+    paths = ("standard", "absorbed", "expanded")
+
+    def __init__(self, config: MLAConfig, *, variant: str = "mla", rope: Rope | None = None) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.variant = variant
+        self.attention = c.attention
+        self.hidden = c.hidden
+        D, N, Q, C, R, P, V = c.hidden, c.heads, c.q_rank, c.d_c, c.d_r, c.nope_head_dim, c.v_head_dim
+        if Q is None:
+            self.q_proj: nn.Linear | None = nn.Linear(D, N * (P + R), bias=False)
+            self.q_a_proj = self.q_a_norm = self.q_b_proj = None
+        else:
+            self.q_proj = None
+            self.q_a_proj = nn.Linear(D, Q, bias=c.attention_bias)
+            self.q_a_norm = nn.RMSNorm(Q, eps=c.norm_eps)
+            self.q_b_proj = nn.Linear(Q, N * (P + R), bias=False)
+        self.kv_a_proj = nn.Linear(D, C + R, bias=c.attention_bias)
+        self.kv_a_norm = nn.RMSNorm(C, eps=c.norm_eps)
+        self.kv_b_proj = nn.Linear(C, N * (P + V), bias=False)
+        self.o_proj = nn.Linear(N * V, D, bias=c.attention_bias)
+        # Cross-attention rotates nothing (queries and memory are different sequences); the
+        # d_r columns stay, unrotated, so the cache and the cost keep MLA's shape.
+        self.rope: Rope | None = (rope or Rope(R, theta=c.rope_theta, layout=c.rope_layout)) \
+            if c.attention == "self" else None
+        self.scale = c.softmax_scale if c.softmax_scale is not None else (P + R) ** -0.5
+
+    # -- cache ----------------------------------------------------------------------------------
+    def cache_layout(self, path: str) -> CacheLayout:
+        c = self.config
+        if path == "expanded":
+            return CacheLayout((CacheField("k", (c.heads, c.nope_head_dim + c.d_r)),
+                                CacheField("v", (c.heads, c.v_head_dim))))
+        assert path in ("standard", "absorbed")
+        # c_kv first, then k_rope, in one buffer: the absorbed path's shared key is the whole row.
+        return CacheLayout((CacheField("c_kv", (c.d_c,)), CacheField("k_rope", (c.d_r,))), packed=True)
+
+    # -- shared pieces of every path ---------------------------------------------------------------
+    def _queries(self, x_BLD: Tensor, q_start: int | None) -> tuple[Tensor, Tensor]:
+        c = self.config
+        B, L, _ = x_BLD.shape
+        if self.q_proj is not None:
+            q_BLX = self.q_proj(x_BLD)
+        else:
+            q_BLX = self.q_b_proj(self.q_a_norm(self.q_a_proj(x_BLD)))
+        q_BLNE = q_BLX.view(B, L, c.heads, c.nope_head_dim + c.d_r)
+        q_nope_BLNP, q_rope_BLNR = q_BLNE.split([c.nope_head_dim, c.d_r], dim=-1)
+        if self.rope is not None:
+            q_rope_BLNR = self.rope(q_rope_BLNR, q_start)
+        return q_nope_BLNP, q_rope_BLNR
+
+    def _latent(self, x_BMD: Tensor, start: int) -> tuple[Tensor, Tensor]:
+        c = self.config
+        c_kv_BMC, k_rope_BMR = self.kv_a_proj(x_BMD).split([c.d_c, c.d_r], dim=-1)
+        c_kv_BMC = self.kv_a_norm(c_kv_BMC)
+        if self.rope is not None:
+            k_rope_BMR = self.rope(k_rope_BMR, start)
+        return c_kv_BMC, k_rope_BMR
+
+    def _up_project(self, c_kv_BTC: Tensor) -> tuple[Tensor, Tensor]:
+        c = self.config
+        B, T, _ = c_kv_BTC.shape
+        kv_BTNX = self.kv_b_proj(c_kv_BTC).view(B, T, c.heads, c.nope_head_dim + c.v_head_dim)
+        k_nope_BTNP, v_BTNV = kv_BTNX.split([c.nope_head_dim, c.v_head_dim], dim=-1)
+        return k_nope_BTNP, v_BTNV
+
+    def _heads_key(self, k_nope_BTNP: Tensor, k_rope_BTR: Tensor) -> Tensor:
+        B, T, N, _ = k_nope_BTNP.shape
+        # DeepSeek-V2 eq. 16: every head's key ends with the one shared rotary key.
+        k_rope_BTNR = k_rope_BTR.unsqueeze(2).expand(B, T, N, self.config.d_r)
+        return torch.cat((k_nope_BTNP, k_rope_BTNR), dim=-1)
+
+    def _write_latent(self, step: Step) -> None:
+        if step.kv_x_BMD is not None:
+            c_kv_BMC, k_rope_BMR = self._latent(step.kv_x_BMD, step.kv_start)
+            step.cache.write(step.kv_start, c_kv=c_kv_BMC, k_rope=k_rope_BMR)
+
+    def _output(self, o_BLNV: Tensor) -> Tensor:
+        B, L, N, V = o_BLNV.shape
+        return self.o_proj(o_BLNV.reshape(B, L, N * V))
+
+    # -- paths ----------------------------------------------------------------------------------
+    def step_fn(self, path: str, step: Step, kernel: Kernel, **options: Any) -> StepFn:
+        if path == "standard":
+            return self._standard, (step, kernel)
+        if path == "expanded":
+            return self._expanded, (step, kernel)
+        assert path == "absorbed"
+        return self._absorbed, (step, kernel, self.absorbed_weights(fold_o=options["fold_o"]),
+                                options["packed_value"])
+
+    def _standard(self, step: Step, attend: Kernel) -> Tensor:
+        q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
+        self._write_latent(step)
+        k_nope_BTNP, v_BTNV = self._up_project(step.cache.read("c_kv", step.kv_len))
+        k_BTNE = self._heads_key(k_nope_BTNP, step.cache.read("k_rope", step.kv_len))
+        q_BLNE = torch.cat((q_nope_BLNP, q_rope_BLNR), dim=-1)
+        return self._output(attend(q_BLNE, k_BTNE, v_BTNV, scale=self.scale, mask=step.mask))
+
+    def _expanded(self, step: Step, attend: Kernel) -> Tensor:
+        q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
+        if step.kv_x_BMD is not None:
+            c_kv_BMC, k_rope_BMR = self._latent(step.kv_x_BMD, step.kv_start)
+            k_nope_BMNP, v_BMNV = self._up_project(c_kv_BMC)
+            step.cache.write(step.kv_start, k=self._heads_key(k_nope_BMNP, k_rope_BMR), v=v_BMNV)
+        q_BLNE = torch.cat((q_nope_BLNP, q_rope_BLNR), dim=-1)
+        o_BLNV = attend(q_BLNE, step.cache.read("k", step.kv_len), step.cache.read("v", step.kv_len),
+                        scale=self.scale, mask=step.mask)
+        return self._output(o_BLNV)
+
+    def absorbed_weights(self, *, fold_o: bool) -> dict[str, Tensor]:
+        """W_UK ``[N, P, C]`` and W_UV ``[N, V, C]`` (views of kv_b_proj), and with ``fold_o`` the
+        product ``W_O·W_UV`` as ``[D, N·C]``. Computed once at set-up, never inside a step."""
+        c = self.config
+        N, C, P, V, D = c.heads, c.d_c, c.nope_head_dim, c.v_head_dim, c.hidden
+        with torch.no_grad():
+            w_NXC = self.kv_b_proj.weight.view(N, P + V, C)
+            weights = {"w_uk_NPC": w_NXC[:, :P].contiguous(), "w_uv_NVC": w_NXC[:, P:].contiguous()}
+            if fold_o:
+                w_o_DNV = self.o_proj.weight.view(D, N, V)
+                weights["w_ouv_DX"] = torch.einsum("dnv,nvc->dnc", w_o_DNV, weights["w_uv_NVC"]).reshape(D, N * C)
+        return weights
+
+    def _absorbed(self, step: Step, attend: Kernel, weights: dict[str, Tensor], packed_value: bool) -> Tensor:
+        c = self.config
+        q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
+        self._write_latent(step)
+        # DeepSeek-V2 eq. 10 absorbed: q_nope . (W_UK c_kv) = (q_nope W_UK) . c_kv per head.
+        q_lat_BLNC = torch.einsum("blnp,npc->blnc", q_nope_BLNP, weights["w_uk_NPC"])
+        q_BLNE = torch.cat((q_lat_BLNC, q_rope_BLNR), dim=-1)
+        latent_BTE = step.cache.packed[:, :step.kv_len]
+        k_BT1E = latent_BTE.unsqueeze(2)
+        v_BT1X = k_BT1E if packed_value else step.cache.read("c_kv", step.kv_len).unsqueeze(2)
+        o_lat_BLNC = attend(q_BLNE, k_BT1E, v_BT1X, scale=self.scale, mask=step.mask)[..., :c.d_c]
+        B, L, N, C = o_lat_BLNC.shape
+        if "w_ouv_DX" in weights:
+            return F.linear(o_lat_BLNC.reshape(B, L, N * C), weights["w_ouv_DX"], self.o_proj.bias)
+        o_BLNV = torch.einsum("blnc,nvc->blnv", o_lat_BLNC, weights["w_uv_NVC"])
+        return self._output(o_BLNV)
+
+    # -- cost, beside the math above ------------------------------------------------------------
+    def params_by_module(self) -> dict[str, int]:
+        return {name: sum(p.numel() for p in module.parameters())
+                for name, module in self.named_children() if isinstance(module, (nn.Linear, nn.RMSNorm))}
+
+    def cost(self, *, path: str, batch: int, q_len: int, cached: int, new_kv: int,
+             dtype: torch.dtype | None = None, fold_o: bool = False, packed_value: bool = False) -> Cost:
+        c = self.config
+        b = (dtype or self.dtype).itemsize
+        B, L, S, W = batch, q_len, cached, new_kv
+        T = S + W
+        D, N, Q, C, R, P, V = c.hidden, c.heads, c.q_rank, c.d_c, c.d_r, c.nope_head_dim, c.v_head_dim
+        if Q is None:
+            q_flops = matmul_flops(B * L, D, N * (P + R))
+        else:
+            q_flops = matmul_flops(B * L, D, Q) + matmul_flops(B * L, Q, N * (P + R))
+        latent_flops = matmul_flops(B * W, D, C + R)  # kv_a_proj on the new tokens
+        o_flops = matmul_flops(B * L, N * V, D)
+        if path == "standard":
+            path_flops = (matmul_flops(B * T, C, N * (P + V))  # re-expand the whole cache
+                          + matmul_flops(B * N * L, P + R, T) + matmul_flops(B * N * L, T, V) + o_flops)
+        elif path == "expanded":
+            path_flops = (matmul_flops(B * W, C, N * (P + V))  # expand only the new entries
+                          + matmul_flops(B * N * L, P + R, T) + matmul_flops(B * N * L, T, V) + o_flops)
+        else:
+            assert path == "absorbed"
+            value_width = C + R if packed_value else C
+            path_flops = (matmul_flops(B * L * N, P, C)  # q_nope W_UK
+                          + matmul_flops(B * N * L, C + R, T) + matmul_flops(B * N * L, T, value_width))
+            path_flops += matmul_flops(B * L, N * C, D) if fold_o else matmul_flops(B * L * N, C, V) + o_flops
+
+        sizes = self.params_by_module()
+        read = sizes["q_proj"] if Q is None else sizes["q_a_proj"] + sizes["q_a_norm"] + sizes["q_b_proj"]
+        if W:
+            read += sizes["kv_a_proj"] + sizes["kv_a_norm"]
+        if path == "absorbed" and fold_o:
+            # W_UK, and W_O·W_UV in place of W_UV and W_O.
+            read += N * P * C + D * N * C + (D if c.attention_bias else 0)
+        elif path == "expanded":
+            read += (sizes["kv_b_proj"] if W else 0) + sizes["o_proj"]
+        else:
+            read += sizes["kv_b_proj"] + sizes["o_proj"]
+        kv_bytes = self.kv_bytes_per_token(path, dtype)
+        memory_in = W if self.attention == "cross" else 0
+        return Cost(
+            flops=q_flops + latent_flops + path_flops,
+            weight_bytes=read * b,
+            cache_read_bytes=B * S * kv_bytes,
+            cache_write_bytes=B * W * kv_bytes,
+            activation_bytes=B * (2 * L + memory_in) * D * b,
+            params=sum(sizes.values()),
+            kv_bytes_per_token=kv_bytes,
+        )
+
+
+def _make(shape: ModelShape, attention: AttentionKind) -> MLA:
+    config = MLAConfig(hidden=shape.hidden, heads=shape.heads, d_c=shape.d_c, d_r=shape.d_r,
+                       nope_head_dim=shape.nope_head_dim or shape.head_dim,
+                       v_head_dim=shape.v_head_dim or shape.head_dim, q_rank=shape.q_rank,
+                       rope_theta=shape.rope_theta, rope_layout=shape.rope_layout, attention=attention)
+    return MLA(config)
+
+
+MLA_SPEC = register_variant(VariantSpec(
+    "mla", MLA, "multi-head latent attention (DeepSeek-V2/V3)", _make,
+    ("hidden", "heads", "head_dim", "d_c", "d_r", "q_rank", "nope_head_dim", "v_head_dim",
+     "rope_theta", "rope_layout")))

@@ -1,0 +1,1 @@
+"""Built-in implementations, one file each; ``variants.registry`` discovers every module here."""

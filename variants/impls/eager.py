@@ -1,0 +1,10 @@
+"""``eager``: the standard path with explicit matmuls and a float32 softmax (MLA up-projects the
+cached latent to per-head keys and values every step)."""
+
+from variants.implementation import KernelImplementation
+from variants.kernels.eager import EagerKernel
+from variants.registry import register_implementation
+
+IMPLEMENTATION = register_implementation(KernelImplementation(
+    name="eager", path="standard", kernel=EagerKernel(),
+    description="explicit matmuls, float32 softmax; MLA re-expands its latent cache each step"))

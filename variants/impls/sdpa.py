@@ -1,0 +1,9 @@
+"""``sdpa``: the standard path through torch's fused scaled_dot_product_attention."""
+
+from variants.implementation import KernelImplementation
+from variants.kernels.sdpa import SdpaKernel
+from variants.registry import register_implementation
+
+IMPLEMENTATION = register_implementation(KernelImplementation(
+    name="sdpa", path="standard", kernel=SdpaKernel(),
+    description="torch.nn.functional.scaled_dot_product_attention (GQA via enable_gqa, no K/V copy)"))

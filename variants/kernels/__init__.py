@@ -1,0 +1,1 @@
+"""Attention kernels (see ``variants.kernel.Kernel``): one file each."""

@@ -1,0 +1,29 @@
+"""``torch.nn.functional.scaled_dot_product_attention``: torch picks its fused backend.
+
+Legend: B batch, L queries, T keys, N query heads, K kv heads, E query/key dim, V value dim.
+
+GQA goes through ``enable_gqa`` so that the backends that support it (flash on CPU and CUDA) read
+the K kv heads without copying them; a square causal mask goes as ``is_causal`` so fused kernels
+skip the masked blocks.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from variants.mask import AttnMask
+
+
+class SdpaKernel:
+    name = "sdpa"
+    dense_causal = False
+
+    def __call__(self, q_BLNE: Tensor, k_BTKE: Tensor, v_BTKV: Tensor, *, scale: float,
+                 mask: AttnMask) -> Tensor:
+        N, K = q_BLNE.shape[2], k_BTKE.shape[2]
+        attn_mask = None if mask.full or mask.square_causal else mask.keep_LT
+        o_BNLV = F.scaled_dot_product_attention(
+            q_BLNE.transpose(1, 2), k_BTKE.transpose(1, 2), v_BTKV.transpose(1, 2),
+            attn_mask=attn_mask, is_causal=mask.square_causal, scale=scale, enable_gqa=K != N)
+        return o_BNLV.transpose(1, 2)

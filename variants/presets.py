@@ -1,0 +1,60 @@
+"""Real models' attention shapes: the presets in ``conf/model/`` and local ``config.json`` files.
+
+The presets are the Hydra ``model`` group's files, read here too so that a notebook and a sweep
+use one source. Nothing is downloaded: a Hugging Face shape comes from a local path.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from variants.shape import ModelShape
+
+# The repository's Hydra config folder (the project runs from a checkout or an editable install).
+PRESET_DIR = Path(__file__).resolve().parent.parent / "conf" / "model"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def load_preset(name: str) -> ModelShape:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(preset_names())}")
+    return ModelShape.from_dict(yaml.safe_load(path.read_text()))
+
+
+_MLA_TYPES = ("deepseek_v2", "deepseek_v3")
+_GQA_TYPES = ("llama", "mistral", "qwen2")
+
+
+def shape_from_hf_config(path: str | Path) -> ModelShape:
+    """Read a model's attention shape from a local Hugging Face ``config.json`` (file or folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ValueError(f"no config.json at {path}")
+    cfg = json.loads(path.read_text())
+    model_type = cfg.get("model_type")
+    if model_type not in _MLA_TYPES + _GQA_TYPES:
+        raise ValueError(f"model_type={model_type!r} in {path} is not supported; "
+                         f"valid: {', '.join(_MLA_TYPES + _GQA_TYPES)}")
+    rope = cfg.get("rope_parameters") or {}
+    theta = float(cfg.get("rope_theta", rope.get("rope_theta", 10000.0)))
+    heads = cfg["num_attention_heads"]
+    common = dict(name=cfg.get("_name_or_path") or path.parent.name, hidden=cfg["hidden_size"], heads=heads,
+                  num_layers=cfg["num_hidden_layers"], rope_theta=theta)
+    if model_type in _MLA_TYPES:
+        return ModelShape(**common, head_dim=cfg["qk_nope_head_dim"], kv_heads=cfg.get("num_key_value_heads"),
+                          d_c=cfg["kv_lora_rank"], d_r=cfg["qk_rope_head_dim"], q_rank=cfg.get("q_lora_rank"),
+                          nope_head_dim=cfg["qk_nope_head_dim"], v_head_dim=cfg["v_head_dim"],
+                          rope_layout="interleaved" if cfg.get("rope_interleave", True) else "half")
+    head_dim = cfg.get("head_dim") or cfg["hidden_size"] // heads
+    return ModelShape(**common, head_dim=head_dim, kv_heads=cfg.get("num_key_value_heads", heads),
+                      d_c=4 * head_dim, d_r=max(2, head_dim // 2), rope_layout="half",
+                      qkv_bias=model_type == "qwen2" or bool(cfg.get("attention_bias", False)))

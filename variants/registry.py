@@ -1,0 +1,86 @@
+"""Name -> object registries for variants and implementations, filled by decorators.
+
+Built-ins are the modules of ``variants.families`` and ``variants.impls``; adding one is one new
+file there. Other packages add theirs through Python entry points, without editing attnbench:
+
+    [project.entry-points."attnbench.implementations"]
+    flashmla = "my_pkg.flashmla:IMPLEMENTATION"   # an Implementation, or a zero-arg factory of one
+
+Discovery runs on the first lookup, not at import, so importing ``variants`` has no side effects.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import pkgutil
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str, *, package: str, entry_point_group: str) -> None:
+        self.kind = kind
+        self.package = package
+        self.entry_point_group = entry_point_group
+        self._items: dict[str, T] = {}
+        self._discovered = False
+
+    def add(self, name: str, item: T) -> T:
+        existing = self._items.get(name)
+        if existing is not None and existing is not item:
+            raise ValueError(f"{self.kind} {name!r} is registered twice")
+        self._items[name] = item
+        return item
+
+    def _discover(self) -> None:
+        if self._discovered:
+            return
+        self._discovered = True
+        pkg = importlib.import_module(self.package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{self.package}.{info.name}")
+        for ep in importlib.metadata.entry_points(group=self.entry_point_group):
+            loaded = ep.load()
+            found = loaded() if callable(loaded) and not hasattr(loaded, "name") else loaded
+            for item in found if isinstance(found, (list, tuple)) else [found]:
+                self.add(item.name, item)
+
+    def get(self, name: str) -> T:
+        self._discover()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ValueError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}") from None
+
+    def names(self) -> list[str]:
+        self._discover()
+        return sorted(self._items)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter([self._items[n] for n in self.names()])
+
+
+VARIANTS: Registry = Registry("variant", package="variants.families",
+                              entry_point_group="attnbench.variants")
+IMPLEMENTATIONS: Registry = Registry("implementation", package="variants.impls",
+                                     entry_point_group="attnbench.implementations")
+
+
+def register_implementation(impl: T) -> T:
+    """Register an Implementation instance (``register_implementation(MyImpl(...))``)."""
+    return IMPLEMENTATIONS.add(impl.name, impl)  # type: ignore[attr-defined]
+
+
+def register_variant(spec: T) -> T:
+    return VARIANTS.add(spec.name, spec)  # type: ignore[attr-defined]
+
+
+def decorator(registry: Registry) -> Callable[[type], type]:
+    """Class decorator form: instantiates the class with no arguments and registers it."""
+    def wrap(cls: type) -> type:
+        registry.add(cls.name, cls())  # type: ignore[attr-defined]
+        return cls
+    return wrap

@@ -1,0 +1,80 @@
+"""Rotary position embedding (RoPE, Su et al. 2021) in the two layouts trained checkpoints use.
+
+Legend: B batch, L positions, N heads, R rotary dim (even), F = R/2 frequency pairs.
+
+- ``half`` (Llama, Mistral, Qwen): dimension i is paired with i + R/2.
+- ``interleaved`` (DeepSeek-V2/V3 reference code): dimension 2i is paired with 2i + 1.
+
+Both rotate pair f by angle ``position * inv_freq[f]``; they differ only in which dims form a pair.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from variants.shape import ROPE_LAYOUTS, RopeLayout, check_choice
+
+
+def default_inv_freq(rotary_dim: int, theta: float) -> Tensor:
+    """``theta ** (-2f / R)`` for f in [0, R/2), in float32 as the reference checkpoints compute it."""
+    return 1.0 / (theta ** (torch.arange(0, rotary_dim, 2, dtype=torch.float32) / rotary_dim))
+
+
+def rotate(x_BLNR: Tensor, cos_LF: Tensor, sin_LF: Tensor, layout: RopeLayout) -> Tensor:
+    """Rotate the last dim of ``x`` (any leading dims, positions on dim 1) by the given angles."""
+    # Broadcast [L, F] over [B, L, (N,) F]: positions are dim 1, heads (if any) after them.
+    extra = x_BLNR.dim() - 3
+    cos = cos_LF.view(cos_LF.shape[0], *([1] * extra), cos_LF.shape[1])
+    sin = sin_LF.view(sin_LF.shape[0], *([1] * extra), sin_LF.shape[1])
+    if layout == "half":
+        x1, x2 = x_BLNR.chunk(2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    x1, x2 = x_BLNR[..., 0::2], x_BLNR[..., 1::2]
+    out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return out.flatten(-2)
+
+
+class Rope(nn.Module):
+    """Holds ``inv_freq`` and a cos/sin table; ``table(start, length)`` slices it, never allocates.
+
+    ``scaling`` multiplies cos and sin (YaRN's attention factor, which Hugging Face's rotary
+    classes return as ``attention_scaling``); it is 1 for plain RoPE.
+    """
+
+    def __init__(self, rotary_dim: int, *, theta: float = 10000.0, layout: RopeLayout = "half",
+                 inv_freq: Tensor | None = None, scaling: float = 1.0) -> None:
+        super().__init__()
+        if rotary_dim <= 0 or rotary_dim % 2:
+            raise ValueError(f"rotary dim {rotary_dim} is not allowed: RoPE needs a positive even dim")
+        check_choice("rope_layout", layout, ROPE_LAYOUTS)
+        self.rotary_dim = rotary_dim
+        self.layout: RopeLayout = layout
+        self.scaling = scaling
+        inv = default_inv_freq(rotary_dim, theta) if inv_freq is None else inv_freq.float()
+        assert inv.shape == (rotary_dim // 2,), f"inv_freq must have {rotary_dim // 2} entries"
+        self.register_buffer("inv_freq", inv, persistent=False)
+        self.register_buffer("cos_PF", torch.empty(0, rotary_dim // 2), persistent=False)
+        self.register_buffer("sin_PF", torch.empty(0, rotary_dim // 2), persistent=False)
+
+    def reserve(self, num_positions: int, *, dtype: torch.dtype, device: torch.device) -> None:
+        """Build the table for positions [0, num_positions) once, at set-up, outside any timed call."""
+        if self.cos_PF.shape[0] >= num_positions and self.cos_PF.dtype == dtype and self.cos_PF.device == device:
+            return
+        # Angles and cos/sin in float32, then cast: the convention of the checkpoints' own code
+        # (Hugging Face's rotary classes, DeepSeek's precompute_freqs_cis).
+        pos = torch.arange(num_positions, device=device, dtype=torch.float32)
+        angle_PF = torch.outer(pos, self.inv_freq.to(device))
+        self.cos_PF = (angle_PF.cos() * self.scaling).to(dtype)
+        self.sin_PF = (angle_PF.sin() * self.scaling).to(dtype)
+
+    def table(self, start: int, length: int) -> tuple[Tensor, Tensor]:
+        if start + length > self.cos_PF.shape[0]:
+            raise ValueError(
+                f"positions up to {start + length} exceed the RoPE table of {self.cos_PF.shape[0]}; "
+                "the cache's max_len bounds the positions a layer can see")
+        return self.cos_PF[start:start + length], self.sin_PF[start:start + length]
+
+    def forward(self, x_BLNR: Tensor, start: int) -> Tensor:
+        cos_LF, sin_LF = self.table(start, x_BLNR.shape[1])
+        return rotate(x_BLNR, cos_LF, sin_LF, self.layout)

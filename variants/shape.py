@@ -1,0 +1,83 @@
+"""A model's attention shape: the one set of numbers every variant is built from.
+
+A preset (``conf/model/*.yaml``) or a Hugging Face ``config.json`` gives one ``ModelShape``; each
+variant takes the fields it needs (MHA ignores ``d_c``, MLA ignores ``kv_heads``), so the same
+shape compares all four variants at one model size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+RopeLayout = Literal["half", "interleaved"]
+ROPE_LAYOUTS: tuple[str, ...] = ("half", "interleaved")
+AttentionKind = Literal["self", "cross"]
+ATTENTION_KINDS: tuple[str, ...] = ("self", "cross")
+
+
+def check_positive(name: str, value: int | None, *, optional: bool = False) -> None:
+    """Raise the one-line ``ValueError`` a user sees for a non-positive dimension."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        allowed = "a positive integer or null" if optional else "a positive integer"
+        raise ValueError(f"{name}={value!r} is not allowed: {name} must be {allowed}")
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Attention shape of one model; ``None`` fields fall back as documented per field."""
+
+    hidden: int  # D, the residual width
+    heads: int  # N, query heads
+    head_dim: int  # H, per-head dim of MHA/GQA/MQA (and MLA's nope/v dims when those are None)
+    kv_heads: int | None = None  # K for variant=gqa; None means heads (MHA)
+    d_c: int = 512  # MLA latent c_kv width (DeepSeek-V2: 4 * d_h)
+    d_r: int = 64  # MLA decoupled RoPE width (DeepSeek-V2: d_h / 2)
+    q_rank: int | None = None  # MLA query compression rank d_c'; None: plain query projection
+    nope_head_dim: int | None = None  # MLA qk_nope_head_dim; None means head_dim
+    v_head_dim: int | None = None  # MLA v_head_dim; None means head_dim
+    num_layers: int = 1  # for whole-model figures only; a layer is built one at a time
+    rope_theta: float = 10000.0
+    rope_layout: RopeLayout = "half"
+    qkv_bias: bool = False  # Qwen2 has biases on q, k, v
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        for field in ("hidden", "heads", "head_dim", "d_c", "d_r", "num_layers"):
+            check_positive(field, getattr(self, field))
+        for field in ("kv_heads", "q_rank", "nope_head_dim", "v_head_dim"):
+            check_positive(field, getattr(self, field), optional=True)
+        check_choice("rope_layout", self.rope_layout, ROPE_LAYOUTS)
+        if self.rope_theta <= 0:
+            raise ValueError(f"rope_theta={self.rope_theta!r} is not allowed: it must be positive")
+
+    def replace(self, **changes: object) -> ModelShape:
+        """A copy with some fields changed; unknown names fail with the valid ones."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValueError(f"unknown shape key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> ModelShape:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown shape key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+        return cls(**values)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)

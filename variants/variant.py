@@ -1,0 +1,20 @@
+"""A named variant: a family plus the settings that make it (MHA is GQA with K = N)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from variants.layer import AttentionLayer
+from variants.shape import AttentionKind, ModelShape
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    family: type[AttentionLayer]
+    description: str
+    # Builds the layer (default init, float32, current default device) from a model shape.
+    make: Callable[[ModelShape, AttentionKind], AttentionLayer]
+    # Shape keys this variant reads; a sweep over any other key leaves it unchanged.
+    uses: tuple[str, ...]

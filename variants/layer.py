@@ -124,7 +124,13 @@ class AttentionLayer(nn.Module):
         if compile is not None:
             # Wraps this closure only; nothing is rebound globally.
             fn = torch.compile(fn, mode=compile)
-        return lambda: fn(*args)
+
+        def run() -> Tensor:
+            # Inference: no autograd graph (it would hold every activation and slow each step).
+            with torch.no_grad():
+                return fn(*args)
+
+        return run
 
     # -- helpers ----------------------------------------------------------------------------------
     def _check_path(self, impl: str, path: str) -> None:

@@ -24,15 +24,16 @@ class EagerKernel:
         # Fold the G query heads that share a kv head into the row dimension, so each kv head's
         # keys are multiplied once per group instead of being repeated G times (HF's repeat_kv).
         q_BKME = q_BLNE.view(B, L, K, G, E).permute(0, 2, 3, 1, 4).reshape(B, K, G * L, E)
-        k_BKET = k_BTKE.permute(0, 2, 3, 1)
+        # einsum rather than matmul on permuted views: inductor's attention pattern rewrite
+        # miscompiles the latter in torch 2.13 ("Expected size for first two dimensions of batch2").
         # Softmax in (at least) float32 whatever the input dtype, as the checkpoints' code does.
         acc_dtype = torch.promote_types(q_BLNE.dtype, torch.float32)
-        scores_BKMT = torch.matmul(q_BKME, k_BKET).to(acc_dtype) * scale
+        scores_BKMT = torch.einsum("bkme,btke->bkmt", q_BKME, k_BTKE).to(acc_dtype) * scale
         if not mask.full:
             assert mask.keep_LT is not None, "the eager kernel needs a dense mask"
             scores_BKGLT = scores_BKMT.view(B, K, G, L, -1)
             scores_BKMT = torch.where(mask.keep_LT, scores_BKGLT, float("-inf")).view(B, K, G * L, -1)
         probs_BKMT = torch.softmax(scores_BKMT, dim=-1).to(v_BTKV.dtype)
-        o_BKMV = torch.matmul(probs_BKMT, v_BTKV.permute(0, 2, 1, 3))
+        o_BKMV = torch.einsum("bkmt,btkv->bkmv", probs_BKMT, v_BTKV)
         V = o_BKMV.shape[-1]
         return o_BKMV.view(B, K, G, L, V).permute(0, 3, 1, 2, 4).reshape(B, L, N, V)

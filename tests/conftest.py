@@ -1,0 +1,25 @@
+"""Shared fixtures: fresh random inputs each run, with the seed printed so a failure can be replayed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def seed(request) -> int:
+    """A new seed per test run (``ATTNBENCH_SEED`` replays one); it appears in the failure report."""
+    value = int(os.environ.get("ATTNBENCH_SEED", int.from_bytes(os.urandom(4), "little")))
+    torch.manual_seed(value)
+    request.node.user_properties.append(("seed", value))
+    print(f"seed={value}")
+    return value
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU; none is present"))

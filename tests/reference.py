@@ -1,0 +1,121 @@
+"""A float64 reference written from the papers' equations, independent of ``variants``' code.
+
+Plain per-token, per-head loops over the full sequence (no cache, no kernels, no grouping tricks),
+so that it shares no bug with the optimized paths it checks. Weights are read from a layer's
+parameters by name; everything is cast to float64 first.
+
+Legend: T tokens, D hidden, N heads, K kv heads, H head dim, C latent, R rotary, P nope, V value.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def _w(layer, name: str) -> Tensor | None:
+    module = getattr(layer, name)
+    return None if module is None else module.weight.detach().double()
+
+
+def _b(layer, name: str) -> Tensor | None:
+    module = getattr(layer, name)
+    return None if module is None or module.bias is None else module.bias.detach().double()
+
+
+def linear(x: Tensor, layer, name: str) -> Tensor:
+    out = x @ _w(layer, name).T
+    bias = _b(layer, name)
+    return out if bias is None else out + bias
+
+
+def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
+    return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * weight.double()
+
+
+def rope(vec: Tensor, position: int, theta: float, layout: str) -> Tensor:
+    """RoFormer eq. 34: pair f is rotated by ``position * theta**(-2f/R)``."""
+    R = vec.shape[-1]
+    out = vec.clone()
+    for f in range(R // 2):
+        angle = position * theta ** (-2.0 * f / R)
+        i, j = (f, f + R // 2) if layout == "half" else (2 * f, 2 * f + 1)
+        a, b = vec[..., i], vec[..., j]
+        out[..., i] = a * math.cos(angle) - b * math.sin(angle)
+        out[..., j] = b * math.cos(angle) + a * math.sin(angle)
+    return out
+
+
+def attend(q_TNE: Tensor, k_SNE: Tensor, v_SNV: Tensor, scale: float, causal: bool) -> Tensor:
+    """softmax(q k^T * scale) v, token by token and head by head."""
+    T, N, _ = q_TNE.shape
+    out = torch.zeros(T, N, v_SNV.shape[-1], dtype=torch.float64)
+    for t in range(T):
+        visible = t + 1 if causal else k_SNE.shape[0]
+        for n in range(N):
+            scores = torch.stack([q_TNE[t, n] @ k_SNE[s, n] for s in range(visible)]) * scale
+            p = torch.softmax(scores, dim=0)
+            out[t, n] = sum(p[s] * v_SNV[s, n] for s in range(visible))
+    return out
+
+
+def gqa(layer, x_TD: Tensor, memory_SD: Tensor | None = None) -> Tensor:
+    """GQA (Ainslie et al. 2023): query head n uses kv head n // (N / K); RoPE on q and k."""
+    c = layer.config
+    x = x_TD.double()
+    kv_in = x if memory_SD is None else memory_SD.double()
+    N, K, H = c.heads, c.kv_heads, c.head_dim
+    q = linear(x, layer, "q_proj").view(-1, N, H)
+    k = linear(kv_in, layer, "k_proj").view(-1, K, H)
+    v = linear(kv_in, layer, "v_proj").view(-1, K, H)
+    if memory_SD is None:
+        q = torch.stack([rope(q[t], t, c.rope_theta, c.rope_layout) for t in range(q.shape[0])])
+        k = torch.stack([rope(k[t], t, c.rope_theta, c.rope_layout) for t in range(k.shape[0])])
+    group = N // K
+    k_heads = torch.stack([k[:, n // group] for n in range(N)], dim=1)
+    v_heads = torch.stack([v[:, n // group] for n in range(N)], dim=1)
+    scale = c.softmax_scale if c.softmax_scale is not None else 1 / math.sqrt(H)
+    o = attend(q, k_heads, v_heads, scale, causal=memory_SD is None)
+    return linear(o.reshape(o.shape[0], N * H), layer, "o_proj")
+
+
+def mla(layer, x_TD: Tensor, memory_SD: Tensor | None = None) -> Tensor:
+    """DeepSeek-V2 eqs. 9-19 (section 2.1), with the optional query compression of eqs. 12-13."""
+    c = layer.config
+    x = x_TD.double()
+    kv_in = x if memory_SD is None else memory_SD.double()
+    N, C, R, P, V = c.heads, c.d_c, c.d_r, c.nope_head_dim, c.v_head_dim
+    eps = c.norm_eps
+    if c.q_rank is None:
+        q = linear(x, layer, "q_proj")
+    else:
+        c_q = rms_norm(linear(x, layer, "q_a_proj"), layer.q_a_norm.weight.detach(), eps)  # eq. 12
+        q = linear(c_q, layer, "q_b_proj")  # eqs. 13-14
+    q = q.view(-1, N, P + R)
+    q_c, q_r = q[..., :P], q[..., P:]
+    kv_a = linear(kv_in, layer, "kv_a_proj")
+    c_kv = rms_norm(kv_a[:, :C], layer.kv_a_norm.weight.detach(), eps)  # eq. 9
+    k_r = kv_a[:, C:]  # eq. 15, before rotation
+    w_kv = _w(layer, "kv_b_proj").view(N, P + V, C)
+    k_c = torch.einsum("npc,sc->snp", w_kv[:, :P], c_kv)  # eq. 10
+    v_c = torch.einsum("nvc,sc->snv", w_kv[:, P:], c_kv)  # eq. 11
+    if memory_SD is None:
+        q_r = torch.stack([rope(q_r[t], t, c.rope_theta, c.rope_layout) for t in range(q_r.shape[0])])
+        k_r = torch.stack([rope(k_r[s], s, c.rope_theta, c.rope_layout) for s in range(k_r.shape[0])])
+    q_full = torch.cat([q_c, q_r], dim=-1)  # eq. 16
+    k_full = torch.cat([k_c, k_r.unsqueeze(1).expand(-1, N, R)], dim=-1)  # eq. 17: k_rope shared
+    scale = c.softmax_scale if c.softmax_scale is not None else 1 / math.sqrt(P + R)
+    o = attend(q_full, k_full, v_c, scale, causal=memory_SD is None)  # eq. 18
+    return linear(o.reshape(o.shape[0], N * V), layer, "o_proj")  # eq. 19
+
+
+def reference(layer, x_BTD: Tensor, memory_BSD: Tensor | None = None) -> Tensor:
+    fn = mla if layer.variant == "mla" else gqa
+    outs = [fn(layer, x_BTD[b], None if memory_BSD is None else memory_BSD[b]) for b in range(x_BTD.shape[0])]
+    return torch.stack(outs)
+
+
+def rel_err(actual: Tensor, expected: Tensor) -> float:
+    return ((actual.double() - expected.double()).norm() / expected.double().norm()).item()

@@ -1,0 +1,110 @@
+"""Every implementation against the float64 reference, and the implementations against each other."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import variants
+from tests.reference import reference, rel_err
+from tests.shapes import TINY, TINY_Q, VARIANTS
+
+B, PREFILL, TOTAL, MAX_LEN = 2, 5, 9, 12
+
+
+def supported(layer) -> list[str]:
+    return [impl.name for impl in variants.IMPLEMENTATIONS
+            if impl.supports(layer, phase="decode", device=torch.device("cpu"), dtype=layer.dtype) is None]
+
+
+def shapes_for(variant: str):
+    return [TINY, TINY_Q] if variant == "mla" else [TINY]
+
+
+CASES = [(v, s, layout) for v in VARIANTS for s in shapes_for(v) for layout in ("half", "interleaved")]
+IDS = [f"{v}-q{s.q_rank}-{layout}" for v, s, layout in CASES]
+
+
+@pytest.mark.parametrize(("variant", "shape", "layout"), CASES, ids=IDS)
+def test_every_implementation_matches_float64_reference(variant, shape, layout, seed):
+    layer = variants.build(variant, shape.replace(rope_layout=layout), seed=seed)
+    x_BTD = torch.randn(B, TOTAL, shape.hidden)
+    expected = reference(layer, x_BTD)
+    impls = supported(layer)
+    assert {"eager", "sdpa"} <= set(impls)
+    for impl in impls:
+        cache = layer.new_cache(B, MAX_LEN, impl=impl)
+        got = [layer.prefill(x_BTD[:, :PREFILL], cache, impl=impl),  # prefill
+               layer.decode(x_BTD[:, PREFILL:PREFILL + 1], cache, impl=impl),  # one-token decode
+               layer.decode(x_BTD[:, PREFILL + 1:], cache, impl=impl)]  # multi-token decode
+        err = rel_err(torch.cat(got, dim=1), expected)
+        assert err <= 1e-5, f"{variant}/{impl}: fp32 relative error {err:.2e} > 1e-5"
+        assert cache.length == TOTAL
+
+
+@pytest.mark.parametrize("shape", [TINY, TINY_Q], ids=["no-q-compression", "q-compression"])
+@pytest.mark.parametrize("impl", ["absorbed", "absorbed_sdpa", "absorbed_fold_o"])
+def test_absorbed_equals_eager(shape, impl, seed):
+    layer = variants.build("mla", shape, dtype=torch.float64, seed=seed)
+    x_BTD = torch.randn(B, TOTAL, shape.hidden, dtype=torch.float64)
+    outs = {}
+    for name in ("eager", impl):
+        cache = layer.new_cache(B, MAX_LEN, impl=name)
+        outs[name] = [layer.prefill(x_BTD[:, :PREFILL], cache, impl=name),
+                      layer.decode(x_BTD[:, PREFILL:PREFILL + 1], cache, impl=name),
+                      layer.decode(x_BTD[:, PREFILL + 1:], cache, impl=name)]
+    for phase, a, e in zip(("prefill", "decode-1", "decode-3"), outs[impl], outs["eager"], strict=True):
+        assert rel_err(a, e) <= 1e-12, f"{impl} vs eager differ in {phase}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_token_by_token_decode_equals_prefill_tail(variant, seed):
+    layer = variants.build(variant, TINY_Q if variant == "mla" else TINY, dtype=torch.float64, seed=seed)
+    x_BTD = torch.randn(B, TOTAL, layer.hidden, dtype=torch.float64)
+    for impl in supported(layer):
+        full = layer.prefill(x_BTD, layer.new_cache(B, MAX_LEN, impl=impl), impl=impl)
+        cache = layer.new_cache(B, MAX_LEN, impl=impl)
+        steps = [layer.prefill(x_BTD[:, :1], cache, impl=impl)]
+        steps += [layer.decode(x_BTD[:, t:t + 1], cache, impl=impl) for t in range(1, TOTAL)]
+        assert rel_err(torch.cat(steps, dim=1), full) <= 1e-12, impl
+
+
+@pytest.mark.parametrize(("variant", "kv_heads"), [("mha", TINY.heads), ("mqa", 1)])
+def test_mha_and_mqa_are_gqa_settings(variant, kv_heads, seed):
+    special = variants.build(variant, TINY, dtype=torch.float64, seed=seed)
+    general = variants.build("gqa", TINY.replace(kv_heads=kv_heads), dtype=torch.float64)
+    general.load_state_dict(special.state_dict())
+    x_BTD = torch.randn(B, TOTAL, TINY.hidden, dtype=torch.float64)
+    for impl in ("eager", "sdpa"):
+        a = special.prefill(x_BTD, special.new_cache(B, MAX_LEN, impl=impl), impl=impl)
+        b = general.prefill(x_BTD, general.new_cache(B, MAX_LEN, impl=impl), impl=impl)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert special.kv_bytes_per_token() == general.kv_bytes_per_token()
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_cross_attention_matches_reference(variant, seed):
+    shape = TINY_Q if variant == "mla" else TINY
+    layer = variants.build(variant, shape, attention="cross", seed=seed)
+    memory_BMD = torch.randn(B, 7, shape.hidden)
+    x_BTD = torch.randn(B, 4, shape.hidden)
+    expected = reference(layer, x_BTD, memory_BMD)
+    for impl in supported(layer):
+        cache = layer.new_cache(B, MAX_LEN, impl=impl)
+        first = layer.prefill(x_BTD[:, :2], cache, impl=impl, memory_BMD=memory_BMD)
+        assert cache.length == 7
+        rest = [layer.decode(x_BTD[:, 2:3], cache, impl=impl), layer.decode(x_BTD[:, 3:], cache, impl=impl)]
+        assert cache.length == 7, "cross-attention decode must not write the memory cache"
+        err = rel_err(torch.cat([first, *rest], dim=1), expected)
+        assert err <= 1e-5, f"{variant}/{impl} cross-attention: relative error {err:.2e}"
+
+
+def test_decode_step_is_repeatable_and_writes_in_place(seed):
+    layer = variants.build("mla", TINY_Q, dtype=torch.float64, seed=seed)
+    cache = layer.new_cache(B, MAX_LEN, impl="absorbed")
+    layer.prefill(torch.randn(B, PREFILL, TINY_Q.hidden, dtype=torch.float64), cache, impl="absorbed")
+    storage = cache.packed.data_ptr()
+    step = layer.prepare("decode", torch.randn(B, 2, TINY_Q.hidden, dtype=torch.float64), cache, impl="absorbed")
+    first, second = step(), step()
+    torch.testing.assert_close(first, second, rtol=0, atol=0)
+    assert cache.length == PREFILL and cache.packed.data_ptr() == storage

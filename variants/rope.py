@@ -64,7 +64,7 @@ class Rope(nn.Module):
         # Angles and cos/sin in float32, then cast: the convention of the checkpoints' own code
         # (Hugging Face's rotary classes, DeepSeek's precompute_freqs_cis).
         pos = torch.arange(num_positions, device=device, dtype=torch.float32)
-        angle_PF = torch.outer(pos, self.inv_freq.to(device))
+        angle_PF = torch.outer(pos, self.inv_freq.to(device=device, dtype=torch.float32))
         self.cos_PF = (angle_PF.cos() * self.scaling).to(dtype)
         self.sin_PF = (angle_PF.sin() * self.scaling).to(dtype)
 

@@ -72,5 +72,8 @@ def test_torch_compile_composes_with_an_implementation(seed):
     x_BTD = torch.randn(1, 6, TINY_Q.hidden, dtype=torch.float64)
     cache = layer.new_cache(1, 8, impl="absorbed")
     layer.prefill(x_BTD[:, :5], cache, impl="absorbed")
+    plain = layer.prepare("decode", x_BTD[:, 5:], cache, impl="absorbed")()
     compiled = layer.decode(x_BTD[:, 5:], cache, impl="absorbed", compile="default")
-    assert rel_err(compiled, reference(layer, x_BTD)[:, 5:]) <= 1e-10
+    assert rel_err(compiled, plain) <= 1e-12
+    # The reference's RoPE angles are float64, the layer's float32 (the checkpoints' convention).
+    assert rel_err(compiled, reference(layer, x_BTD)[:, 5:]) <= 1e-7

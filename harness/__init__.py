@@ -1,0 +1,1 @@
+"""attnbench's harness: measurement, results, reports."""

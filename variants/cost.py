@@ -20,6 +20,11 @@ class Cost:
     activation_bytes: int  # input x (and cross-attention memory) in, output y out
     params: int  # parameters the layer holds (not only those this path reads)
     kv_bytes_per_token: int  # cache bytes per token for this layer in this path's layout
+    # For predicting a step's memory before allocating anything (an estimate, not a count):
+    score_elements: int = 0  # one attention score matrix, B·N·L·T, if a kernel materializes it
+    qk_dim: int = 0  # width of the keys the kernel sees
+    v_dim: int = 0  # width of the values the kernel sees
+    transient_bytes: int = 0  # other intermediates of the step (projections, expanded keys)
 
     @property
     def bytes_min(self) -> int:

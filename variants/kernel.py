@@ -22,5 +22,9 @@ class Kernel(Protocol):
     # Whether a square causal mask must arrive as a tensor (False: the kernel applies it itself).
     dense_causal: bool
 
+    def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
+        """Whether the kernel builds the [B, N, L, T] score matrix (for memory prediction)."""
+        ...
+
     def __call__(self, q_BLNE: Tensor, k_BTKE: Tensor, v_BTKV: Tensor, *, scale: float,
                  mask: AttnMask) -> Tensor: ...

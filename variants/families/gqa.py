@@ -134,6 +134,9 @@ class GQA(AttentionLayer):
             activation_bytes=B * (2 * L + memory_in) * D * b,
             params=q_o + kv,
             kv_bytes_per_token=kv_bytes,
+            score_elements=B * N * L * T, qk_dim=H, v_dim=H,
+            # q and o, the new K/V, and a copy of the visible K/V that grouped einsums may make.
+            transient_bytes=(2 * B * L * N * H + 2 * B * (W + T) * K * H + B * L * D) * b,
         )
 
 

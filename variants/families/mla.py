@@ -249,6 +249,14 @@ class MLA(AttentionLayer):
             read += sizes["kv_b_proj"] + sizes["o_proj"]
         kv_bytes = self.kv_bytes_per_token(path, dtype)
         memory_in = W if self.attention == "cross" else 0
+        if path == "absorbed":
+            qk_dim, v_dim = C + R, (C + R if packed_value else C)
+            transient = B * L * N * (2 * (C + R) + C + V)  # q_lat, padded q, o_lat, o
+            transient += D * N * C if fold_o else 0  # the folded W_O·W_UV, made at set-up
+        else:
+            qk_dim, v_dim = P + R, V
+            expanded_tokens = T if path == "standard" else W  # standard re-expands the whole cache
+            transient = B * expanded_tokens * N * (2 * (P + R) + 2 * V) + B * L * N * (P + R + V)
         return Cost(
             flops=q_flops + latent_flops + path_flops,
             weight_bytes=read * b,
@@ -257,6 +265,8 @@ class MLA(AttentionLayer):
             activation_bytes=B * (2 * L + memory_in) * D * b,
             params=sum(sizes.values()),
             kv_bytes_per_token=kv_bytes,
+            score_elements=B * N * L * T, qk_dim=qk_dim, v_dim=v_dim,
+            transient_bytes=(transient + B * W * (C + R) + B * L * D) * b,
         )
 
 

@@ -16,6 +16,9 @@ class EagerKernel:
     name = "eager"
     dense_causal = True
 
+    def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
+        return True
+
     def __call__(self, q_BLNE: Tensor, k_BTKE: Tensor, v_BTKV: Tensor, *, scale: float,
                  mask: AttnMask) -> Tensor:
         B, L, N, E = q_BLNE.shape

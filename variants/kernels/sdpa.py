@@ -19,6 +19,11 @@ class SdpaKernel:
     name = "sdpa"
     dense_causal = False
 
+    def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
+        # torch's fused CPU kernel needs equal key and value widths; otherwise SDPA runs its math
+        # fallback, which builds the score matrix (and repeats kv heads for GQA).
+        return device_type == "cpu" and qk_dim != v_dim
+
     def __call__(self, q_BLNE: Tensor, k_BTKE: Tensor, v_BTKV: Tensor, *, scale: float,
                  mask: AttnMask) -> Tensor:
         N, K = q_BLNE.shape[2], k_BTKE.shape[2]

@@ -1,0 +1,100 @@
+"""One job: plan its cases, measure each, write each row the moment it is finished.
+
+``run_job`` is the plain function ``run.py``'s Hydra entry point wraps; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+import yaml
+
+from harness import results
+from harness.calibrate import ceilings
+from harness.case import Case
+from harness.env import environment
+from harness.errors import UserError
+from harness.plan import plan_cases
+from harness.progress import Progress, summary_table
+from harness.runner import RunContext, run_case
+from harness.telemetry import EMPTY_COLUMNS, telemetry_for
+from harness.timer import MeasureSettings
+from variants.registry import VARIANTS
+
+_SETTINGS_KEYS = ("warmup_reps", "warmup_s", "min_reps", "max_reps", "target_ci_rel", "budget_s", "confidence")
+
+
+def measure_settings(measure: Mapping[str, Any]) -> MeasureSettings:
+    try:
+        return MeasureSettings(**{k: measure[k] for k in _SETTINGS_KEYS if k in measure})
+    except ValueError as error:
+        raise UserError(f"measure: {error}") from None
+
+
+def _context(cfg: Mapping[str, Any], cases: list[Case], job_columns: dict[str, Any],
+             log: Any) -> RunContext:
+    measure = cfg["measure"]
+    device = torch.device(cases[0].device)
+    ceiling = None
+    if measure.get("calibrate", True):
+        ceiling = ceilings(device, cases[0].torch_dtype,
+                           cache_dir=Path(str(cfg.get("calibration_dir", "~/.cache/attnbench"))).expanduser())
+        print(f"device ceilings: copy {ceiling.copy_gbps:.1f} GB/s, matmul {ceiling.matmul_tflops:.3f} TFLOP/s "
+              f"({ceiling.dtype})", file=log)
+    sampler, why_not = telemetry_for(device)
+    if why_not is not None:
+        print(f"telemetry: NVML columns left empty ({why_not})", file=log)
+    return RunContext(settings=measure_settings(measure), ceilings=ceiling, telemetry=sampler if why_not is None
+                      else None, telemetry_columns=EMPTY_COLUMNS, check_numerics=bool(measure["check_numerics"]),
+                      max_step_s=float(measure["max_step_s"]), memory_headroom=float(measure["memory_headroom"]),
+                      cuda_graph=bool(measure["cuda_graph"]), l2_flush=bool(measure["l2_flush"]),
+                      seed=int(cfg.get("seed", 0)), job_columns=job_columns)
+
+
+def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None = None,
+            log: Any = sys.stdout) -> pd.DataFrame:
+    """Measure every case of one job's config; returns its rows (also on disk under ``job_dir``)."""
+    try:
+        cases = plan_cases(cfg)
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    job_dir, root = Path(job_dir), Path(root)
+    device = torch.device(cases[0].device)
+    env = environment(device)
+    results.write_json(job_dir / "env.json", env)
+    results.write_text(job_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+    job_columns = {"run_root": root.name, "job_dir": str(job_dir), "host": socket.gethostname(),
+                   "device_index": device.index if device.type == "cuda" else None, **(job or {}), **env}
+    ctx = _context(cfg, cases, job_columns, log)
+    done = results.finished_case_ids(root) if cfg.get("resume") else set()
+    progress = Progress(len(cases), stream=log)
+    rows = []
+    for case in cases:
+        case_id = case.case_id(VARIANTS.get(case.variant).uses)
+        if case_id in done:
+            progress.skip(case.label(), "already measured (resume)")
+            continue
+        row = run_case(case, ctx)
+        results.write_row(job_dir, row)
+        rows.append(row)
+        progress.update(case.label(), row)
+    print(summary_table(rows), file=log)
+    return pd.DataFrame(rows)
+
+
+def _plain(cfg: Mapping[str, Any]) -> Any:
+    """A resolved config as plain Python data (OmegaConf containers or dicts)."""
+    try:
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover - hydra-core is a dependency
+        pass
+    return dict(cfg)

@@ -1,0 +1,66 @@
+"""Correct before fast: a case's implementation is checked on a reduced shape before it is timed.
+
+The reference is the same layer's weights in float64 on the CPU, run by ``eager`` (itself checked
+against an independent float64 implementation of the papers' equations in ``tests/``). The reduced
+shape keeps every dimension that defines the math (head dims, d_c, d_r, q_rank, grouping) and
+shrinks only what multiplies the work (hidden, number of heads, tokens, batch).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+import variants
+from harness.case import Case
+from variants.shape import ModelShape
+
+# Relative error allowed per dtype: a few units of round-off of an attention layer's output.
+TOLERANCE: dict[str, float] = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}
+_MAX_HIDDEN, _MAX_TOKENS, _MAX_NEW, _MAX_BATCH = 128, 24, 4, 2
+
+
+def reduce_shape(shape: ModelShape) -> ModelShape:
+    """At most 2 kv heads of at most 2 query heads each, and a narrow residual."""
+    kv = shape.kv_heads or shape.heads
+    group = shape.heads // kv
+    kv_small, group_small = min(kv, 2), min(group, 2)
+    return shape.replace(hidden=min(shape.hidden, _MAX_HIDDEN), heads=kv_small * group_small, kv_heads=kv_small)
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    expected = expected.double().cpu()
+    return ((actual.double().cpu() - expected).norm() / expected.norm().clamp_min(1e-300)).item()
+
+
+def _run(layer: variants.AttentionLayer, case: Case, impl: str, x_BTD: torch.Tensor, memory: torch.Tensor | None,
+         prefix: int) -> torch.Tensor:
+    cache = layer.new_cache(x_BTD.shape[0], x_BTD.shape[1] + (memory.shape[1] if memory is not None else 0),
+                            impl=impl)
+    if case.phase == "prefill":
+        return layer.prefill(x_BTD, cache, impl=impl, memory_BMD=memory)
+    layer.prefill(x_BTD[:, :prefix], cache, impl=impl, memory_BMD=memory)
+    return layer.decode(x_BTD[:, prefix:], cache, impl=impl)
+
+
+def check(case: Case, *, seed: int = 0) -> tuple[float, float]:
+    """(relative error, tolerance) of ``case.impl`` against the float64 reference, reduced shape."""
+    small = reduce_shape(case.shape)
+    layer = variants.build(case.variant, small, attention=case.attention, dtype=case.torch_dtype,
+                           device=case.device, seed=seed)
+    reference = copy.deepcopy(layer).to(device="cpu", dtype=torch.float64)
+    generator = torch.Generator().manual_seed(seed)
+    prefix = min(case.seq, _MAX_TOKENS)
+    new = min(case.decode_len, _MAX_NEW) if case.phase == "decode" else 0
+    batch = min(case.batch, _MAX_BATCH)
+    x_BTD = torch.randn(batch, prefix + new if case.phase == "decode" else prefix, small.hidden,
+                        generator=generator, dtype=torch.float64)
+    memory = None
+    if case.attention == "cross":
+        memory = torch.randn(batch, prefix, small.hidden, generator=generator, dtype=torch.float64)
+    expected = _run(reference, case, "eager", x_BTD, memory, prefix)
+    to_case = dict(device=case.device, dtype=case.torch_dtype)
+    actual = _run(layer, case, case.impl, x_BTD.to(**to_case), None if memory is None else memory.to(**to_case),
+                  prefix)
+    return relative_error(actual, expected), TOLERANCE[case.dtype]

@@ -1,0 +1,96 @@
+"""From one job's configuration to the list of cases it measures.
+
+``variant=all`` and ``impl=all`` mean every registered one that supports the case: combinations
+that can't run are left out of the plan. A combination named explicitly that can't run becomes a
+``skipped`` row with the implementation's reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import variants
+from harness.case import Case, parse_size, resolve_device, resolve_dtype
+from variants.layer import COMPILE_MODES
+from variants.registry import IMPLEMENTATIONS, VARIANTS
+from variants.shape import ModelShape
+
+PHASE_CHOICES = ("decode", "prefill", "both")
+SHAPE_KEYS = ("hidden", "heads", "kv_heads", "head_dim", "d_c", "d_r", "q_rank")
+_OPTIONAL_SHAPE_KEYS = ("kv_heads", "q_rank")  # "none" sets them to null
+
+
+def _names(value: Any, registry, key: str) -> tuple[list[str], bool]:
+    """Names from ``all``, one name, or a list; the flag says whether they were asked for by name."""
+    if value in (None, "all"):
+        return registry.names(), False
+    names = [value] if isinstance(value, str) else list(value)
+    valid = registry.names()
+    for name in names:
+        if name not in valid:
+            raise ValueError(f"{key}={name!r} is not one of: {', '.join(valid)}, all")
+    return names, True
+
+
+def group_name(value: Any) -> Any:
+    """A config group entry (``{name: mla, ...}``) or a plain value."""
+    return value.get("name") if isinstance(value, Mapping) else value
+
+
+def resolve_shape(cfg: Mapping[str, Any]) -> tuple[str, ModelShape]:
+    preset = dict(cfg["model"])
+    model = str(preset.get("name", "custom"))
+    shape = ModelShape.from_dict({k: v for k, v in preset.items() if k != "weights"})
+    changes: dict[str, Any] = {}
+    for key in SHAPE_KEYS:
+        value = cfg.get(key)
+        if value is None:
+            continue
+        if key in _OPTIONAL_SHAPE_KEYS and str(value).lower() == "none":
+            changes[key] = None
+        else:
+            changes[key] = parse_size(key, value)
+    return model, shape.replace(**changes)
+
+
+def plan_cases(cfg: Mapping[str, Any]) -> list[Case]:
+    """Every case of one job, in a stable order; raises ``ValueError`` for bad input."""
+    device = resolve_device(str(cfg.get("device", "auto")))
+    dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    model, shape = resolve_shape(cfg)
+    variant_names, variant_named = _names(group_name(cfg.get("variant")), VARIANTS, "variant")
+    impl_names, impl_named = _names(group_name(cfg.get("impl")), IMPLEMENTATIONS, "impl")
+    phase = str(cfg.get("phase", "decode"))
+    if phase not in PHASE_CHOICES:
+        raise ValueError(f"phase={phase!r} is not one of: {', '.join(PHASE_CHOICES)}")
+    phases = ["prefill", "decode"] if phase == "both" else [phase]
+    compile_mode = cfg.get("compile", "none")
+    compile_mode = None if compile_mode in (None, "none", False) else str(compile_mode)
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise ValueError(f"compile={compile_mode!r} is not one of: none, {', '.join(COMPILE_MODES)}")
+    seq = parse_size("seq", cfg.get("seq", "4k"))
+    batch = parse_size("batch", cfg.get("batch", 1))
+    decode_len = parse_size("decode_len", cfg.get("decode_len", 1))
+    attention = str(cfg.get("attention", "self"))
+    device_name = str(device) if device.type == "cpu" else f"cuda:{device.index or 0}"
+
+    cases = []
+    for variant in variant_names:
+        # Built on the meta device: checks the shape for this variant and asks support without
+        # allocating a single weight.
+        layer = variants.build(variant, shape, attention=attention, dtype=dtype, device="meta")
+        for impl_name in impl_names:
+            impl = IMPLEMENTATIONS.get(impl_name)
+            for ph in phases:
+                reason = impl.supports(layer, phase=ph, device=device, dtype=dtype)
+                if reason is not None and not (impl_named and variant_named):
+                    continue  # "all": only what runs
+                cases.append(Case(variant=variant, impl=impl_name, compile=compile_mode, phase=ph, model=model,
+                                  shape=shape, batch=batch, seq=seq, decode_len=decode_len, dtype=dtype_name,
+                                  device=device_name, attention=attention))
+    if not cases:
+        raise ValueError(f"no implementation among {', '.join(impl_names)} supports "
+                         f"{', '.join(variant_names)} on {device.type} in {dtype_name}")
+    return cases

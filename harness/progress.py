@@ -1,0 +1,51 @@
+"""Progress per case with an ETA, and the summary table at the end of a job."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+import pandas as pd
+
+SUMMARY_COLUMNS = ("variant", "impl", "compile", "phase", "seq", "batch", "status", "latency_ms", "latency_ci_rel",
+                   "tokens_per_s", "tflops", "gbps", "frac_peak_bandwidth", "peak_mem_bytes", "kv_cache_bytes",
+                   "numerics_rel_err", "nvml_power_mean_w", "nvml_energy_per_token_j", "harness_overhead_s",
+                   "reason")
+
+
+class Progress:
+    def __init__(self, total: int, *, stream: TextIO = sys.stdout) -> None:
+        self.total = total
+        self.done = 0
+        self.started = time.perf_counter()
+        self.stream = stream
+
+    def _eta(self) -> str:
+        if not self.done:
+            return "?"
+        left = (time.perf_counter() - self.started) / self.done * (self.total - self.done)
+        return time.strftime("%H:%M:%S", time.gmtime(left))
+
+    def update(self, label: str, row: Mapping[str, Any]) -> None:
+        self.done += 1
+        if row["status"] == "ok":
+            outcome = f"{row['latency_ms']:.4g} ms (+-{row['latency_ci_rel']:.1%}, n={row['n_reps']})"
+        else:
+            outcome = f"{row['status']}: {row['reason']}"
+        print(f"[{self.done}/{self.total}] {label}: {outcome}  ETA {self._eta()}", file=self.stream, flush=True)
+
+    def skip(self, label: str, why: str) -> None:
+        self.done += 1
+        print(f"[{self.done}/{self.total}] {label}: {why}", file=self.stream, flush=True)
+
+
+def summary_table(rows: list[Mapping[str, Any]]) -> str:
+    if not rows:
+        return "(no cases)"
+    frame = pd.DataFrame(rows)
+    frame = frame[[c for c in SUMMARY_COLUMNS if c in frame.columns and frame[c].notna().any()]]
+    with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 60,
+                           "display.float_format", "{:.4g}".format):
+        return frame.to_string(index=False)

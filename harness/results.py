@@ -1,0 +1,99 @@
+"""The results store: one parquet file per finished case, written the moment it finishes.
+
+Layout of a run or sweep root ``results/<name>/``: each job folder (the root for a single run,
+``<root>/<job number>/`` in a sweep) holds ``rows/<case_id>.<attempt>.parquet``, ``config.yaml``
+(the job's resolved config) and ``env.json``. Every file is written to a temporary name and
+renamed, so a killed run leaves complete files only, and concurrent jobs never share a file.
+
+``load(paths or globs)`` returns one DataFrame over any set of runs and sweeps, one row per case
+and root: a case re-run by ``resume`` keeps its ``ok`` row, else its latest attempt.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+ROWS = "rows"
+
+# The columns every row has, with their units; see README "Results schema" for the full list.
+STATUS_VALUES = ("ok", "skipped", "oom", "error", "incorrect")
+
+
+def _atomic_write(path: Path, write) -> None:  # noqa: ANN001 - a callable taking a temp path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
+    """Write one case's row as its own parquet file; returns its path."""
+    assert row.get("status") in STATUS_VALUES, f"bad status {row.get('status')!r}"
+    frame = pd.DataFrame([dict(row)])
+    path = Path(job_dir) / ROWS / f"{row['case_id']}.{time.time_ns()}.parquet"
+    _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    return path
+
+
+def write_json(path: Path, payload: Mapping[str, object]) -> None:
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(dict(payload), indent=2, default=str)))
+
+
+def write_text(path: Path, text: str) -> None:
+    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
+def row_files(paths: Iterable[str | Path]) -> list[Path]:
+    """Every row file under the given files, folders or glob patterns."""
+    files: set[Path] = set()
+    for item in paths:
+        matches = glob.glob(str(item), recursive=True) or ([str(item)] if Path(item).exists() else [])
+        if not matches:
+            raise ValueError(f"no results at {item!s}")
+        for match in map(Path, matches):
+            if match.is_dir():
+                files.update(p for p in match.rglob("*.parquet") if p.parent.name == ROWS)
+            elif match.suffix == ".parquet":
+                files.add(match)
+    return sorted(files)
+
+
+def load(paths: str | Path | Iterable[str | Path], *, attempts: bool = False) -> pd.DataFrame:
+    """One DataFrame over the rows under ``paths``; ``attempts=True`` keeps superseded attempts too."""
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    files = row_files(paths)
+    if not files:
+        return pd.DataFrame()
+    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    if attempts or frame.empty:
+        return frame
+    # One row per case and root: an ok row wins over failed attempts, then the latest attempt.
+    frame = frame.assign(_ok=(frame["status"] == "ok").astype(int))
+    frame = frame.sort_values(["_ok", "finished_at"]).drop_duplicates(["run_root", "case_id"], keep="last")
+    return frame.drop(columns="_ok").sort_values(["run_root", "finished_at"]).reset_index(drop=True)
+
+
+def finished_case_ids(root: Path) -> set[str]:
+    """Cases that already have an ``ok`` row anywhere under a run or sweep root."""
+    root = Path(root)
+    if not root.exists():
+        return set()
+    files = [p for p in root.rglob("*.parquet") if p.parent.name == ROWS]
+    done: set[str] = set()
+    for f in files:
+        frame = pd.read_parquet(f, columns=["case_id", "status"])
+        done.update(frame.loc[frame["status"] == "ok", "case_id"])
+    return done

@@ -1,0 +1,177 @@
+"""Measure one case: support, prediction, numerics, then timing; every outcome is a row.
+
+Order matters: nothing is allocated before the case is known to be supported and to fit, and
+nothing is timed before its output is known to be right. Set-up (weights, cache, inputs, masks,
+folded weights, the compiled wrapper) happens before the timer starts; the timer only calls the
+prepared zero-argument step.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+import variants
+from harness import numerics
+from harness.calibrate import Ceilings
+from harness.case import Case
+from harness.memory import available_bytes, step_peak_bytes, tensor_bytes
+from harness.metrics import Measured, derive
+from harness.predict import predict_memory, predict_seconds
+from harness.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
+from variants.registry import IMPLEMENTATIONS, VARIANTS
+
+
+@dataclass
+class RunContext:
+    settings: MeasureSettings
+    ceilings: Ceilings | None = None
+    telemetry: Callable[[], AbstractContextManager] | None = None  # a sampler factory, None: no NVML
+    telemetry_columns: tuple[str, ...] = ()
+    check_numerics: bool = True
+    max_step_s: float = 60.0  # skip cases whose roofline estimate per step exceeds this
+    memory_headroom: float = 0.85  # fraction of free memory a case may be predicted to use
+    cuda_graph: bool = False
+    l2_flush: bool = False
+    seed: int = 0
+    job_columns: dict[str, Any] = field(default_factory=dict)
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _timer(device: torch.device, ctx: RunContext) -> Timer:
+    return CudaTimer(device, l2_flush=ctx.l2_flush) if device.type == "cuda" else CpuTimer()
+
+
+def _inputs(case: Case, hidden: int, device: torch.device, dtype: torch.dtype, seed: int):
+    generator = torch.Generator(device=device).manual_seed(seed)
+    x_BLD = torch.randn(case.batch, case.q_len, hidden, generator=generator, device=device, dtype=dtype)
+    memory_BMD = None
+    if case.attention == "cross" and case.phase == "prefill":
+        memory_BMD = torch.randn(case.batch, case.seq, hidden, generator=generator, device=device, dtype=dtype)
+    return x_BLD, memory_BMD
+
+
+def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
+    """Everything a case yields as one row; never raises for a case's own failure."""
+    started = time.perf_counter()
+    spec = VARIANTS.get(case.variant)
+    row: dict[str, Any] = {**ctx.job_columns, "case_id": case.case_id(spec.uses), **case.columns(),
+                           "status": "ok", "reason": ""}
+    row.update({name: None for name in ctx.telemetry_columns})
+    device, dtype = torch.device(case.device), case.torch_dtype
+    timed_s = 0.0
+    objects: list[Any] = []
+    try:
+        impl = IMPLEMENTATIONS.get(case.impl)
+        meta = variants.build(case.variant, case.shape, attention=case.attention, dtype=dtype, device="meta")
+        reason = impl.supports(meta, phase=case.phase, device=device, dtype=dtype)
+        if reason is not None:
+            return _finish(row, started, timed_s, "skipped", reason)
+        cost = impl.cost(meta, batch=case.batch, q_len=case.q_len, cached=case.cached, new_kv=case.new_kv)
+        row.update(_analytic(case, cost))
+
+        predicted = predict_memory(case, meta, impl, cost)
+        row["predicted_mem_bytes"] = predicted.total_bytes
+        free = available_bytes(device)
+        if predicted.total_bytes > ctx.memory_headroom * free:
+            return _finish(row, started, timed_s, "skipped",
+                           f"predicted {predicted.total_bytes / 2**30:.1f} GiB > {ctx.memory_headroom:.0%} of "
+                           f"{free / 2**30:.1f} GiB free on {device.type}")
+        if ctx.ceilings is not None:
+            step_s = predict_seconds(cost, peak_flops=ctx.ceilings.matmul_tflops * 1e12,
+                                     peak_bytes_per_s=ctx.ceilings.copy_gbps * 1e9)
+            row["predicted_step_s"] = step_s
+            if step_s > ctx.max_step_s:
+                return _finish(row, started, timed_s, "skipped",
+                               f"predicted {step_s:.0f} s per step > max_step_s={ctx.max_step_s:g}")
+
+        if ctx.check_numerics:
+            err, tol = numerics.check(case, seed=ctx.seed)
+            row.update(numerics_rel_err=err, numerics_tol=tol)
+            if not err <= tol:  # also catches NaN
+                return _finish(row, started, timed_s, "incorrect",
+                               f"relative error {err:.3g} > {tol:g} against the float64 reference")
+
+        layer = variants.build(case.variant, case.shape, attention=case.attention, dtype=dtype, device=device,
+                               seed=ctx.seed)
+        cache = layer.new_cache(case.batch, case.max_len, impl=case.impl)
+        if case.phase == "decode":
+            # The prefix stands in for an earlier prefill; its values do not change the step's cost.
+            cache.fill_random_(case.seq, generator=torch.Generator().manual_seed(ctx.seed))
+        x_BLD, memory_BMD = _inputs(case, layer.hidden, device, dtype, ctx.seed)
+        objects += [layer, cache, x_BLD, memory_BMD]
+        step = layer.prepare(case.phase, x_BLD, cache, impl=case.impl, compile=case.compile, memory_BMD=memory_BMD)
+        row["kv_cache_bytes"] = cache.nbytes()
+        assert row["kv_cache_bytes"] == row["kv_cache_bytes_analytic"], "cache bytes differ from the cost model"
+
+        timer = _timer(device, ctx)
+        row["first_call_ms"] = timer.time_ms(step)  # compile, autotune, lazy initialisation
+        if case.compile is not None:
+            plain = layer.prepare(case.phase, x_BLD, cache, impl=case.impl, memory_BMD=memory_BMD)
+            err = numerics.relative_error(step(), plain())
+            row["numerics_compile_rel_err"] = err
+            if not err <= numerics.TOLERANCE[case.dtype]:
+                return _finish(row, started, timed_s, "incorrect",
+                               f"compiled output differs from the uncompiled one by {err:.3g}")
+        if ctx.cuda_graph and device.type == "cuda":
+            step = capture_cuda_graph(step, device=device)
+            row["cuda_graph"] = True
+
+        sampler = ctx.telemetry() if ctx.telemetry is not None else None
+        measurement = measure(step, timer, ctx.settings, window=sampler)
+        timed_s = measurement.timed_s
+        row.update(measurement.stats)
+        row.update(samples_ms=list(measurement.samples_ms), warmup_reps=measurement.warmup_reps,
+                   stop_reason=measurement.stop_reason)
+        if sampler is not None:
+            row.update(sampler.summary(tokens=case.batch * case.q_len * measurement.calls))
+
+        resident = tensor_bytes(layer, cache, x_BLD, *(t for t in (memory_BMD,) if t is not None))
+        row["peak_mem_bytes"] = step_peak_bytes(step, device, resident_bytes=resident)
+        row.update(derive(Measured(case, cost, row["latency_ms"] / 1e3,
+                                   ctx.ceilings.copy_gbps if ctx.ceilings else None,
+                                   ctx.ceilings.matmul_tflops if ctx.ceilings else None)))
+        return _finish(row, started, timed_s, "ok", "")
+    except torch.OutOfMemoryError as error:
+        return _finish(row, started, timed_s, "oom", _one_line(error))
+    except Exception as error:  # noqa: BLE001 - a failing case is a row, the sweep goes on
+        return _finish(row, started, timed_s, "error", _one_line(error))
+    finally:
+        objects.clear()
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def _analytic(case: Case, cost) -> dict[str, Any]:  # noqa: ANN001 - variants.Cost
+    return {"flops": cost.flops, "bytes_min": cost.bytes_min, "weight_bytes": cost.weight_bytes,
+            "cache_read_bytes": cost.cache_read_bytes, "cache_write_bytes": cost.cache_write_bytes,
+            "activation_bytes": cost.activation_bytes, "params": cost.params,
+            "kv_bytes_per_token": cost.kv_bytes_per_token,
+            "kv_bytes_per_token_model": cost.kv_bytes_per_token * case.shape.num_layers,
+            "kv_cache_bytes_analytic": case.batch * case.max_len * cost.kv_bytes_per_token,
+            "intensity_flops_per_byte": cost.intensity}
+
+
+def _finish(row: dict[str, Any], started: float, timed_s: float, status: str, reason: str) -> dict[str, Any]:
+    row["status"], row["reason"] = status, reason
+    if status != "ok":
+        # A number from a case that did not pass must never reach a table.
+        for key in list(row):
+            if key.startswith("latency_") or key in ("samples_ms", "tokens_per_s", "tflops", "gbps"):
+                row[key] = None
+    wall = time.perf_counter() - started
+    row["case_wall_s"] = wall
+    row["harness_overhead_s"] = wall - timed_s
+    row["finished_at"] = time.time()
+    return row

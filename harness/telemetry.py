@@ -197,8 +197,9 @@ class NvmlSampler:
 
     def _reasons(self) -> int:
         nvml, h = self.nvml, self._handle
-        # Renamed from ...ThrottleReasons in NVML 12.2 (CUDA 12.2 drivers); older drivers lack the
-        # new symbol and pynvml then raises FUNCTION_NOT_FOUND.
+        # NVML renamed ...ThrottleReasons (now deprecated) to ...EventReasons around the R535 drivers;
+        # the R525 reference has only the old name, and pynvml raises FUNCTION_NOT_FOUND for a
+        # symbol the installed driver lacks.
         events = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None)
         if events is not None and "reasons_events" not in self._disabled:
             try:
@@ -369,13 +370,16 @@ def telemetry_for(device: torch.device | str, *, nvml: ModuleType | None = None,
                   interval_s: float = 0.02) -> tuple[Callable[[], Sampler], str | None]:
     """A factory of samplers for ``device`` and ``None``, or a factory of ``NullSampler`` and why.
 
-    Probes NVML once (init, find the device, shut down); never raises for a missing or broken NVML.
+    Probes NVML once (init, find the device, shut down); never raises for a missing or broken NVML,
+    only (``ValueError``) for a CUDA index beyond the devices torch sees.
     """
     dev = torch.device(device)
     if dev.type != "cuda":
         return _null(f"device is {dev.type}" + ("" if dev.type == "cpu" else "; NVML covers NVIDIA GPUs only"))
     cuda_index = dev.index if dev.index is not None else (
         torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    if torch.cuda.is_available() and not cuda_index < torch.cuda.device_count():
+        raise ValueError(f"device {dev}: there are {torch.cuda.device_count()} CUDA devices")
     if nvml is None:
         try:
             nvml = _load_pynvml()

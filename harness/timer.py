@@ -11,7 +11,8 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Literal, Protocol
@@ -205,53 +206,17 @@ def measure(fn: Callable[[], object], timer: Timer, settings: MeasureSettings = 
     """Time ``fn`` with ``timer`` until ``settings`` say stop; ``clock`` (seconds) paces the budget.
 
     The median is the statistic, not the mean: preemption on shared machines adds rare, large,
-    one-sided outliers that the median ignores (see ``harness.stats``). Python's garbage collector
-    is paused during the loop, as ``timeit`` does, so a collection does not land inside a sample.
+    one-sided outliers that the median ignores (see ``harness.stats``).
     """
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _measure(fn, timer, settings, clock)
-    finally:
-        if gc_was_enabled:
-            gc.enable()
-
-
-def _measure(fn: Callable[[], object], timer: Timer, settings: MeasureSettings,
-             clock: Callable[[], float]) -> Measurement:
     start_s = clock()
     first_call_ms = timer.time_ms(fn)
-    warmup_cap = max(settings.warmup_reps, settings.max_reps)
-    warmup_reps = 0
-    # Warm-up time counts from after the first call: a long compile does not warm the clocks or
-    # caches of the steady state. It runs through the timer so its sync and flush are warm too.
-    warmup_start_s = clock()
-    while warmup_reps < warmup_cap and (warmup_reps < settings.warmup_reps
-                                        or clock() - warmup_start_s < settings.warmup_s):
-        timer.time_ms(fn)
-        warmup_reps += 1
-
-    loop_start_s = clock()
-    samples_ms: list[float] = []
-    next_check = settings.min_reps
-    while True:
-        samples_ms.append(timer.time_ms(fn))
-        n = len(samples_ms)
-        if n < settings.min_reps:
-            continue
-        if n >= next_check or n == settings.max_reps:
-            next_check = n + max(_CHECK_MIN_REPS, math.ceil(_CHECK_FRACTION * n))
-            if settings.target_ci_rel > 0 and ci_rel(samples_ms, settings.confidence) <= settings.target_ci_rel:
-                stop_reason: StopReason = "ci_target"
-                break
-        if n >= settings.max_reps:
-            stop_reason = "max_reps"
-            break
-        if clock() - loop_start_s >= settings.budget_s:
-            stop_reason = "budget"
-            break
-
-    samples = tuple(samples_ms)
+    # The first call may have compiled (lots of cyclic garbage): collect it now, then pause the
+    # collector for warm-up and repetitions, as ``timeit`` does, so no collection lands in a sample.
+    gc.collect()
+    with _gc_paused():
+        warmup_reps = _warm_up(fn, timer, settings, clock)
+        loop_start_s = clock()
+        samples, stop_reason = _repeat(fn, timer, settings, clock)
     return Measurement(
         first_call_ms=first_call_ms,
         warmup_reps=warmup_reps,
@@ -262,3 +227,50 @@ def _measure(fn: Callable[[], object], timer: Timer, settings: MeasureSettings,
         warmup_wall_s=loop_start_s - start_s,
         timed_s=sum(samples) / 1e3,
     )
+
+
+def _warm_up(fn: Callable[[], object], timer: Timer, settings: MeasureSettings,
+             clock: Callable[[], float]) -> int:
+    """Calls until both ``warmup_reps`` and ``warmup_s`` are reached (at most the cap); returns the count.
+
+    Time counts from after the first call: a long compile does not warm the clocks or caches of
+    the steady state. Calls go through the timer so that its sync and flush are warm too.
+    """
+    cap = max(settings.warmup_reps, settings.max_reps)
+    start_s = clock()
+    reps = 0
+    while reps < cap and (reps < settings.warmup_reps or clock() - start_s < settings.warmup_s):
+        timer.time_ms(fn)
+        reps += 1
+    return reps
+
+
+def _repeat(fn: Callable[[], object], timer: Timer, settings: MeasureSettings,
+            clock: Callable[[], float]) -> tuple[tuple[float, ...], StopReason]:
+    start_s = clock()
+    samples_ms: list[float] = []
+    next_check = settings.min_reps
+    while True:
+        samples_ms.append(timer.time_ms(fn))
+        n = len(samples_ms)
+        if n < settings.min_reps:
+            continue
+        if settings.target_ci_rel > 0 and (n >= next_check or n == settings.max_reps):
+            next_check = n + max(_CHECK_MIN_REPS, math.ceil(_CHECK_FRACTION * n))
+            if ci_rel(samples_ms, settings.confidence) <= settings.target_ci_rel:
+                return tuple(samples_ms), "ci_target"
+        if n >= settings.max_reps:
+            return tuple(samples_ms), "max_reps"
+        if clock() - start_s >= settings.budget_s:
+            return tuple(samples_ms), "budget"
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()

@@ -3,7 +3,7 @@
     python run.py                                   # a small comparison on the best device present
     python run.py variant=mla seq=32k               # MLA at a 32k context, every implementation
     python run.py -m variant=mha,mqa,gqa,mla seq=1k,4k,32k batch=1,8 impl=eager,sdpa,absorbed
-    python run.py -m +experiment=context_scaling    # a paper-style study (conf/experiment/)
+    python run.py -m experiment=context_scaling    # a paper-style study (conf/experiment/)
 
 See README.md for every key; results land under results/<name>/.
 """

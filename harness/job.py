@@ -54,6 +54,7 @@ def _context(cfg: Mapping[str, Any], cases: list[Case], job_columns: dict[str, A
                       else None, telemetry_columns=EMPTY_COLUMNS, check_numerics=bool(measure["check_numerics"]),
                       max_step_s=float(measure["max_step_s"]), memory_headroom=float(measure["memory_headroom"]),
                       cuda_graph=bool(measure["cuda_graph"]), l2_flush=bool(measure["l2_flush"]),
+                      telemetry_window_s=float(measure.get("telemetry_window_s", 1.0)),
                       seed=int(cfg.get("seed", 0)), job_columns=job_columns)
 
 
@@ -70,7 +71,8 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
     results.write_json(job_dir / "env.json", env)
     results.write_text(job_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     job_columns = {"run_root": root.name, "job_dir": str(job_dir), "host": socket.gethostname(),
-                   "device_index": device.index if device.type == "cuda" else None, **(job or {}), **env}
+                   "device_index": device.index if device.type == "cuda" else None, "launcher": "direct",
+                   "job_num": None, **(job or {}), **env}
     ctx = _context(cfg, cases, job_columns, log)
     done = results.finished_case_ids(root) if cfg.get("resume") else set()
     progress = Progress(len(cases), stream=log)

@@ -7,8 +7,10 @@ not process RSS, which also counts the Python heap, libraries and freed-but-not-
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -38,8 +40,23 @@ def step_peak_bytes(fn: Callable[[], object], device: torch.device | str, *, res
     return resident_bytes + _cpu_transient_peak_bytes(fn)
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence kineto's "USDT ... profiler_start/stop" lines, printed by C++ straight to fd 2 on
+    every profiler session (no log level turns them off); Python exceptions still propagate."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_transient_peak_bytes(fn: Callable[[], object]) -> int:
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()  # held until the profiler stops, so its allocation counts and its free does not
     # kineto's "[memory]" events carry signed sizes: + for an allocation, - for a free.
     events = [e for e in prof.profiler.kineto_results.events()

@@ -39,6 +39,7 @@ class RunContext:
     memory_headroom: float = 0.85  # fraction of free memory a case may be predicted to use
     cuda_graph: bool = False
     l2_flush: bool = False
+    telemetry_window_s: float = 1.0
     seed: int = 0
     job_columns: dict[str, Any] = field(default_factory=dict)
 
@@ -127,16 +128,16 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             step = capture_cuda_graph(step, device=device)
             row["cuda_graph"] = True
 
-        sampler = ctx.telemetry() if ctx.telemetry is not None else None
-        measurement = measure(step, timer, ctx.settings, window=sampler)
+        measurement = measure(step, timer, ctx.settings)
         timed_s = measurement.timed_s
         row.update(measurement.stats)
         row.update(samples_ms=list(measurement.samples_ms), warmup_reps=measurement.warmup_reps,
-                   stop_reason=measurement.stop_reason)
-        if sampler is not None:
-            row.update(sampler.summary(tokens=case.batch * case.q_len * measurement.calls))
+                   stop_reason=measurement.stop_reason, timer=timer.name,
+                   measure_overhead_s=measurement.overhead_s)
+        if ctx.telemetry is not None:
+            row.update(_telemetry_window(step, ctx, tokens_per_call=case.batch * case.q_len))
 
-        resident = tensor_bytes(layer, cache, x_BLD, *(t for t in (memory_BMD,) if t is not None))
+        resident = tensor_bytes(layer, *cache.buffers.values(), x_BLD, *(t for t in (memory_BMD,) if t is not None))
         row["peak_mem_bytes"] = step_peak_bytes(step, device, resident_bytes=resident)
         row.update(derive(Measured(case, cost, row["latency_ms"] / 1e3,
                                    ctx.ceilings.copy_gbps if ctx.ceilings else None,
@@ -151,6 +152,24 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _telemetry_window(step: Callable[[], Any], ctx: RunContext, *, tokens_per_call: int) -> dict[str, Any]:
+    """NVML readings over a window of back-to-back steps, apart from the latency samples.
+
+    Apart, because the sampler thread takes the GIL as it polls and would perturb launch-bound
+    timings; at least ``telemetry_window_s`` long, because NVML's energy counter ticks about every
+    100 ms and power is a 1 s average on recent GPUs.
+    """
+    assert ctx.telemetry is not None
+    calls = 0
+    with ctx.telemetry() as sampler:
+        end = time.perf_counter() + ctx.telemetry_window_s
+        while calls == 0 or time.perf_counter() < end:
+            step()
+            calls += 1
+        torch.cuda.synchronize()
+    return sampler.summary(tokens=calls * tokens_per_call)
 
 
 def _analytic(case: Case, cost) -> dict[str, Any]:  # noqa: ANN001 - variants.Cost

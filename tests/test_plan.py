@@ -106,5 +106,5 @@ def test_bad_overrides_are_one_line(args, message):
 
 def test_good_overrides_pass():
     check_overrides(["-m", "variant=mha,mqa,gqa,mla", "seq=1k,4k,32k", "batch=1,8", "impl=eager,sdpa,absorbed",
-                     "d_c=128,256", "q_rank=none", "+experiment=smoke", "measure.budget_s=1", "hydra.verbose=true"],
+                     "d_c=128,256", "q_rank=none", "experiment=smoke", "measure.budget_s=1", "hydra.verbose=true"],
                     CONF)

@@ -20,6 +20,7 @@ from harness.calibrate import ceilings
 from harness.case import Case
 from harness.env import environment
 from harness.errors import UserError
+from harness.memory import total_memory_bytes
 from harness.plan import plan_cases
 from harness.progress import Progress, summary_table
 from harness.runner import RunContext, run_case
@@ -71,9 +72,12 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
     results.write_json(job_dir / "env.json", env)
     results.write_text(job_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     job_columns = {"run_root": root.name, "job_dir": str(job_dir), "host": socket.gethostname(),
+                   "device_mem_total_bytes": total_memory_bytes(device), "torch_threads": torch.get_num_threads(),
                    "device_index": device.index if device.type == "cuda" else None, "launcher": "direct",
                    "job_num": None, **(job or {}), **env}
     ctx = _context(cfg, cases, job_columns, log)
+    if ctx.ceilings is not None:
+        job_columns.update(ceiling_copy_gbps=ctx.ceilings.copy_gbps, ceiling_matmul_tflops=ctx.ceilings.matmul_tflops)
     done = results.finished_case_ids(root) if cfg.get("resume") else set()
     progress = Progress(len(cases), stream=log)
     rows = []

@@ -71,6 +71,14 @@ def _cpu_transient_peak_bytes(fn: Callable[[], object]) -> int:
     return peak
 
 
+def total_memory_bytes(device: torch.device | str) -> int:
+    """The device's whole memory (CUDA) or the host's physical memory (CPU): a figure's ceiling."""
+    device = _checked_device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def available_bytes(device: torch.device | str) -> int:
     """Bytes that a new allocation on ``device`` can use now, to skip cases that would not fit.
 

@@ -1,0 +1,180 @@
+"""``python -m harness.nightly``: keep a history of runs and judge each new run against it.
+
+    python -m harness.nightly ingest results/nightly-123 --commit $SHA     # add a run; prints its id
+    python -m harness.nightly compare --markdown summary.md --plots plots  # latest vs last good run
+    python -m harness.nightly compare --run 12 --baseline 9                # named runs (9: a run id)
+    python -m harness.nightly history                                      # the runs it holds
+    python -m harness.nightly accept 12                                    # an intended slowdown: new baseline
+    python -m harness.nightly gc --keep 200                                # drop partial and old runs
+
+The history is ``--db``, else ``$ATTNBENCH_HISTORY``, else ``results/history.sqlite``.
+Exit status: 0 no regression (or no baseline yet), 1 regression, 2 bad input or runs that are
+not comparable (different fingerprints).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness.nightly.compare import DEFAULT_THRESHOLD, check_comparable, check_threshold, compare
+from harness.nightly.ingest import read_run
+from harness.nightly.markdown import render, render_no_baseline
+from harness.nightly.store import History, Run
+
+DEFAULT_DB = Path("results") / "history.sqlite"
+ENV_DB = "ATTNBENCH_HISTORY"
+HISTORY_RUNS = 20  # earlier good runs whose spread widens the intervals
+
+
+def default_db() -> Path:
+    return Path(os.environ.get(ENV_DB) or DEFAULT_DB)
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--db", type=Path, default=None,
+                        help=f"the history file (default: ${ENV_DB}, else {DEFAULT_DB})")
+    parser = argparse.ArgumentParser(prog="python -m harness.nightly", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ingest = sub.add_parser("ingest", parents=[common], help="add a results folder to the history as one run")
+    ingest.add_argument("results", nargs="+", help="results folders, row files or globs (one run)")
+    ingest.add_argument("--commit", help="the commit measured (default: the rows' env_git_commit)")
+    ingest.add_argument("--notes", default="", help="free text kept with the run")
+
+    cmp = sub.add_parser("compare", parents=[common], help="judge a run against a baseline")
+    cmp.add_argument("--run", default="latest", help="a run id, or latest (default)")
+    cmp.add_argument("--baseline", default="last-good",
+                     help="last-good (default: the newest earlier run on the same fingerprint not judged a "
+                          "regression), a run id, or a commit (its newest run)")
+    cmp.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                     help="smallest slowdown flagged, as a fraction (default 0.05)")
+    cmp.add_argument("--markdown", type=Path, help="also write the markdown summary to this file")
+    cmp.add_argument("--plots", type=Path, help="write a trend plot per case to this folder")
+    cmp.add_argument("--strict-figures", action="store_true",
+                     help="fail on any change of a deterministic figure (FLOPs, bytes), not only memory growth")
+    cmp.add_argument("--no-record", action="store_true",
+                     help="do not record the verdict (recorded by default against last-good)")
+
+    hist = sub.add_parser("history", parents=[common], help="list the complete runs")
+    hist.add_argument("--fingerprint", help="only runs with this fingerprint (a prefix is enough)")
+    hist.add_argument("--limit", type=int, default=30, help="newest runs shown (default 30)")
+
+    accept = sub.add_parser("accept", parents=[common], help="make a run a good baseline (an intended change)")
+    accept.add_argument("run", type=int)
+
+    gc = sub.add_parser("gc", parents=[common], help="delete partial runs (and old ones with --keep)")
+    gc.add_argument("--keep", type=int, help="complete runs kept per fingerprint, newest first")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    history = History(args.db or default_db())
+    try:
+        return _COMMANDS[args.command](history, args)
+    except ValueError as error:  # bad input, a missing run, or runs that are not comparable
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _ingest(history: History, args: argparse.Namespace) -> int:
+    run, cases = read_run(args.results, commit=args.commit, notes=args.notes)
+    run_id = history.add_run(run, cases)
+    ok = sum(c.status == "ok" for c in cases)
+    print(f"run {run_id}: commit {run.commit[:12]}, {len(cases)} cases ({ok} ok), fingerprint {run.fingerprint} "
+          f"-> {history.path}")
+    return 0
+
+
+def _compare(history: History, args: argparse.Namespace) -> int:
+    threshold = check_threshold(args.threshold)
+    run = history.latest() if args.run == "latest" else history.run(_run_id(args.run))
+    if args.baseline == "last-good":
+        good = history.good_runs_before(run, limit=HISTORY_RUNS)
+        if not good:
+            text = render_no_baseline(run, f"No earlier good run on fingerprint `{run.fingerprint}` in "
+                                           f"{history.path}: this run starts the series.")
+            _emit(text, args.markdown)
+            return 0
+        baseline, how = good[0], "last good"
+    else:
+        baseline, how = _named_baseline(history, run, args.baseline), "named"
+        check_comparable(run, baseline)
+        good = [baseline, *[r for r in history.good_runs_before(baseline, limit=HISTORY_RUNS - 1)]]
+    medians = history.medians(r.run_id for r in good)
+    history_ms = {}
+    for run_in_history in reversed(good):  # oldest first
+        for case_id, median in medians[run_in_history.run_id].items():
+            history_ms.setdefault(case_id, []).append(median)
+    result = compare(run, baseline, history.cases(run.run_id), history.cases(baseline.run_id),
+                     history_ms=history_ms, threshold=threshold, strict_figures=args.strict_figures)
+    _emit(render(result, baseline_how=how), args.markdown)
+    if args.plots is not None:
+        kinds = {v.case_id: v.kind for v in result.cases}
+        files = _plot(history, run, args.plots, kinds, baseline, threshold)
+        print(f"{len(files)} trend plots in {args.plots}", file=sys.stderr)
+    if args.baseline == "last-good" and not args.no_record and run.verdict != "accepted":
+        history.set_verdict(run.run_id, "regression" if result.failed else "pass")
+    return 1 if result.failed else 0
+
+
+def _plot(history: History, run: Run, out: Path, kinds: dict[str, str], baseline: Run,
+          threshold: float) -> list[Path]:
+    from harness.nightly.trend import plot_trends  # deferred: matplotlib only when plotting
+
+    return plot_trends(history, run, out, kinds=kinds, baseline=baseline, threshold=threshold)
+
+
+def _history(history: History, args: argparse.Namespace) -> int:
+    runs = [r for r in history.runs() if args.fingerprint is None or r.fingerprint.startswith(args.fingerprint)]
+    counts = history.case_counts()
+    print(f"{'run':>5}  {'commit':12}  {'started (UTC)':25}  {'fingerprint':16}  {'verdict':10}  {'ok/cases':>8}  name")
+    for r in runs[-args.limit:]:
+        ok, n = counts.get(r.run_id, (0, 0))
+        print(f"{r.run_id:>5}  {r.commit[:12]:12}  {r.time_utc:25}  {r.fingerprint:16}  {r.verdict or '-':10}  "
+              f"{f'{ok}/{n}':>8}  {r.name}")
+    return 0
+
+
+def _accept(history: History, args: argparse.Namespace) -> int:
+    history.set_verdict(args.run, "accepted")
+    print(f"run {args.run} accepted: later runs on its fingerprint compare against it")
+    return 0
+
+
+def _gc(history: History, args: argparse.Namespace) -> int:
+    print(f"deleted {history.gc(keep=args.keep)} runs from {history.path}")
+    return 0
+
+
+_COMMANDS = {"ingest": _ingest, "compare": _compare, "history": _history, "accept": _accept, "gc": _gc}
+
+
+def _run_id(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--run={text!r} is not a run id; use an integer from `history`, or latest") from None
+
+
+def _named_baseline(history: History, run: Run, text: str) -> Run:
+    if text.isdigit():
+        return history.run(int(text))
+    matches = [r for r in history.runs() if r.commit.startswith(text) and r.run_id != run.run_id]
+    if not matches:
+        raise ValueError(f"--baseline={text!r} is not last-good, a run id, or the commit of a run in {history.path}")
+    same = [r for r in matches if r.fingerprint == run.fingerprint]
+    return (same or matches)[-1]  # another fingerprint only to say why it cannot be compared
+
+
+def _emit(text: str, path: Path | None) -> None:
+    print(text, end="")
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)

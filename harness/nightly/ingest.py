@@ -1,0 +1,169 @@
+"""From a results folder (``harness.results``) to one run of the history: its fingerprint and cases.
+
+The fingerprint is ``harness.env.fingerprint`` over the rows' ``env_*`` columns (device model,
+driver, CUDA, torch, CPU model and count) plus the settings that change what a timing means:
+
+- ``torch_threads`` (a row column): intra-op threads change CPU timings outright;
+- from each job's ``config.yaml``, ``measure.warmup_reps``, ``measure.warmup_s`` (the state the
+  steady state starts from), ``measure.cuda_graph`` and ``measure.l2_flush`` (what is timed).
+
+Not in it: ``dtype`` and ``compile``, which are part of each case's identity (``case_id``), so
+they separate cases rather than runs; the stopping rules (``min_reps``, ``target_ci_rel``,
+``budget_s``...), which change how many samples are taken, not what each sample measures; the
+host name, the time and the code version (comparing commits on one machine is the point).
+
+A results set whose rows have more than one fingerprint is refused (ingest each part on its own).
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from harness import results
+from harness.case import format_size
+from harness.env import FINGERPRINT_FIELDS, fingerprint
+from harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun
+
+MEASURE_SETTINGS: tuple[str, ...] = ("warmup_reps", "warmup_s", "cuda_graph", "l2_flush")
+ROW_SETTINGS: tuple[str, ...] = ("torch_threads",)
+
+
+def read_run(paths: str | Path | Iterable[str | Path], *, commit: str | None = None,
+             notes: str = "") -> tuple[NewRun, list[CaseRecord]]:
+    """The run and case records of the results under ``paths`` (folders, files or globs)."""
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    frame = results.load(items)
+    if frame.empty:
+        raise ValueError(f"no result rows under {', '.join(map(str, items))}")
+    missing = [c for c in ("case_id", "status", *FINGERPRINT_FIELDS, *ROW_SETTINGS) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"the results lack columns {missing}; re-run them with this attnbench")
+    duplicated = frame.loc[frame["case_id"].duplicated(), "case_id"]
+    if not duplicated.empty:
+        roots = sorted(frame["run_root"].astype(str).unique())
+        raise ValueError(f"case {duplicated.iloc[0]} appears in several run roots ({', '.join(roots)}); "
+                         "ingest one run at a time")
+    measure = _measure_settings(items)
+    fields = [_fingerprint_fields(row, measure) for row in frame.to_dict("records")]
+    prints = [fingerprint(f["env"], **f["settings"]) for f in fields]
+    distinct = sorted(set(prints))
+    if len(distinct) > 1:
+        first, other = fields[prints.index(distinct[0])], fields[prints.index(distinct[1])]
+        raise ValueError(f"the results mix {len(distinct)} fingerprints ({', '.join(distinct)}); they differ in "
+                         f"{describe_difference(first, other)}: ingest each machine or setting on its own")
+    run = NewRun(commit=_commit(frame, commit), time_utc=str(frame["env_time_utc"].min()), fingerprint=distinct[0],
+                 fingerprint_fields=fields[0], source=", ".join(str(Path(p).resolve()) for p in items),
+                 name=",".join(sorted(frame["run_root"].astype(str).unique())), notes=notes)
+    return run, list(case_records(frame))
+
+
+def describe_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
+    """``env_driver '550.54' vs '535.104'; torch_threads 2 vs 1``: the fields two fingerprints differ in."""
+    flat_a = {**a.get("env", {}), **a.get("settings", {})}
+    flat_b = {**b.get("env", {}), **b.get("settings", {})}
+    keys = sorted(k for k in set(flat_a) | set(flat_b) if flat_a.get(k) != flat_b.get(k))
+    return "; ".join(f"{k} {flat_a.get(k)!r} vs {flat_b.get(k)!r}" for k in keys) or "nothing recorded"
+
+
+def case_records(frame: pd.DataFrame) -> Iterator[CaseRecord]:
+    for row in frame.to_dict("records"):
+        ok = row["status"] == "ok"
+        samples = tuple(float(x) for x in row.get("samples_ms")) if ok and _present(row.get("samples_ms")) else ()
+        assert not ok or samples, f"ok row {row['case_id']} has no samples"
+        yield CaseRecord(
+            case_id=str(row["case_id"]), label=label(row), labels={c: _plain(row.get(c)) for c in LABEL_COLUMNS},
+            status=str(row["status"]), reason=str(row.get("reason") or ""),
+            figures={f: _integer(row.get(f)) for f in FIGURES},
+            median_ms=_number(row.get("latency_ms")) if ok else None,
+            ci_low_ms=_number(row.get("latency_ci_low_ms")) if ok else None,
+            ci_high_ms=_number(row.get("latency_ci_high_ms")) if ok else None,
+            samples_ms=samples)
+
+
+def label(row: Mapping[str, Any]) -> str:
+    """As ``harness.case.Case.label``, from a result row."""
+    compile_mode = row.get("compile")
+    comp = f"+compile:{compile_mode}" if compile_mode not in (None, "none") else ""
+    decode_len = _plain(row.get("decode_len"))
+    steps = f" L={decode_len}" if row.get("phase") == "decode" and decode_len not in (None, 1) else ""
+    seq = _plain(row.get("seq"))
+    seq_text = format_size(seq) if isinstance(seq, int) else str(seq)
+    return (f"{row.get('variant')}/{row.get('impl')}{comp} {row.get('phase')}{steps} seq={seq_text} "
+            f"batch={_plain(row.get('batch'))} {row.get('dtype')}")
+
+
+def _fingerprint_fields(row: Mapping[str, Any], measure: Mapping[str, Any]) -> dict[str, Any]:
+    env = {k: _plain(row.get(k)) for k in FINGERPRINT_FIELDS}
+    settings = {k: _plain(row.get(k)) for k in ROW_SETTINGS}
+    settings.update({f"measure.{k}": v for k, v in measure.items()})
+    return {"env": env, "settings": settings}
+
+
+def _measure_settings(items: list[str | Path]) -> dict[str, Any]:
+    """The ``MEASURE_SETTINGS`` of every job's ``config.yaml`` under ``items``; they must agree."""
+    configs: set[Path] = set()
+    for item in items:
+        for match in map(Path, glob.glob(str(item), recursive=True) or [str(item)]):
+            if match.is_dir():
+                configs.update(match.rglob("config.yaml"))
+            elif match.suffix == ".parquet" and (match.parent.parent / "config.yaml").exists():
+                configs.add(match.parent.parent / "config.yaml")
+    found: dict[tuple[tuple[str, Any], ...], Path] = {}
+    for path in sorted(configs):
+        cfg = yaml.safe_load(path.read_text()) or {}
+        measure = cfg.get("measure") if isinstance(cfg, dict) else None
+        if isinstance(measure, dict):
+            found.setdefault(tuple((k, measure.get(k)) for k in MEASURE_SETTINGS), path)
+    if len(found) > 1:
+        (a, path_a), (b, path_b) = list(found.items())[:2]
+        diff = "; ".join(f"measure.{k} {va!r} vs {vb!r}" for (k, va), (_, vb) in zip(a, b, strict=True) if va != vb)
+        raise ValueError(f"the results mix timing settings ({path_a} vs {path_b}: {diff}); ingest each on its own")
+    # No config.yaml (rows copied on their own): the settings are recorded as unknown (None).
+    return dict(next(iter(found))) if found else {k: None for k in MEASURE_SETTINGS}
+
+
+def _commit(frame: pd.DataFrame, commit: str | None) -> str:
+    if commit:
+        return commit
+    commits = sorted({str(c) for c in frame["env_git_commit"] if _present(c)}) if "env_git_commit" in frame else []
+    if len(commits) != 1:
+        found = ", ".join(commits) or "none recorded"
+        raise ValueError(f"the rows' git commits are {found}: pass --commit SHA")
+    return commits[0]
+
+
+def _present(value: Any) -> bool:
+    if value is None:
+        return False
+    if isinstance(value, float) and math.isnan(value):
+        return False
+    return True
+
+
+def _plain(value: Any) -> Any:
+    """numpy and pandas scalars as Python ones, missing as None: what a fingerprint hashes must not
+    depend on how a column was stored (``4`` and ``4.0`` and ``np.int64(4)`` hash the same)."""
+    if not _present(value) or value is pd.NA:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _integer(value: Any) -> int | None:
+    value = _plain(value)
+    return None if value is None else int(value)
+
+
+def _number(value: Any) -> float | None:
+    value = _plain(value)
+    return None if value is None else float(value)

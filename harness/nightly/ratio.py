@@ -1,11 +1,16 @@
 """The ratio of two runs' median latencies and its confidence interval, from their raw samples.
 
-Percentile bootstrap (Efron & Tibshirani, *An Introduction to the Bootstrap*, 1993, ch. 13): each
-run's samples are resampled with replacement, independently, ``resamples`` times; the interval
-holds the middle ``confidence`` of the resampled ratios of medians. It assumes nothing about the
-shape of the latency distribution (skewed, with one-sided preemption outliers on shared
-machines), as the median's own order-statistic CI in ``harness.stats`` does. The generator is
-seeded, so the same samples always give the same interval.
+Moving-block bootstrap (Künsch, "The jackknife and the bootstrap for general stationary
+observations", *Ann. Statist.* 17(3), 1989), percentile interval: each run's samples, in the order
+they were taken, are resampled as overlapping blocks of ``ceil(sqrt(n))`` consecutive samples,
+independently per run, ``resamples`` times; the interval holds the middle ``confidence`` of the
+resampled ratios of medians. Blocks, because latency samples are not independent: a clock state,
+a co-tenant's burst or a cache state lasts for many consecutive repetitions, and resampling single
+samples would then promise an interval narrower than the data support. The block is longer than
+the n^(1/3) that is optimal for smooth statistics of weakly dependent data (Hall, Horowitz & Jing,
+*Biometrika* 82(3), 1995), on purpose: machine states persist for hundreds of repetitions. Like
+the median's order-statistic CI in ``harness.stats`` it assumes nothing about the shape of the
+distribution. The generator is seeded, so the same samples always give the same interval.
 
 The bootstrap sees only the noise within each run. Run-to-run noise (clocks, thermal state, the
 placement of a process) is added from the history by ``widen``.
@@ -92,12 +97,18 @@ def run_to_run_sd_log(medians_ms: Sequence[float], *, min_runs: int = 5) -> floa
 
 
 def _resampled_medians(xs: np.ndarray, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    """Medians of ``resamples`` moving-block resamples of ``xs`` (each ``len(xs)`` long)."""
     n = len(xs)
-    chunk = max(1, _CHUNK_ELEMENTS // n)
+    block = math.ceil(math.sqrt(n))
+    num_blocks = math.ceil(n / block)
+    offsets = np.arange(block)
+    chunk = max(1, _CHUNK_ELEMENTS // (num_blocks * block))
     out = np.empty(resamples)
     for start in range(0, resamples, chunk):
         stop = min(resamples, start + chunk)
-        out[start:stop] = np.median(xs[rng.integers(0, n, size=(stop - start, n))], axis=1)
+        starts = rng.integers(0, n - block + 1, size=(stop - start, num_blocks, 1))
+        idx = (starts + offsets).reshape(stop - start, num_blocks * block)[:, :n]
+        out[start:stop] = np.median(xs[idx], axis=1)
     return out
 
 

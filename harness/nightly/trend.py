@@ -50,8 +50,9 @@ def _plot(series, label: str, run: Run, baseline: Run | None, threshold: float |
     ax = fig.add_subplot()
     xs = list(range(len(series)))
     medians = [c.median_ms for _, c in series]
-    low = [c.median_ms - (c.ci_low_ms if c.ci_low_ms is not None else c.median_ms) for _, c in series]
-    high = [(c.ci_high_ms if c.ci_high_ms is not None else c.median_ms) - c.median_ms for _, c in series]
+    # Clamped at 0: a CI edited by hand (or missing) must not stop the plot.
+    low = [max(0.0, c.median_ms - (c.ci_low_ms if c.ci_low_ms is not None else c.median_ms)) for _, c in series]
+    high = [max(0.0, (c.ci_high_ms if c.ci_high_ms is not None else c.median_ms) - c.median_ms) for _, c in series]
     ax.errorbar(xs, medians, yerr=[low, high], fmt="o-", color="tab:blue", ms=3, lw=1, capsize=2,
                 label="median, 95% CI")
     for x, (r, _) in zip(xs, series, strict=True):

@@ -138,7 +138,7 @@ def test_command_line_flags_an_injected_slowdown_and_moves_on(tmp_path, capsys):
     summary, plots = tmp_path / "summary.md", tmp_path / "plots"
     assert cli.main(["compare", "--db", str(db), "--markdown", str(summary), "--plots", str(plots)]) == 1
     text = summary.read_text()
-    assert text.startswith("## attnbench nightly: FAIL: 2 regressions")
+    assert text.startswith("## attnbench nightly: FAIL: 2 slower\n")
     assert "### Regressions" in text and "| mla/absorbed decode seq=4k batch=1 float32 |" in text and "+20." in text
     assert f"| baseline (last good) | {first} |" in text
     assert len(list(plots.glob("*.png"))) == 2 and "mla/eager" in (plots / "index.md").read_text()

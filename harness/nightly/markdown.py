@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from harness.nightly.compare import Comparison, CaseVerdict, FigureChange
+from harness.nightly.compare import MEMORY_FIGURES, CaseVerdict, Comparison, FigureChange
 from harness.nightly.store import Run
 
 _ALWAYS_COUNTED = ("regression", "improvement", "unchanged", "noisy")
@@ -17,8 +17,11 @@ _ENV_NAMES = {"env_device_name": "device", "env_driver": "driver", "env_cuda": "
 def render(comparison: Comparison, *, baseline_how: str = "") -> str:
     c = comparison
     counts = c.counts()
-    failing = counts["regression"] + counts["broken"] + sum(f.fails for f in c.figures)
-    verdict = f"FAIL: {failing} regression{'s' if failing != 1 else ''}" if c.failed else "PASS: no regression"
+    hungrier = sum(f.fails and f.figure in MEMORY_FIGURES for f in c.figures)
+    changed = sum(f.fails and f.figure not in MEMORY_FIGURES for f in c.figures)  # --strict-figures
+    parts = [f"{counts['regression']} slower", f"{counts['broken']} broken", f"{hungrier} hungrier",
+             f"{changed} changed figures"]
+    verdict = "FAIL: " + " · ".join(p for p in parts if not p.startswith("0 ")) if c.failed else "PASS: no regression"
     pct = f"{c.threshold:.0%}" if round(c.threshold * 100, 6).is_integer() else f"{c.threshold:.1%}"
     lines = [f"## attnbench nightly: {verdict}", "",
              "| | run | commit | started (UTC) | fingerprint |", "|---|---|---|---|---|",

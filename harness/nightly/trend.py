@@ -60,7 +60,7 @@ def _plot(series, label: str, run: Run, baseline: Run | None, threshold: float |
             ax.plot([x], [medians[x]], "s", mfc="none", mec="black", ms=9, label="baseline")
             if threshold is not None:
                 ax.axhspan(medians[x] / (1 + threshold), medians[x] * (1 + threshold), color="0.85", zorder=0,
-                           label=f"baseline +-{threshold:.0%}")
+                           label=f"baseline ±{threshold:.0%}")
         if r.run_id == run.run_id:
             color = {"regression": "tab:red", "improvement": "tab:green"}.get(kind, "tab:blue")
             ax.plot([x], [medians[x]], "o", color=color, ms=8, label=f"this run{f' ({kind})' if kind else ''}")

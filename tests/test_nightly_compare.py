@@ -112,7 +112,8 @@ def test_different_fingerprints_are_never_compared(tmp_path):
 def _inject(history: History, run_id: int, factor: float) -> None:
     """Multiply every stored sample (and the median) of a run by ``factor``, in place."""
     with sqlite3.connect(history.path) as con:
-        for case_id, blob in con.execute("SELECT case_id, samples_f64 FROM cases WHERE run_id = ?", (run_id,)).fetchall():
+        stored = con.execute("SELECT case_id, samples_f64 FROM cases WHERE run_id = ?", (run_id,)).fetchall()
+        for case_id, blob in stored:
             scaled = (np.frombuffer(blob, dtype="<f8") * factor).astype("<f8").tobytes()
             con.execute("UPDATE cases SET samples_f64 = ?, median_ms = median_ms * ?, ci_low_ms = ci_low_ms * ?, "
                         "ci_high_ms = ci_high_ms * ? WHERE run_id = ? AND case_id = ?",

@@ -53,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="last-good (default: the newest earlier run on the same fingerprint not judged a "
                           "regression), a run id, or a commit (its newest run)")
     cmp.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                     help="smallest slowdown flagged, as a fraction (default 0.05)")
+                     help="a case regressed when its whole 95%% interval lies above 1 + threshold (default 0.05)")
     cmp.add_argument("--markdown", type=Path, help="also write the markdown summary to this file")
     cmp.add_argument("--plots", type=Path, help="write a trend plot per case to this folder")
     cmp.add_argument("--strict-figures", action="store_true",

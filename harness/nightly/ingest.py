@@ -76,7 +76,8 @@ def case_records(frame: pd.DataFrame) -> Iterator[CaseRecord]:
     for row in frame.to_dict("records"):
         ok = row["status"] == "ok"
         samples = tuple(float(x) for x in row.get("samples_ms")) if ok and _present(row.get("samples_ms")) else ()
-        assert not ok or samples, f"ok row {row['case_id']} has no samples"
+        if ok and not samples:
+            raise ValueError(f"ok row {row['case_id']} has no samples_ms; re-run it with this attnbench")
         yield CaseRecord(
             case_id=str(row["case_id"]), label=label(row), labels={c: _plain(row.get(c)) for c in LABEL_COLUMNS},
             status=str(row["status"]), reason=str(row.get("reason") or ""),

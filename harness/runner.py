@@ -103,6 +103,10 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
                 return _finish(row, started, timed_s, "incorrect",
                                f"relative error {err:.3g} > {tol:g} against the float64 reference")
 
+        if case.compile is not None:
+            # A fresh compile cache per case: a sweep in one process would otherwise reach dynamo's
+            # recompile limit and run later cases eagerly, silently, under a "compiled" label.
+            torch._dynamo.reset()
         layer = variants.build(case.variant, case.shape, attention=case.attention, dtype=dtype, device=device,
                                seed=ctx.seed)
         cache = layer.new_cache(case.batch, case.max_len, impl=case.impl)

@@ -71,8 +71,8 @@ RC: dict[str, object] = {
     "grid.linewidth": 0.4,
     "grid.alpha": 0.5,
     "savefig.dpi": DPI,
-    "savefig.bbox": "tight",
-    "savefig.pad_inches": 0.02,
+    # No "tight" bbox: a figure keeps exactly its column width (constrained layout fills it).
+    "savefig.bbox": None,
     "figure.dpi": 100,
 }
 

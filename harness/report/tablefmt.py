@@ -6,6 +6,7 @@ Each file format is one registered function; the report writes every registered 
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -92,7 +93,10 @@ def to_html(table: Table) -> str:
             f"{html.escape(table.caption)}</caption><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
 
 
+_NUMBER = re.compile(r"^-?[\d,]*\.?\d+(e[-+]?\d+)?(%|×| [KMGT]?i?B)?( \[.*\])?$|^inf$|^\d+[kM]$")
+
+
 def _is_numeric(column: pd.Series) -> bool:
-    """Text cells that read as numbers (``1,234``, ``0.5 [0.4, 0.6]``, ``12%``, ``1.2×``) align right."""
+    """Text cells that read as numbers (``1,234``, ``0.5 [0.4, 0.6]``, ``12%``, ``1.2×``, ``4k``) align right."""
     values = [str(v) for v in column if str(v)]
-    return bool(values) and all(v[0].isdigit() or v[0] in "-." for v in values)
+    return bool(values) and all(_NUMBER.match(v) for v in values)

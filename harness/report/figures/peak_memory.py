@@ -50,7 +50,7 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         ax.axhline(budget, color="0.2", linewidth=1.0)
         ax.axhline((1 - data.reserve) * budget, color="0.2", linewidth=0.6, linestyle="--")
         context_axis(ax)
-        bytes_axis(ax, "memory")
+        bytes_axis(ax, "memory (measured peak; model)")
         device_title(ax, panel.device, width)
         fits.append(f"{panel.device} at batch {batch}, budget {human_bytes(budget)}: "
                     + ", ".join(f"{v} {tokens(n)}" for v, n in longest.items()))

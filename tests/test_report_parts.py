@@ -144,3 +144,13 @@ def test_units():
         "0.0123", "1.23", "123", "12,346", "", "2.50e-05"]
     assert [tokens(v) for v in (4096, 32768, 2**20, 1500)] == ["4k", "32k", "1M", "1,500"]
     assert human_bytes(80 * GiB) == "80 GiB" and human_bytes(1536) == "1.5 KiB"
+
+
+def test_unknown_figure_or_width_is_refused_before_anything_is_written(tmp_path):
+    from harness.report import build_report
+
+    with pytest.raises(ValueError, match="figure 'nope' is not one of: latency, kv_cache"):
+        build_report(FIXTURE, tmp_path / "r", figures=("nope",))
+    with pytest.raises(ValueError, match="width='wide' is not one of: single, double"):
+        build_report(FIXTURE, tmp_path / "r", widths=("wide",))
+    assert not (tmp_path / "r").exists()

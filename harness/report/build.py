@@ -50,6 +50,10 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     for width in widths:
         if width not in WIDTH_IN:
             raise ValueError(f"width={width!r} is not one of: {', '.join(WIDTH_IN)}")
+    known = [spec.name for spec in figure_registry.specs()]
+    for name in figures or ():
+        if name not in known:
+            raise ValueError(f"figure {name!r} is not one of: {', '.join(known)}")
     frame = rows if isinstance(rows, pd.DataFrame) else load_rows(rows)
     data = prepare(frame, filters)
     out = Path(out)

@@ -4,17 +4,8 @@ context length. Decode at long contexts is bound by reading the cache: this is h
 from __future__ import annotations
 
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (
-    caption_for,
-    context_axis,
-    device_title,
-    drawn_rows,
-    legend,
-    log_axis,
-    new_figure,
-    panels,
-    plot_series,
-)
+from harness.report.plotting import (caption_for, context_axis, device_title, drawn_rows, legend, log_axis, new_figure,
+                                     panels, plot_series)
 
 
 @figure(name="bandwidth_fraction", order=5, title="Bandwidth fraction against context length",

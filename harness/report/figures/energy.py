@@ -4,17 +4,8 @@ separate window of at least one second (``harness.telemetry``); CUDA devices onl
 from __future__ import annotations
 
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (
-    caption_for,
-    context_axis,
-    device_title,
-    drawn_rows,
-    legend,
-    log_axis,
-    new_figure,
-    panels,
-    plot_series,
-)
+from harness.report.plotting import (caption_for, context_axis, device_title, drawn_rows, legend, log_axis, new_figure,
+                                     panels, plot_series)
 
 
 @figure(name="energy_per_token", order=7, title="Energy per token against context length",

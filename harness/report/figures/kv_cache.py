@@ -7,17 +7,8 @@ import numpy as np
 
 from harness.report.costmodel import model_cost, shape_of
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (
-    bytes_axis,
-    caption_for,
-    context_axis,
-    device_title,
-    drawn_rows,
-    legend,
-    new_figure,
-    panels,
-    series,
-)
+from harness.report.plotting import (bytes_axis, caption_for, context_axis, device_title, drawn_rows, legend,
+                                     new_figure, panels, series)
 from harness.report.style import series_style, variant_color, variant_sort_key
 
 
@@ -47,10 +38,11 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
             measured = group["kv_cache_bytes"].astype(float) * layers
             per_token.plot(tokens_held, measured / (batch * tokens_held), **style)
             total.plot(tokens_held, measured, **style)
-        bytes_axis(per_token, f"KV bytes per token ({layers} layers)")
-        bytes_axis(total, f"KV cache, batch {batch} ({layers} layers)")
+        # Short labels: two panels share a 3.5 in column.
+        bytes_axis(per_token, f"KV per token ({layers} layers)")
+        bytes_axis(total, f"KV total (batch {batch})")
         for ax in (per_token, total):
-            context_axis(ax)
+            context_axis(ax, "context (tokens)")
         device_title(per_token, panel.device, "single")
     legend(fig, drawn_rows(drawn))
     return Drawn(fig, "KV-cache bytes of the whole model (one layer's times num_layers) per token (left) and in "

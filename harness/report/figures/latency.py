@@ -4,17 +4,8 @@ the 95% confidence interval of the median as a band."""
 from __future__ import annotations
 
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (
-    caption_for,
-    context_axis,
-    device_title,
-    drawn_rows,
-    legend,
-    log_axis,
-    new_figure,
-    panels,
-    plot_series,
-)
+from harness.report.plotting import (caption_for, context_axis, device_title, drawn_rows, legend, log_axis, new_figure,
+                                     panels, plot_series)
 
 BAND = ("latency_ci_low_ms", "latency_ci_high_ms")
 

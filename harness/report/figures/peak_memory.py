@@ -10,17 +10,8 @@ from matplotlib.lines import Line2D
 from harness.report.capacity import longest_context
 from harness.report.costmodel import model_cost, shape_of
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (
-    bytes_axis,
-    caption_for,
-    context_axis,
-    device_title,
-    drawn_rows,
-    legend,
-    new_figure,
-    panels,
-    plot_series,
-)
+from harness.report.plotting import (bytes_axis, caption_for, context_axis, device_title, drawn_rows, legend,
+                                     new_figure, panels, plot_series)
 from harness.report.style import variant_color, variant_sort_key
 from harness.report.units import human_bytes, tokens
 

@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (
-    batch_axis,
-    caption_for,
-    device_title,
-    drawn_rows,
-    legend,
-    log_axis,
-    new_figure,
-    panels,
-    plot_series,
-)
+from harness.report.plotting import (batch_axis, caption_for, device_title, drawn_rows, legend, log_axis, new_figure,
+                                     panels, plot_series)
 
 
 @figure(name="decode_throughput", order=6, title="Decode throughput against batch size",

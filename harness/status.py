@@ -83,13 +83,23 @@ class SweepStatus:
         jobs = f"{len(self.jobs)} job{'s' * (len(self.jobs) != 1)}"
         out = [f"{self.root}: {jobs}, {len(self.cases)} cases planned: {summary or 'none'}"
                + (" (missing: no row yet; the job has not run, is running, or died)" if self.missing else "")]
-        for job in self.unplanned_jobs:
-            out.append(f"  missing    job {job.num}: cases unknown ({job.note}); overrides: {' '.join(job.overrides)}")
-        for case in self.cases:
-            if case.status in DETAILED:
-                never = "" if case.status != "missing" or self._started(case.job) else " (never started)"
-                why = f"  {case.reason}" if case.reason else ""
-                out.append(f"  {case.status:<10} job {case.job}{never}: {case.label}  [{case.case_id}]{why}")
+        swept = _swept_keys(self.jobs)
+        for job in self.jobs:
+            which = " ".join(o for o in job.overrides if o.split("=", 1)[0] in swept)
+            name = f"job {job.num}" + (f" ({which})" if which else "")
+            if job.cases is None:
+                out.append(f"  missing    {name}: cases unknown ({job.note})")
+                continue
+            states = [c for c in self.cases if c.job == job.num]
+            missing = [c for c in states if c.status == "missing"]
+            if missing and len(missing) == len(states):  # the whole job: one line
+                how = "never started" if not job.started else "started, no case finished"
+                out.append(f"  missing    {name}: all {len(states)} cases ({how})")
+                states = [c for c in states if c.status != "missing"]
+            for case in states:
+                if case.status in DETAILED:
+                    why = f"  {case.reason}" if case.reason else ""
+                    out.append(f"  {case.status:<10} {name}: {case.label}  [{case.case_id}]{why}")
         notes = sorted({j.note for j in self.jobs if j.note and j.cases is not None})
         out.extend(f"  note: {note}" for note in notes)
         if self.unplanned_ok:
@@ -102,8 +112,16 @@ class SweepStatus:
             out.append(f"resume: {self.resume_command}")
         return out
 
-    def _started(self, num: int | None) -> bool:
-        return any(j.started for j in self.jobs if j.num == num)
+
+
+def _swept_keys(jobs: list[PlannedJob]) -> set[str]:
+    """The override keys whose value differs between jobs: what tells one job from another."""
+    values: dict[str, list[str]] = {}
+    for job in jobs:
+        for override in job.overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, []).append(value)
+    return {k for k, v in values.items() if len(set(v)) > 1 or len(v) < len(jobs)}
 
 
 def sweep_overrides(multirun: dict) -> list[list[str]]:

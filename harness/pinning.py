@@ -27,10 +27,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import re
 import socket
 import sys
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -115,13 +117,14 @@ def cuda_gpu_ids() -> list[str]:
     visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")
     ids = []
     for index in range(torch.cuda.device_count()):
-        uuid = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-        if uuid is not None:
-            ids.append(f"GPU-{uuid}")
-        else:  # older torch: the physical index behind CUDA_VISIBLE_DEVICES, on this host
+        raw = getattr(torch.cuda.get_device_properties(index), "uuid", None)
+        if raw is not None:  # formatted as NVML prints it (as harness.telemetry matches devices)
+            data = getattr(raw, "bytes", None)
+            ids.append("GPU-" + (str(uuid.UUID(bytes=bytes(data))) if data is not None else str(raw)))
+        else:  # a torch without UUIDs: the physical index behind CUDA_VISIBLE_DEVICES, on this host
             physical = visible[index] if index < len(visible) and visible[index] else str(index)
             ids.append(f"{socket.gethostname()}-cuda{physical}")
-    return ids
+    return [re.sub(r"[^A-Za-z0-9_.-]", "_", gpu_id) for gpu_id in ids]  # file names
 
 
 def num_gpus() -> int:

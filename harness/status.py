@@ -125,7 +125,8 @@ def _swept_keys(jobs: list[PlannedJob]) -> set[str]:
 
 
 def sweep_overrides(multirun: dict) -> list[list[str]]:
-    """Every job's overrides, in job-number order, as Hydra's basic sweeper made them."""
+    """Every job's overrides, in job-number order, as Hydra's basic sweeper made them (its own code,
+    so the job numbers match the folders)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -25,10 +25,13 @@ from harness.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
-# 4 jobs of 2 cases each; one torch thread per process so that parallel jobs don't oversubscribe 2 cores.
-SWEEP = ["-m", "experiment=smoke", "measure.calibrate=false", "variant=mha,mla", "impl=eager", "phase=both",
+# The same sweep through every launcher: 4 jobs of one case. The killed sweep: 4 jobs of two cases, so
+# that a job can die between its cases. One torch thread per process: parallel jobs share 2 cores.
+SWEEP = ["-m", "experiment=smoke", "measure.calibrate=false", "variant=mha,mla", "impl=eager", "phase=decode",
          "seq=32,64"]
-NUM_JOBS, NUM_CASES = 4, 8
+NUM_JOBS, NUM_CASES = 4, 4
+KILLED_SWEEP = [*SWEEP[:-2], "phase=both", "seq=32,64"]
+NUM_KILLED_CASES = 8
 LAUNCHERS = {
     "basic": [],
     "joblib": ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"],
@@ -99,7 +102,7 @@ def test_merge_refuses_a_case_measured_in_two_sweeps(sweeps, tmp_path, capsys):
 @needs_plugins
 def test_killed_joblib_sweep_resumes_without_loss_or_repeat(tmp_path):
     root = tmp_path / "sweep"
-    args = ["run.py", *SWEEP, *LAUNCHERS["joblib"], f"hydra.sweep.dir={root}"]
+    args = ["run.py", *KILLED_SWEEP, *LAUNCHERS["joblib"], f"hydra.sweep.dir={root}"]
     proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, env=ENV)
     deadline = time.time() + 120
@@ -109,12 +112,12 @@ def test_killed_joblib_sweep_resumes_without_loss_or_repeat(tmp_path):
     proc.wait()
     time.sleep(0.5)
     before = results.load(root, attempts=True)
-    assert 3 <= len(before) < NUM_CASES, "the kill should land mid-sweep"
+    assert 3 <= len(before) < NUM_KILLED_CASES, "the kill should land mid-sweep"
     first_files = {p: p.stat().st_mtime_ns for p in results.row_files([root])}
 
     report = status.status(root)  # the killed jobs' cases are missing, not results
-    assert not report.complete and len(report.cases) == NUM_CASES
-    assert len(report.missing) == NUM_CASES - len(before)
+    assert not report.complete and len(report.cases) == NUM_KILLED_CASES
+    assert len(report.missing) == NUM_KILLED_CASES - len(before)
     assert status.main([str(root)]) == 1
     command = shlex.split(report.resume_command)
     assert command[:3] == ["python", "run.py", "-m"] and command[-1] == "resume=true"
@@ -122,7 +125,7 @@ def test_killed_joblib_sweep_resumes_without_loss_or_repeat(tmp_path):
     resumed = _run(command[1:])  # the command status printed, as a user would paste it
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     after = results.load(root, attempts=True)
-    assert len(after) == NUM_CASES and after["case_id"].is_unique, "every case measured once: none lost or repeated"
+    assert len(after) == NUM_KILLED_CASES and after["case_id"].is_unique, "every case measured once: none lost or repeated"
     assert (after["status"] == "ok").all() and set(after["launcher"]) == {"joblib"}
     assert all(p.stat().st_mtime_ns == t for p, t in first_files.items()), "finished rows untouched"
     assert status.status(root).complete and status.main([str(root)]) == 0
@@ -244,6 +247,7 @@ def test_the_gpus_launcher_preset_composes():
         cfg = compose("config", overrides=["hydra/launcher=gpus"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.endswith("JoblibLauncher")
     assert cfg.hydra.launcher.n_jobs == pinning.num_gpus() >= 1
+    assert int(cfg.hydra.launcher.batch_size) == 1, "one job per dispatch: no worker holds a queue of jobs"
 
 
 def test_a_launcher_without_its_plugin_is_one_line(monkeypatch):
@@ -251,3 +255,16 @@ def test_a_launcher_without_its_plugin_is_one_line(monkeypatch):
     for name in ("joblib", "gpus"):  # the preset extends joblib
         with pytest.raises(UserError, match=rf"^hydra/launcher={name} needs the launcher plugins: pip install"):
             cli.check_overrides(["-m", f"hydra/launcher={name}", "variant=mha"], CONF)
+
+
+@needs_plugins
+def test_the_documented_slurm_overrides_compose():
+    slurm = ["hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_task=1", "hydra.launcher.cpus_per_task=8",
+             "hydra.launcher.timeout_min=240", "hydra.launcher.array_parallelism=16"]
+    assert all(o in (ROOT / "README.md").read_text() for o in slurm)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=["hydra/launcher=submitit_slurm", *slurm], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert (launcher.partition, launcher.gpus_per_task, launcher.timeout_min, launcher.array_parallelism) == (
+        "gpu", 1, 240, 16)
+    assert launcher.submitit_folder.endswith("/.submitit/%j")  # logs beside the sweep's results

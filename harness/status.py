@@ -157,7 +157,8 @@ def _plan_here(overrides: list[str], conf_dir: Path) -> tuple[tuple[tuple[str, s
     except Exception as error:  # noqa: BLE001 - any reason it can't be planned here is reported, not raised
         return None, f"cannot plan it here: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
     planned = tuple((c.case_id(VARIANTS.get(c.variant).uses), c.label()) for c in cases)
-    return planned, f"jobs that never started are planned on this machine ({cases[0].device})"
+    return planned, (f"jobs without a {results.PLAN} (never started, or older than it) are planned on this "
+                     f"machine ({cases[0].device})")
 
 
 def _job_dirs(root: Path) -> dict[int | None, tuple[Path, dict]]:

@@ -124,8 +124,9 @@ def test_killed_joblib_sweep_resumes_without_loss_or_repeat(tmp_path):
 
     resumed = _run(command[1:])  # the command status printed, as a user would paste it
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert resumed.stdout.count("already measured (resume)") == len(before), "skips exactly the finished cases"
     after = results.load(root, attempts=True)
-    assert len(after) == NUM_KILLED_CASES and after["case_id"].is_unique, "every case measured once: none lost or repeated"
+    assert len(after) == NUM_KILLED_CASES and after["case_id"].is_unique, "each case once: none lost, none twice"
     assert (after["status"] == "ok").all() and set(after["launcher"]) == {"joblib"}
     assert all(p.stat().st_mtime_ns == t for p, t in first_files.items()), "finished rows untouched"
     assert status.status(root).complete and status.main([str(root)]) == 0

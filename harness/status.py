@@ -94,7 +94,8 @@ class SweepStatus:
             missing = [c for c in states if c.status == "missing"]
             if missing and len(missing) == len(states):  # the whole job: one line
                 how = "never started" if not job.started else "started, no case finished"
-                out.append(f"  missing    {name}: all {len(states)} cases ({how})")
+                what = f"all {len(states)} cases" if len(states) > 1 else "its one case"
+                out.append(f"  missing    {name}: {what} ({how})")
                 states = [c for c in states if c.status != "missing"]
             for case in states:
                 if case.status in DETAILED:

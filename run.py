@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 
 from harness.cli import check_overrides
 from harness.errors import UserError
+from harness.pinning import pinned_device, register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -42,15 +43,21 @@ def main(cfg: DictConfig) -> None:
     root = Path(hc.sweep.dir) if multirun else job_dir
     job = {"job_num": hc.job.num if multirun else None, "launcher": _launcher_name(hc)}
     try:
-        run(cfg, job_dir=job_dir, root=root, job=job)
+        # device=auto/cuda: this job takes a free GPU of its machine and holds it while it runs.
+        with pinned_device(str(cfg.device), lock_dir=cfg.get("gpu_lock_dir")) as device:
+            cfg.device = device
+            run(cfg, job_dir=job_dir, root=root, job=job)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
 def _launcher_name(hc) -> str:  # noqa: ANN001 - HydraConfig
+    """``basic``, ``joblib``, ``submitit_local``, ``submitit_slurm``: the engine, whatever preset named it."""
     target = str(hc.launcher.get("_target_", "basic"))
-    return target.rsplit(".", 1)[-1].removesuffix("Launcher").lower() or "basic"
+    module, _, cls = target.rpartition(".")
+    name = cls.removesuffix("Launcher").lower() or "basic"
+    return f"submitit_{name}" if "submitit" in module else name
 
 
 if __name__ == "__main__":
@@ -59,4 +66,5 @@ if __name__ == "__main__":
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
+    register_resolvers()
     main()

@@ -76,6 +76,26 @@ def _wrap(fn: Callable[..., Any], *args: Any) -> None:
         raise UserError(str(error)) from None
 
 
+# Launcher configs that come from optional plugins (pip install -e '.[launchers]'), by plugin module.
+LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher",
+                    "submitit_local": "hydra_plugins.hydra_submitit_launcher",
+                    "submitit_slurm": "hydra_plugins.hydra_submitit_launcher"}
+
+
+def _check_launcher(name: str, conf_dir: Path) -> None:
+    """A launcher whose plugin is missing is one line naming the extra, not Hydra's search-path dump."""
+    import importlib.util
+
+    base = name
+    preset = conf_dir / "hydra" / "launcher" / f"{name}.yaml"
+    if preset.exists():  # our presets extend a plugin's config: check the plugin it names
+        defaults = (yaml.safe_load(preset.read_text()) or {}).get("defaults") or []
+        base = next((d for d in defaults if isinstance(d, str) and d in LAUNCHER_PLUGINS), name)
+    plugin = LAUNCHER_PLUGINS.get(base)
+    if plugin is not None and importlib.util.find_spec(plugin) is None:
+        raise UserError(f"hydra/launcher={name} needs the launcher plugins: pip install -e '.[launchers]'")
+
+
 def check_overrides(args: Iterable[str], conf_dir: Path) -> None:
     """Raise ``UserError`` (one line) for the first bad key or value among the overrides."""
     overrides = [a for a in args if not a.startswith("-") and "=" in a or a.startswith("~")]
@@ -87,7 +107,9 @@ def check_overrides(args: Iterable[str], conf_dir: Path) -> None:
     top_keys = sorted(k for k in primary if k not in ("defaults", "hydra"))
     for override in parsed:
         key = override.key_or_group
-        root = key.split(".")[0]
+        if key == "hydra/launcher":
+            _check_launcher(str(override.value()), conf_dir)
+        root = key.split(".")[0].split("/")[0]  # hydra/launcher=joblib: a Hydra group, Hydra's to check
         if root == "hydra" or override.package is not None or override.is_delete():
             continue
         if root in GROUPS and key != root:

@@ -71,6 +71,11 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
     env = environment(device)
     results.write_json(job_dir / "env.json", env)
     results.write_text(job_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
+    case_ids = [case.case_id(VARIANTS.get(case.variant).uses) for case in cases]
+    # The job's plan, for `python -m harness.status`: a job that dies part-way leaves its cases listed.
+    results.write_json(job_dir / results.PLAN, {
+        "job_num": (job or {}).get("job_num"), "device": cases[0].device,
+        "cases": [{"case_id": cid, "label": case.label()} for cid, case in zip(case_ids, cases, strict=True)]})
     job_columns = {"run_root": root.name, "job_dir": str(job_dir), "host": socket.gethostname(),
                    "device_mem_total_bytes": total_memory_bytes(device), "torch_threads": torch.get_num_threads(),
                    "device_index": device.index if device.type == "cuda" else None, "launcher": "direct",
@@ -81,8 +86,7 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
     done = results.finished_case_ids(root) if cfg.get("resume") else set()
     progress = Progress(len(cases), stream=log)
     rows = []
-    for case in cases:
-        case_id = case.case_id(VARIANTS.get(case.variant).uses)
+    for case, case_id in zip(cases, case_ids, strict=True):
         if case_id in done:
             progress.skip(case.label(), "already measured (resume)")
             continue

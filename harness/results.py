@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 ROWS = "rows"
+PLAN = "plan.json"  # per job: the cases it planned (case_id, label), written before the first is measured
 
 # The columns every row has, with their units; see README "Results schema" for the full list.
 STATUS_VALUES = ("ok", "skipped", "oom", "error", "incorrect")
@@ -45,6 +46,11 @@ def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
     path = Path(job_dir) / ROWS / f"{row['case_id']}.{time.time_ns()}.parquet"
     _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     return path
+
+
+def write_frame(path: Path, frame: pd.DataFrame) -> None:
+    """A whole result set as one parquet file (``harness.merge``)."""
+    _atomic_write(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def write_json(path: Path, payload: Mapping[str, object]) -> None:

@@ -103,12 +103,16 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
                 return _finish(row, started, timed_s, "incorrect",
                                f"relative error {err:.3g} > {tol:g} against the float64 reference")
 
+        if case.compile is not None:
+            # A fresh compile cache per case: a sweep in one process would otherwise reach dynamo's
+            # recompile limit and run later cases eagerly, silently, under a "compiled" label.
+            torch._dynamo.reset()
         layer = variants.build(case.variant, case.shape, attention=case.attention, dtype=dtype, device=device,
                                seed=ctx.seed)
         cache = layer.new_cache(case.batch, case.max_len, impl=case.impl)
         if case.phase == "decode":
             # The prefix stands in for an earlier prefill; its values do not change the step's cost.
-            cache.fill_random_(case.seq, generator=torch.Generator().manual_seed(ctx.seed))
+            cache.fill_random_(case.seq, seed=ctx.seed)
         x_BLD, memory_BMD = _inputs(case, layer.hidden, device, dtype, ctx.seed)
         objects += [layer, cache, x_BLD, memory_BMD]
         step = layer.prepare(case.phase, x_BLD, cache, impl=case.impl, compile=case.compile, memory_BMD=memory_BMD)

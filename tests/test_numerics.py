@@ -108,3 +108,14 @@ def test_decode_step_is_repeatable_and_writes_in_place(seed):
     first, second = step(), step()
     torch.testing.assert_close(first, second, rtol=0, atol=0)
     assert cache.length == PREFILL and cache.packed.data_ptr() == storage
+
+
+def test_fill_random_marks_the_prefix_valid_and_is_reproducible():
+    layer = variants.build("mla", TINY_Q)
+    a, b = layer.new_cache(2, 8), layer.new_cache(2, 8)
+    a.fill_random_(5, seed=3)
+    b.fill_random_(5, seed=3)
+    assert a.length == 5 and torch.equal(a.packed, b.packed)
+    assert a.packed[:, :5].abs().sum() > 0 and a.packed[:, 5:].abs().sum() == 0
+    with pytest.raises(ValueError, match="fill length 9 is outside"):
+        a.fill_random_(9)

@@ -200,3 +200,12 @@ def test_interrupted_sweep_resumes_without_loss_or_repeat(tmp_path):
     assert sorted(after.variant) == ["gqa", "mha", "mla", "mqa"], "every case once, none lost or repeated"
     assert (after.status == "ok").all()
     assert all(p.stat().st_mtime_ns == t for p, t in first_files.items()), "finished rows untouched"
+
+
+@pytest.mark.compile
+def test_compiled_case_reports_first_call_apart_and_checks_numerics(tmp_path):
+    cfg = _job_cfg(variant="mqa", impl="sdpa", phase="decode", compile="default")
+    row = run_job(cfg, job_dir=tmp_path, root=tmp_path, log=io.StringIO()).iloc[0]
+    assert row.status == "ok", row.reason
+    assert row.compile == "default" and row.numerics_compile_rel_err <= 1e-4
+    assert row.first_call_ms > 10 * row.latency_ms  # compilation is in the first call only

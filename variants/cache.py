@@ -102,8 +102,8 @@ class KVCache:
         """Bytes held by the cache's tensors, measured from the tensors themselves."""
         return sum(buf.numel() * buf.element_size() for buf in self.buffers.values())
 
-    def fill_random_(self, length: int, *, generator: torch.Generator | None = None) -> None:
-        """Fill [0, length) with unit-normal values and mark it valid.
+    def fill_random_(self, length: int, *, seed: int = 0) -> None:
+        """Fill [0, length) with unit-normal values, drawn on the cache's device, and mark it valid.
 
         Stands in for a long prefill when only the decode step is measured: the step's cost does
         not depend on the cached values, and a 128k-token prefill would dominate a CPU sweep.
@@ -111,6 +111,7 @@ class KVCache:
         if not 0 <= length <= self.max_len:
             raise ValueError(f"fill length {length} is outside [0, max_len={self.max_len}]")
         for buf in self.buffers.values():
+            generator = torch.Generator(device=buf.device).manual_seed(seed)
             view = buf[:, :length]
-            view.copy_(torch.randn(view.shape, generator=generator, dtype=torch.float32).to(view))
+            view.copy_(torch.randn(view.shape, generator=generator, device=buf.device, dtype=buf.dtype))
         self.length = length

@@ -1,0 +1,84 @@
+"""``python -m harness.report RESULTS... [--out DIR] [--filter key=value ...] [--baseline ...]
+[--budget 80GiB] [--batches 1,8,64]``: write a comparison report of any set of result rows.
+
+Bad input is one line ``error: ...`` on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import NoReturn
+
+from harness.report.baseline import Baseline
+from harness.report.build import build_report
+from harness.report.capacity import RESERVE
+from harness.report.data import parse_filters
+from harness.report.style import WIDTH_IN
+from harness.report.units import parse_bytes
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # argparse prints the usage block too; one line is what every attnbench command prints.
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="python -m harness.report", description="Write a comparison report (tables, figures, "
+                     "one HTML page) of result rows from any mix of runs, sweeps and machines.")
+    parser.add_argument("results", nargs="+", help="result folders, row files or globs (e.g. 'results/*')")
+    parser.add_argument("--out", help="report folder (default: results/report_<time>)")
+    parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
+                        help="keep rows whose column KEY is one of the values; repeat for AND (phase=decode)")
+    parser.add_argument("--baseline", default="variant=mha,impl=eager",
+                        help="what speed-up and memory ratio compare against (default: variant=mha,impl=eager)")
+    parser.add_argument("--budget", help="memory budget for the capacity table, e.g. 80GiB "
+                        "(default: each device's own memory)")
+    parser.add_argument("--batches", help="batch sizes of the capacity table, e.g. 1,8,64 "
+                        "(default: 1,8,64 and every measured batch)")
+    parser.add_argument("--reserve", type=float, default=RESERVE,
+                        help=f"share of the budget held back for activations and the runtime (default {RESERVE})")
+    parser.add_argument("--widths", default=",".join(WIDTH_IN),
+                        help="figure widths to draw: single (3.5 in), double (7 in), or both (default)")
+    return parser
+
+
+def _batches(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v <= 0 for v in values):
+        raise ValueError(f"--batches {text!r} is not a list of positive integers (e.g. 1,8,64)")
+    return values
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    out = Path(args.out or f"results/report_{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    try:
+        report = build_report(
+            args.results, out, filters=parse_filters(args.filter), baseline=Baseline.parse(args.baseline),
+            budget_bytes=parse_bytes("--budget", args.budget) if args.budget else None,
+            batches=_batches(args.batches), reserve=args.reserve,
+            widths=[w.strip() for w in args.widths.split(",") if w.strip()],
+            command=shlex.join(["python", "-m", "harness.report", *argv]))
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"report: {report.out / 'report.html'} ({len(report.files)} files; devices: {', '.join(report.devices)})")
+    for name, why in report.left_out.items():
+        print(f"left out {name}: {why}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Build a report folder from result rows: tables, figures, a markdown summary and an HTML page.
+
+    out/
+      report.html               self-contained page (figures embedded): open it in any browser
+      report.md                 the same in markdown, figures linked
+      tables/<name>.{md,tex,csv}   cases, not_measured, capacity, sources
+      figures/<name>_<single|double>.{pdf,png}   one per registered figure with data
+      manifest.txt              every file above; a rebuild into the folder removes the old ones first
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.report import figures as figure_registry
+from harness.report.baseline import Baseline, with_ratios
+from harness.report.capacity import RESERVE, capacity_table
+from harness.report.data import ReportData, load_rows, prepare
+from harness.report.figures import FigureInput
+from harness.report.html import PageFigure, page
+from harness.report.style import WIDTH_IN
+from harness.report.tablefmt import markdown_grid, write_table
+from harness.report.tables import Table, capacity_view, cases_table, not_measured_table, sources_table
+
+MANIFEST = "manifest.txt"
+DEFAULT_BASELINE = Baseline()  # MHA with the eager implementation
+TITLE = "attnbench report"
+
+
+@dataclass(frozen=True)
+class Report:
+    out: Path
+    files: tuple[Path, ...]  # every file written, the manifest included
+    notes: tuple[str, ...]
+    figures: Mapping[str, str]  # figure name -> caption if drawn
+    left_out: Mapping[str, str]  # figure name -> why it was left out
+    devices: tuple[str, ...]
+
+
+def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: str | Path, *,
+                 filters: Mapping[str, Iterable[str]] | None = None, baseline: Baseline = DEFAULT_BASELINE,
+                 budget_bytes: int | None = None, batches: Sequence[int] | None = None, reserve: float = RESERVE,
+                 widths: Sequence[str] = tuple(WIDTH_IN), figures: Sequence[str] | None = None,
+                 command: str = "python -m harness.report") -> Report:
+    """Write the report of ``rows`` (a DataFrame from ``harness.results.load``, or paths and globs)."""
+    for width in widths:
+        if width not in WIDTH_IN:
+            raise ValueError(f"width={width!r} is not one of: {', '.join(WIDTH_IN)}")
+    known = [spec.name for spec in figure_registry.specs()]
+    for name in figures or ():
+        if name not in known:
+            raise ValueError(f"figure {name!r} is not one of: {', '.join(known)}")
+    frame = rows if isinstance(rows, pd.DataFrame) else load_rows(rows)
+    data = prepare(frame, filters)
+    out = Path(out)
+    _clear_previous(out)
+    ok, baseline_notes = with_ratios(data.ok, baseline)
+    capacity, capacity_notes = capacity_table(data.all_rows, ok, budget_bytes=budget_bytes, batches=batches,
+                                              reserve=reserve)
+    devices = tuple(data.devices())
+    notes = [_devices_note(data), *data.notes, *baseline_notes, *capacity_notes]
+
+    tables = _tables(data, ok, capacity, baseline, notes)
+    sources = sources_table(data.all_rows)
+    files: list[Path] = []
+    for table in (*tables, sources):
+        files += write_table(table, out / "tables")
+
+    inputs = FigureInput(ok=ok, capacity=capacity, budget_bytes=budget_bytes, reserve=reserve)
+    drawn, left_out, page_figures = {}, {}, []
+    for spec in figure_registry.specs():
+        if figures is not None and spec.name not in figures:
+            continue
+        paths: list[Path] = []
+        caption = ""
+        for width in widths:
+            result = figure_registry.draw(spec.name, inputs, width=width)
+            if result.figure is None:
+                left_out[spec.name] = result.caption
+                break
+            caption = result.caption
+            paths += figure_registry.save(result.figure, out / "figures" / f"{spec.name}_{width}")
+        if spec.name in left_out:
+            notes.append(left_out[spec.name])
+            continue
+        drawn[spec.name] = caption
+        files += paths
+        shown = [p for p in paths if p.suffix == ".png"][-1]  # the widest drawn
+        page_figures.append(PageFigure(spec.title, caption, shown, tuple(str(p.relative_to(out)) for p in paths)))
+
+    files.append(_write(out / "report.md", _markdown(command, sources, notes, tables, page_figures, out)))
+    files.append(_write(out / "report.html", page(title=TITLE, command=command, sources=sources, notes=notes,
+                                                  tables=tables, figures=page_figures)))
+    manifest = out / MANIFEST
+    files.append(manifest)
+    manifest.write_text("".join(f"{p.relative_to(out)}\n" for p in files), encoding="utf-8")
+    return Report(out, tuple(files), tuple(notes), drawn, left_out, devices)
+
+
+def _tables(data: ReportData, ok: pd.DataFrame, capacity: pd.DataFrame, baseline: Baseline,
+            notes: list[str]) -> list[Table]:
+    tables = []
+    if not ok.empty:
+        tables.append(cases_table(ok, baseline_label=baseline.label()))
+    if not data.not_measured.empty:
+        tables.append(not_measured_table(data.not_measured))
+    else:
+        notes.append("Every case in the selection was measured: no 'cases not measured' table.")
+    if not capacity.empty:
+        tables.append(capacity_view(capacity))
+    return tables
+
+
+def _devices_note(data: ReportData) -> str:
+    rows = data.all_rows
+    counts = rows.groupby("env_device_name").size()
+    listed = "; ".join(f"{device} ({n} row(s))" for device, n in counts.items())
+    return (f"Rows from {len(counts)} device(s): {listed}. Figures draw each device on its own panel; "
+            "no curve mixes devices.")
+
+
+def _clear_previous(out: Path) -> None:
+    """Remove what an earlier build listed in its manifest, so no stale figure survives; nothing else."""
+    manifest = out / MANIFEST
+    if not manifest.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        return
+    for line in manifest.read_text(encoding="utf-8").splitlines():
+        path = (out / line).resolve()
+        if line and path.is_relative_to(out.resolve()) and path.is_file():
+            path.unlink()
+    manifest.unlink(missing_ok=True)  # it lists itself
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def _markdown(command: str, sources: Table, notes: Sequence[str], tables: Sequence[Table],
+              figures: Sequence[PageFigure], out: Path) -> str:
+    lines = [f"# {TITLE}", "", f"Made by `{command}`.", "", "## Where the rows came from", "",
+             markdown_grid(sources.shown)]
+    if notes:
+        lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
+    if figures:
+        lines += ["## Figures", ""]
+        for fig in figures:
+            lines += [f"![{fig.title}]({fig.png.relative_to(out)})", "", f"**{fig.title}.** {fig.caption} "
+                      f"Files: {', '.join(f'`{f}`' for f in fig.files)}", ""]
+    for table in tables:
+        lines += [f"## {table.title}", "", f"{table.caption}", "", markdown_grid(table.shown)]
+    return "\n".join(lines)

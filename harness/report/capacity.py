@@ -1,0 +1,106 @@
+"""How long a context each variant fits in a memory budget, from the cost model, per batch size.
+
+For a model of ``num_layers`` attention layers at the rows' shape and dtype, the longest context is
+the largest L with
+
+    weights + batch * L * kv_bytes_per_token * num_layers  <=  (1 - reserve) * budget
+
+in closed form: ``L = floor(((1 - reserve) * budget - weights) / (batch * kv_bytes_per_token * num_layers))``.
+``weights`` are the attention layers' own parameters (``num_layers`` times one layer's): the rest of
+a model (MLP, embeddings) is not in the cost model, so pass a smaller budget to leave room for it.
+``reserve`` (default 10%) is the allowance for activations, allocator fragmentation and the CUDA
+context, the share vLLM also holds back by default (``gpu_memory_utilization=0.9``); a decode
+step's activations are a few rows of the batch, small beside the cache at long contexts.
+KV bytes per token are those of the variant's own cache (MLA: the latent ``d_c + d_r``).
+
+Beside each estimate, where decode cases of that variant and batch were measured, the table puts
+the leanest implementation's measured peak (one layer) at the longest measured context, and the
+cost model's one-layer weights + cache at that context, so the two can be compared.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import pandas as pd
+
+from harness.report.costmodel import ModelCost, model_cost, shape_of
+from harness.report.data import DEVICE, SHAPE_COLUMNS
+from harness.report.style import variant_sort_key
+
+RESERVE = 0.10
+DEFAULT_BATCHES = (1, 8, 64)
+GROUP = (DEVICE, "model", *SHAPE_COLUMNS, "dtype")
+
+
+def longest_context(cost: ModelCost, *, batch: int, budget_bytes: int, reserve: float = RESERVE) -> int:
+    """The closed form above; 0 when the weights alone exceed the usable budget."""
+    if not 0 <= reserve < 1:
+        raise ValueError(f"reserve={reserve!r} is not allowed: it must be in [0, 1)")
+    if batch <= 0:
+        raise ValueError(f"batch={batch!r} is not allowed: it must be a positive integer")
+    usable = (1 - reserve) * budget_bytes - cost.weight_bytes_model
+    return max(0, math.floor(usable / (batch * cost.kv_bytes_per_token_model)))
+
+
+def capacity_table(rows: pd.DataFrame, ok: pd.DataFrame, *, budget_bytes: int | None,
+                   batches: Sequence[int] | None = None, reserve: float = RESERVE) -> tuple[pd.DataFrame, list[str]]:
+    """One row per device, shape, variant and batch. ``rows``: every row (their shapes and variants);
+    ``ok``: measured rows; ``budget_bytes`` None: each device's own memory (``device_mem_total_bytes``)."""
+    notes: list[str] = []
+    if rows.empty:
+        return pd.DataFrame(), notes
+    batch_list = sorted(set(batches) if batches else set(DEFAULT_BATCHES) | set(ok.get("batch", pd.Series()).dropna()
+                                                                                 .astype(int)))
+    out = []
+    for key, group in rows.groupby(list(GROUP), dropna=False, sort=True):
+        where = dict(zip(GROUP, key, strict=True))
+        budget = budget_bytes if budget_bytes is not None else _device_memory(group)
+        if budget is None:
+            notes.append(f"Capacity on {where[DEVICE]} is left out: the rows record no device memory; "
+                         "give one with --budget (e.g. 80GiB).")
+            continue
+        shape = shape_of(group.iloc[0])
+        for variant in sorted(group["variant"].unique(), key=variant_sort_key):
+            cost = model_cost(variant, shape, str(where["dtype"]))
+            for batch in batch_list:
+                out.append({DEVICE: where[DEVICE], "model": where["model"], "dtype": where["dtype"],
+                            "num_layers": shape.num_layers, "variant": variant, "batch": batch,
+                            "budget_bytes": budget, "reserve": reserve,
+                            "weight_bytes_model": cost.weight_bytes_model,
+                            "kv_bytes_per_token_model": cost.kv_bytes_per_token_model,
+                            "max_context_tokens": longest_context(cost, batch=batch, budget_bytes=budget,
+                                                                  reserve=reserve),
+                            **_measured(ok, where, variant, batch, cost)})
+    if budget_bytes is None and out:
+        notes.append("Capacity budget: each device's own memory (host memory for CPU rows).")
+    return pd.DataFrame(out), notes
+
+
+def _device_memory(group: pd.DataFrame) -> int | None:
+    values = pd.to_numeric(group.get("device_mem_total_bytes"), errors="coerce").dropna()
+    return int(values.max()) if not values.empty else None
+
+
+def _measured(ok: pd.DataFrame, where: dict, variant: str, batch: int, cost: ModelCost) -> dict[str, object]:
+    empty = {"measured_seq": None, "measured_impl": None, "measured_peak_bytes": None,
+             "model_bytes_layer_at_measured_seq": None}
+    if ok.empty:
+        return empty
+    mask = (ok["variant"] == variant) & (ok["batch"] == batch) & (ok["phase"] == "decode")
+    for column, value in where.items():
+        mask &= ok[column].isna() if _missing(value) else ok[column] == value
+    rows = ok[mask & ok["peak_mem_bytes"].notna()]
+    if rows.empty:
+        return empty
+    longest = rows[rows["seq"] == rows["seq"].max()]
+    lean = longest.loc[longest["peak_mem_bytes"].astype(float).idxmin()]
+    tokens = int(lean["seq"]) + int(lean["decode_len"])  # the cache is allocated for the new tokens too
+    model_bytes = cost.weight_bytes_layer + batch * tokens * cost.kv_bytes_per_token_layer
+    return {"measured_seq": int(lean["seq"]), "measured_impl": lean["impl"],
+            "measured_peak_bytes": int(lean["peak_mem_bytes"]), "model_bytes_layer_at_measured_seq": model_bytes}
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))

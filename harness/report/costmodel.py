@@ -1,0 +1,67 @@
+"""Analytic sizes of a variant at a row's shape, from the ``variants`` library itself.
+
+A layer is built on the meta device (no weights allocated) and asked for its KV bytes per token
+and its parameters, so the numbers are the ones the harness measured against and work at any
+context or batch, measured or not. Whole-model figures multiply one layer by ``num_layers``: the
+layers of a decoder are identical in attention shape, and the cache holds one entry per layer.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import pandas as pd
+
+import variants
+from harness.case import DTYPES
+from harness.report.data import SHAPE_COLUMNS
+from variants.shape import ModelShape
+
+# The cache layout each variant needs at least: MLA caches its latent (eager, sdpa and absorbed
+# all read it); "expanded" (decompressed K/V per head) is a choice of implementation, not of the variant.
+PATH = "standard"
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    variant: str
+    num_layers: int
+    kv_bytes_per_token_layer: int
+    weight_bytes_layer: int
+
+    @property
+    def kv_bytes_per_token_model(self) -> int:
+        return self.kv_bytes_per_token_layer * self.num_layers
+
+    @property
+    def weight_bytes_model(self) -> int:
+        return self.weight_bytes_layer * self.num_layers
+
+    def model_bytes(self, *, batch: int, tokens: int) -> int:
+        """Attention weights and KV cache of all layers for ``batch`` sequences of ``tokens``."""
+        return self.weight_bytes_model + batch * tokens * self.kv_bytes_per_token_model
+
+
+def shape_of(row: pd.Series | dict) -> ModelShape:
+    """The ``ModelShape`` a row was measured at (its resolved shape columns)."""
+    values = {}
+    for key in SHAPE_COLUMNS:
+        value = row.get(key)
+        values[key] = None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+    return ModelShape.from_dict(values)
+
+
+def model_cost(variant: str, shape: ModelShape, dtype: str) -> ModelCost:
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of: {', '.join(DTYPES)}")
+    return _cost(variant, shape, dtype)
+
+
+@lru_cache(maxsize=256)
+def _cost(variant: str, shape: ModelShape, dtype: str) -> ModelCost:
+    torch_dtype = DTYPES[dtype]
+    layer = variants.build(variant, shape, dtype=torch_dtype, device="meta")
+    weights = sum(p.numel() for p in layer.parameters()) * torch_dtype.itemsize
+    return ModelCost(variant, shape.num_layers, layer.kv_bytes_per_token(PATH, torch_dtype), weights)

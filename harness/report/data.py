@@ -1,0 +1,117 @@
+"""The rows a report draws: loaded, filtered, one per case and device, split into measured and not.
+
+Rules a reader can rely on:
+- Only ``status == "ok"`` rows carry timings; every other row goes to the "cases not measured"
+  table with its reason.
+- The device is ``env_device_name`` (the GPU's or CPU's model name). Rows from different devices
+  are never drawn on one curve: figures put each device on its own panel.
+- A case measured in several runs on the same device (same ``case_id`` and ``env_device_name``)
+  is kept once: its latest ``ok`` row, else its latest attempt; the report says how many were dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness import results
+
+DEVICE = "env_device_name"
+# What fixes a case apart from the axis a figure varies; two rows differing in any of these are
+# never on one curve.
+SHAPE_COLUMNS = ("hidden", "heads", "kv_heads", "head_dim", "d_c", "d_r", "q_rank", "nope_head_dim",
+                 "v_head_dim", "num_layers")
+CASE_COLUMNS = ("variant", "impl", "compile", "phase", "model", "batch", "seq", "decode_len", "dtype", "attention")
+FILTER_HINT = ("variant", "impl", "compile", "phase", "model", "batch", "seq", "dtype", "device", "attention",
+               "run_root", "host", DEVICE, "status")
+
+
+@dataclass(frozen=True)
+class ReportData:
+    ok: pd.DataFrame  # measured cases, one row per case and device
+    not_measured: pd.DataFrame  # every other status, with its reason
+    notes: tuple[str, ...]  # what a reader must know about the selection
+
+    @property
+    def all_rows(self) -> pd.DataFrame:
+        return pd.concat([self.ok, self.not_measured], ignore_index=True)
+
+    def devices(self) -> list[str]:
+        return sorted(self.all_rows[DEVICE].dropna().astype(str).unique())
+
+
+def parse_filters(items: Iterable[str]) -> dict[str, list[str]]:
+    """``["variant=mha,mla", "seq=4096"]`` -> ``{"variant": ["mha", "mla"], "seq": ["4096"]}``."""
+    filters: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise ValueError(f"filter {item!r} is not key=value[,value...] (e.g. variant=mha,mla)")
+        filters.setdefault(key.strip(), []).extend(v.strip() for v in value.split(",") if v.strip())
+    return filters
+
+
+def apply_filters(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]]) -> pd.DataFrame:
+    """Rows whose column equals one of the given values (compared as text: ``seq=4096`` matches 4096)."""
+    for key, values in filters.items():
+        if key not in frame.columns:
+            raise ValueError(f"filter key {key!r} is not a results column; valid: {', '.join(FILTER_HINT)}, "
+                             "or any column in README 'Results schema'")
+        wanted = {str(v) for v in values}
+        frame = frame[frame[key].map(as_text).isin(wanted)]
+        if frame.empty:
+            raise ValueError(f"no rows left after the filter {key}={','.join(sorted(wanted))}")
+    return frame
+
+
+def as_text(value: object) -> str:
+    """A cell as text for matching: None and NaN alike are empty, and 4096.0 (an int column read
+    back as float beside a NaN) reads as the typed "4096"."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def load_rows(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    frame = results.load(paths)
+    if frame.empty:
+        raise ValueError(f"no result rows under {', '.join(map(str, _as_list(paths)))}")
+    return frame
+
+
+def _as_list(paths: str | Path | Iterable[str | Path]) -> list[str | Path]:
+    return [paths] if isinstance(paths, (str, Path)) else list(paths)
+
+
+def prepare(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]] | None = None) -> ReportData:
+    """Filter, keep one row per case and device, and split measured from not measured."""
+    frame = apply_filters(frame, filters or {})
+    frame = frame.copy()
+    if DEVICE not in frame.columns:
+        frame[DEVICE] = frame.get("device", "unknown device")
+    frame[DEVICE] = frame[DEVICE].fillna(frame.get("device", "unknown device")).astype(str)
+    notes = []
+    kept = _one_per_case(frame)
+    if len(kept) < len(frame):
+        notes.append(f"{len(frame) - len(kept)} row(s) repeat a case already measured on the same device in "
+                     "another run; the latest ok row of each case is kept.")
+    is_ok = kept["status"] == "ok"
+    ok = kept[is_ok].reset_index(drop=True)
+    not_measured = kept[~is_ok].reset_index(drop=True)
+    if ok.empty:
+        notes.append("No case in the selection was measured (status ok): tables and figures are left out.")
+    return ReportData(ok=ok, not_measured=not_measured, notes=tuple(notes))
+
+
+def _one_per_case(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.assign(_ok=(frame["status"] == "ok").astype(int),
+                         _at=pd.to_numeric(frame.get("finished_at"), errors="coerce"))
+    frame = frame.sort_values(["_ok", "_at"], kind="stable")
+    frame = frame.drop_duplicates(["case_id", DEVICE], keep="last")
+    return frame.drop(columns=["_ok", "_at"]).sort_index()

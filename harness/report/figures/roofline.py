@@ -1,0 +1,49 @@
+"""Figure 4: the roofline. Arithmetic intensity (cost-model FLOPs per minimum byte) against the
+achieved FLOP rate, one point per measured case, under the device's measured copy-bandwidth and
+matmul ceilings (``harness.calibrate``), per device and dtype (the ceilings depend on both)."""
+
+from __future__ import annotations
+
+import numpy as np
+from matplotlib.lines import Line2D
+
+from harness.report.data import DEVICE
+from harness.report.figures import Drawn, FigureInput, figure
+from harness.report.plotting import device_title, legend, log_axis, new_figure, series
+from harness.report.style import series_style
+
+NEEDS = ("intensity_flops_per_byte", "tflops", "ceiling_copy_gbps", "ceiling_matmul_tflops")
+
+
+@figure(name="roofline", order=4, title="Roofline", needs=NEEDS,
+        why_missing="the device's ceilings are calibrated only with measure.calibrate=true")
+def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
+    usable = data.ok.dropna(subset=list(NEEDS))
+    usable = usable[(usable["intensity_flops_per_byte"] > 0) & (usable["tflops"] > 0)]
+    groups = list(usable.groupby([DEVICE, "dtype"], sort=True))
+    if not groups:
+        return Drawn(None, "Roofline: left out, no measured case with a positive FLOP count and rate.")
+    fig, axes = new_figure(width, width_in, panels=len(groups))
+    words = []
+    for ax, ((device, dtype), rows) in zip(axes, groups, strict=True):
+        # GB/s x FLOP/byte = GFLOP/s: the bandwidth roof and the points share the unit.
+        bandwidth = float(rows["ceiling_copy_gbps"].median())
+        compute = float(rows["ceiling_matmul_tflops"].median()) * 1e3
+        intensity = rows["intensity_flops_per_byte"].astype(float)
+        ridge = compute / bandwidth
+        x = np.geomspace(min(intensity.min(), ridge) / 2, max(intensity.max(), ridge) * 2, 128)
+        ax.plot(x, np.minimum(bandwidth * x, compute), color="0.2", linewidth=1.0)
+        for (variant, impl, compile_mode), group in series(rows):
+            style = series_style(variant, impl, compile_mode).line_kwargs() | {"linestyle": ""}
+            ax.plot(group["intensity_flops_per_byte"], group["tflops"].astype(float) * 1e3, **style)
+        log_axis(ax, "x")
+        log_axis(ax, "y")
+        ax.set_xlabel("arithmetic intensity (FLOP/byte)")
+        ax.set_ylabel("achieved rate (GFLOP/s)")
+        device_title(ax, f"{device}, {dtype}", width)
+        words.append(f"{device} ({dtype}): copy {bandwidth:.3g} GB/s, matmul {compute:.3g} GFLOP/s, "
+                     f"ridge at {ridge:.3g} FLOP/byte")
+    legend(fig, usable, extra=[Line2D([], [], color="0.2", linewidth=1.0, label="measured ceilings")])
+    return Drawn(fig, "Roofline: each point is one measured case (every phase, batch and context); x: the "
+                      "cost model's FLOPs over its minimum bytes; y: those FLOPs over the median latency. "
+                      f"Ceilings as measured on the device: {'; '.join(words)}.")

@@ -1,0 +1,130 @@
+"""The one look of every report figure: a fixed colour per variant, a marker and line style per
+implementation, journal-ready fonts and column widths.
+
+Colours are Okabe & Ito's colour-blind-safe set ("Color Universal Design", 2008), the palette
+Nature Methods recommends (Wong, Nat. Methods 8:441, 2011). The mapping is fixed, never cycled, so
+MLA is the same vermillion in every figure of every report; a plugged-in variant or implementation
+gets a style picked by a stable hash of its name (the same in every report, though two plug-ins
+may share one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import matplotlib
+
+Width = Literal["single", "double"]
+# Column widths of two-column journals and proceedings (IEEE, ACM, NeurIPS double: ~7 in).
+WIDTH_IN: dict[str, float] = {"single": 3.5, "double": 7.0}
+DPI = 300  # raster figures at print resolution
+
+OKABE_ITO = {
+    "blue": "#0072B2", "orange": "#E69F00", "bluish_green": "#009E73", "vermillion": "#D55E00",
+    "reddish_purple": "#CC79A7", "sky_blue": "#56B4E9", "yellow": "#F0E442", "black": "#000000",
+}
+VARIANT_COLORS: dict[str, str] = {
+    "mha": OKABE_ITO["blue"], "mqa": OKABE_ITO["orange"], "gqa": OKABE_ITO["bluish_green"],
+    "mla": OKABE_ITO["vermillion"],
+}
+# Yellow is left out of the fallbacks: it vanishes on white at a line's width.
+_FALLBACK_COLORS = (OKABE_ITO["reddish_purple"], OKABE_ITO["sky_blue"], OKABE_ITO["black"])
+
+# Line styles as (offset, (on, off, ...)) in points, distinct in greyscale print too.
+IMPL_STYLES: dict[str, tuple[str, object]] = {
+    "eager": ("o", "-"),
+    "sdpa": ("s", "--"),
+    "absorbed": ("^", "-."),
+    "absorbed_sdpa": ("v", ":"),
+    "absorbed_fold_o": ("D", (0, (5, 1))),
+    "expanded": ("X", (0, (3, 1, 1, 1, 1, 1))),
+}
+_FALLBACK_MARKERS = ("P", "*", "h", "<", ">", "p")
+_FALLBACK_LINES: tuple[object, ...] = ((0, (1, 1)), (0, (5, 2, 1, 2)), (0, (2, 2)))
+
+# Variants in the order a reader expects them (by KV heads, then the latent); others follow, sorted.
+VARIANT_ORDER = ("mha", "gqa", "mqa", "mla")
+IMPL_ORDER = tuple(IMPL_STYLES)
+
+RC: dict[str, object] = {
+    # TrueType (Type 42) fonts embedded in PDF and PS: journals reject Type 3 fonts.
+    "pdf.fonttype": 42,
+    "ps.fonttype": 42,
+    "font.family": "DejaVu Sans",  # ships with matplotlib, so every machine draws the same glyphs
+    "font.size": 8,  # 8 pt at column width is the usual minimum for print
+    "axes.titlesize": 8,
+    "axes.labelsize": 8,
+    "xtick.labelsize": 7,
+    "ytick.labelsize": 7,
+    "legend.fontsize": 7,
+    "legend.frameon": False,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4,
+    "axes.linewidth": 0.6,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.linewidth": 0.4,
+    "grid.alpha": 0.5,
+    "savefig.dpi": DPI,
+    # No "tight" bbox: a figure keeps exactly its column width (constrained layout fills it).
+    "savefig.bbox": None,
+    "figure.dpi": 100,
+}
+
+
+@dataclass(frozen=True)
+class SeriesStyle:
+    color: str
+    marker: str
+    linestyle: object
+    filled: bool  # compiled cases are drawn with hollow markers
+
+    def line_kwargs(self) -> dict[str, object]:
+        return {"color": self.color, "marker": self.marker, "linestyle": self.linestyle,
+                "markerfacecolor": self.color if self.filled else "white", "markeredgecolor": self.color}
+
+
+def _stable_pick(name: str, options: tuple) -> object:  # noqa: ANN401 - any option type
+    # sha256, not hash(): Python salts str hashes per process, and the pick must not change.
+    return options[int(hashlib.sha256(name.encode()).hexdigest(), 16) % len(options)]
+
+
+def variant_color(variant: str) -> str:
+    return VARIANT_COLORS.get(variant) or str(_stable_pick(variant, _FALLBACK_COLORS))
+
+
+def impl_style(impl: str) -> tuple[str, object]:
+    if impl in IMPL_STYLES:
+        return IMPL_STYLES[impl]
+    return str(_stable_pick(impl, _FALLBACK_MARKERS)), _stable_pick(impl, _FALLBACK_LINES)
+
+
+def series_style(variant: str, impl: str, compile_mode: str = "none") -> SeriesStyle:
+    marker, linestyle = impl_style(impl)
+    return SeriesStyle(variant_color(variant), marker, linestyle, filled=compile_mode in ("none", "", None))
+
+
+def variant_sort_key(variant: str) -> tuple[int, str]:
+    return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
+
+
+def impl_sort_key(impl: str) -> tuple[int, str]:
+    return (IMPL_ORDER.index(impl), "") if impl in IMPL_ORDER else (len(IMPL_ORDER), impl)
+
+
+def width_inches(width: str) -> float:
+    if width not in WIDTH_IN:
+        raise ValueError(f"width={width!r} is not one of: {', '.join(WIDTH_IN)}")
+    return WIDTH_IN[width]
+
+
+@contextmanager
+def figure_style() -> Iterator[None]:
+    """The report's rcParams for the duration of a drawing, leaving the caller's untouched."""
+    with matplotlib.rc_context(RC):
+        yield

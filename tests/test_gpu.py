@@ -1,0 +1,44 @@
+"""The CUDA paths end to end: events, CUDA graphs, allocator peak, NVML columns (skipped on CPU)."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from harness import results
+from harness.job import run_job
+from tests.test_run import CONF
+
+pytestmark = pytest.mark.gpu
+
+
+def _cfg(*overrides: str):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", "device=cuda", "dtype=bfloat16", *overrides])
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_cuda_run_fills_timing_memory_and_telemetry(tmp_path, cuda_graph):
+    cfg = _cfg("variant=mla", "phase=decode", f"measure.cuda_graph={str(cuda_graph).lower()}",
+               "measure.telemetry_window_s=1.0")
+    run_job(cfg, job_dir=tmp_path, root=tmp_path, log=io.StringIO())
+    frame = results.load(tmp_path)
+    assert (frame.status == "ok").all(), frame[["impl", "status", "reason"]]
+    assert (frame.timer == "cuda_events").all()
+    assert (frame.peak_mem_bytes >= frame.kv_cache_bytes).all()
+    assert (frame.nvml_samples > 0).all() and frame.nvml_power_mean_w.notna().all()
+    if cuda_graph:
+        assert frame.cuda_graph.all()
+
+
+def test_cuda_oom_is_a_row_and_memory_is_released(tmp_path):
+    free, total = torch.cuda.mem_get_info()
+    # Ask the predictor's headroom to allow everything, so the allocation itself fails.
+    cfg = _cfg("variant=mha", "impl=eager", "phase=prefill", "model=deepseek_v2_lite", "seq=256k",
+               "measure.memory_headroom=1000", "measure.check_numerics=false", "measure.max_step_s=1e9")
+    frame = run_job(cfg, job_dir=tmp_path, root=tmp_path, log=io.StringIO())
+    assert (frame.status == "oom").all()
+    assert torch.cuda.memory_allocated() < 0.01 * total

@@ -1,0 +1,127 @@
+"""The report's one look: fixed colours per variant, markers and line styles per implementation,
+TrueType fonts, column widths, and the same colour for a variant in every figure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import pandas as pd
+import pytest
+from matplotlib.colors import to_hex
+
+from harness import results
+from harness.report import figures
+from harness.report.baseline import Baseline, with_ratios
+from harness.report.capacity import RESERVE
+from harness.report.data import prepare
+from harness.report.figures import FigureInput
+from harness.report.style import (IMPL_STYLES, OKABE_ITO, RC, VARIANT_COLORS, figure_style, impl_style,
+                                  series_style, variant_color, width_inches)
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
+
+
+@pytest.fixture(scope="module")
+def inputs() -> FigureInput:
+    ok, _ = with_ratios(prepare(results.load(FIXTURE)).ok, Baseline())
+    return FigureInput(ok=ok, capacity=pd.DataFrame(), budget_bytes=None, reserve=RESERVE)
+
+
+def test_each_builtin_variant_has_its_own_fixed_okabe_ito_colour():
+    assert VARIANT_COLORS == {"mha": "#0072B2", "mqa": "#E69F00", "gqa": "#009E73", "mla": "#D55E00"}
+    assert len(set(VARIANT_COLORS.values())) == 4
+    assert set(VARIANT_COLORS.values()) <= set(OKABE_ITO.values())
+
+
+def test_plugged_in_names_get_a_stable_style_from_the_palette():
+    color = variant_color("sliding_window")
+    assert color == variant_color("sliding_window") and color in OKABE_ITO.values()
+    assert color != OKABE_ITO["yellow"]
+    marker, linestyle = impl_style("flashmla")
+    assert (marker, linestyle) == impl_style("flashmla")
+    assert marker not in {m for m, _ in IMPL_STYLES.values()}
+
+
+def test_every_builtin_implementation_has_a_distinct_marker_and_line_style():
+    markers = [m for m, _ in IMPL_STYLES.values()]
+    lines = [str(ls) for _, ls in IMPL_STYLES.values()]
+    assert len(set(markers)) == len(markers) and len(set(lines)) == len(lines)
+    assert set(IMPL_STYLES) == {"eager", "sdpa", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded"}
+
+
+def test_compiled_cases_are_hollow_markers_of_the_same_colour():
+    plain, compiled = series_style("mla", "absorbed"), series_style("mla", "absorbed", "default")
+    assert plain.color == compiled.color and plain.marker == compiled.marker
+    assert plain.line_kwargs()["markerfacecolor"] == plain.color
+    assert compiled.line_kwargs()["markerfacecolor"] == "white"
+
+
+def test_style_embeds_truetype_and_leaves_global_rcparams_alone():
+    assert RC["pdf.fonttype"] == 42 and RC["ps.fonttype"] == 42
+    before = matplotlib.rcParams["pdf.fonttype"]
+    with figure_style():
+        assert matplotlib.rcParams["pdf.fonttype"] == 42
+    assert matplotlib.rcParams["pdf.fonttype"] == before
+
+
+def test_column_widths():
+    assert width_inches("single") == 3.5 and width_inches("double") == 7.0
+    with pytest.raises(ValueError, match="width='wide' is not one of: single, double"):
+        width_inches("wide")
+
+
+def _line_colours(fig) -> dict[str, str]:
+    colours = {}
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            if "/" in str(line.get_label()):  # series lines are labelled variant/impl
+                colours[line.get_label()] = to_hex(line.get_color(), keep_alpha=False).upper()
+    return colours
+
+
+def test_a_variant_has_the_same_colour_in_every_figure(inputs):
+    seen: dict[str, set[str]] = {}
+    for name in ("latency", "bandwidth_fraction", "decode_throughput", "peak_memory"):
+        drawn = figures.draw(name, inputs, width="single")
+        assert drawn.figure is not None, drawn.caption
+        colours = _line_colours(drawn.figure)
+        assert {label.split("/")[0] for label in colours} == {"mha", "mqa", "gqa", "mla"}, name
+        for label, colour in colours.items():
+            seen.setdefault(label.split("/")[0], set()).add(colour)
+    assert seen == {v: {c.upper()} for v, c in VARIANT_COLORS.items()}
+
+
+def test_a_figure_is_never_drawn_empty(inputs):
+    empty = FigureInput(ok=inputs.ok.iloc[0:0], capacity=inputs.capacity, budget_bytes=None, reserve=RESERVE)
+    for spec in figures.specs():
+        drawn = figures.draw(spec.name, empty, width="single")
+        assert drawn.figure is None and "left out" in drawn.caption, spec.name
+    one_context = inputs.ok[inputs.ok["seq"] == 128]  # every curve would be a single point
+    drawn = figures.draw("latency", FigureInput(one_context, inputs.capacity, None, RESERVE))
+    assert drawn.figure is None and "fewer than two context lengths" in drawn.caption
+
+
+def test_energy_figure_is_drawn_when_nvml_data_are_present(inputs):
+    assert figures.draw("energy_per_token", inputs).figure is None  # CPU rows: no NVML
+    ok = inputs.ok.copy()
+    # Synthetic NVML readings: a 300 W GPU over each step's tokens.
+    ok["nvml_energy_per_token_j"] = 300.0 * ok["latency_ms"] / 1e3 / (ok["batch"] * ok["q_len"])
+    drawn = figures.draw("energy_per_token", FigureInput(ok, inputs.capacity, None, RESERVE), width="double")
+    assert drawn.figure is not None, drawn.caption
+    ax = drawn.figure.axes[0]
+    assert ax.get_ylabel() == "energy per token (mJ)"
+    assert len([line for line in ax.get_lines() if "/" in str(line.get_label())]) == len(
+        ok[(ok["phase"] == "decode") & (ok["batch"] == 1)].groupby(["variant", "impl"]))
+
+
+def test_devices_are_never_mixed_on_one_curve(inputs):
+    other = inputs.ok.assign(env_device_name="NVIDIA H100 80GB HBM3", latency_ms=inputs.ok["latency_ms"] / 10)
+    both = FigureInput(pd.concat([inputs.ok, other], ignore_index=True), inputs.capacity, None, RESERVE)
+    fig = figures.draw("latency", both, width="double").figure
+    assert [ax.get_title(loc="left") for ax in fig.axes] == [inputs.ok["env_device_name"].iloc[0],
+                                                             "NVIDIA H100 80GB HBM3"]
+    for ax, scale in zip(fig.axes, (1, 10), strict=True):
+        lows = min(min(line.get_ydata()) for line in ax.get_lines() if "/" in str(line.get_label()))
+        # the H100 panel holds only the H100 rows (10x faster), the CPU panel only the CPU rows
+        assert lows * scale == pytest.approx(inputs.ok.query("phase == 'decode' and batch == 1")["latency_ms"].min())

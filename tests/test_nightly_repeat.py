@@ -73,7 +73,7 @@ def _step(case):
     """The step the harness timed for ``case``, prepared the way ``harness.runner`` prepares it."""
     layer = variants.build(case.variant, case.shape, dtype=case.torch_dtype, device="cpu", seed=0)
     cache = layer.new_cache(case.batch, case.max_len, impl=case.impl)
-    cache.fill_random_(case.seq, generator=torch.Generator().manual_seed(0))
+    cache.fill_random_(case.seq, seed=0)
     x_BLD = torch.randn(case.batch, case.q_len, layer.hidden, generator=torch.Generator().manual_seed(0))
     return layer.prepare(case.phase, x_BLD, cache, impl=case.impl)
 

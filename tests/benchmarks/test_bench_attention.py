@@ -101,7 +101,7 @@ def _prepared_step(case: BenchCase, device: torch.device) -> tuple[Callable[[], 
         x_BLD = torch.randn(1, case.seq, layer.hidden, generator=generator, device=device, dtype=dtype)
     else:
         cache = layer.new_cache(1, case.seq + 1, impl=impl)
-        cache.fill_random_(case.seq, generator=torch.Generator().manual_seed(0))
+        cache.fill_random_(case.seq, seed=0)
         x_BLD = torch.randn(1, 1, layer.hidden, generator=generator, device=device, dtype=dtype)
     step = layer.prepare(case.phase, x_BLD, cache, impl=impl)
     cost = IMPLEMENTATIONS.get(impl).cost(layer, batch=1, q_len=x_BLD.shape[1],

@@ -68,6 +68,11 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
         raise UserError(str(error)) from None
     job_dir, root = Path(job_dir), Path(root)
     device = torch.device(cases[0].device)
+    if cfg.get("threads") is not None:
+        threads = int(cfg["threads"])
+        if threads < 1:
+            raise UserError(f"threads={threads} is not allowed: threads must be a positive integer or null")
+        torch.set_num_threads(threads)
     env = environment(device)
     results.write_json(job_dir / "env.json", env)
     results.write_text(job_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))

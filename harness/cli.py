@@ -21,8 +21,8 @@ from variants.layer import COMPILE_MODES
 from variants.registry import IMPLEMENTATIONS, VARIANTS
 
 GROUPS = ("model", "variant", "impl", "measure", "experiment")
-SIZE_KEYS = ("seq", "batch", "decode_len", "hidden", "heads", "head_dim", "d_c", "d_r", "threads")
-OPTIONAL_SIZE_KEYS = ("kv_heads", "q_rank")  # also accept none
+SIZE_KEYS = ("seq", "batch", "decode_len", "hidden", "heads", "head_dim", "d_c", "d_r")
+OPTIONAL_SIZE_KEYS = ("kv_heads", "q_rank", "threads")  # also accept none
 CHOICES: dict[str, tuple[str, ...]] = {
     "phase": PHASE_CHOICES,
     "compile": ("none", *COMPILE_MODES),

@@ -89,7 +89,13 @@ def test_errors_fall_as_d_c_grows(method, seed):
     act = [act_rel_err(source, variants.to_mla(source, d_c=d_c, d_r=HEAD_DIM, method=method,
                                                calibration_BTD=x_BTD), x_BTD)
            for d_c in (full // 4, full // 2, full)]
-    assert act[0] > act[1] > act[2] and act[2] <= 1e-10, act
+    assert act[0] > act[2] and act[1] > act[2] and act[2] <= 1e-10, act
+    if method != "cur":
+        # SVD, rSVD and whitened SVD keep the leading directions and QR its first pivots as d_c grows
+        # (nested subspaces). CUR re-picks its columns and rows at each rank, so only its weight
+        # error is bound to fall step by step (its activation error did rise ~1% from d_c=4 to 8 in
+        # about 1 of 30 seeds).
+        assert act[0] > act[1], act
 
 
 @pytest.mark.parametrize("d_r", [4, HEAD_DIM])

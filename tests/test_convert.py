@@ -84,7 +84,7 @@ def test_errors_fall_as_d_c_grows(method, seed):
     weight = [convert(source, d_c=d_c, d_r=4, method=method, calibration_BTD=x_BTD).weight_rel_err
               for d_c in (3, 8, 14, full)]
     assert weight == sorted(weight, reverse=True) and len(set(weight)) == 4, weight
-    assert weight[-1] <= 1e-12
+    assert weight[-1] <= 1e-10
     full = available_rank(source, HEAD_DIM)
     act = [act_rel_err(source, variants.to_mla(source, d_c=d_c, d_r=HEAD_DIM, method=method,
                                                calibration_BTD=x_BTD), x_BTD)
@@ -192,7 +192,8 @@ def test_methods_are_registered_with_one_interface():
     ({"method": "whitened"}, r"method 'whitened' needs calibration_BTD, the layer's input hidden states; none given$"),
     ({"rope_pairs": "norm"}, r"rope_pairs='norm' needs calibration_BTD"),
     ({"rope_pairs": "middle"}, r"rope_pairs='middle' is not one of: auto, norm, high, low, uniform$"),
-    ({"calibration_BTD": torch.zeros(3, 5)}, r"calibration_BTD has shape \(3, 5\); expected \[\.\.\., tokens, hidden=24\]$"),
+    ({"calibration_BTD": torch.zeros(3, 5)},
+     r"calibration_BTD has shape \(3, 5\); expected \[\.\.\., tokens, hidden=24\]$"),
 ])
 def test_bad_conversion_input_is_one_line(kwargs, needle):
     with pytest.raises(ValueError, match="^" + needle) as info:

@@ -17,7 +17,7 @@ Rows follow ``schema.COLUMNS``.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ from variants.presets import load_preset
 # Settings a finished combination's file must match to be reused instead of recomputed.
 _REUSE_KEYS = ("model", "rope_pairs", "impl", "dtype", "kv_dtype", "calib_tokens", "eval_tokens", "act_tokens",
                "text")
+Rows = list[dict[str, Any]]
 
 
 def run_study(settings: StudySettings, out_dir: Path) -> pd.DataFrame:
@@ -115,10 +116,10 @@ def study_model(model: nn.Module, settings: StudySettings, out_dir: Path, *, cal
     return pd.concat(frames, ignore_index=True)
 
 
-def _cached(path: Path, common: dict[str, Any], compute) -> pd.DataFrame:  # noqa: ANN001
+def _cached(path: Path, common: dict[str, Any], compute: Callable[[], Rows]) -> pd.DataFrame:
     if path.exists():
         old = pd.read_parquet(path)
-        if all(old[key].iloc[0] == common[key] for key in _REUSE_KEYS):
+        if all(key in old.columns and old[key].iloc[0] == common[key] for key in _REUSE_KEYS):
             return old
     df = pd.DataFrame(compute())
     df.to_parquet(path, index=False)
@@ -134,7 +135,7 @@ def _rel_err(actual: Tensor, expected: Tensor) -> float:
 
 
 def _source_rows(model: nn.Module, sources: dict[int, AttentionLayer], settings: StudySettings,
-                 common: dict[str, Any], ppl) -> list[dict[str, Any]]:  # noqa: ANN001
+                 common: dict[str, Any], ppl: Callable[[], float]) -> Rows:
     start = time.perf_counter()
     hf_ppl = ppl()
     with swapped_attention(model, sources, impl=settings.impl):
@@ -148,7 +149,7 @@ def _source_rows(model: nn.Module, sources: dict[int, AttentionLayer], settings:
 
 
 def _latency_rows(layer: AttentionLayer, impls: tuple[str, ...], settings: StudySettings,
-                  base: dict[str, Any]) -> list[dict[str, Any]]:
+                  base: dict[str, Any]) -> Rows:
     rows = []
     for impl in impls if settings.latency_context else ():
         start = time.perf_counter()
@@ -160,7 +161,7 @@ def _latency_rows(layer: AttentionLayer, impls: tuple[str, ...], settings: Study
 
 def _combination(model: nn.Module, sources: dict[int, AttentionLayer], calib: dict[int, Tensor],
                  held: dict[int, Tensor], reference: dict[int, tuple[Tensor, Tensor]], settings: StudySettings,
-                 common: dict[str, Any], ppl, *, method: str, d_c: int, d_r: int) -> list[dict[str, Any]]:  # noqa: ANN001
+                 common: dict[str, Any], ppl: Callable[[], float], *, method: str, d_c: int, d_r: int) -> Rows:
     start = time.perf_counter()
     first = next(iter(sources.values()))
     base = common | {"method": method, "d_c": d_c, "d_r": d_r, "rope_heads": first.config.kv_heads}

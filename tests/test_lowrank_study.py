@@ -65,6 +65,7 @@ def test_study_rows_files_and_resume(tiny_llama, tmp_path):
     assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("*.parquet")}
     table = summary_table(df)
     assert table["method"].iloc[0] == "source" and len(table) == 1 + 2 * 3
+    assert table["ppl_vs_source"].iloc[0] == pytest.approx(1.0, rel=1e-5)
 
 
 def test_adapter_and_full_rank_conversion_keep_the_perplexity(tiny_llama, tmp_path):

@@ -15,9 +15,18 @@ from matplotlib.figure import Figure
 METHOD_ORDER = ("svd", "rsvd", "qr", "cur", "whitened")
 
 
-def _palette(methods: list[str]) -> dict[str, tuple[float, float, float]]:
-    ordered = [m for m in METHOD_ORDER if m in methods] + sorted(set(methods) - set(METHOD_ORDER))
-    return dict(zip(ordered, sns.color_palette("colorblind", len(ordered)), strict=True))
+def _hue(rows: pd.DataFrame) -> dict:
+    """Seaborn keywords giving each method one colour, in one order, across all figures."""
+    methods = set(rows["method"])
+    ordered = [m for m in METHOD_ORDER if m in methods] + sorted(methods - set(METHOD_ORDER))
+    palette = dict(zip(ordered, sns.color_palette("colorblind", len(ordered)), strict=True))
+    return {"hue": "method", "hue_order": ordered, "palette": palette,
+            "style": "d_r" if rows["d_r"].nunique() > 1 else None}
+
+
+def _dc_axis(ax, rows: pd.DataFrame) -> None:  # noqa: ANN001
+    ticks = sorted(rows["d_c"].unique())
+    ax.set_xticks(ticks, labels=[str(v) for v in ticks])
 
 
 def _ok(df: pd.DataFrame, scope: str) -> pd.DataFrame:
@@ -25,10 +34,6 @@ def _ok(df: pd.DataFrame, scope: str) -> pd.DataFrame:
     rows["d_c"] = rows["d_c"].astype(int)
     rows["d_r"] = rows["d_r"].astype(int)
     return rows
-
-
-def _style(rows: pd.DataFrame) -> str | None:
-    return "d_r" if rows["d_r"].nunique() > 1 else None
 
 
 def _title(rows: pd.DataFrame) -> str:
@@ -42,14 +47,12 @@ def error_vs_dc(df: pd.DataFrame) -> Figure:
     mean = rows.groupby(["method", "d_c", "d_r", "model"], as_index=False)[["weight_rel_err", "act_rel_err"]].mean()
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
-    palette = _palette(list(mean["method"].unique()))
     for ax, column, label in ((axes[0], "weight_rel_err", "weight-space relative error ‖W − UD‖/‖W‖"),
-                              (axes[1], "act_rel_err", "attention-output relative error (held-out)")):
-        sns.lineplot(mean, x="d_c", y=column, hue="method", style=_style(mean), palette=palette, marker="o",
-                     ax=ax, legend=ax is axes[1])
-        ax.set(xlabel="latent size d_c (elements)", ylabel=label + ", mean over layers", xscale="log", yscale="log")
-        ax.set_xticks(sorted(mean["d_c"].unique()), labels=[str(v) for v in sorted(mean["d_c"].unique())])
-    fig.suptitle(f"GQA -> MLA conversion error, {_title(mean)}")
+                              (axes[1], "act_rel_err", "attention-output relative error, held-out")):
+        sns.lineplot(mean, x="d_c", y=column, **_hue(mean), marker="o", ax=ax, legend=ax is axes[1])
+        ax.set(xlabel="latent size d_c (elements)", ylabel=label, ylim=(0, None))
+        _dc_axis(ax, mean)
+    fig.suptitle(f"GQA -> MLA conversion error, mean over layers, {_title(mean)}")
     return fig
 
 
@@ -58,15 +61,14 @@ def perplexity_vs_dc(df: pd.DataFrame) -> Figure:
     rows = _ok(df, "model")
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    sns.lineplot(rows, x="d_c", y="perplexity", hue="method", style=_style(rows),
-                 palette=_palette(list(rows["method"].unique())), marker="o", ax=ax)
+    sns.lineplot(rows, x="d_c", y="perplexity", **_hue(rows), marker="o", ax=ax)
     source = df[(df["method"] == "source") & (df["scope"] == "model")]
     if len(source):
         ax.axhline(float(source["source_perplexity"].iloc[0]), color="black", linestyle="--", label="source GQA")
         ax.legend()
-    ax.set(xlabel="latent size d_c (elements)", ylabel="perplexity (eval text)", xscale="log", yscale="log",
+    ax.set(xlabel="latent size d_c (elements)", ylabel="perplexity (eval text)", yscale="log",
            title=f"Perplexity, all layers converted, {_title(rows)}")
-    ax.set_xticks(sorted(rows["d_c"].unique()), labels=[str(v) for v in sorted(rows["d_c"].unique())])
+    _dc_axis(ax, rows)
     return fig
 
 
@@ -75,8 +77,7 @@ def tradeoff(df: pd.DataFrame) -> Figure:
     rows = _ok(df, "model").sort_values("kv_bytes_per_token")
     fig = Figure(figsize=(6.5, 4.5), layout="constrained")
     ax = fig.subplots()
-    sns.lineplot(rows, x="kv_bytes_per_token", y="perplexity", hue="method", style=_style(rows), sort=True,
-                 palette=_palette(list(rows["method"].unique())), marker="o", ax=ax)
+    sns.lineplot(rows, x="kv_bytes_per_token", y="perplexity", **_hue(rows), sort=True, marker="o", ax=ax)
     source = df[(df["method"] == "source") & (df["scope"] == "model")]
     if len(source):
         ax.scatter(source["source_kv_bytes_per_token"].astype(float), source["source_perplexity"].astype(float),

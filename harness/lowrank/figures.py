@@ -24,6 +24,11 @@ def _hue(rows: pd.DataFrame) -> dict:
             "style": "d_r" if rows["d_r"].nunique() > 1 else None}
 
 
+def _legend_outside(ax) -> None:  # noqa: ANN001
+    """Legend right of the axes, so it never hides a curve."""
+    sns.move_legend(ax, "upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+
+
 def _dc_axis(ax, rows: pd.DataFrame) -> None:  # noqa: ANN001
     ticks = sorted(rows["d_c"].unique())
     ax.set_xticks(ticks, labels=[str(v) for v in ticks])
@@ -45,11 +50,13 @@ def error_vs_dc(df: pd.DataFrame) -> Figure:
     """Mean over layers of the weight-space and the attention-output relative error against d_c."""
     rows = _ok(df, "layer")
     mean = rows.groupby(["method", "d_c", "d_r", "model"], as_index=False)[["weight_rel_err", "act_rel_err"]].mean()
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    fig = Figure(figsize=(12, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharex=True)
     for ax, column, label in ((axes[0], "weight_rel_err", "weight-space relative error ‖W − UD‖/‖W‖"),
                               (axes[1], "act_rel_err", "attention-output relative error, held-out")):
         sns.lineplot(mean, x="d_c", y=column, **_hue(mean), marker="o", ax=ax, legend=ax is axes[1])
+        if ax is axes[1]:
+            _legend_outside(ax)
         ax.set(xlabel="latent size d_c (elements)", ylabel=label, ylim=(0, None))
         _dc_axis(ax, mean)
     fig.suptitle(f"GQA -> MLA conversion error, mean over layers, {_title(mean)}")
@@ -59,13 +66,14 @@ def error_vs_dc(df: pd.DataFrame) -> Figure:
 def perplexity_vs_dc(df: pd.DataFrame) -> Figure:
     """Whole-model perplexity with every layer converted, against d_c; the source as a line."""
     rows = _ok(df, "model")
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.subplots()
     sns.lineplot(rows, x="d_c", y="perplexity", **_hue(rows), marker="o", ax=ax)
     source = df[(df["method"] == "source") & (df["scope"] == "model")]
     if len(source):
-        ax.axhline(float(source["source_perplexity"].iloc[0]), color="black", linestyle="--", label="source GQA")
+        ax.axhline(float(source["source_perplexity"].iloc[0]), color="black", linestyle=":", label="source GQA")
         ax.legend()
+    _legend_outside(ax)
     ax.set(xlabel="latent size d_c (elements)", ylabel="perplexity (eval text)", yscale="log",
            title=f"Perplexity, all layers converted, {_title(rows)}")
     _dc_axis(ax, rows)
@@ -75,7 +83,7 @@ def perplexity_vs_dc(df: pd.DataFrame) -> Figure:
 def tradeoff(df: pd.DataFrame) -> Figure:
     """KV cache bytes per token against perplexity: one curve per method, the source GQA a star."""
     rows = _ok(df, "model").sort_values("kv_bytes_per_token")
-    fig = Figure(figsize=(6.5, 4.5), layout="constrained")
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
     ax = fig.subplots()
     sns.lineplot(rows, x="kv_bytes_per_token", y="perplexity", **_hue(rows), sort=True, marker="o", ax=ax)
     source = df[(df["method"] == "source") & (df["scope"] == "model")]
@@ -83,6 +91,7 @@ def tradeoff(df: pd.DataFrame) -> Figure:
         ax.scatter(source["source_kv_bytes_per_token"].astype(float), source["source_perplexity"].astype(float),
                    marker="*", s=250, color="black", zorder=5, label="source GQA")
         ax.legend()
+    _legend_outside(ax)
     kv_dtype = rows["kv_dtype"].iloc[0] if len(rows) else "?"
     ax.set(xlabel=f"KV cache bytes per token per layer ({kv_dtype})", ylabel="perplexity (eval text)",
            yscale="log", title=f"Cache size vs quality, {_title(rows)}")

@@ -18,8 +18,9 @@ Cache layout: ``rope_heads = K`` rotary keys, one per source kv head, each with 
 frequencies (DeepSeek's single shared key is rope_heads = 1); per token and layer the cache holds
 ``d_c + K·d_r`` elements, ``[c_kv; k_rope_0; ...; k_rope_{K-1}]`` in one packed row.
 
-At d_c = O (every row kept) and d_r = H (every pair rotary, P = 0) every method is exact, so the
-converted layer reproduces the source to round-off.
+At d_r = H (every pair rotary, P = 0) and d_c = ``available_rank`` = min(O, D) (every direction
+of the stacked matrix kept) every method is exact, so the converted layer reproduces the source to
+round-off.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import torch
 from torch import Tensor
 
 from variants.convert.method import METHODS, LowRankMethod
-from variants.convert.partial_rope import PAIR_STRATEGIES, rotary_dims, select_pairs
+from variants.convert.partial_rope import PAIR_STRATEGIES, PairStrategy, rotary_dims, select_pairs
 from variants.families.gqa import GQA
 from variants.families.mla import MLA, MLAConfig
 from variants.rope import Rope
@@ -56,14 +57,14 @@ def available_rank(source: GQA, d_r: int) -> int:
 
 
 def to_mla(source: GQA, *, d_c: int, d_r: int, method: str = "svd", calibration_BTD: Tensor | None = None,
-           rope_pairs: str = "auto") -> MLA:
+           rope_pairs: PairStrategy = "auto") -> MLA:
     """The MLA layer approximating ``source`` (see ``convert`` for the arguments)."""
     return convert(source, d_c=d_c, d_r=d_r, method=method, calibration_BTD=calibration_BTD,
                    rope_pairs=rope_pairs).layer
 
 
 def convert(source: GQA, *, d_c: int, d_r: int, method: str = "svd", calibration_BTD: Tensor | None = None,
-            rope_pairs: str = "auto") -> Conversion:
+            rope_pairs: PairStrategy = "auto") -> Conversion:
     """Convert a GQA-family self-attention layer (``mha``, ``mqa``, ``gqa``) to MLA.
 
     ``d_c``: latent size, 1..``available_rank(source, d_r)``. ``d_r``: rotary dims per head, even,

@@ -23,15 +23,18 @@ The pair -> dims map follows the source's RoPE layout: ``half`` pairs dim f with
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
 from variants.families.gqa import GQA
 
+PairStrategy = Literal["auto", "norm", "high", "low", "uniform"]
 PAIR_STRATEGIES: tuple[str, ...] = ("auto", "norm", "high", "low", "uniform")
 
 
-def select_pairs(source: GQA, num_pairs: int, *, strategy: str, calibration_TD: Tensor | None) -> Tensor:
+def select_pairs(source: GQA, num_pairs: int, *, strategy: PairStrategy, calibration_TD: Tensor | None) -> Tensor:
     """``[K, Z]`` indices of the frequency pairs each kv head keeps rotary, ascending per row."""
     c = source.config
     K, F = c.kv_heads, c.head_dim // 2

@@ -4,7 +4,8 @@ Plain per-token, per-head loops over the full sequence (no cache, no kernels, no
 so that it shares no bug with the optimized paths it checks. Weights are read from a layer's
 parameters by name; everything is cast to float64 first.
 
-Legend: T tokens, D hidden, N heads, K kv heads, H head dim, C latent, R rotary, P nope, V value.
+Legend: T tokens, D hidden, N heads, K kv heads, H head dim, C latent, R rotary, P nope, V value,
+G rotary key heads of MLA (query head n uses rotary key n // (N / G)).
 """
 
 from __future__ import annotations
@@ -35,12 +36,13 @@ def rms_norm(x: Tensor, weight: Tensor, eps: float) -> Tensor:
     return x / torch.sqrt((x * x).mean(-1, keepdim=True) + eps) * weight.double()
 
 
-def rope(vec: Tensor, position: int, theta: float, layout: str) -> Tensor:
-    """RoFormer eq. 34: pair f is rotated by ``position * theta**(-2f/R)``."""
+def rope(vec: Tensor, position: int, theta: float, layout: str, freqs: list[float] | None = None) -> Tensor:
+    """RoFormer eq. 34: pair f is rotated by ``position * theta**(-2f/R)``, or by
+    ``position * freqs[f]`` when a layer keeps an explicit subset of frequencies."""
     R = vec.shape[-1]
     out = vec.clone()
     for f in range(R // 2):
-        angle = position * theta ** (-2.0 * f / R)
+        angle = position * (theta ** (-2.0 * f / R) if freqs is None else freqs[f])
         i, j = (f, f + R // 2) if layout == "half" else (2 * f, 2 * f + 1)
         a, b = vec[..., i], vec[..., j]
         out[..., i] = a * math.cos(angle) - b * math.sin(angle)
@@ -81,12 +83,28 @@ def gqa(layer, x_TD: Tensor, memory_SD: Tensor | None = None) -> Tensor:
     return linear(o.reshape(o.shape[0], N * H), layer, "o_proj")
 
 
+def _group_freqs(layer, groups: int) -> list[list[float] | None]:
+    """Explicit per-group frequencies when the layer's rope holds a ``[G, R/2]`` table (data, like
+    the weights); None per group means the theta formula."""
+    inv = getattr(layer.rope, "inv_freq", None)
+    if inv is None or inv.dim() == 1:
+        return [None] * groups
+    assert inv.shape[0] == groups
+    return [[float(v) for v in row] for row in inv.double()]
+
+
 def mla(layer, x_TD: Tensor, memory_SD: Tensor | None = None) -> Tensor:
-    """DeepSeek-V2 eqs. 9-19 (section 2.1), with the optional query compression of eqs. 12-13."""
+    """DeepSeek-V2 eqs. 9-19 (section 2.1), with the optional query compression of eqs. 12-13.
+
+    Generalised for layers converted from GQA: G rotary keys per token (query head n uses key
+    ``n // (N / G)``, each group with its own frequencies) and an optional RMSNorm on c_kv.
+    """
     c = layer.config
     x = x_TD.double()
     kv_in = x if memory_SD is None else memory_SD.double()
     N, C, R, P, V = c.heads, c.d_c, c.d_r, c.nope_head_dim, c.v_head_dim
+    G = c.rope_heads
+    group = [n // (N // G) for n in range(N)]  # rotary key of each query head
     eps = c.norm_eps
     if c.q_rank is None:
         q = linear(x, layer, "q_proj")
@@ -96,16 +114,22 @@ def mla(layer, x_TD: Tensor, memory_SD: Tensor | None = None) -> Tensor:
     q = q.view(-1, N, P + R)
     q_c, q_r = q[..., :P], q[..., P:]
     kv_a = linear(kv_in, layer, "kv_a_proj")
-    c_kv = rms_norm(kv_a[:, :C], layer.kv_a_norm.weight.detach(), eps)  # eq. 9
-    k_r = kv_a[:, C:]  # eq. 15, before rotation
+    c_kv = kv_a[:, :C]
+    if c.latent_norm:
+        c_kv = rms_norm(c_kv, layer.kv_a_norm.weight.detach(), eps)  # eq. 9
+    k_r = kv_a[:, C:].reshape(-1, G, R)  # eq. 15, before rotation, one key per group
     w_kv = _w(layer, "kv_b_proj").view(N, P + V, C)
     k_c = torch.einsum("npc,sc->snp", w_kv[:, :P], c_kv)  # eq. 10
     v_c = torch.einsum("nvc,sc->snv", w_kv[:, P:], c_kv)  # eq. 11
     if memory_SD is None:
-        q_r = torch.stack([rope(q_r[t], t, c.rope_theta, c.rope_layout) for t in range(q_r.shape[0])])
-        k_r = torch.stack([rope(k_r[s], s, c.rope_theta, c.rope_layout) for s in range(k_r.shape[0])])
+        freqs = _group_freqs(layer, G)
+        n_g = N // G  # query heads per group, which share the group's frequencies
+        q_r = torch.stack([torch.cat([rope(q_r[t, g * n_g:(g + 1) * n_g], t, c.rope_theta, c.rope_layout, freqs[g])
+                                      for g in range(G)]) for t in range(q_r.shape[0])])
+        k_r = torch.stack([torch.stack([rope(k_r[s, g], s, c.rope_theta, c.rope_layout, freqs[g])
+                                        for g in range(G)]) for s in range(k_r.shape[0])])
     q_full = torch.cat([q_c, q_r], dim=-1)  # eq. 16
-    k_full = torch.cat([k_c, k_r.unsqueeze(1).expand(-1, N, R)], dim=-1)  # eq. 17: k_rope shared
+    k_full = torch.cat([k_c, k_r[:, group]], dim=-1)  # eq. 17: k_rope shared (within a group)
     scale = c.softmax_scale if c.softmax_scale is not None else 1 / math.sqrt(P + R)
     o = attend(q_full, k_full, v_c, scale, causal=memory_SD is None)  # eq. 18
     return linear(o.reshape(o.shape[0], N * V), layer, "o_proj")  # eq. 19

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 import variants
-from tests.shapes import TINY, TINY_Q, VARIANTS
+from tests.shapes import MLA_SETTINGS, TINY, TINY_Q, VARIANTS, build_mla
 from variants.presets import load_preset
 
 aten = torch.ops.aten
@@ -117,3 +117,40 @@ def test_deepseek_v3_mha_equivalent_cache_is_far_larger():
     mha = variants.build("mha", shape, dtype=torch.bfloat16, device="meta")
     # DeepSeek-V2 section 2.1.4: MLA's cache equals GQA with 2.25 groups; vs MHA it is ~57x smaller.
     assert mha.kv_bytes_per_token() / mla.kv_bytes_per_token() == pytest.approx(2 * 128 * 128 / 576)
+
+
+@pytest.mark.parametrize("attention", ["self", "cross"])
+@pytest.mark.parametrize("name", sorted(MLA_SETTINGS))
+def test_mla_settings_flops_equal_flop_counter(name, attention, seed):
+    """rope_heads > 1 (zero-padded rotary query slots), no latent norm, no nope dims."""
+    layer = build_mla(name, seed=seed, attention=attention)
+    D = layer.hidden
+    for impl in variants.IMPLEMENTATIONS:
+        if impl.supports(layer, phase="decode", device=torch.device("cpu"), dtype=torch.float32):
+            continue
+        cache = layer.new_cache(B, MAX_LEN, impl=impl.name)
+        memory = torch.randn(B, 6, D) if attention == "cross" else None
+        new_kv = 6 if attention == "cross" else 5
+        step = layer.prepare("prefill", torch.randn(B, 5, D), cache, impl=impl.name, memory_BMD=memory)
+        assert count_flops(step) == impl.cost(layer, batch=B, q_len=5, cached=0, new_kv=new_kv).flops, impl.name
+        layer.prefill(torch.randn(B, 5, D), cache, impl=impl.name, memory_BMD=memory)
+        cached, new_kv = (6, 0) if attention == "cross" else (5, 2)
+        step = layer.prepare("decode", torch.randn(B, 2, D), cache, impl=impl.name)
+        assert count_flops(step) == impl.cost(layer, batch=B, q_len=2, cached=cached, new_kv=new_kv).flops, impl.name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", sorted(MLA_SETTINGS))
+def test_mla_settings_cache_bytes_equal_cost_model(name, dtype):
+    layer = build_mla(name, dtype=dtype)
+    c = layer.config
+    for impl in variants.IMPLEMENTATIONS:
+        if impl.supports(layer, phase="decode", device=torch.device("cpu"), dtype=dtype):
+            continue
+        cache = layer.new_cache(3, 11, impl=impl.name)
+        cost = impl.cost(layer, batch=3, q_len=1, cached=10, new_kv=1)
+        assert cache.nbytes() == 3 * 11 * cost.kv_bytes_per_token
+        if impl.path != "expanded":
+            # The cache layout of a converted layer: c_kv, then one rotary key per group.
+            assert cost.kv_bytes_per_token == (c.d_c + c.rope_heads * c.d_r) * dtype.itemsize
+            assert cache.layout.fields[1].shape == (c.rope_heads * c.d_r,)

@@ -7,7 +7,7 @@ import torch
 
 import variants
 from tests.reference import reference, rel_err
-from tests.shapes import TINY, TINY_Q, VARIANTS
+from tests.shapes import MLA_SETTINGS, TINY, TINY_Q, VARIANTS, build_mla
 
 B, PREFILL, TOTAL, MAX_LEN = 2, 5, 9, 12
 
@@ -119,3 +119,44 @@ def test_fill_random_marks_the_prefix_valid_and_is_reproducible():
     assert a.packed[:, :5].abs().sum() > 0 and a.packed[:, 5:].abs().sum() == 0
     with pytest.raises(ValueError, match="fill length 9 is outside"):
         a.fill_random_(9)
+
+
+@pytest.mark.parametrize("name", sorted(MLA_SETTINGS))
+def test_mla_settings_match_float64_reference(name, seed):
+    """rope_heads > 1, per-group frequencies, no latent norm, no nope dims: every path, every phase."""
+    layer = build_mla(name, seed=seed)
+    x_BTD = torch.randn(B, TOTAL, layer.hidden)
+    expected = reference(layer, x_BTD)
+    for impl in supported(layer):
+        cache = layer.new_cache(B, MAX_LEN, impl=impl)
+        got = [layer.prefill(x_BTD[:, :PREFILL], cache, impl=impl),
+               layer.decode(x_BTD[:, PREFILL:PREFILL + 1], cache, impl=impl),
+               layer.decode(x_BTD[:, PREFILL + 1:], cache, impl=impl)]
+        err = rel_err(torch.cat(got, dim=1), expected)
+        assert err <= 1e-5, f"{name}/{impl}: fp32 relative error {err:.2e} > 1e-5"
+
+
+@pytest.mark.parametrize("name", sorted(MLA_SETTINGS))
+@pytest.mark.parametrize("impl", ["absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded"])
+def test_mla_settings_absorbed_equals_eager(name, impl, seed):
+    layer = build_mla(name, dtype=torch.float64, seed=seed)
+    x_BTD = torch.randn(B, TOTAL, layer.hidden, dtype=torch.float64)
+    outs = {}
+    for which in ("eager", impl):
+        cache = layer.new_cache(B, MAX_LEN, impl=which)
+        outs[which] = torch.cat([layer.prefill(x_BTD[:, :PREFILL], cache, impl=which),
+                                 *[layer.decode(x_BTD[:, t:t + 1], cache, impl=which) for t in range(PREFILL, TOTAL)]],
+                                dim=1)
+    assert rel_err(outs[impl], outs["eager"]) <= 1e-12
+
+
+@pytest.mark.parametrize("name", sorted(MLA_SETTINGS))
+def test_mla_settings_cross_attention_matches_reference(name, seed):
+    layer = build_mla(name, seed=seed, attention="cross")
+    memory_BMD, x_BTD = torch.randn(B, 7, layer.hidden), torch.randn(B, 3, layer.hidden)
+    expected = reference(layer, x_BTD, memory_BMD)
+    for impl in supported(layer):
+        cache = layer.new_cache(B, MAX_LEN, impl=impl)
+        got = torch.cat([layer.prefill(x_BTD[:, :2], cache, impl=impl, memory_BMD=memory_BMD),
+                         layer.decode(x_BTD[:, 2:], cache, impl=impl)], dim=1)
+        assert rel_err(got, expected) <= 1e-5, impl

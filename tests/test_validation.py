@@ -68,3 +68,19 @@ def test_cross_attention_needs_memory_first():
         layer.prefill(torch.randn(1, 2, TINY.hidden), cache)
     with pytest.raises(ValueError, match="cross-attention decode needs a cache filled by prefill"):
         layer.decode(torch.randn(1, 1, TINY.hidden), cache)
+
+
+def test_mla_converted_settings_are_validated():
+    from variants.families.mla import MLA, MLAConfig
+    from variants.rope import Rope
+
+    base = dict(hidden=24, heads=6, d_c=10, d_r=4, nope_head_dim=6, v_head_dim=5)
+    with pytest.raises(ValueError, match="^rope_heads=4 does not divide heads=6; valid rope_heads: 1, 2, 3, 6$"):
+        MLAConfig(**base | {"rope_heads": 4})
+    with pytest.raises(ValueError, match="^nope_head_dim=-1 is not allowed: nope_head_dim must be a non-negative"):
+        MLAConfig(**base | {"nope_head_dim": -1})
+    MLAConfig(**base | {"nope_head_dim": 0})  # every query/key dim rotary: allowed
+    with pytest.raises(ValueError, match=r"^the rope has frequencies for 2 head groups; rope_heads=3 needs \[3, 2\]"):
+        MLA(MLAConfig(**base | {"rope_heads": 3}), rope=Rope(4, inv_freq=torch.ones(2, 2)))
+    with pytest.raises(ValueError, match=r"^inv_freq has shape \(3,\); expected \[2\] or \[groups, 2\]"):
+        Rope(4, inv_freq=torch.ones(3))

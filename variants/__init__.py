@@ -5,10 +5,12 @@
     cache = layer.new_cache(batch, max_len)
     y = layer.prefill(x_BLD, cache, impl="eager")
     y = layer.decode(x_BLD, cache, impl="absorbed")
+    mla = variants.to_mla(variants.build("gqa", model="smollm2_135m"), d_c=128, d_r=32)
 """
 
 from variants.build import build
 from variants.cache import CacheField, CacheLayout, KVCache
+from variants.convert import to_mla
 from variants.cost import Cost
 from variants.implementation import Implementation, KernelImplementation
 from variants.layer import COMPILE_MODES, PHASES, AttentionLayer
@@ -34,5 +36,5 @@ def variant_names() -> list[str]:
 __all__ = [
     "COMPILE_MODES", "IMPLEMENTATIONS", "PHASES", "VARIANTS", "AttentionLayer", "CacheField",
     "CacheLayout", "Cost", "Implementation", "KVCache", "KernelImplementation", "ModelShape", "build",
-    "from_hf", "implementation_names", "register_implementation", "register_variant", "variant_names",
+    "from_hf", "implementation_names", "register_implementation", "register_variant", "to_mla", "variant_names",
 ]

@@ -1,11 +1,16 @@
 """Rotary position embedding (RoPE, Su et al. 2021) in the two layouts trained checkpoints use.
 
-Legend: B batch, L positions, N heads, R rotary dim (even), F = R/2 frequency pairs.
+Legend: B batch, L positions, N heads, G head groups with their own frequencies (G divides N),
+R rotary dim (even), F = R/2 frequency pairs, P table positions.
 
 - ``half`` (Llama, Mistral, Qwen): dimension i is paired with i + R/2.
 - ``interleaved`` (DeepSeek-V2/V3 reference code): dimension 2i is paired with 2i + 1.
 
 Both rotate pair f by angle ``position * inv_freq[f]``; they differ only in which dims form a pair.
+
+``inv_freq`` is ``[F]`` (every head alike) or ``[G, F]``: heads in G consecutive groups, head n
+using row ``n // (N / G)``. The second form is what a GQA layer converted to MLA needs: each kv head
+keeps its own subset of the trained frequencies as rotary dims (``variants.convert``).
 """
 
 from __future__ import annotations
@@ -27,10 +32,15 @@ def rotate(x_BLNR: Tensor, cos_LF: Tensor, sin_LF: Tensor, layout: RopeLayout) -
     extra = x_BLNR.dim() - 3
     cos = cos_LF.view(cos_LF.shape[0], *([1] * extra), cos_LF.shape[1])
     sin = sin_LF.view(sin_LF.shape[0], *([1] * extra), sin_LF.shape[1])
+    return _rotate_pairs(x_BLNR, cos, sin, layout)
+
+
+def _rotate_pairs(x: Tensor, cos: Tensor, sin: Tensor, layout: RopeLayout) -> Tensor:
+    """Rotate pairs of ``x``'s last dim by angles whose cos/sin broadcast to ``x[..., :R/2]``."""
     if layout == "half":
-        x1, x2 = x_BLNR.chunk(2, dim=-1)
+        x1, x2 = x.chunk(2, dim=-1)
         return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
-    x1, x2 = x_BLNR[..., 0::2], x_BLNR[..., 1::2]
+    x1, x2 = x[..., 0::2], x[..., 1::2]
     out = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
     return out.flatten(-2)
 
@@ -52,10 +62,19 @@ class Rope(nn.Module):
         self.layout: RopeLayout = layout
         self.scaling = scaling
         inv = default_inv_freq(rotary_dim, theta) if inv_freq is None else inv_freq.float()
-        assert inv.shape == (rotary_dim // 2,), f"inv_freq must have {rotary_dim // 2} entries"
+        F = rotary_dim // 2
+        if inv.shape[-1:] != (F,) or inv.dim() not in (1, 2) or inv.shape[0] == 0:
+            raise ValueError(f"inv_freq has shape {tuple(inv.shape)}; expected [{F}] or [groups, {F}] "
+                             f"for rotary dim {rotary_dim}")
         self.register_buffer("inv_freq", inv, persistent=False)
-        self.register_buffer("cos_PF", torch.empty(0, rotary_dim // 2), persistent=False)
-        self.register_buffer("sin_PF", torch.empty(0, rotary_dim // 2), persistent=False)
+        # The table is [P, F] or [P, G, F], like inv_freq with positions in front.
+        self.register_buffer("cos_PF", torch.empty(0, *inv.shape), persistent=False)
+        self.register_buffer("sin_PF", torch.empty(0, *inv.shape), persistent=False)
+
+    @property
+    def groups(self) -> int | None:
+        """G when heads have their own frequencies (``inv_freq`` of ``[G, F]``), else None."""
+        return self.inv_freq.shape[0] if self.inv_freq.dim() == 2 else None
 
     def reserve(self, num_positions: int, *, dtype: torch.dtype, device: torch.device) -> None:
         """Build the table for positions [0, num_positions) once, at set-up, outside any timed call."""
@@ -64,7 +83,8 @@ class Rope(nn.Module):
         # Angles and cos/sin in float32, then cast: the convention of the checkpoints' own code
         # (Hugging Face's rotary classes, DeepSeek's precompute_freqs_cis).
         pos = torch.arange(num_positions, device=device, dtype=torch.float32)
-        angle_PF = torch.outer(pos, self.inv_freq.to(device=device, dtype=torch.float32))
+        inv = self.inv_freq.to(device=device, dtype=torch.float32)
+        angle_PF = pos.view(-1, *([1] * inv.dim())) * inv  # [P, F] or [P, G, F]
         self.cos_PF = (angle_PF.cos() * self.scaling).to(dtype)
         self.sin_PF = (angle_PF.sin() * self.scaling).to(dtype)
 
@@ -76,5 +96,13 @@ class Rope(nn.Module):
         return self.cos_PF[start:start + length], self.sin_PF[start:start + length]
 
     def forward(self, x_BLNR: Tensor, start: int) -> Tensor:
-        cos_LF, sin_LF = self.table(start, x_BLNR.shape[1])
-        return rotate(x_BLNR, cos_LF, sin_LF, self.layout)
+        if self.groups is None:
+            cos_LF, sin_LF = self.table(start, x_BLNR.shape[1])
+            return rotate(x_BLNR, cos_LF, sin_LF, self.layout)
+        # Per-group frequencies: split the N heads into G groups and broadcast [L, G, 1, F] over them.
+        cos_LGF, sin_LGF = self.table(start, x_BLNR.shape[1])
+        N, G = x_BLNR.shape[2], self.groups
+        assert x_BLNR.dim() == 4 and N % G == 0, f"{N} heads do not split into {G} frequency groups"
+        x_BLGnR = x_BLNR.unflatten(2, (G, N // G))
+        out_BLGnR = _rotate_pairs(x_BLGnR, cos_LGF.unsqueeze(2), sin_LGF.unsqueeze(2), self.layout)
+        return out_BLGnR.flatten(2, 3)

@@ -2,7 +2,8 @@
 
 Legend: B batch, L new queries, M tokens whose latent a step computes, T visible keys, D hidden,
 N heads, Q query rank d_c' (q_lora_rank), C latent d_c (kv_lora_rank), R rotary d_r
-(qk_rope_head_dim), P qk_nope_head_dim, V v_head_dim, E key width of a path's attention.
+(qk_rope_head_dim), G rotary keys per token (rope_heads), J = G·R cached rotary width,
+P qk_nope_head_dim (may be 0), V v_head_dim, E key width of a path's attention.
 
 Per token: ``c_kv = RMSNorm(W_DKV x)`` (eq. 9) and ``k_rope = RoPE(W_KR x)`` (eq. 15, one rotary
 key shared by all heads) come out of one down-projection ``kv_a_proj`` of width C + R. Heads get
@@ -11,11 +12,18 @@ or ``q_b_proj(RMSNorm(q_a_proj x))`` with compression (eqs. 12-13); each head's 
 P nope dims and R rotary dims. Softmax scale ``1/sqrt(P + R)`` (eq. 17). Module names follow the
 Hugging Face port so that checkpoints map by name.
 
-Paths (the cache is the latent ``[c_kv; k_rope]``, C + R values per token and layer, in all but
-``expanded``):
+Two settings generalise DeepSeek's layer for GQA models converted to MLA (``variants.convert``):
+``rope_heads = G`` caches G rotary keys per token instead of one (query head n uses key
+``n // (N / G)``, as GQA's query heads use their kv head; DeepSeek's MLA is G = 1), each group
+with its own RoPE frequencies when ``Rope.inv_freq`` is ``[G, R/2]``; and ``latent_norm=False``
+drops the RMSNorm on c_kv, which a layer factored from trained K/V projections does not have.
+
+Paths (the cache is the latent ``[c_kv; k_rope_0; ...; k_rope_{G-1}]``, C + G·R values per token
+and layer, in all but ``expanded``):
 - ``standard``: up-project the whole cached latent to per-head K, V every step, then attend.
 - ``absorbed``: ``q_lat = q_nope W_UK`` per head, attend on the latent as a single shared key of
-  width C + R and value c_kv, then apply W_UV (or W_O·W_UV folded, ``fold_o``).
+  width C + G·R and value c_kv, then apply W_UV (or W_O·W_UV folded, ``fold_o``). With G > 1 the
+  query of a head in group g is zero outside its group's rotary slot, so the cache is never copied.
 - ``expanded``: cache per-head K (P + R) and V (V), up-projected once when written.
 """
 
@@ -34,7 +42,15 @@ from variants.kernel import Kernel
 from variants.layer import AttentionLayer, Step, StepFn
 from variants.registry import register_variant
 from variants.rope import Rope
-from variants.shape import ATTENTION_KINDS, AttentionKind, ModelShape, RopeLayout, check_choice, check_positive
+from variants.shape import (
+    ATTENTION_KINDS,
+    AttentionKind,
+    ModelShape,
+    RopeLayout,
+    check_choice,
+    check_positive,
+    divisors,
+)
 from variants.variant import VariantSpec
 
 
@@ -44,7 +60,7 @@ class MLAConfig:
     heads: int  # N
     d_c: int  # C, kv_lora_rank
     d_r: int  # R, qk_rope_head_dim
-    nope_head_dim: int  # P, qk_nope_head_dim
+    nope_head_dim: int  # P, qk_nope_head_dim; 0 when every query/key dim is rotary
     v_head_dim: int  # V
     q_rank: int | None = None  # Q, q_lora_rank; None: plain query projection
     rope_theta: float = 10000.0
@@ -53,13 +69,22 @@ class MLAConfig:
     softmax_scale: float | None = None  # None: 1 / sqrt(P + R); YaRN checkpoints scale it further
     attention_bias: bool = False  # bias on q_a_proj, kv_a_proj and o_proj (HF's attention_bias)
     norm_eps: float = 1e-6  # HF's DeepseekV3RMSNorm default, which its attention layer uses
+    rope_heads: int = 1  # G rotary keys per token; 1 is DeepSeek's key shared by all heads
+    latent_norm: bool = True  # RMSNorm on c_kv (eq. 9); False for layers converted from GQA
 
     def __post_init__(self) -> None:
-        for name in ("hidden", "heads", "d_c", "d_r", "nope_head_dim", "v_head_dim"):
+        for name in ("hidden", "heads", "d_c", "d_r", "v_head_dim", "rope_heads"):
             check_positive(name, getattr(self, name))
         check_positive("q_rank", self.q_rank, optional=True)
+        P = self.nope_head_dim
+        if isinstance(P, bool) or not isinstance(P, int) or P < 0:
+            raise ValueError(f"nope_head_dim={P!r} is not allowed: nope_head_dim must be a non-negative integer")
         if self.d_r % 2:
             raise ValueError(f"d_r={self.d_r} is odd; the decoupled RoPE key rotates pairs, so d_r must be even")
+        if self.heads % self.rope_heads:
+            valid = ", ".join(map(str, divisors(self.heads)))
+            raise ValueError(f"rope_heads={self.rope_heads} does not divide heads={self.heads}; "
+                             f"valid rope_heads: {valid}")
         check_choice("attention", self.attention, ATTENTION_KINDS)
 
 
@@ -74,6 +99,7 @@ class MLA(AttentionLayer):
         self.attention = c.attention
         self.hidden = c.hidden
         D, N, Q, C, R, P, V = c.hidden, c.heads, c.q_rank, c.d_c, c.d_r, c.nope_head_dim, c.v_head_dim
+        J = c.rope_heads * R
         if Q is None:
             self.q_proj: nn.Linear | None = nn.Linear(D, N * (P + R), bias=False)
             self.q_a_proj = self.q_a_norm = self.q_b_proj = None
@@ -82,14 +108,17 @@ class MLA(AttentionLayer):
             self.q_a_proj = nn.Linear(D, Q, bias=c.attention_bias)
             self.q_a_norm = nn.RMSNorm(Q, eps=c.norm_eps)
             self.q_b_proj = nn.Linear(Q, N * (P + R), bias=False)
-        self.kv_a_proj = nn.Linear(D, C + R, bias=c.attention_bias)
-        self.kv_a_norm = nn.RMSNorm(C, eps=c.norm_eps)
+        self.kv_a_proj = nn.Linear(D, C + J, bias=c.attention_bias)
+        self.kv_a_norm: nn.RMSNorm | None = nn.RMSNorm(C, eps=c.norm_eps) if c.latent_norm else None
         self.kv_b_proj = nn.Linear(C, N * (P + V), bias=False)
         self.o_proj = nn.Linear(N * V, D, bias=c.attention_bias)
         # Cross-attention rotates nothing (queries and memory are different sequences); the
         # d_r columns stay, unrotated, so the cache and the cost keep MLA's shape.
         self.rope: Rope | None = (rope or Rope(R, theta=c.rope_theta, layout=c.rope_layout)) \
             if c.attention == "self" else None
+        if self.rope is not None and self.rope.groups not in (None, c.rope_heads):
+            raise ValueError(f"the rope has frequencies for {self.rope.groups} head groups; "
+                             f"rope_heads={c.rope_heads} needs [{c.rope_heads}, {R // 2}] or [{R // 2}]")
         self.scale = c.softmax_scale if c.softmax_scale is not None else (P + R) ** -0.5
 
     # -- cache ----------------------------------------------------------------------------------
@@ -99,8 +128,10 @@ class MLA(AttentionLayer):
             return CacheLayout((CacheField("k", (c.heads, c.nope_head_dim + c.d_r)),
                                 CacheField("v", (c.heads, c.v_head_dim))))
         assert path in ("standard", "absorbed")
-        # c_kv first, then k_rope, in one buffer: the absorbed path's shared key is the whole row.
-        return CacheLayout((CacheField("c_kv", (c.d_c,)), CacheField("k_rope", (c.d_r,))), packed=True)
+        # c_kv first, then the G rotary keys, in one buffer: the absorbed path's shared key is the
+        # whole row.
+        return CacheLayout((CacheField("c_kv", (c.d_c,)), CacheField("k_rope", (c.rope_heads * c.d_r,))),
+                           packed=True)
 
     # -- shared pieces of every path ---------------------------------------------------------------
     def _queries(self, x_BLD: Tensor, q_start: int | None) -> tuple[Tensor, Tensor]:
@@ -118,11 +149,12 @@ class MLA(AttentionLayer):
 
     def _latent(self, x_BMD: Tensor, start: int) -> tuple[Tensor, Tensor]:
         c = self.config
-        c_kv_BMC, k_rope_BMR = self.kv_a_proj(x_BMD).split([c.d_c, c.d_r], dim=-1)
-        c_kv_BMC = self.kv_a_norm(c_kv_BMC)
+        c_kv_BMC, k_rope_BMJ = self.kv_a_proj(x_BMD).split([c.d_c, c.rope_heads * c.d_r], dim=-1)
+        if self.kv_a_norm is not None:
+            c_kv_BMC = self.kv_a_norm(c_kv_BMC)
         if self.rope is not None:
-            k_rope_BMR = self.rope(k_rope_BMR, start)
-        return c_kv_BMC, k_rope_BMR
+            k_rope_BMJ = self.rope(k_rope_BMJ.unflatten(-1, (c.rope_heads, c.d_r)), start).flatten(-2)
+        return c_kv_BMC, k_rope_BMJ
 
     def _up_project(self, c_kv_BTC: Tensor) -> tuple[Tensor, Tensor]:
         c = self.config
@@ -131,16 +163,17 @@ class MLA(AttentionLayer):
         k_nope_BTNP, v_BTNV = kv_BTNX.split([c.nope_head_dim, c.v_head_dim], dim=-1)
         return k_nope_BTNP, v_BTNV
 
-    def _heads_key(self, k_nope_BTNP: Tensor, k_rope_BTR: Tensor) -> Tensor:
+    def _heads_key(self, k_nope_BTNP: Tensor, k_rope_BTJ: Tensor) -> Tensor:
         B, T, N, _ = k_nope_BTNP.shape
-        # DeepSeek-V2 eq. 16: every head's key ends with the one shared rotary key.
-        k_rope_BTNR = k_rope_BTR.unsqueeze(2).expand(B, T, N, self.config.d_r)
-        return torch.cat((k_nope_BTNP, k_rope_BTNR), dim=-1)
+        G, R = self.config.rope_heads, self.config.d_r
+        # DeepSeek-V2 eq. 16: every head's key ends with the shared rotary key (of its group when G > 1).
+        k_rope_BTGnR = k_rope_BTJ.unflatten(-1, (G, 1, R)).expand(B, T, G, N // G, R)
+        return torch.cat((k_nope_BTNP, k_rope_BTGnR.reshape(B, T, N, R)), dim=-1)
 
     def _write_latent(self, step: Step) -> None:
         if step.kv_x_BMD is not None:
-            c_kv_BMC, k_rope_BMR = self._latent(step.kv_x_BMD, step.kv_start)
-            step.cache.write(step.kv_start, c_kv=c_kv_BMC, k_rope=k_rope_BMR)
+            c_kv_BMC, k_rope_BMJ = self._latent(step.kv_x_BMD, step.kv_start)
+            step.cache.write(step.kv_start, c_kv=c_kv_BMC, k_rope=k_rope_BMJ)
 
     def _output(self, o_BLNV: Tensor) -> Tensor:
         B, L, N, V = o_BLNV.shape
@@ -167,9 +200,9 @@ class MLA(AttentionLayer):
     def _expanded(self, step: Step, attend: Kernel) -> Tensor:
         q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
         if step.kv_x_BMD is not None:
-            c_kv_BMC, k_rope_BMR = self._latent(step.kv_x_BMD, step.kv_start)
+            c_kv_BMC, k_rope_BMJ = self._latent(step.kv_x_BMD, step.kv_start)
             k_nope_BMNP, v_BMNV = self._up_project(c_kv_BMC)
-            step.cache.write(step.kv_start, k=self._heads_key(k_nope_BMNP, k_rope_BMR), v=v_BMNV)
+            step.cache.write(step.kv_start, k=self._heads_key(k_nope_BMNP, k_rope_BMJ), v=v_BMNV)
         q_BLNE = torch.cat((q_nope_BLNP, q_rope_BLNR), dim=-1)
         o_BLNV = attend(q_BLNE, step.cache.read("k", step.kv_len), step.cache.read("v", step.kv_len),
                         scale=self.scale, mask=step.mask)
@@ -194,7 +227,7 @@ class MLA(AttentionLayer):
         self._write_latent(step)
         # DeepSeek-V2 eq. 10 absorbed: q_nope . (W_UK c_kv) = (q_nope W_UK) . c_kv per head.
         q_lat_BLNC = torch.einsum("blnp,npc->blnc", q_nope_BLNP, weights["w_uk_NPC"])
-        q_BLNE = torch.cat((q_lat_BLNC, q_rope_BLNR), dim=-1)
+        q_BLNE = torch.cat((q_lat_BLNC, self._slot_rope_query(q_rope_BLNR)), dim=-1)
         latent_BTE = step.cache.packed[:, :step.kv_len]
         k_BT1E = latent_BTE.unsqueeze(2)
         v_BT1X = k_BT1E if packed_value else step.cache.read("c_kv", step.kv_len).unsqueeze(2)
@@ -204,6 +237,21 @@ class MLA(AttentionLayer):
             return F.linear(o_lat_BLNC.reshape(B, L, N * C), weights["w_ouv_DX"], self.o_proj.bias)
         o_BLNV = torch.einsum("blnc,nvc->blnv", o_lat_BLNC, weights["w_uv_NVC"])
         return self._output(o_BLNV)
+
+    def _slot_rope_query(self, q_rope_BLNR: Tensor) -> Tensor:
+        """``[B, L, N, G·R]``: head n's rotary query in its group's slot, zeros elsewhere.
+
+        Against the packed row ``[c_kv; k_rope_0; ...; k_rope_{G-1}]`` this gives exactly
+        ``q_lat·c_kv + q_rope·k_rope_g``: the G rotary keys stay one MQA key read in place.
+        """
+        G = self.config.rope_heads
+        if G == 1:
+            return q_rope_BLNR
+        B, L, N, R = q_rope_BLNR.shape
+        q_BLGnHR = q_rope_BLNR.new_zeros(B, L, G, N // G, G, R)
+        # The diagonal over the two group dims (appended last by ``diagonal``) is group g's own slot.
+        q_BLGnHR.diagonal(dim1=2, dim2=4).copy_(q_rope_BLNR.unflatten(2, (G, N // G)).permute(0, 1, 3, 4, 2))
+        return q_BLGnHR.flatten(4).flatten(2, 3)
 
     # -- cost, beside the math above ------------------------------------------------------------
     def params_by_module(self) -> dict[str, int]:
@@ -217,11 +265,12 @@ class MLA(AttentionLayer):
         B, L, S, W = batch, q_len, cached, new_kv
         T = S + W
         D, N, Q, C, R, P, V = c.hidden, c.heads, c.q_rank, c.d_c, c.d_r, c.nope_head_dim, c.v_head_dim
+        J = c.rope_heads * R
         if Q is None:
             q_flops = matmul_flops(B * L, D, N * (P + R))
         else:
             q_flops = matmul_flops(B * L, D, Q) + matmul_flops(B * L, Q, N * (P + R))
-        latent_flops = matmul_flops(B * W, D, C + R)  # kv_a_proj on the new tokens
+        latent_flops = matmul_flops(B * W, D, C + J)  # kv_a_proj on the new tokens
         o_flops = matmul_flops(B * L, N * V, D)
         if path == "standard":
             path_flops = (matmul_flops(B * T, C, N * (P + V))  # re-expand the whole cache
@@ -231,15 +280,16 @@ class MLA(AttentionLayer):
                           + matmul_flops(B * N * L, P + R, T) + matmul_flops(B * N * L, T, V) + o_flops)
         else:
             assert path == "absorbed"
-            value_width = C + R if packed_value else C
+            value_width = C + J if packed_value else C
+            # Scores against the whole packed row, zero-padded rotary slots included.
             path_flops = (matmul_flops(B * L * N, P, C)  # q_nope W_UK
-                          + matmul_flops(B * N * L, C + R, T) + matmul_flops(B * N * L, T, value_width))
+                          + matmul_flops(B * N * L, C + J, T) + matmul_flops(B * N * L, T, value_width))
             path_flops += matmul_flops(B * L, N * C, D) if fold_o else matmul_flops(B * L * N, C, V) + o_flops
 
         sizes = self.params_by_module()
         read = sizes["q_proj"] if Q is None else sizes["q_a_proj"] + sizes["q_a_norm"] + sizes["q_b_proj"]
         if W:
-            read += sizes["kv_a_proj"] + sizes["kv_a_norm"]
+            read += sizes["kv_a_proj"] + sizes.get("kv_a_norm", 0)
         if path == "absorbed" and fold_o:
             # W_UK, and W_O·W_UV in place of W_UV and W_O.
             read += N * P * C + D * N * C + (D if c.attention_bias else 0)
@@ -250,8 +300,8 @@ class MLA(AttentionLayer):
         kv_bytes = self.kv_bytes_per_token(path, dtype)
         memory_in = W if self.attention == "cross" else 0
         if path == "absorbed":
-            qk_dim, v_dim = C + R, (C + R if packed_value else C)
-            transient = B * L * N * (2 * (C + R) + C + V)  # q_lat, padded q, o_lat, o
+            qk_dim, v_dim = C + J, (C + J if packed_value else C)
+            transient = B * L * N * (2 * (C + J) + C + V)  # q_lat, padded q, o_lat, o
             transient += D * N * C if fold_o else 0  # the folded W_O·W_UV, made at set-up
         else:
             qk_dim, v_dim = P + R, V

@@ -1,0 +1,74 @@
+"""What one low-rank study runs: model, methods, the d_c and d_r sweeps, texts, where it computes.
+
+Plain data, validated here and nowhere else; ``conf/experiment/lowrank_smollm2.yaml`` holds the
+same keys under ``lowrank:``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from variants.convert.partial_rope import PAIR_STRATEGIES
+from variants.shape import check_choice, check_positive
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64,
+                                  "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    model: str = "smollm2_135m"  # a preset in conf/model with a `weights:` loader
+    methods: tuple[str, ...] = ("svd", "rsvd", "qr", "cur", "whitened")
+    d_c: tuple[int, ...] = (32, 64, 128, 256)  # latent sizes; above a source's rank: a skipped row
+    d_r: tuple[int, ...] = (32,)  # rotary dims per head, even
+    rope_pairs: str = "auto"  # variants.convert.partial_rope: auto = norm with calibration data
+    calib_tokens: int = 1024  # from the text's midpoint (harness.lowrank.text)
+    eval_tokens: int = 2048  # perplexity text: the text's first tokens
+    act_tokens: int = 512  # held-out activations for act_rel_err: the first tokens of the eval text
+    window: int = 512  # perplexity context window
+    impl: str = "sdpa"  # attnbench implementation for outputs and perplexity
+    dtype: str = "float32"  # the model and the layers compute in this
+    kv_dtype: str = "bfloat16"  # KV bytes are counted in this (as a deployment would cache)
+    layers: tuple[int, ...] | None = None  # None: every decoder layer; perplexity converts these only
+    latency_context: int = 1024  # cached tokens for the decode timing; 0: no latency rows
+    latency_impls: tuple[str, ...] = ("eager", "absorbed")  # converted layer
+    source_latency_impls: tuple[str, ...] = ("eager", "sdpa")  # source GQA layer
+
+    def __post_init__(self) -> None:
+        for name in ("calib_tokens", "eval_tokens", "act_tokens", "window"):
+            check_positive(name, getattr(self, name))
+        if self.latency_context < 0:
+            raise ValueError(f"latency_context={self.latency_context} is not allowed: 0 (off) or a positive integer")
+        if self.act_tokens > self.eval_tokens:
+            raise ValueError(f"act_tokens={self.act_tokens} exceeds eval_tokens={self.eval_tokens}; "
+                             "the held-out activations come from the evaluation text")
+        for name in ("methods", "d_c", "d_r"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty; list at least one")
+        for value in self.d_c:
+            check_positive("d_c", value)
+        for value in self.d_r:
+            check_positive("d_r", value)
+            if value % 2:
+                raise ValueError(f"d_r={value} is odd; allowed: even values (rotary dims come in pairs)")
+        check_choice("rope_pairs", self.rope_pairs, PAIR_STRATEGIES)
+        check_choice("dtype", self.dtype, tuple(DTYPES))
+        check_choice("kv_dtype", self.kv_dtype, tuple(DTYPES))
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> StudySettings:
+        """From a config mapping (lists become tuples); unknown keys fail with the valid ones."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"unknown lowrank setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
+        return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()})
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]

@@ -21,6 +21,8 @@ from variants.layer import COMPILE_MODES
 from variants.registry import IMPLEMENTATIONS, VARIANTS
 
 GROUPS = ("model", "variant", "impl", "measure", "experiment")
+# Blocks that an experiment adds (conf/experiment/lowrank_smollm2.yaml): Hydra checks their fields.
+BLOCKS = ("lowrank",)
 SIZE_KEYS = ("seq", "batch", "decode_len", "hidden", "heads", "head_dim", "d_c", "d_r")
 OPTIONAL_SIZE_KEYS = ("kv_heads", "q_rank", "threads")  # also accept none
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -112,8 +114,8 @@ def check_overrides(args: Iterable[str], conf_dir: Path) -> None:
         root = key.split(".")[0].split("/")[0]  # hydra/launcher=joblib: a Hydra group, Hydra's to check
         if root == "hydra" or override.package is not None or override.is_delete():
             continue
-        if root in GROUPS and key != root:
-            continue  # a field inside a group (measure.budget_s=2): Hydra checks it exists
+        if root in GROUPS + BLOCKS and key != root:
+            continue  # a field inside a group or block (measure.budget_s=2): Hydra checks it exists
         if key not in GROUPS and key not in top_keys and not override.is_add():
             raise UserError(f"unknown key {key!r}; valid keys: {', '.join(sorted([*top_keys, *GROUPS]))}")
         for value in _values(override):

@@ -1,37 +1,29 @@
-"""Decode-step latency of one attention layer at a given context length: a stand-in until the
-harness's timer measures converted layers like any MLA layer.
+"""Decode-step latency of one converted (or source) attention layer at a given context length,
+measured by the harness's own timer and repetition rules, like any case of ``run.py``.
 
-The step is a ``prepare`` closure (set-up, cache and RoPE table outside the timed call), run after
-warm-up; the result is the median of ``repeats`` wall-clock timings, synchronized on CUDA.
+The step is a ``prepare`` closure (weights, cache, RoPE table set up outside the timed call); the
+cached prefix is random, as in the harness's decode cases.
 """
 
 from __future__ import annotations
 
-import statistics
-import time
-
 import torch
 
+from harness.timer import CpuTimer, CudaTimer, MeasureSettings, measure
 from variants.layer import AttentionLayer
 
+# Short: the study times a handful of layers per combination, beside hours of conversion.
+SETTINGS = MeasureSettings(warmup_reps=3, warmup_s=0.1, min_reps=10, budget_s=1.0)
 
-def decode_latency_ms(layer: AttentionLayer, *, impl: str, context: int, batch: int = 1, repeats: int = 20,
-                      warmup: int = 3, seed: int = 0) -> float:
-    generator = torch.Generator().manual_seed(seed)
+
+def decode_latency(layer: AttentionLayer, *, impl: str, context: int, batch: int = 1, seed: int = 0,
+                   settings: MeasureSettings = SETTINGS) -> dict[str, float]:
+    """``latency_ms`` (median) and ``latency_ci_rel`` of one decode step after ``context`` cached tokens."""
     cache = layer.new_cache(batch, context + 1, impl=impl)
-    cache.fill_random_(context, generator=generator)
-    x_BLD = torch.randn(batch, 1, layer.hidden, generator=generator).to(layer.dtype).to(layer.device)
+    cache.fill_random_(context, seed=seed)
+    generator = torch.Generator().manual_seed(seed)
+    x_BLD = torch.randn(batch, 1, layer.hidden, generator=generator).to(device=layer.device, dtype=layer.dtype)
     step = layer.prepare("decode", x_BLD, cache, impl=impl)
-    cuda = layer.device.type == "cuda"
-    for _ in range(warmup):
-        step()
-    timings = []
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        step()
-        if cuda:
-            torch.cuda.synchronize()
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings) * 1e3
+    timer = CudaTimer(layer.device) if layer.device.type == "cuda" else CpuTimer()
+    stats = measure(step, timer, settings).stats
+    return {"latency_ms": stats["latency_ms"], "latency_ci_rel": stats["latency_ci_rel"]}

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 import variants
 from harness.lowrank import figures
 from harness.lowrank.hooks import capture_attention_inputs, decoder_layers, swapped_attention
-from harness.lowrank.latency import decode_latency_ms
+from harness.lowrank.latency import decode_latency
 from harness.lowrank.model import load_model
 from harness.lowrank.perplexity import perplexity
 from harness.lowrank.schema import row
@@ -153,9 +153,9 @@ def _latency_rows(layer: AttentionLayer, impls: tuple[str, ...], settings: Study
     rows = []
     for impl in impls if settings.latency_context else ():
         start = time.perf_counter()
-        ms = decode_latency_ms(layer, impl=impl, context=settings.latency_context)
+        timing = decode_latency(layer, impl=impl, context=settings.latency_context)
         rows.append(row(**base | {"impl": impl}, layer=-1, scope="latency", context_len=settings.latency_context,
-                        latency_ms=ms, elapsed_s=time.perf_counter() - start))
+                        **timing, elapsed_s=time.perf_counter() - start))
     return rows
 
 

@@ -44,7 +44,7 @@ def _context(cfg: Mapping[str, Any], cases: list[Case], job_columns: dict[str, A
     device = torch.device(cases[0].device)
     ceiling = None
     if measure.get("calibrate", True):
-        ceiling = ceilings(device, cases[0].torch_dtype,
+        ceiling = ceilings(device, cases[0].torch_dtype, force=bool(measure.get("recalibrate", False)),
                            cache_dir=Path(str(cfg.get("calibration_dir", "~/.cache/attnbench"))).expanduser())
         print(f"device ceilings: copy {ceiling.copy_gbps:.1f} GB/s, matmul {ceiling.matmul_tflops:.3f} TFLOP/s "
               f"({ceiling.dtype})", file=log)
@@ -99,6 +99,9 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
         results.write_row(job_dir, row)
         rows.append(row)
         progress.update(case.label(), row)
+        if max(row.get("frac_peak_flops") or 0, row.get("frac_peak_bandwidth") or 0) > 1.05:
+            print("  note: above the calibrated ceiling; the cached calibration is stale or was taken on a busy "
+                  "machine: rerun with measure.recalibrate=true", file=log)
     print(summary_table(rows), file=log)
     return pd.DataFrame(rows)
 

@@ -96,13 +96,16 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
                 return _finish(row, started, timed_s, "skipped",
                                f"predicted {step_s:.0f} s per step > max_step_s={ctx.max_step_s:g}")
 
+        mark = time.perf_counter()
         if ctx.check_numerics:
             err, tol = numerics.check(case, seed=ctx.seed)
+            row["numerics_s"] = time.perf_counter() - mark
             row.update(numerics_rel_err=err, numerics_tol=tol)
             if not err <= tol:  # also catches NaN
                 return _finish(row, started, timed_s, "incorrect",
                                f"relative error {err:.3g} > {tol:g} against the float64 reference")
 
+        mark = time.perf_counter()
         if case.compile is not None:
             # A fresh compile cache per case: a sweep in one process would otherwise reach dynamo's
             # recompile limit and run later cases eagerly, silently, under a "compiled" label.
@@ -118,6 +121,7 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         step = layer.prepare(case.phase, x_BLD, cache, impl=case.impl, compile=case.compile, memory_BMD=memory_BMD)
         row["kv_cache_bytes"] = cache.nbytes()
         assert row["kv_cache_bytes"] == row["kv_cache_bytes_analytic"], "cache bytes differ from the cost model"
+        row["setup_s"] = time.perf_counter() - mark
 
         timer = _timer(device, ctx)
         row["first_call_ms"] = timer.time_ms(step)  # compile, autotune, lazy initialisation
@@ -137,12 +141,16 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         row.update(measurement.stats)
         row.update(samples_ms=list(measurement.samples_ms), warmup_reps=measurement.warmup_reps,
                    stop_reason=measurement.stop_reason, timer=timer.name,
-                   measure_overhead_s=measurement.overhead_s)
+                   warmup_wall_s=measurement.warmup_wall_s, measure_overhead_s=measurement.overhead_s)
         if ctx.telemetry is not None:
+            mark = time.perf_counter()
             row.update(_telemetry_window(step, ctx, tokens_per_call=case.batch * case.q_len))
+            row["telemetry_s"] = time.perf_counter() - mark
 
+        mark = time.perf_counter()
         resident = tensor_bytes(layer, *cache.buffers.values(), x_BLD, *(t for t in (memory_BMD,) if t is not None))
         row["peak_mem_bytes"] = step_peak_bytes(step, device, resident_bytes=resident)
+        row["peak_mem_s"] = time.perf_counter() - mark
         row.update(derive(Measured(case, cost, row["latency_ms"] / 1e3,
                                    ctx.ceilings.copy_gbps if ctx.ceilings else None,
                                    ctx.ceilings.matmul_tflops if ctx.ceilings else None)))

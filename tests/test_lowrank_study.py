@@ -166,3 +166,22 @@ def test_hydra_experiment_composes_and_reaches_main(tmp_path, monkeypatch):
     s = seen["settings"]
     assert s.model == "smollm2_135m" and s.methods == ("svd", "rsvd", "qr", "cur", "whitened")
     assert s.d_r == (32,) and max(s.d_c) == 288
+
+
+def test_report_command_draws_a_study(tiny_llama, tmp_path):
+    """The report command takes a study folder (alone) and writes its table and three figures."""
+    from harness.report.__main__ import main as report_main
+
+    model, calib, evaluation = tiny_llama
+    study = tmp_path / "study"
+    df = study_model(model, settings(d_c=(4, 16)), study, calib_ids_T=calib, eval_ids_T=evaluation, text="ids")
+    out = tmp_path / "report"
+    assert report_main([str(study), "--out", str(out)]) == 0
+    table = pd.read_csv(out / "tables" / "lowrank_summary.csv")
+    expected = summary_table(df)
+    assert list(table["method"]) == list(expected["method"])
+    assert table["perplexity"].tolist() == pytest.approx(expected["perplexity"].tolist())
+    for name in ("error_vs_dc", "perplexity_vs_dc", "tradeoff"):
+        assert (out / "figures" / f"lowrank_{name}.pdf").stat().st_size > 0
+        assert (out / "figures" / f"lowrank_{name}.png").stat().st_size > 0
+    assert "Low-rank conversion" in (out / "report.html").read_text()

@@ -17,6 +17,7 @@ from harness.report.baseline import Baseline
 from harness.report.build import build_report
 from harness.report.capacity import RESERVE
 from harness.report.data import parse_filters
+from harness.report.lowrank import split_inputs
 from harness.report.style import WIDTH_IN
 from harness.report.units import parse_bytes
 
@@ -31,7 +32,8 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="python -m harness.report", description="Write a comparison report (tables, figures, "
                      "one HTML page) of result rows from any mix of runs, sweeps and machines.")
-    parser.add_argument("results", nargs="+", help="result folders, row files or globs (e.g. 'results/*')")
+    parser.add_argument("results", nargs="+", help="result folders, row files or globs (e.g. 'results/*'); "
+                        "a low-rank study's folder (lowrank-*.parquet) adds its table and figures")
     parser.add_argument("--out", help="report folder (default: results/report_<time>)")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                         help="keep rows whose column KEY is one of the values; repeat for AND (phase=decode)")
@@ -65,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(args.out or f"results/report_{datetime.now():%Y-%m-%d_%H-%M-%S}")
     try:
+        bench, lowrank = split_inputs(args.results)
         report = build_report(
-            args.results, out, filters=parse_filters(args.filter), baseline=Baseline.parse(args.baseline),
+            bench, out, filters=parse_filters(args.filter), baseline=Baseline.parse(args.baseline), lowrank=lowrank,
             budget_bytes=parse_bytes("--budget", args.budget) if args.budget else None,
             batches=_batches(args.batches), reserve=args.reserve,
             widths=[w.strip() for w in args.widths.split(",") if w.strip()],

@@ -22,6 +22,8 @@ from harness.report.capacity import RESERVE, capacity_table
 from harness.report.data import ReportData, load_rows, prepare
 from harness.report.figures import FigureInput
 from harness.report.html import PageFigure, page
+from harness.report.lowrank import lowrank_part
+from harness.report.part import Part
 from harness.report.style import WIDTH_IN
 from harness.report.tablefmt import markdown_grid, write_table
 from harness.report.tables import Table, capacity_view, cases_table, not_measured_table, sources_table
@@ -45,8 +47,9 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
                  filters: Mapping[str, Iterable[str]] | None = None, baseline: Baseline = DEFAULT_BASELINE,
                  budget_bytes: int | None = None, batches: Sequence[int] | None = None, reserve: float = RESERVE,
                  widths: Sequence[str] = tuple(WIDTH_IN), figures: Sequence[str] | None = None,
-                 command: str = "python -m harness.report") -> Report:
-    """Write the report of ``rows`` (a DataFrame from ``harness.results.load``, or paths and globs)."""
+                 command: str = "python -m harness.report", lowrank: pd.DataFrame | None = None) -> Report:
+    """Write the report of ``rows`` (a DataFrame from ``harness.results.load``, or paths and globs),
+    and of a low-rank study's rows (``harness.lowrank``) when ``lowrank`` is given."""
     for width in widths:
         if width not in WIDTH_IN:
             raise ValueError(f"width={width!r} is not one of: {', '.join(WIDTH_IN)}")
@@ -54,16 +57,40 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     for name in figures or ():
         if name not in known:
             raise ValueError(f"figure {name!r} is not one of: {', '.join(known)}")
-    frame = rows if isinstance(rows, pd.DataFrame) else load_rows(rows)
-    data = prepare(frame, filters)
+    if isinstance(rows, pd.DataFrame):
+        frame = rows
+    elif lowrank is not None and not list(rows if not isinstance(rows, (str, Path)) else [rows]):
+        frame = pd.DataFrame()  # a low-rank study alone
+    else:
+        frame = load_rows(rows)
     out = Path(out)
     _clear_previous(out)
+    part = Part()
+    if not frame.empty:
+        part = _benchmark_part(frame, out, filters=filters, baseline=baseline, budget_bytes=budget_bytes,
+                               batches=batches, reserve=reserve, widths=widths, figures=figures)
+    if lowrank is not None:
+        part = part.plus(lowrank_part(lowrank, out))
+    files = list(part.files)
+    sources = part.sources or Table("sources", "Where the rows came from", pd.DataFrame(), pd.DataFrame(), "")
+    files.append(_write(out / "report.md", _markdown(command, sources, part.notes, part.tables, part.figures, out)))
+    files.append(_write(out / "report.html", page(title=TITLE, command=command, sources=sources, notes=part.notes,
+                                                  tables=part.tables, figures=part.figures)))
+    manifest = out / MANIFEST
+    files.append(manifest)
+    manifest.write_text("".join(f"{p.relative_to(out)}\n" for p in files), encoding="utf-8")
+    return Report(out, tuple(files), tuple(part.notes), part.drawn, part.left_out, part.devices)
+
+
+def _benchmark_part(frame: pd.DataFrame, out: Path, *, filters: Mapping[str, Iterable[str]] | None,
+                    baseline: Baseline, budget_bytes: int | None, batches: Sequence[int] | None, reserve: float,
+                    widths: Sequence[str], figures: Sequence[str] | None) -> Part:
+    """Tables and figures of harness rows."""
+    data = prepare(frame, filters)
     ok, baseline_notes = with_ratios(data.ok, baseline)
     capacity, capacity_notes = capacity_table(data.all_rows, ok, budget_bytes=budget_bytes, batches=batches,
                                               reserve=reserve)
-    devices = tuple(data.devices())
     notes = [_devices_note(data), *data.notes, *baseline_notes, *capacity_notes]
-
     tables = _tables(data, ok, capacity, baseline, notes)
     sources = sources_table(data.all_rows)
     files: list[Path] = []
@@ -91,14 +118,8 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
         files += paths
         shown = [p for p in paths if p.suffix == ".png"][-1]  # the widest drawn
         page_figures.append(PageFigure(spec.title, caption, shown, tuple(str(p.relative_to(out)) for p in paths)))
-
-    files.append(_write(out / "report.md", _markdown(command, sources, notes, tables, page_figures, out)))
-    files.append(_write(out / "report.html", page(title=TITLE, command=command, sources=sources, notes=notes,
-                                                  tables=tables, figures=page_figures)))
-    manifest = out / MANIFEST
-    files.append(manifest)
-    manifest.write_text("".join(f"{p.relative_to(out)}\n" for p in files), encoding="utf-8")
-    return Report(out, tuple(files), tuple(notes), drawn, left_out, devices)
+    return Part(tuple(tables), sources, tuple(notes), tuple(page_figures), tuple(files), drawn, left_out,
+                tuple(data.devices()))
 
 
 def _tables(data: ReportData, ok: pd.DataFrame, capacity: pd.DataFrame, baseline: Baseline,

@@ -1,0 +1,77 @@
+"""The low-rank study's part of a report: its headline table and its three figures.
+
+A study folder (``harness.lowrank``) holds ``lowrank-*.parquet`` files rather than harness row
+files; ``split_inputs`` tells the two apart so one command reports either, or both together.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable
+from pathlib import Path
+
+import pandas as pd
+
+from harness.lowrank import figures as lowrank_figures
+from harness.lowrank.summary import summary_table
+from harness.report import figures as figure_registry
+from harness.report.html import PageFigure
+from harness.report.part import Part
+from harness.report.tablefmt import write_table
+from harness.report.tables import Table
+from harness.report.units import number
+
+PATTERN = "lowrank-*.parquet"
+_FIGURES = (("error_vs_dc", "Conversion error against d_c", lowrank_figures.error_vs_dc,
+             "Mean over layers of the weight-space error of the factorized K/V matrix and of the attention "
+             "output's error on held-out hidden states, per method."),
+            ("perplexity_vs_dc", "Perplexity against d_c", lowrank_figures.perplexity_vs_dc,
+             "Whole-model perplexity with every attention layer converted, per method; dotted: the source model."),
+            ("tradeoff", "KV bytes per token against perplexity", lowrank_figures.tradeoff,
+             "The trade-off: KV-cache bytes per token and layer against perplexity, one curve per method, the "
+             "source GQA model as a point."))
+
+
+def split_inputs(paths: Iterable[str | Path]) -> tuple[list[str | Path], pd.DataFrame | None]:
+    """(paths holding harness rows, the low-rank study rows found among the inputs, or None)."""
+    bench: list[str | Path] = []
+    parts: list[pd.DataFrame] = []
+    for item in paths:
+        matches = [Path(m) for m in glob.glob(str(item), recursive=True)] or [Path(item)]
+        study_files = [f for m in matches for f in ([m] if m.is_file() and m.match(PATTERN)
+                                                  else sorted(m.glob(PATTERN)) if m.is_dir() else [])]
+        parts += [pd.read_parquet(f) for f in study_files]
+        if not study_files or any(m.is_dir() and any(m.rglob("rows/*.parquet")) for m in matches):
+            bench.append(item)
+    return bench, (pd.concat(parts, ignore_index=True) if parts else None)
+
+
+def lowrank_part(rows: pd.DataFrame, out: Path) -> Part:
+    summary = summary_table(rows)
+    shown = summary.copy()
+    for column in ("d_r", "d_c", "kv_bytes_per_token", "kv_vs_source", "perplexity", "ppl_vs_source",
+                   "act_rel_err", "weight_rel_err"):
+        shown[column] = summary[column].map(number)
+    table = Table("lowrank_summary", "Low-rank conversion: GQA to MLA", summary, shown.astype(str),
+                  "Per method and latent size d_c: KV bytes per token and layer (and the ratio to the source's), "
+                  "whole-model perplexity (and its ratio), mean attention-output error on held-out tokens, mean "
+                  "weight-space error. The first row is the unconverted source model.")
+    files = write_table(table, out / "tables")
+    page_figures = []
+    drawn = {}
+    for name, title, draw, caption in _FIGURES:
+        paths = figure_registry.save(draw(rows), out / "figures" / f"lowrank_{name}")
+        files += paths
+        drawn[f"lowrank_{name}"] = caption
+        png = next(p for p in paths if p.suffix == ".png")
+        page_figures.append(PageFigure(title, caption, png, tuple(str(p.relative_to(out)) for p in paths)))
+    models = ", ".join(sorted(rows["model"].dropna().astype(str).unique()))
+    texts = ", ".join(sorted(rows["text"].dropna().astype(str).unique())) if "text" in rows else ""
+    raw = pd.DataFrame([{"study": "low-rank conversion", "model": models, "text": texts,
+                         "rows": str(len(rows)), "ok": str(int((rows["status"] == "ok").sum()))}])
+    sources = Table("lowrank_sources", "Where the study's rows came from", raw, raw.copy(),
+                    "The low-rank study: model, evaluation text and row counts.")
+    files += write_table(sources, out / "tables")
+    note = f"Low-rank study of {models}: {len(summary) - 1} converted settings beside the source model."
+    return Part(tables=(table,), sources=sources, notes=(note,), figures=tuple(page_figures), files=tuple(files),
+                drawn=drawn)

@@ -136,7 +136,7 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             step = capture_cuda_graph(step, device=device)
             row["cuda_graph"] = True
 
-        measurement = measure(step, timer, ctx.settings)
+        measurement = measure(step, timer, ctx.settings, first_call_ms=row["first_call_ms"])
         timed_s = measurement.timed_s
         row.update(measurement.stats)
         row.update(samples_ms=list(measurement.samples_ms), warmup_reps=measurement.warmup_reps,

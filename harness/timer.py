@@ -202,14 +202,18 @@ class Measurement:
 
 
 def measure(fn: Callable[[], object], timer: Timer, settings: MeasureSettings = MeasureSettings(), *,
-            clock: Callable[[], float] = time.perf_counter) -> Measurement:
+            clock: Callable[[], float] = time.perf_counter, first_call_ms: float | None = None) -> Measurement:
     """Time ``fn`` with ``timer`` until ``settings`` say stop; ``clock`` (seconds) paces the budget.
+
+    ``first_call_ms``: the caller already made and timed the first call (to check a compiled
+    step's output before timing it), so it is recorded and not made again.
 
     The median is the statistic, not the mean: preemption on shared machines adds rare, large,
     one-sided outliers that the median ignores (see ``harness.stats``).
     """
     start_s = clock()
-    first_call_ms = timer.time_ms(fn)
+    if first_call_ms is None:
+        first_call_ms = timer.time_ms(fn)
     # The first call may have compiled (lots of cyclic garbage): collect it now, then pause the
     # collector for warm-up and repetitions, as ``timeit`` does, so no collection lands in a sample.
     gc.collect()

@@ -325,3 +325,11 @@ def test_cuda_graph_replays_the_captured_work():
     torch.testing.assert_close(replay(), 4 * expected)
     m = measure(replay, CudaTimer("cuda"), MeasureSettings(budget_s=0.2))
     assert m.stats["latency_ms"] > 0
+
+
+def test_a_first_call_made_by_the_caller_is_not_made_again():
+    calls = []
+    m = measure(lambda: calls.append(1), CpuTimer(), MeasureSettings(warmup_reps=2, warmup_s=0.0, min_reps=6,
+                                                                      max_reps=6), first_call_ms=123.0)
+    assert m.first_call_ms == 123.0
+    assert len(calls) == m.warmup_reps + m.stats["n_reps"] == 2 + 6

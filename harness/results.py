@@ -86,10 +86,16 @@ def load(paths: str | Path | Iterable[str | Path], *, attempts: bool = False) ->
     frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     if attempts or frame.empty:
         return frame
-    # One row per case and root: an ok row wins over failed attempts, then the latest attempt.
-    frame = frame.assign(_ok=(frame["status"] == "ok").astype(int))
-    frame = frame.sort_values(["_ok", "finished_at"]).drop_duplicates(["run_root", "case_id"], keep="last")
-    return frame.drop(columns="_ok").sort_values(["run_root", "finished_at"]).reset_index(drop=True)
+    frame = one_per_case(frame, ["run_root", "case_id"])
+    return frame.sort_values(["run_root", "finished_at"]).reset_index(drop=True)
+
+
+def one_per_case(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """One row per ``keys``: an ok row wins over failed attempts, then the latest attempt."""
+    frame = frame.assign(_ok=(frame["status"] == "ok").astype(int),
+                         _at=pd.to_numeric(frame.get("finished_at"), errors="coerce"))
+    frame = frame.sort_values(["_ok", "_at"], kind="stable").drop_duplicates(keys, keep="last")
+    return frame.drop(columns=["_ok", "_at"])
 
 
 def finished_case_ids(root: Path) -> set[str]:

@@ -110,8 +110,4 @@ def prepare(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]] | None = N
 
 
 def _one_per_case(frame: pd.DataFrame) -> pd.DataFrame:
-    frame = frame.assign(_ok=(frame["status"] == "ok").astype(int),
-                         _at=pd.to_numeric(frame.get("finished_at"), errors="coerce"))
-    frame = frame.sort_values(["_ok", "_at"], kind="stable")
-    frame = frame.drop_duplicates(["case_id", DEVICE], keep="last")
-    return frame.drop(columns=["_ok", "_at"]).sort_index()
+    return results.one_per_case(frame, ["case_id", DEVICE]).sort_index()

@@ -17,9 +17,9 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from harness.cli import check_overrides
+from harness.sweep.overrides import check_overrides
 from harness.errors import UserError
-from harness.pinning import pinned_device, register_resolvers
+from harness.sweep.pinning import pinned_device, register_resolvers
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -27,10 +27,10 @@ CONF_DIR = Path(__file__).resolve().parent / "conf"
 def run(cfg: DictConfig, *, job_dir: Path, root: Path, job: dict | None = None):  # noqa: ANN201
     """The plain function behind the command line (tests call it with a composed config)."""
     if cfg.task == "lowrank":
-        from harness.lowrank.study import main as lowrank_main
+        from studies.lowrank.study import main as lowrank_main
 
         return lowrank_main(cfg, job_dir)
-    from harness.job import run_job
+    from harness.sweep.job import run_job
 
     return run_job(cfg, job_dir=job_dir, root=root, job=job)
 

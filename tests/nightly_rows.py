@@ -15,7 +15,7 @@ import numpy as np
 import yaml
 
 from harness import results
-from harness.stats import summarize
+from harness.measure.stats import summarize
 
 ENV: dict[str, Any] = {
     "env_device_name": "Test CPU", "env_device_index": None, "env_driver": None, "env_cuda": None,

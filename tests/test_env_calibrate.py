@@ -9,9 +9,11 @@ from datetime import datetime
 import pytest
 import torch
 
-from harness import calibrate, env
-from harness.calibrate import Ceilings, ceilings
-from harness.env import ENV_COLUMNS, environment, fingerprint
+from harness.measure import calibrate
+
+from harness.measure import env
+from harness.measure.calibrate import Ceilings, ceilings
+from harness.measure.env import ENV_COLUMNS, environment, fingerprint
 from tests.fake_nvml import FakeNvml
 
 TINY = 1 << 16  # copy buffer bytes for tests

@@ -9,7 +9,7 @@ import torch
 from hydra import compose, initialize_config_dir
 
 from harness import results
-from harness.job import run_job
+from harness.sweep.job import run_job
 from tests.test_run import CONF
 
 pytestmark = pytest.mark.gpu

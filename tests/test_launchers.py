@@ -20,7 +20,15 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from harness import cli, merge, pinning, results, status
+from harness import results
+
+from harness.sweep import overrides
+
+from harness.results import merge
+
+from harness.sweep import pinning
+
+from harness.sweep import status
 from harness.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +46,7 @@ LAUNCHERS = {
     "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=3"],
 }
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-PLUGINS = all(importlib.util.find_spec(m) for m in set(cli.LAUNCHER_PLUGINS.values()))
+PLUGINS = all(importlib.util.find_spec(m) for m in set(overrides.LAUNCHER_PLUGINS.values()))
 needs_plugins = pytest.mark.skipif(not PLUGINS, reason="launcher plugins missing: pip install -e '.[test]'")
 
 
@@ -171,7 +179,7 @@ def test_merge_rejects_overlapping_sources_and_output(tmp_path):
 
 _WORKER = textwrap.dedent("""
     import json, sys, time
-    from harness.pinning import pinned_device
+    from harness.sweep.pinning import pinned_device
     lock_dir, out, jobs, hold = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     with open(out, "w") as f:
         for _ in range(jobs):
@@ -219,7 +227,7 @@ def test_more_workers_than_gpus_wait_instead_of_sharing(tmp_path):
 
 
 def test_a_killed_job_releases_its_gpu(tmp_path):
-    code = ("import sys, time; from harness.pinning import pinned_device\n"
+    code = ("import sys, time; from harness.sweep.pinning import pinned_device\n"
             "with pinned_device('cuda', lock_dir=sys.argv[1], gpu_ids=['fake-0']) as dev:\n"
             "    print(dev, flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
@@ -252,10 +260,10 @@ def test_the_gpus_launcher_preset_composes():
 
 
 def test_a_launcher_without_its_plugin_is_one_line(monkeypatch):
-    monkeypatch.setitem(cli.LAUNCHER_PLUGINS, "joblib", "hydra_plugins.not_installed_launcher")
+    monkeypatch.setitem(overrides.LAUNCHER_PLUGINS, "joblib", "hydra_plugins.not_installed_launcher")
     for name in ("joblib", "gpus"):  # the preset extends joblib
         with pytest.raises(UserError, match=rf"^hydra/launcher={name} needs the launcher plugins: pip install"):
-            cli.check_overrides(["-m", f"hydra/launcher={name}", "variant=mha"], CONF)
+            overrides.check_overrides(["-m", f"hydra/launcher={name}", "variant=mha"], CONF)
 
 
 @needs_plugins

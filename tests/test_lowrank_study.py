@@ -1,4 +1,4 @@
-"""The low-rank study end to end on a tiny random Llama (``harness.lowrank``); no real weights needed."""
+"""The low-rank study end to end on a tiny random Llama (``studies.lowrank``); no real weights needed."""
 
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.lowrank import figures
-from harness.lowrank.hooks import capture_attention_inputs, swapped_attention
-from harness.lowrank.perplexity import perplexity
-from harness.lowrank.schema import COLUMNS
-from harness.lowrank.settings import StudySettings
-from harness.lowrank.study import load_results, study_model
-from harness.lowrank.summary import summary_table
-from harness.lowrank.text import reference_text, text_label, token_slices
+from studies.lowrank import figures
+from studies.lowrank.hooks import capture_attention_inputs, swapped_attention
+from studies.lowrank.perplexity import perplexity
+from studies.lowrank.schema import COLUMNS
+from studies.lowrank.settings import StudySettings
+from studies.lowrank.study import load_results, study_model
+from studies.lowrank.summary import summary_table
+from studies.lowrank.text import reference_text, text_label, token_slices
 
 transformers = pytest.importorskip("transformers", reason="the study needs the 'lowrank' or 'test' extra")
 
@@ -151,7 +151,7 @@ def test_hydra_experiment_composes_and_reaches_main(tmp_path, monkeypatch):
     into the study's settings (the study itself is replaced: it needs the real weights)."""
     from hydra import compose, initialize_config_dir
 
-    import harness.lowrank.study as study
+    import studies.lowrank.study as study
 
     conf = Path(__file__).resolve().parent.parent / "conf"
     (tmp_path / "config.yaml").write_text(

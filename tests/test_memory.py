@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import variants
-from harness.memory import _cgroup_headroom_bytes, available_bytes, step_peak_bytes, tensor_bytes
+from harness.measure.memory import _cgroup_headroom_bytes, available_bytes, step_peak_bytes, tensor_bytes
 from tests.shapes import TINY
 
 MB10 = 10_000_000

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.env import fingerprint
+from harness.measure.env import fingerprint
 from harness.nightly.ingest import read_run
 from harness.nightly.store import History
 from tests.nightly_rows import ENV, MEASURE, lognormal_samples, row, write_run
@@ -39,7 +39,7 @@ def test_ingest_keeps_every_sample_and_the_fingerprint(tmp_path):
     run = history.run(run_id)
     settings = {"torch_threads": 1, **{f"measure.{k}": MEASURE[k] for k in ("warmup_reps", "warmup_s", "cuda_graph",
                                                                           "l2_flush")}}
-    assert run.fingerprint == fingerprint(ENV, **settings)  # harness.env's own hash of the same fields
+    assert run.fingerprint == fingerprint(ENV, **settings)  # harness.measure.env's own hash of the same fields
     assert run.status == "complete" and run.commit == "a" * 40 and run.name == "night-1" and run.verdict is None
     cases = history.cases(run_id)
     assert len(cases) == 3

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.case import format_size, parse_size
-from harness.cli import check_overrides
+from harness.measure.case import format_size, parse_size
+from harness.sweep.overrides import check_overrides
 from harness.errors import UserError
-from harness.plan import plan_cases
+from harness.sweep.plan import plan_cases
 from variants.presets import load_preset
 
 CONF = Path(__file__).resolve().parent.parent / "conf"

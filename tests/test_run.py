@@ -18,8 +18,8 @@ from hydra import compose, initialize_config_dir
 
 from harness import results
 from harness.errors import UserError
-from harness.job import run_job
-from harness.plan import plan_cases
+from harness.sweep.job import run_job
+from harness.sweep.plan import plan_cases
 from variants.implementation import KernelImplementation
 from variants.kernels.eager import EagerKernel
 from variants.registry import IMPLEMENTATIONS
@@ -52,7 +52,7 @@ def test_every_experiment_composes_and_plans(experiment):
 
 @pytest.mark.parametrize("measure", _options("measure"))
 def test_every_measure_config_instantiates(measure):
-    from harness.job import measure_settings
+    from harness.sweep.job import measure_settings
 
     assert measure_settings(_compose([f"measure={measure}"]).measure).min_reps >= 1
 

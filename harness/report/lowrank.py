@@ -1,6 +1,6 @@
 """The low-rank study's part of a report: its headline table and its three figures.
 
-A study folder (``harness.lowrank``) holds ``lowrank-*.parquet`` files rather than harness row
+A study folder (``studies.lowrank``) holds ``lowrank-*.parquet`` files rather than harness row
 files; ``split_inputs`` tells the two apart so one command reports either, or both together.
 """
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.lowrank import figures as lowrank_figures
-from harness.lowrank.summary import summary_table
+from studies.lowrank import figures as lowrank_figures
+from studies.lowrank.summary import summary_table
 from harness.report import figures as figure_registry
 from harness.report.html import PageFigure
 from harness.report.part import Part

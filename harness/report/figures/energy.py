@@ -1,5 +1,5 @@
 """Figure 7: energy per generated token against context length, from NVML's energy counter over a
-separate window of at least one second (``harness.telemetry``); CUDA devices only."""
+separate window of at least one second (``harness.measure.telemetry``); CUDA devices only."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Figure 4: the roofline. Arithmetic intensity (cost-model FLOPs per minimum byte) against the
 achieved FLOP rate, one point per measured case, under the device's measured copy-bandwidth and
-matmul ceilings (``harness.calibrate``), per device and dtype (the ceilings depend on both)."""
+matmul ceilings (``harness.measure.calibrate``), per device and dtype (the ceilings depend on both)."""
 
 from __future__ import annotations
 

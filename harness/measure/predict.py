@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.case import Case
+from harness.measure.case import Case
 from variants.cost import Cost
 from variants.implementation import Implementation
 from variants.layer import AttentionLayer

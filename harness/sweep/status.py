@@ -1,6 +1,6 @@
 """What a sweep planned against what it measured: which cases are ok, failed, or missing.
 
-    python -m harness.status results/<name> [more sweeps or runs]
+    python -m harness.sweep.status results/<name> [more sweeps or runs]
 
 A case is *missing* when no row exists for it: its job has not run yet, is still running, or died
 (killed, node lost, time limit). A died job's in-flight case has no row, only perhaps a ``.tmp``
@@ -148,7 +148,7 @@ def _plan_here(overrides: list[str], conf_dir: Path) -> tuple[tuple[tuple[str, s
     """Compose a job's config and plan it on this machine; (cases, note) or (None, why not)."""
     from hydra import compose, initialize_config_dir
 
-    from harness.plan import plan_cases
+    from harness.sweep.plan import plan_cases
     from variants.registry import VARIANTS
 
     try:
@@ -247,7 +247,7 @@ def status(root: Path) -> SweepStatus:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.status", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.sweep.status", description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, metavar="SWEEP_OR_RUN_DIR")
     args = parser.parse_args(argv)
     complete = True

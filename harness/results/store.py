@@ -49,7 +49,7 @@ def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
 
 
 def write_frame(path: Path, frame: pd.DataFrame) -> None:
-    """A whole result set as one parquet file (``harness.merge``)."""
+    """A whole result set as one parquet file (``harness.results.merge``)."""
     _atomic_write(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
 
 

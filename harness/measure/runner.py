@@ -18,13 +18,13 @@ from typing import Any
 import torch
 
 import variants
-from harness import numerics
-from harness.calibrate import Ceilings
-from harness.case import Case
-from harness.memory import available_bytes, step_peak_bytes, tensor_bytes
-from harness.metrics import Measured, derive
-from harness.predict import predict_memory, predict_seconds
-from harness.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
+from harness.measure import numerics
+from harness.measure.calibrate import Ceilings
+from harness.measure.case import Case
+from harness.measure.memory import available_bytes, step_peak_bytes, tensor_bytes
+from harness.measure.metrics import Measured, derive
+from harness.measure.predict import predict_memory, predict_seconds
+from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
 from variants.registry import IMPLEMENTATIONS, VARIANTS
 
 

@@ -13,7 +13,7 @@ import copy
 import torch
 
 import variants
-from harness.case import Case
+from harness.measure.case import Case
 from variants.shape import ModelShape
 
 # Relative error allowed per dtype: a few units of round-off of an attention layer's output.

@@ -1,4 +1,4 @@
-"""``python -m harness.lowrank [key=value ...] [--out DIR]``: the low-rank study from the command line.
+"""``python -m studies.lowrank [key=value ...] [--out DIR]``: the low-rank study from the command line.
 
 Reads ``conf/experiment/lowrank_smollm2.yaml`` (the same settings a Hydra run with
 ``experiment=lowrank_smollm2`` uses), applies ``key=value`` overrides to its ``lowrank:`` block
@@ -13,15 +13,15 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from harness.lowrank.study import main
-from harness.lowrank.summary import summary_table
+from studies.lowrank.study import main
+from studies.lowrank.summary import summary_table
 from variants.presets import PRESET_DIR
 
 EXPERIMENT = PRESET_DIR.parent / "experiment" / "lowrank_smollm2.yaml"
 
 
 def cli() -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.lowrank", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.lowrank", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="key=value settings of the lowrank block")
     parser.add_argument("--out", type=Path, default=Path("results/lowrank/smollm2_135m"))
     args = parser.parse_args()

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import variants
-from harness.case import Case, parse_size, resolve_device, resolve_dtype
+from harness.measure.case import Case, parse_size, resolve_device, resolve_dtype
 from variants.layer import COMPILE_MODES
 from variants.registry import IMPLEMENTATIONS, VARIANTS
 from variants.shape import ModelShape

@@ -1,7 +1,7 @@
 """Check command-line overrides before Hydra composes anything, so a typo costs one line, not a
 traceback or a half-run sweep. Each value of a sweep (``seq=1k,abc``) is checked on its own.
 
-Combinations (``heads=8 kv_heads=3``) can only be judged once composed; ``harness.plan`` does that
+Combinations (``heads=8 kv_heads=3``) can only be judged once composed; ``harness.sweep.plan`` does that
 per job with the same one-line errors.
 """
 
@@ -14,9 +14,9 @@ from typing import Any
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from harness.case import DTYPES, parse_size
+from harness.measure.case import DTYPES, parse_size
 from harness.errors import UserError
-from harness.plan import PHASE_CHOICES
+from harness.sweep.plan import PHASE_CHOICES
 from variants.layer import COMPILE_MODES
 from variants.registry import IMPLEMENTATIONS, VARIANTS
 

@@ -3,7 +3,7 @@
 A roofline drawn from datasheet peaks flatters no one: boost clocks, power caps, ECC and the
 memory system of the actual machine decide what is reachable. ``ceilings(device, dtype, ...)``
 measures both roofs on the device itself and caches them as JSON under ``cache_dir``, keyed by the
-environment fingerprint (``harness.env``) of the device and the calibration's own settings, so a
+environment fingerprint (``harness.measure.env``) of the device and the calibration's own settings, so a
 driver or torch upgrade or another machine measures again, and everything else reads the file.
 
 - Copy bandwidth: ``dst.copy_(src)`` over ``size_bytes`` moves ``2 * size_bytes`` (one read, one
@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from harness.env import environment, fingerprint
+from harness.measure.env import environment, fingerprint
 
 CPU_COPY_BYTES = 256 << 20
 CUDA_COPY_BYTES = 1 << 30
@@ -52,7 +52,7 @@ class Ceilings:
     matmul_tflops: float  # achieved dense matmul rate, 1e12 FLOP/s
     device_name: str
     dtype: str  # torch dtype name without "torch.", e.g. "bfloat16"
-    fingerprint: str  # harness.env.fingerprint of the device and this calibration's settings
+    fingerprint: str  # harness.measure.env.fingerprint of the device and this calibration's settings
     measured_at: str  # ISO 8601, UTC
 
     def __post_init__(self) -> None:

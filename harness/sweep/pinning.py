@@ -118,7 +118,7 @@ def cuda_gpu_ids() -> list[str]:
     ids = []
     for index in range(torch.cuda.device_count()):
         raw = getattr(torch.cuda.get_device_properties(index), "uuid", None)
-        if raw is not None:  # formatted as NVML prints it (as harness.telemetry matches devices)
+        if raw is not None:  # formatted as NVML prints it (as harness.measure.telemetry matches devices)
             data = getattr(raw, "bytes", None)
             ids.append("GPU-" + (str(uuid.UUID(bytes=bytes(data))) if data is not None else str(raw)))
         else:  # a torch without UUIDs: the physical index behind CUDA_VISIBLE_DEVICES, on this host

@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from harness.stats import ci_rel, summarize
+from harness.measure.stats import ci_rel, summarize
 
 StopReason = Literal["ci_target", "budget", "max_reps"]
 
@@ -190,7 +190,7 @@ class Measurement:
     warmup_reps: int  # warm-up calls made after the first call (not in samples_ms)
     samples_ms: tuple[float, ...]
     stop_reason: StopReason
-    stats: dict[str, float | int]  # harness.stats.summarize(samples_ms)
+    stats: dict[str, float | int]  # harness.measure.stats.summarize(samples_ms)
     loop_wall_s: float  # wall time of the whole measure() call, first call and warm-up included
     warmup_wall_s: float  # wall time of the first call and the warm-up
     timed_s: float  # sum of samples_ms, in seconds
@@ -209,7 +209,7 @@ def measure(fn: Callable[[], object], timer: Timer, settings: MeasureSettings = 
     step's output before timing it), so it is recorded and not made again.
 
     The median is the statistic, not the mean: preemption on shared machines adds rare, large,
-    one-sided outliers that the median ignores (see ``harness.stats``).
+    one-sided outliers that the median ignores (see ``harness.measure.stats``).
     """
     start_s = clock()
     if first_call_ms is None:

@@ -16,16 +16,16 @@ import torch
 import yaml
 
 from harness import results
-from harness.calibrate import ceilings
-from harness.case import Case
-from harness.env import environment
+from harness.measure.calibrate import ceilings
+from harness.measure.case import Case
+from harness.measure.env import environment
 from harness.errors import UserError
-from harness.memory import total_memory_bytes
-from harness.plan import plan_cases
-from harness.progress import Progress, summary_table
-from harness.runner import RunContext, run_case
-from harness.telemetry import EMPTY_COLUMNS, telemetry_for
-from harness.timer import MeasureSettings
+from harness.measure.memory import total_memory_bytes
+from harness.sweep.plan import plan_cases
+from harness.sweep.progress import Progress, summary_table
+from harness.measure.runner import RunContext, run_case
+from harness.measure.telemetry import EMPTY_COLUMNS, telemetry_for
+from harness.measure.timer import MeasureSettings
 from variants.registry import VARIANTS
 
 _SETTINGS_KEYS = ("warmup_reps", "warmup_s", "min_reps", "max_reps", "target_ci_rel", "budget_s", "confidence")
@@ -77,7 +77,7 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
     results.write_json(job_dir / "env.json", env)
     results.write_text(job_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     case_ids = [case.case_id(VARIANTS.get(case.variant).uses) for case in cases]
-    # The job's plan, for `python -m harness.status`: a job that dies part-way leaves its cases listed.
+    # The job's plan, for `python -m harness.sweep.status`: a job that dies part-way leaves its cases listed.
     results.write_json(job_dir / results.PLAN, {
         "job_num": (job or {}).get("job_num"), "device": cases[0].device,
         "cases": [{"case_id": cid, "label": case.label()} for cid, case in zip(case_ids, cases, strict=True)]})

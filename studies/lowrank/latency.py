@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from harness.timer import CpuTimer, CudaTimer, MeasureSettings, measure
+from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, measure
 from variants.layer import AttentionLayer
 
 # Short: the study times a handful of layers per combination, beside hours of conversion.

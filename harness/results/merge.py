@@ -1,9 +1,9 @@
 """Merge the jobs of one or more sweeps (or runs) into one result set, refusing a case measured twice.
 
-    python -m harness.merge results/ctx_h100 --out results/paper              # one sweep's jobs
-    python -m harness.merge results/part1 results/part2 --out results/paper   # several sweeps
-    python -m harness.merge results/a results/b --out merged --prefer newest     # keep the later ok row
-    python -m harness.merge results/a results/b --out merged --prefer results/b  # keep b's ok rows
+    python -m harness.results.merge results/ctx_h100 --out results/paper              # one sweep's jobs
+    python -m harness.results.merge results/part1 results/part2 --out results/paper   # several sweeps
+    python -m harness.results.merge results/a results/b --out merged --prefer newest     # keep the later ok row
+    python -m harness.results.merge results/a results/b --out merged --prefer results/b  # keep b's ok rows
 
 Each job writes only its own files, so nothing is merged while jobs run; this is the one step that
 puts them together. One row per case: its ``ok`` row, else its latest attempt (a resumed case's
@@ -11,7 +11,7 @@ failed attempt followed by an ``ok`` one is one case, as in ``results.load``). A
 ``ok`` row in two places (two sweeps, two jobs of one sweep, or one job run twice without
 ``resume``) is a duplicate: the merge names it and both places, writes nothing and exits 2, unless
 ``--prefer`` says which to keep. Cases that were never measured are simply absent: they are not
-results (``python -m harness.status`` lists them).
+results (``python -m harness.sweep.status`` lists them).
 
 Writes ``<out>/rows/merged.parquet`` (so ``results.load(out)`` reads it like any run) and
 ``<out>/manifest.json`` (sources, their jobs, hosts and launchers, counts, duplicates resolved).
@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from harness import results
-from harness.case import format_size
+from harness.measure.case import format_size
 from harness.errors import UserError
 
 MERGED = "merged.parquet"
@@ -157,7 +157,7 @@ def write(merged: Merged, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.merge", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.results.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", metavar="SWEEP_OR_RUN_DIR")
     parser.add_argument("--out", required=True, type=Path, help="folder for rows/merged.parquet and manifest.json")
     parser.add_argument("--prefer", help="for a case with ok rows in two places: newest, or a source folder to keep")
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"merged {merged.manifest['cases']} cases ({counts}) from {len(args.sources)} source(s) into {path}")
     for item in merged.manifest["duplicates_resolved"]:
         print(f"  duplicate {item['label']}: kept {item['kept']}")
-    print("cases never measured are not in it: python -m harness.status <sweep> lists them")
+    print("cases never measured are not in it: python -m harness.sweep.status <sweep> lists them")
     return 0
 
 

@@ -270,7 +270,7 @@ def test_a_launcher_without_its_plugin_is_one_line(monkeypatch):
 def test_the_documented_slurm_overrides_compose():
     slurm = ["hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_task=1", "hydra.launcher.cpus_per_task=8",
              "hydra.launcher.timeout_min=240", "hydra.launcher.array_parallelism=16"]
-    assert all(o in (ROOT / "README.md").read_text() for o in slurm)
+    assert all(o in (ROOT / "docs" / "large-sweeps.md").read_text() for o in slurm)
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose("config", overrides=["hydra/launcher=submitit_slurm", *slurm], return_hydra_config=True)
     launcher = cfg.hydra.launcher

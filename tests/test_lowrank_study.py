@@ -128,7 +128,7 @@ def test_text_slices_are_fixed_and_disjoint():
     ({"d_r": (5,)}, "d_r=5 is odd"),
     ({"act_tokens": 200}, "act_tokens=200 exceeds eval_tokens=96"),
     ({"rope_pairs": "x"}, "rope_pairs='x' is not one of: auto, norm, high, low, uniform"),
-    ({"kv_dtype": "fp8"}, "kv_dtype='fp8' is not one of: float32, float64, bfloat16, float16"),
+    ({"kv_dtype": "fp8"}, "kv_dtype='fp8' is not one of: float32, bfloat16, float16, float64"),
     ({"d_c": ()}, "d_c is empty"),
 ])
 def test_bad_settings_are_one_line(changes, needle):

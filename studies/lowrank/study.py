@@ -26,13 +26,14 @@ import torch
 from torch import Tensor, nn
 
 import variants
+from harness.measure.case import DTYPES
 from studies.lowrank import figures
 from studies.lowrank.hooks import capture_attention_inputs, decoder_layers, swapped_attention
 from studies.lowrank.latency import decode_latency
 from studies.lowrank.model import load_model
 from studies.lowrank.perplexity import perplexity
 from studies.lowrank.schema import row
-from studies.lowrank.settings import DTYPES, StudySettings
+from studies.lowrank.settings import StudySettings
 from studies.lowrank.text import reference_text, text_label, token_slices
 from variants.convert import METHODS, available_rank, convert
 from variants.layer import AttentionLayer

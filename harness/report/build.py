@@ -70,7 +70,7 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
         part = _benchmark_part(frame, out, filters=filters, baseline=baseline, budget_bytes=budget_bytes,
                                batches=batches, reserve=reserve, widths=widths, figures=figures)
     if lowrank is not None:
-        part = part.plus(lowrank_part(lowrank, out))
+        part = part.plus(lowrank_part(lowrank, out, widths=widths, figures=figures))
     files = list(part.files)
     sources = part.sources or Table("sources", "Where the rows came from", pd.DataFrame(), pd.DataFrame(), "")
     files.append(_write(out / "report.md", _markdown(command, sources, part.notes, part.tables, part.figures, out)))
@@ -98,27 +98,10 @@ def _benchmark_part(frame: pd.DataFrame, out: Path, *, filters: Mapping[str, Ite
         files += write_table(table, out / "tables")
 
     inputs = FigureInput(ok=ok, capacity=capacity, budget_bytes=budget_bytes, reserve=reserve)
-    drawn, left_out, page_figures = {}, {}, []
-    for spec in figure_registry.specs():
-        if figures is not None and spec.name not in figures:
-            continue
-        paths: list[Path] = []
-        caption = ""
-        for width in widths:
-            result = figure_registry.draw(spec.name, inputs, width=width)
-            if result.figure is None:
-                left_out[spec.name] = result.caption
-                break
-            caption = result.caption
-            paths += figure_registry.save(result.figure, out / "figures" / f"{spec.name}_{width}")
-        if spec.name in left_out:
-            notes.append(left_out[spec.name])
-            continue
-        drawn[spec.name] = caption
-        files += paths
-        shown = [p for p in paths if p.suffix == ".png"][-1]  # the widest drawn
-        page_figures.append(PageFigure(spec.title, caption, shown, tuple(str(p.relative_to(out)) for p in paths)))
-    return Part(tuple(tables), sources, tuple(notes), tuple(page_figures), tuple(files), drawn, left_out,
+    drawings = figure_registry.draw_all(inputs, out, rows="measured", widths=widths, names=figures)
+    notes += drawings.left_out.values()
+    files += drawings.files
+    return Part(tuple(tables), sources, tuple(notes), drawings.figures, tuple(files), drawings.drawn, drawings.left_out,
                 tuple(data.devices()))
 
 

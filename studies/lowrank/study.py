@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 import variants
 from harness.measure.case import DTYPES
-from studies.lowrank import figures
+from harness.report.figures import FigureInput, draw_all
 from studies.lowrank.hooks import capture_attention_inputs, decoder_layers, swapped_attention
 from studies.lowrank.latency import decode_latency
 from studies.lowrank.model import load_model
@@ -58,7 +58,8 @@ def run_study(settings: StudySettings, out_dir: Path) -> pd.DataFrame:
 def main(cfg: Mapping[str, Any], out_dir: Path) -> pd.DataFrame:
     """Hydra entry (``task: lowrank``): ``cfg.model`` is the preset, ``cfg.lowrank`` the settings.
 
-    Writes the rows and the figures (``figures/*.png``) under ``out_dir``.
+    Writes the rows and the figures (``figures/lowrank_*_<width>.{pdf,png}``, the report's figures
+    of a study, drawn through its registry) under ``out_dir``.
     """
     from omegaconf import OmegaConf
 
@@ -67,7 +68,7 @@ def main(cfg: Mapping[str, Any], out_dir: Path) -> pd.DataFrame:
     name = model["name"] if isinstance(model, Mapping) else model
     settings = StudySettings.from_mapping({**(plain.get("lowrank") or {}), **({"model": name} if name else {})})
     df = run_study(settings, Path(out_dir))
-    figures.save_all(df, Path(out_dir) / "figures")
+    draw_all(FigureInput.of_lowrank(df), Path(out_dir), rows="lowrank")
     return df
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import pkgutil
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
@@ -98,10 +98,3 @@ def register_implementation(impl: T) -> T:
 def register_variant(spec: T) -> T:
     return VARIANTS.add(spec.name, spec)  # type: ignore[attr-defined]
 
-
-def decorator(registry: Registry) -> Callable[[type], type]:
-    """Class decorator form: instantiates the class with no arguments and registers it."""
-    def wrap(cls: type) -> type:
-        registry.add(cls.name, cls())  # type: ignore[attr-defined]
-        return cls
-    return wrap

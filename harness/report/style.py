@@ -14,11 +14,9 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import matplotlib
 
-Width = Literal["single", "double"]
 # Column widths of two-column journals and proceedings (IEEE, ACM, NeurIPS double: ~7 in).
 WIDTH_IN: dict[str, float] = {"single": 3.5, "double": 7.0}
 DPI = 300  # raster figures at print resolution

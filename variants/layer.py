@@ -23,7 +23,7 @@ from variants.cost import Cost
 from variants.kernel import Kernel
 from variants.mask import AttnMask, make_mask
 from variants.registry import implementation as resolve, path_unsupported
-from variants.shape import AttentionKind
+from variants.shape import AttentionKind, check_choice
 
 if TYPE_CHECKING:
     from variants.implementation import Implementation
@@ -140,8 +140,7 @@ class AttentionLayer(nn.Module):
     # -- helpers ----------------------------------------------------------------------------------
     def _make_step(self, phase: Phase, x_BLD: Tensor, cache: KVCache, memory_BMD: Tensor | None,
                    kernel: Kernel) -> Step:
-        if phase not in PHASES:
-            raise ValueError(f"phase={phase!r} is not one of: {', '.join(PHASES)}")
+        check_choice("phase", phase, PHASES)
         if x_BLD.dim() != 3 or x_BLD.shape[-1] != self.hidden or x_BLD.shape[0] != cache.batch:
             raise ValueError(f"x has shape {tuple(x_BLD.shape)}; expected [batch={cache.batch}, L, hidden={self.hidden}]")
         if x_BLD.dtype != self.dtype:

@@ -24,7 +24,7 @@ from harness.report.figures import FigureInput
 from harness.report.html import PageFigure, page
 from harness.report.lowrank import lowrank_part
 from harness.report.part import Part
-from harness.report.style import WIDTH_IN
+from harness.report.style import WIDTH_IN, width_inches
 from harness.report.tablefmt import markdown_grid, write_table
 from harness.report.tables import Table, capacity_view, cases_table, not_measured_table, sources_table
 
@@ -51,8 +51,7 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     """Write the report of ``rows`` (a DataFrame from ``harness.results.load``, or paths and globs),
     and of a low-rank study's rows (``studies.lowrank``) when ``lowrank`` is given."""
     for width in widths:
-        if width not in WIDTH_IN:
-            raise ValueError(f"width={width!r} is not one of: {', '.join(WIDTH_IN)}")
+        width_inches(width)  # a ValueError naming the valid widths
     known = [spec.name for spec in figure_registry.specs()]
     for name in figures or ():
         if name not in known:

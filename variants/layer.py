@@ -22,7 +22,9 @@ from variants.cache import CacheLayout, KVCache
 from variants.cost import Cost
 from variants.kernel import Kernel
 from variants.mask import AttnMask, make_mask
-from variants.registry import implementation as resolve, path_unsupported
+# Implementation names resolve in the registry (the edge), which imports no family at import time.
+from variants.registry import implementation as resolve
+from variants.registry import path_unsupported
 from variants.shape import AttentionKind, check_choice
 
 if TYPE_CHECKING:
@@ -123,7 +125,8 @@ class AttentionLayer(nn.Module):
         if compile is not None and compile not in COMPILE_MODES:
             raise ValueError(f"compile={compile!r} is not one of: {', '.join(COMPILE_MODES)} (or None)")
         if cache.layout != self.cache_layout(implementation.path):
-            raise ValueError(f"this cache was made for another path; use layer.new_cache(..., impl={implementation.name!r})")
+            raise ValueError("this cache was made for another path; "
+                             f"use layer.new_cache(..., impl={implementation.name!r})")
         step = self._make_step(phase, x_BLD, cache, memory_BMD, implementation.kernel)
         fn, args = implementation.prepare(self, step)
         if compile is not None:

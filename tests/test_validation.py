@@ -17,7 +17,7 @@ from tests.shapes import TINY, TINY_Q
     ("mla", {"q_rank": 0}, "q_rank=0 is not allowed: q_rank must be a positive integer or null"),
     ("mha", {"head_dim": 7}, "head_dim=7 is odd"),
     ("mla", {"rope_layout": "spiral"}, "rope_layout='spiral' is not one of: half, interleaved"),
-    ("mla", {"flavour": 1}, "unknown shape key 'flavour'; valid keys:"),
+    ("mla", {"flavour": 1}, "unknown shape key 'flavour'; valid: "),
 ])
 def test_bad_shapes_fail_at_construction(variant, dims, needle):
     with pytest.raises(ValueError, match="^" + needle.replace("(", r"\(").replace(")", r"\)")):

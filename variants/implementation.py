@@ -16,6 +16,7 @@ import torch
 
 from variants.cost import Cost
 from variants.kernel import Kernel
+from variants.registry import path_unsupported
 
 if TYPE_CHECKING:
     from variants.layer import AttentionLayer, Phase, Step, StepFn
@@ -38,12 +39,6 @@ class Implementation(Protocol):
              dtype: torch.dtype | None = None) -> Cost: ...
 
 
-def _variants_with_path(path: str) -> list[str]:
-    from variants.registry import VARIANTS
-
-    return [spec.name for spec in VARIANTS if path in spec.family.paths]
-
-
 @dataclass(frozen=True)
 class KernelImplementation:
     name: str
@@ -56,11 +51,9 @@ class KernelImplementation:
 
     def supports(self, layer: AttentionLayer, *, phase: Phase, device: torch.device,
                  dtype: torch.dtype) -> str | None:
-        if self.path not in layer.paths:
-            owners = _variants_with_path(self.path)
-            own = [spec.name for spec in _implementations() if spec.path in layer.paths]
-            return (f"{self.name} applies to {', '.join(owners)} only; "
-                    f"{layer.variant} supports: {', '.join(own)}")
+        reason = path_unsupported(self.name, self.path, variant=layer.variant, paths=layer.paths)
+        if reason is not None:
+            return reason
         if self.devices is not None and torch.device(device).type not in self.devices:
             return f"{self.name} runs on {', '.join(self.devices)} only, not {torch.device(device).type}"
         if self.dtypes is not None and dtype not in self.dtypes:
@@ -75,9 +68,3 @@ class KernelImplementation:
              dtype: torch.dtype | None = None) -> Cost:
         return layer.cost(path=self.path, batch=batch, q_len=q_len, cached=cached, new_kv=new_kv,
                           dtype=dtype, **self.options)
-
-
-def _implementations() -> list[Implementation]:
-    from variants.registry import IMPLEMENTATIONS
-
-    return list(IMPLEMENTATIONS)

@@ -22,7 +22,10 @@ from variants.cache import CacheLayout, KVCache
 from variants.cost import Cost
 from variants.kernel import Kernel
 from variants.mask import AttnMask, make_mask
-from variants.shape import AttentionKind
+# Implementation names resolve in the registry (the edge), which imports no family at import time.
+from variants.registry import implementation as resolve
+from variants.registry import path_unsupported
+from variants.shape import AttentionKind, check_choice
 
 if TYPE_CHECKING:
     from variants.implementation import Implementation
@@ -81,44 +84,49 @@ class AttentionLayer(nn.Module):
     def kv_bytes_per_token(self, path: str = "standard", dtype: torch.dtype | None = None) -> int:
         return self.cache_layout(path).bytes_per_token(dtype or self.dtype)
 
-    def new_cache(self, batch: int, max_len: int, *, impl: str = "eager") -> KVCache:
+    def new_cache(self, batch: int, max_len: int, *, impl: str | Implementation = "eager") -> KVCache:
         """A cache preallocated for ``max_len`` positions in the layout ``impl`` runs on."""
-        path = _implementation(impl).path
-        self._check_path(impl, path)
+        implementation = resolve(impl)
+        path = implementation.path
+        reason = path_unsupported(implementation.name, path, variant=self.variant, paths=self.paths)
+        if reason is not None:
+            raise ValueError(reason)
         if getattr(self, "rope", None) is not None:
             self.rope.reserve(max_len, dtype=self.dtype, device=self.device)
         return KVCache(self.cache_layout(path), batch=batch, max_len=max_len, dtype=self.dtype,
                        device=self.device)
 
-    def prefill(self, x_BLD: Tensor, cache: KVCache, *, impl: str = "eager", compile: str | None = None,
-                memory_BMD: Tensor | None = None) -> Tensor:
+    def prefill(self, x_BLD: Tensor, cache: KVCache, *, impl: str | Implementation = "eager",
+                compile: str | None = None, memory_BMD: Tensor | None = None) -> Tensor:
         """Run L tokens from position 0 and fill the cache (cross-attention: cache ``memory``)."""
         y_BLD = self.prepare("prefill", x_BLD, cache, impl=impl, compile=compile, memory_BMD=memory_BMD)()
         cache.length = memory_BMD.shape[1] if self.attention == "cross" else x_BLD.shape[1]
         return y_BLD
 
-    def decode(self, x_BLD: Tensor, cache: KVCache, *, impl: str = "eager", compile: str | None = None) -> Tensor:
+    def decode(self, x_BLD: Tensor, cache: KVCache, *, impl: str | Implementation = "eager",
+               compile: str | None = None) -> Tensor:
         """Append L_new >= 1 tokens after the S the cache holds; token i sees positions <= S + i."""
         y_BLD = self.prepare("decode", x_BLD, cache, impl=impl, compile=compile)()
         if self.attention == "self":
             cache.length += x_BLD.shape[1]
         return y_BLD
 
-    def prepare(self, phase: Phase, x_BLD: Tensor, cache: KVCache, *, impl: str = "eager",
+    def prepare(self, phase: Phase, x_BLD: Tensor, cache: KVCache, *, impl: str | Implementation = "eager",
                 compile: str | None = None, memory_BMD: Tensor | None = None) -> Callable[[], Tensor]:
         """A zero-argument closure running one step at the cache's current length.
 
         The closure writes its new cache entries at fixed positions and does not advance
         ``cache.length``, so the harness can call it repeatedly at the same context length.
         """
-        implementation = _implementation(impl)
+        implementation = resolve(impl)
         reason = implementation.supports(self, phase=phase, device=x_BLD.device, dtype=x_BLD.dtype)
         if reason is not None:
             raise ValueError(reason)
         if compile is not None and compile not in COMPILE_MODES:
             raise ValueError(f"compile={compile!r} is not one of: {', '.join(COMPILE_MODES)} (or None)")
         if cache.layout != self.cache_layout(implementation.path):
-            raise ValueError(f"this cache was made for another path; use layer.new_cache(..., impl={impl!r})")
+            raise ValueError("this cache was made for another path; "
+                             f"use layer.new_cache(..., impl={implementation.name!r})")
         step = self._make_step(phase, x_BLD, cache, memory_BMD, implementation.kernel)
         fn, args = implementation.prepare(self, step)
         if compile is not None:
@@ -133,15 +141,9 @@ class AttentionLayer(nn.Module):
         return run
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _check_path(self, impl: str, path: str) -> None:
-        if path not in self.paths:
-            raise ValueError(_implementation(impl).supports(self, phase="decode", device=self.device,
-                                                            dtype=self.dtype) or f"{impl} is unsupported")
-
     def _make_step(self, phase: Phase, x_BLD: Tensor, cache: KVCache, memory_BMD: Tensor | None,
                    kernel: Kernel) -> Step:
-        if phase not in PHASES:
-            raise ValueError(f"phase={phase!r} is not one of: {', '.join(PHASES)}")
+        check_choice("phase", phase, PHASES)
         if x_BLD.dim() != 3 or x_BLD.shape[-1] != self.hidden or x_BLD.shape[0] != cache.batch:
             raise ValueError(f"x has shape {tuple(x_BLD.shape)}; expected [batch={cache.batch}, L, hidden={self.hidden}]")
         if x_BLD.dtype != self.dtype:
@@ -176,9 +178,3 @@ class AttentionLayer(nn.Module):
             raise ValueError("cross-attention decode needs a cache filled by prefill(memory_BMD=...)")
         mask = make_mask(q_len=L, kv_len=cache.length, q_offset=None, device=device)
         return Step(phase, x_BLD, cache, None, None, 0, cache.length, mask)
-
-
-def _implementation(name: str) -> Implementation:
-    from variants.registry import IMPLEMENTATIONS
-
-    return IMPLEMENTATIONS.get(name)

@@ -14,8 +14,11 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import pkgutil
-from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from variants.implementation import Implementation
 
 T = TypeVar("T")
 
@@ -69,6 +72,24 @@ IMPLEMENTATIONS: Registry = Registry("implementation", package="variants.impls",
                                      entry_point_group="attnbench.implementations")
 
 
+def implementation(impl: str | Implementation) -> Implementation:
+    """The implementation named ``impl`` (an Implementation object passes through).
+
+    Names resolve here, at the edge, and not in the layer: the layer takes what this returns.
+    """
+    return IMPLEMENTATIONS.get(impl) if isinstance(impl, str) else impl
+
+
+def path_unsupported(impl: str, path: str, *, variant: str, paths: tuple[str, ...]) -> str | None:
+    """None when a layer of ``variant`` with ``paths`` has ``path``, else the reason, naming the
+    variants that have that path and the implementations that run on this layer's paths."""
+    if path in paths:
+        return None
+    owners = [spec.name for spec in VARIANTS if path in spec.family.paths]
+    own = [item.name for item in IMPLEMENTATIONS if item.path in paths]
+    return f"{impl} applies to {', '.join(owners)} only; {variant} supports: {', '.join(own)}"
+
+
 def register_implementation(impl: T) -> T:
     """Register an Implementation instance (``register_implementation(MyImpl(...))``)."""
     return IMPLEMENTATIONS.add(impl.name, impl)  # type: ignore[attr-defined]
@@ -77,10 +98,3 @@ def register_implementation(impl: T) -> T:
 def register_variant(spec: T) -> T:
     return VARIANTS.add(spec.name, spec)  # type: ignore[attr-defined]
 
-
-def decorator(registry: Registry) -> Callable[[type], type]:
-    """Class decorator form: instantiates the class with no arguments and registers it."""
-    def wrap(cls: type) -> type:
-        registry.add(cls.name, cls())  # type: ignore[attr-defined]
-        return cls
-    return wrap

@@ -8,6 +8,7 @@ shape compares all four variants at one model size.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,19 @@ def check_positive(name: str, value: int | None, *, optional: bool = False) -> N
 def check_choice(name: str, value: object, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name}={value!r} is not one of: {', '.join(choices)}")
+
+
+def check_keys(what: str, given: Iterable[str], valid: Iterable[str]) -> None:
+    """Raise the one-line ``ValueError`` for the first of ``given`` not in ``valid``, naming the valid ones."""
+    valid = sorted(valid)
+    unknown = sorted(set(given) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown {what} {unknown[0]!r}; valid: {', '.join(valid)}")
+
+
+def field_names(cls: type) -> list[str]:
+    """The field names of dataclass ``cls``: the keys a mapping of its settings may hold."""
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def divisors(n: int) -> list[int]:
@@ -68,18 +82,12 @@ class ModelShape:
 
     def replace(self, **changes: object) -> ModelShape:
         """A copy with some fields changed; unknown names fail with the valid ones."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"unknown shape key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+        check_keys("shape key", changes, field_names(ModelShape))
         return dataclasses.replace(self, **changes)
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelShape:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown shape key {unknown[0]!r}; valid keys: {', '.join(sorted(names))}")
+        check_keys("shape key", values, field_names(cls))
         return cls(**values)
 
     def as_dict(self) -> dict:

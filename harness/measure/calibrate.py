@@ -18,13 +18,10 @@ driver or torch upgrade or another machine measures again, and everything else r
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -34,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from harness.files import atomic_write
 from harness.measure.env import environment, fingerprint
 
 CPU_COPY_BYTES = 256 << 20
@@ -185,23 +183,6 @@ def _read(path: Path, *, fp: str, dtype: str) -> Ceilings | None:
     return cached
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file in the same directory and ``os.replace``, so a reader (another
-    process calibrating the same device) sees the old file or the new one, never half of one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
 def ceilings(device: torch.device | str, dtype: torch.dtype | str, *, cache_dir: Path,
              force: bool = False, size_bytes: int | None = None) -> Ceilings:
     """Copy and matmul ceilings of ``device`` for ``dtype``: read from ``cache_dir`` if measured
@@ -230,5 +211,6 @@ def ceilings(device: torch.device | str, dtype: torch.dtype | str, *, cache_dir:
     result = Ceilings(copy_gbps=float(copy_gbps), matmul_tflops=float(matmul_tflops),
                       device_name=str(env["env_device_name"]), dtype=name, fingerprint=fp,
                       measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    _write_atomic(path, json.dumps(dataclasses.asdict(result), indent=2) + "\n")
+    text = json.dumps(dataclasses.asdict(result), indent=2) + "\n"
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
     return result

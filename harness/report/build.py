@@ -24,7 +24,7 @@ from harness.report.figures import FigureInput
 from harness.report.html import PageFigure, page
 from harness.report.lowrank import lowrank_part
 from harness.report.part import Part
-from harness.report.style import WIDTH_IN
+from harness.report.style import WIDTH_IN, width_inches
 from harness.report.tablefmt import markdown_grid, write_table
 from harness.report.tables import Table, capacity_view, cases_table, not_measured_table, sources_table
 
@@ -51,8 +51,7 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     """Write the report of ``rows`` (a DataFrame from ``harness.results.load``, or paths and globs),
     and of a low-rank study's rows (``studies.lowrank``) when ``lowrank`` is given."""
     for width in widths:
-        if width not in WIDTH_IN:
-            raise ValueError(f"width={width!r} is not one of: {', '.join(WIDTH_IN)}")
+        width_inches(width)  # a ValueError naming the valid widths
     known = [spec.name for spec in figure_registry.specs()]
     for name in figures or ():
         if name not in known:
@@ -70,7 +69,7 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
         part = _benchmark_part(frame, out, filters=filters, baseline=baseline, budget_bytes=budget_bytes,
                                batches=batches, reserve=reserve, widths=widths, figures=figures)
     if lowrank is not None:
-        part = part.plus(lowrank_part(lowrank, out))
+        part = part.plus(lowrank_part(lowrank, out, widths=widths, figures=figures))
     files = list(part.files)
     sources = part.sources or Table("sources", "Where the rows came from", pd.DataFrame(), pd.DataFrame(), "")
     files.append(_write(out / "report.md", _markdown(command, sources, part.notes, part.tables, part.figures, out)))
@@ -98,27 +97,10 @@ def _benchmark_part(frame: pd.DataFrame, out: Path, *, filters: Mapping[str, Ite
         files += write_table(table, out / "tables")
 
     inputs = FigureInput(ok=ok, capacity=capacity, budget_bytes=budget_bytes, reserve=reserve)
-    drawn, left_out, page_figures = {}, {}, []
-    for spec in figure_registry.specs():
-        if figures is not None and spec.name not in figures:
-            continue
-        paths: list[Path] = []
-        caption = ""
-        for width in widths:
-            result = figure_registry.draw(spec.name, inputs, width=width)
-            if result.figure is None:
-                left_out[spec.name] = result.caption
-                break
-            caption = result.caption
-            paths += figure_registry.save(result.figure, out / "figures" / f"{spec.name}_{width}")
-        if spec.name in left_out:
-            notes.append(left_out[spec.name])
-            continue
-        drawn[spec.name] = caption
-        files += paths
-        shown = [p for p in paths if p.suffix == ".png"][-1]  # the widest drawn
-        page_figures.append(PageFigure(spec.title, caption, shown, tuple(str(p.relative_to(out)) for p in paths)))
-    return Part(tuple(tables), sources, tuple(notes), tuple(page_figures), tuple(files), drawn, left_out,
+    drawings = figure_registry.draw_all(inputs, out, rows="measured", widths=widths, names=figures)
+    notes += drawings.left_out.values()
+    files += drawings.files
+    return Part(tuple(tables), sources, tuple(notes), drawings.figures, tuple(files), drawings.drawn, drawings.left_out,
                 tuple(data.devices()))
 
 

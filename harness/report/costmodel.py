@@ -17,7 +17,7 @@ import pandas as pd
 import variants
 from harness.measure.case import DTYPES
 from harness.report.data import SHAPE_COLUMNS
-from variants.shape import ModelShape
+from variants.shape import ModelShape, check_choice
 
 # The cache layout each variant needs at least: MLA caches its latent (eager, sdpa and absorbed
 # all read it); "expanded" (decompressed K/V per head) is a choice of implementation, not of the variant.
@@ -54,8 +54,7 @@ def shape_of(row: pd.Series | dict) -> ModelShape:
 
 
 def model_cost(variant: str, shape: ModelShape, dtype: str) -> ModelCost:
-    if dtype not in DTYPES:
-        raise ValueError(f"dtype={dtype!r} is not one of: {', '.join(DTYPES)}")
+    check_choice("dtype", dtype, tuple(DTYPES))
     return _cost(variant, shape, dtype)
 
 

@@ -1,4 +1,5 @@
-"""The low-rank study's part of a report: its headline table and its three figures.
+"""The low-rank study's part of a report: its headline table and its figures (registered in
+``harness.report.figures.lowrank`` and drawn like every other figure).
 
 A study folder (``studies.lowrank``) holds ``lowrank-*.parquet`` files rather than harness row
 files; ``split_inputs`` tells the two apart so one command reports either, or both together.
@@ -7,29 +8,20 @@ files; ``split_inputs`` tells the two apart so one command reports either, or bo
 from __future__ import annotations
 
 import glob
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from studies.lowrank import figures as lowrank_figures
-from studies.lowrank.summary import summary_table
 from harness.report import figures as figure_registry
-from harness.report.html import PageFigure
 from harness.report.part import Part
+from harness.report.style import WIDTH_IN
 from harness.report.tablefmt import write_table
 from harness.report.tables import Table
 from harness.report.units import number
+from studies.lowrank.summary import summary_table
 
 PATTERN = "lowrank-*.parquet"
-_FIGURES = (("error_vs_dc", "Conversion error against d_c", lowrank_figures.error_vs_dc,
-             "Mean over layers of the weight-space error of the factorized K/V matrix and of the attention "
-             "output's error on held-out hidden states, per method."),
-            ("perplexity_vs_dc", "Perplexity against d_c", lowrank_figures.perplexity_vs_dc,
-             "Whole-model perplexity with every attention layer converted, per method; dotted: the source model."),
-            ("tradeoff", "KV bytes per token against perplexity", lowrank_figures.tradeoff,
-             "The trade-off: KV-cache bytes per token and layer against perplexity, one curve per method, the "
-             "source GQA model as a point."))
 
 
 def split_inputs(paths: Iterable[str | Path]) -> tuple[list[str | Path], pd.DataFrame | None]:
@@ -46,7 +38,8 @@ def split_inputs(paths: Iterable[str | Path]) -> tuple[list[str | Path], pd.Data
     return bench, (pd.concat(parts, ignore_index=True) if parts else None)
 
 
-def lowrank_part(rows: pd.DataFrame, out: Path) -> Part:
+def lowrank_part(rows: pd.DataFrame, out: Path, *, widths: Sequence[str] = tuple(WIDTH_IN),
+                 figures: Sequence[str] | None = None) -> Part:
     summary = summary_table(rows)
     shown = summary.copy()
     for column in ("d_r", "d_c", "kv_bytes_per_token", "kv_vs_source", "perplexity", "ppl_vs_source",
@@ -57,14 +50,9 @@ def lowrank_part(rows: pd.DataFrame, out: Path) -> Part:
                   "whole-model perplexity (and its ratio), mean attention-output error on held-out tokens, mean "
                   "weight-space error. The first row is the unconverted source model.")
     files = write_table(table, out / "tables")
-    page_figures = []
-    drawn = {}
-    for name, title, draw, caption in _FIGURES:
-        paths = figure_registry.save(draw(rows), out / "figures" / f"lowrank_{name}")
-        files += paths
-        drawn[f"lowrank_{name}"] = caption
-        png = next(p for p in paths if p.suffix == ".png")
-        page_figures.append(PageFigure(title, caption, png, tuple(str(p.relative_to(out)) for p in paths)))
+    drawings = figure_registry.draw_all(figure_registry.FigureInput.of_lowrank(rows), out, rows="lowrank",
+                                        widths=widths, names=figures)
+    files += drawings.files
     models = ", ".join(sorted(rows["model"].dropna().astype(str).unique()))
     texts = ", ".join(sorted(rows["text"].dropna().astype(str).unique())) if "text" in rows else ""
     raw = pd.DataFrame([{"study": "low-rank conversion", "model": models, "text": texts,
@@ -73,5 +61,5 @@ def lowrank_part(rows: pd.DataFrame, out: Path) -> Part:
                     "The low-rank study: model, evaluation text and row counts.")
     files += write_table(sources, out / "tables")
     note = f"Low-rank study of {models}: {len(summary) - 1} converted settings beside the source model."
-    return Part(tables=(table,), sources=sources, notes=(note,), figures=tuple(page_figures), files=tuple(files),
-                drawn=drawn)
+    return Part(tables=(table,), sources=sources, notes=(note, *drawings.left_out.values()),
+                figures=drawings.figures, files=tuple(files), drawn=drawings.drawn, left_out=drawings.left_out)

@@ -8,7 +8,7 @@ Figures are built with ``matplotlib.figure.Figure`` on an explicit Agg canvas, n
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
+from harness.report.figures import Drawn
 from harness.report.style import impl_sort_key, impl_style, series_style, variant_color, variant_sort_key
 from harness.report.units import human_bytes, number, tokens
 
@@ -183,3 +184,25 @@ def legend(fig: Figure, rows: pd.DataFrame, *, extra: Sequence[Line2D] = ()) -> 
     ncol = min(len(handles), 3 if fig.get_figwidth() < 5 else 8)
     fig.legend(handles=handles, loc="outside lower center", ncol=ncol, handlelength=2.2, columnspacing=1.0)
 
+
+
+def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: float, ylabel: str, too_few: str,
+                  caption: str, scale: float = 1.0, band: tuple[str, str] | None = None,
+                  decorate: Callable[[Axes], None] | None = None) -> Drawn:
+    """The report's usual figure: a panel per device (one setting each) of ``y`` against ``x`` (context
+    or batch, log2) on a log y-axis, a line per series, the two-part legend; ``too_few`` when no
+    setting has two x values. ``decorate`` adds to each panel (a reference line) before the axes are set."""
+    drawn = panels(rows, x=x, y=(y,))
+    if not drawn:
+        return Drawn(None, too_few)
+    fig, axes = new_figure(width, width_in, panels=len(drawn))
+    for ax, panel in zip(axes, drawn, strict=True):
+        plot_series(ax, panel.rows, x, y, band=band, scale=scale)
+        if decorate is not None:
+            decorate(ax)
+        (batch_axis if x == "batch" else context_axis)(ax)
+        log_axis(ax, "y")
+        ax.set_ylabel(ylabel)
+        device_title(ax, panel.device, width)
+    legend(fig, drawn_rows(drawn))
+    return Drawn(fig, f"{caption} {caption_for(drawn)}")

@@ -14,11 +14,9 @@ import hashlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
 
 import matplotlib
 
-Width = Literal["single", "double"]
 # Column widths of two-column journals and proceedings (IEEE, ACM, NeurIPS double: ~7 in).
 WIDTH_IN: dict[str, float] = {"single": 3.5, "double": 7.0}
 DPI = 300  # raster figures at print resolution
@@ -30,6 +28,11 @@ OKABE_ITO = {
 VARIANT_COLORS: dict[str, str] = {
     "mha": OKABE_ITO["blue"], "mqa": OKABE_ITO["orange"], "gqa": OKABE_ITO["bluish_green"],
     "mla": OKABE_ITO["vermillion"],
+}
+# The low-rank study's factorization methods (variants.convert.methods), fixed the same way.
+METHOD_COLORS: dict[str, str] = {
+    "svd": OKABE_ITO["blue"], "rsvd": OKABE_ITO["orange"], "qr": OKABE_ITO["bluish_green"],
+    "cur": OKABE_ITO["vermillion"], "whitened": OKABE_ITO["reddish_purple"],
 }
 # Yellow is left out of the fallbacks: it vanishes on white at a line's width.
 _FALLBACK_COLORS = (OKABE_ITO["reddish_purple"], OKABE_ITO["sky_blue"], OKABE_ITO["black"])
@@ -96,6 +99,15 @@ def _stable_pick(name: str, options: tuple) -> object:  # noqa: ANN401 - any opt
 
 def variant_color(variant: str) -> str:
     return VARIANT_COLORS.get(variant) or str(_stable_pick(variant, _FALLBACK_COLORS))
+
+
+def method_color(method: str) -> str:
+    return METHOD_COLORS.get(method) or str(_stable_pick(method, _FALLBACK_COLORS))
+
+
+def method_sort_key(method: str) -> tuple[int, str]:
+    order = tuple(METHOD_COLORS)
+    return (order.index(method), "") if method in order else (len(order), method)
 
 
 def impl_style(impl: str) -> tuple[str, object]:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import glob
 import json
-import os
 import time
-import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
+
+from harness.files import atomic_write
 
 ROWS = "rows"
 PLAN = "plan.json"  # per job: the cases it planned (case_id, label), written before the first is measured
@@ -28,37 +28,26 @@ PLAN = "plan.json"  # per job: the cases it planned (case_id, label), written be
 STATUS_VALUES = ("ok", "skipped", "oom", "error", "incorrect")
 
 
-def _atomic_write(path: Path, write) -> None:  # noqa: ANN001 - a callable taking a temp path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
     """Write one case's row as its own parquet file; returns its path."""
     assert row.get("status") in STATUS_VALUES, f"bad status {row.get('status')!r}"
     frame = pd.DataFrame([dict(row)])
     path = Path(job_dir) / ROWS / f"{row['case_id']}.{time.time_ns()}.parquet"
-    _atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
     return path
 
 
 def write_frame(path: Path, frame: pd.DataFrame) -> None:
     """A whole result set as one parquet file (``harness.results.merge``)."""
-    _atomic_write(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def write_json(path: Path, payload: Mapping[str, object]) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(dict(payload), indent=2, default=str)))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(dict(payload), indent=2, default=str)))
 
 
 def write_text(path: Path, text: str) -> None:
-    _atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
 def row_files(paths: Iterable[str | Path]) -> list[Path]:

@@ -6,7 +6,6 @@ same keys under ``lowrank:``.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -14,10 +13,9 @@ from typing import Any
 import torch
 
 from variants.convert.partial_rope import PAIR_STRATEGIES
-from variants.shape import check_choice, check_positive
+from harness.measure.case import DTYPES
+from variants.shape import check_choice, check_keys, check_positive, field_names
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64,
-                                  "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -63,10 +61,7 @@ class StudySettings:
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> StudySettings:
         """From a config mapping (lists become tuples); unknown keys fail with the valid ones."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"unknown lowrank setting {unknown[0]!r}; valid: {', '.join(sorted(names))}")
+        check_keys("lowrank setting", values, field_names(cls))
         return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()})
 
     @property

@@ -26,13 +26,14 @@ import torch
 from torch import Tensor, nn
 
 import variants
-from studies.lowrank import figures
+from harness.measure.case import DTYPES
+from harness.report.figures import FigureInput, draw_all
 from studies.lowrank.hooks import capture_attention_inputs, decoder_layers, swapped_attention
 from studies.lowrank.latency import decode_latency
 from studies.lowrank.model import load_model
 from studies.lowrank.perplexity import perplexity
 from studies.lowrank.schema import row
-from studies.lowrank.settings import DTYPES, StudySettings
+from studies.lowrank.settings import StudySettings
 from studies.lowrank.text import reference_text, text_label, token_slices
 from variants.convert import METHODS, available_rank, convert
 from variants.layer import AttentionLayer
@@ -57,7 +58,8 @@ def run_study(settings: StudySettings, out_dir: Path) -> pd.DataFrame:
 def main(cfg: Mapping[str, Any], out_dir: Path) -> pd.DataFrame:
     """Hydra entry (``task: lowrank``): ``cfg.model`` is the preset, ``cfg.lowrank`` the settings.
 
-    Writes the rows and the figures (``figures/*.png``) under ``out_dir``.
+    Writes the rows and the figures (``figures/lowrank_*_<width>.{pdf,png}``, the report's figures
+    of a study, drawn through its registry) under ``out_dir``.
     """
     from omegaconf import OmegaConf
 
@@ -66,7 +68,7 @@ def main(cfg: Mapping[str, Any], out_dir: Path) -> pd.DataFrame:
     name = model["name"] if isinstance(model, Mapping) else model
     settings = StudySettings.from_mapping({**(plain.get("lowrank") or {}), **({"model": name} if name else {})})
     df = run_study(settings, Path(out_dir))
-    figures.save_all(df, Path(out_dir) / "figures")
+    draw_all(FigureInput.of_lowrank(df), Path(out_dir), rows="lowrank")
     return df
 
 

@@ -1,21 +1,25 @@
 """The report's figures, one module each, registered with ``@figure``.
 
-A figure declares the columns it needs; when the selection has none of them (no NVML on a CPU,
-ceilings not calibrated) or its drawing finds too little to show, it is left out with a note,
-never drawn empty. Adding a figure is one new module here (or an ``attnbench.figures`` entry point
-naming a ``FigureSpec``).
+A figure declares the rows it draws (the harness's measured rows, or a low-rank study's) and the
+columns it needs; when the selection has none of them (no NVML on a CPU, ceilings not calibrated)
+or its drawing finds too little to show, it is left out with a note, never drawn empty. Adding a
+figure is one new module here (or an ``attnbench.figures`` entry point naming a ``FigureSpec``).
+``draw_all`` draws and saves every registered figure of one kind of rows: the report and the
+low-rank study both call it, so every figure has the same style, widths and file names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.report.style import DPI, figure_style, width_inches
+from harness.report.html import PageFigure
+from harness.report.style import DPI, WIDTH_IN, figure_style, width_inches
 from variants.registry import Registry
 
 
@@ -25,6 +29,15 @@ class FigureInput:
     capacity: pd.DataFrame  # harness.report.capacity.capacity_table
     budget_bytes: int | None  # the budget given, None: each device's memory
     reserve: float  # share of the budget held back for activations and the runtime (capacity.RESERVE)
+    lowrank: pd.DataFrame = field(default_factory=pd.DataFrame)  # a low-rank study's rows (studies.lowrank)
+
+    @classmethod
+    def of_lowrank(cls, rows: pd.DataFrame) -> FigureInput:
+        """A low-rank study's rows alone (no measured rows, so no capacity and no reserve to apply)."""
+        return cls(ok=pd.DataFrame(), capacity=pd.DataFrame(), budget_bytes=None, reserve=0.0, lowrank=rows)
+
+    def rows(self, kind: RowsKind) -> pd.DataFrame:
+        return self.lowrank if kind == "lowrank" else self.ok
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,7 @@ class Drawn:
 
 
 DrawFn = Callable[[FigureInput, str, float], Drawn]
+RowsKind = Literal["measured", "lowrank"]
 
 
 @dataclass(frozen=True)
@@ -41,18 +55,19 @@ class FigureSpec:
     name: str  # file stem: figures/<name>_<width>.{pdf,png}
     order: int  # position in the report
     title: str
-    needs: tuple[str, ...]  # columns that must hold data in at least one measured row
+    needs: tuple[str, ...]  # columns that must hold data in at least one of its rows
     why_missing: str  # the usual reason they don't, for the note
     draw: DrawFn  # (data, width name, width in inches) -> Drawn
+    rows: RowsKind = "measured"  # which rows of a FigureInput it draws (and ``needs`` is checked in)
 
 
 FIGURES: Registry = Registry("figure", package="harness.report.figures", entry_point_group="attnbench.figures")
 
 
-def figure(*, name: str, order: int, title: str, needs: Sequence[str], why_missing: str = "") -> Callable[[DrawFn],
-                                                                                                            DrawFn]:
+def figure(*, name: str, order: int, title: str, needs: Sequence[str], why_missing: str = "",
+           rows: RowsKind = "measured") -> Callable[[DrawFn], DrawFn]:
     def register(fn: DrawFn) -> DrawFn:
-        FIGURES.add(name, FigureSpec(name, order, title, tuple(needs), why_missing, fn))
+        FIGURES.add(name, FigureSpec(name, order, title, tuple(needs), why_missing, fn, rows))
         return fn
 
     return register
@@ -62,18 +77,20 @@ def specs() -> list[FigureSpec]:
     return sorted(FIGURES, key=lambda s: (s.order, s.name))
 
 
-def missing_columns(spec: FigureSpec, ok: pd.DataFrame) -> list[str]:
-    return [c for c in spec.needs if c not in ok.columns or pd.to_numeric(ok[c], errors="coerce").isna().all()]
+def missing_columns(spec: FigureSpec, rows: pd.DataFrame) -> list[str]:
+    return [c for c in spec.needs if c not in rows.columns or pd.to_numeric(rows[c], errors="coerce").isna().all()]
 
 
 def draw(name: str, data: FigureInput, *, width: str = "single") -> Drawn:
     """Draw one registered figure at ``single`` or ``double`` column width, in the report's style."""
     spec = FIGURES.get(name)
     width_in = width_inches(width)
-    missing = missing_columns(spec, data.ok)
-    if data.ok.empty or missing:
+    rows = data.rows(spec.rows)
+    missing = missing_columns(spec, rows)
+    if rows.empty or missing:
         why = f" ({spec.why_missing})" if spec.why_missing else ""
-        what = ", ".join(missing) if missing else "any measured row"
+        what = ", ".join(missing) if missing else ("any measured row" if spec.rows == "measured"
+                                                   else "any low-rank study row")
         return Drawn(None, f"{spec.title}: left out, no data in {what}{why}.")
     with figure_style():
         return spec.draw(data, width, width_in)
@@ -90,3 +107,41 @@ def save(fig: Figure, stem: Path) -> list[Path]:
             fig.savefig(path, dpi=DPI, metadata=metadata)
             paths.append(path)
     return paths
+
+
+@dataclass(frozen=True)
+class Drawings:
+    drawn: Mapping[str, str]  # figure name -> caption
+    left_out: Mapping[str, str]  # figure name -> why
+    figures: tuple[PageFigure, ...]
+    files: tuple[Path, ...]
+
+
+def draw_all(data: FigureInput, out: Path, *, rows: RowsKind, widths: Sequence[str] = tuple(WIDTH_IN),
+             names: Sequence[str] | None = None) -> Drawings:
+    """Draw every registered figure of ``rows`` (or those in ``names``) at each width and save it as
+    ``out/figures/<name>_<width>.{pdf,png}``; a figure left out at one width is left out at all."""
+    out = Path(out)
+    drawn: dict[str, str] = {}
+    left_out: dict[str, str] = {}
+    page_figures: list[PageFigure] = []
+    files: list[Path] = []
+    for spec in specs():
+        if spec.rows != rows or (names is not None and spec.name not in names):
+            continue
+        paths: list[Path] = []
+        caption = ""
+        for width in widths:
+            result = draw(spec.name, data, width=width)
+            if result.figure is None:
+                left_out[spec.name] = result.caption
+                break
+            caption = result.caption
+            paths += save(result.figure, out / "figures" / f"{spec.name}_{width}")
+        if spec.name in left_out:
+            continue
+        drawn[spec.name] = caption
+        files += paths
+        shown = [p for p in paths if p.suffix == ".png"][-1]  # the widest drawn
+        page_figures.append(PageFigure(spec.title, caption, shown, tuple(str(p.relative_to(out)) for p in paths)))
+    return Drawings(drawn, left_out, tuple(page_figures), tuple(files))

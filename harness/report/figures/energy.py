@@ -4,8 +4,7 @@ separate window of at least one second (``harness.measure.telemetry``); CUDA dev
 from __future__ import annotations
 
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (caption_for, context_axis, device_title, drawn_rows, legend, log_axis, new_figure,
-                                     panels, plot_series)
+from harness.report.plotting import series_figure
 
 
 @figure(name="energy_per_token", order=7, title="Energy per token against context length",
@@ -13,17 +12,10 @@ from harness.report.plotting import (caption_for, context_axis, device_title, dr
         why_missing="NVML telemetry is recorded on NVIDIA GPUs only")
 def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     ok = data.ok.assign(nvml_energy_per_token_j=lambda f: f["nvml_energy_per_token_j"].astype(float))
-    drawn = panels(ok, x="seq", y=("nvml_energy_per_token_j",))
-    if not drawn:
-        return Drawn(None, "Energy per token against context length: left out, fewer than two context lengths "
-                           "with NVML energy readings at any one setting.")
-    fig, axes = new_figure(width, width_in, panels=len(drawn))
-    for ax, panel in zip(axes, drawn, strict=True):
-        plot_series(ax, panel.rows, "seq", "nvml_energy_per_token_j", scale=1e3)
-        context_axis(ax)
-        log_axis(ax, "y")
-        ax.set_ylabel("energy per token (mJ)")
-        device_title(ax, panel.device, width)
-    legend(fig, drawn_rows(drawn))
-    return Drawn(fig, "Energy per new token of one layer's step (whole-GPU energy from NVML over a window of "
-                      f"back-to-back steps, divided by the tokens produced). {caption_for(drawn)}")
+    return series_figure(
+        ok, x="seq", y="nvml_energy_per_token_j", width=width, width_in=width_in, scale=1e3,
+        ylabel="energy per token (mJ)",
+        too_few="Energy per token against context length: left out, fewer than two context lengths with NVML "
+                "energy readings at any one setting.",
+        caption="Energy per new token of one layer's step (whole-GPU energy from NVML over a window of "
+                "back-to-back steps, divided by the tokens produced).")

@@ -7,6 +7,7 @@ from harness.results.store import (
     finished_case_ids,
     load,
     one_per_case,
+    read_rows,
     row_files,
     write_frame,
     write_json,
@@ -14,5 +15,5 @@ from harness.results.store import (
     write_text,
 )
 
-__all__ = ["PLAN", "ROWS", "STATUS_VALUES", "finished_case_ids", "load", "one_per_case", "row_files",
+__all__ = ["PLAN", "ROWS", "STATUS_VALUES", "finished_case_ids", "load", "one_per_case", "read_rows", "row_files",
            "write_frame", "write_json", "write_row", "write_text"]

@@ -49,7 +49,7 @@ def shape_of(row: pd.Series | dict) -> ModelShape:
     values = {}
     for key in SHAPE_COLUMNS:
         value = row.get(key)
-        values[key] = None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+        values[key] = None if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)) else int(value)
     return ModelShape.from_dict(values)
 
 

@@ -91,6 +91,9 @@ COLUMNS: tuple[Column, ...] = (
     _c("nope_head_dim", "int64", "", "shape", "MLA qk_nope_head_dim (null: head_dim)", **_ID),
     _c("v_head_dim", "int64", "", "shape", "MLA v_head_dim (null: head_dim)", **_ID),
     _c("num_layers", "int64", "", "shape", "layers, for whole-model figures only", **_ID),
+    _c("rope_theta", "float64", "", "shape", "RoPE base frequency", **_ID),
+    _c("rope_layout", "string", "", "shape", "RoPE pairing: half (rotate_half) or interleaved", **_ID),
+    _c("qkv_bias", "bool", "", "shape", "q, k and v projections have biases (Qwen2)", **_ID),
     # The rest of the case and its outcome.
     _c("model", "string", "", "case", "preset the shape came from"),
     _c("device", "string", "", "case", "torch device the case ran on (cpu, cuda:0)"),
@@ -223,7 +226,7 @@ def markdown() -> str:
              "| column | type | unit | group | identity | nulled | meaning |",
              "|---|---|---|---|---|---|---|"]
     for c in COLUMNS:
-        lines.append(f"| `{c.name}` | {c.kind} | {c.unit} | {c.group} | {'yes' if c.identity else ''} | "
+        lines.append(f"| `{c.name}` | `{c.kind}` | {c.unit} | {c.group} | {'yes' if c.identity else ''} | "
                      f"{'yes' if c.measured else ''} | {c.meaning} |")
     return "\n".join(lines) + "\n"
 

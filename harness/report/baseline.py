@@ -3,8 +3,8 @@
 The baseline of a case is the row with the baseline's variant and implementation (default: MHA,
 eager) that matches it on ``JOIN_COLUMNS``: the model shape, context, batch, new tokens per step,
 phase, dtype, attention kind, torch.compile mode, timing mode and L2 flush, and the device it ran
-on. So a compiled case is
-compared with the compiled baseline, and a case on one GPU never with a baseline from another.
+on. So a compiled case is compared with the compiled baseline, a graph-timed one with the
+graph-timed baseline, and a case on one GPU never with a baseline from another.
 Speed-up is ``baseline latency / latency`` (above 1: faster than the baseline); memory ratio is
 ``peak_mem_bytes / baseline peak_mem_bytes`` (below 1: less memory). Cases without a baseline get
 NaN, and the report says how many.

@@ -7,6 +7,10 @@ renamed, so a killed run leaves complete files only, and concurrent jobs never s
 
 ``load(paths or globs)`` returns one DataFrame over any set of runs and sweeps, one row per case
 and root: a case re-run by ``resume`` keeps its ``ok`` row, else its latest attempt.
+
+Every row file holds every column of ``harness.results.schema`` in its declared Arrow type, so
+plain ``pandas.read_parquet`` concatenates any of them; files written before the schema are
+conformed when read here (``harness.results.conform``).
 """
 
 from __future__ import annotations

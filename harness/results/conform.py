@@ -33,7 +33,7 @@ def _cell(column: schema.Column, value: Any) -> Any:
     """``value`` as the Python object Arrow stores for ``column``'s kind; None for missing."""
     kind = column.kind
     if kind == "list<float64>":
-        return None if value is None or value is pd.NA else [float(x) for x in value]
+        return None if value is None or value is pd.NA or isinstance(value, float) else [float(x) for x in value]
     if _missing(value):
         return None
     if hasattr(value, "item") and not isinstance(value, (pd.Timestamp, datetime)):

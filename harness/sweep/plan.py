@@ -18,9 +18,9 @@ from variants.registry import IMPLEMENTATIONS, VARIANTS
 from variants.shape import ModelShape
 
 PHASE_CHOICES = ("decode", "prefill", "both")
-# A top-level key named like a shape column overrides the preset (conf/config.yaml lists those a
-# user usually changes); the schema's shape columns are the one list of them.
-SHAPE_KEYS = schema.SHAPE
+# A top-level key named like an integer shape column overrides the preset (conf/config.yaml lists
+# those a user usually changes); the schema's shape columns are the one list of them.
+SHAPE_KEYS = tuple(k for k in schema.SHAPE if schema.BY_NAME[k].kind == "int64")
 _OPTIONAL_SHAPE_KEYS = ("kv_heads", "q_rank", "nope_head_dim", "v_head_dim")  # "none" sets them to null
 
 

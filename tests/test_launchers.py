@@ -80,8 +80,8 @@ def test_launcher_sweep_equals_serial_sweep(sweeps, launcher):
     assert len(serial) == NUM_CASES and (serial["status"] == "ok").all()
     assert _outcome(parallel) == _outcome(serial), "same cases, same statuses"
     assert set(parallel["launcher"]) == {launcher} and set(serial["launcher"]) == {"basic"}
-    assert set(parallel["host"]) == {socket.gethostname()}
-    assert "device_index" in parallel and parallel["device_index"].isna().all()  # CPU: no device index
+    assert set(parallel["env_host"]) == {socket.gethostname()}
+    assert "env_device_index" in parallel and parallel["env_device_index"].isna().all()  # CPU: no device index
     assert sorted(set(parallel["job_num"])) == list(range(NUM_JOBS))
     for row in parallel.itertuples():  # each job wrote only under its own folder
         assert Path(row.job_dir).name == str(row.job_num)
@@ -159,11 +159,11 @@ def test_a_resumed_failure_then_ok_is_one_case_not_a_duplicate(tmp_path):
 def test_two_jobs_of_one_sweep_with_the_same_ok_case_are_a_duplicate(tmp_path):
     results.write_row(tmp_path / "a" / "0", _row("c1", "ok", at=1))
     results.write_row(tmp_path / "a" / "3", _row("c1", "ok", at=2))
-    with pytest.raises(UserError, match=r"^duplicate case mha/eager decode seq=32 batch=1 float32 model=tiny \[c1\]: "
+    with pytest.raises(UserError, match=r"^duplicate case mha/eager decode seq=32 batch=1 float32 \[c1\]: "
                                          r"ok rows in .*/a/0 and .*/a/3; keep one with --prefer"):
         merge.merge([tmp_path / "a"])
     kept = merge.merge([tmp_path / "a"], prefer="newest").frame
-    assert len(kept) == 1 and kept.iloc[0].finished_at == 2
+    assert len(kept) == 1 and kept.iloc[0].finished_at == pd.Timestamp(2, unit="s", tz="UTC")
 
 
 def test_merge_rejects_overlapping_sources_and_output(tmp_path):

@@ -115,7 +115,7 @@ def test_baseline_can_be_chosen_and_is_checked(rows):
 
 
 def test_a_case_repeated_in_another_run_is_kept_once(rows):
-    again = rows.assign(run_root="rerun", finished_at=rows["finished_at"] + 1000.0,
+    again = rows.assign(run_root="rerun", finished_at=rows["finished_at"] + pd.Timedelta(seconds=1000),
                         latency_ms=rows["latency_ms"] * 2)
     data = prepare(pd.concat([rows, again], ignore_index=True))
     assert len(data.ok) == (rows["status"] == "ok").sum()

@@ -100,8 +100,8 @@ SCHEMA = {
     "peak_mem_bytes", "kv_cache_bytes", "kv_cache_bytes_analytic", "kv_bytes_per_token", "kv_bytes_per_token_model",
     "intensity_flops_per_byte", "numerics_rel_err", "numerics_tol", "harness_overhead_s", "case_wall_s",
     "predicted_mem_bytes", "nvml_power_mean_w", "nvml_energy_per_token_j", "nvml_throttled", "env_device_name",
-    "env_torch", "env_git_commit", "env_host", "env_time_utc", "run_root", "launcher", "host", "device_index",
-    "finished_at",
+    "env_torch", "env_git_commit", "env_host", "env_time_utc", "run_root", "launcher", "env_device_index", "timing",
+    "l2_flush", "finished_at",
 }
 
 

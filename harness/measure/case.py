@@ -9,15 +9,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import pandas as pd
 import torch
 
+from harness.results import schema
 from variants.shape import ModelShape
 
 Phase = Literal["prefill", "decode"]
+Timing = Literal["cpu_wall", "cuda_events", "cuda_graph"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                   "float16": torch.float16, "float64": torch.float64}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
@@ -69,6 +74,35 @@ def resolve_dtype(value: str, device: torch.device) -> torch.dtype:
     return DTYPES[value]
 
 
+def timing_mode(device: torch.device, *, cuda_graph: bool) -> Timing:
+    """How a case on ``device`` is timed: a CPU has one clock; on CUDA, events around plain calls
+    or around one graph replay each."""
+    if device.type == "cpu":
+        return "cpu_wall"
+    return "cuda_graph" if cuda_graph else "cuda_events"
+
+
+def case_label(row: Mapping[str, Any]) -> str:
+    """The case as a person reads it, from its columns (a result row or ``Case.columns()``): the one
+    label of progress lines, plans, merges and the nightly history."""
+    def value(key: str) -> Any:
+        v = row.get(key)
+        return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
+
+    compile_mode = value("compile")
+    comp = f"+compile:{compile_mode}" if compile_mode not in (None, "none") else ""
+    decode_len = value("decode_len")
+    steps = f" L={int(decode_len)}" if value("phase") == "decode" and decode_len not in (None, 1) else ""
+    seq = value("seq")
+    seq_text = format_size(int(seq)) if seq is not None else "?"
+    batch = value("batch")
+    # Plain timing (cpu_wall, cuda_events) is the default and goes unsaid; a graph or a flushed L2 is said.
+    timed = " cuda_graph" if value("timing") == "cuda_graph" else ""
+    flush = " l2_flush" if value("l2_flush") is True or value("l2_flush") == 1 else ""
+    return (f"{value('variant')}/{value('impl')}{comp} {value('phase')}{steps} seq={seq_text} "
+            f"batch={batch if batch is None else int(batch)} {value('dtype')}{timed}{flush}")
+
+
 @dataclass(frozen=True)
 class Case:
     variant: str
@@ -83,6 +117,16 @@ class Case:
     dtype: str
     device: str  # "cpu" or "cuda:0"
     attention: str = "self"
+    timing: Timing = "cpu_wall"  # part of the identity: a graph replay and plain calls time different things
+    l2_flush: bool = False  # CUDA only: flush L2 before each timed step
+
+    def __post_init__(self) -> None:
+        on_cpu = torch.device(self.device).type == "cpu"
+        if self.timing not in schema.TIMING_MODES or on_cpu != (self.timing == "cpu_wall"):
+            raise ValueError(f"timing={self.timing!r} does not apply to device={self.device!r}; valid: "
+                             f"{'cpu_wall' if on_cpu else 'cuda_events, cuda_graph'}")
+        if on_cpu and self.l2_flush:
+            raise ValueError(f"l2_flush=True does not apply to device={self.device!r}; it flushes a GPU's L2")
 
     @property
     def q_len(self) -> int:
@@ -111,31 +155,31 @@ class Case:
         return DTYPES[self.dtype]
 
     def identity(self, used_shape_keys: tuple[str, ...]) -> dict[str, object]:
-        """What makes two cases the same measurement: not the device index, not the time."""
-        shape = self.shape.as_dict()
-        return {"variant": self.variant, "impl": self.impl, "compile": self.compile, "phase": self.phase,
-                "batch": self.batch, "seq": self.seq, "decode_len": self.decode_len if self.phase == "decode" else 0,
-                "dtype": self.dtype, "device_type": torch.device(self.device).type, "attention": self.attention,
-                **{k: shape[k] for k in sorted(used_shape_keys)}}
+        """The schema's identity columns: not the device index, not the host, not the time. The timing
+        mode names the device type (cpu_wall: CPU). Shape fields a variant ignores, and a prefill's
+        decode_len, do not split cases."""
+        columns = self.columns()
+        if self.phase == "prefill":
+            columns["decode_len"] = 0
+        shape = set(schema.SHAPE)
+        return {k: columns[k] for k in schema.IDENTITY if k not in shape or k in used_shape_keys}
 
     def case_id(self, used_shape_keys: tuple[str, ...]) -> str:
         blob = json.dumps(self.identity(used_shape_keys), sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def label(self) -> str:
-        comp = f"+compile:{self.compile}" if self.compile else ""
-        steps = f" L={self.decode_len}" if self.phase == "decode" and self.decode_len != 1 else ""
-        return (f"{self.variant}/{self.impl}{comp} {self.phase}{steps} seq={format_size(self.seq)} "
-                f"batch={self.batch} {self.dtype}")
+        return case_label(self.columns())
 
     def columns(self) -> dict[str, object]:
+        """The row's case, timing and shape columns, in the schema's order."""
         shape = self.shape.as_dict()
-        shape_cols = {k: shape[k] for k in ("hidden", "heads", "kv_heads", "head_dim", "d_c", "d_r", "q_rank",
-                                            "nope_head_dim", "v_head_dim", "num_layers")}
-        return {"variant": self.variant, "impl": self.impl, "compile": self.compile or "none",
-                "phase": self.phase, "model": self.model, "batch": self.batch, "seq": self.seq,
-                "decode_len": self.decode_len, "q_len": self.q_len, "dtype": self.dtype, "device": self.device,
-                "attention": self.attention, **shape_cols}
+        values = {"variant": self.variant, "impl": self.impl, "compile": self.compile or "none",
+                  "phase": self.phase, "attention": self.attention, "dtype": self.dtype, "batch": self.batch,
+                  "seq": self.seq, "decode_len": self.decode_len, "timing": self.timing, "l2_flush": self.l2_flush,
+                  "model": self.model, "device": self.device, "q_len": self.q_len,
+                  **{k: shape[k] for k in schema.SHAPE}}
+        return {k: values[k] for k in schema.NAMES if k in values}
 
     def replace(self, **changes: object) -> Case:
         return dataclasses.replace(self, **changes)

@@ -22,12 +22,11 @@ from types import ModuleType
 
 import torch
 
+from harness.results import schema
+
 Env = dict[str, str | int | None]
 
-ENV_COLUMNS: tuple[str, ...] = (
-    "env_device_name", "env_device_index", "env_driver", "env_cuda", "env_torch", "env_attnbench",
-    "env_git_commit", "env_host", "env_cpu", "env_cpu_count", "env_python", "env_time_utc",
-)
+ENV_COLUMNS: tuple[str, ...] = schema.group("env")  # declared in harness/results/schema.py
 
 # What makes two timings comparable. Not the host (two identical machines compare), not the time,
 # not the code version (comparing two commits on one machine is the point of a benchmark).

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
 import torch
@@ -25,6 +26,7 @@ from harness.measure.memory import available_bytes, step_peak_bytes, tensor_byte
 from harness.measure.metrics import Measured, derive
 from harness.measure.predict import predict_memory, predict_seconds
 from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
+from harness.results import schema
 from variants.registry import IMPLEMENTATIONS, VARIANTS
 
 
@@ -33,12 +35,9 @@ class RunContext:
     settings: MeasureSettings
     ceilings: Ceilings | None = None
     telemetry: Callable[[], AbstractContextManager] | None = None  # a sampler factory, None: no NVML
-    telemetry_columns: tuple[str, ...] = ()
     check_numerics: bool = True
     max_step_s: float = 60.0  # skip cases whose roofline estimate per step exceeds this
     memory_headroom: float = 0.85  # fraction of free memory a case may be predicted to use
-    cuda_graph: bool = False
-    l2_flush: bool = False
     telemetry_window_s: float = 1.0
     seed: int = 0
     job_columns: dict[str, Any] = field(default_factory=dict)
@@ -49,8 +48,9 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
 
 
-def _timer(device: torch.device, ctx: RunContext) -> Timer:
-    return CudaTimer(device, l2_flush=ctx.l2_flush) if device.type == "cuda" else CpuTimer()
+def _timer(case: Case, device: torch.device) -> Timer:
+    # The case's timing mode is part of its identity: the timer follows it (Case checks it fits the device).
+    return CudaTimer(device, l2_flush=case.l2_flush) if device.type == "cuda" else CpuTimer()
 
 
 def _inputs(case: Case, hidden: int, device: torch.device, dtype: torch.dtype, seed: int):
@@ -66,9 +66,9 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     """Everything a case yields as one row; never raises for a case's own failure."""
     started = time.perf_counter()
     spec = VARIANTS.get(case.variant)
-    row: dict[str, Any] = {**ctx.job_columns, "case_id": case.case_id(spec.uses), **case.columns(),
-                           "status": "ok", "reason": ""}
-    row.update({name: None for name in ctx.telemetry_columns})
+    # Every column of the schema, in its order; what a case never reaches stays None.
+    row: dict[str, Any] = dict.fromkeys(schema.NAMES)
+    row.update(ctx.job_columns, case_id=case.case_id(spec.uses), **case.columns(), status="ok", reason="")
     device, dtype = torch.device(case.device), case.torch_dtype
     timed_s = 0.0
     objects: list[Any] = []
@@ -123,7 +123,7 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         assert row["kv_cache_bytes"] == row["kv_cache_bytes_analytic"], "cache bytes differ from the cost model"
         row["setup_s"] = time.perf_counter() - mark
 
-        timer = _timer(device, ctx)
+        timer = _timer(case, device)
         row["first_call_ms"] = timer.time_ms(step)  # compile, autotune, lazy initialisation
         if case.compile is not None:
             plain = layer.prepare(case.phase, x_BLD, cache, impl=case.impl, memory_BMD=memory_BMD)
@@ -132,15 +132,14 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             if not err <= numerics.TOLERANCE[case.dtype]:
                 return _finish(row, started, timed_s, "incorrect",
                                f"compiled output differs from the uncompiled one by {err:.3g}")
-        if ctx.cuda_graph and device.type == "cuda":
+        if case.timing == "cuda_graph":
             step = capture_cuda_graph(step, device=device)
-            row["cuda_graph"] = True
 
         measurement = measure(step, timer, ctx.settings, first_call_ms=row["first_call_ms"])
         timed_s = measurement.timed_s
         row.update(measurement.stats)
         row.update(samples_ms=list(measurement.samples_ms), warmup_reps=measurement.warmup_reps,
-                   stop_reason=measurement.stop_reason, timer=timer.name,
+                   stop_reason=measurement.stop_reason,
                    warmup_wall_s=measurement.warmup_wall_s, measure_overhead_s=measurement.overhead_s)
         if ctx.telemetry is not None:
             mark = time.perf_counter()
@@ -197,12 +196,10 @@ def _analytic(case: Case, cost) -> dict[str, Any]:  # noqa: ANN001 - variants.Co
 def _finish(row: dict[str, Any], started: float, timed_s: float, status: str, reason: str) -> dict[str, Any]:
     row["status"], row["reason"] = status, reason
     if status != "ok":
-        # A number from a case that did not pass must never reach a table.
-        for key in list(row):
-            if key.startswith("latency_") or key in ("samples_ms", "tokens_per_s", "tflops", "gbps"):
-                row[key] = None
+        # A number from a case that did not pass must never reach a table: the schema says which.
+        row.update(dict.fromkeys(schema.MEASURED))
     wall = time.perf_counter() - started
     row["case_wall_s"] = wall
     row["harness_overhead_s"] = wall - timed_s
-    row["finished_at"] = time.time()
+    row["finished_at"] = datetime.now(timezone.utc)
     return row

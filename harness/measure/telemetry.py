@@ -39,22 +39,10 @@ from typing import Any, Protocol, Self
 
 import torch
 
-EMPTY_COLUMNS: tuple[str, ...] = (
-    "nvml_samples",
-    "nvml_window_s",
-    "nvml_gpu_util_pct",
-    "nvml_mem_util_pct",
-    "nvml_mem_used_peak_bytes",
-    "nvml_power_mean_w",
-    "nvml_energy_j",
-    "nvml_energy_source",
-    "nvml_energy_per_token_j",
-    "nvml_sm_clock_mhz",
-    "nvml_mem_clock_mhz",
-    "nvml_temp_max_c",
-    "nvml_throttled",
-    "nvml_throttle_reasons",
-)
+from harness.results import schema
+
+# The row's telemetry columns, declared in harness/results/schema.py.
+EMPTY_COLUMNS: tuple[str, ...] = schema.group("telemetry")
 
 # Clock-event ("throttle") reason bits, in bit order: (suffix of pynvml's nvmlClocksEventReason<X> /
 # nvmlClocksThrottleReason<X> constant, name used in nvml_throttle_reasons, counts as throttling).

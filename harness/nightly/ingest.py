@@ -27,7 +27,7 @@ import pandas as pd
 import yaml
 
 from harness import results
-from harness.measure.case import format_size
+from harness.measure.case import case_label
 from harness.measure.env import FINGERPRINT_FIELDS, fingerprint
 from harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun
 
@@ -79,25 +79,13 @@ def case_records(frame: pd.DataFrame) -> Iterator[CaseRecord]:
         if ok and not samples:
             raise ValueError(f"ok row {row['case_id']} has no samples_ms; re-run it with this attnbench")
         yield CaseRecord(
-            case_id=str(row["case_id"]), label=label(row), labels={c: _plain(row.get(c)) for c in LABEL_COLUMNS},
+            case_id=str(row["case_id"]), label=case_label(row), labels={c: _plain(row.get(c)) for c in LABEL_COLUMNS},
             status=str(row["status"]), reason=str(row.get("reason") or ""),
             figures={f: _integer(row.get(f)) for f in FIGURES},
             median_ms=_number(row.get("latency_ms")) if ok else None,
             ci_low_ms=_number(row.get("latency_ci_low_ms")) if ok else None,
             ci_high_ms=_number(row.get("latency_ci_high_ms")) if ok else None,
             samples_ms=samples)
-
-
-def label(row: Mapping[str, Any]) -> str:
-    """As ``harness.measure.case.Case.label``, from a result row."""
-    compile_mode = row.get("compile")
-    comp = f"+compile:{compile_mode}" if compile_mode not in (None, "none") else ""
-    decode_len = _plain(row.get("decode_len"))
-    steps = f" L={decode_len}" if row.get("phase") == "decode" and decode_len not in (None, 1) else ""
-    seq = _plain(row.get("seq"))
-    seq_text = format_size(seq) if isinstance(seq, int) else str(seq)
-    return (f"{row.get('variant')}/{row.get('impl')}{comp} {row.get('phase')}{steps} seq={seq_text} "
-            f"batch={_plain(row.get('batch'))} {row.get('dtype')}")
 
 
 def _fingerprint_fields(row: Mapping[str, Any], measure: Mapping[str, Any]) -> dict[str, Any]:

@@ -32,13 +32,17 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness.results import schema
+
 SCHEMA_VERSION = 1
 Verdict = Literal["pass", "regression", "accepted"]
 VERDICTS: tuple[str, ...] = ("pass", "regression", "accepted")
 # The figures that do not depend on timing noise: compared exactly (see harness.nightly.compare).
 FIGURES: tuple[str, ...] = ("flops", "bytes_min", "kv_bytes_per_token", "kv_cache_bytes", "peak_mem_bytes")
-LABEL_COLUMNS: tuple[str, ...] = ("variant", "impl", "compile", "phase", "model", "batch", "seq", "decode_len",
-                                  "dtype", "attention")
+assert all(schema.BY_NAME[f].kind == "int64" for f in FIGURES)
+# The case columns of the schema (and the preset's name). The timing mode is not among them: the
+# run's fingerprint holds it (harness.nightly.ingest), so runs timed differently are never compared.
+LABEL_COLUMNS: tuple[str, ...] = (*(c for c in schema.CASE if schema.BY_NAME[c].group == "case"), "model")
 
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS runs (
@@ -58,7 +62,7 @@ CREATE TABLE IF NOT EXISTS cases (
     run_id INTEGER NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
     case_id TEXT NOT NULL,
     label TEXT NOT NULL,
-    {", ".join(f"{c} {'INTEGER' if c in ('batch', 'seq', 'decode_len') else 'TEXT'}" for c in LABEL_COLUMNS)},
+    {", ".join(f"{c} {'INTEGER' if schema.BY_NAME[c].kind == 'int64' else 'TEXT'}" for c in LABEL_COLUMNS)},
     status TEXT NOT NULL,
     reason TEXT NOT NULL DEFAULT '',
     {", ".join(f"{f} INTEGER" for f in FIGURES)},

@@ -2,8 +2,9 @@
 
 The baseline of a case is the row with the baseline's variant and implementation (default: MHA,
 eager) that matches it on ``JOIN_COLUMNS``: the model shape, context, batch, new tokens per step,
-phase, dtype, attention kind, torch.compile mode and the device it ran on. So a compiled case is
-compared with the compiled baseline, and a case on one GPU never with a baseline from another.
+phase, dtype, attention kind, torch.compile mode, timing mode and L2 flush, and the device it ran
+on. So a compiled case is compared with the compiled baseline, a graph-timed one with the
+graph-timed baseline, and a case on one GPU never with a baseline from another.
 Speed-up is ``baseline latency / latency`` (above 1: faster than the baseline); memory ratio is
 ``peak_mem_bytes / baseline peak_mem_bytes`` (below 1: less memory). Cases without a baseline get
 NaN, and the report says how many.
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report.data import DEVICE, SHAPE_COLUMNS, as_text
+from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS, as_text
 
-JOIN_COLUMNS = (*SHAPE_COLUMNS, "seq", "batch", "decode_len", "phase", "dtype", "attention", "compile", DEVICE)
+# Every identity column but the variant and implementation compared, and the device it ran on.
+JOIN_COLUMNS = (*SHAPE_COLUMNS, *(c for c in CASE_COLUMNS if c not in ("variant", "impl", "model")), DEVICE)
 _KEYS = ("variant", "impl")
 
 

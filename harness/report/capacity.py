@@ -103,4 +103,4 @@ def _measured(ok: pd.DataFrame, where: dict, variant: str, batch: int, cost: Mod
 
 
 def _missing(value: object) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))

@@ -17,6 +17,7 @@ import pandas as pd
 import variants
 from harness.measure.case import DTYPES
 from harness.report.data import SHAPE_COLUMNS
+from harness.results import schema
 from variants.shape import ModelShape, check_choice
 
 # The cache layout each variant needs at least: MLA caches its latent (eager, sdpa and absorbed
@@ -46,10 +47,14 @@ class ModelCost:
 
 def shape_of(row: pd.Series | dict) -> ModelShape:
     """The ``ModelShape`` a row was measured at (its resolved shape columns)."""
-    values = {}
+    values: dict[str, object] = {}
     for key in SHAPE_COLUMNS:
         value = row.get(key)
-        values[key] = None if value is None or (isinstance(value, float) and math.isnan(value)) else int(value)
+        if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
+            continue  # the field's default: null kv_heads means heads; rows before rope_* had the defaults
+        kind = schema.BY_NAME[key].kind
+        values[key] = int(value) if kind == "int64" else float(value) if kind == "float64" else (
+            bool(value) if kind == "bool" else str(value))
     return ModelShape.from_dict(values)
 
 

@@ -19,16 +19,14 @@ from pathlib import Path
 import pandas as pd
 
 from harness import results
+from harness.results import schema
 
 DEVICE = "env_device_name"
 # What fixes a case apart from the axis a figure varies; two rows differing in any of these are
-# never on one curve.
-SHAPE_COLUMNS = ("hidden", "heads", "kv_heads", "head_dim", "d_c", "d_r", "q_rank", "nope_head_dim",
-                 "v_head_dim", "num_layers")
-CASE_COLUMNS = ("variant", "impl", "compile", "phase", "model", "batch", "seq", "decode_len", "dtype", "attention")
-FILTER_HINT = ("variant", "impl", "compile", "phase", "model", "batch", "seq", "dtype", "device", "attention",
-               "run_root", "host", DEVICE, "status")
-
+# never on one curve. Both come from the schema (harness/results/schema.py).
+SHAPE_COLUMNS = schema.SHAPE
+CASE_COLUMNS = (*schema.CASE, "model")
+FILTER_HINT = (*CASE_COLUMNS, "device", "run_root", "env_host", DEVICE, "status")
 
 @dataclass(frozen=True)
 class ReportData:
@@ -60,7 +58,7 @@ def apply_filters(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]]) -> 
     for key, values in filters.items():
         if key not in frame.columns:
             raise ValueError(f"filter key {key!r} is not a results column; valid: {', '.join(FILTER_HINT)}, "
-                             "or any column in README 'Results schema'")
+                             "or any column in docs/results-schema.md")
         wanted = {str(v) for v in values}
         frame = frame[frame[key].map(as_text).isin(wanted)]
         if frame.empty:
@@ -71,7 +69,7 @@ def apply_filters(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]]) -> 
 def as_text(value: object) -> str:
     """A cell as text for matching: None and NaN alike are empty, and 4096.0 (an int column read
     back as float beside a NaN) reads as the typed "4096"."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
+    if value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, float) and value.is_integer():
         return str(int(value))

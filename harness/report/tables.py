@@ -148,7 +148,7 @@ def capacity_view(capacity: pd.DataFrame) -> Table:
 def sources_table(rows: pd.DataFrame) -> Table:
     """Where the rows came from, per device: runs, hosts, software and commits."""
     columns: dict[str, Callable[[pd.DataFrame], str]] = {
-        "runs": lambda g: _values(g, "run_root"), "hosts": lambda g: _values(g, "host"),
+        "runs": lambda g: _values(g, "run_root"), "hosts": lambda g: _values(g, "env_host"),
         "torch": lambda g: _values(g, "env_torch"), "CUDA": lambda g: _values(g, "env_cuda"),
         "driver": lambda g: _values(g, "env_driver"), "git commits": lambda g: _values(g, "env_git_commit"),
         "measured": lambda g: str(int((g["status"] == "ok").sum())),

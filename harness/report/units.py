@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import re
 
+import pandas as pd
+
 # Binary units for memory (what allocators and nvidia-smi report), decimal ones when typed as such.
 _BYTE_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
                "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -67,6 +69,8 @@ def tokens(value: object) -> str:
 
 
 def _nan(value: object) -> bool:
+    if value is pd.NA:  # a missing cell of a nullable integer column
+        return True
     try:
         return math.isnan(float(value))  # type: ignore[arg-type]
     except (TypeError, ValueError):

@@ -1,18 +1,20 @@
-"""Results: the row store (one parquet file per finished case), loading, and merging result sets."""
+"""Results: the row schema, the row store (one parquet file per finished case), loading, and merging.
 
-from harness.results.store import (
-    PLAN,
-    ROWS,
-    STATUS_VALUES,
-    finished_case_ids,
-    load,
-    one_per_case,
-    row_files,
-    write_frame,
-    write_json,
-    write_row,
-    write_text,
-)
+The store's names are loaded on first use (PEP 562), so that ``python -m harness.results.schema``
+runs the schema module once, not after the package has already imported it through the store.
+"""
 
-__all__ = ["PLAN", "ROWS", "STATUS_VALUES", "finished_case_ids", "load", "one_per_case", "row_files",
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["PLAN", "ROWS", "STATUS_VALUES", "finished_case_ids", "load", "one_per_case", "read_rows", "row_files",
            "write_frame", "write_json", "write_row", "write_text"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from harness.results import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module 'harness.results' has no attribute {name!r}")

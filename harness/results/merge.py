@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from harness import results
-from harness.measure.case import format_size
+from harness.measure.case import case_label
 from harness.errors import UserError
 
 MERGED = "merged.parquet"
@@ -41,15 +41,6 @@ _HELPERS = ["_source", "_origin", "_file"]
 class Merged:
     frame: pd.DataFrame  # one row per case
     manifest: dict[str, Any]
-
-
-def case_label(row: pd.Series) -> str:
-    """The case as a person reads it, from a row (the same fields as ``Case.label``, plus the model)."""
-    compile_mode = row.get("compile")
-    comp = f"+compile:{compile_mode}" if compile_mode not in (None, "none") and pd.notna(compile_mode) else ""
-    steps = f" L={row['decode_len']}" if row.get("phase") == "decode" and row.get("decode_len", 1) != 1 else ""
-    return (f"{row['variant']}/{row['impl']}{comp} {row['phase']}{steps} seq={format_size(int(row['seq']))} "
-            f"batch={row['batch']} {row['dtype']} model={row['model']}")
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -71,7 +62,7 @@ def _read(sources: list[Path]) -> pd.DataFrame:
     frames = []
     for source in sources:
         for path in results.row_files([source]):
-            frame = pd.read_parquet(path)
+            frame = results.read_rows([path])
             frames.append(frame.assign(_source=str(source), _origin=str(path.parent.parent), _file=str(path)))
     if not frames:
         raise UserError(f"no rows under {', '.join(map(str, sources))}")
@@ -141,7 +132,7 @@ def _describe(source: Path, kept: pd.DataFrame, read: pd.DataFrame) -> dict[str,
         return sorted({str(v) for v in read[column].dropna()}) if column in read else []
 
     return {"path": str(source), "row_files": int(read["_file"].nunique()), "rows_kept": len(kept),
-            "job_dirs": int(read["_origin"].nunique()), "run_roots": values("run_root"), "hosts": values("host"),
+            "job_dirs": int(read["_origin"].nunique()), "run_roots": values("run_root"), "hosts": values("env_host"),
             "launchers": values("launcher"), "devices": values("device")}
 
 

@@ -7,6 +7,10 @@ renamed, so a killed run leaves complete files only, and concurrent jobs never s
 
 ``load(paths or globs)`` returns one DataFrame over any set of runs and sweeps, one row per case
 and root: a case re-run by ``resume`` keeps its ``ok`` row, else its latest attempt.
+
+Every row file holds every column of ``harness.results.schema`` in its declared Arrow type, so
+plain ``pandas.read_parquet`` concatenates any of them; files written before the schema are
+conformed when read here (``harness.results.conform``).
 """
 
 from __future__ import annotations
@@ -18,28 +22,31 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from harness.files import atomic_write
+from harness.results import conform
+from harness.results.schema import STATUS_VALUES
 
 ROWS = "rows"
 PLAN = "plan.json"  # per job: the cases it planned (case_id, label), written before the first is measured
 
-# The columns every row has, with their units; see README "Results schema" for the full list.
-STATUS_VALUES = ("ok", "skipped", "oom", "error", "incorrect")
-
 
 def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
-    """Write one case's row as its own parquet file; returns its path."""
+    """Write one case's row as its own parquet file, every column of ``harness.results.schema`` in
+    its declared type (absent ones null); returns its path."""
     assert row.get("status") in STATUS_VALUES, f"bad status {row.get('status')!r}"
-    frame = pd.DataFrame([dict(row)])
+    table = conform.to_table([row])
     path = Path(job_dir) / ROWS / f"{row['case_id']}.{time.time_ns()}.parquet"
-    atomic_write(path, lambda tmp: frame.to_parquet(tmp, index=False))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
     return path
 
 
 def write_frame(path: Path, frame: pd.DataFrame) -> None:
     """A whole result set as one parquet file (``harness.results.merge``)."""
-    atomic_write(Path(path), lambda tmp: frame.to_parquet(tmp, index=False))
+    table = conform.from_frame(frame)
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
 
 
 def write_json(path: Path, payload: Mapping[str, object]) -> None:
@@ -72,19 +79,23 @@ def load(paths: str | Path | Iterable[str | Path], *, attempts: bool = False) ->
     files = row_files(paths)
     if not files:
         return pd.DataFrame()
-    frame = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    frame = read_rows(files)
     if attempts or frame.empty:
         return frame
     frame = one_per_case(frame, ["run_root", "case_id"])
     return frame.sort_values(["run_root", "finished_at"]).reset_index(drop=True)
 
 
+def read_rows(files: Iterable[Path]) -> pd.DataFrame:
+    """The rows of these row files, each conformed to the schema (old-format files included)."""
+    return conform.to_frame(pa.concat_tables([conform.conform(pq.read_table(f)) for f in files]))
+
+
 def one_per_case(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """One row per ``keys``: an ok row wins over failed attempts, then the latest attempt."""
-    frame = frame.assign(_ok=(frame["status"] == "ok").astype(int),
-                         _at=pd.to_numeric(frame.get("finished_at"), errors="coerce"))
-    frame = frame.sort_values(["_ok", "_at"], kind="stable").drop_duplicates(keys, keep="last")
-    return frame.drop(columns=["_ok", "_at"])
+    frame = frame.assign(_ok=(frame["status"] == "ok").astype(int))
+    frame = frame.sort_values(["_ok", "finished_at"], kind="stable").drop_duplicates(keys, keep="last")
+    return frame.drop(columns=["_ok"])
 
 
 def finished_case_ids(root: Path) -> set[str]:

@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,7 +23,7 @@ from harness.measure.memory import total_memory_bytes
 from harness.sweep.plan import plan_cases
 from harness.sweep.progress import Progress, summary_table
 from harness.measure.runner import RunContext, run_case
-from harness.measure.telemetry import EMPTY_COLUMNS, telemetry_for
+from harness.measure.telemetry import telemetry_for
 from harness.measure.timer import MeasureSettings
 from variants.registry import VARIANTS
 
@@ -52,9 +51,8 @@ def _context(cfg: Mapping[str, Any], cases: list[Case], job_columns: dict[str, A
     if why_not is not None:
         print(f"telemetry: NVML columns left empty ({why_not})", file=log)
     return RunContext(settings=measure_settings(measure), ceilings=ceiling, telemetry=sampler if why_not is None
-                      else None, telemetry_columns=EMPTY_COLUMNS, check_numerics=bool(measure["check_numerics"]),
+                      else None, check_numerics=bool(measure["check_numerics"]),
                       max_step_s=float(measure["max_step_s"]), memory_headroom=float(measure["memory_headroom"]),
-                      cuda_graph=bool(measure["cuda_graph"]), l2_flush=bool(measure["l2_flush"]),
                       telemetry_window_s=float(measure.get("telemetry_window_s", 1.0)),
                       seed=int(cfg.get("seed", 0)), job_columns=job_columns)
 
@@ -81,10 +79,10 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
     results.write_json(job_dir / results.PLAN, {
         "job_num": (job or {}).get("job_num"), "device": cases[0].device,
         "cases": [{"case_id": cid, "label": case.label()} for cid, case in zip(case_ids, cases, strict=True)]})
-    job_columns = {"run_root": root.name, "job_dir": str(job_dir), "host": socket.gethostname(),
+    # The host and the device index are env_host and env_device_index (in env).
+    job_columns = {"run_root": root.name, "job_dir": str(job_dir),
                    "device_mem_total_bytes": total_memory_bytes(device), "torch_threads": torch.get_num_threads(),
-                   "device_index": device.index if device.type == "cuda" else None, "launcher": "direct",
-                   "job_num": None, **(job or {}), **env}
+                   "launcher": "direct", "job_num": None, **(job or {}), **env}
     ctx = _context(cfg, cases, job_columns, log)
     if ctx.ceilings is not None:
         job_columns.update(ceiling_copy_gbps=ctx.ceilings.copy_gbps, ceiling_matmul_tflops=ctx.ceilings.matmul_tflops)

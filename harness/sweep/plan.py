@@ -11,14 +11,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import variants
-from harness.measure.case import Case, parse_size, resolve_device, resolve_dtype
+from harness.measure.case import Case, parse_size, resolve_device, resolve_dtype, timing_mode
+from harness.results import schema
 from variants.layer import COMPILE_MODES
 from variants.registry import IMPLEMENTATIONS, VARIANTS
 from variants.shape import ModelShape
 
 PHASE_CHOICES = ("decode", "prefill", "both")
-SHAPE_KEYS = ("hidden", "heads", "kv_heads", "head_dim", "d_c", "d_r", "q_rank")
-_OPTIONAL_SHAPE_KEYS = ("kv_heads", "q_rank")  # "none" sets them to null
+# A top-level key named like an integer shape column overrides the preset (conf/config.yaml lists
+# those a user usually changes); the schema's shape columns are the one list of them.
+SHAPE_KEYS = tuple(k for k in schema.SHAPE if schema.BY_NAME[k].kind == "int64")
+_OPTIONAL_SHAPE_KEYS = ("kv_heads", "q_rank", "nope_head_dim", "v_head_dim")  # "none" sets them to null
 
 
 def _names(value: Any, registry, key: str) -> tuple[list[str], bool]:
@@ -75,6 +78,10 @@ def plan_cases(cfg: Mapping[str, Any]) -> list[Case]:
     decode_len = parse_size("decode_len", cfg.get("decode_len", 1))
     attention = str(cfg.get("attention", "self"))
     device_name = str(device) if device.type == "cpu" else f"cuda:{device.index or 0}"
+    measure = cfg.get("measure") or {}
+    timing = timing_mode(device, cuda_graph=bool(measure.get("cuda_graph", False)))
+    # CpuTimer has no cache to flush: a CPU case records what was done, not what was asked.
+    l2_flush = device.type == "cuda" and bool(measure.get("l2_flush", False))
 
     cases = []
     for variant in variant_names:
@@ -89,7 +96,7 @@ def plan_cases(cfg: Mapping[str, Any]) -> list[Case]:
                     continue  # "all": only what runs
                 cases.append(Case(variant=variant, impl=impl_name, compile=compile_mode, phase=ph, model=model,
                                   shape=shape, batch=batch, seq=seq, decode_len=decode_len, dtype=dtype_name,
-                                  device=device_name, attention=attention))
+                                  device=device_name, attention=attention, timing=timing, l2_flush=l2_flush))
     if not cases:
         raise ValueError(f"no implementation among {', '.join(impl_names)} supports "
                          f"{', '.join(variant_names)} on {device.type} in {dtype_name}")

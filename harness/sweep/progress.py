@@ -9,11 +9,10 @@ from typing import Any, TextIO
 
 import pandas as pd
 
-SUMMARY_COLUMNS = ("variant", "impl", "compile", "phase", "seq", "batch", "status", "latency_ms", "latency_ci_rel",
-                   "tokens_per_s", "tflops", "gbps", "frac_peak_bandwidth", "peak_mem_bytes", "kv_cache_bytes",
-                   "numerics_rel_err", "nvml_power_mean_w", "nvml_energy_per_token_j", "harness_overhead_s",
-                   "reason")
+from harness.results import schema
 
+# The schema's summary columns; the one free-text column goes last so that the figures line up.
+SUMMARY_COLUMNS = (*(c for c in schema.SUMMARY if c != "reason"), "reason")
 
 class Progress:
     def __init__(self, total: int, *, stream: TextIO = sys.stdout) -> None:

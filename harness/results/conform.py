@@ -1,0 +1,102 @@
+"""Rows to and from Arrow tables of exactly ``schema.ARROW_SCHEMA``.
+
+Writing is strict: a column the schema does not declare is a bug in the harness, not data. Reading
+conforms whatever a row file holds, including files written before the schema (columns typed
+``null``, ``large_string``, a float ``finished_at``, ``host``/``device_index``, ``timer`` and
+``cuda_graph``): renamed, cast, and missing columns added as nulls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+
+from harness.results import schema
+
+# Old name -> the schema's name for the same value.
+_RENAMED = {"host": "env_host", "device_index": "env_device_index"}
+_PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
+
+
+def _missing(value: Any) -> bool:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return True
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _cell(column: schema.Column, value: Any) -> Any:
+    """``value`` as the Python object Arrow stores for ``column``'s kind; None for missing."""
+    kind = column.kind
+    if kind == "list<float64>":
+        return None if value is None or value is pd.NA or isinstance(value, float) else [float(x) for x in value]
+    if _missing(value):
+        return None
+    if hasattr(value, "item") and not isinstance(value, (pd.Timestamp, datetime)):
+        value = value.item()  # numpy scalars
+    if kind == "string":
+        return str(value)
+    if kind == "int64":
+        if isinstance(value, float):
+            assert value.is_integer(), f"{column.name}={value!r} is not an integer"
+        return int(value)
+    if kind == "float64":
+        return float(value)
+    if kind == "bool":
+        return bool(value)
+    assert kind == "timestamp", kind
+    if isinstance(value, (int, float)):  # Unix seconds, as rows before the schema stored finished_at
+        return datetime.fromtimestamp(value, timezone.utc)
+    stamp = pd.Timestamp(value)
+    return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()
+
+
+def _legacy(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A row written before the schema, in the schema's names."""
+    row = dict(row)
+    for old, new in _RENAMED.items():
+        if old in row:
+            value = row.pop(old)
+            if _missing(row.get(new)):
+                row[new] = value
+    timer, graph = row.pop("timer", None), row.pop("cuda_graph", None)
+    if "timing" not in row and not _missing(timer):
+        # Old timer names: cpu_wall, cuda_events, cuda_events_l2_flush; a graph replay set cuda_graph.
+        row["timing"] = "cuda_graph" if graph is True else str(timer).removesuffix("_l2_flush")
+        row["l2_flush"] = str(timer).endswith("_l2_flush")
+    return {k: v for k, v in row.items() if k in schema.BY_NAME}
+
+
+def to_table(rows: Iterable[Mapping[str, Any]], *, strict: bool = True) -> pa.Table:
+    """Rows as a table of ``schema.ARROW_SCHEMA``; ``strict=False`` also takes rows written before it."""
+    cells: dict[str, list[Any]] = {name: [] for name in schema.NAMES}
+    for row in rows:
+        if strict:
+            unknown = sorted(set(row) - set(schema.NAMES))
+            assert not unknown, f"columns {unknown} are not declared in harness/results/schema.py"
+        else:
+            row = _legacy(row)
+        for column in schema.COLUMNS:
+            cells[column.name].append(_cell(column, row.get(column.name)))
+    return pa.Table.from_pydict(cells, schema=schema.ARROW_SCHEMA)
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """A row file's table as ``schema.ARROW_SCHEMA`` (a no-op for files this harness wrote)."""
+    if table.schema.equals(schema.ARROW_SCHEMA):
+        return table
+    return to_table(table.to_pylist(), strict=False)
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """The table with the schema's pandas dtypes: nullable Int64 and boolean, NaN-padded floats."""
+    assert table.schema.equals(schema.ARROW_SCHEMA)
+    return table.to_pandas(types_mapper=_PANDAS_TYPES.get)
+
+
+def from_frame(frame: pd.DataFrame) -> pa.Table:
+    return to_table(frame.to_dict("records"))

@@ -1,0 +1,240 @@
+"""The result row, declared once: every column's name, type, unit, group and meaning.
+
+Every list of columns elsewhere derives from ``COLUMNS``: a case's identity (``case_id``), the
+columns nulled when a case does not pass, the progress summary, the report's and the nightly
+history's column lists. Row files are written with ``ARROW_SCHEMA`` (every column, stable types,
+nullable, never Arrow's ``null`` type), so plain ``pandas.read_parquet`` concatenates CPU and GPU
+rows. ``docs/results-schema.md`` is generated from here: ``python -m harness.results.schema``.
+
+Units are in the names (``_ms``, ``_s``, ``_bytes``, ``_w``, ``_j``, ``_pct``, ``_mhz``); the three
+rates without a suffix are decimal: ``gbps`` is GB/s = 1e9 bytes/s, ``tflops`` is 1e12 FLOP/s.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from typing import Literal
+
+import pyarrow as pa
+
+Kind = Literal["string", "int64", "float64", "bool", "timestamp", "list<float64>"]
+Group = Literal["identity", "case", "shape", "timing", "derived", "memory", "numerics", "telemetry", "overhead",
+                "provenance", "env"]
+GROUPS: tuple[str, ...] = ("identity", "case", "shape", "timing", "derived", "memory", "numerics", "telemetry",
+                           "overhead", "provenance", "env")
+# The pyarrow type each kind is written as, and the pandas dtype ``harness.results.load`` gives it.
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
+    "timestamp": pa.timestamp("us", tz="UTC"), "list<float64>": pa.list_(pa.float64()),
+}
+PANDAS_DTYPES: dict[str, str] = {"string": "str", "int64": "Int64", "float64": "float64", "bool": "boolean",
+                                 "timestamp": "datetime64[us, UTC]", "list<float64>": "object"}
+TIMING_MODES: tuple[str, ...] = ("cpu_wall", "cuda_events", "cuda_graph")
+STATUS_VALUES: tuple[str, ...] = ("ok", "skipped", "oom", "error", "incorrect")
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    kind: Kind
+    unit: str  # "" for a name, a label or a count of things
+    group: Group
+    meaning: str
+    identity: bool = False  # part of case_id: two rows that agree on these measured the same case
+    measured: bool = False  # a figure from the timed step: nulled unless status == "ok"
+    summary: bool = False  # printed in the table at the end of a job
+
+    def __post_init__(self) -> None:
+        assert self.group in GROUPS and self.kind in ARROW_TYPES, self
+        assert not (self.identity and self.measured), f"{self.name}: an identity column is not a measurement"
+
+    @property
+    def arrow_type(self) -> pa.DataType:
+        return ARROW_TYPES[self.kind]
+
+
+def _c(name: str, kind: Kind, unit: str, group: Group, meaning: str, **flags: bool) -> Column:
+    return Column(name, kind, unit, group, meaning, **flags)
+
+
+_ID = {"identity": True}
+_M = {"measured": True}
+_S = {"summary": True}
+
+COLUMNS: tuple[Column, ...] = (
+    # Identity: what makes two rows the same measurement. Not the device index, the host or the time.
+    _c("case_id", "string", "", "identity", "16 hex digits of SHA-256 over the identity columns below"),
+    _c("variant", "string", "", "case", "attention variant (mha, mqa, gqa, mla)", **_ID, **_S),
+    _c("impl", "string", "", "case", "implementation (eager, sdpa, absorbed, ...)", **_ID, **_S),
+    _c("compile", "string", "", "case", "torch.compile mode, or none", **_ID, **_S),
+    _c("phase", "string", "", "case", "prefill or decode", **_ID, **_S),
+    _c("attention", "string", "", "case", "self or cross attention", **_ID),
+    _c("dtype", "string", "", "case", "element type of weights, activations and cache", **_ID),
+    _c("batch", "int64", "sequences", "case", "sequences per step", **_ID, **_S),
+    _c("seq", "int64", "tokens", "case", "decode: tokens already cached; prefill: prompt length", **_ID, **_S),
+    _c("decode_len", "int64", "tokens", "case", "new tokens per decode step (ignored by a prefill's case_id)", **_ID),
+    _c("timing", "string", "", "timing",
+       "how a step is timed: cpu_wall (perf_counter), cuda_events, cuda_graph (one graph replay per sample, "
+       "cuda events)", **_ID),
+    _c("l2_flush", "bool", "", "timing", "the GPU's L2 cache is flushed before each timed step (always false on "
+       "CPU)", **_ID),
+    # Shape: the model's attention shape (variants.shape.ModelShape); only the fields a variant uses
+    # (VariantSpec.uses) enter its case_id.
+    _c("hidden", "int64", "", "shape", "D, the residual width", **_ID),
+    _c("heads", "int64", "", "shape", "N, query heads", **_ID),
+    _c("head_dim", "int64", "", "shape", "H, per-head dim", **_ID),
+    _c("kv_heads", "int64", "", "shape", "K, key/value heads of gqa (null: heads)", **_ID),
+    _c("d_c", "int64", "", "shape", "MLA latent c_kv width", **_ID),
+    _c("d_r", "int64", "", "shape", "MLA decoupled RoPE width", **_ID),
+    _c("q_rank", "int64", "", "shape", "MLA query compression rank (null: plain query projection)", **_ID),
+    _c("nope_head_dim", "int64", "", "shape", "MLA qk_nope_head_dim (null: head_dim)", **_ID),
+    _c("v_head_dim", "int64", "", "shape", "MLA v_head_dim (null: head_dim)", **_ID),
+    _c("num_layers", "int64", "", "shape", "layers, for whole-model figures only", **_ID),
+    _c("rope_theta", "float64", "", "shape", "RoPE base frequency", **_ID),
+    _c("rope_layout", "string", "", "shape", "RoPE pairing: half (rotate_half) or interleaved", **_ID),
+    _c("qkv_bias", "bool", "", "shape", "q, k and v projections have biases (Qwen2)", **_ID),
+    # The rest of the case and its outcome.
+    _c("model", "string", "", "case", "preset the shape came from"),
+    _c("device", "string", "", "case", "torch device the case ran on (cpu, cuda:0)"),
+    _c("q_len", "int64", "tokens", "case", "query tokens per step: seq for prefill, decode_len for decode"),
+    _c("status", "string", "", "case", "ok, skipped, oom, error or incorrect", **_S),
+    _c("reason", "string", "", "case", "why a case is not ok (one line); empty when ok", **_S),
+    # Analytic counts from the variant's cost model (variants/cost.py).
+    _c("flops", "int64", "FLOP", "derived", "floating-point operations of one step (cost model)"),
+    _c("bytes_min", "int64", "bytes", "derived", "minimum bytes one step must move (cost model)"),
+    _c("weight_bytes", "int64", "bytes", "derived", "weights read by one step"),
+    _c("cache_read_bytes", "int64", "bytes", "derived", "KV cache bytes read by one step"),
+    _c("cache_write_bytes", "int64", "bytes", "derived", "KV cache bytes written by one step"),
+    _c("activation_bytes", "int64", "bytes", "derived", "activations read and written by one step"),
+    _c("params", "int64", "parameters", "derived", "parameters of one layer"),
+    _c("intensity_flops_per_byte", "float64", "FLOP/byte", "derived", "flops / bytes_min"),
+    _c("predicted_step_s", "float64", "s", "derived", "roofline estimate of one step from the calibrated ceilings"),
+    # Timing of the steady state (harness.measure.stats), in milliseconds unless named otherwise.
+    _c("first_call_ms", "float64", "ms", "timing", "first call: compile, autotune, lazy initialisation", **_M),
+    _c("latency_ms", "float64", "ms", "timing", "median step latency", **_M, **_S),
+    _c("latency_mean_ms", "float64", "ms", "timing", "mean step latency", **_M),
+    _c("latency_std_ms", "float64", "ms", "timing", "sample standard deviation (n - 1)", **_M),
+    _c("latency_min_ms", "float64", "ms", "timing", "fastest sample", **_M),
+    _c("latency_p10_ms", "float64", "ms", "timing", "10th percentile", **_M),
+    _c("latency_p90_ms", "float64", "ms", "timing", "90th percentile", **_M),
+    _c("latency_ci_low_ms", "float64", "ms", "timing", "lower end of the median's distribution-free CI", **_M),
+    _c("latency_ci_high_ms", "float64", "ms", "timing", "upper end of the median's distribution-free CI", **_M),
+    _c("latency_ci_rel", "float64", "fraction", "timing", "CI half-width / median (inf: too few samples)", **_M, **_S),
+    _c("n_reps", "int64", "samples", "timing", "timed repetitions", **_M),
+    _c("samples_ms", "list<float64>", "ms", "timing", "every steady-state sample, in order", **_M),
+    _c("warmup_reps", "int64", "calls", "timing", "untimed calls before the first sample", **_M),
+    _c("stop_reason", "string", "", "timing", "which stopping rule ended the sampling", **_M),
+    # Derived from the median latency (harness.measure.metrics).
+    _c("tokens_per_s", "float64", "tokens/s", "derived", "batch * q_len / median latency", **_M, **_S),
+    _c("tflops", "float64", "TFLOP/s (1e12 FLOP/s)", "derived", "flops / median latency", **_M, **_S),
+    _c("frac_peak_flops", "float64", "fraction", "derived", "tflops / calibrated matmul ceiling", **_M),
+    _c("gbps", "float64", "GB/s (1e9 bytes/s)", "derived", "bytes_min / median latency: a lower bound of the "
+       "real traffic", **_M, **_S),
+    _c("frac_peak_bandwidth", "float64", "fraction", "derived", "gbps / calibrated copy ceiling", **_M, **_S),
+    # Memory.
+    _c("kv_bytes_per_token", "int64", "bytes", "memory", "KV cache bytes per token, one layer"),
+    _c("kv_bytes_per_token_model", "int64", "bytes", "memory", "KV cache bytes per token, num_layers layers"),
+    _c("kv_cache_bytes_analytic", "int64", "bytes", "memory", "batch * (seq + new tokens) * kv_bytes_per_token"),
+    _c("kv_cache_bytes", "int64", "bytes", "memory", "bytes of the allocated cache (equals the analytic count)",
+       **_S),
+    _c("predicted_mem_bytes", "int64", "bytes", "memory", "predicted peak memory, checked before allocating"),
+    _c("peak_mem_bytes", "int64", "bytes", "memory", "measured peak memory of one step, resident tensors included",
+       **_M, **_S),
+    _c("device_mem_total_bytes", "int64", "bytes", "memory", "the device's total memory"),
+    # Numerics: kept on failure, they are the reason for an incorrect status.
+    _c("numerics_rel_err", "float64", "relative", "numerics", "error against the float64 reference, reduced shape",
+       **_S),
+    _c("numerics_tol", "float64", "relative", "numerics", "tolerance numerics_rel_err is held to"),
+    _c("numerics_compile_rel_err", "float64", "relative", "numerics", "compiled output against the uncompiled one"),
+    # GPU telemetry over a window apart from the samples (harness.measure.telemetry); null without NVML.
+    _c("nvml_samples", "int64", "samples", "telemetry", "NVML polls in the window", **_M),
+    _c("nvml_window_s", "float64", "s", "telemetry", "length of the telemetry window", **_M),
+    _c("nvml_gpu_util_pct", "float64", "%", "telemetry", "mean share of time any kernel ran", **_M),
+    _c("nvml_mem_util_pct", "float64", "%", "telemetry", "mean share of time memory was read or written", **_M),
+    _c("nvml_mem_used_peak_bytes", "int64", "bytes", "telemetry", "peak device memory used, all processes", **_M),
+    _c("nvml_power_mean_w", "float64", "W", "telemetry", "mean board power", **_M, **_S),
+    _c("nvml_energy_j", "float64", "J", "telemetry", "energy over the window", **_M),
+    _c("nvml_energy_source", "string", "", "telemetry", "counter or power_integral", **_M),
+    _c("nvml_energy_per_token_j", "float64", "J/token", "telemetry", "energy / tokens processed in the window",
+       **_M, **_S),
+    _c("nvml_sm_clock_mhz", "float64", "MHz", "telemetry", "mean SM clock", **_M),
+    _c("nvml_mem_clock_mhz", "float64", "MHz", "telemetry", "mean memory clock", **_M),
+    _c("nvml_temp_max_c", "float64", "degC", "telemetry", "hottest GPU temperature seen", **_M),
+    _c("nvml_throttled", "bool", "", "telemetry", "a clock-limiting reason was seen", **_M),
+    _c("nvml_throttle_reasons", "string", "", "telemetry", "clock-event reasons seen, comma-separated", **_M),
+    # Where the harness's own time went (kept on failure: they say what a failed case cost).
+    _c("numerics_s", "float64", "s", "overhead", "numerics check"),
+    _c("setup_s", "float64", "s", "overhead", "weights, cache, inputs, prepare"),
+    _c("warmup_wall_s", "float64", "s", "overhead", "warm-up calls"),
+    _c("measure_overhead_s", "float64", "s", "overhead", "sampling time not inside a sample"),
+    _c("telemetry_s", "float64", "s", "overhead", "telemetry window"),
+    _c("peak_mem_s", "float64", "s", "overhead", "peak memory measurement"),
+    _c("case_wall_s", "float64", "s", "overhead", "the whole case, wall clock"),
+    _c("harness_overhead_s", "float64", "s", "overhead", "case_wall_s minus the timed samples", **_S),
+    # Provenance: the run, job and settings a row came from.
+    _c("run_root", "string", "", "provenance", "name of the run or sweep folder"),
+    _c("job_dir", "string", "", "provenance", "the job's folder"),
+    _c("job_num", "int64", "", "provenance", "Hydra job number in a sweep (null: single run)"),
+    _c("launcher", "string", "", "provenance", "Hydra launcher (direct, basic, joblib, submitit...)"),
+    _c("torch_threads", "int64", "threads", "provenance", "torch intra-op threads"),
+    _c("ceiling_copy_gbps", "float64", "GB/s (1e9 bytes/s)", "provenance", "calibrated copy bandwidth"),
+    _c("ceiling_matmul_tflops", "float64", "TFLOP/s (1e12 FLOP/s)", "provenance", "calibrated matmul rate"),
+    _c("finished_at", "timestamp", "UTC", "provenance", "when the case finished"),
+    # Environment (harness.measure.env.ENV_COLUMNS).
+    _c("env_device_name", "string", "", "env", "GPU or CPU model name"),
+    _c("env_device_index", "int64", "", "env", "CUDA device index (null on CPU)"),
+    _c("env_driver", "string", "", "env", "NVIDIA driver (null on CPU)"),
+    _c("env_cuda", "string", "", "env", "CUDA version torch was built with"),
+    _c("env_torch", "string", "", "env", "torch version"),
+    _c("env_attnbench", "string", "", "env", "attnbench version"),
+    _c("env_git_commit", "string", "", "env", "git commit of the checkout, -dirty if changed"),
+    _c("env_host", "string", "", "env", "host name"),
+    _c("env_cpu", "string", "", "env", "CPU model"),
+    _c("env_cpu_count", "int64", "CPUs", "env", "CPUs this process may run on"),
+    _c("env_python", "string", "", "env", "Python version"),
+    _c("env_time_utc", "string", "ISO 8601, UTC", "env", "when the job started"),
+)
+
+BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
+NAMES: tuple[str, ...] = tuple(BY_NAME)
+IDENTITY: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.identity)
+MEASURED: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.measured)
+SUMMARY: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.summary)
+SHAPE: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.group == "shape")
+# What fixes a case apart from its shape: the identity columns of the case and timing groups.
+CASE: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.identity and c.group in ("case", "timing"))
+ARROW_SCHEMA: pa.Schema = pa.schema([pa.field(c.name, c.arrow_type, nullable=True) for c in COLUMNS])
+
+assert len(BY_NAME) == len(COLUMNS), "a column is declared twice"
+
+
+def group(name: Group) -> tuple[str, ...]:
+    return tuple(c.name for c in COLUMNS if c.group == name)
+
+
+def markdown() -> str:
+    """The schema as the markdown page ``docs/results-schema.md``."""
+    lines = ["# Results schema", "",
+             "Generated from `harness/results/schema.py` by `python -m harness.results.schema`; do not edit by hand.",
+             "", *__doc__.strip().split("\n\n")[2:], "",
+             "**Identity** marks the columns hashed into `case_id` (shape columns only where the variant uses "
+             "them; `decode_len` only for decode). **Nulled** marks the measured figures that are empty unless "
+             "`status` is `ok`. Rows written before this schema are conformed on load: `host` and "
+             "`device_index` become `env_host` and `env_device_index`, a float `finished_at` (Unix seconds) a "
+             "UTC timestamp, and `timer`/`cuda_graph` become `timing` and `l2_flush`.", "",
+             "| column | type | unit | group | identity | nulled | meaning |",
+             "|---|---|---|---|---|---|---|"]
+    for c in COLUMNS:
+        lines.append(f"| `{c.name}` | `{c.kind}` | {c.unit} | {c.group} | {'yes' if c.identity else ''} | "
+                     f"{'yes' if c.measured else ''} | {c.meaning} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    sys.stdout.write(markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -240,3 +240,24 @@ def test_an_empty_sweep_folder_gets_a_table_saying_so(tmp_path):
     result = summary.summarize(tmp_path)
     assert result.frame.empty and "no rows under" in result.markdown()
     assert summary.main([str(tmp_path / "nowhere")]) == 2
+
+
+# --- the documentation runs ---
+
+def _doc_blocks() -> list[str]:
+    text = (ROOT / "docs" / "python-api.md").read_text()
+    return [block.split("\n", 1)[1] for block in text.split("```")[1::2] if block.startswith("python\n")]
+
+
+def test_every_python_example_of_the_api_doc_runs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the examples write under results/
+    blocks = _doc_blocks()
+    assert len(blocks) >= 5
+    namespace: dict = {}
+    for block in blocks:
+        if block.startswith("# needs a GPU") and not torch.cuda.is_available():
+            continue
+        exec(compile(block, "docs/python-api.md", "exec"), namespace)  # noqa: S102 - our own documentation
+    out = capsys.readouterr().out
+    assert "stop:" in out and "latency_ms" in out
+    assert (tmp_path / "results" / "notebook_seq" / "1k" / "rows").is_dir()

@@ -90,6 +90,15 @@ def test_launcher_sweep_equals_serial_sweep(sweeps, launcher):
 
 
 @needs_plugins
+@pytest.mark.parametrize("launcher", list(LAUNCHERS))
+def test_every_launcher_ends_its_sweep_with_one_summary_table(sweeps, launcher):
+    # The callback runs in the launching process, after the last job, whoever ran the jobs.
+    table = pd.read_csv(sweeps[launcher] / "summary.csv")
+    assert sorted(table["job_num"]) == list(range(NUM_JOBS)) and (table["status"] == "ok").all()
+    assert f"{NUM_CASES} cases: {NUM_CASES} ok." in (sweeps[launcher] / "summary.md").read_text()
+
+
+@needs_plugins
 def test_merge_refuses_a_case_measured_in_two_sweeps(sweeps, tmp_path, capsys):
     a, b, out = sweeps["basic"], sweeps["joblib"], tmp_path / "merged"
     assert merge.main([str(a), str(b), "--out", str(out)]) == 2

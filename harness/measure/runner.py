@@ -9,6 +9,7 @@ prepared zero-argument step.
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -28,6 +29,8 @@ from harness.measure.predict import predict_memory, predict_seconds
 from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
 from harness.results import schema
 from variants.registry import IMPLEMENTATIONS, VARIANTS
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -157,6 +160,8 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     except torch.OutOfMemoryError as error:
         return _finish(row, started, timed_s, "oom", _one_line(error))
     except Exception as error:  # noqa: BLE001 - a failing case is a row, the sweep goes on
+        # The row keeps one line; the traceback is for whoever runs with log level DEBUG.
+        _log.debug("%s failed", case.label(), exc_info=True)
         return _finish(row, started, timed_s, "error", _one_line(error))
     finally:
         objects.clear()

@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import pandas as pd
 import torch
@@ -19,6 +19,7 @@ from harness.measure.calibrate import ceilings
 from harness.measure.case import Case
 from harness.measure.env import environment
 from harness.errors import UserError
+from harness.logs import echoed
 from harness.measure.memory import total_memory_bytes
 from harness.sweep.plan import plan_cases
 from harness.sweep.progress import Progress, summary_table
@@ -26,6 +27,8 @@ from harness.measure.runner import RunContext, run_case
 from harness.measure.telemetry import telemetry_for
 from harness.measure.timer import MeasureSettings
 from variants.registry import VARIANTS
+
+_log = logging.getLogger(__name__)
 
 _SETTINGS_KEYS = ("warmup_reps", "warmup_s", "min_reps", "max_reps", "target_ci_rel", "budget_s", "confidence")
 
@@ -37,19 +40,18 @@ def measure_settings(measure: Mapping[str, Any]) -> MeasureSettings:
         raise UserError(f"measure: {error}") from None
 
 
-def _context(cfg: Mapping[str, Any], cases: list[Case], job_columns: dict[str, Any],
-             log: Any) -> RunContext:
+def _context(cfg: Mapping[str, Any], cases: list[Case], job_columns: dict[str, Any]) -> RunContext:
     measure = cfg["measure"]
     device = torch.device(cases[0].device)
     ceiling = None
     if measure.get("calibrate", True):
         ceiling = ceilings(device, cases[0].torch_dtype, force=bool(measure.get("recalibrate", False)),
                            cache_dir=Path(str(cfg.get("calibration_dir", "~/.cache/attnbench"))).expanduser())
-        print(f"device ceilings: copy {ceiling.copy_gbps:.1f} GB/s, matmul {ceiling.matmul_tflops:.3f} TFLOP/s "
-              f"({ceiling.dtype})", file=log)
+        _log.info("device ceilings: copy %.1f GB/s, matmul %.3f TFLOP/s (%s)", ceiling.copy_gbps,
+                  ceiling.matmul_tflops, ceiling.dtype)
     sampler, why_not = telemetry_for(device)
     if why_not is not None:
-        print(f"telemetry: NVML columns left empty ({why_not})", file=log)
+        _log.info("telemetry: NVML columns left empty (%s)", why_not)
     return RunContext(settings=measure_settings(measure), ceilings=ceiling, telemetry=sampler if why_not is None
                       else None, check_numerics=bool(measure["check_numerics"]),
                       max_step_s=float(measure["max_step_s"]), memory_headroom=float(measure["memory_headroom"]),
@@ -58,8 +60,17 @@ def _context(cfg: Mapping[str, Any], cases: list[Case], job_columns: dict[str, A
 
 
 def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None = None,
-            log: Any = sys.stdout) -> pd.DataFrame:
-    """Measure every case of one job's config; returns its rows (also on disk under ``job_dir``)."""
+            log: TextIO | None = None) -> pd.DataFrame:
+    """Measure every case of one job's config; returns its rows (also on disk under ``job_dir``).
+
+    Progress goes to this module's logger (Hydra's console and job log under ``run.py``); ``log``,
+    a stream, also receives the lines (tests pass an ``io.StringIO``).
+    """
+    with echoed(log):
+        return _run_job(cfg, job_dir=job_dir, root=root, job=job)
+
+
+def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None) -> pd.DataFrame:
     try:
         cases = plan_cases(cfg)
     except ValueError as error:
@@ -83,11 +94,12 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
     job_columns = {"run_root": root.name, "job_dir": str(job_dir),
                    "device_mem_total_bytes": total_memory_bytes(device), "torch_threads": torch.get_num_threads(),
                    "launcher": "direct", "job_num": None, **(job or {}), **env}
-    ctx = _context(cfg, cases, job_columns, log)
+    ctx = _context(cfg, cases, job_columns)
     if ctx.ceilings is not None:
         job_columns.update(ceiling_copy_gbps=ctx.ceilings.copy_gbps, ceiling_matmul_tflops=ctx.ceilings.matmul_tflops)
     done = results.finished_case_ids(root) if cfg.get("resume") else set()
-    progress = Progress(len(cases), stream=log)
+    _log.info("%d cases on %s; rows under %s", len(cases), device, job_dir / results.ROWS)
+    progress = Progress(len(cases))
     rows = []
     for case, case_id in zip(cases, case_ids, strict=True):
         if case_id in done:
@@ -98,9 +110,9 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
         rows.append(row)
         progress.update(case.label(), row)
         if max(row.get("frac_peak_flops") or 0, row.get("frac_peak_bandwidth") or 0) > 1.05:
-            print("  note: above the calibrated ceiling; the cached calibration is stale or was taken on a busy "
-                  "machine: rerun with measure.recalibrate=true", file=log)
-    print(summary_table(rows), file=log)
+            _log.warning("note: above the calibrated ceiling; the cached calibration is stale or was taken on a "
+                         "busy machine: rerun with measure.recalibrate=true")
+    _log.info("job summary (%d cases):\n%s", len(cases), summary_table(rows))
     return pd.DataFrame(rows)
 
 

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import re
 import socket
-import sys
 import tempfile
 import time
 import uuid
@@ -40,6 +40,9 @@ from pathlib import Path
 from typing import TextIO
 
 from harness.errors import UserError
+from harness.logs import echoed
+
+_log = logging.getLogger(__name__)
 
 PINNED_DEVICES = ("auto", "cuda")
 _LAST_INDEX: dict[str, int] = {}  # per process: the GPU each lock folder gave this process last
@@ -143,11 +146,12 @@ def register_resolvers() -> None:
 
 @contextmanager
 def pinned_device(device: str, *, lock_dir: Path | None = None, gpu_ids: Sequence[str] | None = None,
-                  log: TextIO = sys.stderr) -> Iterator[str]:
+                  log: TextIO | None = None) -> Iterator[str]:
     """The device a job should run on, holding its GPU's lock until the block ends.
 
     ``gpu_ids`` injects the GPUs (tests: fake ids on a CPU machine); by default they are the CUDA
-    devices present, and the chosen one becomes the process's current CUDA device.
+    devices present, and the chosen one becomes the process's current CUDA device. Which GPU, and
+    any wait for one, is logged (Hydra's job log); ``log``, a stream, also receives those lines.
     """
     if device not in PINNED_DEVICES:
         yield device
@@ -161,8 +165,8 @@ def pinned_device(device: str, *, lock_dir: Path | None = None, gpu_ids: Sequenc
     key = str(lock_dir.resolve())
 
     def waiting() -> None:
-        print(f"pinning: all {len(ids)} GPUs are held by other jobs (locks in {lock_dir}); waiting for one",
-              file=log, flush=True)
+        _note(logging.WARNING, f"pinning: all {len(ids)} GPUs are held by other jobs (locks in {lock_dir}); "
+              "waiting for one", log)
 
     lock = acquire(lock_dir, ids, prefer=_LAST_INDEX.get(key), on_wait=waiting)
     _LAST_INDEX[key] = lock.index
@@ -171,7 +175,12 @@ def pinned_device(device: str, *, lock_dir: Path | None = None, gpu_ids: Sequenc
             import torch
 
             torch.cuda.set_device(lock.index)  # un-indexed CUDA calls (synchronize) go to this GPU too
-        print(f"pinning: this job runs on cuda:{lock.index} ({lock.gpu_id})", file=log, flush=True)
+        _note(logging.INFO, f"pinning: this job runs on cuda:{lock.index} ({lock.gpu_id})", log)
         yield f"cuda:{lock.index}"
     finally:
         lock.release()
+
+
+def _note(level: int, message: str, log: TextIO | None) -> None:
+    with echoed(log, level=level):  # only around the line: the job's own lines are not the caller's stream's
+        _log.log(level, message)

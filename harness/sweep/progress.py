@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Mapping
-from typing import Any, TextIO
+from typing import Any
 
 import pandas as pd
 
@@ -13,13 +13,16 @@ from harness.results import schema
 
 # The schema's summary columns; the one free-text column goes last so that the figures line up.
 SUMMARY_COLUMNS = (*(c for c in schema.SUMMARY if c != "reason"), "reason")
+_log = logging.getLogger(__name__)
+
 
 class Progress:
-    def __init__(self, total: int, *, stream: TextIO = sys.stdout) -> None:
+    """One log line per finished case, ``[done/total] label: outcome  ETA``."""
+
+    def __init__(self, total: int) -> None:
         self.total = total
         self.done = 0
         self.started = time.perf_counter()
-        self.stream = stream
 
     def _eta(self) -> str:
         if not self.done:
@@ -33,11 +36,11 @@ class Progress:
             outcome = f"{row['latency_ms']:.4g} ms (+-{row['latency_ci_rel']:.1%}, n={row['n_reps']})"
         else:
             outcome = f"{row['status']}: {row['reason']}"
-        print(f"[{self.done}/{self.total}] {label}: {outcome}  ETA {self._eta()}", file=self.stream, flush=True)
+        _log.info("[%d/%d] %s: %s  ETA %s", self.done, self.total, label, outcome, self._eta())
 
     def skip(self, label: str, why: str) -> None:
         self.done += 1
-        print(f"[{self.done}/{self.total}] {label}: {why}", file=self.stream, flush=True)
+        _log.info("[%d/%d] %s: %s", self.done, self.total, label, why)
 
 
 def summary_table(rows: list[Mapping[str, Any]]) -> str:

@@ -1,0 +1,99 @@
+"""The harness from Python: compose a config, run a job, get its rows (``docs/python-api.md``).
+
+    import harness
+    cfg = harness.config("variant=mla", "seq=1k", "model=tiny", "device=cpu")
+    rows = harness.run(cfg, out="results/notebook")   # a DataFrame, one row per case
+    rows[["variant", "impl", "phase", "status", "latency_ms", "latency_ci_rel"]]
+
+``run`` is what ``python run.py ...`` does for one job, without Hydra's command line: same plan,
+same measurement, same row files under ``out``. The overrides are the command line's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from harness.errors import UserError
+from harness.logs import LevelName, shown
+
+_REPO = Path(__file__).resolve().parent.parent
+
+
+def _config_source() -> AbstractContextManager[Any]:
+    """Where the configs live: the one place that names it (a package's resource module later)."""
+    return initialize_config_dir(config_dir=str(_REPO / "conf"), version_base="1.3")
+
+
+def config(*overrides: str, config_name: str = "config") -> DictConfig:
+    """The config ``python run.py <overrides>`` would run, composed with Hydra's compose API.
+
+    ``harness.config("variant=mla", "seq=1k", "model=tiny")``; a bad group option, key or value
+    is a one-line ``UserError`` naming it. Values checked only when planned (``seq=abc``) fail in
+    ``run``, as on the command line.
+    """
+    for override in overrides:
+        if not isinstance(override, str):
+            raise UserError(f"override {override!r} is not allowed: pass strings such as 'variant=mla'")
+    try:
+        with _config_source():
+            return compose(config_name=config_name, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(_one_line(error)) from None
+
+
+def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: LevelName | None = "INFO") -> pd.DataFrame:
+    """Run the job ``cfg`` describes, write its rows under ``out``, and return them (one row per case).
+
+    ``cfg``: from ``harness.config(...)``, ``hydra.compose`` or any mapping with the same keys;
+    it is copied, never changed. ``out``: the job folder (``rows/``, ``config.yaml``,
+    ``env.json``), as ``hydra.run.dir`` on the command line; ``resume=true`` there skips the
+    cases it already holds an ``ok`` row for. ``log_level``: the harness's progress lines at this
+    level and up are shown for the length of the call (on ``sys.stderr`` unless a handler listens
+    already); ``None`` leaves logging alone.
+
+    In a notebook, with Hydra's compose API directly::
+
+        from hydra import compose, initialize_config_dir
+        with initialize_config_dir(config_dir="/path/to/attnbench/conf", version_base="1.3"):
+            cfg = compose("config", overrides=["variant=mla", "model=tiny"])
+        rows = harness.run(cfg, out="results/mla_tiny")
+    """
+    from harness.sweep.job import run_job  # torch and the variants: only when a job runs
+    from harness.sweep.pinning import pinned_device
+
+    job_cfg = _own_copy(cfg)
+    if job_cfg.get("task", "benchmark") != "benchmark":
+        raise UserError(f"task={job_cfg.task!r} is not run by harness.run, which runs task=benchmark; "
+                        "the low-rank study is studies.lowrank.study.main(cfg, out)")
+    out = Path(out)
+    with shown(log_level), pinned_device(str(job_cfg.get("device", "auto")),
+                                         lock_dir=job_cfg.get("gpu_lock_dir")) as device:
+        job_cfg.device = device
+        return run_job(job_cfg, job_dir=out, root=out)
+
+
+def _own_copy(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
+    """A resolved, writable copy without Hydra's own node (``return_hydra_config=True`` adds one)."""
+    if not isinstance(cfg, (DictConfig, Mapping)):
+        raise UserError(f"cfg={type(cfg).__name__} is not allowed: pass harness.config(...), a DictConfig or a dict")
+    keys = [k for k in cfg if k != "hydra"]
+    source = OmegaConf.masked_copy(cfg, keys) if isinstance(cfg, DictConfig) else {k: cfg[k] for k in keys}
+    try:
+        return OmegaConf.create(OmegaConf.to_container(OmegaConf.create(source), resolve=True))
+    except OmegaConfBaseException as error:
+        raise UserError(f"cfg: {_one_line(error)}") from None
+
+
+def _one_line(error: BaseException) -> str:
+    """Hydra's multi-line messages ("Available options in 'variant': ...") on one line, without the search path."""
+    return " ".join(str(error).split("Config search path")[0].split())
+

@@ -151,7 +151,7 @@ def test_last_good_skips_regressions_until_one_is_accepted(tmp_path):
     assert [r.run_id for r in history.good_runs_before(history.run(ids[3]))] == [ids[1], ids[0]]
     history.set_verdict(ids[2], "accepted")
     assert history.good_runs_before(history.run(ids[3]))[0].run_id == ids[2]
-    with pytest.raises(ValueError, match="verdict='ok' is not one of: pass, regression, accepted"):
+    with pytest.raises(ValueError, match="verdict='ok' is not one of: pass, suspect, regression, accepted"):
         history.set_verdict(ids[2], "ok")
 
 

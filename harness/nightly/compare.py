@@ -7,7 +7,7 @@ widened by the case's run-to-run spread: the robust spread of its median over th
 the fingerprint, this one included (``history_ms``), once there are at least ``MIN_HISTORY_RUNS``
 of them. With ``t`` the threshold (default 0.05):
 
-- *suspect* when ``low > 1 + t``: even the interval's lower end is a slowdown beyond the
+- ``suspect`` when ``low > 1 + t``: even the interval's lower end is a slowdown beyond the
   threshold. One run alone is never enough to fail: a shared machine has states (a co-tenant, a
   clock) that make a whole run 1.2-2x slower with a tight interval, and no single pair of runs can
   tell such a state from a slower code path;

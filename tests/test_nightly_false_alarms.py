@@ -142,8 +142,8 @@ def test_unchanged_code_raises_no_alarm_from_the_second_night_on(unchanged):
 
 
 def test_a_30_percent_slower_code_path_fails_by_its_second_night(unchanged, tmp_path):
-    """The same protocol with sdpa 30% slower from night 4 on: suspected on its first night at the
-    latest confirmed on the second or third, and only sdpa cases are blamed."""
+    """The same protocol with sdpa 30% slower from night 4 on: confirmed by its third night (on its
+    second, unless the machine hid it for a night), and only sdpa cases are blamed."""
     db = tmp_path / "history.sqlite"
     shutil.copy(unchanged.db.parent / "after-good-nights.sqlite", db)
     codes, outputs = [], []
@@ -151,8 +151,9 @@ def test_a_30_percent_slower_code_path_fails_by_its_second_night(unchanged, tmp_
         code, text = night(tmp_path, db, k, slow=1.30)
         codes.append(code)
         outputs.append(text)
-    assert codes[0] == 0, outputs[0]  # one slow night is never enough
-    assert 1 in codes[1:], "\n".join(outputs)
+    if History(db).runs()[GOOD_NIGHTS - 1].verdict in (None, "pass"):
+        assert codes[0] == 0, outputs[0]  # one slow night after a good one is never enough
+    assert 1 in codes, "\n".join(outputs)
     failed = outputs[codes.index(1)]
     blamed = failed[failed.index("### Regressions"):].split("\n\n")[1]
     assert "gqa/sdpa" in blamed and "gqa/eager" not in blamed, failed

@@ -109,7 +109,8 @@ def replacing(path: Path, *, newest: int, vacuum: bool = False) -> Iterator[tupl
                     yield con, version
                     con.execute("COMMIT")
                 except BaseException:
-                    con.execute("ROLLBACK")
+                    if con.in_transaction:  # some errors have rolled it back already
+                        con.execute("ROLLBACK")
                     raise
                 if vacuum:
                     con.execute("VACUUM")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,9 @@ from harness.nightly.compare import FingerprintMismatch, compare, judge_timing
 from harness.nightly.ingest import read_run
 from harness.nightly.ratio import ratio_ci, run_to_run_sd_log, widen
 from harness.nightly.store import History
-from tests.nightly_rows import FIGURES, lognormal_samples, row, write_run
+from tests.nightly_rows import FIGURES, case_id, lognormal_samples, row, write_run
+
+ABSORBED = "mla-absorbed"
 
 BASE = lognormal_samples(1.0, seed=1)
 SAME = lognormal_samples(1.0, seed=2)  # another run of the same code
@@ -144,6 +147,21 @@ def test_a_slowdown_is_a_regression_only_when_the_run_before_showed_it_too(tmp_p
     assert not compare(new, base, *cases, previous=[slow_before], confirm=3).failed  # one run before is not two
     with pytest.raises(ValueError, match="confirm=0 is not allowed"):
         compare(new, base, *cases, confirm=0)
+
+
+def test_two_slow_runs_that_disagree_are_a_machine_state_not_a_regression(tmp_path):
+    """+20% then +60%: each suspect against the baseline, but not one slower code path (which moves the
+    case by one factor): a co-tenant's load that lasted over two back-to-back runs does this."""
+    history, (base, new) = _runs(tmp_path, [row("mla-absorbed", BASE)], [row("mla-absorbed", _scaled(SAME, 1.6))])
+    slow_before = {case_id(ABSORBED): history.cases(new.run_id)[case_id(ABSORBED)]}
+    slow_before = {k: replace(v, samples_ms=tuple(_scaled(lognormal_samples(1.0, seed=5), 1.2)))
+                   for k, v in slow_before.items()}
+    cases = history.cases(new.run_id), history.cases(base.run_id)
+    (verdict,) = compare(new, base, *cases, previous=[slow_before]).cases
+    assert verdict.kind == "suspect"
+    agreeing = {k: replace(v, samples_ms=tuple(_scaled(lognormal_samples(1.0, seed=5), 1.6)))
+                for k, v in slow_before.items()}
+    assert compare(new, base, *cases, previous=[agreeing]).cases[0].kind == "regression"
 
 
 def test_command_line_confirms_an_injected_slowdown_and_moves_on(tmp_path, capsys):

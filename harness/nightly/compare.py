@@ -13,7 +13,9 @@ of them. With ``t`` the threshold (default 0.05):
   tell such a state from a slower code path;
 - ``regression`` when the case is also suspect, against the same baseline and with the same
   spread, in each of the ``confirm - 1`` runs right before this one (default ``confirm = 2``: two
-  nights in a row). Otherwise it is reported as ``suspect`` ("suspected, not confirmed"), which
+  nights in a row), and those runs agree with each other: no one of them is beyond the threshold
+  slower or faster than the next (a code path is slower by one factor; a machine state lasting
+  over back-to-back runs makes them slower by different factors). Otherwise it is reported as ``suspect`` ("suspected, not confirmed"), which
   does not fail; the run is then not a baseline, so the next night is judged against the same one;
 - ``improvement`` when ``high < 1 / (1 + t)``: the mirror image (a speed-up beyond the threshold);
 - ``noisy``       otherwise, when the interval's half-width in log space exceeds ``log(1 + t)``:
@@ -163,8 +165,8 @@ def compare(run: Run, baseline: Run, run_cases: Mapping[str, CaseRecord], base_c
             verdicts.append(CaseVerdict(case_id, only.label, "new" if base is None else "missing"))
             continue
         verdict = _judge(base, new, history_ms.get(case_id, ()), threshold)
-        if verdict.kind == "suspect" and chain is not None and all(
-                _suspect_in(cases.get(case_id), base, history_ms.get(case_id, ()), threshold) for cases in chain):
+        if verdict.kind == "suspect" and chain is not None and _persists(
+                [new, *(cases.get(case_id) for cases in chain)], base, history_ms.get(case_id, ()), threshold):
             verdict = replace(verdict, kind="regression", detail=f"slower in {confirm} runs in a row")
         verdicts.append(verdict)
         figures += _figure_changes(base, new, threshold, strict_figures)
@@ -201,10 +203,18 @@ def _judge(base: CaseRecord, new: CaseRecord, history: Sequence[float], threshol
     return CaseVerdict(new.case_id, new.label, "not_timed", detail=change)
 
 
-def _suspect_in(case: CaseRecord | None, base: CaseRecord, history: Sequence[float], threshold: float) -> bool:
-    if case is None or case.status != "ok" or base.status != "ok":
+def _persists(runs: Sequence[CaseRecord | None], base: CaseRecord, history: Sequence[float], threshold: float) -> bool:
+    """``runs`` (this one first, then the ones before it) are each suspect against ``base`` *and* agree
+    with each other: no run is beyond the threshold slower or faster than the next one. A slower code
+    path moves the case by one factor; a machine state (a co-tenant's job that lasts a few minutes,
+    spanning back-to-back runs) moves it by a different one each run."""
+    if any(r is None or r.status != "ok" for r in runs):
         return False
-    return judge_timing(base.samples_ms, case.samples_ms, threshold=threshold, history_ms=history)[0] == "suspect"
+    if any(judge_timing(base.samples_ms, r.samples_ms, threshold=threshold, history_ms=history)[0] != "suspect"
+           for r in runs[1:]):
+        return False
+    return all(judge_timing(older.samples_ms, newer.samples_ms, threshold=threshold, history_ms=history)[0]
+               in ("unchanged", "noisy") for newer, older in zip(runs, runs[1:]))
 
 
 def _figure_changes(base: CaseRecord, new: CaseRecord, threshold: float, strict: bool) -> list[FigureChange]:

@@ -157,9 +157,11 @@ def test_a_slowdown_injected_into_the_real_samples(repeated, tmp_path, capsys):
         last = history.latest()
         _inject(history, last.run_id, factor)
         (case_id, new), = history.cases(last.run_id).items()
-        recent = [*reversed(history.runs_before(last, verdicts=cli.NOISE_VERDICTS, limit=cli.HISTORY_RUNS - 1)), last]
-        kind, _, _ = judge_timing(history.cases(history.good_runs_before(last)[0].run_id)[case_id].samples_ms,
-                                  new.samples_ms, history_ms=[history.cases(r.run_id)[case_id].median_ms for r in recent])
+        earlier = history.runs_before(last, verdicts=cli.NOISE_VERDICTS, limit=cli.HISTORY_RUNS - 1)
+        recent = [*reversed(earlier), last]
+        base = history.cases(history.good_runs_before(last)[0].run_id)[case_id]
+        kind, _, _ = judge_timing(base.samples_ms, new.samples_ms,
+                                  history_ms=[history.cases(r.run_id)[case_id].median_ms for r in recent])
         suspected = kind == "suspect"
         assert not (factor == 1.02 and suspected)
         assert cli.main(["compare", "--db", str(db), "--no-record"]) == 0

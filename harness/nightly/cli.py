@@ -21,8 +21,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.nightly.compare import (DEFAULT_CONFIRM, DEFAULT_THRESHOLD, check_comparable, check_confirm,
-                                     check_threshold, compare)
+from harness.nightly.compare import (
+    DEFAULT_CONFIRM,
+    DEFAULT_THRESHOLD,
+    check_comparable,
+    check_confirm,
+    check_threshold,
+    compare,
+)
 from harness.nightly.ingest import read_run
 from harness.nightly.markdown import render, render_no_baseline
 from harness.nightly.store import History, Run

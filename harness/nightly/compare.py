@@ -15,8 +15,9 @@ of them. With ``t`` the threshold (default 0.05):
   spread, in each of the ``confirm - 1`` runs right before this one (default ``confirm = 2``: two
   nights in a row), and those runs agree with each other: no one of them is beyond the threshold
   slower or faster than the next (a code path is slower by one factor; a machine state lasting
-  over back-to-back runs makes them slower by different factors). Otherwise it is reported as ``suspect`` ("suspected, not confirmed"), which
-  does not fail; the run is then not a baseline, so the next night is judged against the same one;
+  over back-to-back runs makes them slower by different factors). Otherwise it is reported as
+  ``suspect`` ("suspected, not confirmed"), which does not fail; the run is then not a baseline,
+  so the next night is judged against the same one;
 - ``improvement`` when ``high < 1 / (1 + t)``: the mirror image (a speed-up beyond the threshold);
 - ``noisy``       otherwise, when the interval's half-width in log space exceeds ``log(1 + t)``:
   the measurement cannot resolve a change of the threshold's size, so it is not judged;
@@ -41,6 +42,7 @@ import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Literal
 
 from harness.nightly.ingest import describe_difference
@@ -214,7 +216,7 @@ def _persists(runs: Sequence[CaseRecord | None], base: CaseRecord, history: Sequ
            for r in runs[1:]):
         return False
     return all(judge_timing(older.samples_ms, newer.samples_ms, threshold=threshold, history_ms=history)[0]
-               in ("unchanged", "noisy") for newer, older in zip(runs, runs[1:]))
+               in ("unchanged", "noisy") for newer, older in pairwise(runs))
 
 
 def _figure_changes(base: CaseRecord, new: CaseRecord, threshold: float, strict: bool) -> list[FigureChange]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from harness.measure.env import fingerprint
+from harness.nightly import cli
 from harness.nightly.ingest import read_run
 from harness.nightly.store import History
 from tests.nightly_rows import ENV, MEASURE, lognormal_samples, row, write_run
@@ -151,7 +153,7 @@ def test_last_good_skips_regressions_until_one_is_accepted(tmp_path):
     assert [r.run_id for r in history.good_runs_before(history.run(ids[3]))] == [ids[1], ids[0]]
     history.set_verdict(ids[2], "accepted")
     assert history.good_runs_before(history.run(ids[3]))[0].run_id == ids[2]
-    with pytest.raises(ValueError, match="verdict='ok' is not one of: pass, regression, accepted"):
+    with pytest.raises(ValueError, match="verdict='ok' is not one of: pass, suspect, regression, accepted"):
         history.set_verdict(ids[2], "ok")
 
 
@@ -173,3 +175,125 @@ def test_other_fingerprints_are_not_baselines_and_gc_keeps_the_newest(tmp_path):
 def test_reading_a_missing_history_says_how_to_start(tmp_path):
     with pytest.raises(ValueError, match="no history at .*; ingest a run first"):
         History(tmp_path / "none.sqlite").runs()
+
+
+_LARGE_WRITER = textwrap.dedent("""
+    import sys
+    from dataclasses import replace
+    from harness.nightly.store import History
+    history = History(sys.argv[1])
+    template = history.run(1)
+    case = next(iter(history.cases(1).values()))
+    samples = case.samples_ms * 25  # 10 000 samples a case: the transaction outgrows SQLite's page cache
+
+    def many_cases():
+        i = 0
+        while True:  # never ends by itself: it is killed while inserting
+            yield replace(case, case_id=f"case-{i:08d}", samples_ms=samples)
+            i += 1
+            if i == 1500:
+                print("mid-write", flush=True)
+
+    history.add_run(template, many_cases())
+""")
+
+
+def test_a_large_ingest_killed_mid_write_leaves_a_sound_file_even_carried_alone(tmp_path):
+    """The workflow's cache keeps only the history file: it must be sound and whole without any side file."""
+    history = History(tmp_path / "runner" / "history.sqlite")
+    first = _ingest(history, _simple_run(tmp_path, "night-1"), "c1")
+    second = _ingest(history, _simple_run(tmp_path, "night-2", seed=1, time_utc="2026-01-02T00:00:00+00:00"), "c2")
+    writer = subprocess.Popen([sys.executable, "-c", _LARGE_WRITER, str(history.path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "mid-write", writer.stderr.read()
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    assert any(history.path.parent.glob(".history.sqlite.*.tmp"))  # killed while writing its copy (>1500 cases)
+
+    carried = tmp_path / "next-night" / "history.sqlite"  # only the file, as actions/cache restores it
+    carried.parent.mkdir()
+    shutil.copyfile(history.path, carried)
+    with sqlite3.connect(carried) as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert con.execute("SELECT run_id, status FROM runs").fetchall() == [(first, "complete"), (second, "complete")]
+        assert con.execute("SELECT COUNT(*) FROM cases").fetchone()[0] == 6
+    assert cli.main(["history", "--db", str(carried)]) == 0
+    assert cli.main(["compare", "--db", str(carried), "--no-record"]) == 0
+    third = _ingest(history, _simple_run(tmp_path, "night-3", seed=2, time_utc="2026-01-03T00:00:00+00:00"), "c3")
+    assert [r.run_id for r in history.runs()] == [first, second, third]
+    assert not any(history.path.parent.glob(".history.sqlite.*"))  # the next writer removed the killed one's copy
+
+
+def test_the_same_results_are_ingested_once(tmp_path, capsys):
+    db = tmp_path / "history.sqlite"
+    root = _simple_run(tmp_path, "night-1")
+    assert cli.main(["ingest", str(root), "--commit", "c1", "--db", str(db)]) == 0
+    copied = shutil.copytree(root, tmp_path / "copied")  # the same results from another folder, another commit
+    capsys.readouterr()
+    for again in ([str(root), "--commit", "c1"], [str(copied), "--commit", "c2"]):
+        assert cli.main(["ingest", *again, "--db", str(db)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: these results are already in {db} as run 1 (commit c1,") and err.count("\n") == 1
+    assert [r.run_id for r in History(db).runs()] == [1]
+    # Another night of the same cases is a new run, even with the same samples (only its start time differs).
+    assert cli.main(["ingest", str(_simple_run(tmp_path, "night-2", time_utc="2026-01-02T00:00:00+00:00")),
+                     "--commit", "c1", "--db", str(db)]) == 0
+
+
+def _foreign_sqlite(path: Path) -> Path:
+    with sqlite3.connect(path) as con:
+        con.execute("CREATE TABLE notes (body TEXT)")
+        con.execute("INSERT INTO notes VALUES ('mine')")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["text", "foreign-sqlite", "folder"])
+@pytest.mark.parametrize("command", ["ingest", "compare", "history", "accept", "gc"])
+def test_a_file_that_is_not_a_history_is_refused_in_one_line(tmp_path, capsys, kind, command):
+    db = tmp_path / "history.sqlite"
+    if kind == "text":
+        db.write_text("run,latency_ms\n1,0.5\n" * 200)
+    elif kind == "foreign-sqlite":
+        _foreign_sqlite(db)
+    else:
+        db.mkdir()
+    before = db.read_bytes() if db.is_file() else None
+    args = {"ingest": [str(_simple_run(tmp_path, "night-1")), "--commit", "c1"], "accept": ["1"]}.get(command, [])
+    assert cli.main([command, *args, "--db", str(db)]) == 2  # never 1, which means a regression
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {db} is ") and "not an attnbench history" in err and err.count("\n") == 1, err
+    if before is not None:
+        assert db.read_bytes() == before  # a foreign file is never written to
+
+
+_V1_RUNS = """CREATE TABLE runs (
+    run_id INTEGER PRIMARY KEY AUTOINCREMENT, commit_sha TEXT NOT NULL, time_utc TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, fingerprint_fields TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('partial', 'complete')),
+    verdict TEXT CHECK (verdict IS NULL OR verdict IN ('pass', 'regression', 'accepted')),
+    source TEXT NOT NULL, name TEXT NOT NULL, notes TEXT NOT NULL DEFAULT '')"""
+
+
+def test_a_version_1_history_is_read_and_upgraded_on_the_first_write(tmp_path):
+    current = History(tmp_path / "v2.sqlite")
+    _ingest(current, _simple_run(tmp_path, "night-1"), "c1")
+    old = tmp_path / "v1.sqlite"  # as attnbench wrote it before digests and suspect verdicts
+    with sqlite3.connect(old) as con:
+        con.execute(_V1_RUNS)
+        con.execute("ATTACH DATABASE ? AS v2", (str(current.path),))
+        con.execute("CREATE TABLE cases AS SELECT * FROM v2.cases")
+        con.execute("INSERT INTO runs SELECT run_id, commit_sha, time_utc, fingerprint, fingerprint_fields, status, "
+                    "verdict, source, name, notes FROM v2.runs")
+        con.execute("PRAGMA user_version=1")
+    history = History(old)
+    assert [r.run_id for r in history.runs()] == [1] and len(history.cases(1)) == 3
+    with pytest.raises(ValueError, match="already in .* as run 1"):  # its digest is computed in the upgrade
+        _ingest(history, tmp_path / "night-1", "c1")
+    second = _ingest(history, _simple_run(tmp_path, "night-2", seed=1, time_utc="2026-01-02T00:00:00+00:00"), "c2")
+    history.set_verdict(second, "suspect")
+    assert len(history.cases(1)) == 3 and history.integrity() == "ok"
+    with sqlite3.connect(old) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 2

@@ -8,8 +8,9 @@
     python -m harness.nightly gc --keep 200                                # drop partial and old runs
 
 The history is ``--db``, else ``$ATTNBENCH_HISTORY``, else ``results/history.sqlite``.
-Exit status: 0 no regression (or no baseline yet), 1 regression, 2 bad input or runs that are
-not comparable (different fingerprints).
+Exit status: 0 no regression (or no baseline yet, or a slowdown suspected in this run only), 1 a
+confirmed regression, 2 bad input (including a file that is not a history) or runs that are not
+comparable (different fingerprints).
 """
 
 from __future__ import annotations
@@ -20,14 +21,22 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.nightly.compare import DEFAULT_THRESHOLD, check_comparable, check_threshold, compare
+from harness.nightly.compare import (
+    DEFAULT_CONFIRM,
+    DEFAULT_THRESHOLD,
+    check_comparable,
+    check_confirm,
+    check_threshold,
+    compare,
+)
 from harness.nightly.ingest import read_run
 from harness.nightly.markdown import render, render_no_baseline
 from harness.nightly.store import History, Run
 
 DEFAULT_DB = Path("results") / "history.sqlite"
 ENV_DB = "ATTNBENCH_HISTORY"
-HISTORY_RUNS = 20  # earlier good runs whose spread widens the intervals
+HISTORY_RUNS = 20  # recent runs whose spread widens the intervals
+NOISE_VERDICTS = (None, "pass", "accepted", "suspect")  # runs of the code as it was: their spread is noise
 
 
 def default_db() -> Path:
@@ -53,7 +62,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="last-good (default: the newest earlier run on the same fingerprint not judged a "
                           "regression), a run id, or a commit (its newest run)")
     cmp.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                     help="a case regressed when its whole 95%% interval lies above 1 + threshold (default 0.05)")
+                     help="a case is suspect when its whole 95%% interval lies above 1 + threshold (default 0.05)")
+    cmp.add_argument("--confirm", type=int, default=DEFAULT_CONFIRM,
+                     help="runs in a row a case must be suspect in to be a regression (default "
+                          f"{DEFAULT_CONFIRM}; 1 fails on the first)")
     cmp.add_argument("--markdown", type=Path, help="also write the markdown summary to this file")
     cmp.add_argument("--plots", type=Path, help="write a trend plot per case to this folder")
     cmp.add_argument("--strict-figures", action="store_true",
@@ -94,6 +106,7 @@ def _ingest(history: History, args: argparse.Namespace) -> int:
 
 def _compare(history: History, args: argparse.Namespace) -> int:
     threshold = check_threshold(args.threshold)
+    confirm = check_confirm(args.confirm)
     run = history.latest() if args.run == "latest" else history.run(_run_id(args.run))
     if args.baseline == "last-good":
         good = history.good_runs_before(run, limit=HISTORY_RUNS)
@@ -106,21 +119,27 @@ def _compare(history: History, args: argparse.Namespace) -> int:
     else:
         baseline, how = _named_baseline(history, run, args.baseline), "named"
         check_comparable(run, baseline)
-        good = [baseline, *[r for r in history.good_runs_before(baseline, limit=HISTORY_RUNS - 1)]]
-    medians = history.medians(r.run_id for r in good)
-    history_ms = {}
-    for run_in_history in reversed(good):  # oldest first
+    recent = [*reversed(history.runs_before(run, verdicts=NOISE_VERDICTS, limit=HISTORY_RUNS - 1)), run]
+    medians = history.medians(r.run_id for r in recent)
+    history_ms: dict[str, list[float]] = {}
+    for run_in_history in recent:  # oldest first, this run last
         for case_id, median in medians[run_in_history.run_id].items():
             history_ms.setdefault(case_id, []).append(median)
+    between = [r for r in history.runs_before(run, limit=confirm - 1)
+               if (r.time_utc, r.run_id) > (baseline.time_utc, baseline.run_id)]
     result = compare(run, baseline, history.cases(run.run_id), history.cases(baseline.run_id),
-                     history_ms=history_ms, threshold=threshold, strict_figures=args.strict_figures)
+                     history_ms=history_ms, threshold=threshold, strict_figures=args.strict_figures,
+                     previous=[history.cases(r.run_id) for r in between], confirm=confirm)
     _emit(render(result, baseline_how=how), args.markdown)
     if args.plots is not None:
         kinds = {v.case_id: v.kind for v in result.cases}
         files = _plot(history, run, args.plots, kinds, baseline, threshold)
         print(f"{len(files)} trend plots in {args.plots}", file=sys.stderr)
     if args.baseline == "last-good" and not args.no_record and run.verdict != "accepted":
-        history.set_verdict(run.run_id, "regression" if result.failed else "pass")
+        verdicts = {run.run_id: "regression" if result.failed else "suspect" if result.suspected else "pass"}
+        if result.of("regression"):  # the suspect runs that confirmed it were its first nights
+            verdicts.update({r.run_id: "regression" for r in between if r.verdict == "suspect"})
+        history.set_verdicts(verdicts)
     return 1 if result.failed else 0
 
 

@@ -3,19 +3,25 @@ figures exactly.
 
 **Timing rule.** For a case that ran (``ok``) in both runs, ``ratio = median(new) / median(base)``
 with a 95% percentile-bootstrap interval over both runs' raw samples (``harness.nightly.ratio``),
-widened by the run-to-run spread of the case's median over the earlier good runs on the same
-fingerprint (once there are at least 5 of them). With ``t`` the threshold (default 0.05):
+widened by the case's run-to-run spread: the robust spread of its median over the recent runs on
+the fingerprint, this one included (``history_ms``), once there are at least ``MIN_HISTORY_RUNS``
+of them. With ``t`` the threshold (default 0.05):
 
-- ``regression``  when ``low > 1 + t``: even the interval's lower end is a slowdown beyond the
-  threshold, i.e. the slowdown is beyond the threshold *and* significant (the interval excludes
-  1 as well as 1 + t);
+- ``suspect`` when ``low > 1 + t``: even the interval's lower end is a slowdown beyond the
+  threshold. One run alone is never enough to fail: a shared machine has states (a co-tenant, a
+  clock) that make a whole run 1.2-2x slower with a tight interval, and no single pair of runs can
+  tell such a state from a slower code path;
+- ``regression`` when the case is also suspect, against the same baseline and with the same
+  spread, in each of the ``confirm - 1`` runs right before this one (default ``confirm = 2``: two
+  nights in a row), and those runs agree with each other: no one of them is beyond the threshold
+  slower or faster than the next (a code path is slower by one factor; a machine state lasting
+  over back-to-back runs makes them slower by different factors). Otherwise it is reported as
+  ``suspect`` ("suspected, not confirmed"), which does not fail; the run is then not a baseline,
+  so the next night is judged against the same one;
 - ``improvement`` when ``high < 1 / (1 + t)``: the mirror image (a speed-up beyond the threshold);
 - ``noisy``       otherwise, when the interval's half-width in log space exceeds ``log(1 + t)``:
   the measurement cannot resolve a change of the threshold's size, so it is not judged;
 - ``unchanged``   otherwise (any change is within the threshold, or not significant).
-
-A true slowdown is thus flagged reliably once it exceeds ``(1 + t)`` times the interval's
-half-width: about 7% at the default 5% with the ~1% intervals ``measure`` stops at.
 
 **Status.** A case ``ok`` in the baseline that is now ``error``, ``oom`` or ``incorrect`` is
 ``broken`` (a regression); now ``skipped`` is ``skipped``; the reverse is ``fixed``; a case in one
@@ -35,22 +41,27 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from itertools import pairwise
 from typing import Literal
 
 from harness.nightly.ingest import describe_difference
 from harness.nightly.ratio import RatioCI, ratio_ci, run_to_run_sd_log, widen
 from harness.nightly.store import FIGURES, CaseRecord, Run
 
-Kind = Literal["regression", "improvement", "unchanged", "noisy", "broken", "skipped", "fixed", "new", "missing",
-               "not_timed"]
-KINDS: tuple[str, ...] = ("regression", "broken", "improvement", "fixed", "noisy", "unchanged", "skipped", "new",
-                          "missing", "not_timed")
+Kind = Literal["regression", "suspect", "improvement", "unchanged", "noisy", "broken", "skipped", "fixed", "new",
+               "missing", "not_timed"]
+KINDS: tuple[str, ...] = ("regression", "broken", "suspect", "improvement", "fixed", "noisy", "unchanged", "skipped",
+                          "new", "missing", "not_timed")
 FAILING_KINDS: tuple[str, ...] = ("regression", "broken")
 MEMORY_FIGURES: tuple[str, ...] = ("peak_mem_bytes", "kv_cache_bytes", "kv_bytes_per_token")
 COST_FIGURES: tuple[str, ...] = tuple(f for f in FIGURES if f not in MEMORY_FIGURES)
 DEFAULT_THRESHOLD = 0.05
-MIN_HISTORY_RUNS = 5  # earlier good runs needed before their spread widens the interval
+DEFAULT_CONFIRM = 2  # consecutive suspect runs that make a regression
+# Runs (this one included) whose medians give the run-to-run spread: 3 is the fewest with two
+# successive differences, so that one odd run (the first night of a new history, often) cannot
+# set the spread alone.
+MIN_HISTORY_RUNS = 3
 _FAILED = ("error", "oom", "incorrect")
 
 
@@ -100,6 +111,11 @@ class Comparison:
         return {k: counted.get(k, 0) for k in KINDS}
 
     @property
+    def suspected(self) -> bool:
+        """A slowdown seen in this run and not (yet) confirmed: the run is not a baseline."""
+        return bool(self.of("suspect"))
+
+    @property
     def failed(self) -> bool:
         """A timing regression, a broken case, or a figure change that fails."""
         return bool(self.of(*FAILING_KINDS)) or any(f.fails for f in self.figures)
@@ -109,6 +125,12 @@ def check_threshold(threshold: float) -> float:
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold={threshold!r} is not allowed: it must be a fraction between 0 and 1 (0.05 = 5%)")
     return float(threshold)
+
+
+def check_confirm(confirm: int) -> int:
+    if isinstance(confirm, bool) or not isinstance(confirm, int) or confirm < 1:
+        raise ValueError(f"confirm={confirm!r} is not allowed: it must be an integer >= 1 (runs in a row)")
+    return confirm
 
 
 def check_comparable(run: Run, baseline: Run) -> None:
@@ -121,11 +143,19 @@ def check_comparable(run: Run, baseline: Run) -> None:
 
 def compare(run: Run, baseline: Run, run_cases: Mapping[str, CaseRecord], base_cases: Mapping[str, CaseRecord], *,
             history_ms: Mapping[str, Sequence[float]] | None = None, threshold: float = DEFAULT_THRESHOLD,
-            strict_figures: bool = False) -> Comparison:
-    """Every case of ``run`` and ``baseline`` judged; ``history_ms[case_id]`` holds the case's median in
-    earlier good runs on the fingerprint, oldest first (the baseline included)."""
+            strict_figures: bool = False, previous: Sequence[Mapping[str, CaseRecord]] = (),
+            confirm: int = DEFAULT_CONFIRM) -> Comparison:
+    """Every case of ``run`` and ``baseline`` judged.
+
+    ``history_ms[case_id]`` holds the case's median in the recent runs on the fingerprint that were
+    not judged a regression, oldest first, ``run`` last. ``previous`` holds the cases of the runs
+    between ``baseline`` and ``run``, newest first: a suspect case is a regression when it is suspect
+    in the first ``confirm - 1`` of them too.
+    """
     check_comparable(run, baseline)
     threshold = check_threshold(threshold)
+    confirm = check_confirm(confirm)
+    chain = list(previous[:confirm - 1]) if len(previous) >= confirm - 1 else None
     history_ms = history_ms or {}
     verdicts: list[CaseVerdict] = []
     figures: list[FigureChange] = []
@@ -136,19 +166,25 @@ def compare(run: Run, baseline: Run, run_cases: Mapping[str, CaseRecord], base_c
             assert only is not None
             verdicts.append(CaseVerdict(case_id, only.label, "new" if base is None else "missing"))
             continue
-        verdicts.append(_judge(base, new, history_ms.get(case_id, ()), threshold))
+        verdict = _judge(base, new, history_ms.get(case_id, ()), threshold)
+        if verdict.kind == "suspect" and chain is not None and _persists(
+                [new, *(cases.get(case_id) for cases in chain)], base, history_ms.get(case_id, ()), threshold):
+            verdict = replace(verdict, kind="regression", detail=f"slower in {confirm} runs in a row")
+        verdicts.append(verdict)
         figures += _figure_changes(base, new, threshold, strict_figures)
     return Comparison(run, baseline, threshold, tuple(verdicts), tuple(figures))
 
 
 def judge_timing(base_ms: Sequence[float], new_ms: Sequence[float], *, threshold: float = DEFAULT_THRESHOLD,
                  history_ms: Sequence[float] = ()) -> tuple[Kind, RatioCI, float]:
-    """The timing rule of this module on two sets of raw samples: (kind, interval, run-to-run sd)."""
+    """The timing rule of this module on two sets of raw samples: (kind, interval, run-to-run sd).
+
+    One pair of runs can show a slowdown only as ``suspect``; ``compare`` confirms it over runs."""
     threshold = check_threshold(threshold)
     sd = run_to_run_sd_log(history_ms, min_runs=MIN_HISTORY_RUNS)
     ci = widen(ratio_ci(base_ms, new_ms), sd)
     if ci.low > 1.0 + threshold:
-        return "regression", ci, sd
+        return "suspect", ci, sd
     if ci.high < 1.0 / (1.0 + threshold):
         return "improvement", ci, sd
     if ci.half_width_log > math.log1p(threshold):
@@ -167,6 +203,20 @@ def _judge(base: CaseRecord, new: CaseRecord, history: Sequence[float], threshol
     if new.status == "ok":
         return CaseVerdict(new.case_id, new.label, "fixed", new_ms=new.median_ms, detail=change)
     return CaseVerdict(new.case_id, new.label, "not_timed", detail=change)
+
+
+def _persists(runs: Sequence[CaseRecord | None], base: CaseRecord, history: Sequence[float], threshold: float) -> bool:
+    """``runs`` (this one first, then the ones before it) are each suspect against ``base`` *and* agree
+    with each other: no run is beyond the threshold slower or faster than the next one. A slower code
+    path moves the case by one factor; a machine state (a co-tenant's job that lasts a few minutes,
+    spanning back-to-back runs) moves it by a different one each run."""
+    if any(r is None or r.status != "ok" for r in runs):
+        return False
+    if any(judge_timing(base.samples_ms, r.samples_ms, threshold=threshold, history_ms=history)[0] != "suspect"
+           for r in runs[1:]):
+        return False
+    return all(judge_timing(older.samples_ms, newer.samples_ms, threshold=threshold, history_ms=history)[0]
+               in ("unchanged", "noisy") for newer, older in pairwise(runs))
 
 
 def _figure_changes(base: CaseRecord, new: CaseRecord, threshold: float, strict: bool) -> list[FigureChange]:

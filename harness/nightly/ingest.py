@@ -33,6 +33,10 @@ from harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun
 
 MEASURE_SETTINGS: tuple[str, ...] = ("warmup_reps", "warmup_s", "cuda_graph", "l2_flush")
 ROW_SETTINGS: tuple[str, ...] = ("torch_threads",)
+# The row columns read here besides the label, figure and fingerprint columns: one place to follow
+# a rename in the row schema (harness.results).
+STARTED, COMMIT, MEDIAN, CI_LOW, CI_HIGH, SAMPLES = ("env_time_utc", "env_git_commit", "latency_ms",
+                                                     "latency_ci_low_ms", "latency_ci_high_ms", "samples_ms")
 
 
 def read_run(paths: str | Path | Iterable[str | Path], *, commit: str | None = None,
@@ -58,7 +62,7 @@ def read_run(paths: str | Path | Iterable[str | Path], *, commit: str | None = N
         first, other = fields[prints.index(distinct[0])], fields[prints.index(distinct[1])]
         raise ValueError(f"the results mix {len(distinct)} fingerprints ({', '.join(distinct)}); they differ in "
                          f"{describe_difference(first, other)}: ingest each machine or setting on its own")
-    run = NewRun(commit=_commit(frame, commit), time_utc=str(frame["env_time_utc"].min()), fingerprint=distinct[0],
+    run = NewRun(commit=_commit(frame, commit), time_utc=_started(frame), fingerprint=distinct[0],
                  fingerprint_fields=fields[0], source=", ".join(str(Path(p).resolve()) for p in items),
                  name=",".join(sorted(frame["run_root"].astype(str).unique())), notes=notes)
     return run, list(case_records(frame))
@@ -75,16 +79,16 @@ def describe_difference(a: Mapping[str, Any], b: Mapping[str, Any]) -> str:
 def case_records(frame: pd.DataFrame) -> Iterator[CaseRecord]:
     for row in frame.to_dict("records"):
         ok = row["status"] == "ok"
-        samples = tuple(float(x) for x in row.get("samples_ms")) if ok and _present(row.get("samples_ms")) else ()
+        samples = tuple(float(x) for x in row.get(SAMPLES)) if ok and _present(row.get(SAMPLES)) else ()
         if ok and not samples:
             raise ValueError(f"ok row {row['case_id']} has no samples_ms; re-run it with this attnbench")
         yield CaseRecord(
             case_id=str(row["case_id"]), label=case_label(row), labels={c: _plain(row.get(c)) for c in LABEL_COLUMNS},
             status=str(row["status"]), reason=str(row.get("reason") or ""),
             figures={f: _integer(row.get(f)) for f in FIGURES},
-            median_ms=_number(row.get("latency_ms")) if ok else None,
-            ci_low_ms=_number(row.get("latency_ci_low_ms")) if ok else None,
-            ci_high_ms=_number(row.get("latency_ci_high_ms")) if ok else None,
+            median_ms=_number(row.get(MEDIAN)) if ok else None,
+            ci_low_ms=_number(row.get(CI_LOW)) if ok else None,
+            ci_high_ms=_number(row.get(CI_HIGH)) if ok else None,
             samples_ms=samples)
 
 
@@ -121,11 +125,19 @@ def _measure_settings(items: list[str | Path]) -> dict[str, Any]:
 def _commit(frame: pd.DataFrame, commit: str | None) -> str:
     if commit:
         return commit
-    commits = sorted({str(c) for c in frame["env_git_commit"] if _present(c)}) if "env_git_commit" in frame else []
+    commits = sorted({str(c) for c in frame[COMMIT] if _present(c)}) if COMMIT in frame else []
     if len(commits) != 1:
         found = ", ".join(commits) or "none recorded"
         raise ValueError(f"the rows' git commits are {found}: pass --commit SHA")
     return commits[0]
+
+
+def _started(frame: pd.DataFrame) -> str:
+    """The run's start, ISO 8601 in UTC (the history sorts it as text), from text or a timestamp column."""
+    if STARTED not in frame:
+        raise ValueError(f"the results lack the column {STARTED}; re-run them with this attnbench")
+    first = pd.to_datetime(frame[STARTED], utc=True).min()
+    return first.isoformat(timespec="seconds")
 
 
 def _present(value: Any) -> bool:

@@ -9,7 +9,9 @@ from harness.nightly.compare import MEMORY_FIGURES, CaseVerdict, Comparison, Fig
 from harness.nightly.store import Run
 
 _ALWAYS_COUNTED = ("regression", "improvement", "unchanged", "noisy")
-_PLURAL = {"regression": "regressions", "improvement": "improvements", "not_timed": "not timed"}
+_PLURAL = {"regression": "regressions", "improvement": "improvements", "not_timed": "not timed",
+           "suspect": "suspected, not confirmed"}
+_SINGULAR = {"suspect": "suspected, not confirmed"}
 _ENV_NAMES = {"env_device_name": "device", "env_driver": "driver", "env_cuda": "CUDA", "env_torch": "torch",
               "env_cpu": "CPU", "env_cpu_count": "CPUs"}
 
@@ -22,16 +24,19 @@ def render(comparison: Comparison, *, baseline_how: str = "") -> str:
     parts = [f"{counts['regression']} slower", f"{counts['broken']} broken", f"{hungrier} hungrier",
              f"{changed} changed figures"]
     verdict = "FAIL: " + " · ".join(p for p in parts if not p.startswith("0 ")) if c.failed else "PASS: no regression"
+    if not c.failed and counts["suspect"]:
+        verdict += f" ({counts['suspect']} suspected, not confirmed)"
     pct = f"{c.threshold:.0%}" if round(c.threshold * 100, 6).is_integer() else f"{c.threshold:.1%}"
     lines = [f"## attnbench nightly: {verdict}", "",
              "| | run | commit | started (UTC) | fingerprint |", "|---|---|---|---|---|",
              _run_row("new", c.run), _run_row(f"baseline{f' ({baseline_how})' if baseline_how else ''}", c.baseline),
              "", machine(c.run), "",
-             f"Rule: a case regressed when the whole 95% interval of new/baseline median latency (bootstrap over "
-             f"the raw samples, widened by the history's run-to-run spread) lies above +{pct}; an improvement "
+             f"Rule: a case is suspect when the whole 95% interval of new/baseline median latency (bootstrap over "
+             f"the raw samples, widened by the recent runs' run-to-run spread) lies above +{pct}, and a "
+             f"regression when it was also suspect in the run before (against the same baseline); an improvement "
              f"when it lies below -{1 - 1 / (1 + c.threshold):.1%}; *noisy* when the interval is wider than "
              f"+-{pct} (not judged). Memory figures growing by more than {pct} also fail.", "",
-             "**" + " · ".join(f"{n} {_PLURAL.get(k, k) if n != 1 else k.replace('_', ' ')}"
+             "**" + " · ".join(f"{n} {_PLURAL.get(k, k) if n != 1 else _SINGULAR.get(k, k.replace('_', ' '))}"
                                for k, n in counts.items() if n or k in _ALWAYS_COUNTED) + "**", ""]
     if c.figures:
         lines += ["### Deterministic figures changed", "",
@@ -40,6 +45,8 @@ def render(comparison: Comparison, *, baseline_how: str = "") -> str:
                   *(_figure_row(f) for f in c.figures), ""]
     lines += _timing_table("Regressions", c.of("regression"))
     lines += _status_table("Broken (ran in the baseline, fails now)", c.of("broken"))
+    lines += _timing_table("Suspected, not confirmed (slower in this run only: does not fail; the next run is "
+                           "judged against the same baseline)", c.of("suspect"))
     lines += _timing_table("Improvements", c.of("improvement"))
     noisy = c.of("noisy")
     if noisy:

@@ -11,17 +11,21 @@ A nightly CI runner keeps the file between nights (a cache or an artifact). Tabl
   deterministic figures (``flops``, ``bytes_min``, ``kv_bytes_per_token``, ``kv_cache_bytes``,
   ``peak_mem_bytes``), the median and its CI, and every raw sample as little-endian float64 bytes.
 
-Crash safety: a run is added in one transaction that inserts it as ``partial``, inserts its cases
-and flips it to ``complete`` before committing. The rollback journal (not WAL) is used with
-``synchronous=FULL`` so that after each commit the whole history is in the one file a CI cache
-saves (WAL keeps committed pages in a side file until a checkpoint). A process killed mid-write
-leaves an uncommitted transaction that SQLite rolls back on the next open; should a ``partial``
-run ever be committed (an older writer, a foreign tool), every query here ignores it and ``gc``
-deletes it.
+A run is added once: ``digest`` identifies its content (fingerprint, start time and every case's
+identity, status, figures and raw samples), and a second ingest of the same results is refused.
+
+Crash safety and identification are ``harness.nightly.dbfile``'s: every change is one transaction
+on a private copy that atomically replaces the file, so a writer killed at any moment leaves the
+previous history, whole, in the one file the workflow carries. A ``partial`` run can therefore only
+come from an older attnbench or a foreign tool; every query here ignores it and ``gc`` deletes it.
+
+Schema versions: 1 had no ``digest`` and no ``suspect`` verdict; it is read as it is and upgraded
+in the first write.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -32,11 +36,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from harness.nightly.dbfile import APPLICATION_ID, reading, replacing
 from harness.results import schema
 
-SCHEMA_VERSION = 1
-Verdict = Literal["pass", "regression", "accepted"]
-VERDICTS: tuple[str, ...] = ("pass", "regression", "accepted")
+SCHEMA_VERSION = 2
+# suspect: a timing slowdown seen in this run only, not yet confirmed (harness.nightly.compare).
+Verdict = Literal["pass", "suspect", "regression", "accepted"]
+VERDICTS: tuple[str, ...] = ("pass", "suspect", "regression", "accepted")
+GOOD_VERDICTS: tuple[str | None, ...] = (None, "pass", "accepted")  # a run that can be a baseline
 # The figures that do not depend on timing noise: compared exactly (see harness.nightly.compare).
 FIGURES: tuple[str, ...] = ("flops", "bytes_min", "kv_bytes_per_token", "kv_cache_bytes", "peak_mem_bytes")
 assert all(schema.BY_NAME[f].kind == "int64" for f in FIGURES)
@@ -44,20 +51,23 @@ assert all(schema.BY_NAME[f].kind == "int64" for f in FIGURES)
 # run's fingerprint holds it (harness.nightly.ingest), so runs timed differently are never compared.
 LABEL_COLUMNS: tuple[str, ...] = (*(c for c in schema.CASE if schema.BY_NAME[c].group == "case"), "model")
 
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS runs (
+_RUNS_TABLE = """
+CREATE TABLE {name} (
     run_id INTEGER PRIMARY KEY AUTOINCREMENT,
     commit_sha TEXT NOT NULL,
     time_utc TEXT NOT NULL,
     fingerprint TEXT NOT NULL,
     fingerprint_fields TEXT NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('partial', 'complete')),
-    verdict TEXT CHECK (verdict IS NULL OR verdict IN ('pass', 'regression', 'accepted')),
+    verdict TEXT CHECK (verdict IS NULL OR verdict IN ('pass', 'suspect', 'regression', 'accepted')),
     source TEXT NOT NULL,
     name TEXT NOT NULL,
-    notes TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS runs_by_fingerprint ON runs (fingerprint, status, time_utc);
+    notes TEXT NOT NULL DEFAULT '',
+    digest TEXT
+)"""
+_INDEXES = ("CREATE INDEX IF NOT EXISTS runs_by_fingerprint ON runs (fingerprint, status, time_utc)",
+            "CREATE INDEX IF NOT EXISTS runs_by_digest ON runs (digest)")
+_CASES_TABLE = f"""
 CREATE TABLE IF NOT EXISTS cases (
     run_id INTEGER NOT NULL REFERENCES runs (run_id) ON DELETE CASCADE,
     case_id TEXT NOT NULL,
@@ -71,8 +81,7 @@ CREATE TABLE IF NOT EXISTS cases (
     ci_high_ms REAL,
     samples_f64 BLOB,
     PRIMARY KEY (run_id, case_id)
-);
-"""
+)"""
 
 
 @dataclass(frozen=True)
@@ -127,81 +136,74 @@ class History:
         self.path = Path(path)
 
     @contextmanager
-    def _connect(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        if not write and not self.path.exists():
-            raise ValueError(f"no history at {self.path}; ingest a run first (python -m harness.nightly ingest ...)")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        # isolation_level=None: transactions are begun and committed explicitly below.
-        con = sqlite3.connect(self.path, timeout=60, isolation_level=None)
-        try:
-            con.execute("PRAGMA journal_mode=DELETE")
-            con.execute("PRAGMA synchronous=FULL")
-            con.execute("PRAGMA foreign_keys=ON")
-            version = con.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise ValueError(f"{self.path} has schema version {version}; this attnbench reads up to "
-                                 f"{SCHEMA_VERSION}: upgrade attnbench")
-            if write and version < SCHEMA_VERSION:
-                con.executescript(_SCHEMA)
-                con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-            elif version == 0:
-                raise ValueError(f"{self.path} holds no attnbench history (schema version 0)")
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        with reading(self.path, newest=SCHEMA_VERSION) as con:
             yield con
-        finally:
-            con.close()
+
+    @contextmanager
+    def _write(self, *, vacuum: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction on a copy that replaces the file when it commits (``harness.nightly.dbfile``)."""
+        with replacing(self.path, newest=SCHEMA_VERSION, vacuum=vacuum) as (con, version):
+            if version < SCHEMA_VERSION:
+                _upgrade(con, version)
+            yield con
 
     # -- writing ---------------------------------------------------------------------------------
     def add_run(self, run: NewRun, cases: Iterable[CaseRecord]) -> int:
         """Add a run and its cases atomically; returns its ``run_id``.
 
         ``cases`` is consumed inside the transaction, so a writer killed while producing them
-        leaves nothing behind.
+        leaves nothing behind. Results already in the history (the same ``digest``) are refused.
         """
-        with self._connect(write=True) as con:
-            con.execute("BEGIN IMMEDIATE")
-            try:
-                cur = con.execute(
-                    "INSERT INTO runs (commit_sha, time_utc, fingerprint, fingerprint_fields, status, source, name, "
-                    "notes) VALUES (?, ?, ?, ?, 'partial', ?, ?, ?)",
-                    (run.commit, run.time_utc, run.fingerprint, json.dumps(run.fingerprint_fields, sort_keys=True),
-                     run.source, run.name, run.notes))
-                run_id = int(cur.lastrowid)
-                count = 0
-                for case in cases:
-                    con.execute(_INSERT_CASE, _case_values(run_id, case))
-                    count += 1
-                if count == 0:
-                    raise ValueError(f"no cases in {run.source}: nothing to ingest")
-                con.execute("UPDATE runs SET status = 'complete' WHERE run_id = ?", (run_id,))
-                con.execute("COMMIT")
-            except BaseException:
-                con.execute("ROLLBACK")
-                raise
+        with self._write() as con:
+            cur = con.execute(
+                "INSERT INTO runs (commit_sha, time_utc, fingerprint, fingerprint_fields, status, source, name, "
+                "notes) VALUES (?, ?, ?, ?, 'partial', ?, ?, ?)",
+                (run.commit, run.time_utc, run.fingerprint, json.dumps(run.fingerprint_fields, sort_keys=True),
+                 run.source, run.name, run.notes))
+            run_id = int(cur.lastrowid)
+            case_digests = []
+            for case in cases:
+                con.execute(_INSERT_CASE, _case_values(run_id, case))
+                case_digests.append(_case_digest(case))
+            if not case_digests:
+                raise ValueError(f"no cases in {run.source}: nothing to ingest")
+            digest = _run_digest(run.fingerprint, run.time_utc, case_digests)
+            same = con.execute("SELECT run_id, commit_sha, time_utc FROM runs WHERE digest = ? AND status = "
+                               "'complete'", (digest,)).fetchone()
+            if same is not None:
+                raise ValueError(f"these results are already in {self.path} as run {same[0]} (commit "
+                                 f"{same[1][:12]}, started {same[2]}): a run is ingested once")
+            con.execute("UPDATE runs SET status = 'complete', digest = ? WHERE run_id = ?", (digest, run_id))
         return run_id
 
     def set_verdict(self, run_id: int, verdict: Verdict) -> None:
-        if verdict not in VERDICTS:
-            raise ValueError(f"verdict={verdict!r} is not one of: {', '.join(VERDICTS)}")
-        self.run(run_id)  # raises for an unknown run
-        with self._connect(write=True) as con:
-            con.execute("UPDATE runs SET verdict = ? WHERE run_id = ?", (verdict, run_id))
+        self.set_verdicts({run_id: verdict})
+
+    def set_verdicts(self, verdicts: dict[int, Verdict]) -> None:
+        """Record several runs' verdicts in one transaction."""
+        for run_id, verdict in verdicts.items():
+            if verdict not in VERDICTS:
+                raise ValueError(f"verdict={verdict!r} is not one of: {', '.join(VERDICTS)}")
+            self.run(run_id)  # raises for an unknown run
+        with self._write() as con:
+            con.executemany("UPDATE runs SET verdict = ? WHERE run_id = ?", [(v, r) for r, v in verdicts.items()])
 
     def gc(self, *, keep: int | None = None) -> int:
         """Delete partial runs and, with ``keep``, all but the newest ``keep`` complete runs of each
         fingerprint; returns how many runs were deleted."""
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
             raise ValueError(f"keep={keep!r} is not allowed: keep must be an integer >= 1")
-        with self._connect(write=True) as con:
-            con.execute("BEGIN IMMEDIATE")
+        with self._write(vacuum=True) as con:
             doomed = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status != 'complete'")]
             if keep is not None:
                 doomed += [r[0] for r in con.execute(
                     "SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER (PARTITION BY fingerprint "
                     "ORDER BY time_utc DESC, run_id DESC) AS k FROM runs WHERE status = 'complete') WHERE k > ?",
                     (keep,))]
+            # Cases explicitly, not by cascade: an upgrade in this same transaction runs without foreign keys.
+            con.executemany("DELETE FROM cases WHERE run_id = ?", [(r,) for r in doomed])
             con.executemany("DELETE FROM runs WHERE run_id = ?", [(r,) for r in doomed])
-            con.execute("COMMIT")
-            con.execute("VACUUM")
         return len(doomed)
 
     # -- reading ---------------------------------------------------------------------------------
@@ -230,13 +232,19 @@ class History:
             raise ValueError(f"{self.path} holds no complete run; ingest one first")
         return runs[-1]
 
-    def good_runs_before(self, run: Run, *, limit: int | None = None) -> list[Run]:
-        """Complete runs on ``run``'s fingerprint that started before it and were not judged a
-        regression (passed, accepted, or never compared), newest first."""
+    def runs_before(self, run: Run, *, verdicts: Iterable[str | None] | None = None,
+                    limit: int | None = None) -> list[Run]:
+        """Complete runs on ``run``'s fingerprint that started before it (with one of ``verdicts``), newest first."""
+        allowed = None if verdicts is None else set(verdicts)
         earlier = [r for r in self.runs(fingerprint=run.fingerprint)
-                   if (r.time_utc, r.run_id) < (run.time_utc, run.run_id) and r.verdict != "regression"]
+                   if (r.time_utc, r.run_id) < (run.time_utc, run.run_id) and (allowed is None or r.verdict in allowed)]
         earlier.reverse()
         return earlier[:limit] if limit is not None else earlier
+
+    def good_runs_before(self, run: Run, *, limit: int | None = None) -> list[Run]:
+        """Earlier runs that can be a baseline: passed, accepted, or never compared; newest first.
+        A ``suspect`` or ``regression`` run never is, so a slowdown is judged against the runs before it."""
+        return self.runs_before(run, verdicts=GOOD_VERDICTS, limit=limit)
 
     def cases(self, run_id: int) -> dict[str, CaseRecord]:
         with self._connect() as con:
@@ -305,3 +313,43 @@ def _case_values(run_id: int, case: CaseRecord) -> tuple[Any, ...]:
     blob = np.asarray(case.samples_ms, dtype="<f8").tobytes() if case.samples_ms else None
     return (run_id, case.case_id, case.label, *(case.labels[c] for c in LABEL_COLUMNS), case.status, case.reason,
             *(case.figures[f] for f in FIGURES), case.median_ms, case.ci_low_ms, case.ci_high_ms, blob)
+
+
+def _upgrade(con: sqlite3.Connection, version: int) -> None:
+    """Bring a history of schema ``version`` (0: a new file) to ``SCHEMA_VERSION``, inside the open transaction."""
+    if version == 0:
+        con.execute(_RUNS_TABLE.format(name="runs"))
+    elif version == 1:
+        # Version 2 widens the verdict CHECK (SQLite cannot alter one) and adds ``digest``: rebuild ``runs``.
+        con.execute(_RUNS_TABLE.format(name="runs_v2"))
+        con.execute(f"INSERT INTO runs_v2 ({_RUN_COLUMNS}) SELECT {_RUN_COLUMNS} FROM runs")
+        con.execute("DROP TABLE runs")
+        con.execute("ALTER TABLE runs_v2 RENAME TO runs")
+    else:
+        raise AssertionError(f"no upgrade from schema version {version}")
+    con.execute(_CASES_TABLE)
+    for index in _INDEXES:
+        con.execute(index)
+    if version == 1:  # digests of the runs already held, so a re-ingest of one of them is refused too
+        for run_id, fp, time_utc in con.execute("SELECT run_id, fingerprint, time_utc FROM runs "
+                                                "WHERE status = 'complete'").fetchall():
+            cases = [_case(r) for r in con.execute(f"SELECT {_CASE_COLUMNS} FROM cases WHERE run_id = ?", (run_id,))]
+            con.execute("UPDATE runs SET digest = ? WHERE run_id = ?",
+                        (_run_digest(fp, time_utc, [_case_digest(c) for c in cases]), run_id))
+    con.execute(f"PRAGMA application_id={APPLICATION_ID}")
+    con.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def _case_digest(case: CaseRecord) -> str:
+    """The case as stored: everything ``_case`` reads back, so a stored run's digest can be recomputed."""
+    text = json.dumps([case.case_id, case.label, case.labels, case.status, case.reason, case.figures, case.median_ms,
+                       case.ci_low_ms, case.ci_high_ms], sort_keys=True, default=str)
+    samples = np.asarray(case.samples_ms, dtype="<f8").tobytes()
+    return hashlib.sha256(text.encode() + b"\0" + samples).hexdigest()
+
+
+def _run_digest(fingerprint: str, time_utc: str, case_digests: Iterable[str]) -> str:
+    """The run's content. Not the commit or the path: the same samples ingested again under another
+    ``--commit`` or from a copied folder are still the same measurement."""
+    joined = "\n".join([fingerprint, time_utc, *sorted(case_digests)])
+    return hashlib.sha256(joined.encode()).hexdigest()

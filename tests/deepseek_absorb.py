@@ -72,7 +72,10 @@ class DeepSeekAbsorbPeer:
             # Query i (position start + i) sees keys <= start + i; the reference adds a -inf triangle.
             mask_LT = torch.full((L, end), float("-inf"), device=x_BLD.device).triu_(start + 1)
             scores_BLNT += mask_LT.unsqueeze(1)
-        probs_BLNT = scores_BLNT.softmax(dim=-1, dtype=torch.float32).type_as(x_BLD)
+        # The reference's softmax runs in float32; "at least float32" keeps a float64 test exact
+        # and is the same thing for the float32 and bfloat16 steps that are timed.
+        acc_dtype = torch.promote_types(x_BLD.dtype, torch.float32)
+        probs_BLNT = scores_BLNT.softmax(dim=-1, dtype=acc_dtype).type_as(x_BLD)
         o_lat_BLNC = torch.einsum("blnt,btc->blnc", probs_BLNT, kv_BTC)
         o_BLNV = torch.einsum("blnc,nvc->blnv", o_lat_BLNC, w_NXC[:, P:])
         return layer.o_proj(o_BLNV.flatten(2))

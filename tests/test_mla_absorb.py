@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils.flop_counter import FlopCounterMode
 
 import variants
 from tests.deepseek_absorb import DeepSeekAbsorbPeer
@@ -114,8 +115,13 @@ def test_eager_kernel_in_key_blocks_equals_one_pass(q_len, q_offset, groups, see
     mask = make_mask(q_len=q_len, kv_len=T, q_offset=q_offset, device="cpu")
     args = (q_lat, q_rope, rows_BTE[..., :C], rows_BTE[..., C:])
     whole = EagerMLAKernel()(*args, scale=0.3, mask=mask)
-    blocks = EagerMLAKernel(block_keys=5)(*args, scale=0.3, mask=mask)
+    with FlopCounterMode(display=False) as counter:
+        blocks = EagerMLAKernel(block_keys=5)(*args, scale=0.3, mask=mask)
     assert rel_err(blocks, whole) <= 1e-13
+    # The cost model's count: blocks do the one pass's matmuls, split.
+    assert counter.get_total_flops() == 2 * 2 * N * q_len * T * (C + R + C)
+    one_pass = EagerMLAKernel(block_keys=5, one_pass_keys=T)(*args, scale=0.3, mask=mask)
+    torch.testing.assert_close(one_pass, whole, rtol=0, atol=0)
 
 
 def test_absorbed_path_refuses_a_qkv_kernel():

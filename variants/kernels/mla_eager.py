@@ -20,16 +20,18 @@ from variants.mask import AttnMask
 class EagerMLAKernel:
     """``block_keys``: None attends on all T keys at once (scores, softmax, values); a number splits
     the keys into blocks of that many and combines the blocks' partial softmaxes (flash-decoding), so
-    each block of the cache is still in the CPU's cache when its values are read (measured in
-    ``tests/benchmarks/mla_vs_deepseek.py``)."""
+    each block of the cache is still in the CPU's cache when its values are read. Up to
+    ``one_pass_keys`` keys it stays one pass: a latent that fits the last-level cache whole gains
+    nothing from blocks and pays their bookkeeping (both measured, see ``variants.impls.absorbed``)."""
 
     name = "eager"
     dense_causal = True
     packed_cache = False
 
-    def __init__(self, block_keys: int | None = None) -> None:
+    def __init__(self, block_keys: int | None = None, *, one_pass_keys: int = 0) -> None:
         assert block_keys is None or block_keys > 0, block_keys
         self.block_keys = block_keys
+        self.one_pass_keys = one_pass_keys
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         return True
@@ -51,7 +53,7 @@ class EagerMLAKernel:
             keep_LT = mask.keep_LT
         # Softmax in (at least) float32 whatever the input dtype, as the checkpoints' code does.
         acc_dtype = torch.promote_types(q_lat_BLNC.dtype, torch.float32)
-        if self.block_keys is None or T <= self.block_keys:
+        if self.block_keys is None or T <= max(self.block_keys, self.one_pass_keys):
             scores_BNLT = _scores(q_lat_BMC, q_rope_BMR, c_kv_BTC, k_rope_BTGR, keep_LT, L, acc_dtype)
             probs_BMT = torch.softmax(scores_BNLT, dim=-1).to(c_kv_BTC.dtype).flatten(1, 2)
             o_lat_BMC = torch.bmm(probs_BMT, c_kv_BTC)

@@ -14,6 +14,12 @@ alternate A B A B ..., each side running ``reps`` steps per round, so that load 
 processes on a shared machine falls on both sides alike. A round's ratio is peer time / attnbench
 time (above 1: attnbench is faster); the figure is the median of the rounds' ratios, with its
 spread (quartiles and extremes) printed beside it.
+
+Measured 2026-11-27 on the shared 2-core AMD EPYC (torch 2.13 CPU, 21 rounds of 5 steps, load
+average ~5 from other processes), speed vs DeepSeek absorb, median (IQR):
+before (main 97eb200): absorbed 1.005x (0.93-1.06) at 4k, 1.080x (1.05-1.14) at 32k;
+absorbed_sdpa 0.605x, 0.252x. After: absorbed 1.025x (0.93-1.21) at 4k, 1.196x (1.02-1.35) at 32k;
+absorbed_sdpa 1.098x (0.96-1.29), 1.462x (1.13-1.58); absorbed_fold_o 0.745x, 1.210x.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from tests.reference import reference, rel_err
 from tests.shapes import TINY_Q
 from variants.implementation import KernelImplementation
 from variants.kernels.eager import EagerKernel
+from variants.kernels.mla_eager import EagerMLAKernel
 from variants.registry import Registry
 
 
@@ -37,8 +38,8 @@ def test_support_is_declared_with_a_reason():
 def test_entry_point_plugin_is_discovered_and_runs(monkeypatch, seed):
     """An external package registers an implementation with no edit to attnbench."""
     plugin = types.ModuleType("fake_plugin")
-    plugin.IMPL = KernelImplementation(name="plugged", path="absorbed", kernel=EagerKernel(),
-                                       options={"fold_o": False, "packed_value": True},
+    plugin.IMPL = KernelImplementation(name="plugged", path="absorbed", kernel=EagerMLAKernel(),
+                                       options={"fold_o": False},
                                        description="an out-of-tree implementation")
     monkeypatch.setitem(sys.modules, "fake_plugin", plugin)
     ep = importlib.metadata.EntryPoint(name="plugged", value="fake_plugin:IMPL",

@@ -10,7 +10,7 @@ preallocated cache, never copied by the layer), queries as ``[B, L, N, E]``; the
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
@@ -28,3 +28,28 @@ class Kernel(Protocol):
 
     def __call__(self, q_BLNE: Tensor, k_BTKE: Tensor, v_BTKV: Tensor, *, scale: float,
                  mask: AttnMask) -> Tensor: ...
+
+
+@runtime_checkable
+class MLAKernel(Protocol):
+    """The inner kernel of MLA's absorbed path, given the pieces of the latent attention as they are.
+
+    Legend: B batch, L queries, T visible keys, N query heads, C latent (d_c), R rotary dim,
+    G rotary keys per token (query head n uses key ``n // (N / G)``), J = G·R, E = C + J.
+
+    ``q_lat_BLNC`` is ``q_nope·W_UK`` per head and ``q_rope_BLNR`` the rotated rotary query, never
+    concatenated by the layer; ``c_kv_BTC`` and ``k_rope_BTJ`` are strided views of the cache, never
+    copied. The kernel returns ``o_lat_BLNC = softmax(scale·(q_lat·c_kv + q_rope·k_rope_g))·c_kv``.
+    A kernel with ``packed_cache = True`` also receives ``kv_BTE``, the cache rows ``[c_kv; k_rope]``
+    as one view (FlashMLA's layout: one key whose first C columns are the value); it then builds the
+    query that row needs itself.
+    """
+
+    name: str
+    dense_causal: bool  # as ``Kernel.dense_causal``
+    packed_cache: bool  # whether the kernel wants ``kv_BTE``, the packed rows
+
+    def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool: ...
+
+    def __call__(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, c_kv_BTC: Tensor, k_rope_BTJ: Tensor, *,
+                 scale: float, mask: AttnMask, kv_BTE: Tensor | None = None) -> Tensor: ...

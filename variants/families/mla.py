@@ -21,9 +21,10 @@ drops the RMSNorm on c_kv, which a layer factored from trained K/V projections d
 Paths (the cache is the latent ``[c_kv; k_rope_0; ...; k_rope_{G-1}]``, C + G·R values per token
 and layer, in all but ``expanded``):
 - ``standard``: up-project the whole cached latent to per-head K, V every step, then attend.
-- ``absorbed``: ``q_lat = q_nope W_UK`` per head, attend on the latent as a single shared key of
-  width C + G·R and value c_kv, then apply W_UV (or W_O·W_UV folded, ``fold_o``). With G > 1 the
-  query of a head in group g is zero outside its group's rotary slot, so the cache is never copied.
+- ``absorbed``: ``q_lat = q_nope W_UK`` per head, then an ``MLAKernel`` attends on the latent,
+  one key shared by all heads, given the pieces (q_lat, q_rope, and c_kv, k_rope as views of the
+  cache rows, never copied or concatenated); then W_UV (or W_O·W_UV folded, ``fold_o``). A kernel
+  that wants FlashMLA's packed rows (``packed_cache``) also gets the rows as one view.
 - ``expanded``: cache per-head K (P + R) and V (V), up-projected once when written.
 """
 
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 
 from variants.cache import CacheField, CacheLayout
 from variants.cost import Cost, matmul_flops
-from variants.kernel import Kernel
+from variants.kernel import Kernel, MLAKernel
 from variants.layer import AttentionLayer, Step, StepFn
 from variants.registry import register_variant
 from variants.rope import Rope
@@ -128,8 +129,10 @@ class MLA(AttentionLayer):
             return CacheLayout((CacheField("k", (c.heads, c.nope_head_dim + c.d_r)),
                                 CacheField("v", (c.heads, c.v_head_dim))))
         assert path in ("standard", "absorbed")
-        # c_kv first, then the G rotary keys, in one buffer: the absorbed path's shared key is the
-        # whole row.
+        # c_kv first, then the G rotary keys, in one buffer: FlashMLA's layout, which absorbed_sdpa
+        # reads as one key. The eager MLA kernel reads c_kv and k_rope as strided views of it, as
+        # fast as from two buffers (DeepSeek-V2-Lite, float32, one thread, 32k keys: scores 19.9 ms
+        # from views vs 20.8 from two buffers, values 13.0 vs 13.4; 4k: 2.0 vs 2.1, 1.5 vs 1.5).
         return CacheLayout((CacheField("c_kv", (c.d_c,)), CacheField("k_rope", (c.rope_heads * c.d_r,))),
                            packed=True)
 
@@ -186,8 +189,10 @@ class MLA(AttentionLayer):
         if path == "expanded":
             return self._expanded, (step, kernel)
         assert path == "absorbed"
-        return self._absorbed, (step, kernel, self.absorbed_weights(fold_o=options["fold_o"]),
-                                options["packed_value"])
+        if not isinstance(kernel, MLAKernel):
+            raise ValueError(f"the absorbed path needs an MLA kernel (variants.kernel.MLAKernel) that takes "
+                             f"q_lat, q_rope, c_kv and k_rope; {kernel.name!r} is a q/k/v kernel")
+        return self._absorbed, (step, kernel, self.absorbed_weights(fold_o=options["fold_o"]))
 
     def _standard(self, step: Step, attend: Kernel) -> Tensor:
         q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
@@ -221,37 +226,21 @@ class MLA(AttentionLayer):
                 weights["w_ouv_DX"] = torch.einsum("dnv,nvc->dnc", w_o_DNV, weights["w_uv_NVC"]).reshape(D, N * C)
         return weights
 
-    def _absorbed(self, step: Step, attend: Kernel, weights: dict[str, Tensor], packed_value: bool) -> Tensor:
-        c = self.config
+    def _absorbed(self, step: Step, attend: MLAKernel, weights: dict[str, Tensor]) -> Tensor:
         q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
         self._write_latent(step)
         # DeepSeek-V2 eq. 10 absorbed: q_nope . (W_UK c_kv) = (q_nope W_UK) . c_kv per head.
         q_lat_BLNC = torch.einsum("blnp,npc->blnc", q_nope_BLNP, weights["w_uk_NPC"])
-        q_BLNE = torch.cat((q_lat_BLNC, self._slot_rope_query(q_rope_BLNR)), dim=-1)
-        latent_BTE = step.cache.packed[:, :step.kv_len]
-        k_BT1E = latent_BTE.unsqueeze(2)
-        v_BT1X = k_BT1E if packed_value else step.cache.read("c_kv", step.kv_len).unsqueeze(2)
-        o_lat_BLNC = attend(q_BLNE, k_BT1E, v_BT1X, scale=self.scale, mask=step.mask)[..., :c.d_c]
+        T = step.kv_len
+        # Views of the cache rows [c_kv; k_rope]: the step reads the cache where it lies.
+        kv_BTE = step.cache.packed[:, :T] if attend.packed_cache else None
+        o_lat_BLNC = attend(q_lat_BLNC, q_rope_BLNR, step.cache.read("c_kv", T), step.cache.read("k_rope", T),
+                            scale=self.scale, mask=step.mask, kv_BTE=kv_BTE)
         B, L, N, C = o_lat_BLNC.shape
         if "w_ouv_DX" in weights:
             return F.linear(o_lat_BLNC.reshape(B, L, N * C), weights["w_ouv_DX"], self.o_proj.bias)
         o_BLNV = torch.einsum("blnc,nvc->blnv", o_lat_BLNC, weights["w_uv_NVC"])
         return self._output(o_BLNV)
-
-    def _slot_rope_query(self, q_rope_BLNR: Tensor) -> Tensor:
-        """``[B, L, N, G·R]``: head n's rotary query in its group's slot, zeros elsewhere.
-
-        Against the packed row ``[c_kv; k_rope_0; ...; k_rope_{G-1}]`` this gives exactly
-        ``q_lat·c_kv + q_rope·k_rope_g``: the G rotary keys stay one MQA key read in place.
-        """
-        G = self.config.rope_heads
-        if G == 1:
-            return q_rope_BLNR
-        B, L, N, R = q_rope_BLNR.shape
-        q_BLGnHR = q_rope_BLNR.new_zeros(B, L, G, N // G, G, R)
-        # The diagonal over the two group dims (appended last by ``diagonal``) is group g's own slot.
-        q_BLGnHR.diagonal(dim1=2, dim2=4).copy_(q_rope_BLNR.unflatten(2, (G, N // G)).permute(0, 1, 3, 4, 2))
-        return q_BLGnHR.flatten(4).flatten(2, 3)
 
     # -- cost, beside the math above ------------------------------------------------------------
     def params_by_module(self) -> dict[str, int]:
@@ -259,7 +248,7 @@ class MLA(AttentionLayer):
                 for name, module in self.named_children() if isinstance(module, (nn.Linear, nn.RMSNorm))}
 
     def cost(self, *, path: str, batch: int, q_len: int, cached: int, new_kv: int,
-             dtype: torch.dtype | None = None, fold_o: bool = False, packed_value: bool = False) -> Cost:
+             dtype: torch.dtype | None = None, fold_o: bool = False, packed_cache: bool = False) -> Cost:
         c = self.config
         b = (dtype or self.dtype).itemsize
         B, L, S, W = batch, q_len, cached, new_kv
@@ -272,6 +261,9 @@ class MLA(AttentionLayer):
             q_flops = matmul_flops(B * L, D, Q) + matmul_flops(B * L, Q, N * (P + R))
         latent_flops = matmul_flops(B * W, D, C + J)  # kv_a_proj on the new tokens
         o_flops = matmul_flops(B * L, N * V, D)
+        # The absorbed path's kernel: on the packed rows (key and value of width C + J, the
+        # zero-padded rotary slots included), or on the pieces (C + R per head's score, value C).
+        absorbed_qk, absorbed_v = (C + J, C + J) if packed_cache else (C + R, C)
         if path == "standard":
             path_flops = (matmul_flops(B * T, C, N * (P + V))  # re-expand the whole cache
                           + matmul_flops(B * N * L, P + R, T) + matmul_flops(B * N * L, T, V) + o_flops)
@@ -280,10 +272,8 @@ class MLA(AttentionLayer):
                           + matmul_flops(B * N * L, P + R, T) + matmul_flops(B * N * L, T, V) + o_flops)
         else:
             assert path == "absorbed"
-            value_width = C + J if packed_value else C
-            # Scores against the whole packed row, zero-padded rotary slots included.
             path_flops = (matmul_flops(B * L * N, P, C)  # q_nope W_UK
-                          + matmul_flops(B * N * L, C + J, T) + matmul_flops(B * N * L, T, value_width))
+                          + matmul_flops(B * N * L, absorbed_qk, T) + matmul_flops(B * N * L, T, absorbed_v))
             path_flops += matmul_flops(B * L, N * C, D) if fold_o else matmul_flops(B * L * N, C, V) + o_flops
 
         sizes = self.params_by_module()
@@ -300,8 +290,11 @@ class MLA(AttentionLayer):
         kv_bytes = self.kv_bytes_per_token(path, dtype)
         memory_in = W if self.attention == "cross" else 0
         if path == "absorbed":
-            qk_dim, v_dim = C + J, (C + J if packed_value else C)
-            transient = B * L * N * (2 * (C + J) + C + V)  # q_lat, padded q, o_lat, o
+            qk_dim, v_dim = absorbed_qk, absorbed_v
+            if packed_cache:
+                transient = B * L * N * (2 * (C + J) + C + V)  # q_lat, padded q, o_lat, o
+            else:
+                transient = B * L * N * (3 * C + R + V)  # q_lat, scaled q_lat and q_rope, o_lat, o
             transient += D * N * C if fold_o else 0  # the folded W_O·W_UV, made at set-up
         else:
             qk_dim, v_dim = P + R, V

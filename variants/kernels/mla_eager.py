@@ -1,0 +1,103 @@
+"""MLA's latent attention with explicit matmuls and a float32 softmax (see ``variants.kernel.MLAKernel``).
+
+Legend: B batch, L queries, T keys, N query heads, C latent, R rotary dim, G rotary keys per token,
+n = N / G query heads per rotary key, M = N·L query rows, J = G·R.
+
+The latent is one key and one value shared by every head (MQA with a single kv head), so the
+heads fold into the rows of one matmul per score term: ``q_lat·c_kv`` (width C) plus, per rotary
+key, ``q_rope·k_rope_g`` (width R) for that key's n heads. Nothing is concatenated and no rotary
+slot is zero-padded; the cache pieces are read in place (strided views of the packed rows).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from variants.mask import AttnMask
+
+
+class EagerMLAKernel:
+    """``block_keys``: None attends on all T keys at once (scores, softmax, values); a number splits
+    the keys into blocks of that many and combines the blocks' partial softmaxes (flash-decoding), so
+    each block of the cache is still in the CPU's cache when its values are read. Up to
+    ``one_pass_keys`` keys it stays one pass: a latent that fits the last-level cache whole gains
+    nothing from blocks and pays their bookkeeping (both measured, see ``variants.impls.absorbed``)."""
+
+    name = "eager"
+    dense_causal = True
+    packed_cache = False
+
+    def __init__(self, block_keys: int | None = None, *, one_pass_keys: int = 0) -> None:
+        assert block_keys is None or block_keys > 0, block_keys
+        self.block_keys = block_keys
+        self.one_pass_keys = one_pass_keys
+
+    def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
+        return True
+
+    def __call__(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, c_kv_BTC: Tensor, k_rope_BTJ: Tensor, *,
+                 scale: float, mask: AttnMask, kv_BTE: Tensor | None = None) -> Tensor:
+        B, L, N, C = q_lat_BLNC.shape
+        R = q_rope_BLNR.shape[-1]
+        T = c_kv_BTC.shape[1]
+        G = k_rope_BTJ.shape[-1] // R
+        # Row m = n·L + l (head-major), so each rotary key's heads are consecutive rows. The scale
+        # goes on the N·L query rows rather than on the N·L·T scores.
+        q_lat_BMC = (q_lat_BLNC.transpose(1, 2) * scale).reshape(B, N * L, C)
+        q_rope_BMR = (q_rope_BLNR.transpose(1, 2) * scale).reshape(B, N * L, R)
+        k_rope_BTGR = k_rope_BTJ.unflatten(-1, (G, R))
+        keep_LT = None
+        if not mask.full:
+            assert mask.keep_LT is not None, "the eager kernel needs a dense mask"
+            keep_LT = mask.keep_LT
+        # Softmax in (at least) float32 whatever the input dtype, as the checkpoints' code does.
+        acc_dtype = torch.promote_types(q_lat_BLNC.dtype, torch.float32)
+        if self.block_keys is None or T <= max(self.block_keys, self.one_pass_keys):
+            scores_BNLT = _scores(q_lat_BMC, q_rope_BMR, c_kv_BTC, k_rope_BTGR, keep_LT, L, acc_dtype)
+            probs_BMT = torch.softmax(scores_BNLT, dim=-1).to(c_kv_BTC.dtype).flatten(1, 2)
+            o_lat_BMC = torch.bmm(probs_BMT, c_kv_BTC)
+        else:
+            o_lat_BMC = self._blocks(q_lat_BMC, q_rope_BMR, c_kv_BTC, k_rope_BTGR, keep_LT, L, acc_dtype)
+        return o_lat_BMC.view(B, N, L, C).transpose(1, 2)
+
+    def _blocks(self, q_lat_BMC: Tensor, q_rope_BMR: Tensor, c_kv_BTC: Tensor, k_rope_BTGR: Tensor,
+                keep_LT: Tensor | None, L: int, acc_dtype: torch.dtype) -> Tensor:
+        """Softmax-weighted values block by block (K blocks), each with its own running maximum,
+        rescaled to the global maximum at the end: exact, not an approximation."""
+        T, step = c_kv_BTC.shape[1], self.block_keys
+        assert step is not None
+        outs, maxes, sums = [], [], []
+        for t0 in range(0, T, step):
+            keys = slice(t0, min(t0 + step, T))
+            scores_BNLt = _scores(q_lat_BMC, q_rope_BMR, c_kv_BTC[:, keys], k_rope_BTGR[:, keys],
+                                  None if keep_LT is None else keep_LT[:, keys], L, acc_dtype)
+            # A row whose keys in this block are all masked has max -inf; the floor keeps exp() at 0, not NaN.
+            max_BNL1 = scores_BNLt.amax(-1, keepdim=True).clamp_min(torch.finfo(acc_dtype).min)
+            probs_BNLt = torch.exp(scores_BNLt - max_BNL1)
+            maxes.append(max_BNL1)
+            sums.append(probs_BNLt.sum(-1, keepdim=True))
+            outs.append(torch.bmm(probs_BNLt.to(c_kv_BTC.dtype).flatten(1, 2), c_kv_BTC[:, keys]))
+        max_BMK = torch.cat(maxes, -1).flatten(1, 2)
+        weight_BMK = torch.exp(max_BMK - max_BMK.amax(-1, keepdim=True))
+        total_BM1 = (torch.cat(sums, -1).flatten(1, 2) * weight_BMK).sum(-1, keepdim=True)
+        o_BMCK = torch.stack(outs, dim=-1)
+        return ((o_BMCK * weight_BMK.unsqueeze(2).to(o_BMCK.dtype)).sum(-1) / total_BM1).to(c_kv_BTC.dtype)
+
+
+def _scores(q_lat_BMC: Tensor, q_rope_BMR: Tensor, c_kv_BTC: Tensor, k_rope_BTGR: Tensor,
+            keep_LT: Tensor | None, L: int, acc_dtype: torch.dtype) -> Tensor:
+    """``[B, N, L, T]`` scores ``q_lat·c_kv + q_rope·k_rope_g`` in ``acc_dtype``, masked with -inf."""
+    B, M, _ = q_lat_BMC.shape
+    T, G = c_kv_BTC.shape[1], k_rope_BTGR.shape[2]
+    rows = M // G  # query rows that share one rotary key
+    # The small rotary term first, written straight into the score buffer, one matmul per
+    # rotary key; then the latent term accumulates onto it (beta = 1) in one pass over c_kv.
+    rope_BMT = q_lat_BMC.new_empty(B, M, T)
+    for g in range(G):
+        torch.bmm(q_rope_BMR[:, g * rows:(g + 1) * rows], k_rope_BTGR[:, :, g].transpose(1, 2),
+                  out=rope_BMT[:, g * rows:(g + 1) * rows])
+    scores_BNLT = torch.baddbmm(rope_BMT, q_lat_BMC, c_kv_BTC.transpose(1, 2)).view(B, M // L, L, T).to(acc_dtype)
+    if keep_LT is not None:
+        scores_BNLT = scores_BNLT.masked_fill(keep_LT.logical_not(), float("-inf"))
+    return scores_BNLT

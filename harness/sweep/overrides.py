@@ -154,6 +154,12 @@ def _compose(hydra: Any, name: str, overrides: list[str], *, multirun: bool) -> 
         raise UserError(condense(error)) from None
 
 
+def compose_job(primary: str, overrides: list[str], *, config_name: str = "config") -> DictConfig:
+    """One job's config as the app composes it (the ConfigStore filled first: ``store_configs``)."""
+    with _hydra(primary, None) as hydra:
+        return _compose(hydra, config_name, overrides, multirun=False)
+
+
 def _jobs(master: DictConfig) -> list[list[str]]:
     """Every job's overrides, as Hydra's BasicSweeper will give them (job-number order)."""
     from harness.sweep.status import BASIC_SWEEPER, sweep_overrides

@@ -166,8 +166,8 @@ def _jobs(master: DictConfig) -> list[list[str]]:
 
     sweeper = master.hydra.sweeper.get("_target_")
     hydra_overrides = list(master.hydra.overrides.hydra)
-    if sweeper != BASIC_SWEEPER:  # other sweepers choose jobs as they go: only the first config is known
-        return [list(master.hydra.overrides.task)]
+    if sweeper != BASIC_SWEEPER:  # other sweepers choose jobs as they go: none is known in advance
+        return []
     multirun = {"hydra": OmegaConf.to_container(master.hydra, resolve=False)}
     return [[*hydra_overrides, *job] for job in sweep_overrides(multirun)]
 

@@ -4,7 +4,6 @@ implementations are selectable, and the subcommands dispatch."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import subprocess
 import sys

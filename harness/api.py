@@ -17,20 +17,28 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_dir, initialize_config_module
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UserError
+from harness.sweep.overrides import condense
 from harness.logs import LevelName, shown
 
-_REPO = Path(__file__).resolve().parent.parent
 
 
 def _config_source() -> AbstractContextManager[Any]:
-    """Where the configs live: the one place that names it (a package's resource module later)."""
-    return initialize_config_dir(config_dir=str(_REPO / "conf"), version_base="1.3")
+    """Where the configs live: the same tree the command line composes (a checkout's ``conf/`` or the
+    installed ``attnbench_conf``), with the typed schema and the registries' options stored first."""
+    from harness.app.schema import store_configs
+    from harness.sweep.overrides import config_path
+
+    store_configs()
+    path = config_path()
+    if path.startswith("pkg://"):
+        return initialize_config_module(config_module=path.removeprefix("pkg://"), version_base="1.3")
+    return initialize_config_dir(config_dir=path, version_base="1.3")
 
 
 def config(*overrides: str, config_name: str = "config") -> DictConfig:
@@ -47,7 +55,7 @@ def config(*overrides: str, config_name: str = "config") -> DictConfig:
         with _config_source():
             return compose(config_name=config_name, overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as error:
-        raise UserError(_one_line(error)) from None
+        raise UserError(condense(error)) from None
 
 
 def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: LevelName | None = "INFO") -> pd.DataFrame:
@@ -60,9 +68,12 @@ def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: Leve
     level and up are shown for the length of the call (on ``sys.stderr`` unless a handler listens
     already); ``None`` leaves logging alone.
 
-    In a notebook, with Hydra's compose API directly::
+    In a notebook, with Hydra's compose API directly (the variant and impl options come from the
+    registries, so store them first)::
 
         from hydra import compose, initialize_config_dir
+        from harness.app.schema import store_configs
+        store_configs()
         with initialize_config_dir(config_dir="/path/to/attnbench/conf", version_base="1.3"):
             cfg = compose("config", overrides=["variant=mla", "model=tiny"])
         rows = harness.run(cfg, out="results/mla_tiny")
@@ -72,7 +83,7 @@ def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: Leve
 
     job_cfg = _own_copy(cfg)
     if job_cfg.get("task", "benchmark") != "benchmark":
-        raise UserError(f"task={job_cfg.task!r} is not run by harness.run, which runs task=benchmark; "
+        raise UserError(f"task={str(job_cfg.task)!r} is not run by harness.run, which runs task=benchmark; "
                         "the low-rank study is studies.lowrank.study.main(cfg, out)")
     out = Path(out)
     with shown(log_level), pinned_device(str(job_cfg.get("device", "auto")),
@@ -90,10 +101,6 @@ def _own_copy(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:
     try:
         return OmegaConf.create(OmegaConf.to_container(OmegaConf.create(source), resolve=True))
     except OmegaConfBaseException as error:
-        raise UserError(f"cfg: {_one_line(error)}") from None
+        raise UserError(f"cfg: {condense(error)}") from None
 
-
-def _one_line(error: BaseException) -> str:
-    """Hydra's multi-line messages ("Available options in 'variant': ...") on one line, without the search path."""
-    return " ".join(str(error).split("Config search path")[0].split())
 

@@ -8,6 +8,15 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _config_store() -> None:
+    """What the app does at start-up before Hydra composes: the typed schema and one variant/impl option
+    per registered name in the ConfigStore (tests compose conf/ directly)."""
+    from harness.app.schema import store_configs
+
+    store_configs()
+
+
 @pytest.fixture
 def seed(request) -> int:
     """A new seed per test run (``ATTNBENCH_SEED`` replays one); it appears in the failure report."""

@@ -137,7 +137,7 @@ def test_killed_joblib_sweep_resumes_without_loss_or_repeat(tmp_path):
     assert len(report.missing) == NUM_KILLED_CASES - len(before)
     assert status.main([str(root)]) == 1
     command = shlex.split(report.resume_command)
-    assert command[:3] == ["python", "run.py", "-m"] and command[-1] == "resume=true"
+    assert command[:4] == ["python", "-m", "harness", "-m"] and command[-1] == "resume=true"
 
     resumed = _run(command[1:])  # the command status printed, as a user would paste it
     assert resumed.returncode == 0, resumed.stderr[-3000:]

@@ -22,7 +22,7 @@ from harness.sweep.job import run_job
 from harness.sweep.plan import plan_cases
 from variants.implementation import KernelImplementation
 from variants.kernels.eager import EagerKernel
-from variants.registry import IMPLEMENTATIONS
+from variants.registry import IMPLEMENTATIONS, VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -35,7 +35,9 @@ def _compose(overrides: list[str]):
 
 
 def _options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    """A group's yaml files, plus the variants and implementations the registries give (ConfigStore)."""
+    registered = {"variant": VARIANTS.names, "impl": IMPLEMENTATIONS.names}.get(group, list)()
+    return sorted({p.stem for p in (CONF / group).glob("*.yaml")} | set(registered))
 
 
 @pytest.mark.parametrize("model", _options("model"))
@@ -171,7 +173,8 @@ def test_bad_job_config_is_a_user_error(tmp_path):
 
 
 @pytest.mark.parametrize("args", [["variant=mxa"], ["seq=abc"], ["batch=0"], ["d_r=5", "variant=mla"],
-                                  ["heads=8", "kv_heads=3", "variant=gqa"], ["impl=turbo"]])
+                                  ["heads=8", "kv_heads=3", "variant=gqa"], ["impl=turbo"], ["seed=abc"],
+                                  ["measure.check_numerics=maybe"], ["measure.memory_headroom=abc"]])
 def test_bad_input_is_one_line_without_traceback(args, tmp_path):
     proc = _run([*args, f"hydra.run.dir={tmp_path}"], timeout=60)
     assert proc.returncode == 2

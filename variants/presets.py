@@ -6,23 +6,35 @@ use one source. Nothing is downloaded: a Hugging Face shape comes from a local p
 
 from __future__ import annotations
 
+import importlib.resources
 import json
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 import yaml
 
 from variants.shape import ModelShape
 
-# The repository's Hydra config folder (the project runs from a checkout or an editable install).
-PRESET_DIR = Path(__file__).resolve().parent.parent / "conf" / "model"
+# conf/ as the wheel installs it (pyproject.toml, setup.py): a package of yaml files.
+CONF_PACKAGE = "attnbench_conf"
+
+
+def conf_root() -> Traversable:
+    """The Hydra config tree that belongs to this code: the checkout's ``conf/`` beside it (a checkout
+    or an editable install), else the installed ``attnbench_conf`` package (a wheel). Code and configs
+    thus always come from the same tree, even with another attnbench installed in the environment."""
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "pyproject.toml").is_file() and (checkout / "conf" / "config.yaml").is_file():
+        return checkout / "conf"
+    return importlib.resources.files(CONF_PACKAGE)
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    return sorted(p.name.removesuffix(".yaml") for p in (conf_root() / "model").iterdir() if p.name.endswith(".yaml"))
 
 
 def load_preset(name: str) -> ModelShape:
-    path = PRESET_DIR / f"{name}.yaml"
+    path = conf_root() / "model" / f"{name}.yaml"
     if not path.is_file():
         raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(preset_names())}")
     return ModelShape.from_dict(yaml.safe_load(path.read_text()))

@@ -122,7 +122,7 @@ def _plain(cfg: Mapping[str, Any]) -> Any:
         from omegaconf import OmegaConf
 
         if OmegaConf.is_config(cfg):
-            return OmegaConf.to_container(cfg, resolve=True)
+            return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)  # typed choices as text
     except ImportError:  # pragma: no cover - hydra-core is a dependency
         pass
     return dict(cfg)

@@ -1,96 +1,54 @@
-"""Check command-line overrides before Hydra composes anything, so a typo costs one line, not a
-traceback or a half-run sweep. Each value of a sweep (``seq=1k,abc``) is checked on its own.
+"""The pre-check: every job of a run or a sweep is composed by Hydra and planned before the first one
+starts, so a mistake costs one line (exit status 2), never a traceback or a half-run sweep.
 
-Combinations (``heads=8 kv_heads=3``) can only be judged once composed; ``harness.sweep.plan`` does that
-per job with the same one-line errors.
+Hydra composes each job exactly as it will (the same search path, ``--config-dir``, ``-cp``/``-cn``,
+``hydra.searchpath``; a sweep expanded by its ``BasicSweeper``): the typed schema
+(``harness.app.schema``) refuses a wrong type, an unknown key or group option, and its long message is
+condensed here to one line. What Hydra cannot know (k/M sizes, heads % kv_heads, registry names, the
+device) comes from ``harness.sweep.plan.plan_cases`` on each job (layers on the meta device). One bad
+combination among good ones refuses the whole sweep, naming the combination.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import importlib.util
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import yaml
-from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
-from harness.measure.case import DTYPES, parse_size
 from harness.errors import UserError
-from harness.sweep.plan import PHASE_CHOICES
-from variants.layer import COMPILE_MODES
-from variants.registry import IMPLEMENTATIONS, VARIANTS
-
-GROUPS = ("model", "variant", "impl", "measure", "experiment")
-# Blocks that an experiment adds (conf/experiment/lowrank_smollm2.yaml): Hydra checks their fields.
-BLOCKS = ("lowrank",)
-SIZE_KEYS = ("seq", "batch", "decode_len", "hidden", "heads", "head_dim", "d_c", "d_r")
-OPTIONAL_SIZE_KEYS = ("kv_heads", "q_rank", "threads")  # also accept none
-CHOICES: dict[str, tuple[str, ...]] = {
-    "phase": PHASE_CHOICES,
-    "compile": ("none", *COMPILE_MODES),
-    "dtype": ("auto", *DTYPES),
-    "attention": ("self", "cross"),
-    "task": ("benchmark", "lowrank"),
-    "resume": ("true", "false"),
-}
-
-
-def _values(override: Any) -> list[Any]:
-    if override.is_sweep_override():
-        try:
-            return list(override.sweep_string_iterator())
-        except Exception:  # noqa: BLE001 - exotic sweeps (intervals) are Hydra's to check
-            return []
-    value = override.value()
-    return list(value) if isinstance(value, list) else [value]
-
-
-def _group_options(conf_dir: Path, group: str) -> list[str]:
-    options = {p.stem for p in (conf_dir / group).glob("*.yaml")}
-    if group == "variant":
-        options |= set(VARIANTS.names())
-    if group == "impl":
-        options |= set(IMPLEMENTATIONS.names())
-    return sorted(options)
-
-
-def _check_value(key: str, value: Any, conf_dir: Path) -> None:
-    text = str(value)
-    if key in GROUPS:
-        options = _group_options(conf_dir, key)
-        if text not in options and text != "null":
-            raise UserError(f"{key}={text!r} is not one of: {', '.join(options)}")
-    elif key in SIZE_KEYS:
-        _wrap(parse_size, key, value)
-    elif key in OPTIONAL_SIZE_KEYS:
-        if text.lower() not in ("none", "null"):
-            _wrap(parse_size, key, value)
-    elif key in CHOICES and text.lower() not in CHOICES[key]:
-        raise UserError(f"{key}={text!r} is not one of: {', '.join(CHOICES[key])}")
-    elif key == "device" and not (text in ("auto", "cpu", "cuda") or text.startswith("cuda:")):
-        raise UserError(f"device={text!r} is not one of: auto, cpu, cuda, cuda:<index>")
-
-
-def _wrap(fn: Callable[..., Any], *args: Any) -> None:
-    try:
-        fn(*args)
-    except ValueError as error:
-        raise UserError(str(error)) from None
-
 
 # Launcher configs that come from optional plugins (pip install -e '.[launchers]'), by plugin module.
 LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher",
                     "submitit_local": "hydra_plugins.hydra_submitit_launcher",
                     "submitit_slurm": "hydra_plugins.hydra_submitit_launcher"}
+# Launchers whose jobs run on this machine: elsewhere (SLURM) the device is not looked for here.
+LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
+# The module of the Hydra task function: a relative -cp/--config-path is relative to it, as in Hydra.
+TASK_MODULE = "harness.app.main"
 
 
-def _check_launcher(name: str, conf_dir: Path) -> None:
+def config_path() -> str:
+    """The primary config source Hydra gets: the checkout's ``conf/`` folder, or the installed package."""
+    from variants.presets import CONF_PACKAGE, conf_root
+
+    root = conf_root()
+    return str(root) if isinstance(root, Path) else f"pkg://{CONF_PACKAGE}"
+
+
+def _check_launcher(name: str) -> None:
     """A launcher whose plugin is missing is one line naming the extra, not Hydra's search-path dump."""
-    import importlib.util
+    from variants.presets import conf_root
 
     base = name
-    preset = conf_dir / "hydra" / "launcher" / f"{name}.yaml"
-    if preset.exists():  # our presets extend a plugin's config: check the plugin it names
+    preset = conf_root() / "hydra" / "launcher" / f"{name}.yaml"
+    if preset.is_file():  # our presets extend a plugin's config: check the plugin it names
         defaults = (yaml.safe_load(preset.read_text()) or {}).get("defaults") or []
         base = next((d for d in defaults if isinstance(d, str) and d in LAUNCHER_PLUGINS), name)
     plugin = LAUNCHER_PLUGINS.get(base)
@@ -98,25 +56,169 @@ def _check_launcher(name: str, conf_dir: Path) -> None:
         raise UserError(f"hydra/launcher={name} needs the launcher plugins: pip install -e '.[launchers]'")
 
 
-def check_overrides(args: Iterable[str], conf_dir: Path) -> None:
-    """Raise ``UserError`` (one line) for the first bad key or value among the overrides."""
-    overrides = [a for a in args if not a.startswith("-") and "=" in a or a.startswith("~")]
+def _schema_field(key: str) -> Any:
+    """The schema's type hint at a dotted key (``measure.budget_s``), None when it has none."""
+    import dataclasses
+    import typing
+
+    from harness.app.schema import RunConfig
+
+    node: Any = RunConfig
+    hint: Any = None
+    for part in key.split("."):
+        hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+        if part not in hints:
+            return None
+        node = hint = hints[part]
+    return hint
+
+
+def _allowed(key: str) -> str:
+    """What the schema allows at ``key``: ``one of: a, b``, ``an integer``, ``a number or null``."""
+    import typing
+    from enum import Enum
+
+    hint = _schema_field(key)
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next(a for a in args if a is not type(None)) if optional else hint
+    if isinstance(base, type) and issubclass(base, Enum):
+        text = "one of: " + ", ".join(base.__members__)
+    else:
+        text = {int: "an integer", float: "a number", bool: "one of: true, false", str: "a string"}.get(
+            base, "allowed here")
+    return text + (" or null" if optional else "")
+
+
+def _keys(parent: str) -> list[str]:
+    """The schema's keys under ``parent`` ("" for the top level), dotted."""
+    import dataclasses
+
+    from harness.app.schema import RunConfig
+
+    node = _schema_field(parent) if parent else RunConfig
+    prefix = f"{parent}." if parent else ""
+    return sorted(f"{prefix}{f.name}" for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else []
+
+
+def condense(error: BaseException) -> str:
+    """Hydra's multi-line composition error as one line: the value, the key, what is allowed."""
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        if group:  # an unknown group option (variant=mxa)
+            return f"{group}={option!r} is not one of: {', '.join(sorted(error.options))}"
+    cause = error.__cause__ if error.__cause__ is not None else error
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        key = str(cause.full_key)
+        if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):  # a key the schema doesn't have (colour=red)
+            return f"unknown key {key!r}; valid keys: {', '.join(_keys(key.rpartition('.')[0]))}"
+        if isinstance(cause, ValidationError):  # a wrong type or choice (seed=abc, phase=train)
+            return f"{key}={cause.value!r} is not {_allowed(key)}"
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    first = lines[0] if lines else type(error).__name__
+    if first.startswith("Ambiguous value for argument"):
+        return f"{first}: a sweep needs -m (--multirun); a list is key=[a,b]"
+    return first
+
+
+@contextmanager
+def _hydra(primary: str, config_dir: str | None) -> Iterator[Any]:
+    """A Hydra instance with the search path the app gets (``hydra._internal.utils._run_hydra``)."""
+    import os
+
+    from hydra import version
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_automatic_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.core.global_hydra import GlobalHydra
+
+    version.setbase("1.3")
+    search_path = create_automatic_config_search_path(None, TASK_MODULE, primary)
+    if config_dir is not None:
+        path = os.path.abspath(config_dir)
+        if not os.path.isdir(path):
+            raise UserError(f"--config-dir {config_dir!r} is not a folder")
+        search_path.prepend(provider="command-line", path=f"file://{path}", anchor=SearchPathQuery(provider="schema"))
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
-    except Exception as error:  # noqa: BLE001 - Hydra's grammar errors, reported in one line
-        raise UserError(str(error).strip().splitlines()[0]) from None
-    primary = yaml.safe_load((conf_dir / "config.yaml").read_text())
-    top_keys = sorted(k for k in primary if k not in ("defaults", "hydra"))
-    for override in parsed:
-        key = override.key_or_group
+        yield Hydra.create_main_hydra2(task_name="attnbench", config_search_path=search_path)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _compose(hydra: Any, name: str, overrides: list[str], *, multirun: bool) -> DictConfig:
+    from hydra.types import RunMode
+
+    try:
+        return hydra.compose_config(name, list(overrides), run_mode=RunMode.MULTIRUN if multirun else RunMode.RUN)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(condense(error)) from None
+
+
+def compose_job(primary: str, overrides: list[str], *, config_name: str = "config") -> DictConfig:
+    """One job's config as the app composes it (the ConfigStore filled first: ``store_configs``)."""
+    with _hydra(primary, None) as hydra:
+        return _compose(hydra, config_name, overrides, multirun=False)
+
+
+def _jobs(master: DictConfig) -> list[list[str]]:
+    """Every job's overrides, as Hydra's BasicSweeper will give them (job-number order)."""
+    from harness.sweep.status import BASIC_SWEEPER, sweep_overrides
+
+    sweeper = master.hydra.sweeper.get("_target_")
+    hydra_overrides = list(master.hydra.overrides.hydra)
+    if sweeper != BASIC_SWEEPER:  # other sweepers choose jobs as they go: none is known in advance
+        return []
+    multirun = {"hydra": OmegaConf.to_container(master.hydra, resolve=False)}
+    return [[*hydra_overrides, *job] for job in sweep_overrides(multirun)]
+
+
+def _swept(jobs: list[list[str]]) -> set[str]:
+    values: dict[str, set[str]] = {}
+    for job in jobs:
+        for override in job:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    return {key for key, vals in values.items() if len(vals) > 1}
+
+
+def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None:
+    """Raise ``UserError`` (one line) for the first bad job of the command line ``argv`` (a run's, or
+    every job of a sweep's); ``conf`` is the primary config folder (default: :func:`config_path`)."""
+    from hydra._internal.utils import get_args_parser
+
+    from harness.app.schema import store_configs
+    from harness.sweep.pinning import register_resolvers
+    from harness.sweep.plan import plan_cases
+
+    args = get_args_parser().parse_args(list(argv))
+    if args.shell_completion or args.hydra_help or args.experimental_rerun is not None:
+        return  # Hydra's own commands, with their own arguments (install=bash)
+    overrides = list(args.overrides)
+    for override in overrides:
+        key, _, value = override.partition("=")
         if key == "hydra/launcher":
-            _check_launcher(str(override.value()), conf_dir)
-        root = key.split(".")[0].split("/")[0]  # hydra/launcher=joblib: a Hydra group, Hydra's to check
-        if root == "hydra" or override.package is not None or override.is_delete():
-            continue
-        if root in GROUPS + BLOCKS and key != root:
-            continue  # a field inside a group or block (measure.budget_s=2): Hydra checks it exists
-        if key not in GROUPS and key not in top_keys and not override.is_add():
-            raise UserError(f"unknown key {key!r}; valid keys: {', '.join(sorted([*top_keys, *GROUPS]))}")
-        for value in _values(override):
-            _check_value(key, value, conf_dir)
+            _check_launcher(value)
+    store_configs()
+    register_resolvers()
+    primary = args.config_path if args.config_path is not None else str(conf or config_path())
+    with _hydra(primary, args.config_dir) as hydra:
+        name = args.config_name or "config"
+        master = _compose(hydra, name, overrides, multirun=args.multirun)
+        if args.cfg is not None or args.info is not None or args.help:
+            return  # shows the config: nothing runs
+        multirun = args.multirun or str(master.hydra.mode) == "RunMode.MULTIRUN"
+        jobs = _jobs(master) if multirun else [overrides]
+        target = str(master.hydra.launcher.get("_target_", ""))
+        local = target.rpartition(".")[2] in LOCAL_LAUNCHERS
+        swept = _swept(jobs)
+        for num, job in enumerate(jobs):
+            where = ""
+            if len(jobs) > 1:
+                which = " ".join(o for o in job if o.partition("=")[0] in swept)
+                where = f" (sweep job {num} of {len(jobs)}: {which}; the sweep was refused, no job started)"
+            try:
+                cfg = _compose(hydra, name, job, multirun=False)
+                if cfg.task == "benchmark":  # the low-rank study checks its own settings
+                    plan_cases(cfg, local=local)
+            except (UserError, ValueError) as error:
+                raise UserError(f"{error}{where}") from None

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
+
 import variants
 from harness.measure.case import Case, parse_size, resolve_device, resolve_dtype, timing_mode
 from harness.results import schema
@@ -57,9 +59,21 @@ def resolve_shape(cfg: Mapping[str, Any]) -> tuple[str, ModelShape]:
     return model, shape.replace(**changes)
 
 
-def plan_cases(cfg: Mapping[str, Any]) -> list[Case]:
-    """Every case of one job, in a stable order; raises ``ValueError`` for bad input."""
-    device = resolve_device(str(cfg.get("device", "auto")))
+def _device(value: str, *, local: bool) -> torch.device:
+    if local or not value.startswith("cuda"):
+        return resolve_device(value)
+    try:
+        return torch.device(value)
+    except RuntimeError:
+        raise ValueError(f"device={value!r} is not one of: auto, cpu, cuda, cuda:<index>") from None
+
+
+def plan_cases(cfg: Mapping[str, Any], *, local: bool = True) -> list[Case]:
+    """Every case of one job, in a stable order; raises ``ValueError`` for bad input.
+
+    ``local=False``: the job will run on another machine (a SLURM launcher), so a ``cuda`` device is
+    not looked for here (the pre-check on a login node without a GPU)."""
+    device = _device(str(cfg.get("device", "auto")), local=local)
     dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
     dtype_name = str(dtype).removeprefix("torch.")
     model, shape = resolve_shape(cfg)

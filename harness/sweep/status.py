@@ -29,7 +29,6 @@ import yaml
 from harness import results
 from harness.errors import UserError
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 DETAILED = ("missing", "error", "oom", "incorrect")  # listed case by case; other statuses are counted
 
@@ -137,23 +136,26 @@ def sweep_overrides(multirun: dict) -> list[list[str]]:
     return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
-def _conf_dir(multirun: dict | None) -> Path:
+def _conf_dir(multirun: dict | None) -> str:
+    """The sweep's primary config source (a folder, or pkg://attnbench_conf), else this install's."""
+    from harness.sweep.overrides import config_path
+
     for source in ((multirun or {}).get("hydra", {}).get("runtime", {}).get("config_sources") or []):
         if source.get("provider") == "main" and source.get("schema") == "file" and Path(source["path"]).is_dir():
-            return Path(source["path"])
-    return CONF_DIR
+            return str(source["path"])
+    return config_path()
 
 
-def _plan_here(overrides: list[str], conf_dir: Path) -> tuple[tuple[tuple[str, str], ...] | None, str]:
+def _plan_here(overrides: list[str], conf_dir: str) -> tuple[tuple[tuple[str, str], ...] | None, str]:
     """Compose a job's config and plan it on this machine; (cases, note) or (None, why not)."""
-    from hydra import compose, initialize_config_dir
-
+    from harness.app.schema import store_configs
+    from harness.sweep.overrides import compose_job
     from harness.sweep.plan import plan_cases
     from variants.registry import VARIANTS
 
     try:
-        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            cfg = compose("config", overrides=list(overrides))
+        store_configs()
+        cfg = compose_job(conf_dir, list(overrides))
         cases = plan_cases(cfg)
     except Exception as error:  # noqa: BLE001 - any reason it can't be planned here is reported, not raised
         return None, f"cannot plan it here: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
@@ -217,7 +219,8 @@ def resume_command(root: Path, multirun: dict | None) -> str | None:
     hydra_args = [o for o in overrides["hydra"] if not o.startswith("hydra.mode=")]
     if not any(o.startswith("name=") for o in task) and not any(o.startswith("hydra.sweep.dir=") for o in hydra_args):
         task.append(f"name={Path(root).name}")  # the default name is a time stamp: name the folder
-    return shlex.join(["python", "run.py", "-m", *task, *hydra_args, "resume=true"])
+    # python -m harness: the attnbench command wherever attnbench is importable (a checkout or an install).
+    return shlex.join(["python", "-m", "harness", "-m", *task, *hydra_args, "resume=true"])
 
 
 def status(root: Path) -> SweepStatus:

@@ -15,17 +15,16 @@ from omegaconf import OmegaConf
 
 from studies.lowrank.study import main
 from studies.lowrank.summary import summary_table
-from variants.presets import PRESET_DIR
-
-EXPERIMENT = PRESET_DIR.parent / "experiment" / "lowrank_smollm2.yaml"
+from variants.presets import conf_root
 
 
-def cli() -> None:
+
+def cli(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m studies.lowrank", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="key=value settings of the lowrank block")
     parser.add_argument("--out", type=Path, default=Path("results/lowrank/smollm2_135m"))
-    args = parser.parse_args()
-    experiment = yaml.safe_load(EXPERIMENT.read_text())
+    args = parser.parse_args(argv)
+    experiment = yaml.safe_load((conf_root() / "experiment" / "lowrank_smollm2.yaml").read_text())
     model = next(value for entry in experiment["defaults"] for key, value in entry.items() if key.endswith("/model"))
     overrides = OmegaConf.from_dotlist(args.overrides)
     model = overrides.pop("model", model)  # model=<preset> picks another preset with real weights

@@ -1,0 +1,107 @@
+"""``attnbench``: the Hydra app and the other commands, one entry point.
+
+    attnbench [key=value ...]                      # one run (python run.py and python -m harness: the same)
+    attnbench -m variant=mha,mla seq=1k,32k        # a sweep; every job is checked before the first starts
+    attnbench --config-dir my_conf model=mine      # a preset of your own, the Hydra way
+    attnbench report|merge|status|nightly|lowrank ...   # the other commands (each with --help)
+
+Keys, the typed schema and the pre-check: docs/cli.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from harness.errors import UserError
+
+# Subcommand -> "module:function" taking argv (the module's own ``main(argv)``), imported when chosen.
+SUBCOMMANDS = {
+    "report": "harness.report.__main__:main",
+    "merge": "harness.results.merge:main",
+    "status": "harness.sweep.status:main",
+    "nightly": "harness.nightly.cli:main",
+    "lowrank": "studies.lowrank.__main__:cli",
+}
+
+
+def run(cfg: DictConfig, *, job_dir: Path, root: Path, job: dict | None = None):  # noqa: ANN201
+    """The plain function behind the command line (tests call it with a composed config)."""
+    if cfg.task == "lowrank":
+        from studies.lowrank.study import main as lowrank_main
+
+        return lowrank_main(cfg, job_dir)
+    from harness.sweep.job import run_job
+
+    return run_job(cfg, job_dir=job_dir, root=root, job=job)
+
+
+def task(cfg: DictConfig) -> None:
+    """Hydra's task function: one job."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from harness.sweep.pinning import pinned_device
+
+    hc = HydraConfig.get()
+    job_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode.name == "MULTIRUN"
+    root = Path(hc.sweep.dir) if multirun else job_dir
+    job = {"job_num": hc.job.num if multirun else None, "launcher": _launcher_name(hc)}
+    try:
+        # device=auto/cuda: this job takes a free GPU of its machine and holds it while it runs.
+        with pinned_device(str(cfg.device), lock_dir=cfg.get("gpu_lock_dir")) as device:
+            cfg.device = device
+            run(cfg, job_dir=job_dir, root=root, job=job)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _launcher_name(hc) -> str:  # noqa: ANN001 - HydraConfig
+    """``basic``, ``joblib``, ``submitit_local``, ``submitit_slurm``: the engine, whatever preset named it."""
+    target = str(hc.launcher.get("_target_", "basic"))
+    module, _, cls = target.rpartition(".")
+    name = cls.removesuffix("Launcher").lower() or "basic"
+    return f"submitit_{name}" if "submitit" in module else name
+
+
+def hydra_app(argv: Sequence[str]) -> None:
+    """The Hydra app on ``argv`` (overrides and Hydra's flags), after the pre-check."""
+    import hydra
+
+    from harness.app.schema import store_configs
+    from harness.sweep.overrides import check_overrides, config_path
+    from harness.sweep.pinning import register_resolvers
+
+    try:
+        check_overrides(argv)  # also fills the ConfigStore (schema, registered variants and impls)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    store_configs()
+    register_resolvers()
+    app = hydra.main(version_base="1.3", config_path=config_path(), config_name="config")(task)
+    saved = sys.argv
+    sys.argv = [saved[0] if saved else "attnbench", *argv]  # hydra.main reads sys.argv; argv[0] names the program
+    try:
+        app()
+    finally:
+        sys.argv = saved
+
+
+def _load(target: str) -> Callable[[list[str]], int | None]:
+    module, _, function = target.partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: a subcommand, else the Hydra app."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] in SUBCOMMANDS:
+        return int(_load(SUBCOMMANDS[args[0]])(args[1:]) or 0)
+    hydra_app(args)
+    return 0

@@ -209,7 +209,7 @@ def measure(device: torch.device, dtype: torch.dtype, *, size_bytes: int) -> Mea
         copy_bps, copy_ok = stable_rate(lambda: dst.copy_(src), device, work=2 * nbytes)
         del dst
         total = torch.empty((), dtype=dtype, device=device)
-        read_bps, read_ok = stable_rate(lambda: torch.sum(src, out=total), device, work=nbytes)
+        read_bps, read_ok = stable_rate(lambda: torch.sum(src, dim=0, out=total), device, work=nbytes)
         del src, total
 
         n = matmul_n(device, dtype)

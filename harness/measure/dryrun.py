@@ -7,8 +7,9 @@ expanding grouped keys, a new mask, a folded weight held by the closure); runnin
 set-up and step under ``FakeTensorMode`` on the case's device (so SDPA picks the backend it would pick
 there) follows the code exactly. A ``TorchDispatchMode`` sees each op's outputs: a storage not seen
 before is an allocation, released when the last tensor on it dies (CPython frees at refcount zero, as
-eager PyTorch does). What it cannot see are buffers a fused kernel allocates inside itself (the CPU
-flash kernel's per-thread scratch); ``harness.measure.predict`` adds a margin for those.
+eager PyTorch does). Buffers a fused kernel allocates inside itself are invisible to it; those of
+PyTorch's CPU flash attention are added from the kernel's own sizing (``_cpu_flash_scratch``), and
+``harness.measure.predict`` adds a small margin for anything else.
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class _Allocations(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's signature
         out = func(*args, **(kwargs or {}))
+        scratch = _SCRATCH.get(func)
+        extra = 0 if scratch is None else scratch(*args)  # allocated after the op's outputs, freed in it
         for tensor in tree_flatten(out)[0]:
             if not isinstance(tensor, torch.Tensor):
                 continue
@@ -71,7 +74,35 @@ class _Allocations(TorchDispatchMode):
                 self.peak = max(self.peak, self.current)
             self.refs[key] += 1
             weakref.finalize(tensor, self._release, key)
+        self.peak = max(self.peak, self.current + extra)
         return out
+
+
+def _cpu_flash_scratch(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, *_: Any) -> int:
+    """Scratch of ``aten/src/ATen/native/cpu/FlashAttentionKernel.cpp``: per thread, one query block's
+    scores against one key block, its running max and sum and its output accumulator, in the
+    accumulation dtype, plus a reduced-precision copy of the scores for bf16/fp16; the blocks are
+    256 x 512 from 768 queries on, 64 x 512 from 192, else 32 x 512, capped at the sizes."""
+    q_len, kv_len, v_dim = query.shape[-2], key.shape[-2], value.shape[-1]
+    q_block = min(q_len, 256 if q_len >= 768 else 64 if q_len >= 192 else 32)
+    kv_block = min(kv_len, 512)
+    reduced = query.dtype in (torch.bfloat16, torch.float16)
+    acc_bytes = 4 if reduced else query.dtype.itemsize
+    per_thread = (q_block * kv_block + 2 * q_block + q_block * v_dim) * acc_bytes
+    if reduced:
+        per_thread += q_block * kv_block * query.dtype.itemsize
+    return torch.get_num_threads() * per_thread
+
+
+def _safe_softmax_scratch(scores: torch.Tensor, dim: int, *_: Any) -> int:
+    """``aten._safe_softmax`` (SDPA's math path) masks rows that are all -inf: a bool per score and one
+    per row, allocated inside the op (measured on CPU: exactly these sizes)."""
+    return scores.numel() + scores.numel() // max(1, scores.shape[dim])
+
+
+# Ops whose kernels allocate buffers the dispatch mode cannot see, and their sizes.
+_SCRATCH = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default: _cpu_flash_scratch,
+            torch.ops.aten._safe_softmax.default: _safe_softmax_scratch}
 
 
 def _storage_id(tensor: torch.Tensor) -> int:

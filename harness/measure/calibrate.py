@@ -11,11 +11,12 @@ driver or torch upgrade or another machine measures again, and everything else r
   the device; 256 MiB on CPU, which CPUs with very large L3 caches may still partly hold).
 - Matmul rate: a square ``n x n`` matmul is ``2 n^3`` FLOPs. CUDA uses n = 8192, large enough to
   reach the tensor-core plateau; on CPU n grows (256 ... 2048) until one call takes ~50 ms.
-- Read bandwidth: ``src.sum()`` over the same buffer reads ``size_bytes`` and writes one element.
+- Read bandwidth: row sums over the same buffer read ``size_bytes`` and write one element per row.
   Decode reads far more than it writes (the cache, the weights), so a read stream is its roof; it can
   legitimately beat the copy rate, whose writes cost a read-for-ownership on CPUs.
 - Each rate is the best of several repetitions (noise on a shared machine only ever adds time),
-  taken in rounds until two consecutive rounds agree within ``STABLE_REL``; CUDA is timed with
+  taken in rounds (copy, read, matmul in turn, so they are compared under the same conditions)
+  until each rate's last two rounds agree within ``STABLE_REL``; CUDA is timed with
   events (no host overhead in the interval), CPU with ``perf_counter``. Repetitions repeat the call
   enough times to last ~20 ms so that short calls are not lost in timer resolution or launch gaps.
 
@@ -61,6 +62,7 @@ REPS = {"cpu": 5, "cuda": 10}
 MAX_INNER = 10_000
 STABLE_REL = 0.03  # two consecutive rounds' best rates within 3% of each other: stable
 MAX_ROUNDS = 6  # rounds per rate before giving up on stability (the result is then not cached)
+READ_ROW = 1 << 16  # elements per row of the read stream
 BUSY_SHARE = 0.10  # others may use at most this share of our CPUs while we calibrate
 
 log = logging.getLogger(__name__)
@@ -142,17 +144,21 @@ def best_call_s(fn: Callable[[], object], device: torch.device, *, reps: int | N
     return min(clock(fn, inner) / inner for _ in range(reps or REPS.get(device.type, 5)))
 
 
-def stable_rate(fn: Callable[[], object], device: torch.device, *, work: float) -> tuple[float, bool]:
-    """(best ``work`` per second over rounds of best-of-k, whether two consecutive rounds agreed).
+def stable_rates(streams: dict[str, tuple[Callable[[], object], float]], device: torch.device
+                 ) -> tuple[dict[str, float], bool]:
+    """Best ``work`` per second of each ``name: (fn, work)``, and whether they all reached a plateau.
 
-    Rounds go on until the last two agree within ``STABLE_REL`` (at most ``MAX_ROUNDS``): one round
-    can catch a quiet moment or a busy one; two that agree, spread over time, are a plateau."""
-    rates: list[float] = []
+    Each round takes the best-of-k of every stream in turn, so streams are compared under the same
+    conditions (a load that comes and goes hits all of them); rounds go on until each stream's last
+    two rounds agree within ``STABLE_REL`` (at most ``MAX_ROUNDS``). One round can catch a quiet
+    moment or a busy one; two that agree, spread over time, are a plateau."""
+    rates: dict[str, list[float]] = {name: [] for name in streams}
     for _ in range(MAX_ROUNDS):
-        rates.append(work / best_call_s(fn, device))
-        if len(rates) >= 2 and abs(rates[-1] - rates[-2]) <= STABLE_REL * max(rates[-2:]):
-            return max(rates), True
-    return max(rates), False
+        for name, (fn, work) in streams.items():
+            rates[name].append(work / best_call_s(fn, device))
+        if all(len(r) >= 2 and abs(r[-1] - r[-2]) <= STABLE_REL * max(r[-2:]) for r in rates.values()):
+            return {name: max(r) for name, r in rates.items()}, True
+    return {name: max(r) for name, r in rates.items()}, False
 
 
 def default_copy_bytes(device: torch.device) -> int:
@@ -205,18 +211,19 @@ def measure(device: torch.device, dtype: torch.dtype, *, size_bytes: int) -> Mea
         numel = max(1, size_bytes // dtype.itemsize)
         src = torch.zeros(numel, dtype=dtype, device=device)  # zeros, not empty: pages are touched now
         dst = torch.empty_like(src)
-        nbytes = numel * dtype.itemsize
-        copy_bps, copy_ok = stable_rate(lambda: dst.copy_(src), device, work=2 * nbytes)
-        del dst
-        total = torch.empty((), dtype=dtype, device=device)
-        read_bps, read_ok = stable_rate(lambda: torch.sum(src, dim=0, out=total), device, work=nbytes)
-        del src, total
-
+        # Row sums over rows of READ_ROW elements: each row a contiguous stream, the rows split across
+        # threads; a single 1-D sum ends in a serial combine and runs below the read rate on CPUs.
+        width = min(numel, READ_ROW)
+        rows_RW = src[:numel // width * width].view(-1, width)
+        sums_R = torch.empty(rows_RW.shape[0], dtype=dtype, device=device)
         n = matmul_n(device, dtype)
         a, b = _random(n, dtype, device), _random(n, dtype, device)
         out = torch.empty(n, n, dtype=dtype, device=device)
-        flops, matmul_ok = stable_rate(lambda: torch.mm(a, b, out=out), device, work=2 * n**3)
-    return Measurement(copy_bps / 1e9, read_bps / 1e9, flops / 1e12, copy_ok and read_ok and matmul_ok,
+        rates, stable = stable_rates({
+            "copy": (lambda: dst.copy_(src), 2 * numel * dtype.itemsize),
+            "read": (lambda: torch.sum(rows_RW, dim=1, out=sums_R), rows_RW.numel() * dtype.itemsize),
+            "matmul": (lambda: torch.mm(a, b, out=out), 2 * n**3)}, device)
+    return Measurement(rates["copy"] / 1e9, rates["read"] / 1e9, rates["matmul"] / 1e12, stable,
                        load.share if device.type == "cpu" else None)
 
 

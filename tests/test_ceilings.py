@@ -147,3 +147,41 @@ def test_an_old_cache_without_a_read_ceiling_is_measured_again(tmp_path, monkeyp
     path.write_text(json.dumps(old))
     with pytest.warns(RuntimeWarning, match="measuring again"):
         assert ceilings("cpu", "float32", cache_dir=tmp_path, size_bytes=1 << 16).read_gbps == 3.0
+
+
+def _ceilings(copy: float, read: float, matmul: float) -> calibrate.Ceilings:
+    return calibrate.Ceilings(copy_gbps=copy, read_gbps=read, matmul_tflops=matmul, device_name="cpu",
+                              dtype="float32", fingerprint="0", measured_at="now")
+
+
+def test_a_row_above_its_ceiling_measures_the_ceilings_again_once(caplog):
+    from harness.measure.runner import RunContext, run_case
+    from harness.measure.timer import MeasureSettings
+    from tests.test_predict_memory import _cases
+
+    calls = []
+
+    def recalibrate():
+        calls.append(1)
+        return _ceilings(5.0, 8.0, 1e-9)  # still absurdly low: the next rows stay above it
+
+    settings = MeasureSettings(warmup_reps=0, warmup_s=0.0, min_reps=1, max_reps=1, target_ci_rel=0.0, budget_s=0.01)
+    ctx = RunContext(settings=settings, check_numerics=False, ceilings=_ceilings(1.0, 2.0, 1e-12),
+                     recalibrate=recalibrate, max_step_s=float("inf"))  # the absurd roof must not skip it
+    cases = [c for c in _cases("decode", "1k") if c.impl == "eager"][:2]
+    with caplog.at_level("WARNING", logger="harness.measure.runner"):
+        first, second = (run_case(case, ctx) for case in cases)
+    assert calls == [1], "measured again for the first row above the roof only"
+    assert first["status"] == second["status"] == "ok"
+    # the first row's fractions use the new ceilings, its columns name them
+    assert first["ceiling_read_gbps"] == 8.0 and first["ceiling_matmul_tflops"] == 1e-9
+    assert first["frac_peak_flops"] == pytest.approx(first["tflops"] / 1e-9)
+    assert first["frac_peak_bandwidth"] == pytest.approx(first["gbps"] / 8.0)  # the read roof
+    assert "measuring the ceilings again" in caplog.text and "after the ceilings were measured again" in caplog.text
+
+
+def test_the_bandwidth_roof_is_the_faster_stream():
+    assert _ceilings(4.0, 6.0, 1.0).bandwidth_gbps == 6.0
+    assert _ceilings(6.0, 4.0, 1.0).bandwidth_gbps == 6.0
+    assert set(_ceilings(4.0, 6.0, 1.0).columns()) == {"ceiling_copy_gbps", "ceiling_read_gbps",
+                                                        "ceiling_matmul_tflops", "ceiling_quiet", "ceiling_measured_at"}

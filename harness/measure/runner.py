@@ -101,7 +101,7 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         if predicted.guard_bytes > ctx.memory_headroom * free:
             return _finish(row, started, timed_s, "skipped",
                            f"predicted {predicted.guard_bytes / 2**30:.1f} GiB > {ctx.memory_headroom:.0%} of "
-                           f"{free / 2**30:.1f} GiB free on {device.type}")
+                           f"{free / 2**30:.1f} GiB free on {device.type} (memory_headroom guard)")
         if ctx.ceilings is not None:
             peak_flops, peak_bytes_per_s = ctx.ceilings.matmul_tflops * 1e12, ctx.ceilings.bandwidth_gbps * 1e9
             rates = "calibrated ceilings"

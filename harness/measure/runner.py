@@ -83,6 +83,8 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     row: dict[str, Any] = {**ctx.job_columns, "case_id": case.case_id(spec.uses), **case.columns(),
                            "status": "ok", "reason": ""}
     row.update({name: None for name in ctx.telemetry_columns})
+    if ctx.ceilings is not None:
+        row.update(ctx.ceilings.columns())  # on every row; an ok row's are those its fractions used
     device, dtype = torch.device(case.device), case.torch_dtype
     timed_s = 0.0
     objects: list[Any] = []

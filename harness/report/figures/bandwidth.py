@@ -23,7 +23,7 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         context_axis(ax)
         # Log: small models on big devices reach a few percent, which a linear 0-100% axis flattens.
         log_axis(ax, "y")
-        ax.set_ylabel("bandwidth (% of copy ceiling)")
+        ax.set_ylabel("bandwidth (% of memory ceiling)")
         device_title(ax, panel.device, width)
     legend(fig, drawn_rows(drawn))
     return Drawn(fig, "Achieved bandwidth (the cost model's minimum bytes over the median latency) as a share of "

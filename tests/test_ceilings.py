@@ -3,6 +3,7 @@ of a device at a time, and a row above its roof measuring the ceilings again."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -185,3 +186,19 @@ def test_the_bandwidth_roof_is_the_faster_stream():
     assert _ceilings(6.0, 4.0, 1.0).bandwidth_gbps == 6.0
     assert set(_ceilings(4.0, 6.0, 1.0).columns()) == {"ceiling_copy_gbps", "ceiling_read_gbps",
                                                         "ceiling_matmul_tflops", "ceiling_quiet", "ceiling_measured_at"}
+
+
+def test_the_step_time_guard_trusts_only_a_quiet_calibration():
+    from harness.measure.runner import RunContext, run_case
+    from harness.measure.timer import MeasureSettings
+    from tests.test_predict_memory import _cases
+
+    case = next(c for c in _cases("decode", "1k") if c.impl == "eager")
+    settings = MeasureSettings(warmup_reps=0, warmup_s=0.0, min_reps=1, max_reps=1, target_ci_rel=0.0, budget_s=0.01)
+    slow = _ceilings(1e-9, 1e-9, 1e-12)  # a step would take hours at these rates
+    row = run_case(case, RunContext(settings=settings, check_numerics=False, ceilings=slow))
+    assert row["status"] == "skipped" and row["reason"].startswith("max_step_s guard") \
+        and "calibrated ceilings" in row["reason"]
+    busy = dataclasses.replace(slow, quiet=False)
+    row = run_case(case, RunContext(settings=settings, check_numerics=False, ceilings=busy))
+    assert row["status"] == "ok" and row["predicted_step_s"] < 1e-3  # built-in rates

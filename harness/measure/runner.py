@@ -104,12 +104,14 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             return _finish(row, started, timed_s, "skipped",
                            f"predicted {predicted.guard_bytes / 2**30:.1f} GiB > {ctx.memory_headroom:.0%} of "
                            f"{free / 2**30:.1f} GiB free on {device.type} (memory_headroom guard)")
-        if ctx.ceilings is not None:
+        if ctx.ceilings is not None and ctx.ceilings.quiet:
             peak_flops, peak_bytes_per_s = ctx.ceilings.matmul_tflops * 1e12, ctx.ceilings.bandwidth_gbps * 1e9
             rates = "calibrated ceilings"
         else:
+            # A busy calibration's rates can be 100x low (oversubscribed threads): the guard would skip
+            # cases that run fine, so it falls back to rates no device of this type beats.
             peak_flops, peak_bytes_per_s = built_in_rates(device)
-            rates = f"built-in {device.type} rates, not calibrated"
+            rates = f"built-in {device.type} rates, {'not calibrated' if ctx.ceilings is None else 'calibration busy'}"
         step_s = predict_seconds(cost, peak_flops=peak_flops, peak_bytes_per_s=peak_bytes_per_s)
         row["predicted_step_s"] = step_s
         if step_s > ctx.max_step_s:

@@ -178,7 +178,7 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         row["peak_mem_over_predicted"] = row["peak_mem_bytes"] / row["predicted_mem_bytes"]
         row["peak_mem_s"] = time.perf_counter() - mark
         row.update(_derived(case, cost, row["latency_ms"] / 1e3, ctx.ceilings))
-        if _above_ceiling(row) and ctx.recalibrate is not None:
+        if _above_ceiling(row):
             _remeasure(row, case, cost, ctx)
         return _finish(row, started, timed_s, "ok", "")
     except torch.OutOfMemoryError as error:
@@ -207,15 +207,16 @@ def _remeasure(row: dict[str, Any], case: Case, cost, ctx: RunContext) -> None: 
     """A row above its roof: either its working set fits in the last-level cache (then it may), or
     the ceilings are wrong: measure them again once per run, use the new ones from this row on."""
     llc = last_level_cache_bytes(case.device)
-    if row.get("frac_peak_flops", 0) <= ABOVE_CEILING and 0 < cost.bytes_min <= llc:
+    if (row.get("frac_peak_flops") or 0) <= ABOVE_CEILING and 0 < cost.bytes_min <= llc:
         log.info("%s: %.2fx the memory ceiling; its %d bytes fit in the %d-byte last-level cache",
                  case.label(), row["frac_peak_bandwidth"], cost.bytes_min, llc)
         return
-    if ctx.recalibrated:
-        log.warning("%s is above its ceiling (flops %.2fx, bandwidth %.2fx) after the ceilings were measured "
-                    "again this run", case.label(), row.get("frac_peak_flops") or 0, row.get("frac_peak_bandwidth") or 0)
+    if ctx.recalibrated or ctx.recalibrate is None:
+        log.warning("%s is above its ceiling (flops %.2fx, bandwidth %.2fx) %s", case.label(),
+                    row.get("frac_peak_flops") or 0, row.get("frac_peak_bandwidth") or 0,
+                    "after the ceilings were measured again this run" if ctx.recalibrated
+                    else "and this run cannot measure them again")
         return
-    assert ctx.recalibrate is not None
     ctx.recalibrated = True
     log.warning("%s is above its ceiling (flops %.2fx, bandwidth %.2fx): measuring the ceilings again",
                 case.label(), row.get("frac_peak_flops") or 0, row.get("frac_peak_bandwidth") or 0)

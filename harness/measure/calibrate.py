@@ -17,13 +17,13 @@ driver or torch upgrade or another machine measures again, and everything else r
   uses non-temporal stores: then both are about equal). The memory roof is the faster of the two.
 - Each rate is the best of several repetitions (noise on a shared machine only ever adds time),
   taken in rounds (copy, read, matmul in turn, so they are compared under the same conditions)
-  until each rate's last two rounds agree within ``STABLE_REL``; CUDA is timed with
+  until no rate's best improves by more than ``STABLE_REL`` in a round; CUDA is timed with
   events (no host overhead in the interval), CPU with ``perf_counter``. Repetitions repeat the call
   enough times to last ~20 ms so that short calls are not lost in timer resolution or launch gaps.
 
 A ceiling measured on a busy machine is too low and, cached, would stay wrong for every later run.
-The rule: **only a quiet calibration is cached**. Quiet means every rate was stable (two consecutive
-rounds agree) and, on CPU, other processes used at most ``BUSY_SHARE`` of this process's CPUs while
+The rule: **only a quiet calibration is cached**. Quiet means every rate was stable (its best-of-k
+stopped improving) and, on CPU, other processes used at most ``BUSY_SHARE`` of this process's CPUs while
 it measured (``/proc/stat`` for the CPUs in our affinity mask, minus our own CPU time). A busy
 calibration is used for the current run only (``Ceilings.quiet`` is False and a warning is logged),
 so the next run measures again; a quiet re-measurement (``force``, e.g. when a row exceeds its
@@ -61,7 +61,7 @@ CPU_MATMUL_TARGET_S = 0.05  # one CPU matmul lasts at least this long, up to the
 REP_TARGET_S = 0.02  # each timed repetition lasts at least about this long
 REPS = {"cpu": 5, "cuda": 10}
 MAX_INNER = 10_000
-STABLE_REL = 0.03  # two consecutive rounds' best rates within 3% of each other: stable
+STABLE_REL = 0.03  # a round that beats the best so far by no more than 3%: stopped improving
 MAX_ROUNDS = 6  # rounds per rate before giving up on stability (the result is then not cached)
 READ_ROW = 1 << 16  # elements per row of the read stream
 BUSY_SHARE = 0.10  # others may use at most this share of our CPUs while we calibrate
@@ -150,14 +150,15 @@ def stable_rates(streams: dict[str, tuple[Callable[[], object], float]], device:
     """Best ``work`` per second of each ``name: (fn, work)``, and whether they all reached a plateau.
 
     Each round takes the best-of-k of every stream in turn, so streams are compared under the same
-    conditions (a load that comes and goes hits all of them); rounds go on until each stream's last
-    two rounds agree within ``STABLE_REL`` (at most ``MAX_ROUNDS``). One round can catch a quiet
-    moment or a busy one; two that agree, spread over time, are a plateau."""
+    conditions (a load that comes and goes hits all of them); rounds go on until no stream's last
+    round beats its earlier best by more than ``STABLE_REL`` (at most ``MAX_ROUNDS``): the best-of-k
+    has stopped improving. A slow round (a burst of load) does not restart the count; whether the
+    machine was busy throughout is the load probe's question, not this one's."""
     rates: dict[str, list[float]] = {name: [] for name in streams}
     for _ in range(MAX_ROUNDS):
         for name, (fn, work) in streams.items():
             rates[name].append(work / best_call_s(fn, device))
-        if all(len(r) >= 2 and abs(r[-1] - r[-2]) <= STABLE_REL * max(r[-2:]) for r in rates.values()):
+        if all(len(r) >= 2 and r[-1] <= (1 + STABLE_REL) * max(r[:-1]) for r in rates.values()):
             return {name: max(r) for name, r in rates.items()}, True
     return {name: max(r) for name, r in rates.items()}, False
 
@@ -202,7 +203,7 @@ class Measurement:
     copy_gbps: float
     read_gbps: float
     matmul_tflops: float
-    stable: bool  # every rate reached a plateau (two consecutive rounds agreed)
+    stable: bool  # every rate reached a plateau (its best-of-k stopped improving)
     others_cpu_share: float | None  # share of our CPUs others used while measuring; None: unknown
 
 

@@ -57,7 +57,7 @@ class _Allocations(TorchDispatchMode):
             self.current -= self.live.pop(key)
             del self.refs[key]
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's signature
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
         scratch = _SCRATCH.get(func)
         extra = 0 if scratch is None else scratch(*args)  # allocated after the op's outputs, freed in it

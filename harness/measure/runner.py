@@ -192,7 +192,7 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             torch.cuda.empty_cache()
 
 
-def _derived(case: Case, cost, latency_s: float, ceilings: Ceilings | None) -> dict[str, Any]:  # noqa: ANN001
+def _derived(case: Case, cost, latency_s: float, ceilings: Ceilings | None) -> dict[str, Any]:
     row: dict[str, Any] = dict(ceilings.columns()) if ceilings is not None else {}
     row.update(derive(Measured(case, cost, latency_s, ceilings.bandwidth_gbps if ceilings else None,
                                ceilings.matmul_tflops if ceilings else None)))
@@ -203,7 +203,7 @@ def _above_ceiling(row: dict[str, Any]) -> bool:
     return max(row.get("frac_peak_flops") or 0, row.get("frac_peak_bandwidth") or 0) > ABOVE_CEILING
 
 
-def _remeasure(row: dict[str, Any], case: Case, cost, ctx: RunContext) -> None:  # noqa: ANN001
+def _remeasure(row: dict[str, Any], case: Case, cost, ctx: RunContext) -> None:
     """A row above its roof: either its working set fits in the last-level cache (then it may), or
     the ceilings are wrong: measure them again once per run, use the new ones from this row on."""
     llc = last_level_cache_bytes(case.device)

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from harness import results
-from harness.measure.calibrate import ceilings
+from harness.measure.calibrate import Ceilings, ceilings
 from harness.measure.case import Case
 from harness.measure.env import environment
 from harness.errors import UserError
@@ -51,7 +51,7 @@ def _context(cfg: Mapping[str, Any], cases: list[Case], job_columns: dict[str, A
               f"matmul {ceiling.matmul_tflops:.3f} TFLOP/s ({ceiling.dtype}"
               f"{'' if ceiling.quiet else ', measured on a busy machine: not cached'})", file=log)
 
-        def recalibrate():  # noqa: ANN202 - a row beat the ceilings: measure again, bypassing the cache
+        def recalibrate() -> Ceilings:  # a row beat the ceilings: measure again, bypassing the cache
             return ceilings(device, cases[0].torch_dtype, force=True, cache_dir=cache_dir)
     sampler, why_not = telemetry_for(device)
     if why_not is not None:

@@ -107,11 +107,15 @@ class KVCache:
 
         Stands in for a long prefill when only the decode step is measured: the step's cost does
         not depend on the cached values, and a 128k-token prefill would dominate a CPU sweep.
+        The values are drawn straight into the cache's storage (``normal_`` on a view), one batch
+        row at a time so that each view is contiguous (the vectorised path): nothing beside the
+        cache is allocated, so the memory a case is predicted to need holds during set-up too.
+        Seeded per buffer, so the same seed gives the same values.
         """
         if not 0 <= length <= self.max_len:
             raise ValueError(f"fill length {length} is outside [0, max_len={self.max_len}]")
         for buf in self.buffers.values():
             generator = torch.Generator(device=buf.device).manual_seed(seed)
-            view = buf[:, :length]
-            view.copy_(torch.randn(view.shape, generator=generator, device=buf.device, dtype=buf.dtype))
+            for row_SX in buf[:, :length]:
+                row_SX.normal_(generator=generator)
         self.length = length

@@ -1,4 +1,4 @@
-"""Measured ceilings of a device: achieved copy bandwidth and dense matmul rate, once per device.
+"""Measured ceilings of a device: achieved copy and read bandwidth and dense matmul rate, once per device.
 
 A roofline drawn from datasheet peaks flatters no one: boost clocks, power caps, ECC and the
 memory system of the actual machine decide what is reachable. ``ceilings(device, dtype, ...)``
@@ -11,20 +11,39 @@ driver or torch upgrade or another machine measures again, and everything else r
   the device; 256 MiB on CPU, which CPUs with very large L3 caches may still partly hold).
 - Matmul rate: a square ``n x n`` matmul is ``2 n^3`` FLOPs. CUDA uses n = 8192, large enough to
   reach the tensor-core plateau; on CPU n grows (256 ... 2048) until one call takes ~50 ms.
-- Each is the median over several repetitions after warm-up; CUDA is timed with events (no host
-  overhead in the interval), CPU with ``perf_counter``. Repetitions repeat the call enough times
-  to last ~20 ms so that short calls are not lost in timer resolution or launch gaps.
+- Read bandwidth: row maxima over the same buffer read ``size_bytes`` and write one element per row.
+  Decode reads far more than it writes (the cache, the weights), so a read stream is its roof; it can
+  legitimately beat the copy rate (whose writes cost a read-for-ownership on CPUs, unless the copy
+  uses non-temporal stores: then both are about equal). The memory roof is the faster of the two.
+- Each rate is the best of several repetitions (noise on a shared machine only ever adds time),
+  taken in rounds (copy, read, matmul in turn, so they are compared under the same conditions)
+  until no rate's best improves by more than ``STABLE_REL`` in a round; CUDA is timed with
+  events (no host overhead in the interval), CPU with ``perf_counter``. Repetitions repeat the call
+  enough times to last ~20 ms so that short calls are not lost in timer resolution or launch gaps.
+
+A ceiling measured on a busy machine is too low and, cached, would stay wrong for every later run.
+The rule: **only a quiet calibration is cached**. Quiet means every rate was stable (its best-of-k
+stopped improving) and, on CPU, other processes used at most ``BUSY_SHARE`` of this process's CPUs while
+it measured (``/proc/stat`` for the CPUs in our affinity mask, minus our own CPU time). A busy
+calibration is used for the current run only (``Ceilings.quiet`` is False and a warning is logged),
+so the next run measures again; a quiet re-measurement (``force``, e.g. when a row exceeds its
+ceiling) replaces the cached file. Calibrations of one device never run at the same time: a
+``flock`` on a lock file in ``cache_dir`` (opened with ``O_NOFOLLOW``) serializes parallel workers,
+and a worker that waited reads what the first one cached.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
+import logging
 import math
-import statistics
+import os
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -42,22 +61,44 @@ CPU_MATMUL_TARGET_S = 0.05  # one CPU matmul lasts at least this long, up to the
 REP_TARGET_S = 0.02  # each timed repetition lasts at least about this long
 REPS = {"cpu": 5, "cuda": 10}
 MAX_INNER = 10_000
+STABLE_REL = 0.03  # a round that beats the best so far by no more than 3%: stopped improving
+MAX_ROUNDS = 6  # rounds per rate before giving up on stability (the result is then not cached)
+READ_ROW = 1 << 16  # elements per row of the read stream
+BUSY_SHARE = 0.10  # others may use at most this share of our CPUs while we calibrate
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Ceilings:
     copy_gbps: float  # achieved, counting read + write bytes, 1e9 B/s
+    read_gbps: float  # achieved read stream (a sum over the buffer), 1e9 B/s
     matmul_tflops: float  # achieved dense matmul rate, 1e12 FLOP/s
     device_name: str
     dtype: str  # torch dtype name without "torch.", e.g. "bfloat16"
     fingerprint: str  # harness.measure.env.fingerprint of the device and this calibration's settings
     measured_at: str  # ISO 8601, UTC
+    quiet: bool = True  # measured stable on an otherwise idle machine; only quiet ceilings are cached
+    others_cpu_share: float | None = None  # share of our CPUs other processes used meanwhile (None: unknown)
 
     def __post_init__(self) -> None:
-        for name in ("copy_gbps", "matmul_tflops"):
+        for name in ("copy_gbps", "read_gbps", "matmul_tflops"):
             value = getattr(self, name)
             if not (isinstance(value, float) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name}={value!r} must be a positive finite float")
+
+    @property
+    def bandwidth_gbps(self) -> float:
+        """The memory roof: the fastest stream the device sustains. A roofline bound and a bandwidth
+        fraction must use it (decode is almost all reads); with the copy rate, read-heavy rows would
+        sit "above the ceiling" on a correct calibration."""
+        return max(self.read_gbps, self.copy_gbps)
+
+    def columns(self) -> dict[str, object]:
+        """The ceiling columns every row of a calibrated run carries (the one place they are named)."""
+        return {"ceiling_copy_gbps": self.copy_gbps, "ceiling_read_gbps": self.read_gbps,
+                "ceiling_matmul_tflops": self.matmul_tflops, "ceiling_quiet": self.quiet,
+                "ceiling_measured_at": self.measured_at}
 
 
 def dtype_of(dtype: torch.dtype | str) -> torch.dtype:
@@ -95,14 +136,31 @@ def _clock(device: torch.device) -> Callable[[Callable[[], object], int], float]
     return cpu_time
 
 
-def median_call_s(fn: Callable[[], object], device: torch.device, *, reps: int | None = None) -> float:
-    """Median seconds per call of ``fn`` after warm-up, in repetitions of ~``REP_TARGET_S`` each."""
+def best_call_s(fn: Callable[[], object], device: torch.device, *, reps: int | None = None) -> float:
+    """Fastest seconds per call of ``fn`` after warm-up, over repetitions of ~``REP_TARGET_S`` each."""
     clock = _clock(device)
     clock(fn, 1)  # warm-up: allocator, kernel selection, cuBLAS handle, page faults
     one_s = clock(fn, 1)
     inner = max(1, min(MAX_INNER, math.ceil(REP_TARGET_S / max(one_s, 1e-9))))
-    times = [clock(fn, inner) / inner for _ in range(reps or REPS.get(device.type, 5))]
-    return statistics.median(times)
+    return min(clock(fn, inner) / inner for _ in range(reps or REPS.get(device.type, 5)))
+
+
+def stable_rates(streams: dict[str, tuple[Callable[[], object], float]], device: torch.device
+                 ) -> tuple[dict[str, float], bool]:
+    """Best ``work`` per second of each ``name: (fn, work)``, and whether they all reached a plateau.
+
+    Each round takes the best-of-k of every stream in turn, so streams are compared under the same
+    conditions (a load that comes and goes hits all of them); rounds go on until no stream's last
+    round beats its earlier best by more than ``STABLE_REL`` (at most ``MAX_ROUNDS``): the best-of-k
+    has stopped improving. A slow round (a burst of load) does not restart the count; whether the
+    machine was busy throughout is the load probe's question, not this one's."""
+    rates: dict[str, list[float]] = {name: [] for name in streams}
+    for _ in range(MAX_ROUNDS):
+        for name, (fn, work) in streams.items():
+            rates[name].append(work / best_call_s(fn, device))
+        if all(len(r) >= 2 and r[-1] <= (1 + STABLE_REL) * max(r[:-1]) for r in rates.values()):
+            return {name: max(r) for name, r in rates.items()}, True
+    return {name: max(r) for name, r in rates.items()}, False
 
 
 def default_copy_bytes(device: torch.device) -> int:
@@ -140,24 +198,78 @@ def matmul_n(device: torch.device, dtype: torch.dtype) -> int:
     return CPU_MATMUL_SIZES[-1]
 
 
-def measure(device: torch.device, dtype: torch.dtype, *, size_bytes: int) -> tuple[float, float]:
-    """Measured (copy GB/s counting read + write, matmul TFLOP/s) for ``dtype`` on ``device``."""
-    numel = max(1, size_bytes // dtype.itemsize)
-    src = torch.zeros(numel, dtype=dtype, device=device)  # zeros, not empty: pages are touched now
-    dst = torch.empty_like(src)
-    copy_s = median_call_s(lambda: dst.copy_(src), device)
-    moved = 2 * numel * dtype.itemsize
-    del src, dst
+@dataclass(frozen=True)
+class Measurement:
+    copy_gbps: float
+    read_gbps: float
+    matmul_tflops: float
+    stable: bool  # every rate reached a plateau (its best-of-k stopped improving)
+    others_cpu_share: float | None  # share of our CPUs others used while measuring; None: unknown
 
-    n = matmul_n(device, dtype)
-    a, b = _random(n, dtype, device), _random(n, dtype, device)
-    out = torch.empty(n, n, dtype=dtype, device=device)
-    matmul_s = median_call_s(lambda: torch.mm(a, b, out=out), device)
-    return moved / copy_s / 1e9, 2 * n**3 / matmul_s / 1e12
+
+def measure(device: torch.device, dtype: torch.dtype, *, size_bytes: int) -> Measurement:
+    """Measured copy GB/s (read + write), read GB/s and matmul TFLOP/s for ``dtype`` on ``device``."""
+    with _others_load() as load:
+        numel = max(1, size_bytes // dtype.itemsize)
+        src = torch.zeros(numel, dtype=dtype, device=device)  # zeros, not empty: pages are touched now
+        dst = torch.empty_like(src)
+        # Row maxima over rows of READ_ROW elements: each row a contiguous stream, the rows split across
+        # threads. A max, not a sum: on a 2-core CPU float sums ran 10-15% below a copy's rate (add
+        # latency, cascade summation), max kept up with memory (measured: max 21.8, sum 18.7, copy
+        # 20.4 GB/s on one thread).
+        width = min(numel, READ_ROW)
+        rows_RW = src[:numel // width * width].view(-1, width)
+        max_R = torch.empty(rows_RW.shape[0], dtype=dtype, device=device)
+        n = matmul_n(device, dtype)
+        a, b = _random(n, dtype, device), _random(n, dtype, device)
+        out = torch.empty(n, n, dtype=dtype, device=device)
+        rates, stable = stable_rates({
+            "copy": (lambda: dst.copy_(src), 2 * numel * dtype.itemsize),
+            "read": (lambda: torch.amax(rows_RW, dim=1, out=max_R), rows_RW.numel() * dtype.itemsize),
+            "matmul": (lambda: torch.mm(a, b, out=out), 2 * n**3)}, device)
+    return Measurement(rates["copy"] / 1e9, rates["read"] / 1e9, rates["matmul"] / 1e12, stable,
+                       load.share if device.type == "cpu" else None)
+
+
+class _Load:
+    share: float | None = None
+
+
+def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
+    """(busy, total) clock ticks of ``cpus`` from /proc/stat; None where there is no /proc/stat."""
+    try:
+        lines = Path("/proc/stat").read_text().splitlines()
+    except OSError:
+        return None
+    busy = total = 0
+    for line in lines:
+        name, *fields = line.split()
+        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
+            continue
+        ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
+        total += sum(ticks)
+        busy += sum(ticks) - ticks[3] - ticks[4]
+    return busy, total
+
+
+@contextlib.contextmanager
+def _others_load() -> Iterator[_Load]:
+    """How much of this process's CPUs other processes used during the block (``share`` after it)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    load = _Load()
+    start, own_start = _cpu_ticks(cpus), os.times()
+    yield load
+    end, own_end = _cpu_ticks(cpus), os.times()
+    if start is None or end is None or end[1] <= start[1]:
+        return
+    tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
+    own_s = (own_end.user + own_end.system) - (own_start.user + own_start.system)
+    others_s = (end[0] - start[0]) * tick_s - own_s
+    load.share = min(1.0, max(0.0, others_s / ((end[1] - start[1]) * tick_s)))
 
 
 def _settings(device: torch.device, dtype: torch.dtype, size_bytes: int) -> dict[str, object]:
-    settings: dict[str, object] = {"calibration": "copy+matmul/1", "dtype": _dtype_name(dtype),
+    settings: dict[str, object] = {"calibration": "copy+read+matmul/2", "dtype": _dtype_name(dtype),
                                    "copy_bytes": size_bytes}
     if device.type == "cpu":
         settings["torch_threads"] = torch.get_num_threads()  # the CPU matmul rate scales with it
@@ -183,10 +295,45 @@ def _read(path: Path, *, fp: str, dtype: str) -> Ceilings | None:
     return cached
 
 
+def last_level_cache_bytes(device: torch.device | str) -> int:
+    """The device's largest cache (CPU: the highest-level cache in sysfs; CUDA: L2); 0 if unknown.
+    A row whose working set fits in it may stream faster than memory: above the ceiling, rightly."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        return int(torch.cuda.get_device_properties(dev).L2_cache_size)
+    best_level, best = -1, 0
+    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
+        try:
+            level = int((index / "level").read_text())
+            size = (index / "size").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(size[-1:], 1)
+        digits = size.rstrip("KMG")
+        if digits.isdigit() and level > best_level:
+            best_level, best = level, int(digits) * scale
+    return best
+
+
+@contextlib.contextmanager
+def calibration_lock(cache_dir: Path, device: torch.device) -> Iterator[None]:
+    """Hold ``cache_dir/calibrate-<device>.lock`` exclusively: one calibration of a device at a time
+    (two on one CPU measure each other). ``O_NOFOLLOW``: a planted symlink is refused, not followed."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    name = "cpu" if device.type == "cpu" else f"cuda{device.index if device.index is not None else 0}"
+    flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(cache_dir / f"calibrate-{name}.lock", flags, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # released on close, also if this process dies
+        yield
+    finally:
+        os.close(fd)
+
+
 def ceilings(device: torch.device | str, dtype: torch.dtype | str, *, cache_dir: Path,
              force: bool = False, size_bytes: int | None = None) -> Ceilings:
-    """Copy and matmul ceilings of ``device`` for ``dtype``: read from ``cache_dir`` if measured
-    before on this fingerprint, else measured now (or whenever ``force``) and cached.
+    """Copy, read and matmul ceilings of ``device`` for ``dtype``: read from ``cache_dir`` if measured
+    quietly before on this fingerprint, else measured now (or whenever ``force``), and cached if quiet.
 
     ``size_bytes`` overrides the copy buffer size (tests use a tiny one); it is part of the cache
     key, since a buffer that fits in cache measures the cache, not memory.
@@ -202,15 +349,27 @@ def ceilings(device: torch.device | str, dtype: torch.dtype | str, *, cache_dir:
     size = size_bytes if size_bytes is not None else default_copy_bytes(dev)
     name = _dtype_name(dt)
     fp = fingerprint(env, **_settings(dev, dt, size))
-    path = Path(cache_dir).expanduser() / f"ceilings-{name}-{fp}.json"
-    if not force:
-        cached = _read(path, fp=fp, dtype=name)
-        if cached is not None:
-            return cached
-    copy_gbps, matmul_tflops = measure(dev, dt, size_bytes=size)
-    result = Ceilings(copy_gbps=float(copy_gbps), matmul_tflops=float(matmul_tflops),
-                      device_name=str(env["env_device_name"]), dtype=name, fingerprint=fp,
-                      measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    text = json.dumps(dataclasses.asdict(result), indent=2) + "\n"
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return result
+    cache_dir = Path(cache_dir).expanduser()
+    path = cache_dir / f"ceilings-{name}-{fp}.json"
+    with calibration_lock(cache_dir, dev):
+        if not force:
+            cached = _read(path, fp=fp, dtype=name)
+            if cached is not None:
+                return cached
+        m = measure(dev, dt, size_bytes=size)
+        quiet = m.stable and (m.others_cpu_share is None or m.others_cpu_share <= BUSY_SHARE)
+        result = Ceilings(copy_gbps=float(m.copy_gbps), read_gbps=float(m.read_gbps),
+                          matmul_tflops=float(m.matmul_tflops), device_name=str(env["env_device_name"]),
+                          dtype=name, fingerprint=fp,
+                          measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                          quiet=quiet, others_cpu_share=m.others_cpu_share)
+        if quiet:
+            text = json.dumps(dataclasses.asdict(result), indent=2) + "\n"
+            atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+        else:
+            share = "unknown" if m.others_cpu_share is None else f"{m.others_cpu_share:.0%}"
+            log.warning("calibration of %s (%s) not cached: %s (other processes used %s of this process's "
+                        "CPUs, at most %.0f%% allowed); this run uses it, the next one measures again",
+                        dev, name, "stable" if m.stable else "rates still changing between rounds", share,
+                        100 * BUSY_SHARE)
+        return result

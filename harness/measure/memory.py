@@ -12,10 +12,13 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from torch import Tensor, nn
 from torch.profiler import ProfilerActivity, profile
+
+T = TypeVar("T")
 
 
 def step_peak_bytes(fn: Callable[[], object], device: torch.device | str, *, resident_bytes: int) -> int:
@@ -40,6 +43,22 @@ def step_peak_bytes(fn: Callable[[], object], device: torch.device | str, *, res
     return resident_bytes + _cpu_transient_peak_bytes(fn)
 
 
+def held_after(fn: Callable[[], T], device: torch.device | str) -> tuple[T, int]:
+    """``fn()`` and the net bytes of tensor memory it left allocated (e.g. what a prepared step holds:
+    masks, folded weights), which ``tensor_bytes`` cannot reach inside a closure. CUDA: the
+    allocator's counter before and after; CPU: the profiler's allocation events during the call."""
+    device = _checked_device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        before = torch.cuda.memory_allocated(device)
+        out = fn()
+        torch.cuda.synchronize(device)
+        return out, torch.cuda.memory_allocated(device) - before
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    return out, max(0, sum(e.nbytes() for e in _cpu_memory_events(prof)))
+
+
 @contextlib.contextmanager
 def _quiet_native_stderr() -> Iterator[None]:
     """Silence kineto's "USDT ... profiler_start/stop" lines, printed by C++ straight to fd 2 on
@@ -58,17 +77,21 @@ def _quiet_native_stderr() -> Iterator[None]:
 def _cpu_transient_peak_bytes(fn: Callable[[], object]) -> int:
     with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()  # held until the profiler stops, so its allocation counts and its free does not
-    # kineto's "[memory]" events carry signed sizes: + for an allocation, - for a free.
-    events = [e for e in prof.profiler.kineto_results.events()
-              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
-    events.sort(key=lambda e: e.start_ns())  # stable: same-time events keep the recorded order
     running = peak = 0
-    for event in events:
+    for event in _cpu_memory_events(prof):
         running += event.nbytes()
         peak = max(peak, running)
     del out
     # Frees of tensors allocated before the call push the total below zero; they don't lower the peak.
     return peak
+
+
+def _cpu_memory_events(prof: profile) -> list:
+    # kineto's "[memory]" events carry signed sizes: + for an allocation, - for a free.
+    events = [e for e in prof.profiler.kineto_results.events()
+              if e.name() == "[memory]" and e.device_type() == torch.autograd.DeviceType.CPU]
+    events.sort(key=lambda e: e.start_ns())  # stable: same-time events keep the recorded order
+    return events
 
 
 def total_memory_bytes(device: torch.device | str) -> int:

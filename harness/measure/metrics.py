@@ -17,7 +17,7 @@ class Measured:
     case: Case
     cost: Cost
     latency_s: float  # median of the timed repetitions
-    copy_gbps: float | None  # the device's measured ceilings (None when not calibrated)
+    bandwidth_gbps: float | None  # the device's measured memory roof (Ceilings.bandwidth_gbps; None: not calibrated)
     matmul_tflops: float | None
 
 
@@ -57,4 +57,4 @@ def compute_rate(m: Measured) -> dict[str, float | None]:
 def bandwidth(m: Measured) -> dict[str, float | None]:
     """Achieved bandwidth counts only the minimum bytes, so it is a lower bound of the real traffic."""
     gbps = m.cost.bytes_min / m.latency_s / 1e9
-    return {"gbps": gbps, "frac_peak_bandwidth": _ratio(gbps, m.copy_gbps)}
+    return {"gbps": gbps, "frac_peak_bandwidth": _ratio(gbps, m.bandwidth_gbps)}

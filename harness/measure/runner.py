@@ -21,11 +21,12 @@ import torch
 
 import variants
 from harness.measure import numerics
-from harness.measure.calibrate import Ceilings
+from harness.measure.calibrate import Ceilings, last_level_cache_bytes
 from harness.measure.case import Case
-from harness.measure.memory import available_bytes, step_peak_bytes, tensor_bytes
+from harness.measure.dryrun import case_inputs
+from harness.measure.memory import available_bytes, held_after, step_peak_bytes, tensor_bytes
 from harness.measure.metrics import Measured, derive
-from harness.measure.predict import predict_memory, predict_seconds
+from harness.measure.predict import built_in_rates, predict_memory, predict_seconds
 from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
 from harness.results import schema
 from variants.registry import IMPLEMENTATIONS, VARIANTS
@@ -44,6 +45,12 @@ class RunContext:
     telemetry_window_s: float = 1.0
     seed: int = 0
     job_columns: dict[str, Any] = field(default_factory=dict)
+    # Measures the ceilings again (bypassing the cache): called once per run when a row beats them.
+    recalibrate: Callable[[], Ceilings] | None = None
+    recalibrated: bool = False
+
+
+ABOVE_CEILING = 1.05  # a fraction of a roof above this is not timing noise
 
 
 def _one_line(error: BaseException) -> str:
@@ -56,13 +63,11 @@ def _timer(case: Case, device: torch.device) -> Timer:
     return CudaTimer(device, l2_flush=case.l2_flush) if device.type == "cuda" else CpuTimer()
 
 
-def _inputs(case: Case, hidden: int, device: torch.device, dtype: torch.dtype, seed: int):
-    generator = torch.Generator(device=device).manual_seed(seed)
-    x_BLD = torch.randn(case.batch, case.q_len, hidden, generator=generator, device=device, dtype=dtype)
-    memory_BMD = None
-    if case.attention == "cross" and case.phase == "prefill":
-        memory_BMD = torch.randn(case.batch, case.seq, hidden, generator=generator, device=device, dtype=dtype)
-    return x_BLD, memory_BMD
+def _timer_bytes(case: Case, device: torch.device) -> int:
+    """Bytes the timer allocates for itself: the L2 flush buffer (``harness.measure.timer._l2_flusher``)."""
+    if device.type == "cuda" and case.l2_flush:
+        return 2 * torch.cuda.get_device_properties(device).L2_cache_size
+    return 0
 
 
 def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
@@ -72,6 +77,8 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     # Every column of the schema, in its order; what a case never reaches stays None.
     row: dict[str, Any] = dict.fromkeys(schema.NAMES)
     row.update(ctx.job_columns, case_id=case.case_id(spec.uses), **case.columns(), status="ok", reason="")
+    if ctx.ceilings is not None:
+        row.update(ctx.ceilings.columns())  # on every row; an ok row's are those its fractions used
     device, dtype = torch.device(case.device), case.torch_dtype
     timed_s = 0.0
     objects: list[Any] = []
@@ -84,20 +91,27 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         cost = impl.cost(meta, batch=case.batch, q_len=case.q_len, cached=case.cached, new_kv=case.new_kv)
         row.update(_analytic(case, cost))
 
-        predicted = predict_memory(case, meta, impl, cost)
+        predicted = predict_memory(case, meta, impl, cost, timer_bytes=_timer_bytes(case, device), seed=ctx.seed)
         row["predicted_mem_bytes"] = predicted.total_bytes
         free = available_bytes(device)
-        if predicted.total_bytes > ctx.memory_headroom * free:
+        if predicted.guard_bytes > ctx.memory_headroom * free:
             return _finish(row, started, timed_s, "skipped",
-                           f"predicted {predicted.total_bytes / 2**30:.1f} GiB > {ctx.memory_headroom:.0%} of "
-                           f"{free / 2**30:.1f} GiB free on {device.type}")
-        if ctx.ceilings is not None:
-            step_s = predict_seconds(cost, peak_flops=ctx.ceilings.matmul_tflops * 1e12,
-                                     peak_bytes_per_s=ctx.ceilings.copy_gbps * 1e9)
-            row["predicted_step_s"] = step_s
-            if step_s > ctx.max_step_s:
-                return _finish(row, started, timed_s, "skipped",
-                               f"predicted {step_s:.0f} s per step > max_step_s={ctx.max_step_s:g}")
+                           f"predicted {predicted.guard_bytes / 2**30:.1f} GiB > {ctx.memory_headroom:.0%} of "
+                           f"{free / 2**30:.1f} GiB free on {device.type} (memory_headroom guard)")
+        if ctx.ceilings is not None and ctx.ceilings.quiet:
+            peak_flops, peak_bytes_per_s = ctx.ceilings.matmul_tflops * 1e12, ctx.ceilings.bandwidth_gbps * 1e9
+            rates = "calibrated ceilings"
+        else:
+            # A busy calibration's rates can be 100x low (oversubscribed threads): the guard would skip
+            # cases that run fine, so it falls back to rates no device of this type beats.
+            peak_flops, peak_bytes_per_s = built_in_rates(device)
+            rates = f"built-in {device.type} rates, {'not calibrated' if ctx.ceilings is None else 'calibration busy'}"
+        step_s = predict_seconds(cost, peak_flops=peak_flops, peak_bytes_per_s=peak_bytes_per_s)
+        row["predicted_step_s"] = step_s
+        if step_s > ctx.max_step_s:
+            return _finish(row, started, timed_s, "skipped",
+                           f"max_step_s guard: predicted {step_s:.3g} s per step at {rates} > "
+                           f"max_step_s={ctx.max_step_s:g}")
 
         mark = time.perf_counter()
         if ctx.check_numerics:
@@ -119,9 +133,11 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         if case.phase == "decode":
             # The prefix stands in for an earlier prefill; its values do not change the step's cost.
             cache.fill_random_(case.seq, seed=ctx.seed)
-        x_BLD, memory_BMD = _inputs(case, layer.hidden, device, dtype, ctx.seed)
+        x_BLD, memory_BMD = case_inputs(case, layer.hidden, device, dtype, ctx.seed)
         objects += [layer, cache, x_BLD, memory_BMD]
-        step = layer.prepare(case.phase, x_BLD, cache, impl=case.impl, compile=case.compile, memory_BMD=memory_BMD)
+        # What the prepared closure holds (masks, folded weights) is part of the step's resident memory.
+        step, prepared_bytes = held_after(lambda: layer.prepare(case.phase, x_BLD, cache, impl=case.impl,
+                                                                compile=case.compile, memory_BMD=memory_BMD), device)
         row["kv_cache_bytes"] = cache.nbytes()
         assert row["kv_cache_bytes"] == row["kv_cache_bytes_analytic"], "cache bytes differ from the cost model"
         row["setup_s"] = time.perf_counter() - mark
@@ -151,11 +167,12 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
 
         mark = time.perf_counter()
         resident = tensor_bytes(layer, *cache.buffers.values(), x_BLD, *(t for t in (memory_BMD,) if t is not None))
-        row["peak_mem_bytes"] = step_peak_bytes(step, device, resident_bytes=resident)
+        row["peak_mem_bytes"] = step_peak_bytes(step, device, resident_bytes=resident + prepared_bytes)
+        row["peak_mem_over_predicted"] = row["peak_mem_bytes"] / row["predicted_mem_bytes"]
         row["peak_mem_s"] = time.perf_counter() - mark
-        row.update(derive(Measured(case, cost, row["latency_ms"] / 1e3,
-                                   ctx.ceilings.copy_gbps if ctx.ceilings else None,
-                                   ctx.ceilings.matmul_tflops if ctx.ceilings else None)))
+        row.update(_derived(case, cost, row["latency_ms"] / 1e3, ctx.ceilings))
+        if _above_ceiling(row):
+            _remeasure(row, case, cost, ctx)
         return _finish(row, started, timed_s, "ok", "")
     except torch.OutOfMemoryError as error:
         return _finish(row, started, timed_s, "oom", _one_line(error))
@@ -168,6 +185,38 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _derived(case: Case, cost, latency_s: float, ceilings: Ceilings | None) -> dict[str, Any]:
+    row: dict[str, Any] = dict(ceilings.columns()) if ceilings is not None else {}
+    row.update(derive(Measured(case, cost, latency_s, ceilings.bandwidth_gbps if ceilings else None,
+                               ceilings.matmul_tflops if ceilings else None)))
+    return row
+
+
+def _above_ceiling(row: dict[str, Any]) -> bool:
+    return max(row.get("frac_peak_flops") or 0, row.get("frac_peak_bandwidth") or 0) > ABOVE_CEILING
+
+
+def _remeasure(row: dict[str, Any], case: Case, cost, ctx: RunContext) -> None:
+    """A row above its roof: either its working set fits in the last-level cache (then it may), or
+    the ceilings are wrong: measure them again once per run, use the new ones from this row on."""
+    llc = last_level_cache_bytes(case.device)
+    if (row.get("frac_peak_flops") or 0) <= ABOVE_CEILING and 0 < cost.bytes_min <= llc:
+        _log.info("%s: %.2fx the memory ceiling; its %d bytes fit in the %d-byte last-level cache",
+                 case.label(), row["frac_peak_bandwidth"], cost.bytes_min, llc)
+        return
+    if ctx.recalibrated or ctx.recalibrate is None:
+        _log.warning("%s is above its ceiling (flops %.2fx, bandwidth %.2fx) %s", case.label(),
+                    row.get("frac_peak_flops") or 0, row.get("frac_peak_bandwidth") or 0,
+                    "after the ceilings were measured again this run" if ctx.recalibrated
+                    else "and this run cannot measure them again")
+        return
+    ctx.recalibrated = True
+    _log.warning("%s is above its ceiling (flops %.2fx, bandwidth %.2fx): measuring the ceilings again",
+                case.label(), row.get("frac_peak_flops") or 0, row.get("frac_peak_bandwidth") or 0)
+    ctx.ceilings = ctx.recalibrate()
+    row.update(_derived(case, cost, row["latency_ms"] / 1e3, ctx.ceilings))
 
 
 def _telemetry_window(step: Callable[[], Any], ctx: RunContext, *, tokens_per_call: int) -> dict[str, Any]:

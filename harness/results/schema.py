@@ -109,7 +109,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("activation_bytes", "int64", "bytes", "derived", "activations read and written by one step"),
     _c("params", "int64", "parameters", "derived", "parameters of one layer"),
     _c("intensity_flops_per_byte", "float64", "FLOP/byte", "derived", "flops / bytes_min"),
-    _c("predicted_step_s", "float64", "s", "derived", "roofline estimate of one step from the calibrated ceilings"),
+    _c("predicted_step_s", "float64", "s", "derived", "roofline lower bound of one step (quiet calibrated "
+       "ceilings, else built-in rates)"),
     # Timing of the steady state (harness.measure.stats), in milliseconds unless named otherwise.
     _c("first_call_ms", "float64", "ms", "timing", "first call: compile, autotune, lazy initialisation", **_M),
     _c("latency_ms", "float64", "ms", "timing", "median step latency", **_M, **_S),
@@ -131,7 +132,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("frac_peak_flops", "float64", "fraction", "derived", "tflops / calibrated matmul ceiling", **_M),
     _c("gbps", "float64", "GB/s (1e9 bytes/s)", "derived", "bytes_min / median latency: a lower bound of the "
        "real traffic", **_M, **_S),
-    _c("frac_peak_bandwidth", "float64", "fraction", "derived", "gbps / calibrated copy ceiling", **_M, **_S),
+    _c("frac_peak_bandwidth", "float64", "fraction", "derived", "gbps / the faster calibrated stream (read or "
+       "copy)", **_M, **_S),
     # Memory.
     _c("kv_bytes_per_token", "int64", "bytes", "memory", "KV cache bytes per token, one layer"),
     _c("kv_bytes_per_token_model", "int64", "bytes", "memory", "KV cache bytes per token, num_layers layers"),
@@ -141,6 +143,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("predicted_mem_bytes", "int64", "bytes", "memory", "predicted peak memory, checked before allocating"),
     _c("peak_mem_bytes", "int64", "bytes", "memory", "measured peak memory of one step, resident tensors included",
        **_M, **_S),
+    _c("peak_mem_over_predicted", "float64", "ratio", "memory", "peak_mem_bytes / predicted_mem_bytes (same "
+       "scope: one step, everything held)", **_M),
     _c("device_mem_total_bytes", "int64", "bytes", "memory", "the device's total memory"),
     # Numerics: kept on failure, they are the reason for an incorrect status.
     _c("numerics_rel_err", "float64", "relative", "numerics", "error against the float64 reference, reduced shape",
@@ -179,7 +183,11 @@ COLUMNS: tuple[Column, ...] = (
     _c("launcher", "string", "", "provenance", "Hydra launcher (direct, basic, joblib, submitit...)"),
     _c("torch_threads", "int64", "threads", "provenance", "torch intra-op threads"),
     _c("ceiling_copy_gbps", "float64", "GB/s (1e9 bytes/s)", "provenance", "calibrated copy bandwidth"),
+    _c("ceiling_read_gbps", "float64", "GB/s (1e9 bytes/s)", "provenance", "calibrated read-stream bandwidth"),
     _c("ceiling_matmul_tflops", "float64", "TFLOP/s (1e12 FLOP/s)", "provenance", "calibrated matmul rate"),
+    _c("ceiling_quiet", "bool", "", "provenance", "the calibration was stable on a quiet machine (only those "
+       "are cached)"),
+    _c("ceiling_measured_at", "string", "ISO 8601, UTC", "provenance", "when the ceilings were measured"),
     _c("finished_at", "timestamp", "UTC", "provenance", "when the case finished"),
     # Environment (harness.measure.env.ENV_COLUMNS).
     _c("env_device_name", "string", "", "env", "GPU or CPU model name"),

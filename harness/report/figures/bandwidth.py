@@ -21,8 +21,8 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     # axis flattens.
     return series_figure(
         data.ok, x="seq", y="frac_peak_bandwidth", width=width, width_in=width_in, scale=100.0, decorate=_ceiling,
-        ylabel="bandwidth (% of copy ceiling)",
+        ylabel="bandwidth (% of memory ceiling)",
         too_few="Bandwidth fraction against context length: left out, fewer than two context lengths measured at "
                 "any one setting.",
         caption="Achieved bandwidth (the cost model's minimum bytes over the median latency) as a share of the "
-                "device's measured copy bandwidth (100%: the horizontal line).")
+                "device's measured memory ceiling, the faster of its read and copy streams (100%: the horizontal line).")

@@ -27,7 +27,11 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     words = []
     for ax, ((device, dtype), rows) in zip(axes, groups, strict=True):
         # GB/s x FLOP/byte = GFLOP/s: the bandwidth roof and the points share the unit.
-        bandwidth = float(rows["ceiling_copy_gbps"].median())
+        # The memory roof is the faster stream (harness.measure.calibrate.Ceilings.bandwidth_gbps);
+        # rows from before the read ceiling existed have only the copy one.
+        roof = rows[["ceiling_copy_gbps", "ceiling_read_gbps"]].max(axis=1) if "ceiling_read_gbps" in rows \
+            else rows["ceiling_copy_gbps"]
+        bandwidth = float(roof.median())
         compute = float(rows["ceiling_matmul_tflops"].median()) * 1e3
         intensity = rows["intensity_flops_per_byte"].astype(float)
         ridge = compute / bandwidth

@@ -65,16 +65,29 @@ def test_bench_follows_the_sweep_loop_rules_first_call_warm_up_then_samples():
     assert harness.bench(lambda: None, device="cpu", settings=settings, max_reps=6).n == 6, "keywords override"
 
 
+def _loop_median_ms(fn, n: int) -> float:
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)
+
+
 def test_bench_times_a_matmul_near_an_independent_loop():
     a = torch.randn(256, 256)
-    result = harness.bench(lambda: a @ a, device="cpu", budget_s=1.0)
-    times = []
-    for _ in range(max(result.n, 20)):
-        start = time.perf_counter()
-        a @ a
-        times.append((time.perf_counter() - start) * 1e3)
-    # Loose on purpose: two CPU cores shared by several test runs; a unit slip (s vs ms) is 1000x.
-    assert statistics.median(times) / 10 <= result.median_ms <= statistics.median(times) * 10
+    seen = []
+    # Loose on purpose: two CPU cores shared by other processes, whose bursts can slow one side of the
+    # comparison many times over (seen: 16 ms against 0.23 ms); a unit slip (s vs ms) is 1000x. The
+    # independent loop runs before and after, and a burst gets up to three tries.
+    for _ in range(3):
+        before = _loop_median_ms(lambda: a @ a, 20)
+        result = harness.bench(lambda: a @ a, device="cpu", budget_s=1.0)
+        after = _loop_median_ms(lambda: a @ a, 20)
+        seen.append((before, result.median_ms, after))
+        if min(before, after) / 10 <= result.median_ms <= max(before, after) * 10:
+            return
+    raise AssertionError(f"harness.bench median far from an independent loop (before, bench, after ms): {seen}")
 
 
 @pytest.mark.parametrize(("fn", "kwargs", "message"), [

@@ -24,6 +24,8 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from harness.errors import UserError
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
 # Launcher configs that come from optional plugins (pip install -e '.[launchers]'), by plugin module.
 LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher",
                     "submitit_local": "hydra_plugins.hydra_submitit_launcher",
@@ -160,10 +162,20 @@ def compose_job(primary: str, overrides: list[str], *, config_name: str = "confi
         return _compose(hydra, config_name, overrides, multirun=False)
 
 
+def sweep_overrides(multirun: dict) -> list[list[str]]:
+    """Every job's overrides, in job-number order, as Hydra's basic sweeper made them (its own code,
+    so the job numbers match the folders)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    hydra_cfg = multirun["hydra"]
+    params = [f"{k}={v}" for k, v in (hydra_cfg["sweeper"].get("params") or {}).items()]
+    parsed = OverridesParser.create().parse_overrides([*params, *hydra_cfg["overrides"]["task"]])
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
 def _jobs(master: DictConfig) -> list[list[str]]:
     """Every job's overrides, as Hydra's BasicSweeper will give them (job-number order)."""
-    from harness.sweep.status import BASIC_SWEEPER, sweep_overrides
-
     sweeper = master.hydra.sweeper.get("_target_")
     hydra_overrides = list(master.hydra.overrides.hydra)
     if sweeper != BASIC_SWEEPER:  # other sweepers choose jobs as they go: none is known in advance

@@ -28,8 +28,8 @@ import yaml
 
 from harness import results
 from harness.errors import UserError
+from harness.sweep.overrides import BASIC_SWEEPER, compose_job, config_path, sweep_overrides
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 DETAILED = ("missing", "error", "oom", "incorrect")  # listed case by case; other statuses are counted
 
 
@@ -124,22 +124,8 @@ def _swept_keys(jobs: list[PlannedJob]) -> set[str]:
     return {k for k, v in values.items() if len(set(v)) > 1 or len(v) < len(jobs)}
 
 
-def sweep_overrides(multirun: dict) -> list[list[str]]:
-    """Every job's overrides, in job-number order, as Hydra's basic sweeper made them (its own code,
-    so the job numbers match the folders)."""
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-
-    hydra_cfg = multirun["hydra"]
-    params = [f"{k}={v}" for k, v in (hydra_cfg["sweeper"].get("params") or {}).items()]
-    parsed = OverridesParser.create().parse_overrides([*params, *hydra_cfg["overrides"]["task"]])
-    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
-
-
 def _conf_dir(multirun: dict | None) -> str:
     """The sweep's primary config source (a folder, or pkg://attnbench_conf), else this install's."""
-    from harness.sweep.overrides import config_path
-
     for source in ((multirun or {}).get("hydra", {}).get("runtime", {}).get("config_sources") or []):
         if source.get("provider") == "main" and source.get("schema") == "file" and Path(source["path"]).is_dir():
             return str(source["path"])
@@ -149,7 +135,6 @@ def _conf_dir(multirun: dict | None) -> str:
 def _plan_here(overrides: list[str], conf_dir: str) -> tuple[tuple[tuple[str, str], ...] | None, str]:
     """Compose a job's config and plan it on this machine; (cases, note) or (None, why not)."""
     from harness.app.schema import store_configs
-    from harness.sweep.overrides import compose_job
     from harness.sweep.plan import plan_cases
     from variants.registry import VARIANTS
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -62,6 +63,8 @@ class KVCache:
         self.batch = batch
         self.max_len = max_len
         self.length = 0
+        # Plans ``layer.decode``/``prefill`` made on this cache, kept so that a loop plans once.
+        self.plans: dict[tuple[object, ...], Any] = {}
         self.buffers: dict[str, Tensor] = {}
         self.fields: dict[str, Tensor] = {}
         if layout.packed:

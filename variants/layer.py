@@ -3,10 +3,15 @@
 Legend: B batch, L new query tokens, M memory tokens (cross-attention), D hidden, T visible keys.
 
 A family (``variants.families``) supplies the math: its cache layout per *path* (the dataflow an
-implementation runs: ``standard``, MLA's ``absorbed`` and ``expanded``), a step function per path
-with the attention kernel injected, and the analytic cost of each path beside that math. This base
-class turns those into the public API and into zero-argument closures for the harness, so set-up
-(masks, folded weights, compilation wrappers) happens once and is never inside a timed call.
+implementation runs: ``standard``, MLA's ``absorbed`` and ``expanded``), a step runner per path
+with the attention kernel injected, and the analytic cost of each path beside that math.
+
+Plan, then run (FlashInfer's ``plan``/``run``, tritonbench's closure factories): an implementation
+*plans* once per layer (absorbed weights, compiled kernels, anything that does not depend on the
+tokens) and returns a ``Plan``; the plan *binds* a step (its inputs and cache positions, plus any
+per-step metadata such as block tables) into a zero-argument closure, the only thing ever timed.
+``layer.decode``/``prefill`` keep their ``LayerPlan`` on the cache they run on, so a generation
+loop plans once, not once per token; ``layer.plan(...)`` gives the same handle explicitly.
 """
 
 from __future__ import annotations
@@ -28,12 +33,12 @@ from variants.registry import path_unsupported
 from variants.shape import AttentionKind, check_choice
 
 if TYPE_CHECKING:
-    from variants.implementation import Implementation
+    from variants.implementation import Implementation, Plan
 
 Phase = Literal["prefill", "decode"]
 PHASES: tuple[str, ...] = ("prefill", "decode")
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
-StepFn = tuple[Callable[..., Tensor], tuple[Any, ...]]
+StepRunner = Callable[["Step"], Tensor]  # one step's math, set-up done; what a plan calls
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,9 @@ class AttentionLayer(nn.Module):
     def cache_layout(self, path: str) -> CacheLayout:
         raise NotImplementedError
 
-    def step_fn(self, path: str, step: Step, kernel: Kernel, **options: Any) -> StepFn:
-        """The function and arguments of one step on ``path``; set-up work happens here."""
+    def step_runner(self, path: str, kernel: Kernel, **options: Any) -> StepRunner:
+        """The function running one step on ``path`` with ``kernel``. Set-up work (absorbed weights,
+        checks) happens here, once per plan; the returned function does only the step."""
         raise NotImplementedError
 
     def cost(self, *, path: str, batch: int, q_len: int, cached: int, new_kv: int,
@@ -96,49 +102,49 @@ class AttentionLayer(nn.Module):
         return KVCache(self.cache_layout(path), batch=batch, max_len=max_len, dtype=self.dtype,
                        device=self.device)
 
+    def plan(self, impl: str | Implementation = "eager", *, compile: str | None = None) -> LayerPlan:
+        """Plan ``impl`` on this layer once: the handle runs any number of steps without set-up.
+
+        The plan snapshots what the implementation derives from the weights (MLA's absorbed
+        W_UK, W_UV, W_O·W_UV): plan again after changing the weights.
+        """
+        implementation = resolve(impl)
+        if compile is not None and compile not in COMPILE_MODES:
+            raise ValueError(f"compile={compile!r} is not one of: {', '.join(COMPILE_MODES)} (or None)")
+        reason = path_unsupported(implementation.name, implementation.path, variant=self.variant, paths=self.paths)
+        if reason is not None:
+            raise ValueError(reason)
+        return LayerPlan(self, implementation, compile, implementation.plan(self, compile=compile))
+
     def prefill(self, x_BLD: Tensor, cache: KVCache, *, impl: str | Implementation = "eager",
                 compile: str | None = None, memory_BMD: Tensor | None = None) -> Tensor:
         """Run L tokens from position 0 and fill the cache (cross-attention: cache ``memory``)."""
-        y_BLD = self.prepare("prefill", x_BLD, cache, impl=impl, compile=compile, memory_BMD=memory_BMD)()
-        cache.length = memory_BMD.shape[1] if self.attention == "cross" else x_BLD.shape[1]
-        return y_BLD
+        return self._cached_plan(cache, impl, compile).prefill(x_BLD, cache, memory_BMD=memory_BMD)
 
     def decode(self, x_BLD: Tensor, cache: KVCache, *, impl: str | Implementation = "eager",
                compile: str | None = None) -> Tensor:
-        """Append L_new >= 1 tokens after the S the cache holds; token i sees positions <= S + i."""
-        y_BLD = self.prepare("decode", x_BLD, cache, impl=impl, compile=compile)()
-        if self.attention == "self":
-            cache.length += x_BLD.shape[1]
-        return y_BLD
+        """Append L_new >= 1 tokens after the S the cache holds; token i sees positions <= S + i.
+
+        Called in a loop, it plans once: the plan is kept on ``cache`` (one per implementation
+        and compile mode), so no token pays the set-up again."""
+        return self._cached_plan(cache, impl, compile).decode(x_BLD, cache)
 
     def prepare(self, phase: Phase, x_BLD: Tensor, cache: KVCache, *, impl: str | Implementation = "eager",
                 compile: str | None = None, memory_BMD: Tensor | None = None) -> Callable[[], Tensor]:
-        """A zero-argument closure running one step at the cache's current length.
+        """A zero-argument closure running one step at the cache's current length (a fresh plan).
 
         The closure writes its new cache entries at fixed positions and does not advance
         ``cache.length``, so the harness can call it repeatedly at the same context length.
         """
+        return self.plan(impl, compile=compile).bind(phase, x_BLD, cache, memory_BMD=memory_BMD)
+
+    def _cached_plan(self, cache: KVCache, impl: str | Implementation, compile: str | None) -> LayerPlan:
         implementation = resolve(impl)
-        reason = implementation.supports(self, phase=phase, device=x_BLD.device, dtype=x_BLD.dtype)
-        if reason is not None:
-            raise ValueError(reason)
-        if compile is not None and compile not in COMPILE_MODES:
-            raise ValueError(f"compile={compile!r} is not one of: {', '.join(COMPILE_MODES)} (or None)")
-        if cache.layout != self.cache_layout(implementation.path):
-            raise ValueError("this cache was made for another path; "
-                             f"use layer.new_cache(..., impl={implementation.name!r})")
-        step = self._make_step(phase, x_BLD, cache, memory_BMD, implementation.kernel)
-        fn, args = implementation.prepare(self, step)
-        if compile is not None:
-            # Wraps this closure only; nothing is rebound globally.
-            fn = torch.compile(fn, mode=compile)
-
-        def run() -> Tensor:
-            # Inference: no autograd graph (it would hold every activation and slow each step).
-            with torch.no_grad():
-                return fn(*args)
-
-        return run
+        key = (id(self), implementation.name, compile)
+        plan = cache.plans.get(key)
+        if plan is None or plan.layer is not self or plan.implementation is not implementation:
+            plan = cache.plans[key] = self.plan(implementation, compile=compile)
+        return plan
 
     # -- helpers ----------------------------------------------------------------------------------
     def _make_step(self, phase: Phase, x_BLD: Tensor, cache: KVCache, memory_BMD: Tensor | None,
@@ -178,3 +184,42 @@ class AttentionLayer(nn.Module):
             raise ValueError("cross-attention decode needs a cache filled by prefill(memory_BMD=...)")
         mask = make_mask(q_len=L, kv_len=cache.length, q_offset=None, device=device)
         return Step(phase, x_BLD, cache, None, None, 0, cache.length, mask)
+
+
+class LayerPlan:
+    """An implementation planned on one layer: binds steps into closures, runs prefill and decode.
+
+    Set-up happened when the plan was made (``Implementation.plan``); ``bind`` does only the
+    per-step work (input checks, the mask, the implementation's per-step metadata) and returns the
+    closure the harness times.
+    """
+
+    def __init__(self, layer: AttentionLayer, implementation: Implementation, compile: str | None,
+                 plan: Plan) -> None:
+        self.layer = layer
+        self.implementation = implementation
+        self.compile = compile
+        self.plan = plan
+
+    def bind(self, phase: Phase, x_BLD: Tensor, cache: KVCache, *,
+             memory_BMD: Tensor | None = None) -> Callable[[], Tensor]:
+        layer, implementation = self.layer, self.implementation
+        reason = implementation.supports(layer, phase=phase, device=x_BLD.device, dtype=x_BLD.dtype)
+        if reason is not None:
+            raise ValueError(reason)
+        if cache.layout != layer.cache_layout(implementation.path):
+            raise ValueError("this cache was made for another path; "
+                             f"use layer.new_cache(..., impl={implementation.name!r})")
+        step = layer._make_step(phase, x_BLD, cache, memory_BMD, implementation.kernel)
+        return self.plan.bind(step)
+
+    def prefill(self, x_BLD: Tensor, cache: KVCache, *, memory_BMD: Tensor | None = None) -> Tensor:
+        y_BLD = self.bind("prefill", x_BLD, cache, memory_BMD=memory_BMD)()
+        cache.length = memory_BMD.shape[1] if self.layer.attention == "cross" else x_BLD.shape[1]
+        return y_BLD
+
+    def decode(self, x_BLD: Tensor, cache: KVCache) -> Tensor:
+        y_BLD = self.bind("decode", x_BLD, cache)()
+        if self.layer.attention == "self":
+            cache.length += x_BLD.shape[1]
+        return y_BLD

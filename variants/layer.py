@@ -16,7 +16,7 @@ loop plans once, not once per token; ``layer.plan(...)`` gives the same handle e
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -48,9 +48,11 @@ class Step:
     phase: Phase
     x_BLD: Tensor
     cache: KVCache
-    q_start: int | None  # RoPE position of the first query; None in cross-attention (no RoPE)
+    # RoPE position of the first query (a ragged batch: one per sequence, [B]); None in
+    # cross-attention (no RoPE)
+    q_start: int | Tensor | None
     kv_x_BMD: Tensor | None  # tokens whose keys/values this step computes and writes, if any
-    kv_start: int  # cache position of the first of them
+    kv_start: int | Tensor  # cache position of the first of them (a ragged batch: [B])
     kv_len: int  # T: keys the step attends to, cache positions [0, T)
     mask: AttnMask
 
@@ -90,17 +92,20 @@ class AttentionLayer(nn.Module):
     def kv_bytes_per_token(self, path: str = "standard", dtype: torch.dtype | None = None) -> int:
         return self.cache_layout(path).bytes_per_token(dtype or self.dtype)
 
-    def new_cache(self, batch: int, max_len: int, *, impl: str | Implementation = "eager") -> KVCache:
-        """A cache preallocated for ``max_len`` positions in the layout ``impl`` runs on."""
+    def new_cache(self, batch: int, max_len: int | Sequence[int], *, impl: str | Implementation = "eager",
+                  page_size: int | None = None) -> KVCache:
+        """A cache preallocated for ``max_len`` positions in the layout ``impl`` runs on; with
+        ``page_size``, paged (``max_len`` may then be one capacity per sequence)."""
         implementation = resolve(impl)
         path = implementation.path
         reason = path_unsupported(implementation.name, path, variant=self.variant, paths=self.paths)
         if reason is not None:
             raise ValueError(reason)
+        cache = KVCache(self.cache_layout(path), batch=batch, max_len=max_len, dtype=self.dtype,
+                        device=self.device, page_size=page_size)
         if getattr(self, "rope", None) is not None:
-            self.rope.reserve(max_len, dtype=self.dtype, device=self.device)
-        return KVCache(self.cache_layout(path), batch=batch, max_len=max_len, dtype=self.dtype,
-                       device=self.device)
+            self.rope.reserve(cache.max_len, dtype=self.dtype, device=self.device)
+        return cache
 
     def plan(self, impl: str | Implementation = "eager", *, compile: str | None = None) -> LayerPlan:
         """Plan ``impl`` on this layer once: the handle runs any number of steps without set-up.
@@ -161,6 +166,8 @@ class AttentionLayer(nn.Module):
         if self.attention == "self":
             if memory_BMD is not None:
                 raise ValueError("memory_BMD is for cross-attention; this layer is self-attention")
+            if cache.seq_lens is not None and phase == "decode":
+                return self._ragged_step(x_BLD, cache, kernel)
             start = 0 if phase == "prefill" else cache.length
             end = start + L
             if end > cache.max_len:
@@ -184,6 +191,27 @@ class AttentionLayer(nn.Module):
             raise ValueError("cross-attention decode needs a cache filled by prefill(memory_BMD=...)")
         mask = make_mask(q_len=L, kv_len=cache.length, q_offset=None, device=device)
         return Step(phase, x_BLD, cache, None, None, 0, cache.length, mask)
+
+    def _ragged_step(self, x_BLD: Tensor, cache: KVCache, kernel: Kernel) -> Step:
+        """Decode on a ragged batch: sequence b's tokens go at positions ``seq_lens[b] + i``.
+
+        The kernels see the keys ``[0, T)`` with T the longest sequence's end, and a boolean mask
+        ``[B, 1, L, T]`` hiding each shorter sequence's padding (the built-in kernels attend on the
+        padded batch; the cost model counts that work)."""
+        assert cache.seq_lens is not None
+        L, device = x_BLD.shape[1], x_BLD.device
+        for b, (n, cap) in enumerate(zip(cache.seq_lens, cache.capacities, strict=True)):
+            if n + L > cap:
+                raise ValueError(f"decode of {L} tokens after seq_lens[{b}]={n} exceeds that sequence's "
+                                 f"capacity {cap}")
+        start_B = torch.tensor(cache.seq_lens, device=device)
+        end = max(cache.seq_lens) + L
+        q_pos_B1L1 = (start_B.view(-1, 1) + torch.arange(L, device=device)).view(-1, 1, L, 1)
+        keep_B1LT = torch.arange(end, device=device).view(1, 1, 1, end) <= q_pos_B1L1
+        # One offset cannot describe the batch; the dense mask can (never "full" or "square causal").
+        mask = AttnMask(L, end, min(cache.seq_lens), keep_B1LT)
+        assert not mask.full and not mask.square_causal or len(set(cache.seq_lens)) == 1
+        return Step("decode", x_BLD, cache, start_B, x_BLD, start_B, end, mask)
 
 
 class LayerPlan:
@@ -215,11 +243,12 @@ class LayerPlan:
 
     def prefill(self, x_BLD: Tensor, cache: KVCache, *, memory_BMD: Tensor | None = None) -> Tensor:
         y_BLD = self.bind("prefill", x_BLD, cache, memory_BMD=memory_BMD)()
+        cache.seq_lens = None  # every sequence now holds the prefill's tokens
         cache.length = memory_BMD.shape[1] if self.layer.attention == "cross" else x_BLD.shape[1]
         return y_BLD
 
     def decode(self, x_BLD: Tensor, cache: KVCache) -> Tensor:
         y_BLD = self.bind("decode", x_BLD, cache)()
         if self.layer.attention == "self":
-            cache.length += x_BLD.shape[1]
+            cache.advance(x_BLD.shape[1])
         return y_BLD

@@ -9,6 +9,7 @@ import torch
 
 import variants
 from tests.reference import rel_err
+from tests.test_cost import count_flops
 from tests.shapes import TINY
 from variants.cache import CacheField, CacheLayout
 from variants.registry import IMPLEMENTATIONS
@@ -130,3 +131,18 @@ def test_a_ragged_decode_past_a_sequences_capacity_fails() -> None:
     cache.set_seq_lens([4, 2])
     with pytest.raises(ValueError, match=r"^decode of 1 tokens after seq_lens\[0\]=4 exceeds that sequence's capacity 4$"):
         layer.decode(torch.randn(2, 1, TINY.hidden, dtype=torch.float64), cache)
+
+
+@pytest.mark.parametrize(("variant", "impl"), CASES)
+def test_cost_model_flops_equal_the_flop_counter_on_ragged_and_paged_steps(variant: str, impl: str) -> None:
+    """The built-in kernels attend on the batch padded to its longest sequence (masked), so a
+    ragged step costs what a uniform one at the longest length does; pages change no FLOPs."""
+    layer = _layer(variant)
+    implementation = IMPLEMENTATIONS.get(impl)
+    for page_size in (None, 4):
+        cache = layer.new_cache(3, 16, impl=impl, page_size=page_size)
+        cache.fill_random_(9)
+        cache.set_seq_lens([3, 9, 5])
+        step = layer.prepare("decode", torch.randn(3, 1, TINY.hidden, dtype=torch.float64), cache, impl=impl)
+        expected = implementation.cost(layer, batch=3, q_len=1, cached=9, new_kv=1).flops
+        assert count_flops(step) == expected, page_size

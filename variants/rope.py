@@ -113,9 +113,8 @@ class Rope(nn.Module):
         """A ragged batch: sequence b's positions start at ``start_B[b]``."""
         B, L = x_BLNR.shape[:2]
         pos_BL = start_B.view(-1, 1).to(self.cos_PF.device) + torch.arange(L, device=self.cos_PF.device)
-        end = int(pos_BL.max()) + 1
-        if end > self.cos_PF.shape[0]:
-            self.table(0, end)  # raises the out-of-table error
+        # No data-dependent bound check here (it would sync a GPU and break fake-tensor dry runs): the
+        # layer checked each sequence's end against its capacity, and the table covers max_len.
         cos, sin = self.cos_PF[pos_BL], self.sin_PF[pos_BL]  # [B, L, F] or [B, L, G, F]
         if self.groups is None:
             shape = (B, L, *([1] * (x_BLNR.dim() - 3)), cos.shape[-1])

@@ -126,7 +126,5 @@ def test_eager_kernel_in_key_blocks_equals_one_pass(q_len, q_offset, groups, see
 
 def test_absorbed_path_refuses_a_qkv_kernel():
     layer = variants.build("mla", TINY)
-    step = layer._make_step("decode", torch.randn(1, 1, TINY.hidden), layer.new_cache(1, 4, impl="absorbed"), None,
-                            EagerKernel())
     with pytest.raises(ValueError, match="^the absorbed path needs an MLA kernel .*'eager' is a q/k/v kernel$"):
-        layer.step_fn("absorbed", step, EagerKernel(), fold_o=False)
+        layer.step_runner("absorbed", EagerKernel(), fold_o=False)

@@ -48,19 +48,25 @@ class Slowed:
     def __getattr__(self, name: str) -> Any:  # name, path, kernel, description, supports, cost
         return getattr(self.inner, name)
 
-    def prepare(self, layer: Any, step: Any) -> tuple[Callable[..., Any], tuple[Any, ...]]:
-        fn, args = self.inner.prepare(layer, step)
+    def plan(self, layer: Any, *, compile: str | None = None) -> Any:
+        inner = self.inner.plan(layer, compile=compile)
         extra = self.factor - 1.0
 
-        def slowed(*a: Any) -> Any:
-            start = time.perf_counter()
-            out = fn(*a)
-            until = time.perf_counter() + extra * (time.perf_counter() - start)
-            while time.perf_counter() < until:
-                pass
-            return out
+        class _Slowed:
+            def bind(self, step: Any) -> Callable[[], Any]:
+                fn = inner.bind(step)
 
-        return slowed, args
+                def slowed() -> Any:
+                    start = time.perf_counter()
+                    out = fn()
+                    until = time.perf_counter() + extra * (time.perf_counter() - start)
+                    while time.perf_counter() < until:
+                        pass
+                    return out
+
+                return slowed
+
+        return _Slowed()
 
 
 @contextmanager

@@ -1,6 +1,7 @@
 """A preallocated KV cache, written in place, as a serving engine holds it.
 
-Legend: B batch, S cache positions (``max_len`` allocated, ``length`` filled).
+Legend: B batch, S cache positions (``max_len`` allocated, ``length`` filled), L new tokens,
+P page size (positions per page), Q pages in the pool.
 
 A variant describes what it caches per token as a ``CacheLayout``: named fields, each with a
 per-token shape. Fields are either separate buffers ``[B, S, *shape]`` or, when ``packed``, side by
@@ -8,12 +9,23 @@ side in one ``[B, S, sum(widths)]`` buffer (MLA keeps ``[c_kv; k_rope]`` contigu
 absorbed path reads it as one key without a copy, as FlashMLA does). A new variant (sliding
 window, indexer keys for sparse attention, a compressed block cache) declares its own layout;
 nothing here knows about any variant.
+
+The cache's size is a function of its layout and the context (``CacheLayout.nbytes``): a layout
+keeping a ring of ``w`` positions or one entry per block overrides ``positions``. Memory
+prediction, the capacity table and the cost model ask the layout, never ``tokens x bytes``.
+
+Two options a serving engine has: a *paged* cache (``page_size``: fixed-size pages in one pool
+and a block table ``[B, pages]`` saying which pages hold each sequence, as vLLM, FlashInfer and
+FlashMLA keep it), and a *ragged* batch (``seq_lens``: each sequence at its own length; a decode
+step appends at each sequence's own position).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -46,61 +58,186 @@ class CacheLayout:
     def bytes_per_token(self, dtype: torch.dtype) -> int:
         return self.elements_per_token * dtype.itemsize
 
+    def positions(self, context: int) -> int:
+        """Positions a sequence of ``context`` tokens keeps. All of them here; a layout keeping a
+        ring of ``w`` positions returns ``min(w, context)``, a compressed one one per block."""
+        return context
+
+    def nbytes(self, *, batch: int, context: int | Sequence[int], dtype: torch.dtype,
+               page_size: int | None = None) -> int:
+        """Bytes of a cache of ``batch`` sequences holding ``context`` tokens each (one number, or
+        one per sequence: a ragged batch). Contiguous: every sequence gets the longest one's
+        positions. Paged: each sequence whole pages of its own, plus the int32 block table."""
+        lengths = _lengths(batch, context)
+        per_token = self.bytes_per_token(dtype)
+        if page_size is None:
+            return batch * self.positions(max(lengths)) * per_token
+        check_page_size(page_size)
+        pages = [math.ceil(self.positions(n) / page_size) for n in lengths]
+        return sum(pages) * page_size * per_token + batch * max(pages) * _TABLE_DTYPE.itemsize
+
+
+_TABLE_DTYPE = torch.int32  # block tables are int32 in vLLM, FlashInfer and FlashMLA
+
+
+def check_page_size(page_size: object) -> int:
+    """A page size is a positive power of two (kernels index pages with shifts; FlashMLA takes 64)."""
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size <= 0 \
+            or page_size & (page_size - 1):
+        raise ValueError(f"page_size={page_size!r} is not allowed: a page size is a positive power of two "
+                         "(e.g. 16, 64)")
+    return page_size
+
+
+def _lengths(batch: int, context: int | Sequence[int]) -> list[int]:
+    if isinstance(context, int):
+        return [context] * batch
+    lengths = [int(n) for n in context]
+    if len(lengths) != batch:
+        raise ValueError(f"{len(lengths)} sequence lengths {lengths} for a batch of {batch}; "
+                         f"give one length per sequence ({batch})")
+    return lengths
+
 
 class KVCache:
     """Buffers of ``max_len`` positions allocated once; ``write`` copies into a slice, never grows.
 
     ``length`` is how many positions hold valid entries. The harness reads and resets it so that a
-    timed decode step can be repeated at the same context length.
+    timed decode step can be repeated at the same context length. ``seq_lens`` (None: every
+    sequence holds ``length``) makes the batch ragged; ``length`` is then the longest.
+
+    ``page_size``: the buffers are pools of pages ``[Q, P, *shape]`` and ``block_table[b, j]`` is
+    the page holding sequence b's positions ``[j·P, (j+1)·P)``. ``max_len`` may then be one
+    capacity per sequence, and each sequence gets only its own pages. Pages are handed out in
+    reverse order so that no sequence's pages are adjacent (a kernel that ignored the table would
+    read the wrong entries). Reads gather the pages into ``[B, T, *shape]`` (a copy, made by the
+    CPU kernels; a paged kernel reads ``pool(name)`` and ``block_table`` instead).
     """
 
-    def __init__(self, layout: CacheLayout, *, batch: int, max_len: int, dtype: torch.dtype,
-                 device: torch.device | str) -> None:
-        if batch <= 0 or max_len <= 0:
+    def __init__(self, layout: CacheLayout, *, batch: int, max_len: int | Sequence[int], dtype: torch.dtype,
+                 device: torch.device | str, page_size: int | None = None) -> None:
+        capacities = _lengths(batch, max_len) if isinstance(batch, int) and batch > 0 else []
+        if batch <= 0 or not capacities or min(capacities) <= 0:
             raise ValueError(f"cache batch={batch}, max_len={max_len}: both must be positive integers")
+        if page_size is None and not isinstance(max_len, int):
+            raise ValueError(f"max_len={list(max_len)}: one capacity per sequence needs a paged cache "
+                             "(page_size=...)")
         self.layout = layout
         self.batch = batch
-        self.max_len = max_len
+        self.max_len = max(capacities)
+        self.capacities = capacities
+        self.page_size = None if page_size is None else check_page_size(page_size)
         self.length = 0
+        self.seq_lens: list[int] | None = None
+        # Plans ``layer.decode``/``prefill`` made on this cache, kept so that a loop plans once.
+        self.plans: dict[tuple[object, ...], Any] = {}
+        self.block_table: Tensor | None = None
+        if self.page_size is None:
+            rows: tuple[int, ...] = (batch, self.max_len)
+        else:
+            P = self.page_size
+            pages = [math.ceil(n / P) for n in capacities]
+            num_pages = sum(pages)
+            order = list(range(num_pages - 1, -1, -1))
+            table = torch.zeros(batch, max(pages), dtype=_TABLE_DTYPE)  # unused slots: page 0, never read
+            for b, n in enumerate(pages):
+                table[b, :n] = torch.tensor(order[:n], dtype=_TABLE_DTYPE)
+                del order[:n]
+            self.block_table = table.to(device)
+            rows = (num_pages, P)
         self.buffers: dict[str, Tensor] = {}
         self.fields: dict[str, Tensor] = {}
         if layout.packed:
             width = layout.elements_per_token
-            packed_BSW = torch.zeros(batch, max_len, width, dtype=dtype, device=device)
-            self.buffers["packed"] = packed_BSW
+            packed = torch.zeros(*rows, width, dtype=dtype, device=device)
+            self.buffers["packed"] = packed
             offset = 0
             for field in layout.fields:
-                self.fields[field.name] = packed_BSW[..., offset:offset + field.numel]
+                self.fields[field.name] = packed[..., offset:offset + field.numel]
                 offset += field.numel
         else:
             for field in layout.fields:
-                buf = torch.zeros(batch, max_len, *field.shape, dtype=dtype, device=device)
+                buf = torch.zeros(*rows, *field.shape, dtype=dtype, device=device)
                 self.buffers[field.name] = buf
                 self.fields[field.name] = buf
 
+    @property
+    def paged(self) -> bool:
+        return self.page_size is not None
+
     def __getitem__(self, name: str) -> Tensor:
-        """The whole preallocated field ``[B, max_len, *shape]`` (a view when packed)."""
-        return self.fields[name]
+        """The whole preallocated field ``[B, max_len, *shape]`` (a view when packed and contiguous)."""
+        return self.read(name, self.max_len)
+
+    def pool(self, name: str) -> Tensor:
+        """A paged field's pool ``[Q, P, *shape]`` as allocated (``"packed"``: the packed rows)."""
+        assert self.paged, "this cache is not paged"
+        return self.buffers["packed"] if name == "packed" else self.fields[name]
 
     @property
     def packed(self) -> Tensor:
         assert self.layout.packed, "this cache layout is not packed"
+        if self.paged:
+            return self._gather(self.buffers["packed"], self.max_len)
         return self.buffers["packed"]
 
-    def write(self, start: int, **entries_BL: Tensor) -> None:
-        """Copy new entries into positions [start, start + L) of each named field, in place."""
-        for name, value in entries_BL.items():
-            end = start + value.shape[1]
-            assert end <= self.max_len, f"cache overflow: writing up to {end} > max_len {self.max_len}"
-            self.fields[name][:, start:end].copy_(value)
+    def set_seq_lens(self, seq_lens: Sequence[int]) -> None:
+        """Make the batch ragged: sequence b holds ``seq_lens[b]`` valid positions."""
+        lengths = [int(n) for n in seq_lens]
+        if len(lengths) != self.batch:
+            raise ValueError(f"seq_lens={lengths} has {len(lengths)} lengths for a cache of batch={self.batch}; "
+                             f"give exactly {self.batch}")
+        for b, (n, cap) in enumerate(zip(lengths, self.capacities, strict=True)):
+            if not 0 <= n <= cap:
+                raise ValueError(f"seq_lens[{b}]={n} is outside [0, {cap}], that sequence's capacity")
+        self.seq_lens = lengths
+        self.length = max(lengths)
+
+    def advance(self, new: int) -> None:
+        """Mark ``new`` more positions valid in every sequence (after a decode step)."""
+        self.length += new
+        if self.seq_lens is not None:
+            self.seq_lens = [n + new for n in self.seq_lens]
+
+    def write(self, start: int | Tensor, **entries_BL: Tensor) -> None:
+        """Copy new entries into positions [start, start + L) of each named field, in place;
+        ``start`` is one position or one per sequence ``[B]`` (a ragged batch)."""
+        for name, value_BL in entries_BL.items():
+            L = value_BL.shape[1]
+            if isinstance(start, int) and not self.paged:
+                end = start + L
+                assert end <= self.max_len, f"cache overflow: writing up to {end} > max_len {self.max_len}"
+                self.fields[name][:, start:end].copy_(value_BL)
+                continue
+            pos_BL = torch.as_tensor(start, device=value_BL.device).view(-1, 1) \
+                + torch.arange(L, device=value_BL.device)
+            pos_BL = pos_BL.expand(self.batch, L)
+            field = self.fields[name]
+            if not self.paged:
+                field[torch.arange(self.batch, device=pos_BL.device).unsqueeze(1), pos_BL] = value_BL
+                continue
+            P = self.page_size
+            assert P is not None and self.block_table is not None
+            page_BL = self.block_table.to(pos_BL.device).gather(1, pos_BL // P).long()
+            field.flatten(0, 1)[page_BL * P + pos_BL % P] = value_BL
 
     def read(self, name: str, end: int) -> Tensor:
-        """Positions [0, end) of a field, as a view of the buffer (no copy)."""
+        """Positions [0, end) of a field: a view of the buffer (no copy), or the pages gathered."""
+        if self.paged:
+            return self._gather(self.fields[name], end)
         return self.fields[name][:, :end]
 
+    def _gather(self, pool_QP: Tensor, end: int) -> Tensor:
+        P = self.page_size
+        assert P is not None and self.block_table is not None
+        pages = math.ceil(end / P)
+        table_BJ = self.block_table[:, :pages].long()
+        return pool_QP[table_BJ].flatten(1, 2)[:, :end]
+
     def nbytes(self) -> int:
-        """Bytes held by the cache's tensors, measured from the tensors themselves."""
-        return sum(buf.numel() * buf.element_size() for buf in self.buffers.values())
+        """Bytes held by the cache's tensors (and its block table), measured from the tensors themselves."""
+        table = [] if self.block_table is None else [self.block_table]
+        return sum(buf.numel() * buf.element_size() for buf in [*self.buffers.values(), *table])
 
     def fill_random_(self, length: int, *, seed: int = 0) -> None:
         """Fill [0, length) with unit-normal values, drawn on the cache's device, and mark it valid.

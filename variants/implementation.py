@@ -3,23 +3,55 @@
 Most implementations are a ``KernelImplementation``: a path every family that has it runs the
 same way, plus an injected kernel. An external package may implement the ``Implementation``
 protocol directly (a FlashMLA wrapper would declare ``path="absorbed"``, ``devices=("cuda",)``)
-and register it through the ``attnbench.implementations`` entry point.
+and register it through the ``attnbench.implementations`` entry point; ``docs/variants.md`` and
+``docs/examples/attnbench_example_impl`` show one.
+
+Interface v2, plan then run: ``plan(layer, compile=...)`` does the set-up once per layer (weights
+derived from the layer's, compiled kernels) and returns a ``Plan``; ``Plan.bind(step)`` does the
+per-step set-up (metadata for the step's cache lengths, block tables) and returns the zero-argument
+closure that is timed. A layer's generation loop keeps one plan and binds each token.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
+from torch import Tensor
 
 from variants.cost import Cost
 from variants.kernel import Kernel
 from variants.registry import path_unsupported
 
 if TYPE_CHECKING:
-    from variants.layer import AttentionLayer, Phase, Step, StepFn
+    from variants.layer import AttentionLayer, Phase, Step, StepRunner
+
+
+class Plan(Protocol):
+    """What an implementation set up once on a layer; binds steps into timed closures."""
+
+    def bind(self, step: Step) -> Callable[[], Tensor]:
+        """Per-step set-up here (never timed); the closure runs the step and nothing else."""
+        ...
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """A plan whose per-step set-up is nothing: the closure calls ``run(step)``."""
+
+    run: StepRunner
+
+    def bind(self, step: Step) -> Callable[[], Tensor]:
+        run = self.run
+
+        def closure() -> Tensor:
+            # Inference: no autograd graph (it would hold every activation and slow each step).
+            with torch.no_grad():
+                return run(step)
+
+        return closure
 
 
 class Implementation(Protocol):
@@ -33,7 +65,9 @@ class Implementation(Protocol):
         """None when this implementation runs the case, else the reason it doesn't."""
         ...
 
-    def prepare(self, layer: AttentionLayer, step: Step) -> StepFn: ...
+    def plan(self, layer: AttentionLayer, *, compile: str | None = None) -> Plan:
+        """Set-up done once per layer (``compile``: a ``torch.compile`` mode or None)."""
+        ...
 
     def cost(self, layer: AttentionLayer, *, batch: int, q_len: int, cached: int, new_kv: int,
              dtype: torch.dtype | None = None) -> Cost: ...
@@ -45,7 +79,7 @@ class KernelImplementation:
     path: str
     kernel: Kernel
     description: str
-    options: Mapping[str, Any] = field(default_factory=dict)  # passed to the family's step_fn and cost
+    options: Mapping[str, Any] = field(default_factory=dict)  # passed to the family's step_runner and cost
     devices: tuple[str, ...] | None = None  # None: any device type
     dtypes: tuple[torch.dtype, ...] | None = None  # None: any dtype
 
@@ -61,8 +95,12 @@ class KernelImplementation:
             return f"{self.name} supports dtypes {allowed} only, not {str(dtype).removeprefix('torch.')}"
         return None
 
-    def prepare(self, layer: AttentionLayer, step: Step) -> StepFn:
-        return layer.step_fn(self.path, step, self.kernel, **self.options)
+    def plan(self, layer: AttentionLayer, *, compile: str | None = None) -> Plan:
+        run = layer.step_runner(self.path, self.kernel, **self.options)
+        if compile is not None:
+            # Wraps this plan's runner only; nothing is rebound globally.
+            run = torch.compile(run, mode=compile)
+        return StepPlan(run)
 
     def cost(self, layer: AttentionLayer, *, batch: int, q_len: int, cached: int, new_kv: int,
              dtype: torch.dtype | None = None) -> Cost:

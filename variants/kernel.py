@@ -6,6 +6,11 @@ E query/key dim, V value dim.
 Tensors arrive in the cache's native layout ``[B, T, K, E]`` (usually strided views of the
 preallocated cache, never copied by the layer), queries as ``[B, L, N, E]``; the kernel returns
 ``[B, L, N, V]``. Query head n reads kv head ``n // (N / K)``, the grouping GQA defines.
+
+The mask's dense form ``keep_LT`` is ``[L, T]``, or ``[B, 1, L, T]`` in a ragged decode batch
+(each sequence its own length; see ``variants.cache``). A kernel is injected into a family's step
+runner when an implementation plans (``variants.implementation``): whatever it needs set up once
+belongs in the plan, not in ``__call__``.
 """
 
 from __future__ import annotations

@@ -3,15 +3,20 @@
 Legend: B batch, L new query tokens, M memory tokens (cross-attention), D hidden, T visible keys.
 
 A family (``variants.families``) supplies the math: its cache layout per *path* (the dataflow an
-implementation runs: ``standard``, MLA's ``absorbed`` and ``expanded``), a step function per path
-with the attention kernel injected, and the analytic cost of each path beside that math. This base
-class turns those into the public API and into zero-argument closures for the harness, so set-up
-(masks, folded weights, compilation wrappers) happens once and is never inside a timed call.
+implementation runs: ``standard``, MLA's ``absorbed`` and ``expanded``), a step runner per path
+with the attention kernel injected, and the analytic cost of each path beside that math.
+
+Plan, then run (FlashInfer's ``plan``/``run``, tritonbench's closure factories): an implementation
+*plans* once per layer (absorbed weights, compiled kernels, anything that does not depend on the
+tokens) and returns a ``Plan``; the plan *binds* a step (its inputs and cache positions, plus any
+per-step metadata such as block tables) into a zero-argument closure, the only thing ever timed.
+``layer.decode``/``prefill`` keep their ``LayerPlan`` on the cache they run on, so a generation
+loop plans once, not once per token; ``layer.plan(...)`` gives the same handle explicitly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -28,12 +33,12 @@ from variants.registry import path_unsupported
 from variants.shape import AttentionKind, check_choice
 
 if TYPE_CHECKING:
-    from variants.implementation import Implementation
+    from variants.implementation import Implementation, Plan
 
 Phase = Literal["prefill", "decode"]
 PHASES: tuple[str, ...] = ("prefill", "decode")
 COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
-StepFn = tuple[Callable[..., Tensor], tuple[Any, ...]]
+StepRunner = Callable[["Step"], Tensor]  # one step's math, set-up done; what a plan calls
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,11 @@ class Step:
     phase: Phase
     x_BLD: Tensor
     cache: KVCache
-    q_start: int | None  # RoPE position of the first query; None in cross-attention (no RoPE)
+    # RoPE position of the first query (a ragged batch: one per sequence, [B]); None in
+    # cross-attention (no RoPE)
+    q_start: int | Tensor | None
     kv_x_BMD: Tensor | None  # tokens whose keys/values this step computes and writes, if any
-    kv_start: int  # cache position of the first of them
+    kv_start: int | Tensor  # cache position of the first of them (a ragged batch: [B])
     kv_len: int  # T: keys the step attends to, cache positions [0, T)
     mask: AttnMask
 
@@ -62,8 +69,9 @@ class AttentionLayer(nn.Module):
     def cache_layout(self, path: str) -> CacheLayout:
         raise NotImplementedError
 
-    def step_fn(self, path: str, step: Step, kernel: Kernel, **options: Any) -> StepFn:
-        """The function and arguments of one step on ``path``; set-up work happens here."""
+    def step_runner(self, path: str, kernel: Kernel, **options: Any) -> StepRunner:
+        """The function running one step on ``path`` with ``kernel``. Set-up work (absorbed weights,
+        checks) happens here, once per plan; the returned function does only the step."""
         raise NotImplementedError
 
     def cost(self, *, path: str, batch: int, q_len: int, cached: int, new_kv: int,
@@ -84,61 +92,64 @@ class AttentionLayer(nn.Module):
     def kv_bytes_per_token(self, path: str = "standard", dtype: torch.dtype | None = None) -> int:
         return self.cache_layout(path).bytes_per_token(dtype or self.dtype)
 
-    def new_cache(self, batch: int, max_len: int, *, impl: str | Implementation = "eager") -> KVCache:
-        """A cache preallocated for ``max_len`` positions in the layout ``impl`` runs on."""
+    def new_cache(self, batch: int, max_len: int | Sequence[int], *, impl: str | Implementation = "eager",
+                  page_size: int | None = None) -> KVCache:
+        """A cache preallocated for ``max_len`` positions in the layout ``impl`` runs on; with
+        ``page_size``, paged (``max_len`` may then be one capacity per sequence)."""
         implementation = resolve(impl)
         path = implementation.path
         reason = path_unsupported(implementation.name, path, variant=self.variant, paths=self.paths)
         if reason is not None:
             raise ValueError(reason)
+        cache = KVCache(self.cache_layout(path), batch=batch, max_len=max_len, dtype=self.dtype,
+                        device=self.device, page_size=page_size)
         if getattr(self, "rope", None) is not None:
-            self.rope.reserve(max_len, dtype=self.dtype, device=self.device)
-        return KVCache(self.cache_layout(path), batch=batch, max_len=max_len, dtype=self.dtype,
-                       device=self.device)
+            self.rope.reserve(cache.max_len, dtype=self.dtype, device=self.device)
+        return cache
+
+    def plan(self, impl: str | Implementation = "eager", *, compile: str | None = None) -> LayerPlan:
+        """Plan ``impl`` on this layer once: the handle runs any number of steps without set-up.
+
+        The plan snapshots what the implementation derives from the weights (MLA's absorbed
+        W_UK, W_UV, W_O·W_UV): plan again after changing the weights.
+        """
+        implementation = resolve(impl)
+        if compile is not None and compile not in COMPILE_MODES:
+            raise ValueError(f"compile={compile!r} is not one of: {', '.join(COMPILE_MODES)} (or None)")
+        reason = path_unsupported(implementation.name, implementation.path, variant=self.variant, paths=self.paths)
+        if reason is not None:
+            raise ValueError(reason)
+        return LayerPlan(self, implementation, compile, implementation.plan(self, compile=compile))
 
     def prefill(self, x_BLD: Tensor, cache: KVCache, *, impl: str | Implementation = "eager",
                 compile: str | None = None, memory_BMD: Tensor | None = None) -> Tensor:
         """Run L tokens from position 0 and fill the cache (cross-attention: cache ``memory``)."""
-        y_BLD = self.prepare("prefill", x_BLD, cache, impl=impl, compile=compile, memory_BMD=memory_BMD)()
-        cache.length = memory_BMD.shape[1] if self.attention == "cross" else x_BLD.shape[1]
-        return y_BLD
+        return self._cached_plan(cache, impl, compile).prefill(x_BLD, cache, memory_BMD=memory_BMD)
 
     def decode(self, x_BLD: Tensor, cache: KVCache, *, impl: str | Implementation = "eager",
                compile: str | None = None) -> Tensor:
-        """Append L_new >= 1 tokens after the S the cache holds; token i sees positions <= S + i."""
-        y_BLD = self.prepare("decode", x_BLD, cache, impl=impl, compile=compile)()
-        if self.attention == "self":
-            cache.length += x_BLD.shape[1]
-        return y_BLD
+        """Append L_new >= 1 tokens after the S the cache holds; token i sees positions <= S + i.
+
+        Called in a loop, it plans once: the plan is kept on ``cache`` (one per implementation
+        and compile mode), so no token pays the set-up again."""
+        return self._cached_plan(cache, impl, compile).decode(x_BLD, cache)
 
     def prepare(self, phase: Phase, x_BLD: Tensor, cache: KVCache, *, impl: str | Implementation = "eager",
                 compile: str | None = None, memory_BMD: Tensor | None = None) -> Callable[[], Tensor]:
-        """A zero-argument closure running one step at the cache's current length.
+        """A zero-argument closure running one step at the cache's current length (a fresh plan).
 
         The closure writes its new cache entries at fixed positions and does not advance
         ``cache.length``, so the harness can call it repeatedly at the same context length.
         """
+        return self.plan(impl, compile=compile).bind(phase, x_BLD, cache, memory_BMD=memory_BMD)
+
+    def _cached_plan(self, cache: KVCache, impl: str | Implementation, compile: str | None) -> LayerPlan:
         implementation = resolve(impl)
-        reason = implementation.supports(self, phase=phase, device=x_BLD.device, dtype=x_BLD.dtype)
-        if reason is not None:
-            raise ValueError(reason)
-        if compile is not None and compile not in COMPILE_MODES:
-            raise ValueError(f"compile={compile!r} is not one of: {', '.join(COMPILE_MODES)} (or None)")
-        if cache.layout != self.cache_layout(implementation.path):
-            raise ValueError("this cache was made for another path; "
-                             f"use layer.new_cache(..., impl={implementation.name!r})")
-        step = self._make_step(phase, x_BLD, cache, memory_BMD, implementation.kernel)
-        fn, args = implementation.prepare(self, step)
-        if compile is not None:
-            # Wraps this closure only; nothing is rebound globally.
-            fn = torch.compile(fn, mode=compile)
-
-        def run() -> Tensor:
-            # Inference: no autograd graph (it would hold every activation and slow each step).
-            with torch.no_grad():
-                return fn(*args)
-
-        return run
+        key = (id(self), implementation.name, compile)
+        plan = cache.plans.get(key)
+        if plan is None or plan.layer is not self or plan.implementation is not implementation:
+            plan = cache.plans[key] = self.plan(implementation, compile=compile)
+        return plan
 
     # -- helpers ----------------------------------------------------------------------------------
     def _make_step(self, phase: Phase, x_BLD: Tensor, cache: KVCache, memory_BMD: Tensor | None,
@@ -155,6 +166,8 @@ class AttentionLayer(nn.Module):
         if self.attention == "self":
             if memory_BMD is not None:
                 raise ValueError("memory_BMD is for cross-attention; this layer is self-attention")
+            if cache.seq_lens is not None and phase == "decode":
+                return self._ragged_step(x_BLD, cache, kernel)
             start = 0 if phase == "prefill" else cache.length
             end = start + L
             if end > cache.max_len:
@@ -178,3 +191,64 @@ class AttentionLayer(nn.Module):
             raise ValueError("cross-attention decode needs a cache filled by prefill(memory_BMD=...)")
         mask = make_mask(q_len=L, kv_len=cache.length, q_offset=None, device=device)
         return Step(phase, x_BLD, cache, None, None, 0, cache.length, mask)
+
+    def _ragged_step(self, x_BLD: Tensor, cache: KVCache, kernel: Kernel) -> Step:
+        """Decode on a ragged batch: sequence b's tokens go at positions ``seq_lens[b] + i``.
+
+        The kernels see the keys ``[0, T)`` with T the longest sequence's end, and a boolean mask
+        ``[B, 1, L, T]`` hiding each shorter sequence's padding (the built-in kernels attend on the
+        padded batch; the cost model counts that work)."""
+        assert cache.seq_lens is not None
+        L, device = x_BLD.shape[1], x_BLD.device
+        for b, (n, cap) in enumerate(zip(cache.seq_lens, cache.capacities, strict=True)):
+            if n + L > cap:
+                raise ValueError(f"decode of {L} tokens after seq_lens[{b}]={n} exceeds that sequence's "
+                                 f"capacity {cap}")
+        start_B = torch.tensor(cache.seq_lens, device=device)
+        end = max(cache.seq_lens) + L
+        q_pos_B1L1 = (start_B.view(-1, 1) + torch.arange(L, device=device)).view(-1, 1, L, 1)
+        keep_B1LT = torch.arange(end, device=device).view(1, 1, 1, end) <= q_pos_B1L1
+        # One offset cannot describe the batch; the dense mask can (never "full" or "square causal").
+        mask = AttnMask(L, end, min(cache.seq_lens), keep_B1LT)
+        assert not mask.full and not mask.square_causal or len(set(cache.seq_lens)) == 1
+        return Step("decode", x_BLD, cache, start_B, x_BLD, start_B, end, mask)
+
+
+class LayerPlan:
+    """An implementation planned on one layer: binds steps into closures, runs prefill and decode.
+
+    Set-up happened when the plan was made (``Implementation.plan``); ``bind`` does only the
+    per-step work (input checks, the mask, the implementation's per-step metadata) and returns the
+    closure the harness times.
+    """
+
+    def __init__(self, layer: AttentionLayer, implementation: Implementation, compile: str | None,
+                 plan: Plan) -> None:
+        self.layer = layer
+        self.implementation = implementation
+        self.compile = compile
+        self.plan = plan
+
+    def bind(self, phase: Phase, x_BLD: Tensor, cache: KVCache, *,
+             memory_BMD: Tensor | None = None) -> Callable[[], Tensor]:
+        layer, implementation = self.layer, self.implementation
+        reason = implementation.supports(layer, phase=phase, device=x_BLD.device, dtype=x_BLD.dtype)
+        if reason is not None:
+            raise ValueError(reason)
+        if cache.layout != layer.cache_layout(implementation.path):
+            raise ValueError("this cache was made for another path; "
+                             f"use layer.new_cache(..., impl={implementation.name!r})")
+        step = layer._make_step(phase, x_BLD, cache, memory_BMD, implementation.kernel)
+        return self.plan.bind(step)
+
+    def prefill(self, x_BLD: Tensor, cache: KVCache, *, memory_BMD: Tensor | None = None) -> Tensor:
+        y_BLD = self.bind("prefill", x_BLD, cache, memory_BMD=memory_BMD)()
+        cache.seq_lens = None  # every sequence now holds the prefill's tokens
+        cache.length = memory_BMD.shape[1] if self.layer.attention == "cross" else x_BLD.shape[1]
+        return y_BLD
+
+    def decode(self, x_BLD: Tensor, cache: KVCache) -> Tensor:
+        y_BLD = self.bind("decode", x_BLD, cache)()
+        if self.layer.attention == "self":
+            cache.advance(x_BLD.shape[1])
+        return y_BLD

@@ -95,7 +95,9 @@ class Rope(nn.Module):
                 "the cache's max_len bounds the positions a layer can see")
         return self.cos_PF[start:start + length], self.sin_PF[start:start + length]
 
-    def forward(self, x_BLNR: Tensor, start: int) -> Tensor:
+    def forward(self, x_BLNR: Tensor, start: int | Tensor) -> Tensor:
+        if isinstance(start, Tensor):
+            return self._per_sequence(x_BLNR, start)
         if self.groups is None:
             cos_LF, sin_LF = self.table(start, x_BLNR.shape[1])
             return rotate(x_BLNR, cos_LF, sin_LF, self.layout)
@@ -106,3 +108,17 @@ class Rope(nn.Module):
         x_BLGnR = x_BLNR.unflatten(2, (G, N // G))
         out_BLGnR = _rotate_pairs(x_BLGnR, cos_LGF.unsqueeze(2), sin_LGF.unsqueeze(2), self.layout)
         return out_BLGnR.flatten(2, 3)
+
+    def _per_sequence(self, x_BLNR: Tensor, start_B: Tensor) -> Tensor:
+        """A ragged batch: sequence b's positions start at ``start_B[b]``."""
+        B, L = x_BLNR.shape[:2]
+        pos_BL = start_B.view(-1, 1).to(self.cos_PF.device) + torch.arange(L, device=self.cos_PF.device)
+        # No data-dependent bound check here (it would sync a GPU and break fake-tensor dry runs): the
+        # layer checked each sequence's end against its capacity, and the table covers max_len.
+        cos, sin = self.cos_PF[pos_BL], self.sin_PF[pos_BL]  # [B, L, F] or [B, L, G, F]
+        if self.groups is None:
+            shape = (B, L, *([1] * (x_BLNR.dim() - 3)), cos.shape[-1])
+            return _rotate_pairs(x_BLNR, cos.view(shape), sin.view(shape), self.layout)
+        N, G = x_BLNR.shape[2], self.groups
+        x_BLGnR = x_BLNR.unflatten(2, (G, N // G))
+        return _rotate_pairs(x_BLGnR, cos.unsqueeze(3), sin.unsqueeze(3), self.layout).flatten(2, 3)

@@ -77,6 +77,9 @@ class RunConfig:
     seq: str = MISSING  # takes k/M suffixes (32k): a string, parsed by harness.measure.case.parse_size
     batch: int = MISSING
     decode_len: int = MISSING
+    # A list of sizes, "1k,4k" or a distribution's name: parsed by harness.sweep.plan.ragged_lengths.
+    seq_lens: Any = MISSING
+    page_size: Optional[int] = MISSING
     attention: Attention = MISSING
     seed: int = MISSING
     threads: Optional[int] = MISSING

@@ -93,13 +93,16 @@ def case_label(row: Mapping[str, Any]) -> str:
     comp = f"+compile:{compile_mode}" if compile_mode not in (None, "none") else ""
     decode_len = value("decode_len")
     steps = f" L={int(decode_len)}" if value("phase") == "decode" and decode_len not in (None, 1) else ""
+    seq_lens, page_size = value("seq_lens"), value("page_size")
+    ragged = f" seq_lens={','.join(format_size(int(n)) for n in str(seq_lens).split(','))}" if seq_lens else ""
+    paged = f" page_size={int(page_size)}" if page_size is not None else ""
     seq = value("seq")
     seq_text = format_size(int(seq)) if seq is not None else "?"
     batch = value("batch")
     # Plain timing (cpu_wall, cuda_events) is the default and goes unsaid; a graph or a flushed L2 is said.
     timed = " cuda_graph" if value("timing") == "cuda_graph" else ""
     flush = " l2_flush" if value("l2_flush") is True or value("l2_flush") == 1 else ""
-    return (f"{value('variant')}/{value('impl')}{comp} {value('phase')}{steps} seq={seq_text} "
+    return (f"{value('variant')}/{value('impl')}{comp} {value('phase')}{steps} seq={seq_text}{ragged}{paged} "
             f"batch={batch if batch is None else int(batch)} {value('dtype')}{timed}{flush}")
 
 
@@ -119,8 +122,18 @@ class Case:
     attention: str = "self"
     timing: Timing = "cpu_wall"  # part of the identity: a graph replay and plain calls time different things
     l2_flush: bool = False  # CUDA only: flush L2 before each timed step
+    # A ragged decode batch: tokens cached per sequence (``seq`` is then the longest); None: all hold seq.
+    seq_lens: tuple[int, ...] | None = None
+    page_size: int | None = None  # a paged cache of this many positions per page; None: contiguous
 
     def __post_init__(self) -> None:
+        if self.seq_lens is not None:
+            if len(self.seq_lens) != self.batch:
+                raise ValueError(f"seq_lens has {len(self.seq_lens)} lengths for batch={self.batch}; "
+                                 f"give one per sequence")
+            if self.phase != "decode" or self.attention != "self":
+                raise ValueError("seq_lens (a ragged batch) applies to self-attention decode only")
+            assert max(self.seq_lens) == self.seq, "seq is the longest sequence of a ragged batch"
         on_cpu = torch.device(self.device).type == "cpu"
         if self.timing not in schema.TIMING_MODES or on_cpu != (self.timing == "cpu_wall"):
             raise ValueError(f"timing={self.timing!r} does not apply to device={self.device!r}; valid: "
@@ -151,6 +164,15 @@ class Case:
         return self.seq + (self.decode_len if self.phase == "decode" and self.attention == "self" else 0)
 
     @property
+    def capacities(self) -> int | list[int]:
+        """Positions the cache holds per sequence: one number, or one per sequence when a paged
+        cache gives each sequence of a ragged batch only its own pages."""
+        new = self.max_len - self.seq
+        if self.seq_lens is not None and self.page_size is not None:
+            return [n + new for n in self.seq_lens]
+        return self.max_len
+
+    @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
 
@@ -162,7 +184,11 @@ class Case:
         if self.phase == "prefill":
             columns["decode_len"] = 0
         shape = set(schema.SHAPE)
-        return {k: columns[k] for k in schema.IDENTITY if k not in shape or k in used_shape_keys}
+        # A uniform, contiguous case leaves seq_lens and page_size out: its case_id is the one it had
+        # before they existed.
+        optional = {k for k in ("seq_lens", "page_size") if columns.get(k) is None}
+        return {k: columns[k] for k in schema.IDENTITY
+                if (k not in shape or k in used_shape_keys) and k not in optional}
 
     def case_id(self, used_shape_keys: tuple[str, ...]) -> str:
         blob = json.dumps(self.identity(used_shape_keys), sort_keys=True, default=str)
@@ -177,6 +203,8 @@ class Case:
         values = {"variant": self.variant, "impl": self.impl, "compile": self.compile or "none",
                   "phase": self.phase, "attention": self.attention, "dtype": self.dtype, "batch": self.batch,
                   "seq": self.seq, "decode_len": self.decode_len, "timing": self.timing, "l2_flush": self.l2_flush,
+                  "seq_lens": None if self.seq_lens is None else ",".join(map(str, self.seq_lens)),
+                  "page_size": self.page_size,
                   "model": self.model, "device": self.device, "q_len": self.q_len,
                   **{k: shape[k] for k in schema.SHAPE}}
         return {k: values[k] for k in schema.NAMES if k in values}

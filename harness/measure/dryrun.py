@@ -138,13 +138,17 @@ def dry_run(case: Case, *, seed: int = 0) -> DryRun:
     # allow_non_fake_inputs: to_empty turns the meta parameters into fake ones on ``device``.
     with FakeTensorMode(allow_non_fake_inputs=True):
         layer = meta.to_empty(device=device)
-        cache = layer.new_cache(case.batch, case.max_len, impl=case.impl)
+        cache = layer.new_cache(case.batch, case.capacities, impl=case.impl, page_size=case.page_size)
         weight_bytes, known_weights = _bytes([*layer.parameters(), *layer.buffers()])
-        cache_bytes, known_cache = _bytes(list(cache.buffers.values()))
+        # The block table of a paged cache belongs to the cache (KVCache.nbytes counts it too).
+        table = [] if cache.block_table is None else [cache.block_table]
+        cache_bytes, known_cache = _bytes([*cache.buffers.values(), *table])
         tracker = _Allocations(known_weights | known_cache)
         with tracker:
             if case.phase == "decode":
                 cache.fill_random_(case.seq, seed=seed)
+                if case.seq_lens is not None:
+                    cache.set_seq_lens(case.seq_lens)
             x_BLD, memory_BMD = case_inputs(case, layer.hidden, device, case.torch_dtype, seed)
             input_bytes, _ = _bytes([t for t in (x_BLD, memory_BMD) if t is not None])
             step = layer.prepare(case.phase, x_BLD, cache, impl=case.impl, memory_BMD=memory_BMD)

@@ -90,7 +90,8 @@ def _from_cost(case: Case, layer: AttentionLayer, impl: Implementation, cost: Co
                timer_bytes: int) -> Prediction:
     b = case.torch_dtype.itemsize
     weights = sum(p.numel() for p in layer.parameters()) * b
-    cache = case.batch * case.max_len * cost.kv_bytes_per_token
+    cache = layer.cache_layout(impl.path).nbytes(batch=case.batch, context=case.capacities,
+                                                 dtype=case.torch_dtype, page_size=case.page_size)
     memory_tokens = case.seq if case.attention == "cross" and case.phase == "prefill" else 0
     inputs = case.batch * (case.q_len + memory_tokens) * layer.hidden * b
     transient = cost.transient_bytes

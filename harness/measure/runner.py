@@ -89,7 +89,9 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         if reason is not None:
             return _finish(row, started, timed_s, "skipped", reason)
         cost = impl.cost(meta, batch=case.batch, q_len=case.q_len, cached=case.cached, new_kv=case.new_kv)
-        row.update(_analytic(case, cost))
+        layout = meta.cache_layout(impl.path)
+        row.update(_analytic(case, cost, layout.nbytes(batch=case.batch, context=case.capacities, dtype=dtype,
+                                                       page_size=case.page_size)))
 
         predicted = predict_memory(case, meta, impl, cost, timer_bytes=_timer_bytes(case, device), seed=ctx.seed)
         row["predicted_mem_bytes"] = predicted.total_bytes
@@ -129,10 +131,12 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             torch._dynamo.reset()
         layer = variants.build(case.variant, case.shape, attention=case.attention, dtype=dtype, device=device,
                                seed=ctx.seed)
-        cache = layer.new_cache(case.batch, case.max_len, impl=case.impl)
+        cache = layer.new_cache(case.batch, case.capacities, impl=case.impl, page_size=case.page_size)
         if case.phase == "decode":
             # The prefix stands in for an earlier prefill; its values do not change the step's cost.
             cache.fill_random_(case.seq, seed=ctx.seed)
+            if case.seq_lens is not None:
+                cache.set_seq_lens(case.seq_lens)
         x_BLD, memory_BMD = case_inputs(case, layer.hidden, device, dtype, ctx.seed)
         objects += [layer, cache, x_BLD, memory_BMD]
         # What the prepared closure holds (masks, folded weights) is part of the step's resident memory.
@@ -237,13 +241,14 @@ def _telemetry_window(step: Callable[[], Any], ctx: RunContext, *, tokens_per_ca
     return sampler.summary(tokens=calls * tokens_per_call)
 
 
-def _analytic(case: Case, cost) -> dict[str, Any]:  # noqa: ANN001 - variants.Cost
+def _analytic(case: Case, cost, cache_bytes: int) -> dict[str, Any]:  # noqa: ANN001 - variants.Cost
     return {"flops": cost.flops, "bytes_min": cost.bytes_min, "weight_bytes": cost.weight_bytes,
             "cache_read_bytes": cost.cache_read_bytes, "cache_write_bytes": cost.cache_write_bytes,
             "activation_bytes": cost.activation_bytes, "params": cost.params,
             "kv_bytes_per_token": cost.kv_bytes_per_token,
             "kv_bytes_per_token_model": cost.kv_bytes_per_token * case.shape.num_layers,
-            "kv_cache_bytes_analytic": case.batch * case.max_len * cost.kv_bytes_per_token,
+            # The layout's function of the context (pages, rings), not tokens x bytes per token.
+            "kv_cache_bytes_analytic": cache_bytes,
             "intensity_flops_per_byte": cost.intensity}
 
 

@@ -3,9 +3,11 @@
 For a model of ``num_layers`` attention layers at the rows' shape and dtype, the longest context is
 the largest L with
 
-    weights + batch * L * kv_bytes_per_token * num_layers  <=  (1 - reserve) * budget
+    weights + num_layers * cache_bytes(batch, L)  <=  (1 - reserve) * budget
 
-in closed form: ``L = floor(((1 - reserve) * budget - weights) / (batch * kv_bytes_per_token * num_layers))``.
+where ``cache_bytes`` is the layer's cache layout's own function of the context
+(``CacheLayout.nbytes``): ``batch * L * kv_bytes_per_token`` for a cache that keeps every position,
+less for one keeping a ring of ``w`` positions. It never decreases in L, so L is found by bisection.
 ``weights`` are the attention layers' own parameters (``num_layers`` times one layer's): the rest of
 a model (MLP, embeddings) is not in the cost model, so pass a smaller budget to leave room for it.
 ``reserve`` (default 10%) is the allowance for activations, allocator fragmentation and the CUDA
@@ -30,6 +32,7 @@ from harness.report.data import DEVICE, SHAPE_COLUMNS
 from harness.report.style import variant_sort_key
 
 RESERVE = 0.10
+MAX_CONTEXT = 2 ** 40  # tokens: the answer for a cache whose size stops growing with the context
 DEFAULT_BATCHES = (1, 8, 64)
 GROUP = (DEVICE, "model", *SHAPE_COLUMNS, "dtype")
 
@@ -40,8 +43,22 @@ def longest_context(cost: ModelCost, *, batch: int, budget_bytes: int, reserve: 
         raise ValueError(f"reserve={reserve!r} is not allowed: it must be in [0, 1)")
     if batch <= 0:
         raise ValueError(f"batch={batch!r} is not allowed: it must be a positive integer")
-    usable = (1 - reserve) * budget_bytes - cost.weight_bytes_model
-    return max(0, math.floor(usable / (batch * cost.kv_bytes_per_token_model)))
+    usable = (1 - reserve) * budget_bytes
+
+    def fits(tokens: int) -> bool:
+        return cost.model_bytes(batch=batch, tokens=tokens) <= usable
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while fits(high):
+        if high >= MAX_CONTEXT:  # a cache that stops growing (rings only) fits any context: say the cap
+            return MAX_CONTEXT
+        low, high = high, high * 2
+    while high - low > 1:  # fits(low), not fits(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
 
 
 def capacity_table(rows: pd.DataFrame, ok: pd.DataFrame, *, budget_bytes: int | None,
@@ -97,7 +114,7 @@ def _measured(ok: pd.DataFrame, where: dict, variant: str, batch: int, cost: Mod
     longest = rows[rows["seq"] == rows["seq"].max()]
     lean = longest.loc[longest["peak_mem_bytes"].astype(float).idxmin()]
     tokens = int(lean["seq"]) + int(lean["decode_len"])  # the cache is allocated for the new tokens too
-    model_bytes = cost.weight_bytes_layer + batch * tokens * cost.kv_bytes_per_token_layer
+    model_bytes = cost.weight_bytes_layer + cost.cache_bytes_layer(batch=batch, tokens=tokens)
     return {"measured_seq": int(lean["seq"]), "measured_impl": lean["impl"],
             "measured_peak_bytes": int(lean["peak_mem_bytes"]), "model_bytes_layer_at_measured_seq": model_bytes}
 

@@ -13,11 +13,13 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 import pandas as pd
+import torch
 
 import variants
 from harness.measure.case import DTYPES
 from harness.report.data import SHAPE_COLUMNS
 from harness.results import schema
+from variants.cache import CacheLayout
 from variants.shape import ModelShape, check_choice
 
 # The cache layout each variant needs at least: MLA caches its latent (eager, sdpa and absorbed
@@ -31,6 +33,11 @@ class ModelCost:
     num_layers: int
     kv_bytes_per_token_layer: int
     weight_bytes_layer: int
+    layout: CacheLayout  # one layer's cache: its bytes are a function of the context (rings, pages)
+    dtype: torch.dtype
+
+    def cache_bytes_layer(self, *, batch: int, tokens: int) -> int:
+        return self.layout.nbytes(batch=batch, context=tokens, dtype=self.dtype)
 
     @property
     def kv_bytes_per_token_model(self) -> int:
@@ -42,7 +49,7 @@ class ModelCost:
 
     def model_bytes(self, *, batch: int, tokens: int) -> int:
         """Attention weights and KV cache of all layers for ``batch`` sequences of ``tokens``."""
-        return self.weight_bytes_model + batch * tokens * self.kv_bytes_per_token_model
+        return self.weight_bytes_model + self.num_layers * self.cache_bytes_layer(batch=batch, tokens=tokens)
 
 
 def shape_of(row: pd.Series | dict) -> ModelShape:
@@ -68,4 +75,5 @@ def _cost(variant: str, shape: ModelShape, dtype: str) -> ModelCost:
     torch_dtype = DTYPES[dtype]
     layer = variants.build(variant, shape, dtype=torch_dtype, device="meta")
     weights = sum(p.numel() for p in layer.parameters()) * torch_dtype.itemsize
-    return ModelCost(variant, shape.num_layers, layer.kv_bytes_per_token(PATH, torch_dtype), weights)
+    return ModelCost(variant, shape.num_layers, layer.kv_bytes_per_token(PATH, torch_dtype), weights,
+                     layer.cache_layout(PATH), torch_dtype)

@@ -18,9 +18,12 @@ from harness.report.units import byte_unit, number, tokens
 
 # Folded into the caption when constant; always shown otherwise.
 SETTING_COLUMNS = {DEVICE: "device", "model": "model", "dtype": "dtype", "compile": "compile",
-                   "phase": "phase", "attention": "attention", "decode_len": "new tokens per step"}
-CASE_ORDER = (DEVICE, "model", "phase", "dtype", "compile", "attention", "decode_len", "batch", "seq", "variant",
-              "impl")
+                   "phase": "phase", "attention": "attention", "decode_len": "new tokens per step",
+                   "seq_lens": "ragged lengths", "page_size": "page size"}
+# Said only where a row has them (a ragged batch, a paged cache), not as "none" for every row.
+OPTIONAL_SETTINGS = ("seq_lens", "page_size")
+CASE_ORDER = (DEVICE, "model", "phase", "dtype", "compile", "attention", "decode_len", "batch", "seq", "seq_lens",
+              "page_size", "variant", "impl")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,9 @@ def _fold_constants(frame: pd.DataFrame, shown: pd.DataFrame, caption: str) -> t
     constant = []
     for column, label in SETTING_COLUMNS.items():
         if column in frame.columns and label in shown.columns and frame[column].astype(str).nunique() <= 1:
+            if column in OPTIONAL_SETTINGS and frame[column].isna().all():
+                shown = shown.drop(columns=label)
+                continue
             constant.append(f"{label} {frame[column].astype(str).iloc[0]}" if len(frame) else label)
             shown = shown.drop(columns=label)
     return shown, caption + (f" All rows: {'; '.join(constant)}." if constant else "")
@@ -64,7 +70,8 @@ FLOP_UNITS = (("TFLOP/s", 1e12), ("GFLOP/s", 1e9), ("MFLOP/s", 1e6), ("kFLOP/s",
 
 
 def _settings(frame: pd.DataFrame) -> dict[str, pd.Series]:
-    return {label: frame[column].astype(str) for column, label in SETTING_COLUMNS.items() if column in frame}
+    return {label: frame[column].map(lambda v: "" if pd.isna(v) else str(v)) if column in OPTIONAL_SETTINGS
+            else frame[column].astype(str) for column, label in SETTING_COLUMNS.items() if column in frame}
 
 
 def _col(frame: pd.DataFrame, name: str) -> pd.Series:
@@ -76,7 +83,7 @@ def cases_table(ok: pd.DataFrame, *, baseline_label: str) -> Table:
     peak memory, KV-cache bytes, speed-up and memory ratio against the baseline."""
     ok = _sorted(ok)
     raw_columns = [DEVICE, "model", "phase", "dtype", "compile", "attention", "decode_len", "batch", "seq",
-                   "variant", "impl", "latency_ms", "latency_ci_low_ms", "latency_ci_high_ms", "n_reps", "gbps",
+                   "seq_lens", "page_size", "variant", "impl", "latency_ms", "latency_ci_low_ms", "latency_ci_high_ms", "n_reps", "gbps",
                    "ceiling_copy_gbps", "frac_peak_bandwidth", "tflops", "ceiling_matmul_tflops", "frac_peak_flops",
                    "peak_mem_bytes", "kv_cache_bytes", "kv_bytes_per_token_model", "tokens_per_s", "speedup",
                    "mem_ratio", "run_root", "case_id"]
@@ -107,7 +114,7 @@ def cases_table(ok: pd.DataFrame, *, baseline_label: str) -> Table:
 def not_measured_table(rows: pd.DataFrame) -> Table:
     rows = _sorted(rows)
     raw_columns = [DEVICE, "model", "phase", "dtype", "compile", "attention", "decode_len", "batch", "seq",
-                   "variant", "impl", "status", "reason", "run_root", "case_id"]
+                   "seq_lens", "page_size", "variant", "impl", "status", "reason", "run_root", "case_id"]
     raw = pd.DataFrame({c: _col(rows, c) for c in raw_columns})
     shown = pd.DataFrame({**_settings(rows), "batch": raw["batch"].map(number), "context": raw["seq"].map(tokens),
                           "variant": raw["variant"], "impl": raw["impl"], "status": raw["status"],

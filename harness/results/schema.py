@@ -74,6 +74,10 @@ COLUMNS: tuple[Column, ...] = (
     _c("batch", "int64", "sequences", "case", "sequences per step", **_ID, **_S),
     _c("seq", "int64", "tokens", "case", "decode: tokens already cached; prefill: prompt length", **_ID, **_S),
     _c("decode_len", "int64", "tokens", "case", "new tokens per decode step (ignored by a prefill's case_id)", **_ID),
+    _c("seq_lens", "string", "tokens", "case", "a ragged decode batch: tokens cached per sequence, comma-separated "
+       "(seq is the longest); null: every sequence holds seq (not in the case_id when null)", **_ID),
+    _c("page_size", "int64", "tokens", "case", "positions per page of a paged cache; null: a contiguous cache "
+       "(not in the case_id when null)", **_ID),
     _c("timing", "string", "", "timing",
        "how a step is timed: cpu_wall (perf_counter), cuda_events, cuda_graph (one graph replay per sample, "
        "cuda events)", **_ID),

@@ -16,6 +16,7 @@ import variants
 from harness.measure.case import Case, parse_size, resolve_device, resolve_dtype, timing_mode
 from harness.results import schema
 from variants.layer import COMPILE_MODES
+from variants.cache import check_page_size
 from variants.registry import IMPLEMENTATIONS, VARIANTS
 from variants.shape import ModelShape
 
@@ -68,6 +69,30 @@ def _device(value: str, *, local: bool) -> torch.device:
         raise ValueError(f"device={value!r} is not one of: auto, cpu, cuda, cuda:<index>") from None
 
 
+SEQ_LENS_DISTRIBUTIONS: tuple[str, ...] = ("spread",)
+
+
+def _int_or(value: Any) -> Any:
+    """An int from a command-line string ("64"), anything else unchanged (checked by the caller)."""
+    return int(value) if isinstance(value, str) and value.strip().isdigit() else value
+
+
+def ragged_lengths(value: Any, *, seq: int, batch: int) -> tuple[int, ...] | None:
+    """``seq_lens``: a list of sizes (``[1k,4k,32k,32k]`` or ``"1k,4k,32k,32k"``), tiled over the
+    batch when it divides it; or a named distribution of ``batch`` lengths up to ``seq``
+    (``spread``: ``seq·(b+1)/batch``, from short to the full context). None: a uniform batch."""
+    if value in (None, "none"):
+        return None
+    if isinstance(value, str) and value in SEQ_LENS_DISTRIBUTIONS:
+        return tuple(max(1, seq * (b + 1) // batch) for b in range(batch))
+    items = value.split(",") if isinstance(value, str) else list(value)
+    lengths = [parse_size("seq_lens", item.strip() if isinstance(item, str) else item) for item in items]
+    if len(lengths) > batch or batch % len(lengths):
+        raise ValueError(f"seq_lens has {len(lengths)} lengths for batch={batch}; give batch lengths "
+                         f"(or a number of lengths that divides it, repeated)")
+    return tuple(lengths * (batch // len(lengths)))
+
+
 def plan_cases(cfg: Mapping[str, Any], *, local: bool = True) -> list[Case]:
     """Every case of one job, in a stable order; raises ``ValueError`` for bad input.
 
@@ -89,6 +114,11 @@ def plan_cases(cfg: Mapping[str, Any], *, local: bool = True) -> list[Case]:
         raise ValueError(f"compile={compile_mode!r} is not one of: none, {', '.join(COMPILE_MODES)}")
     seq = parse_size("seq", cfg.get("seq", "4k"))
     batch = parse_size("batch", cfg.get("batch", 1))
+    page_size = cfg.get("page_size")
+    page_size = None if page_size in (None, "none") else check_page_size(_int_or(page_size))
+    seq_lens = ragged_lengths(cfg.get("seq_lens"), seq=seq, batch=batch)
+    if seq_lens is not None:
+        seq = max(seq_lens)
     decode_len = parse_size("decode_len", cfg.get("decode_len", 1))
     attention = str(cfg.get("attention", "self"))
     device_name = str(device) if device.type == "cpu" else f"cuda:{device.index or 0}"
@@ -110,7 +140,8 @@ def plan_cases(cfg: Mapping[str, Any], *, local: bool = True) -> list[Case]:
                     continue  # "all": only what runs
                 cases.append(Case(variant=variant, impl=impl_name, compile=compile_mode, phase=ph, model=model,
                                   shape=shape, batch=batch, seq=seq, decode_len=decode_len, dtype=dtype_name,
-                                  device=device_name, attention=attention, timing=timing, l2_flush=l2_flush))
+                                  device=device_name, attention=attention, timing=timing, l2_flush=l2_flush,
+                                  seq_lens=seq_lens if ph == "decode" else None, page_size=page_size))
     if not cases:
         raise ValueError(f"no implementation among {', '.join(impl_names)} supports "
                          f"{', '.join(variant_names)} on {device.type} in {dtype_name}")

@@ -36,7 +36,9 @@ from harness import results
 
 MARKDOWN, CSV = "summary.md", "summary.csv"
 # What tells cases apart, in table order; a column whose value is the same in every row is left out.
-SETTING_COLUMNS = ("phase", "seq", "batch", "compile", "decode_len", "dtype", "model", "device")
+SETTING_COLUMNS = ("phase", "seq", "seq_lens", "page_size", "batch", "compile", "decode_len", "dtype", "model",
+                   "device")
+OPTIONAL_SETTINGS = ("seq_lens", "page_size")
 CASE_COLUMNS = ("variant", "impl")
 CSV_COLUMNS = ("job_num", *CASE_COLUMNS, *SETTING_COLUMNS, "status", "latency_ms", "latency_ci_low_ms",
                "latency_ci_high_ms", "latency_ci_rel", "n_reps", "speedup", "tokens_per_s", "peak_mem_bytes",
@@ -76,7 +78,9 @@ def summarize(root: str | Path) -> Summary:
     rows = _ordered(rows, variant_sort_key, impl_sort_key)
     frame = rows[[c for c in CSV_COLUMNS if c in rows.columns]].reset_index(drop=True)
     constant = [c for c in SETTING_COLUMNS if c in frame.columns and frame[c].astype(str).nunique() == 1]
-    notes = [", ".join(f"{c}={frame[c].iloc[0]}" for c in constant) + " in every case."] if constant else []
+    # A ragged batch or a paged cache is named where it is used; "none in every case" says nothing.
+    said = [c for c in constant if not (c in OPTIONAL_SETTINGS and frame[c].isna().all())]
+    notes = [", ".join(f"{c}={frame[c].iloc[0]}" for c in said) + " in every case."] if said else []
     without = int((frame["status"].eq("ok") & frame["speedup"].isna()).sum())
     if without < len(ok):
         notes.append("speedup: mha/eager latency at the same setting over the case's latency (above 1: faster)"

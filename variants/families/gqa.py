@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from variants.cache import CacheField, CacheLayout
 from variants.cost import Cost, matmul_flops
 from variants.kernel import Kernel
-from variants.layer import AttentionLayer, Step, StepFn
+from variants.layer import AttentionLayer, Step, StepRunner
 from variants.registry import register_variant
 from variants.rope import Rope
 from variants.shape import (
@@ -86,9 +86,9 @@ class GQA(AttentionLayer):
         K, H = self.config.kv_heads, self.config.head_dim
         return CacheLayout((CacheField("k", (K, H)), CacheField("v", (K, H))))
 
-    def step_fn(self, path: str, step: Step, kernel: Kernel, **options: Any) -> StepFn:
+    def step_runner(self, path: str, kernel: Kernel, **options: Any) -> StepRunner:
         assert path == "standard" and not options
-        return self._standard, (step, kernel)
+        return lambda step: self._standard(step, kernel)
 
     def _standard(self, step: Step, attend: Kernel) -> Tensor:
         c = self.config

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from variants.cache import CacheField, CacheLayout
 from variants.cost import Cost, matmul_flops
 from variants.kernel import Kernel, MLAKernel
-from variants.layer import AttentionLayer, Step, StepFn
+from variants.layer import AttentionLayer, Step, StepRunner
 from variants.registry import register_variant
 from variants.rope import Rope
 from variants.shape import (
@@ -183,16 +183,18 @@ class MLA(AttentionLayer):
         return self.o_proj(o_BLNV.reshape(B, L, N * V))
 
     # -- paths ----------------------------------------------------------------------------------
-    def step_fn(self, path: str, step: Step, kernel: Kernel, **options: Any) -> StepFn:
+    def step_runner(self, path: str, kernel: Kernel, **options: Any) -> StepRunner:
         if path == "standard":
-            return self._standard, (step, kernel)
+            return lambda step: self._standard(step, kernel)
         if path == "expanded":
-            return self._expanded, (step, kernel)
+            return lambda step: self._expanded(step, kernel)
         assert path == "absorbed"
         if not isinstance(kernel, MLAKernel):
             raise ValueError(f"the absorbed path needs an MLA kernel (variants.kernel.MLAKernel) that takes "
                              f"q_lat, q_rope, c_kv and k_rope; {kernel.name!r} is a q/k/v kernel")
-        return self._absorbed, (step, kernel, self.absorbed_weights(fold_o=options["fold_o"]))
+        # Once per plan: a decode loop that keeps its plan never rebuilds these.
+        weights = self.absorbed_weights(fold_o=options["fold_o"])
+        return lambda step: self._absorbed(step, kernel, weights)
 
     def _standard(self, step: Step, attend: Kernel) -> Tensor:
         q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
@@ -215,7 +217,7 @@ class MLA(AttentionLayer):
 
     def absorbed_weights(self, *, fold_o: bool) -> dict[str, Tensor]:
         """W_UK ``[N, P, C]`` and W_UV ``[N, V, C]`` (views of kv_b_proj), and with ``fold_o`` the
-        product ``W_O·W_UV`` as ``[D, N·C]``. Computed once at set-up, never inside a step."""
+        product ``W_O·W_UV`` as ``[D, N·C]``. Computed once per plan, never inside a step."""
         c = self.config
         N, C, P, V, D = c.heads, c.d_c, c.nope_head_dim, c.v_head_dim, c.hidden
         with torch.no_grad():

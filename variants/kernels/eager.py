@@ -35,7 +35,9 @@ class EagerKernel:
         if not mask.full:
             assert mask.keep_LT is not None, "the eager kernel needs a dense mask"
             scores_BKGLT = scores_BKMT.view(B, K, G, L, -1)
-            scores_BKMT = torch.where(mask.keep_LT, scores_BKGLT, float("-inf")).view(B, K, G * L, -1)
+            # [L, T], or [B, 1, L, T] for a ragged batch: then one more axis for the group dim.
+            keep = mask.keep_LT if mask.keep_LT.dim() == 2 else mask.keep_LT.unsqueeze(2)
+            scores_BKMT = torch.where(keep, scores_BKGLT, float("-inf")).view(B, K, G * L, -1)
         probs_BKMT = torch.softmax(scores_BKMT, dim=-1).to(v_BTKV.dtype)
         o_BKMV = torch.einsum("bkmt,btkv->bkmv", probs_BKMT, v_BTKV)
         V = o_BKMV.shape[-1]

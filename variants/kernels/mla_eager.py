@@ -71,7 +71,7 @@ class EagerMLAKernel:
         for t0 in range(0, T, step):
             keys = slice(t0, min(t0 + step, T))
             scores_BNLt = _scores(q_lat_BMC, q_rope_BMR, c_kv_BTC[:, keys], k_rope_BTGR[:, keys],
-                                  None if keep_LT is None else keep_LT[:, keys], L, acc_dtype)
+                                  None if keep_LT is None else keep_LT[..., keys], L, acc_dtype)
             # A row whose keys in this block are all masked has max -inf; the floor keeps exp() at 0, not NaN.
             max_BNL1 = scores_BNLt.amax(-1, keepdim=True).clamp_min(torch.finfo(acc_dtype).min)
             probs_BNLt = torch.exp(scores_BNLt - max_BNL1)

@@ -46,6 +46,14 @@ class CacheLayout:
     def bytes_per_token(self, dtype: torch.dtype) -> int:
         return self.elements_per_token * dtype.itemsize
 
+    def positions(self, context: int) -> int:
+        """Cache rows held for ``context`` tokens (a ring layout holds fewer)."""
+        return context
+
+    def bytes_at(self, context: int, dtype: torch.dtype) -> int:
+        """Bytes one sequence's cache holds at ``context`` tokens."""
+        return self.positions(context) * self.bytes_per_token(dtype)
+
 
 class KVCache:
     """Buffers of ``max_len`` positions allocated once; ``write`` copies into a slice, never grows.
@@ -62,11 +70,12 @@ class KVCache:
         self.batch = batch
         self.max_len = max_len
         self.length = 0
+        rows = layout.positions(max_len)  # a ring layout keeps fewer rows than positions
         self.buffers: dict[str, Tensor] = {}
         self.fields: dict[str, Tensor] = {}
         if layout.packed:
             width = layout.elements_per_token
-            packed_BSW = torch.zeros(batch, max_len, width, dtype=dtype, device=device)
+            packed_BSW = torch.zeros(batch, rows, width, dtype=dtype, device=device)
             self.buffers["packed"] = packed_BSW
             offset = 0
             for field in layout.fields:
@@ -74,12 +83,12 @@ class KVCache:
                 offset += field.numel
         else:
             for field in layout.fields:
-                buf = torch.zeros(batch, max_len, *field.shape, dtype=dtype, device=device)
+                buf = torch.zeros(batch, rows, *field.shape, dtype=dtype, device=device)
                 self.buffers[field.name] = buf
                 self.fields[field.name] = buf
 
     def __getitem__(self, name: str) -> Tensor:
-        """The whole preallocated field ``[B, max_len, *shape]`` (a view when packed)."""
+        """The whole preallocated field ``[B, rows, *shape]`` (a view when packed)."""
         return self.fields[name]
 
     @property
@@ -112,6 +121,6 @@ class KVCache:
             raise ValueError(f"fill length {length} is outside [0, max_len={self.max_len}]")
         for buf in self.buffers.values():
             generator = torch.Generator(device=buf.device).manual_seed(seed)
-            view = buf[:, :length]
+            view = buf[:, :self.layout.positions(length)]
             view.copy_(torch.randn(view.shape, generator=generator, device=buf.device, dtype=buf.dtype))
         self.length = length

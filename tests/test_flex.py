@@ -1,4 +1,4 @@
-"""``flex`` equals ``eager`` for every mask a layer makes: causal, windows, sink tokens, a ring cache.
+"""``flex`` equals ``eager`` for the masks a layer makes: a window with sink tokens over a ring cache.
 
 flex compiles a graph per shape and mask function (seconds each on a 2-core CPU), so the cases share
 one prefill shape and one decode shape, and the layers are built once for the module.
@@ -18,9 +18,9 @@ pytestmark = pytest.mark.compile
 
 SHAPE = ModelShape(hidden=32, heads=4, head_dim=16, kv_heads=2, name="test")
 B, PREFILL, TOTAL = 2, 8, 12  # decode runs past the end of a 4-position window
+# Prefill reads 8 keys and every decode step the 4-row ring: two compiled graph shapes. The plain
+# causal mask of gqa is the and-mask's first term; the composed function covers windows and sinks.
 LAYERS = {
-    "causal": ("gqa", {}),
-    "window": ("swa", {"sliding_window": 4}),
     "window+sink-tokens": ("swa", {"sliding_window": 3, "sink_tokens": 1}),
 }
 
@@ -62,3 +62,13 @@ def test_learned_sinks_are_declared_unsupported_on_cpu():
                                                             dtype=torch.float32)
     assert reason == ("flex applies learned sinks on cuda only: torch's CPU flex_attention returns no "
                       "log-sum-exp under compile")
+
+
+def test_flex_runs_mla_standard_path_with_its_narrower_values():
+    """MLA's standard path (keys of nope + rope width, values of v_head_dim): plain causal prefill."""
+    from tests.shapes import TINY
+
+    layer = variants.build("mla", TINY, seed=0)
+    x_BTD = torch.randn(B, PREFILL, TINY.hidden, generator=torch.Generator().manual_seed(1))
+    outs = {impl: layer.prefill(x_BTD, layer.new_cache(B, PREFILL, impl=impl), impl=impl) for impl in ("eager", "flex")}
+    assert rel_err(outs["flex"], outs["eager"]) < 1e-5

@@ -115,3 +115,23 @@ def test_learned_sinks_on_a_kernel_that_cannot_apply_them_fail_at_construction()
     impl = variants.IMPLEMENTATIONS.get("sdpa")
     assert impl.supports(layer, phase="decode", device=torch.device("cpu"), dtype=torch.float32).startswith(
         "learned sinks need a kernel")
+
+
+def test_whole_model_kv_honours_the_layer_schedule():
+    from harness.report.capacity import longest_context
+    from harness.report.costmodel import model_cost
+    from variants.families.swa import make_layer, model_kv_bytes
+
+    shape = SHAPE.replace(num_layers=5, layer_pattern="SF", sink_tokens=1)  # S F S F S: 3 window layers
+    assert shape.layer_windows() == [4, None, 4, None, 4]
+    context = 9
+    caches = [make_layer(shape, "self", window=w).new_cache(1, context) for w in shape.layer_windows()]
+    measured = sum(c.nbytes() for c in caches)
+    per_token = 2 * 2 * 8 * 4  # K and V of 2 kv heads of 8, float32
+    assert measured == per_token * (2 * 9 + 3 * 5) == model_kv_bytes(shape, context=context, dtype=torch.float32)
+    cost = model_cost("swa", shape, "float32")
+    assert (cost.ring_layers, cost.ring_positions) == (3, 5)
+    assert cost.kv_bytes_model_at(context) == measured
+    # Past the ring only the two full layers grow: the closed form inverts kv_bytes_model_at.
+    budget = cost.weight_bytes_model + cost.kv_bytes_model_at(1000)
+    assert longest_context(cost, batch=1, budget_bytes=budget, reserve=0.0) == 1000

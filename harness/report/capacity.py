@@ -6,6 +6,8 @@ the largest L with
     weights + batch * L * kv_bytes_per_token * num_layers  <=  (1 - reserve) * budget
 
 in closed form: ``L = floor(((1 - reserve) * budget - weights) / (batch * kv_bytes_per_token * num_layers))``.
+For swa, whose window layers hold a ring of ``W`` positions, past ``W`` only the full layers grow:
+``L = W + floor((usable / batch - kv(W)) / (kv_bytes_per_token * full_layers))``.
 ``weights`` are the attention layers' own parameters (``num_layers`` times one layer's): the rest of
 a model (MLP, embeddings) is not in the cost model, so pass a smaller budget to leave room for it.
 ``reserve`` (default 10%) is the allowance for activations, allocator fragmentation and the CUDA
@@ -30,6 +32,9 @@ from harness.report.data import DEVICE, SHAPE_COLUMNS
 from harness.report.style import variant_sort_key
 
 RESERVE = 0.10
+# Every layer a window layer (Mistral-7B-v0.1 under swa): the cache stops growing at the window, so
+# the budget bounds the batch, not the context. Reported as this many tokens (2**62).
+UNBOUNDED = 2 ** 62
 DEFAULT_BATCHES = (1, 8, 64)
 GROUP = (DEVICE, "model", *SHAPE_COLUMNS, "dtype")
 
@@ -41,7 +46,15 @@ def longest_context(cost: ModelCost, *, batch: int, budget_bytes: int, reserve: 
     if batch <= 0:
         raise ValueError(f"batch={batch!r} is not allowed: it must be a positive integer")
     usable = (1 - reserve) * budget_bytes - cost.weight_bytes_model
-    return max(0, math.floor(usable / (batch * cost.kv_bytes_per_token_model)))
+    longest = max(0, math.floor(usable / (batch * cost.kv_bytes_per_token_model)))
+    if not cost.ring_layers or longest <= cost.ring_positions:
+        return longest
+    # Past the ring, window layers stop growing: only the other layers' caches take the rest.
+    growing = cost.num_layers - cost.ring_layers
+    rest = usable / batch - cost.kv_bytes_model_at(cost.ring_positions)
+    if growing == 0:
+        return UNBOUNDED
+    return cost.ring_positions + math.floor(rest / (cost.kv_bytes_per_token_layer * growing))
 
 
 def capacity_table(rows: pd.DataFrame, ok: pd.DataFrame, *, budget_bytes: int | None,
@@ -70,6 +83,7 @@ def capacity_table(rows: pd.DataFrame, ok: pd.DataFrame, *, budget_bytes: int | 
                             "budget_bytes": budget, "reserve": reserve,
                             "weight_bytes_model": cost.weight_bytes_model,
                             "kv_bytes_per_token_model": cost.kv_bytes_per_token_model,
+                            "window_layers": cost.ring_layers,
                             "max_context_tokens": longest_context(cost, batch=batch, budget_bytes=budget,
                                                                   reserve=reserve),
                             **_measured(ok, where, variant, batch, cost)})
@@ -97,7 +111,7 @@ def _measured(ok: pd.DataFrame, where: dict, variant: str, batch: int, cost: Mod
     longest = rows[rows["seq"] == rows["seq"].max()]
     lean = longest.loc[longest["peak_mem_bytes"].astype(float).idxmin()]
     tokens = int(lean["seq"]) + int(lean["decode_len"])  # the cache is allocated for the new tokens too
-    model_bytes = cost.weight_bytes_layer + batch * tokens * cost.kv_bytes_per_token_layer
+    model_bytes = cost.weight_bytes_layer + batch * cost.kv_bytes_layer_at(tokens)
     return {"measured_seq": int(lean["seq"]), "measured_impl": lean["impl"],
             "measured_peak_bytes": int(lean["peak_mem_bytes"]), "model_bytes_layer_at_measured_seq": model_bytes}
 

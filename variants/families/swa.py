@@ -193,6 +193,14 @@ class SWA(GQA):
         return Cost(**{**cost.__dict__, "params": cost.params + sink_params})
 
 
+def model_kv_bytes(shape: ModelShape, *, context: int, dtype: torch.dtype) -> int:
+    """One sequence's cache over all of ``shape``'s layers at ``context`` tokens, by the layer schedule:
+    a window layer holds ``min(context, S + W)`` positions, a full layer ``context``."""
+    per_token = 2 * (shape.kv_heads or shape.heads) * shape.head_dim * dtype.itemsize  # K and V
+    return sum(per_token * (context if w is None else min(context, shape.sink_tokens + w))
+               for w in shape.layer_windows())
+
+
 def _config(shape: ModelShape, attention: AttentionKind, window: int | None) -> SWAConfig:
     return SWAConfig(hidden=shape.hidden, heads=shape.heads, kv_heads=shape.kv_heads or shape.heads,
                      head_dim=shape.head_dim, qkv_bias=shape.qkv_bias, o_bias=shape.qkv_bias,

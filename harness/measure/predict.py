@@ -34,7 +34,7 @@ def predict_memory(case: Case, layer: AttentionLayer, impl: Implementation, cost
     """Bytes the step needs: weights, the preallocated cache, inputs and the step's intermediates."""
     b = case.torch_dtype.itemsize
     weights = sum(p.numel() for p in layer.parameters()) * b
-    cache = case.batch * case.max_len * cost.kv_bytes_per_token
+    cache = case.batch * layer.cache_layout(impl.path).bytes_at(case.max_len, case.torch_dtype)
     memory_tokens = case.seq if case.attention == "cross" and case.phase == "prefill" else 0
     inputs = case.batch * (case.q_len + memory_tokens) * layer.hidden * b
     transient = cost.transient_bytes

@@ -83,6 +83,8 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             return _finish(row, started, timed_s, "skipped", reason)
         cost = impl.cost(meta, batch=case.batch, q_len=case.q_len, cached=case.cached, new_kv=case.new_kv)
         row.update(_analytic(case, cost))
+        # The cache's size is a function of its layout (a window layer's ring holds fewer rows).
+        row["kv_cache_bytes_analytic"] = case.batch * meta.cache_layout(impl.path).bytes_at(case.max_len, dtype)
 
         predicted = predict_memory(case, meta, impl, cost)
         row["predicted_mem_bytes"] = predicted.total_bytes

@@ -72,3 +72,20 @@ def test_flex_runs_mla_standard_path_with_its_narrower_values():
     x_BTD = torch.randn(B, PREFILL, TINY.hidden, generator=torch.Generator().manual_seed(1))
     outs = {impl: layer.prefill(x_BTD, layer.new_cache(B, PREFILL, impl=impl), impl=impl) for impl in ("eager", "flex")}
     assert rel_err(outs["flex"], outs["eager"]) < 1e-5
+
+
+@pytest.mark.gpu
+def test_flex_applies_learned_sinks_on_cuda():
+    """On CUDA flex returns its log-sum-exp, so gpt-oss's sinks apply: equal to eager past the window.
+    (Unverified here: written on a machine without a GPU.)"""
+    layer = variants.build("swa", SHAPE.replace(sliding_window=4, attn_sinks=True), seed=0, device="cuda")
+    with torch.no_grad():
+        layer.sinks.copy_(torch.tensor([1.5, -0.5, 3.0, 0.0]))
+    x_BTD = torch.randn(B, TOTAL, SHAPE.hidden, generator=torch.Generator().manual_seed(0)).cuda()
+    outs = {}
+    for impl in ("eager", "flex"):
+        cache = layer.new_cache(B, TOTAL, impl=impl)
+        steps = [layer.prefill(x_BTD[:, :PREFILL], cache, impl=impl)]
+        steps += [layer.decode(x_BTD[:, t:t + 1], cache, impl=impl) for t in range(PREFILL, TOTAL)]
+        outs[impl] = torch.cat(steps, dim=1)
+    assert rel_err(outs["flex"], outs["eager"]) < 1e-5

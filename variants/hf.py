@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from variants.families.gqa import GQA, GQAConfig
-from variants.families.swa import SWA, SWAConfig
 from variants.families.mla import MLA, MLAConfig
+from variants.families.swa import SWA, SWAConfig
 from variants.layer import AttentionLayer
 from variants.rope import Rope
 
@@ -68,9 +68,10 @@ def from_hf(module: nn.Module) -> AttentionLayer:
         names = _MLA_NAMES
     else:
         heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-        common = dict(hidden=config.hidden_size, heads=heads, kv_heads=kv_heads, head_dim=module.head_dim,
-                      qkv_bias=module.q_proj.bias is not None, o_bias=module.o_proj.bias is not None,
-                      softmax_scale=float(module.scaling))
+        common: dict[str, Any] = {
+            "hidden": config.hidden_size, "heads": heads, "kv_heads": kv_heads, "head_dim": module.head_dim,
+            "qkv_bias": module.q_proj.bias is not None, "o_bias": module.o_proj.bias is not None,
+            "softmax_scale": float(module.scaling)}
         # GptOss sets module.sliding_window on its window layers only; Mistral's is the config's.
         window = getattr(module, "sliding_window", None) if kind == "GptOssAttention" else \
             getattr(config, "sliding_window", None)

@@ -19,6 +19,7 @@ makes; a prefill from position 0 reads only its own keys), then writes its last 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,7 +191,7 @@ class SWA(GQA):
         cost = super().cost(path=path, batch=batch, q_len=q_len, cached=keys - new_kv, new_kv=new_kv, dtype=dtype,
                             **options)
         sink_params = self.config.heads if self.sinks is not None else 0
-        return Cost(**{**cost.__dict__, "params": cost.params + sink_params})
+        return dataclasses.replace(cost, params=cost.params + sink_params)
 
 
 def model_kv_bytes(shape: ModelShape, *, context: int, dtype: torch.dtype) -> int:

@@ -43,7 +43,12 @@ class FlexImplementation(KernelImplementation):
         return layer.step_fn(self.path, step, kernel, **self.options)
 
 
+def _unprepared(*args: object, **kwargs: object) -> None:
+    raise AssertionError("flex's kernel is bound to the step's BlockMask in FlexImplementation.prepare")
+
+
+# The registered kernel declares what flex supports; prepare binds the compiled function and mask.
 IMPLEMENTATION = register_implementation(FlexImplementation(
-    name="flex", path="standard", kernel=FlexKernel(flex=lambda *a, **k: None, block_mask=None),
+    name="flex", path="standard", kernel=FlexKernel(flex=_unprepared, block_mask=None),
     dtypes=(torch.float32, torch.bfloat16, torch.float16),
     description="torch.nn.attention.flex_attention, compiled, BlockMask from the layer's mask function"))

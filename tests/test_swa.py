@@ -135,3 +135,20 @@ def test_whole_model_kv_honours_the_layer_schedule():
     # Past the ring only the two full layers grow: the closed form inverts kv_bytes_model_at.
     budget = cost.weight_bytes_model + cost.kv_bytes_model_at(1000)
     assert longest_context(cost, batch=1, budget_bytes=budget, reserve=0.0) == 1000
+
+
+@pytest.mark.parametrize("setting", ["window", "both"])
+def test_cost_flops_equal_flop_counter_through_the_ring(setting, seed):
+    from tests.test_cost import count_flops  # counts torch's CPU flash kernel as the CUDA one
+
+    layer = _layer(setting)
+    for impl in _impls(layer):
+        cache = layer.new_cache(B, TOTAL, impl=impl)
+        steps = [("prefill", 7, 0)]  # longer than the ring: attends over its own keys
+        steps += [("decode", 1, 7), ("decode", 3, 8)]  # the whole ring; the ring then its own keys
+        for phase, q_len, cached in steps:
+            cache.length = cached
+            step = layer.prepare(phase, torch.randn(B, q_len, SHAPE.hidden), cache, impl=impl)
+            expected = variants.IMPLEMENTATIONS.get(impl).cost(layer, batch=B, q_len=q_len, cached=cached,
+                                                               new_kv=q_len).flops
+            assert count_flops(step) == expected, f"{setting}/{impl} {phase} L={q_len} after {cached}"

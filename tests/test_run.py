@@ -79,7 +79,7 @@ def test_single_run_end_to_end(tmp_path):
     proc = _run([*QUICK, "variant=mla", "phase=decode", f"hydra.run.dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     frame = results.load(out)
-    assert set(frame["impl"]) == {"eager", "sdpa", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded"}
+    assert set(frame["impl"]) == {"eager", "sdpa", "flex", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded"}
     assert (frame["status"] == "ok").all()
     assert (out / "config.yaml").exists() and (out / "env.json").exists()
     assert "latency_ms" in proc.stdout and "absorbed_sdpa" in proc.stdout  # the summary table

@@ -50,16 +50,27 @@ def rope(vec: Tensor, position: int, theta: float, layout: str, freqs: list[floa
     return out
 
 
-def attend(q_TNE: Tensor, k_SNE: Tensor, v_SNV: Tensor, scale: float, causal: bool) -> Tensor:
-    """softmax(q k^T * scale) v, token by token and head by head."""
+def attend(q_TNE: Tensor, k_SNE: Tensor, v_SNV: Tensor, scale: float, causal: bool, *,
+           window: int | None = None, sink_tokens: int = 0, sinks_N: Tensor | None = None) -> Tensor:
+    """softmax(q k^T * scale) v, token by token and head by head.
+
+    ``window``: query t sees keys s with t - s < window, and keys s < ``sink_tokens`` (StreamingLLM);
+    ``sinks_N``: head n's softmax has one more logit, ``sinks_N[n]``, whose column has no value
+    (gpt-oss): ``p_s = exp(score_s) / (sum_s' exp(score_s') + exp(sink))``.
+    """
     T, N, _ = q_TNE.shape
     out = torch.zeros(T, N, v_SNV.shape[-1], dtype=torch.float64)
     for t in range(T):
-        visible = t + 1 if causal else k_SNE.shape[0]
+        visible = list(range(t + 1 if causal else k_SNE.shape[0]))
+        if window is not None:
+            visible = [s for s in visible if t - s < window or s < sink_tokens]
         for n in range(N):
-            scores = torch.stack([q_TNE[t, n] @ k_SNE[s, n] for s in range(visible)]) * scale
-            p = torch.softmax(scores, dim=0)
-            out[t, n] = sum(p[s] * v_SNV[s, n] for s in range(visible))
+            scores = torch.stack([q_TNE[t, n] @ k_SNE[s, n] for s in visible]) * scale
+            if sinks_N is None:
+                p = torch.softmax(scores, dim=0)
+            else:
+                p = torch.exp(scores) / (torch.exp(scores).sum() + torch.exp(sinks_N[n].double()))
+            out[t, n] = sum(p[i] * v_SNV[s, n] for i, s in enumerate(visible))
     return out
 
 
@@ -79,7 +90,9 @@ def gqa(layer, x_TD: Tensor, memory_SD: Tensor | None = None) -> Tensor:
     k_heads = torch.stack([k[:, n // group] for n in range(N)], dim=1)
     v_heads = torch.stack([v[:, n // group] for n in range(N)], dim=1)
     scale = c.softmax_scale if c.softmax_scale is not None else 1 / math.sqrt(H)
-    o = attend(q, k_heads, v_heads, scale, causal=memory_SD is None)
+    sinks = getattr(layer, "sinks", None)
+    o = attend(q, k_heads, v_heads, scale, causal=memory_SD is None, window=getattr(c, "window", None),
+               sink_tokens=getattr(c, "sink_tokens", 0), sinks_N=None if sinks is None else sinks.detach())
     return linear(o.reshape(o.shape[0], N * H), layer, "o_proj")
 
 

@@ -14,6 +14,10 @@ TINY = ModelShape(hidden=24, heads=4, head_dim=8, kv_heads=2, d_c=10, d_r=4, q_r
                   nope_head_dim=6, v_head_dim=5, rope_theta=10000.0, rope_layout="interleaved", name="test")
 TINY_Q = TINY.replace(q_rank=7)
 VARIANTS = ("mha", "mqa", "gqa", "mla")
+# Implementations that compile on their first call (seconds per graph on a 2-core CPU; FlopCounterMode
+# cannot look inside a compiled flex_attention). The loops over every implementation leave them out;
+# tests/test_flex.py checks flex against eager, and its cost is the standard path's, counted for eager.
+COMPILING = ("flex",)
 
 # MLA settings that layers converted from GQA use (variants.convert): several rotary keys per token,
 # each group with its own frequencies, no RMSNorm on the latent, no nope dims.

@@ -144,3 +144,86 @@ def test_qwen2_biases_are_mapped(seed):
 def test_unsupported_module_is_named():
     with pytest.raises(ValueError, match="^cannot convert Linear; supported: DeepseekV2Attention"):
         variants.from_hf(torch.nn.Linear(2, 2))
+
+
+WINDOW, LONG = 4, 11  # decode runs 5 tokens past the end of the window
+
+
+def _additive_window(q_start: int, end: int, kv_len: int, window: int | None) -> torch.Tensor:
+    """transformers' sliding-window causal mask (``kv_idx > q_idx - window``) as an additive bias, for
+    queries at positions [q_start, end) and the last ``kv_len`` positions as keys."""
+    q_pos = torch.arange(q_start, end).unsqueeze(1)
+    k_pos = torch.arange(end - kv_len, end).unsqueeze(0)
+    blocked = k_pos > q_pos
+    if window is not None:
+        blocked |= k_pos <= q_pos - window
+    return torch.zeros(end - q_start, kv_len, dtype=F64).masked_fill(blocked, torch.finfo(F64).min)[None, None]
+
+
+def _run_hf_windowed(attn, rotary, x_BTD: torch.Tensor, window: int | None, cache) -> list[torch.Tensor]:
+    """Prefill PREFILL tokens, then decode one token per call through transformers' cache (a sliding
+    layer of it keeps only the last window - 1 positions, and hands back those and the new ones)."""
+    outs = []
+    for start, end in [(0, PREFILL)] + [(t, t + 1) for t in range(PREFILL, LONG)]:
+        x = x_BTD[:, start:end]
+        position_ids = torch.arange(start, end).unsqueeze(0).expand(B, -1)
+        held = cache.layers[attn.layer_idx]
+        stored = held.keys.shape[-2] if getattr(held, "is_initialized", False) else 0
+        mask = _additive_window(start, end, stored + end - start, window)
+        out, _ = attn(x, position_embeddings=rotary(x, position_ids), attention_mask=mask, past_key_values=cache)
+        outs.append(out)
+    kept = cache.layers[attn.layer_idx].keys.shape[-2]
+    assert kept == (LONG if window is None else window - 1), "the decode did not go through a sliding cache"
+    return outs
+
+
+def _run_ours_long(layer, x_BTD: torch.Tensor, impl: str) -> list[torch.Tensor]:
+    cache = layer.new_cache(B, LONG, impl=impl)
+    outs = [layer.prefill(x_BTD[:, :PREFILL], cache, impl=impl)]
+    outs += [layer.decode(x_BTD[:, t:t + 1], cache, impl=impl) for t in range(PREFILL, LONG)]
+    return outs
+
+
+@pytest.mark.parametrize("layer_type", ["sliding_attention", "full_attention"])
+def test_gpt_oss_attention_sinks_window_and_full_layers(layer_type, seed):
+    from transformers.models.gpt_oss import modeling_gpt_oss as gpt_oss
+
+    config = transformers.GptOssConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                       num_hidden_layers=2, sliding_window=WINDOW, attn_implementation="eager",
+                                       max_position_embeddings=64, layer_types=[layer_type, layer_type])
+    # transformers' eager GptOss attention keeps float64 through its softmax: it is the reference here.
+    attn = gpt_oss.GptOssAttention(config, layer_idx=1).to(F64).eval()
+    _randomize(attn)
+    with torch.no_grad():
+        attn.sinks.copy_(torch.tensor([1.5, -0.5, 3.0, 0.0], dtype=F64))
+    layer = variants.from_hf(attn)
+    window = WINDOW if layer_type == "sliding_attention" else None
+    assert layer.variant == "swa" and layer.config.window == window and layer.sinks is not None
+    x_BTD = torch.randn(B, LONG, 32, dtype=F64)
+    with torch.no_grad():
+        expected = _run_hf_windowed(attn, gpt_oss.GptOssRotaryEmbedding(config), x_BTD, window,
+                                    DynamicCache(config=config))
+    _compare(expected, _run_ours_long(layer, x_BTD, "eager"), 1e-12, f"gpt-oss/{layer_type}")
+    # float32, as the checkpoint would run on CPU: fp32 round-off.
+    expected32 = [e.float() for e in expected]
+    _compare(expected32, _run_ours_long(variants.from_hf(attn.float()), x_BTD.float(), "eager"), 1e-5,
+             f"gpt-oss/{layer_type}/fp32")
+    with pytest.raises(ValueError, match="^learned sinks need a kernel that applies them; the sdpa kernel"):
+        layer.new_cache(B, LONG, impl="sdpa")
+
+
+def test_windowed_mistral_attention(seed):
+    from transformers.models.mistral import modeling_mistral as mistral
+
+    config = transformers.MistralConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                        sliding_window=WINDOW, attn_implementation="sdpa", max_position_embeddings=64)
+    attn = mistral.MistralAttention(config, layer_idx=0).to(F64).eval()
+    _randomize(attn)
+    layer = variants.from_hf(attn)
+    assert layer.variant == "swa" and layer.config.window == WINDOW and layer.sinks is None
+    x_BTD = torch.randn(B, LONG, 32, dtype=F64)
+    with torch.no_grad():
+        expected = _run_hf_windowed(attn, mistral.MistralRotaryEmbedding(config), x_BTD, WINDOW,
+                                    DynamicCache(config=config))
+    for impl in ("eager", "sdpa"):
+        _compare(expected, _run_ours_long(layer, x_BTD, impl), 1e-12, f"mistral/{impl}")

@@ -48,7 +48,7 @@ def test_all_means_every_supported_combination():
     pairs = {(c.variant, c.impl) for c in cases}
     assert ("mla", "absorbed") in pairs and ("mha", "absorbed") not in pairs
     assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"}
-    assert len(cases) == 3 * 2 + 6
+    assert len(cases) == 3 * 3 + 7  # mha, mqa, gqa: eager, sdpa, flex; mla: those and absorbed x3, expanded
 
 
 def test_named_unsupported_combination_is_planned_to_be_skipped():
@@ -64,7 +64,7 @@ def test_shape_overrides_and_phase_both():
 
 
 @pytest.mark.parametrize(("over", "message"), [
-    ({"variant": {"name": "mxa"}}, "variant='mxa' is not one of: gqa, mha, mla, mqa, all"),
+    ({"variant": {"name": "mxa"}}, "variant='mxa' is not one of: gqa, mha, mla, mqa, swa, all"),
     ({"impl": {"name": "fast"}}, "impl='fast' is not one of: absorbed"),
     ({"batch": 0}, "batch=0 is not allowed"),
     ({"seq": "abc"}, "seq='abc' is not a size"),

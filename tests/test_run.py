@@ -22,6 +22,7 @@ from harness.sweep.job import run_job
 from harness.sweep.plan import plan_cases
 from variants.implementation import KernelImplementation
 from variants.kernels.eager import EagerKernel
+from variants.presets import load_preset
 from variants.registry import IMPLEMENTATIONS, VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,7 +44,8 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize("model", _options("model"))
 def test_every_model_preset_composes_and_plans(model):
     cases = plan_cases(_compose([f"model={model}", "device=cpu"]))
-    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"}
+    windowed = load_preset(model).sliding_window is not None  # swa needs a window in the shape
+    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"} | ({"swa"} if windowed else set())
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
@@ -62,7 +64,8 @@ def test_every_measure_config_instantiates(measure):
 @pytest.mark.parametrize("variant", _options("variant"))
 @pytest.mark.parametrize("impl", _options("impl"))
 def test_every_variant_and_impl_config_composes(variant, impl):
-    cases = plan_cases(_compose([f"variant={variant}", f"impl={impl}", "model=tiny", "device=cpu"]))
+    model = "gpt_oss_20b" if variant == "swa" else "tiny"  # swa needs a shape with a window
+    cases = plan_cases(_compose([f"variant={variant}", f"impl={impl}", f"model={model}", "device=cpu"]))
     assert cases
 
 
@@ -76,7 +79,7 @@ def test_single_run_end_to_end(tmp_path):
     proc = _run([*QUICK, "variant=mla", "phase=decode", f"hydra.run.dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     frame = results.load(out)
-    assert set(frame["impl"]) == {"eager", "sdpa", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded"}
+    assert set(frame["impl"]) == {"eager", "sdpa", "flex", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded"}
     assert (frame["status"] == "ok").all()
     assert (out / "config.yaml").exists() and (out / "env.json").exists()
     assert "latency_ms" in proc.stdout and "absorbed_sdpa" in proc.stdout  # the summary table

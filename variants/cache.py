@@ -63,6 +63,10 @@ class CacheLayout:
         ring of ``w`` positions returns ``min(w, context)``, a compressed one one per block."""
         return context
 
+    def bytes_at(self, context: int, dtype: torch.dtype) -> int:
+        """Bytes one sequence's cache holds at ``context`` tokens."""
+        return self.positions(context) * self.bytes_per_token(dtype)
+
     def nbytes(self, *, batch: int, context: int | Sequence[int], dtype: torch.dtype,
                page_size: int | None = None) -> int:
         """Bytes of a cache of ``batch`` sequences holding ``context`` tokens each (one number, or
@@ -133,7 +137,10 @@ class KVCache:
         self.plans: dict[tuple[object, ...], Any] = {}
         self.block_table: Tensor | None = None
         if self.page_size is None:
-            rows: tuple[int, ...] = (batch, self.max_len)
+            rows: tuple[int, ...] = (batch, layout.positions(self.max_len))  # a ring keeps fewer rows
+        elif layout.positions(self.max_len) != self.max_len:
+            raise ValueError(f"page_size={page_size}: a ring (sliding-window) cache is not paged; "
+                             "leave page_size unset for this layout")
         else:
             P = self.page_size
             pages = [math.ceil(n / P) for n in capacities]
@@ -166,7 +173,8 @@ class KVCache:
         return self.page_size is not None
 
     def __getitem__(self, name: str) -> Tensor:
-        """The whole preallocated field ``[B, max_len, *shape]`` (a view when packed and contiguous)."""
+        """The whole preallocated field ``[B, rows, *shape]``: rows = max_len, or a ring's positions (a view
+        when packed and contiguous)."""
         return self.read(name, self.max_len)
 
     def pool(self, name: str) -> Tensor:
@@ -253,6 +261,6 @@ class KVCache:
             raise ValueError(f"fill length {length} is outside [0, max_len={self.max_len}]")
         for buf in self.buffers.values():
             generator = torch.Generator(device=buf.device).manual_seed(seed)
-            for row_SX in buf[:, :length]:
+            for row_SX in buf[:, :self.layout.positions(length)]:
                 row_SX.normal_(generator=generator)
         self.length = length

@@ -15,11 +15,12 @@ from torch import nn
 
 from variants.families.gqa import GQA, GQAConfig
 from variants.families.mla import MLA, MLAConfig
+from variants.families.swa import SWA, SWAConfig
 from variants.layer import AttentionLayer
 from variants.rope import Rope
 
 _MLA = ("DeepseekV2Attention", "DeepseekV3Attention")
-_GQA = ("LlamaAttention", "MistralAttention", "Qwen2Attention")
+_GQA = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "GptOssAttention")
 
 # Hugging Face module name -> attnbench module name.
 _MLA_NAMES = {"q_proj": "q_proj", "q_a_proj": "q_a_proj", "q_a_layernorm": "q_a_norm", "q_b_proj": "q_b_proj",
@@ -43,7 +44,12 @@ def _family_rope(module: nn.Module, rotary_dim: int, layout: str) -> Rope:
 
 
 def from_hf(module: nn.Module) -> AttentionLayer:
-    """Convert a DeepseekV2/V3, Llama, Mistral or Qwen2 attention module (same dtype and device)."""
+    """Convert a DeepseekV2/V3, Llama, Mistral, Qwen2 or GptOss attention module (same dtype and device).
+
+    A windowed Mistral module (``config.sliding_window``) and every GptOss module become ``swa``
+    layers: gpt-oss's window layers (``layer_types[layer_idx] == "sliding_attention"``) keep its
+    window, its full layers have none, and all keep its learned sinks.
+    """
     kind = type(module).__name__
     if kind not in _MLA + _GQA:
         raise ValueError(f"cannot convert {kind}; supported: {', '.join(_MLA + _GQA)}")
@@ -61,16 +67,22 @@ def from_hf(module: nn.Module) -> AttentionLayer:
             layer: AttentionLayer = MLA(cfg, rope=_family_rope(module, cfg.d_r, layout))
         names = _MLA_NAMES
     else:
-        if getattr(config, "sliding_window", None) is not None and kind == "MistralAttention":
-            raise ValueError(f"sliding_window={config.sliding_window} is not modelled yet; set "
-                             "config.sliding_window=None to convert the dense equivalent")
         heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-        cfg = GQAConfig(hidden=config.hidden_size, heads=heads, kv_heads=kv_heads, head_dim=module.head_dim,
-                        qkv_bias=module.q_proj.bias is not None, o_bias=module.o_proj.bias is not None,
-                        softmax_scale=float(module.scaling))
-        variant = "mha" if kv_heads == heads else "mqa" if kv_heads == 1 else "gqa"
+        common: dict[str, Any] = {
+            "hidden": config.hidden_size, "heads": heads, "kv_heads": kv_heads, "head_dim": module.head_dim,
+            "qkv_bias": module.q_proj.bias is not None, "o_bias": module.o_proj.bias is not None,
+            "softmax_scale": float(module.scaling)}
+        # GptOss sets module.sliding_window on its window layers only; Mistral's is the config's.
+        window = getattr(module, "sliding_window", None) if kind == "GptOssAttention" else \
+            getattr(config, "sliding_window", None)
+        sinks = kind == "GptOssAttention"
+        rope = _family_rope(module, module.head_dim, "half")
         with torch.device(weight.device):
-            layer = GQA(cfg, variant=variant, rope=_family_rope(module, module.head_dim, "half"))
+            if window is not None or sinks:
+                layer = SWA(SWAConfig(**common, window=window, learned_sinks=sinks), rope=rope)
+            else:
+                variant = "mha" if kv_heads == heads else "mqa" if kv_heads == 1 else "gqa"
+                layer = GQA(GQAConfig(**common), variant=variant, rope=rope)
         names = _GQA_NAMES
     layer = layer.to(dtype=weight.dtype)
     state = {}
@@ -80,5 +92,7 @@ def from_hf(module: nn.Module) -> AttentionLayer:
             continue
         for param_name, tensor in source.state_dict().items():
             state[f"{ours}.{param_name}"] = tensor
+    if getattr(module, "sinks", None) is not None:
+        state["sinks"] = module.sinks.detach()
     layer.load_state_dict(state, strict=True)
     return layer

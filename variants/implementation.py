@@ -88,6 +88,9 @@ class KernelImplementation:
         reason = path_unsupported(self.name, self.path, variant=layer.variant, paths=layer.paths)
         if reason is not None:
             return reason
+        reason = layer.kernel_unsupported(self.kernel)
+        if reason is not None:
+            return reason
         if self.devices is not None and torch.device(device).type not in self.devices:
             return f"{self.name} runs on {', '.join(self.devices)} only, not {torch.device(device).type}"
         if self.dtypes is not None and dtype not in self.dtypes:

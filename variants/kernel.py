@@ -11,6 +11,10 @@ The mask's dense form ``keep_LT`` is ``[L, T]``, or ``[B, 1, L, T]`` in a ragged
 (each sequence its own length; see ``variants.cache``). A kernel is injected into a family's step
 runner when an implementation plans (``variants.implementation``): whatever it needs set up once
 belongs in the plan, not in ``__call__``.
+
+A kernel with ``learned_sinks = True`` also takes ``sinks_N``, one logit per query head that joins
+the softmax as a column with no value (gpt-oss); a layer with sinks refuses any other kernel, and a
+kernel without the attribute is taken not to apply them.
 """
 
 from __future__ import annotations
@@ -26,13 +30,15 @@ class Kernel(Protocol):
     name: str
     # Whether a square causal mask must arrive as a tensor (False: the kernel applies it itself).
     dense_causal: bool
+    # Whether ``__call__`` takes ``sinks_N`` (read with getattr: kernels from before it lack it).
+    learned_sinks: bool
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         """Whether the kernel builds the [B, N, L, T] score matrix (for memory prediction)."""
         ...
 
     def __call__(self, q_BLNE: Tensor, k_BTKE: Tensor, v_BTKV: Tensor, *, scale: float,
-                 mask: AttnMask) -> Tensor: ...
+                 mask: AttnMask, sinks_N: Tensor | None = None) -> Tensor: ...
 
 
 @runtime_checkable

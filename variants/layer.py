@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from variants.cache import CacheLayout, KVCache
 from variants.cost import Cost
 from variants.kernel import Kernel
-from variants.mask import AttnMask, make_mask
+from variants.mask import CAUSAL, AttnMask, MaskFn, make_mask
 # Implementation names resolve in the registry (the edge), which imports no family at import time.
 from variants.registry import implementation as resolve
 from variants.registry import path_unsupported
@@ -80,6 +80,20 @@ class AttentionLayer(nn.Module):
         computed and written (self-attention: ``new_kv == q_len``)."""
         raise NotImplementedError
 
+    def mask_fn(self) -> MaskFn:
+        """Which keys a query sees, as a mask function of positions: the family's decision."""
+        return CAUSAL
+
+    def kernel_unsupported(self, kernel: Kernel) -> str | None:
+        """None when ``kernel`` can run this layer's attention, else why not (learned sinks)."""
+        return None
+
+    def step_mask(self, *, q_len: int, start: int, cache: KVCache, device: torch.device,
+                  dense_causal: bool) -> AttnMask:
+        """A self-attention step's mask over the cache rows it reads (a ring cache overrides it)."""
+        return make_mask(q_len=q_len, kv_len=start + q_len, q_offset=start, device=device,
+                         dense_causal=dense_causal, fn=self.mask_fn())
+
     # -- the public API --------------------------------------------------------------------------
     @property
     def dtype(self) -> torch.dtype:
@@ -101,6 +115,9 @@ class AttentionLayer(nn.Module):
         reason = path_unsupported(implementation.name, path, variant=self.variant, paths=self.paths)
         if reason is not None:
             raise ValueError(reason)
+        kernel_reason = self.kernel_unsupported(implementation.kernel)
+        if kernel_reason is not None:
+            raise ValueError(kernel_reason)
         cache = KVCache(self.cache_layout(path), batch=batch, max_len=max_len, dtype=self.dtype,
                         device=self.device, page_size=page_size)
         if getattr(self, "rope", None) is not None:
@@ -117,6 +134,8 @@ class AttentionLayer(nn.Module):
         if compile is not None and compile not in COMPILE_MODES:
             raise ValueError(f"compile={compile!r} is not one of: {', '.join(COMPILE_MODES)} (or None)")
         reason = path_unsupported(implementation.name, implementation.path, variant=self.variant, paths=self.paths)
+        if reason is None:
+            reason = self.kernel_unsupported(implementation.kernel)
         if reason is not None:
             raise ValueError(reason)
         return LayerPlan(self, implementation, compile, implementation.plan(self, compile=compile))
@@ -172,8 +191,8 @@ class AttentionLayer(nn.Module):
             end = start + L
             if end > cache.max_len:
                 raise ValueError(f"{phase} of {L} tokens after {start} cached exceeds the cache's max_len={cache.max_len}")
-            mask = make_mask(q_len=L, kv_len=end, q_offset=start, device=device,
-                             dense_causal=kernel.dense_causal)
+            mask = self.step_mask(q_len=L, start=start, cache=cache, device=device,
+                                  dense_causal=kernel.dense_causal)
             return Step(phase, x_BLD, cache, start, x_BLD, start, end, mask)
         if phase == "prefill":
             if memory_BMD is None:

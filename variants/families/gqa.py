@@ -91,23 +91,33 @@ class GQA(AttentionLayer):
         return lambda step: self._standard(step, kernel)
 
     def _standard(self, step: Step, attend: Kernel) -> Tensor:
+        q_BLNH, k_BMKH, v_BMKH = self._project(step)
+        if k_BMKH is not None:
+            step.cache.write(step.kv_start, k=k_BMKH, v=v_BMKH)
+        k_BTKH = step.cache.read("k", step.kv_len)
+        v_BTKH = step.cache.read("v", step.kv_len)
+        return self._output(attend(q_BLNH, k_BTKH, v_BTKH, scale=self.scale, mask=step.mask))
+
+    def _project(self, step: Step) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The rotated queries, and the rotated keys and values of the tokens the step computes."""
         c = self.config
         x_BLD = step.x_BLD
         B, L, _ = x_BLD.shape
         q_BLNH = self.q_proj(x_BLD).view(B, L, c.heads, c.head_dim)
         if self.rope is not None:
             q_BLNH = self.rope(q_BLNH, step.q_start)
-        if step.kv_x_BMD is not None:
-            M = step.kv_x_BMD.shape[1]
-            k_BMKH = self.k_proj(step.kv_x_BMD).view(B, M, c.kv_heads, c.head_dim)
-            v_BMKH = self.v_proj(step.kv_x_BMD).view(B, M, c.kv_heads, c.head_dim)
-            if self.rope is not None:
-                k_BMKH = self.rope(k_BMKH, step.kv_start)
-            step.cache.write(step.kv_start, k=k_BMKH, v=v_BMKH)
-        k_BTKH = step.cache.read("k", step.kv_len)
-        v_BTKH = step.cache.read("v", step.kv_len)
-        o_BLNH = attend(q_BLNH, k_BTKH, v_BTKH, scale=self.scale, mask=step.mask)
-        return self.o_proj(o_BLNH.reshape(B, L, c.heads * c.head_dim))
+        if step.kv_x_BMD is None:
+            return q_BLNH, None, None
+        M = step.kv_x_BMD.shape[1]
+        k_BMKH = self.k_proj(step.kv_x_BMD).view(B, M, c.kv_heads, c.head_dim)
+        v_BMKH = self.v_proj(step.kv_x_BMD).view(B, M, c.kv_heads, c.head_dim)
+        if self.rope is not None:
+            k_BMKH = self.rope(k_BMKH, step.kv_start)
+        return q_BLNH, k_BMKH, v_BMKH
+
+    def _output(self, o_BLNH: Tensor) -> Tensor:
+        B, L = o_BLNH.shape[:2]
+        return self.o_proj(o_BLNH.reshape(B, L, self.config.heads * self.config.head_dim))
 
     def cost(self, *, path: str, batch: int, q_len: int, cached: int, new_kv: int,
              dtype: torch.dtype | None = None, **options: Any) -> Cost:

@@ -4,7 +4,10 @@ Legend: B batch, L queries, T keys, N query heads, K kv heads, E query/key dim, 
 
 GQA goes through ``enable_gqa`` so that the backends that support it (flash on CPU and CUDA) read
 the K kv heads without copying them; a square causal mask goes as ``is_causal`` so fused kernels
-skip the masked blocks.
+skip the masked blocks; any other mask (a sliding window) goes as the dense boolean.
+
+Learned sinks are not applied: SDPA returns no log-sum-exp to rescale by, and an extra value-less
+key column would mean copying the cache each step (``learned_sinks = False``: declared unsupported).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from variants.mask import AttnMask
 class SdpaKernel:
     name = "sdpa"
     dense_causal = False
+    learned_sinks = False
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         # torch's fused CPU kernel needs equal key and value widths; otherwise SDPA runs its math

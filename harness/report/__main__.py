@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     out = Path(args.out if args.out is not None else f"results/report_{datetime.now():%Y-%m-%d_%H-%M-%S}")
     try:
-        check_out_dir(out if args.out != "" else "", flag="--out")
+        check_out_dir(args.out if args.out is not None else out, flag="--out")
         bench, lowrank = split_inputs(args.results)
         report = build_report(
             bench, out, filters=parse_filters(args.filter), baseline=Baseline.parse(args.baseline), lowrank=lowrank,
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             command=shlex.join(["python", "-m", "harness.report", *argv]))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that cannot be made or written (read-only, /proc, a full disk)
+        print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
     print(f"report: {report.out / 'report.html'} ({len(report.files)} files; devices: {', '.join(report.devices)})")
     for name, why in report.left_out.items():

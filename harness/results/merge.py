@@ -153,15 +153,18 @@ def write(merged: Merged, out: Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m harness.results.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", metavar="SWEEP_OR_RUN_DIR")
-    parser.add_argument("--out", required=True, type=Path, help="folder for rows/merged.parquet and manifest.json")
+    parser.add_argument("--out", required=True, help="folder for rows/merged.parquet and manifest.json")
     parser.add_argument("--prefer", help="for a case with ok rows in two places: newest, or a source folder to keep")
     args = parser.parse_args(argv)
     try:
-        check_out_dir(args.out)
-        merged = merge(args.sources, prefer=args.prefer, out=args.out)
-        path = write(merged, args.out)
+        out = check_out_dir(args.out)
+        merged = merge(args.sources, prefer=args.prefer, out=out)
+        path = write(merged, out)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that cannot be made or written (read-only, /proc, a full disk)
+        print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{v} {k}" for k, v in merged.manifest["status_counts"].items())
     print(f"merged {merged.manifest['cases']} cases ({counts}) from {len(args.sources)} source(s) into {path}")

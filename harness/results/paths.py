@@ -48,9 +48,9 @@ def check_inside(path: str | Path, root: str | Path, *, what: str = "output path
 def check_out_dir(path: str | Path, *, flag: str = "--out") -> Path:
     """``path`` if it is a folder that exists or can be made, and can be written; else ``UserError``
     naming it (a file in its place, a parent that is a file, no write permission)."""
+    if not str(path).strip():  # before Path(): Path("") is the current folder
+        raise UserError(f"{flag} {str(path)!r} is empty; give a folder to write to")
     path = Path(path).expanduser()
-    if str(path).strip() == "":
-        raise UserError(f"{flag} is empty; give a folder to write to")
     if path.exists() and not path.is_dir():
         raise UserError(f"{flag} {path} is a file, not a folder; give a folder to write to")
     existing = path
@@ -67,6 +67,8 @@ def check_out_dir(path: str | Path, *, flag: str = "--out") -> Path:
 
 def check_out_file(path: str | Path, *, flag: str) -> Path:
     """``path`` if a file can be written there (its folder passes ``check_out_dir``, and it is not a folder)."""
+    if not str(path).strip():
+        raise UserError(f"{flag} {str(path)!r} is empty; give a file name to write to")
     path = Path(path).expanduser()
     if path.is_dir():
         raise UserError(f"{flag} {path} is a folder; give a file name to write to")

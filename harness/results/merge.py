@@ -93,7 +93,7 @@ def merge(sources: list[str | Path], *, prefer: str | None = None, out: Path | N
     paths = [Path(s).resolve() for s in sources]
     _check_sources(paths, Path(out).resolve() if out is not None else None)
     if prefer not in (None, "newest") and not any(_inside(Path(prefer).resolve(), p) for p in paths):
-        raise UserError(f"--prefer {prefer}: use newest, or a folder among (or inside) the sources")
+        raise UserError(f"--prefer {prefer!r}: use newest, or a folder among (or inside) the sources")
     rows = _read(paths)
     kept, duplicates, resolved = [], [], []
     for (*_, case_id), attempts in rows.groupby([*MACHINE, "case_id"], sort=False, dropna=False):

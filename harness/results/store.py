@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from harness.errors import UserError
 from harness.files import atomic_write
 from harness.results import conform
-from harness.results.schema import STATUS_VALUES
+from harness.results.schema import COLUMNS, STATUS_VALUES
 
 ROWS = "rows"
 PLAN = "plan.json"  # per job: the cases it planned (case_id, label), written before the first is measured
@@ -53,7 +53,7 @@ class UnreadableRowFile(UserError):
 
     def __init__(self, path: Path, why: str) -> None:
         self.path, self.why = Path(path), why
-        super().__init__(f"unreadable row file {path} ({why}): delete it and resume (resume=true re-runs its case)")
+        super().__init__(f"unreadable row file {path}: delete it and resume (resume=true re-runs its case); {why}")
 
 
 def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
@@ -62,14 +62,14 @@ def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
     assert row.get("status") in STATUS_VALUES, f"bad status {row.get('status')!r}"
     table = conform.to_table([row])
     path = Path(job_dir) / ROWS / f"{row['case_id']}.{time.time_ns()}.parquet"
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
     return path
 
 
 def write_frame(path: Path, frame: pd.DataFrame) -> None:
     """A whole result set as one parquet file (``harness.results.merge``)."""
     table = conform.from_frame(frame)
-    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
 
 
 def write_json(path: Path, payload: Mapping[str, object]) -> None:
@@ -113,12 +113,19 @@ def read_table(path: Path) -> pa.Table:
     """One row file conformed to the schema (old-format files included); ``UnreadableRowFile`` when
     it is damaged or is not a row file."""
     try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as error:
+        # Page checksums (written by write_row) turn a damaged data page into an error, not wrong numbers.
+        table = pq.read_table(path, page_checksum_verification=True)
+        names = table.column_names  # decodes the footer's names: a damaged footer fails here
+        table.validate(full=True)  # e.g. text that is not UTF-8: a damaged page without a checksum
+    except (pa.ArrowException, OSError, ValueError) as error:
         raise UnreadableRowFile(path, _first_line(error) or type(error).__name__) from None
-    missing = [c for c in ("case_id", "status") if c not in table.column_names]
+    missing = [c for c in ("case_id", "status") if c not in names]
     if missing:
         raise UnreadableRowFile(path, f"not an attnbench row file: no {', '.join(missing)} column")
+    declared = {c.name: c for c in COLUMNS}
+    for field in table.schema:  # a damaged footer can turn a text column into bytes; no writer makes those
+        if pa.types.is_binary(field.type) and field.name in declared and declared[field.name].kind == "string":
+            raise UnreadableRowFile(path, f"column {field.name} holds bytes, not text: a damaged file")
     try:
         return conform.conform(table)
     except (pa.ArrowException, ValueError, TypeError) as error:

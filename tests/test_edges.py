@@ -173,3 +173,39 @@ def test_corrupt_plan_or_multirun_is_one_line(tmp_path, name, text, capsys):
     assert status.main([str(root)]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith(f"error: cannot read {root}") and name in err[0], err
+
+
+# --- escaping ----------------------------------------------------------------------------------------
+
+def test_markdown_and_mathtext_escaping():
+    from harness.report import escape
+    from harness.report.tablefmt import markdown_grid
+    import pandas as pd
+
+    nasty = "Xeon | `rm` <b>$x$</b>\nnext"
+    grid = markdown_grid(pd.DataFrame({"device": [nasty], "latency_ms": [1.5]}))
+    row = grid.splitlines()[2]
+    assert row.count(" | ") == 1 and "<b>" not in row and "\\`rm\\`" in row and "\n" not in row.strip()
+    assert escape.mathtext("cost $5 $and$") == r"cost \$5 \$and\$"
+    assert escape.code("a`b") == "`a'b`"
+
+
+def test_a_dollar_device_name_reaches_a_figure_title_as_text(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from harness.report.baseline import Baseline
+    from harness.report.build import build_report
+
+    table = pq.read_table(FIXTURE)
+    device = "Weird $\\nosuchcommand{1}$ CPU"  # as mathtext this raises while the figure is drawn
+    table = table.set_column(table.schema.get_field_index("env_device_name"), "env_device_name",
+                             pa.array([device] * len(table), pa.string()))
+    (tmp_path / "in" / "rows").mkdir(parents=True)
+    pq.write_table(table, tmp_path / "in" / "rows" / "rows.parquet")
+    report = build_report([tmp_path / "in"], tmp_path / "out", baseline=Baseline.parse("variant=mha,impl=eager"),
+                          widths=["single"], figures=["latency"], command="test")
+    assert list(report.devices) == [device] and "latency" not in report.left_out
+    assert list((tmp_path / "out").rglob("latency*.png"))
+
+

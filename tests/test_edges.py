@@ -129,8 +129,8 @@ def test_an_unreadable_row_file_is_named_by_every_reader_and_missing_for_resume(
     with pytest.raises(results.UnreadableRowFile, match="^" + fix.replace(".", r"\.")):
         results.load(root)
     assert merge.main([str(root), "--out", str(tmp_path / "merged")]) == 2
-    from harness.report.__main__ import main as report_main
     from harness.nightly.cli import main as nightly_main
+    from harness.report.__main__ import main as report_main
 
     assert report_main([str(root), "--out", str(tmp_path / "report")]) == 2
     assert nightly_main(["ingest", str(root), "--db", str(tmp_path / "h.sqlite")]) == 2
@@ -178,9 +178,10 @@ def test_corrupt_plan_or_multirun_is_one_line(tmp_path, name, text, capsys):
 # --- escaping ----------------------------------------------------------------------------------------
 
 def test_markdown_and_mathtext_escaping():
+    import pandas as pd
+
     from harness.report import escape
     from harness.report.tablefmt import markdown_grid
-    import pandas as pd
 
     nasty = "Xeon | `rm` <b>$x$</b>\nnext"
     grid = markdown_grid(pd.DataFrame({"device": [nasty], "latency_ms": [1.5]}))
@@ -209,3 +210,33 @@ def test_a_dollar_device_name_reaches_a_figure_title_as_text(tmp_path):
     assert list((tmp_path / "out").rglob("latency*.png"))
 
 
+
+
+@pytest.mark.parametrize("kind", ["truncated", "middle"])
+def test_resume_reruns_the_case_of_an_unreadable_row_file_and_nothing_else(tmp_path, kind):
+    from hydra import compose, initialize_config_dir
+
+    from harness.sweep.job import run_job
+    from variants.presets import conf_root
+
+    with initialize_config_dir(config_dir=str(conf_root()), version_base="1.3"):
+        first = compose("config", overrides=["experiment=smoke", "measure.calibrate=false", "device=cpu",
+                                             "variant=gqa", "impl=sdpa", "phase=decode", "name=resumed"])
+    root = tmp_path / "resumed"
+    run_job(first, job_dir=root, root=root, log=io.StringIO())
+    files = sorted((root / results.ROWS).glob("*.parquet"))
+    before = results.load(root)
+    assert len(files) == len(before) >= 1
+    _damage(kind, files[0])
+    with pytest.raises(results.UnreadableRowFile):
+        results.load(root)
+    resumed = first.copy()
+    resumed.resume = True
+    log = io.StringIO()
+    rows = run_job(resumed, job_dir=root, root=root, log=log)
+    assert len(rows) == 1, log.getvalue()  # the damaged case re-ran; the others were skipped
+    damaged_case = rows["case_id"].iloc[0]
+    after = results.load(root)
+    assert sorted(after["case_id"]) == sorted(before["case_id"]) and set(after["status"]) == {"ok"}
+    assert damaged_case in set(before["case_id"])
+    assert files[0].with_name(files[0].name + ".unreadable").exists()  # kept aside, not deleted

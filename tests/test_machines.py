@@ -12,8 +12,8 @@ import pytest
 
 from harness import results
 from harness.errors import UserError
-from harness.report.build import build_report
 from harness.report.baseline import Baseline
+from harness.report.build import build_report
 from harness.report.data import load_rows, prepare
 from harness.results import merge
 

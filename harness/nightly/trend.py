@@ -45,7 +45,7 @@ def plot_trends(history: History, run: Run, out_dir: str | Path, *, kinds: Mappi
     return written
 
 
-def _plot(series, label: str, run: Run, baseline: Run | None, threshold: float | None, kind: str,  # noqa: ANN001
+def _plot(series, label: str, run: Run, baseline: Run | None, threshold: float | None, kind: str,
           path: Path) -> None:
     fig = Figure(figsize=(max(6.0, 0.25 * len(series) + 3.0), 3.2), layout="constrained")
     ax = fig.add_subplot()

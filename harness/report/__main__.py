@@ -13,7 +13,6 @@ from datetime import datetime
 from pathlib import Path
 
 from harness.errors import ArgumentParser
-from harness.results.paths import check_out_dir
 from harness.report.baseline import Baseline
 from harness.report.build import build_report
 from harness.report.capacity import RESERVE
@@ -21,6 +20,7 @@ from harness.report.data import parse_filters
 from harness.report.lowrank import split_inputs
 from harness.report.style import WIDTH_IN
 from harness.report.units import parse_bytes
+from harness.results.paths import check_out_dir
 
 
 def _parser() -> argparse.ArgumentParser:

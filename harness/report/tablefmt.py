@@ -13,7 +13,6 @@ from pathlib import Path
 import pandas as pd
 
 from harness.report import escape
-
 from harness.report.tables import Table
 
 Writer = Callable[[Table], str]

@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from harness import results
-from harness.measure.case import case_label
 from harness.errors import ArgumentParser, UserError
+from harness.measure.case import case_label
 from harness.results.paths import check_out_dir
 
 MERGED = "merged.parquet"
@@ -119,7 +119,7 @@ def merge(sources: list[str | Path], *, prefer: str | None = None, out: Path | N
                         f"out{more}")
     frame = rows.loc[kept].sort_values(["run_root", "finished_at"]).reset_index(drop=True)
     manifest = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "cases": len(frame),
         "status_counts": {str(k): int(v) for k, v in frame["status"].value_counts().items()},
         "prefer": prefer,

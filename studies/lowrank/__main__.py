@@ -11,6 +11,7 @@ Every setting and the output folder are checked before the model is loaded: a ba
 from __future__ import annotations
 
 import sys
+
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from variants.convert.partial_rope import PAIR_STRATEGIES
 from harness.measure.case import DTYPES
+from variants.convert.partial_rope import PAIR_STRATEGIES
 from variants.shape import check_choice, check_keys, check_positive, field_names
 
 MAX_TOKENS = 1 << 20  # tokens of one text or window: far above the study's texts, below an int overflow

@@ -62,6 +62,7 @@ REPORT = [
     (f"{OK} --out /proc/attnbench-test", "/proc/attnbench-test"),
     ("{w}/nothing --out {res}/r", "{w}/nothing"),
     ("{w}/damaged --out {res}/r", "delete it and resume"),
+    ("{w}/study/lowrank-svd.parquet --out {res}/r", "{w}/study/lowrank-svd.parquet"),
     ("--out {res}/r", "results"),
     (f"{OK} --bogus", "--bogus"),
     (f"{OK} --out", "--out"),
@@ -182,6 +183,8 @@ def world(tmp_path_factory) -> Path:
     shutil.copytree(FIXTURE, w / "ok")
     shutil.copytree(FIXTURE, w / "twin")
     _damaged(w / "damaged")
+    (w / "study").mkdir()
+    (w / "study" / "lowrank-svd.parquet").write_bytes(b"PAR1 truncated")
     (w / "afile").write_text("a file where a folder belongs\n")
     from harness.nightly.cli import main as nightly
 

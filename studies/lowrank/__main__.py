@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from harness.errors import ArgumentParser, UserError
 from harness.results.paths import check_out_dir
 from studies.lowrank.settings import StudySettings
-from variants.presets import conf_root
+from variants.presets import conf_root, preset_names
 
 
 def settings_of(overrides: list[str]) -> tuple[str, dict]:
@@ -36,6 +36,8 @@ def settings_of(overrides: list[str]) -> tuple[str, dict]:
         raise UserError(f"settings {' '.join(overrides)!r} do not parse: {str(error).splitlines()[0]}") from None
     model = given.pop("model", model)  # model=<preset> picks another preset with real weights
     block = {**experiment["lowrank"], **given}
+    if model not in preset_names():
+        raise UserError(f"model={model!r} is not one of: {', '.join(preset_names())}")
     StudySettings.from_mapping({**block, "model": model})  # every check, before any weights are read
     return model, block
 

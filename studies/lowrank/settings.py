@@ -62,16 +62,14 @@ class StudySettings:
             if value % 2:
                 raise ValueError(f"d_r={value} is odd; allowed: even values (rotary dims come in pairs)")
         from variants.convert.method import METHODS
-        from variants.presets import preset_names
         from variants.registry import IMPLEMENTATIONS
 
         for method in self.methods:
-            check_choice("methods", method, tuple(METHODS.names()))
+            METHODS.get(method)  # the registry's one line: unknown low-rank method ...; valid: ...
         for name in ("impl", "latency_impls", "source_latency_impls"):
             values = getattr(self, name)
             for value in (values,) if name == "impl" else values:
                 check_choice(name, value, tuple(IMPLEMENTATIONS.names()))
-        check_choice("model", self.model, tuple(preset_names()))
         if self.layers is not None:
             if not self.layers:
                 raise ValueError("layers is empty; list at least one layer index, or null for every layer")

@@ -109,7 +109,7 @@ NIGHTLY = [
     (f"ingest {OK} {DB} --commit '`x`'", "'`x`'"),
     (f"ingest {OK} {DB} --commit ''", "''"),
     (f"ingest {OK} {DB} --commit=-x", "'-x'"),
-    (f"ingest {OK} --db {{w}}", "{w}"),
+    (f"ingest {OK} --db {{w}}", "{w}"),  # a folder: the history's own "not a history" line
     (f"ingest {OK} --db ''", "''"),
     (f"ingest {OK} --db {{res}}/bad.sqlite", "{res}/bad.sqlite"),
     (f"ingest {OK} --db {{w}}/afile/h.sqlite", "{w}/afile"),

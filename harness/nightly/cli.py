@@ -97,9 +97,6 @@ def _check_args(args: argparse.Namespace) -> None:
     """What argparse cannot know, checked before the history is opened or anything is written."""
     if args.db is not None and not str(args.db).strip():
         raise UserError("--db '' is empty; give the history file (e.g. results/history.sqlite)")
-    db = Path(args.db) if args.db is not None else default_db()
-    if db.is_dir():
-        raise UserError(f"--db {db} is a folder; give the history file (e.g. {db / 'history.sqlite'})")
     if getattr(args, "commit", None) is not None and not _COMMIT.fullmatch(args.commit):
         raise UserError(f"--commit {args.commit!r} is not a commit: a hash, tag or branch name (letters, digits, "
                         ". _ / + -), at most 200 characters")

@@ -62,7 +62,7 @@ def _batches(text: str | None) -> list[int] | None:
     except ValueError:
         values = []
     if not values or any(not 0 < v <= MAX_BATCH for v in values):
-        raise ValueError(f"--batches {text!r} is not a list of integers from 1 to {MAX_BATCH} (e.g. 1,8,64)")
+        raise ValueError(f"--batches {text!r} is not a list of positive integers, each at most {MAX_BATCH} (e.g. 1,8,64)")
     return values
 
 

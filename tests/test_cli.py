@@ -153,3 +153,12 @@ def test_subcommands_dispatch_to_each_commands_main(tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_info:  # argparse's --help exits 0
             main([name, "--help"])
         assert exit_info.value.code == 0 and prog in capsys.readouterr().out, name
+
+
+@pytest.mark.parametrize("name", ["../x", "", "a/b", "-x", ".hidden"])
+def test_a_run_name_that_is_not_a_folder_name_is_refused_before_hydra_makes_it(name):
+    from harness.errors import UserError
+    from harness.sweep.overrides import check_overrides
+
+    with pytest.raises(UserError, match=r"^name="):
+        check_overrides(["model=tiny", "device=cpu", f"name={name}"])

@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from harness.errors import ArgumentParser, UserError
 from harness.nightly.compare import (
     DEFAULT_CONFIRM,
     DEFAULT_THRESHOLD,
@@ -32,10 +34,12 @@ from harness.nightly.compare import (
 from harness.nightly.ingest import read_run
 from harness.nightly.markdown import render, render_no_baseline
 from harness.nightly.store import History, Run
+from harness.results.paths import check_out_dir, check_out_file
 
 DEFAULT_DB = Path("results") / "history.sqlite"
 ENV_DB = "ATTNBENCH_HISTORY"
 HISTORY_RUNS = 20  # recent runs whose spread widens the intervals
+MAX_CONFIRM = 100  # runs in a row: more than three months of nights
 NOISE_VERDICTS = (None, "pass", "accepted", "suspect")  # runs of the code as it was: their spread is noise
 
 
@@ -44,10 +48,10 @@ def default_db() -> Path:
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--db", type=Path, default=None,
+    common = ArgumentParser(add_help=False)
+    common.add_argument("--db", default=None,
                         help=f"the history file (default: ${ENV_DB}, else {DEFAULT_DB})")
-    parser = argparse.ArgumentParser(prog="python -m harness.nightly", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="python -m harness.nightly", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -66,8 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     cmp.add_argument("--confirm", type=int, default=DEFAULT_CONFIRM,
                      help="runs in a row a case must be suspect in to be a regression (default "
                           f"{DEFAULT_CONFIRM}; 1 fails on the first)")
-    cmp.add_argument("--markdown", type=Path, help="also write the markdown summary to this file")
-    cmp.add_argument("--plots", type=Path, help="write a trend plot per case to this folder")
+    cmp.add_argument("--markdown", help="also write the markdown summary to this file")
+    cmp.add_argument("--plots", help="write a trend plot per case to this folder")
     cmp.add_argument("--strict-figures", action="store_true",
                      help="fail on any change of a deterministic figure (FLOPs, bytes), not only memory growth")
     cmp.add_argument("--no-record", action="store_true",
@@ -85,13 +89,38 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# A commit as --commit names it: a hash, a tag or a branch; never text that would break the markdown or a shell.
+_COMMIT = re.compile(r"[0-9A-Za-z][0-9A-Za-z._/+-]{0,199}")
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    """What argparse cannot know, checked before the history is opened or anything is written."""
+    if args.db is not None and not str(args.db).strip():
+        raise UserError("--db '' is empty; give the history file (e.g. results/history.sqlite)")
+    if getattr(args, "commit", None) is not None and not _COMMIT.fullmatch(args.commit):
+        raise UserError(f"--commit {args.commit!r} is not a commit: a hash, tag or branch name (letters, digits, "
+                        ". _ / + -), at most 200 characters")
+    if getattr(args, "markdown", None) is not None:
+        check_out_file(args.markdown, flag="--markdown")
+    if getattr(args, "plots", None) is not None:
+        check_out_dir(args.plots, flag="--plots")
+    if getattr(args, "confirm", 1) > MAX_CONFIRM:
+        raise UserError(f"--confirm {args.confirm} is not allowed: runs in a row, from 1 to {MAX_CONFIRM}")
+    if getattr(args, "limit", 1) < 1:
+        raise UserError(f"--limit {args.limit} is not allowed: the number of runs shown, at least 1")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    history = History(args.db or default_db())
     try:
+        _check_args(args)
+        history = History(args.db or default_db())
         return _COMMANDS[args.command](history, args)
     except ValueError as error:  # bad input, a missing run, or runs that are not comparable
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a history or output that cannot be made or written
+        print(f"error: cannot write {error.filename or args.db}: {error.strerror or error}", file=sys.stderr)
         return 2
 
 
@@ -133,7 +162,7 @@ def _compare(history: History, args: argparse.Namespace) -> int:
     _emit(render(result, baseline_how=how), args.markdown)
     if args.plots is not None:
         kinds = {v.case_id: v.kind for v in result.cases}
-        files = _plot(history, run, args.plots, kinds, baseline, threshold)
+        files = _plot(history, run, Path(args.plots), kinds, baseline, threshold)
         print(f"{len(files)} trend plots in {args.plots}", file=sys.stderr)
     if args.baseline == "last-good" and not args.no_record and run.verdict != "accepted":
         verdicts = {run.run_id: "regression" if result.failed else "suspect" if result.suspected else "pass"}
@@ -192,8 +221,9 @@ def _named_baseline(history: History, run: Run, text: str) -> Run:
     return (same or matches)[-1]  # another fingerprint only to say why it cannot be compared
 
 
-def _emit(text: str, path: Path | None) -> None:
+def _emit(text: str, path: str | Path | None) -> None:
     print(text, end="")
     if path is not None:
+        path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -7,6 +7,7 @@ from collections.abc import Iterable
 
 from harness.nightly.compare import MEMORY_FIGURES, CaseVerdict, Comparison, FigureChange
 from harness.nightly.store import Run
+from harness.report import escape
 
 _ALWAYS_COUNTED = ("regression", "improvement", "unchanged", "noisy")
 _PLURAL = {"regression": "regressions", "improvement": "improvements", "not_timed": "not timed",
@@ -60,7 +61,7 @@ def render(comparison: Comparison, *, baseline_how: str = "") -> str:
     if other:
         lines += ["<details><summary>Other changes: " + str(len(other)) + "</summary>", "",
                   "| case | what | detail |", "|---|---|---|",
-                  *(f"| {v.label} | {v.kind.replace('_', ' ')} | {_cell(v.detail)} |" for v in other), "",
+                  *(f"| {_cell(v.label)} | {v.kind.replace('_', ' ')} | {_cell(v.detail)} |" for v in other), "",
                   "</details>", ""]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -78,11 +79,11 @@ def machine(run: Run) -> str:
     parts = [f"{_ENV_NAMES.get(k, k)} {v}" for k, v in env.items()
              if v is not None and not (k == "env_cpu" and v == env.get("env_device_name"))]
     parts += [f"{k} {v}" for k, v in fields.get("settings", {}).items() if v is not None]
-    return "Machine and settings: " + " · ".join(parts)
+    return "Machine and settings: " + escape.markdown(" · ".join(parts))
 
 
 def _run_row(role: str, run: Run) -> str:
-    return f"| {role} | {run.run_id} | `{run.commit[:12]}` | {run.time_utc} | `{run.fingerprint[:8]}` |"
+    return f"| {role} | {run.run_id} | {escape.code(run.commit[:12])} | {run.time_utc} | {escape.code(run.fingerprint[:8])} |"
 
 
 def _timing_table(title: str, verdicts: Iterable[CaseVerdict]) -> list[str]:
@@ -91,7 +92,7 @@ def _timing_table(title: str, verdicts: Iterable[CaseVerdict]) -> list[str]:
         return []
     head = [f"### {title}", ""] if title else []
     return [*head, "| case | baseline ms | new ms | change | 95% interval |", "|---|---:|---:|---:|---|",
-            *(f"| {v.label} | {_ms(v.base_ms)} | {_ms(v.new_ms)} | {_pct(v.ci.ratio - 1)} | "
+            *(f"| {_cell(v.label)} | {_ms(v.base_ms)} | {_ms(v.new_ms)} | {_pct(v.ci.ratio - 1)} | "
               f"[{_pct(v.ci.low - 1)}, {_pct(v.ci.high - 1)}] |" for v in rows if v.ci is not None), ""]
 
 
@@ -99,12 +100,12 @@ def _status_table(title: str, verdicts: Iterable[CaseVerdict]) -> list[str]:
     rows = list(verdicts)
     if not rows:
         return []
-    return [f"### {title}", "", "| case | change |", "|---|---|", *(f"| {v.label} | {_cell(v.detail)} |" for v in rows),
+    return [f"### {title}", "", "| case | change |", "|---|---|", *(f"| {_cell(v.label)} | {_cell(v.detail)} |" for v in rows),
             ""]
 
 
 def _figure_row(f: FigureChange) -> str:
-    return (f"| {f.label} | `{f.figure}` | {f.base:,} | {f.new:,} | {_pct(f.rel)} | "
+    return (f"| {_cell(f.label)} | {escape.code(f.figure)} | {f.base:,} | {f.new:,} | {_pct(f.rel)} | "
             f"{'**yes**' if f.fails else 'no'} |")
 
 
@@ -117,4 +118,4 @@ def _pct(value: float) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    return escape.markdown(text)  # labels and details hold the user's names

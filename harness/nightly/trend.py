@@ -13,6 +13,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from harness.nightly.store import History, Run
+from harness.report import escape
 
 MAX_POINTS = 60  # the newest runs shown per plot
 
@@ -39,12 +40,12 @@ def plot_trends(history: History, run: Run, out_dir: str | Path, *, kinds: Mappi
         path = out / f"{_slug(case.label)}-{case_id[:8]}.png"
         _plot(series, case.label, run, baseline, threshold, kinds.get(case_id, ""), path)
         written.append(path)
-        index.append(f"| {case.label} | {kinds.get(case_id, '')} | [{path.name}]({path.name}) |")
+        index.append(f"| {escape.markdown(case.label)} | {kinds.get(case_id, '')} | [{path.name}]({path.name}) |")
     (out / "index.md").write_text("\n".join(index) + "\n")
     return written
 
 
-def _plot(series, label: str, run: Run, baseline: Run | None, threshold: float | None, kind: str,  # noqa: ANN001
+def _plot(series, label: str, run: Run, baseline: Run | None, threshold: float | None, kind: str,
           path: Path) -> None:
     fig = Figure(figsize=(max(6.0, 0.25 * len(series) + 3.0), 3.2), layout="constrained")
     ax = fig.add_subplot()
@@ -67,7 +68,7 @@ def _plot(series, label: str, run: Run, baseline: Run | None, threshold: float |
     ax.set_xticks(xs, [r.commit[:7] for r, _ in series], rotation=60, fontsize=7)
     ax.set_ylabel("latency (ms)")
     ax.set_ylim(bottom=0)
-    ax.set_title(label, fontsize=9)
+    ax.set_title(escape.mathtext(label), fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower left")
     fig.savefig(path, dpi=100)

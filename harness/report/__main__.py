@@ -11,8 +11,8 @@ import shlex
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import NoReturn
 
+from harness.errors import ArgumentParser
 from harness.report.baseline import Baseline
 from harness.report.build import build_report
 from harness.report.capacity import RESERVE
@@ -20,17 +20,11 @@ from harness.report.data import parse_filters
 from harness.report.lowrank import split_inputs
 from harness.report.style import WIDTH_IN
 from harness.report.units import parse_bytes
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # argparse prints the usage block too; one line is what every attnbench command prints.
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(2)
+from harness.results.paths import check_out_dir
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="python -m harness.report", description="Write a comparison report (tables, figures, "
+    parser = ArgumentParser(prog="python -m harness.report", description="Write a comparison report (tables, figures, "
                      "one HTML page) of result rows from any mix of runs, sweeps and machines.")
     parser.add_argument("results", nargs="+", help="result folders, row files or globs (e.g. 'results/*'); "
                         "a low-rank study's folder (lowrank-*.parquet) adds its table and figures")
@@ -50,6 +44,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+MAX_BATCH = 2**31 - 1  # a batch a capacity table can state: above it no cache fits any device
+
+
+def _widths(text: str) -> list[str]:
+    widths = [w.strip() for w in text.split(",") if w.strip()]
+    if not widths:
+        raise ValueError(f"--widths {text!r} names no width; allowed: {', '.join(WIDTH_IN)} (comma-separated)")
+    return widths
+
+
 def _batches(text: str | None) -> list[int] | None:
     if text is None:
         return None
@@ -57,25 +61,29 @@ def _batches(text: str | None) -> list[int] | None:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         values = []
-    if not values or any(v <= 0 for v in values):
-        raise ValueError(f"--batches {text!r} is not a list of positive integers (e.g. 1,8,64)")
+    if not values or any(not 0 < v <= MAX_BATCH for v in values):
+        raise ValueError(f"--batches {text!r} is not a list of positive integers, each at most {MAX_BATCH} (e.g. 1,8,64)")
     return values
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
-    out = Path(args.out or f"results/report_{datetime.now():%Y-%m-%d_%H-%M-%S}")
+    out = Path(args.out if args.out is not None else f"results/report_{datetime.now():%Y-%m-%d_%H-%M-%S}")
     try:
+        check_out_dir(args.out if args.out is not None else out, flag="--out")
         bench, lowrank = split_inputs(args.results)
         report = build_report(
             bench, out, filters=parse_filters(args.filter), baseline=Baseline.parse(args.baseline), lowrank=lowrank,
             budget_bytes=parse_bytes("--budget", args.budget) if args.budget else None,
             batches=_batches(args.batches), reserve=args.reserve,
-            widths=[w.strip() for w in args.widths.split(",") if w.strip()],
+            widths=_widths(args.widths),
             command=shlex.join(["python", "-m", "harness.report", *argv]))
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that cannot be made or written (read-only, /proc, a full disk)
+        print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
     print(f"report: {report.out / 'report.html'} ({len(report.files)} files; devices: {', '.join(report.devices)})")
     for name, why in report.left_out.items():

@@ -37,9 +37,11 @@ class Baseline:
     def parse(cls, text: str) -> Baseline:
         """``variant=mha,impl=eager`` (either key may be left out: it keeps its default)."""
         values: dict[str, str] = {}
+        if not text.strip():
+            raise ValueError(f"baseline {text!r} is empty; give variant=<name>, impl=<name> or both")
         for part in filter(None, (p.strip() for p in text.split(","))):
             key, sep, value = part.partition("=")
-            if not sep or key.strip() not in _KEYS:
+            if not sep or key.strip() not in _KEYS or not value.strip():
                 raise ValueError(f"baseline part {part!r} is not one of: variant=<name>, impl=<name>")
             values[key.strip()] = value.strip()
         return cls(**values)

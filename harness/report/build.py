@@ -63,6 +63,13 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     else:
         frame = load_rows(rows)
     out = Path(out)
+    # Every setting is checked before the folder is touched: a bad one leaves an earlier report whole.
+    if not 0 <= reserve < 1:
+        raise ValueError(f"reserve={reserve!r} is not allowed: it must be in [0, 1)")
+    for width in widths:
+        width_inches(width)
+    if not frame.empty:
+        prepare(frame, filters)
     _clear_previous(out)
     part = Part()
     if not frame.empty:

@@ -5,8 +5,11 @@ Rules a reader can rely on:
   table with its reason.
 - The device is ``env_device_name`` (the GPU's or CPU's model name). Rows from different devices
   are never drawn on one curve: figures put each device on its own panel.
-- A case measured in several runs on the same device (same ``case_id`` and ``env_device_name``)
-  is kept once: its latest ``ok`` row, else its latest attempt; the report says how many were dropped.
+- A machine is a device on a host. When one device name was measured on several hosts (two
+  machines of one model running the same sweep), each host is its own device in every table and
+  figure ("<device> @ <host>"), and the report says so: no machine's rows are dropped.
+- A case measured in several runs on the same machine (same ``case_id``, device and host) is kept
+  once: its latest ``ok`` row, else its latest attempt; the report says how many were dropped.
 """
 
 from __future__ import annotations
@@ -94,11 +97,11 @@ def prepare(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]] | None = N
     if DEVICE not in frame.columns:
         frame[DEVICE] = frame.get("device", "unknown device")
     frame[DEVICE] = frame[DEVICE].fillna(frame.get("device", "unknown device")).astype(str)
-    notes = []
+    frame, notes = _machines(frame)
     kept = _one_per_case(frame)
     if len(kept) < len(frame):
-        notes.append(f"{len(frame) - len(kept)} row(s) repeat a case already measured on the same device in "
-                     "another run; the latest ok row of each case is kept.")
+        notes.append(f"{len(frame) - len(kept)} row(s) repeat a case already measured on the same device and host "
+                     "in another run; the latest ok row of each case is kept.")
     is_ok = kept["status"] == "ok"
     ok = kept[is_ok].reset_index(drop=True)
     not_measured = kept[~is_ok].reset_index(drop=True)
@@ -107,5 +110,23 @@ def prepare(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]] | None = N
     return ReportData(ok=ok, not_measured=not_measured, notes=tuple(notes))
 
 
+def _machines(frame: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Each host its own device where one device name ran on several hosts; the note that says so."""
+    if "env_host" not in frame.columns:
+        return frame, []
+    hosts = frame["env_host"].map(as_text)
+    shared = sorted(d for d, h in hosts.groupby(frame[DEVICE]) if h.nunique() > 1)
+    if not shared:
+        return frame, []
+    several = frame[DEVICE].isin(shared)
+    frame.loc[several, DEVICE] = frame.loc[several, DEVICE] + " @ " + hosts[several].replace("", "unknown host")
+    notes = [f"{device} was measured on {hosts[frame[DEVICE].str.startswith(device + ' @ ')].nunique()} hosts "
+             f"({', '.join(sorted(hosts[several & frame[DEVICE].str.startswith(device + ' @ ')].unique()))}): each "
+             "host is its own device in tables and figures (device @ host); no host's rows are merged."
+             for device in shared]
+    return frame, notes
+
+
 def _one_per_case(frame: pd.DataFrame) -> pd.DataFrame:
-    return results.one_per_case(frame, ["case_id", DEVICE]).sort_index()
+    keys = ["case_id", DEVICE, *(["env_host"] if "env_host" in frame.columns else [])]
+    return results.one_per_case(frame, keys).sort_index()

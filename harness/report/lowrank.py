@@ -12,7 +12,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 
+from harness.errors import UserError
 from harness.report import figures as figure_registry
 from harness.report.part import Part
 from harness.report.style import WIDTH_IN
@@ -24,6 +26,14 @@ from studies.lowrank.summary import summary_table
 PATTERN = "lowrank-*.parquet"
 
 
+def _read_study(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_parquet(path)
+    except (pa.ArrowException, OSError, ValueError) as error:
+        why = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise UserError(f"unreadable study file {path}: delete it and run the study again; {why}") from None
+
+
 def split_inputs(paths: Iterable[str | Path]) -> tuple[list[str | Path], pd.DataFrame | None]:
     """(paths holding harness rows, the low-rank study rows found among the inputs, or None)."""
     bench: list[str | Path] = []
@@ -32,7 +42,7 @@ def split_inputs(paths: Iterable[str | Path]) -> tuple[list[str | Path], pd.Data
         matches = [Path(m) for m in glob.glob(str(item), recursive=True)] or [Path(item)]
         study_files = [f for m in matches for f in ([m] if m.is_file() and m.match(PATTERN)
                                                   else sorted(m.glob(PATTERN)) if m.is_dir() else [])]
-        parts += [pd.read_parquet(f) for f in study_files]
+        parts += [_read_study(f) for f in study_files]
         if not study_files or any(m.is_dir() and any(m.rglob("rows/*.parquet")) for m in matches):
             bench.append(item)
     return bench, (pd.concat(parts, ignore_index=True) if parts else None)

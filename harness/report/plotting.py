@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from harness.report import escape
 from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
 from harness.report.figures import Drawn
 from harness.report.style import impl_sort_key, impl_style, series_style, variant_color, variant_sort_key
@@ -114,7 +115,7 @@ def plot_series(ax: Axes, rows: pd.DataFrame, x: str, y: str, *, band: tuple[str
     for (variant, impl, compile_mode), group in series(rows):
         group = group.sort_values(x)
         style = series_style(variant, impl, compile_mode)
-        ax.plot(group[x], group[y].astype(float) * scale, label=f"{variant}/{impl}", **style.line_kwargs())
+        ax.plot(group[x], group[y].astype(float) * scale, label=escape.mathtext(f"{variant}/{impl}"), **style.line_kwargs())
         if band is not None and all(c in group.columns for c in band):
             # A CI the loop could not bound (too few repetitions) is infinite: no band there.
             low, high = (group[c].astype(float).replace([np.inf, -np.inf], np.nan) * scale for c in band)
@@ -166,7 +167,8 @@ def batch_axis(ax: Axes) -> None:
 def device_title(ax: Axes, device: str, width: str) -> None:
     # Long CPU names would overflow a single-column panel.
     limit = 45 if width == "single" else 60
-    ax.set_title(device if len(device) <= limit else device[: limit - 1] + "…", loc="left")
+    shown = device if len(device) <= limit else device[: limit - 1] + "…"
+    ax.set_title(escape.mathtext(shown), loc="left")  # a "$" in a device name is text, not mathtext
 
 
 def legend(fig: Figure, rows: pd.DataFrame, *, extra: Sequence[Line2D] = ()) -> None:

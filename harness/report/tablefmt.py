@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.report import escape
 from harness.report.tables import Table
 
 Writer = Callable[[Table], str]
@@ -44,12 +45,11 @@ def to_csv(table: Table) -> str:
 
 @writer("md")
 def to_markdown(table: Table) -> str:
-    return f"**{table.title}.** {table.caption}\n\n{markdown_grid(table.shown)}"
+    return f"**{escape.markdown(table.title)}.** {escape.markdown(table.caption)}\n\n{markdown_grid(table.shown)}"
 
 
 def markdown_grid(frame: pd.DataFrame) -> str:
-    def cell(value: object) -> str:
-        return str(value).replace("|", "\\|").replace("\n", " ")
+    cell = escape.markdown  # device names, labels and notes are the user's text
 
     numeric = [_is_numeric(frame[c]) for c in frame.columns]
     lines = ["| " + " | ".join(cell(c) for c in frame.columns) + " |",

@@ -6,10 +6,11 @@
     python -m harness.results.merge results/a results/b --out merged --prefer results/b  # keep b's ok rows
 
 Each job writes only its own files, so nothing is merged while jobs run; this is the one step that
-puts them together. One row per case: its ``ok`` row, else its latest attempt (a resumed case's
+puts them together. One row per case and machine (host and device: two machines' sweeps run under
+one ``name=`` are two results of each case, both kept): its ``ok`` row, else its latest attempt (a resumed case's
 failed attempt followed by an ``ok`` one is one case, as in ``results.load``). A case with an
-``ok`` row in two places (two sweeps, two jobs of one sweep, or one job run twice without
-``resume``) is a duplicate: the merge names it and both places, writes nothing and exits 2, unless
+``ok`` row in two places on one machine (two sweeps, two jobs of one sweep, or one job run twice
+without ``resume``) is a duplicate: the merge names it and both places, writes nothing and exits 2, unless
 ``--prefer`` says which to keep. Cases that were never measured are simply absent: they are not
 results (``python -m harness.sweep.status`` lists them).
 
@@ -19,22 +20,24 @@ Writes ``<out>/rows/merged.parquet`` (so ``results.load(out)`` reads it like any
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from harness import results
+from harness.errors import ArgumentParser, UserError
 from harness.measure.case import case_label
-from harness.errors import UserError
+from harness.results.paths import check_out_dir
 
 MERGED = "merged.parquet"
 MANIFEST = "manifest.json"
 _HELPERS = ["_source", "_origin", "_file"]
+# One result per case and machine: the same case from two hosts or devices is two results, not a duplicate.
+MACHINE = ["env_host", "env_device_name"]
 
 
 @dataclass(frozen=True)
@@ -90,10 +93,10 @@ def merge(sources: list[str | Path], *, prefer: str | None = None, out: Path | N
     paths = [Path(s).resolve() for s in sources]
     _check_sources(paths, Path(out).resolve() if out is not None else None)
     if prefer not in (None, "newest") and not any(_inside(Path(prefer).resolve(), p) for p in paths):
-        raise UserError(f"--prefer {prefer}: use newest, or a folder among (or inside) the sources")
+        raise UserError(f"--prefer {prefer!r}: use newest, or a folder among (or inside) the sources")
     rows = _read(paths)
     kept, duplicates, resolved = [], [], []
-    for case_id, attempts in rows.groupby("case_id", sort=False):
+    for (*_, case_id), attempts in rows.groupby([*MACHINE, "case_id"], sort=False, dropna=False):
         oks = attempts[attempts["status"] == "ok"]
         if len(oks) > 1:
             keep = _resolve(oks, prefer)
@@ -116,7 +119,7 @@ def merge(sources: list[str | Path], *, prefer: str | None = None, out: Path | N
                         f"out{more}")
     frame = rows.loc[kept].sort_values(["run_root", "finished_at"]).reset_index(drop=True)
     manifest = {
-        "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "cases": len(frame),
         "status_counts": {str(k): int(v) for k, v in frame["status"].value_counts().items()},
         "prefer": prefer,
@@ -148,16 +151,20 @@ def write(merged: Merged, out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.results.merge", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m harness.results.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", metavar="SWEEP_OR_RUN_DIR")
-    parser.add_argument("--out", required=True, type=Path, help="folder for rows/merged.parquet and manifest.json")
+    parser.add_argument("--out", required=True, help="folder for rows/merged.parquet and manifest.json")
     parser.add_argument("--prefer", help="for a case with ok rows in two places: newest, or a source folder to keep")
     args = parser.parse_args(argv)
     try:
-        merged = merge(args.sources, prefer=args.prefer, out=args.out)
-        path = write(merged, args.out)
+        out = check_out_dir(args.out)
+        merged = merge(args.sources, prefer=args.prefer, out=out)
+        path = write(merged, out)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a folder that cannot be made or written (read-only, /proc, a full disk)
+        print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
         return 2
     counts = ", ".join(f"{v} {k}" for k, v in merged.manifest["status_counts"].items())
     print(f"merged {merged.manifest['cases']} cases ({counts}) from {len(args.sources)} source(s) into {path}")

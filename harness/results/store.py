@@ -6,7 +6,13 @@ Layout of a run or sweep root ``results/<name>/``: each job folder (the root for
 renamed, so a killed run leaves complete files only, and concurrent jobs never share a file.
 
 ``load(paths or globs)`` returns one DataFrame over any set of runs and sweeps, one row per case
-and root: a case re-run by ``resume`` keeps its ``ok`` row, else its latest attempt.
+and place it ran (``IDENTITY``: the run or sweep folder's name, the host and the device), so two
+machines' sweeps under one ``name=`` keep both machines' rows; a case re-run by ``resume`` on the
+same machine keeps its ``ok`` row, else its latest attempt.
+
+A row file that cannot be read (truncated, empty, damaged, not an attnbench row file) is never
+skipped silently: ``load`` raises ``UnreadableRowFile`` naming it and the fix, and resume
+(``finished_case_ids``) sets it aside as ``<file>.unreadable`` with a warning, so its case re-runs.
 
 Every row file holds every column of ``harness.results.schema`` in its declared Arrow type, so
 plain ``pandas.read_parquet`` concatenates any of them; files written before the schema are
@@ -17,6 +23,8 @@ from __future__ import annotations
 
 import glob
 import json
+import logging
+import os
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -25,12 +33,27 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from harness.errors import UserError
 from harness.files import atomic_write
 from harness.results import conform
-from harness.results.schema import STATUS_VALUES
+from harness.results.schema import COLUMNS, STATUS_VALUES
 
 ROWS = "rows"
 PLAN = "plan.json"  # per job: the cases it planned (case_id, label), written before the first is measured
+# Where a row was measured: rows of one case that differ in any of these are different results
+# (two machines' sweeps run under one name= share run_root, never host and device together).
+IDENTITY = ("run_root", "env_host", "env_device_name", "case_id")
+SET_ASIDE = ".unreadable"  # resume renames an unreadable row file to <file>.unreadable (kept, not read)
+
+_log = logging.getLogger(__name__)
+
+
+class UnreadableRowFile(UserError):
+    """A row file that is not a readable attnbench row file; the message names it and the fix."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        self.path, self.why = Path(path), why
+        super().__init__(f"unreadable row file {path}: delete it and resume (resume=true re-runs its case); {why}")
 
 
 def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
@@ -39,14 +62,14 @@ def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
     assert row.get("status") in STATUS_VALUES, f"bad status {row.get('status')!r}"
     table = conform.to_table([row])
     path = Path(job_dir) / ROWS / f"{row['case_id']}.{time.time_ns()}.parquet"
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
     return path
 
 
 def write_frame(path: Path, frame: pd.DataFrame) -> None:
     """A whole result set as one parquet file (``harness.results.merge``)."""
     table = conform.from_frame(frame)
-    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp))
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
 
 
 def write_json(path: Path, payload: Mapping[str, object]) -> None:
@@ -82,13 +105,53 @@ def load(paths: str | Path | Iterable[str | Path], *, attempts: bool = False) ->
     frame = read_rows(files)
     if attempts or frame.empty:
         return frame
-    frame = one_per_case(frame, ["run_root", "case_id"])
+    frame = one_per_case(frame, list(IDENTITY))
     return frame.sort_values(["run_root", "finished_at"]).reset_index(drop=True)
+
+
+def read_table(path: Path) -> pa.Table:
+    """One row file conformed to the schema (old-format files included); ``UnreadableRowFile`` when
+    it is damaged or is not a row file."""
+    try:
+        # Page checksums (written by write_row) turn a damaged data page into an error, not wrong numbers.
+        table = pq.read_table(path, page_checksum_verification=True)
+        names = table.column_names  # decodes the footer's names: a damaged footer fails here
+        table.validate(full=True)  # e.g. text that is not UTF-8: a damaged page without a checksum
+    except (pa.ArrowException, OSError, ValueError) as error:
+        raise UnreadableRowFile(path, _first_line(error) or type(error).__name__) from None
+    missing = [c for c in ("case_id", "status") if c not in names]
+    if missing:
+        raise UnreadableRowFile(path, f"not an attnbench row file: no {', '.join(missing)} column")
+    declared = {c.name: c for c in COLUMNS}
+    for field in table.schema:  # a damaged footer can turn a text column into bytes; no writer makes those
+        if pa.types.is_binary(field.type) and field.name in declared and declared[field.name].kind == "string":
+            raise UnreadableRowFile(path, f"column {field.name} holds bytes, not text: a damaged file")
+    try:
+        return conform.conform(table)
+    except (pa.ArrowException, ValueError, TypeError) as error:
+        raise UnreadableRowFile(path, f"not an attnbench row file: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else ""
 
 
 def read_rows(files: Iterable[Path]) -> pd.DataFrame:
     """The rows of these row files, each conformed to the schema (old-format files included)."""
-    return conform.to_frame(pa.concat_tables([conform.conform(pq.read_table(f)) for f in files]))
+    return conform.to_frame(pa.concat_tables([read_table(Path(f)) for f in files]))
+
+
+def read_readable(files: Iterable[Path]) -> tuple[pd.DataFrame, list[UnreadableRowFile]]:
+    """The rows of the files that can be read, and one ``UnreadableRowFile`` per file that cannot
+    (for commands that go on and name them: status)."""
+    tables, bad = [], []
+    for f in files:
+        try:
+            tables.append(read_table(Path(f)))
+        except UnreadableRowFile as error:
+            bad.append(error)
+    return conform.to_frame(pa.concat_tables(tables or [conform.to_table([])])), bad
 
 
 def one_per_case(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -106,6 +169,22 @@ def finished_case_ids(root: Path) -> set[str]:
     files = [p for p in root.rglob("*.parquet") if p.parent.name == ROWS]
     done: set[str] = set()
     for f in files:
-        frame = pd.read_parquet(f, columns=["case_id", "status"])
+        try:
+            frame = read_table(f).select(["case_id", "status"]).to_pandas()
+        except UnreadableRowFile as error:
+            _set_aside(error)
+            continue
         done.update(frame.loc[frame["status"] == "ok", "case_id"])
     return done
+
+
+def _set_aside(error: UnreadableRowFile) -> None:
+    """Resume treats an unreadable row file as missing: its case re-runs. The file is renamed, not
+    deleted (its bytes may still matter to someone), so that ``load`` reads the new row instead."""
+    aside = error.path.with_name(error.path.name + SET_ASIDE)
+    try:
+        os.replace(error.path, aside)
+    except FileNotFoundError:  # another job of the sweep, resuming at the same time, moved it first
+        return
+    _log.warning("unreadable row file %s (%s): its case re-runs; the file is kept as %s", error.path, error.why,
+                 aside)

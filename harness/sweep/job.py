@@ -20,6 +20,7 @@ from harness.measure.case import Case
 from harness.measure.env import environment
 from harness.errors import UserError
 from harness.logs import echoed
+from harness.results.paths import check_inside, check_run_name
 from harness.measure.memory import total_memory_bytes
 from harness.sweep.plan import plan_cases
 from harness.sweep.progress import Progress, summary_table
@@ -81,6 +82,11 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
     except ValueError as error:
         raise UserError(str(error)) from None
     job_dir, root = Path(job_dir), Path(root)
+    # Nothing is written outside the run's folder: name= is one folder name (results/<name>), and the
+    # job's folder lies under the run or sweep root.
+    if cfg.get("name") is not None:
+        check_run_name(str(cfg["name"]))
+    check_inside(job_dir, root, what="job folder")
     device = torch.device(cases[0].device)
     if cfg.get("threads") is not None:
         threads = int(cfg["threads"])

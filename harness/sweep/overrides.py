@@ -200,6 +200,7 @@ def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None
 
     from harness.app.schema import store_configs
     from harness.sweep.pinning import register_resolvers
+    from harness.results.paths import check_run_name
     from harness.sweep.plan import plan_cases
 
     args = get_args_parser().parse_args(list(argv))
@@ -230,6 +231,8 @@ def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None
                 where = f" (sweep job {num} of {len(jobs)}: {which}; the sweep was refused, no job started)"
             try:
                 cfg = _compose(hydra, name, job, multirun=False)
+                # Hydra makes results/<name>/ before any job runs: the name is checked here first.
+                check_run_name(cfg.name)
                 if cfg.task == "benchmark":  # the low-rank study checks its own settings
                     plan_cases(cfg, local=local)
             except (UserError, ValueError) as error:

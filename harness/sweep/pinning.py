@@ -70,7 +70,14 @@ def try_lock(lock_dir: Path, index: int, gpu_id: str) -> GpuLock | None:
     """The lock of one GPU if it is free now, else ``None``."""
     path = Path(lock_dir) / f"{gpu_id}.lock"
     # Read-only is enough for flock, so a lock file another user created can still be locked.
-    fd = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
+    # O_NOFOLLOW: a symbolic link planted under the lock's name (in a shared folder) is never followed.
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UserError(f"lock file {path} is a symbolic link; remove it or set gpu_lock_dir to a folder "
+                            "of your own") from None
+        raise
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -85,16 +92,26 @@ def try_lock(lock_dir: Path, index: int, gpu_id: str) -> GpuLock | None:
     return GpuLock(index=index, gpu_id=gpu_id, path=path, fd=fd)
 
 
+def make_lock_dir(lock_dir: Path) -> Path:
+    """Create the lock folder if it is missing; an existing folder is used as it is, never re-permissioned
+    (``gpu_lock_dir`` may name a folder of the user's, whose mode is theirs)."""
+    if lock_dir.is_symlink() or (lock_dir.exists() and not lock_dir.is_dir()):
+        raise UserError(f"gpu_lock_dir={lock_dir} is not a folder; give a folder for the GPU lock files")
+    try:
+        lock_dir.mkdir(parents=True)
+    except FileExistsError:
+        return lock_dir  # made by the user, or by another job a moment ago: its mode stays
+    # A folder we made: like /tmp (sticky, every user's jobs can add their GPUs' lock files, none can
+    # remove another's). mkdir's mode is cut by the umask, hence the chmod of the folder just made.
+    os.chmod(lock_dir, 0o1777)
+    return lock_dir
+
+
 def acquire(lock_dir: Path, gpu_ids: Sequence[str], *, prefer: int | None = None, poll_s: float = 0.1,
             on_wait: Callable[[], None] | None = None) -> GpuLock:
     """The first free GPU among ``gpu_ids`` (``prefer`` tried first), waiting while all are held."""
     assert gpu_ids, "nothing to pin: no GPU ids"
-    lock_dir = Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        os.chmod(lock_dir, 0o1777)  # like /tmp: every user's jobs can add their GPUs' lock files
-    except PermissionError:
-        pass  # another user made it; they set the mode
+    lock_dir = make_lock_dir(Path(lock_dir))
     order = list(range(len(gpu_ids)))
     if prefer is not None and 0 <= prefer < len(gpu_ids):
         order.remove(prefer)

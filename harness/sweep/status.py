@@ -10,12 +10,15 @@ the sweep's ``multirun.yaml`` holds the command line and the sweeper's params, f
 basic sweeper gives every job's overrides again. The last line is the command that resumes the
 sweep: the same one with ``resume=true``, which re-runs exactly the cases without an ``ok`` row.
 
+A row file that cannot be read is named (with the fix: delete it and resume) and its case counts as
+missing, as resume treats it. A ``plan.json``, ``overrides.yaml`` or ``multirun.yaml`` that cannot
+be read is one line naming it, exit status 2.
+
 Exit status: 0 when every planned case has a row, 1 when some are missing, 2 for bad input.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
 import sys
@@ -23,11 +26,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import yaml
 
 from harness import results
-from harness.errors import UserError
+from harness.errors import ArgumentParser, UserError
 from harness.sweep.overrides import BASIC_SWEEPER, compose_job, config_path, sweep_overrides
 
 DETAILED = ("missing", "error", "oom", "incorrect")  # listed case by case; other statuses are counted
@@ -58,6 +60,7 @@ class SweepStatus:
     cases: list[CaseState]
     unplanned_ok: int = 0  # ok rows of cases this plan doesn't hold (an earlier sweep under the same name)
     leftovers: list[Path] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # one message per unreadable row file
     resume_command: str | None = None
 
     @property
@@ -108,6 +111,7 @@ class SweepStatus:
             shown = ", ".join(str(p) for p in self.leftovers[:3])
             out.append(f"  {len(self.leftovers)} partial files from killed writes (not results): {shown}"
                        + (" ..." if len(self.leftovers) > 3 else ""))
+        out.extend(f"  warning: {message}" for message in self.unreadable)
         if self.resume_command and not self.complete:
             out.append(f"resume: {self.resume_command}")
         return out
@@ -149,18 +153,59 @@ def _plan_here(overrides: list[str], conf_dir: str) -> tuple[tuple[tuple[str, st
                      f"machine ({cases[0].device})")
 
 
+def _unreadable(path: Path, why: object) -> UserError:
+    text = str(why).strip().splitlines()[0][:200] if str(why).strip() else type(why).__name__
+    return UserError(f"cannot read {path} ({text}); it is not what the sweep wrote: restore it, or delete the "
+                     "folder's results and run the sweep again")
+
+
+def _read_plan(path: Path) -> dict:
+    try:
+        plan = json.loads(path.read_text())
+        cases = plan["cases"]
+        if not isinstance(plan.get("job_num"), (int, type(None))) or not all(
+                isinstance(c["case_id"], str) and isinstance(c["label"], str) for c in cases):
+            raise ValueError("unexpected types in it")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise _unreadable(path, error) from None
+    return plan
+
+
+def _read_yaml(path: Path, kind: type) -> object:
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise _unreadable(path, error) from None
+    if not isinstance(value, kind) and value is not None:
+        raise _unreadable(path, f"a {type(value).__name__}, not a {kind.__name__}")
+    return value
+
+
 def _job_dirs(root: Path) -> dict[int | None, tuple[Path, dict]]:
     """Job folders that wrote a plan, by job number."""
     found: dict[int | None, tuple[Path, dict]] = {}
     for path in sorted(root.glob(f"*/{results.PLAN}")) + sorted(root.glob(results.PLAN)):
-        plan = json.loads(path.read_text())
+        plan = _read_plan(path)
         found[plan.get("job_num")] = (path.parent, plan)
     return found
 
 
 def _job_overrides(job_dir: Path) -> list[str] | None:
     path = job_dir / ".hydra" / "overrides.yaml"
-    return list(yaml.safe_load(path.read_text()) or []) if path.exists() else None
+    return [str(o) for o in _read_yaml(path, list) or []] if path.exists() else None
+
+
+def _read_multirun(path: Path) -> dict:
+    multirun = _read_yaml(path, dict) or {}
+    try:
+        hydra_cfg = multirun["hydra"]
+        hydra_cfg["sweeper"].get("_target_")
+        task, hydra_args = hydra_cfg["overrides"]["task"], hydra_cfg["overrides"]["hydra"]
+        if not isinstance(task, list) or not isinstance(hydra_args, list):
+            raise TypeError("overrides are not lists")
+    except (KeyError, TypeError, AttributeError) as error:
+        raise _unreadable(path, f"not a Hydra multirun.yaml: {error!r}") from None
+    return multirun
 
 
 def _cases_of(plan: dict) -> tuple[tuple[str, str], ...]:
@@ -177,15 +222,19 @@ def planned_jobs(root: Path) -> tuple[list[PlannedJob], dict | None]:
             return [PlannedJob(num=plan.get("job_num"), overrides=tuple(_job_overrides(job_dir) or ()),
                                cases=_cases_of(plan), started=True)], None
         raise UserError(f"{root} is neither a sweep (no multirun.yaml) nor a run (no {results.PLAN})")
-    multirun = yaml.safe_load(multirun_path.read_text())
+    multirun = _read_multirun(multirun_path)
     sweeper = multirun["hydra"]["sweeper"].get("_target_")
     if sweeper != BASIC_SWEEPER:  # other sweepers choose jobs as they go: only what started is known
         return [PlannedJob(num=num, overrides=tuple(_job_overrides(d) or ()), cases=_cases_of(plan), started=True,
                            note=f"sweeper {sweeper}: jobs that never started cannot be listed")
                 for num, (d, plan) in sorted(started.items(), key=lambda item: item[0] or 0)], multirun
     conf_dir = _conf_dir(multirun)
+    try:
+        every_job = sweep_overrides(multirun)
+    except Exception as error:  # noqa: BLE001 - Hydra's parser raises several kinds; all mean a bad file
+        raise _unreadable(multirun_path, f"its overrides do not parse: {error}") from None
     jobs = []
-    for num, overrides in enumerate(sweep_overrides(multirun)):
+    for num, overrides in enumerate(every_job):
         job_dir, plan = started.get(num, (None, None))
         if plan is not None and sorted(_job_overrides(job_dir) or overrides) == sorted(overrides):
             jobs.append(PlannedJob(num=num, overrides=tuple(overrides), cases=_cases_of(plan), started=True))
@@ -213,9 +262,7 @@ def status(root: Path) -> SweepStatus:
     if not root.is_dir():
         raise UserError(f"no sweep or run at {root}")
     jobs, multirun = planned_jobs(root)
-    files = results.row_files([root])
-    rows = results.load(files, attempts=True) if files else pd.DataFrame(columns=["case_id", "status", "reason",
-                                                                                  "finished_at"])
+    rows, unreadable = results.read_readable(results.row_files([root]))
     ok = set(rows.loc[rows["status"] == "ok", "case_id"])
     latest = rows.sort_values("finished_at").drop_duplicates("case_id", keep="last").set_index("case_id")
     cases, planned = [], set()
@@ -231,11 +278,11 @@ def status(root: Path) -> SweepStatus:
                 cases.append(CaseState(case_id, label, job.num, "missing"))
     leftovers = sorted(p for p in root.rglob(".*.tmp") if p.parent.name == results.ROWS)
     return SweepStatus(root=root, jobs=jobs, cases=cases, unplanned_ok=len(ok - planned), leftovers=leftovers,
-                       resume_command=resume_command(root, multirun))
+                       unreadable=[str(error) for error in unreadable], resume_command=resume_command(root, multirun))
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.sweep.status", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="python -m harness.sweep.status", description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, metavar="SWEEP_OR_RUN_DIR")
     args = parser.parse_args(argv)
     complete = True

@@ -58,8 +58,10 @@ class Summary:
         return ", ".join(f"{counts[s]} {s}" for s in order if counts[s]) or "no rows"
 
     def markdown(self) -> str:
-        lines = [f"# Sweep {self.root}", "", f"{len(self.frame)} cases: {self.counts()}.", ""]
-        lines += [f"- {note}" for note in self.notes]
+        from harness.report.escape import markdown  # the folder and the notes hold the user's values
+
+        lines = [f"# Sweep {markdown(self.root)}", "", f"{len(self.frame)} cases: {self.counts()}.", ""]
+        lines += [f"- {markdown(note)}" for note in self.notes]
         return "\n".join([*lines, "", self.table])
 
 

@@ -3,36 +3,66 @@
 Reads ``conf/experiment/lowrank_smollm2.yaml`` (the same settings a Hydra run with
 ``experiment=lowrank_smollm2`` uses), applies ``key=value`` overrides to its ``lowrank:`` block
 (``d_c=[64,128] methods=[svd,whitened]``), runs ``study.main`` and prints the summary table.
+
+Every setting and the output folder are checked before the model is loaded: a bad one is one line
+``error: ...`` on stderr and exit status 2.
 """
 
 from __future__ import annotations
 
-import argparse
-from pathlib import Path
+import sys
 
 import yaml
 from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
-from studies.lowrank.study import main
-from studies.lowrank.summary import summary_table
-from variants.presets import conf_root
+from harness.errors import ArgumentParser, UserError
+from harness.results.paths import check_out_dir
+from studies.lowrank.settings import StudySettings
+from variants.presets import conf_root, preset_names
 
 
-
-def cli(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m studies.lowrank", description=__doc__.splitlines()[0])
-    parser.add_argument("overrides", nargs="*", help="key=value settings of the lowrank block")
-    parser.add_argument("--out", type=Path, default=Path("results/lowrank/smollm2_135m"))
-    args = parser.parse_args(argv)
+def settings_of(overrides: list[str]) -> tuple[str, dict]:
+    """The model preset and the ``lowrank`` block after ``key=value`` overrides, checked."""
     experiment = yaml.safe_load((conf_root() / "experiment" / "lowrank_smollm2.yaml").read_text())
     model = next(value for entry in experiment["defaults"] for key, value in entry.items() if key.endswith("/model"))
-    overrides = OmegaConf.from_dotlist(args.overrides)
-    model = overrides.pop("model", model)  # model=<preset> picks another preset with real weights
-    df = main({"model": model, "lowrank": OmegaConf.merge(OmegaConf.create(experiment["lowrank"]), overrides)},
-              args.out)
+    for item in overrides:
+        key, sep, _ = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"setting {item!r} is not key=value (e.g. d_c=[64,128] methods=[svd])")
+    try:
+        given = OmegaConf.to_container(OmegaConf.from_dotlist(list(overrides)), resolve=True)
+    except (OmegaConfBaseException, yaml.YAMLError) as error:
+        raise UserError(f"settings {' '.join(overrides)!r} do not parse: {str(error).splitlines()[0]}") from None
+    model = given.pop("model", model)  # model=<preset> picks another preset with real weights
+    block = {**experiment["lowrank"], **given}
+    if model not in preset_names():
+        raise UserError(f"model={model!r} is not one of: {', '.join(preset_names())}")
+    StudySettings.from_mapping({**block, "model": model})  # every check, before any weights are read
+    return model, block
+
+
+def cli(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m studies.lowrank", description=__doc__.splitlines()[0])
+    parser.add_argument("overrides", nargs="*", help="key=value settings of the lowrank block")
+    parser.add_argument("--out", default="results/lowrank/smollm2_135m")
+    args = parser.parse_args(argv)
+    try:
+        model, block = settings_of(args.overrides)
+        if not args.out.strip():
+            raise UserError(f"--out {args.out!r} is empty; give a folder to write to")
+        out = check_out_dir(args.out)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    from studies.lowrank.study import main  # deferred: torch models only when the settings are sound
+    from studies.lowrank.summary import summary_table
+
+    df = main({"model": model, "lowrank": block}, out)
     print(summary_table(df).to_string())
-    print(f"rows: {args.out}/lowrank-*.parquet; figures: {args.out}/figures/")
+    print(f"rows: {out}/lowrank-*.parquet; figures: {out}/figures/")
+    return 0
 
 
 if __name__ == "__main__":
-    cli()
+    sys.exit(cli())

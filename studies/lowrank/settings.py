@@ -12,10 +12,12 @@ from typing import Any
 
 import torch
 
-from variants.convert.partial_rope import PAIR_STRATEGIES
 from harness.measure.case import DTYPES
+from variants.convert.partial_rope import PAIR_STRATEGIES
 from variants.shape import check_choice, check_keys, check_positive, field_names
 
+MAX_TOKENS = 1 << 20  # tokens of one text or window: far above the study's texts, below an int overflow
+MAX_DIM = 1 << 16  # d_c, d_r: far above any model's head dims
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,11 @@ class StudySettings:
     def __post_init__(self) -> None:
         for name in ("calib_tokens", "eval_tokens", "act_tokens", "window"):
             check_positive(name, getattr(self, name))
-        if self.latency_context < 0:
-            raise ValueError(f"latency_context={self.latency_context} is not allowed: 0 (off) or a positive integer")
+            _check_at_most(name, getattr(self, name), MAX_TOKENS)
+        if isinstance(self.latency_context, bool) or not isinstance(self.latency_context, int) \
+                or not 0 <= self.latency_context <= MAX_TOKENS:
+            raise ValueError(f"latency_context={self.latency_context!r} is not allowed: 0 (off) or a positive "
+                             f"integer up to {MAX_TOKENS}")
         if self.act_tokens > self.eval_tokens:
             raise ValueError(f"act_tokens={self.act_tokens} exceeds eval_tokens={self.eval_tokens}; "
                              "the held-out activations come from the evaluation text")
@@ -50,10 +55,27 @@ class StudySettings:
                 raise ValueError(f"{name} is empty; list at least one")
         for value in self.d_c:
             check_positive("d_c", value)
+            _check_at_most("d_c", value, MAX_DIM)
         for value in self.d_r:
             check_positive("d_r", value)
+            _check_at_most("d_r", value, MAX_DIM)
             if value % 2:
                 raise ValueError(f"d_r={value} is odd; allowed: even values (rotary dims come in pairs)")
+        from variants.convert.method import METHODS
+        from variants.registry import IMPLEMENTATIONS
+
+        for method in self.methods:
+            METHODS.get(method)  # the registry's one line: unknown low-rank method ...; valid: ...
+        for name in ("impl", "latency_impls", "source_latency_impls"):
+            values = getattr(self, name)
+            for value in (values,) if name == "impl" else values:
+                check_choice(name, value, tuple(IMPLEMENTATIONS.names()))
+        if self.layers is not None:
+            if not self.layers:
+                raise ValueError("layers is empty; list at least one layer index, or null for every layer")
+            for value in self.layers:
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_DIM:
+                    raise ValueError(f"layers={value!r} is not allowed: layer indices are integers from 0")
         check_choice("rope_pairs", self.rope_pairs, PAIR_STRATEGIES)
         check_choice("dtype", self.dtype, tuple(DTYPES))
         check_choice("kv_dtype", self.kv_dtype, tuple(DTYPES))
@@ -62,8 +84,16 @@ class StudySettings:
     def from_mapping(cls, values: Mapping[str, Any]) -> StudySettings:
         """From a config mapping (lists become tuples); unknown keys fail with the valid ones."""
         check_keys("lowrank setting", values, field_names(cls))
-        return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in values.items()})
+        lists = {"methods", "d_c", "d_r", "layers", "latency_impls", "source_latency_impls"}
+        # A list key given one value (d_c=64) is a list of one; a list in a scalar key is refused by its check.
+        return cls(**{k: tuple(v) if isinstance(v, (list, tuple)) else (v,) if k in lists and v is not None else v
+                      for k, v in values.items()})
 
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]
+
+
+def _check_at_most(name: str, value: int, limit: int) -> None:
+    if value > limit:
+        raise ValueError(f"{name}={value} is not allowed: at most {limit}")

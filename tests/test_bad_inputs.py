@@ -1,0 +1,273 @@
+"""Every command's bad input: one line ``error: ...`` naming the value and what is allowed, exit 2,
+no traceback, nothing written outside the test's results folder (issue 12, item 6).
+
+Each entry is (command, argv, text the line must hold). ``{w}`` is a shared folder holding good
+results, damaged ones, a file where a folder belongs and a file that is not a history; ``{res}`` is
+the results folder a command may write to. Commands run in-process through their ``main(argv)``
+(as ``attnbench <command>`` runs them); a few run in a real subprocess to prove the wiring.
+"""
+
+from __future__ import annotations
+
+import importlib
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from harness import results
+
+FIXTURE = Path(__file__).parent / "fixtures" / "report_sweep"
+MAINS = {"report": "harness.report.__main__:main", "merge": "harness.results.merge:main",
+         "status": "harness.sweep.status:main", "nightly": "harness.nightly.cli:main",
+         "lowrank": "studies.lowrank.__main__:cli"}
+MODULES = {"report": "harness.report", "merge": "harness.results.merge", "status": "harness.sweep.status",
+           "nightly": "harness.nightly", "lowrank": "studies.lowrank"}
+
+OK = "{w}/ok"  # a readable sweep
+REPORT = [
+    (f"{OK} --out {{res}}/r --reserve nan", "reserve=nan"),
+    (f"{OK} --out {{res}}/r --reserve inf", "reserve=inf"),
+    (f"{OK} --out {{res}}/r --reserve -1", "reserve=-1"),
+    (f"{OK} --out {{res}}/r --reserve 1.5", "reserve=1.5"),
+    (f"{OK} --out {{res}}/r --reserve x", "'x'"),
+    (f"{OK} --out {{res}}/r --budget 1e999", "1e999"),
+    (f"{OK} --out {{res}}/r --budget 99999999999999999999M", "99999999999999999999M"),
+    (f"{OK} --out {{res}}/r --budget nanGiB", "nanGiB"),
+    (f"{OK} --out {{res}}/r --budget abc", "abc"),
+    (f"{OK} --out {{res}}/r --budget 0", "'0'"),
+    (f"{OK} --out {{res}}/r --budget=-5GiB", "-5GiB"),
+    (f"{OK} --out {{res}}/r --batches 0", "'0'"),
+    (f"{OK} --out {{res}}/r --batches 1e999", "1e999"),
+    (f"{OK} --out {{res}}/r --batches 99999999999999999999999", "99999999999999999999999"),
+    (f"{OK} --out {{res}}/r --batches=-8", "-8"),
+    (f"{OK} --out {{res}}/r --batches ,", "','"),
+    (f"{OK} --out {{res}}/r --widths triple", "triple"),
+    (f"{OK} --out {{res}}/r --widths ,", "','"),
+    (f"{OK} --out {{res}}/r --filter nokey", "nokey"),
+    (f"{OK} --out {{res}}/r --filter bogus=1", "bogus"),
+    (f"{OK} --out {{res}}/r --filter variant=nothere", "variant=nothere"),
+    (f"{OK} --out {{res}}/r --filter =x", "=x"),
+    (f"{OK} --out {{res}}/r --baseline nonsense", "nonsense"),
+    (f"{OK} --out {{res}}/r --baseline bogus=1", "bogus=1"),
+    (f"{OK} --out {{res}}/r --baseline variant=", "variant="),
+    (f"{OK} --out {{res}}/r --baseline ''", "''"),
+    (f"{OK} --out {{w}}/afile", "{w}/afile"),
+    (f"{OK} --out {{w}}/afile/sub", "{w}/afile"),
+    (f"{OK} --out ''", "''"),
+    (f"{OK} --out /proc/attnbench-test", "/proc/attnbench-test"),
+    ("{w}/nothing --out {res}/r", "{w}/nothing"),
+    ("{w}/damaged --out {res}/r", "delete it and resume"),
+    ("{w}/study/lowrank-svd.parquet --out {res}/r", "{w}/study/lowrank-svd.parquet"),
+    ("--out {res}/r", "results"),
+    (f"{OK} --bogus", "--bogus"),
+    (f"{OK} --out", "--out"),
+]
+MERGE = [
+    (OK, "--out"),
+    (f"{OK} --out", "--out"),
+    ("--out {res}/m", "SWEEP_OR_RUN_DIR"),
+    ("{w}/nothing --out {res}/m", "{w}/nothing"),
+    (f"{OK} --out {OK}/sub", f"{OK}/sub"),
+    (f"{OK} {OK}/rows --out {{res}}/m", f"{OK}/rows"),
+    (f"{OK} --out {{w}}/afile", "{w}/afile"),
+    (f"{OK} --out {{w}}/afile/sub", "{w}/afile"),
+    (f"{OK} --out ''", "''"),
+    (f"{OK} --out /proc/attnbench-test", "/proc/attnbench-test"),
+    (f"{OK} --out {{res}}/m --prefer /elsewhere", "/elsewhere"),
+    (f"{OK} --out {{res}}/m --prefer ''", "''"),
+    ("{w}/damaged --out {res}/m", "delete it and resume"),
+    (f"{OK} {{w}}/twin --out {{res}}/m", "duplicate case"),
+    (f"{OK} --out {{res}}/m --bogus", "--bogus"),
+]
+STATUS = [
+    ("", "SWEEP_OR_RUN_DIR"),
+    ("{w}/nothing", "{w}/nothing"),
+    ("{w}/afile", "{w}/afile"),
+    ("{w}/empty", "{w}/empty"),
+    ("{w}/plan_not_json", "plan.json"),
+    ("{w}/plan_wrong_types", "plan.json"),
+    ("{w}/plan_binary", "plan.json"),
+    ("{w}/multirun_unclosed", "multirun.yaml"),
+    ("{w}/multirun_text", "multirun.yaml"),
+    ("{w}/multirun_no_sweeper", "multirun.yaml"),
+    ("{w}/overrides_bad", "overrides.yaml"),
+    ("{w}/ok --bogus", "--bogus"),
+]
+DB = "--db {res}/h.sqlite"
+NIGHTLY = [
+    ("bogus", "bogus"),
+    ("", "command"),
+    ("ingest", "results"),
+    (f"ingest {{w}}/nothing {DB}", "{w}/nothing"),
+    (f"ingest {{w}}/damaged {DB}", "delete it and resume"),
+    (f"ingest {OK} {DB} --commit 'a b'", "'a b'"),
+    (f"ingest {OK} {DB} --commit '`x`'", "'`x`'"),
+    (f"ingest {OK} {DB} --commit ''", "''"),
+    (f"ingest {OK} {DB} --commit=-x", "'-x'"),
+    (f"ingest {OK} --db {{w}}", "{w}"),  # a folder: the history's own "not a history" line
+    (f"ingest {OK} --db ''", "''"),
+    (f"ingest {OK} --db {{res}}/bad.sqlite", "{res}/bad.sqlite"),
+    (f"ingest {OK} --db {{w}}/afile/h.sqlite", "{w}/afile"),
+    ("compare --db {res}/bad.sqlite", "{res}/bad.sqlite"),
+    (f"compare {DB} --threshold nan", "threshold=nan"),
+    (f"compare {DB} --threshold inf", "threshold=inf"),
+    (f"compare {DB} --threshold=-0.1", "threshold=-0.1"),
+    (f"compare {DB} --threshold 1e999", "threshold=inf"),
+    (f"compare {DB} --threshold 2", "threshold=2"),
+    (f"compare {DB} --threshold x", "'x'"),
+    (f"compare {DB} --confirm 0", "confirm=0"),
+    (f"compare {DB} --confirm=-3", "confirm=-3"),
+    (f"compare {DB} --confirm 1.5", "'1.5'"),
+    (f"compare {DB} --confirm 99999999999999999999999", "99999999999999999999999"),
+    (f"compare {DB} --run abc", "'abc'"),
+    (f"compare {DB} --run 999", "run 999"),
+    (f"compare {DB} --baseline zzz", "'zzz'"),
+    (f"compare {DB} --markdown {{w}}", "{w}"),
+    (f"compare {DB} --markdown {{w}}/afile/x.md", "{w}/afile"),
+    (f"compare {DB} --markdown ''", "''"),
+    (f"compare {DB} --plots {{w}}/afile", "{w}/afile"),
+    (f"compare {DB} --plots ''", "''"),
+    (f"history {DB} --limit 0", "--limit 0"),
+    (f"history {DB} --limit=-1", "--limit -1"),
+    (f"history {DB} --limit x", "'x'"),
+    ("history --db {res}/bad.sqlite", "{res}/bad.sqlite"),
+    (f"accept {DB} 999", "run 999"),
+    (f"accept {DB} x", "'x'"),
+    (f"accept {DB}", "run"),
+    (f"gc {DB} --keep 0", "keep=0"),
+    (f"gc {DB} --keep=-1", "keep=-1"),
+    (f"gc {DB} --keep x", "'x'"),
+    ("gc --db {res}/bad.sqlite", "{res}/bad.sqlite"),
+]
+LOWRANK = [(f"{item} --out {{res}}/lr", named) for item, named in [
+    ("d_c=0", "d_c=0"), ("d_c=-64", "d_c=-64"), ("d_c=nan", "d_c='nan'"), ("d_c=inf", "d_c='inf'"),
+    ("d_c=1e999", "d_c=inf"), ("d_c=99999999999999999999", "d_c=99999999999999999999"), ("d_c=[]", "d_c"),
+    ("d_c=abc", "d_c='abc'"), ("d_c=[64,abc]", "d_c='abc'"), ("d_c=64.5", "d_c=64.5"), ("d_c=[64", "d_c=[64"),
+    ("d_r=3", "d_r=3"), ("d_r=[31]", "d_r=31"), ("d_r=0", "d_r=0"), ("d_r=[100000]", "d_r=100000"),
+    ("methods=[bogus]", "'bogus'"), ("methods=[]", "methods"), ("methods=svd,qr", "'svd,qr'"),
+    ("calib_tokens=0", "calib_tokens=0"), ("calib_tokens=-1", "calib_tokens=-1"),
+    ("calib_tokens=nan", "calib_tokens='nan'"), ("eval_tokens=99999999999999999999", "eval_tokens=9999"),
+    ("act_tokens=99999", "act_tokens=99999"), ("window=0", "window=0"), ("window=true", "window=True"),
+    ("latency_context=-1", "latency_context=-1"), ("latency_context=1e999", "latency_context=inf"),
+    ("impl=bogus", "impl='bogus'"), ("latency_impls=[nope]", "'nope'"), ("source_latency_impls=[x]", "'x'"),
+    ("dtype=float99", "'float99'"), ("kv_dtype=int3", "'int3'"), ("rope_pairs=sideways", "'sideways'"),
+    ("layers=[]", "layers"), ("layers=[-1]", "layers=-1"), ("layers=[a]", "layers='a'"),
+    ("model=nonexistent", "'nonexistent'"), ("bogus=1", "'bogus'"), ("novalue", "'novalue'"), ("=5", "'=5'"),
+    ("lowrank.d_c=1", "'lowrank'"),
+]] + [
+    ("d_c=[64] --out {w}/afile", "{w}/afile"),
+    ("d_c=[64] --out {w}/afile/sub", "{w}/afile"),
+    ("d_c=[64] --out ''", "''"),
+    ("--bogus", "--bogus"),
+    ("--out", "--out"),
+]
+TABLE = [(cmd, argv, named) for cmd, rows in (("report", REPORT), ("merge", MERGE), ("status", STATUS),
+                                               ("nightly", NIGHTLY), ("lowrank", LOWRANK))
+         for argv, named in rows]
+
+
+def _damaged(folder: Path) -> None:
+    good = results.write_row(folder / "0", {"case_id": "a", "status": "ok", "finished_at": 1.0, "run_root": "d",
+                                            "reason": ""})
+    (good.parent / "b.1.parquet").write_bytes(good.read_bytes()[:100])
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    w = tmp_path_factory.mktemp("world")
+    shutil.copytree(FIXTURE, w / "ok")
+    shutil.copytree(FIXTURE, w / "twin")
+    _damaged(w / "damaged")
+    (w / "study").mkdir()
+    (w / "study" / "lowrank-svd.parquet").write_bytes(b"PAR1 truncated")
+    (w / "afile").write_text("a file where a folder belongs\n")
+    from harness.nightly.cli import main as nightly
+
+    one = w / "one"  # a single run root of the fixture: a history with one run (id 1)
+    shutil.copytree(FIXTURE, one)
+    frame = pd.read_parquet(one / "rows" / "rows.parquet")
+    frame[frame["run_root"] == "report_decode"].to_parquet(one / "rows" / "rows.parquet")
+    assert nightly(["ingest", str(one), "--db", str(w / "h.sqlite"), "--commit", "abc123"]) == 0
+    (w / "empty").mkdir()
+    plan = '{"job_num": 0, "device": "cpu", "cases": []}'
+    for name, files in {
+        "plan_not_json": {"0/plan.json": "{not json"},
+        "plan_wrong_types": {"0/plan.json": '{"job_num": "x", "cases": 5}'},
+        "plan_binary": {"0/plan.json": b"\xff\xfe\x00garbage"},
+        "multirun_unclosed": {"0/plan.json": plan, "multirun.yaml": "hydra: [unclosed"},
+        "multirun_text": {"0/plan.json": plan, "multirun.yaml": "just text"},
+        "multirun_no_sweeper": {"0/plan.json": plan, "multirun.yaml": "hydra: {sweeper: 3}"},
+        "overrides_bad": {"plan.json": plan, ".hydra/overrides.yaml": "[unclosed"},
+    }.items():
+        for rel, text in files.items():
+            path = w / name / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    return w
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in folder.rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def _argv(text: str, w: Path, res: Path) -> list[str]:
+    return shlex.split(text.replace("{w}", str(w)).replace("{res}", str(res)))
+
+
+def _main(command: str):
+    module, _, function = MAINS[command].partition(":")
+    return getattr(importlib.import_module(module), function)
+
+
+def _check(code: object, err: str, named: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and lines[0].startswith("error:"), err
+    assert "Traceback" not in err
+    assert named in lines[0], f"{named!r} not named in {lines[0]!r}"
+
+
+def test_the_table_is_large():
+    assert len(TABLE) >= 80, len(TABLE)
+
+
+@pytest.mark.parametrize("command,argv,named", TABLE, ids=[f"{c}: {a}" for c, a, _ in TABLE])
+def test_bad_input(command, argv, named, world, tmp_path, capsys, monkeypatch):
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "bad.sqlite").write_text("not a history\n")  # a history folder of its own: commands add a lock file
+    shutil.copy(world / "h.sqlite", res / "h.sqlite")
+    monkeypatch.chdir(tmp_path)  # a default output path (results/...) would land here, and be seen
+    before, cwd_before = _snapshot(world), sorted(p.name for p in tmp_path.iterdir())
+    try:
+        code = _main(command)(_argv(argv, world, res))
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    w = str(world)
+    _check(code, captured.err, named.replace("{w}", w).replace("{res}", str(res)))
+    assert _snapshot(world) == before, "a bad input changed the shared folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == cwd_before, "a bad input wrote outside its results folder"
+
+
+SUBPROCESS = [("report", f"{OK} --out {{res}}/r --reserve nan", "reserve=nan"),
+              ("merge", "{w}/damaged --out {res}/m", "delete it and resume"),
+              ("status", "{w}/plan_not_json", "plan.json"),
+              ("nightly", "compare --db {res}/bad.sqlite", "{res}/bad.sqlite"),
+              ("lowrank", "d_c=0 --out {res}/lr", "d_c=0")]
+
+
+@pytest.mark.parametrize("command,argv,named", SUBPROCESS, ids=[c for c, _, _ in SUBPROCESS])
+def test_bad_input_through_a_real_process(command, argv, named, world, tmp_path):
+    res = tmp_path / "res"
+    res.mkdir()
+    done = subprocess.run([sys.executable, "-m", MODULES[command], *_argv(argv, world, res)], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300, check=False)
+    _check(done.returncode, done.stderr, named.replace("{w}", str(world)).replace("{res}", str(res)))
+    assert list(res.iterdir()) == []

@@ -4,11 +4,12 @@ model's line per variant beside the cache tensors the harness measured, per impl
 from __future__ import annotations
 
 import numpy as np
+from matplotlib.lines import Line2D
 
 from harness.report.costmodel import model_cost, shape_of
 from harness.report.figures import Drawn, FigureInput, figure
 from harness.report.plotting import (bytes_axis, caption_for, context_axis, device_title, drawn_rows, legend,
-                                     new_figure, panels, series)
+                                     new_figure, panels, series, subtitle)
 from harness.report.style import series_style, variant_color, variant_sort_key
 
 
@@ -44,7 +45,11 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         for ax in (per_token, total):
             context_axis(ax, "context (tokens)")
         device_title(per_token, panel.device, "single")
-    legend(fig, drawn_rows(drawn))
+    devices = sorted({p.device for p in drawn})
+    subtitle(fig, drawn_rows(drawn), device=devices[0] if len(devices) == 1 else None, held=("seq",))
+    extra = [Line2D([], [], color="0.35", linewidth=0.9, label="cost model"),
+             Line2D([], [], color="0.35", marker="o", linestyle="", label="measured")]
+    legend(fig, drawn_rows(drawn), extra=extra)
     return Drawn(fig, "KV-cache bytes of the whole model (one layer's times num_layers) per token (left) and in "
                       "total (right). Lines: the cost model, each variant's own cache (MLA: the latent "
                       "d_c + d_r); markers: the cache tensors the harness allocated, per implementation (MLA's "

@@ -9,7 +9,7 @@ from matplotlib.lines import Line2D
 
 from harness.report.data import DEVICE
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import device_title, legend, log_axis, new_figure, series
+from harness.report.plotting import device_title, legend, log_axis, new_figure, series, subtitle
 from harness.report.style import series_style
 
 NEEDS = ("intensity_flops_per_byte", "tflops", "ceiling_copy_gbps", "ceiling_matmul_tflops")
@@ -47,6 +47,8 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         device_title(ax, f"{device}, {dtype}", width)
         words.append(f"{device} ({dtype}): copy {bandwidth:.3g} GB/s, matmul {compute:.3g} GFLOP/s, "
                      f"ridge at {ridge:.3g} FLOP/byte")
+    devices = sorted(usable[DEVICE].astype(str).unique())
+    subtitle(fig, usable, device=devices[0] if len(devices) == 1 else None)
     legend(fig, usable, extra=[Line2D([], [], color="0.2", linewidth=1.0, label="measured ceilings")])
     return Drawn(fig, "Roofline: each point is one measured case (every phase, batch and context); x: the "
                       "cost model's FLOPs over its minimum bytes; y: those FLOPs over the median latency. "

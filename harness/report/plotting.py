@@ -135,9 +135,13 @@ def context_axis(ax: Axes, label: str = "context length (tokens)") -> None:
 
 
 def bytes_axis(ax: Axes, label: str) -> None:
-    """A log y-axis of bytes with ticks at powers of 4 (1 KiB, 4 KiB, ..., 1 MiB), read in binary units."""
+    """A log y-axis of bytes read in binary units: ticks at powers of 4 (1 KiB, 4 KiB, ..., 1 MiB), or
+    at every power of 2 over a span short enough that powers of 4 would label fewer than three;
+    call after plotting, as the span decides the ticks."""
     ax.set_yscale("log", base=2)
-    ax.yaxis.set_major_locator(LogLocator(base=4, numticks=8))
+    low, high = ax.get_ylim()
+    base = 2 if low > 0 and high / low < 2**8 else 4
+    ax.yaxis.set_major_locator(LogLocator(base=base, numticks=10))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v).replace(".00", "")))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel(label)
@@ -151,7 +155,12 @@ def log_axis(ax: Axes, which: str = "y") -> None:
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
     span = math.log10(high / low) if low > 0 and high > low else 0
-    subs = tuple(float(k) for k in range(1, 10)) if span < 0.7 else (1.0, 2.0, 5.0) if span <= 3 else (1.0,)
+    # At most about three labels per inch of axis, so narrow panels do not overlap their labels.
+    box = ax.get_position()
+    length_in = (box.height * ax.figure.get_figheight()) if which == "y" else (box.width * ax.figure.get_figwidth())
+    room = max(3.0, 3.0 * length_in)
+    subs = (tuple(float(k) for k in range(1, 10)) if span < 0.7
+            else (1.0, 2.0, 5.0) if 3 * span <= room else (1.0, 3.0) if 2 * span <= room else (1.0,))
     axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
     axis.set_major_formatter(FuncFormatter(lambda v, _: number(v)))
     axis.set_minor_locator(LogLocator(base=10, subs=tuple(float(k) for k in range(1, 10)), numticks=30))
@@ -213,15 +222,32 @@ def place_legend(fig: Figure, handles: Sequence[Line2D]) -> None:
     for ncol in range(min(len(handles), 3 if fig.get_figwidth() < 5 else 6), 0, -1):
         for old in list(fig.legends):
             old.remove()
-        # Entries run down the columns: a heading stays above its entries when they fill a column.
-        leg = fig.legend(handles=handles, loc="outside lower center", ncol=ncol, handlelength=2.6,
-                         columnspacing=1.0, handletextpad=0.5, title=title,
+        leg = fig.legend(handles=_in_columns(handles, ncol), loc="outside lower center", ncol=ncol,
+                         handlelength=2.6, columnspacing=1.0, handletextpad=0.5, title=title,
                          title_fontproperties={"weight": "bold", "size": 7})
         for text in leg.get_texts():
             if text.get_text() in headings:
                 text.set_fontweight("bold")
         if legend_inside(fig):
             return
+
+
+def _in_columns(handles: Sequence[Line2D], ncol: int) -> list[Line2D]:
+    """Legends fill column by column: pad each headed group with blank entries to whole columns, with
+    the fewest rows that fit ``ncol`` columns, so every heading tops a column above its own entries."""
+    groups: list[list[Line2D]] = []
+    for handle in handles:
+        if handle.get_gid() == HEADER_GID or not groups:
+            groups.append([])
+        groups[-1].append(handle)
+    if len(groups) == 1:
+        return list(handles)
+    nrows = next(n for n in range(1, len(handles) + 1) if sum(-(-len(g) // n) for g in groups) <= ncol)
+    out: list[Line2D] = []
+    for group in groups:
+        out += group + [Line2D([], [], linestyle="", marker="", label=" ")
+                        for _ in range(-len(group) % nrows)]
+    return out
 
 
 def legend_inside(fig: Figure, *, margin: float = 0.02) -> bool:

@@ -125,10 +125,25 @@ def drawn_rows(drawn: Sequence[Panel]) -> pd.DataFrame:
     return pd.concat([p.rows for p in drawn])
 
 
+def _axis_inches(ax: Axes, which: str) -> float:
+    box = ax.get_position()
+    return box.height * ax.figure.get_figheight() if which == "y" else box.width * ax.figure.get_figwidth()
+
+
+def _log2_locator(ax: Axes, which: str = "x") -> LogLocator:
+    """Ticks at powers of 2, or of 4 or 16 where a narrow panel has no room (about three labels an
+    inch) for every power of 2 it spans; every one is labelled (no auto-thinning to two)."""
+    low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
+    doublings = math.log2(high / low) if low > 0 and high > low else 0
+    room = max(3.0, 3.0 * _axis_inches(ax, which))
+    base = 2 if doublings <= room else 4 if doublings / 2 <= room else 16
+    return LogLocator(base=base, numticks=64)
+
+
 def context_axis(ax: Axes, label: str = "context length (tokens)") -> None:
-    """A log2 x-axis of token counts labelled as contexts are named (1k, 4k, 32k)."""
+    """A log2 x-axis of token counts labelled as contexts are named (1k, 4k, 32k); call after plotting."""
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_major_locator(_log2_locator(ax))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: tokens(round(v)) if v >= 1 else f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(label)
@@ -156,9 +171,7 @@ def log_axis(ax: Axes, which: str = "y") -> None:
     low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
     span = math.log10(high / low) if low > 0 and high > low else 0
     # At most about three labels per inch of axis, so narrow panels do not overlap their labels.
-    box = ax.get_position()
-    length_in = (box.height * ax.figure.get_figheight()) if which == "y" else (box.width * ax.figure.get_figwidth())
-    room = max(3.0, 3.0 * length_in)
+    room = max(3.0, 3.0 * _axis_inches(ax, which))
     subs = (tuple(float(k) for k in range(1, 10)) if span < 0.7
             else (1.0, 2.0, 5.0) if 3 * span <= room else (1.0, 3.0) if 2 * span <= room else (1.0,))
     axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
@@ -169,7 +182,7 @@ def log_axis(ax: Axes, which: str = "y") -> None:
 
 def batch_axis(ax: Axes) -> None:
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_major_locator(_log2_locator(ax))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("batch size (sequences)")
@@ -269,9 +282,13 @@ def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held
     phase, device. ``held`` names what the figure varies instead (its x-axis), left out here."""
     first = rows.iloc[0]
     parts = [f"model {first['model']}", str(first["dtype"])]
-    if "batch" not in held:
-        batches = sorted(int(b) for b in rows["batch"].unique())
-        parts.append(f"batch {batches[0]}" if len(batches) == 1 else f"batch {', '.join(map(str, batches))}")
+    batches = sorted(int(b) for b in rows["batch"].unique())
+    if "batch" in held:  # the x-axis: its range, and the context it is held at
+        parts.append(f"batch {batches[0]}-{batches[-1]} (x-axis)")
+        contexts = sorted(int(c) for c in rows["seq"].unique())
+        parts.append("context " + ", ".join(tokens(c) for c in contexts))
+    else:
+        parts.append(f"batch {', '.join(map(str, batches))}")
     if "phase" in rows.columns and "phase" not in held:
         parts.append(", ".join(sorted(rows["phase"].astype(str).unique())))
     if device is not None:

@@ -127,6 +127,8 @@ def test_every_figure_names_model_dtype_and_batch_in_its_title(drawings):
     for name, width, fig in drawings:
         title = fig.get_suptitle()
         assert "model " in title and "float32" in title and "batch " in title, (name, width, title)
+        box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (name, width, title)  # never clipped
 
 
 def test_legends_have_a_heading_and_an_entry_for_each_reference_line(drawings):

@@ -185,7 +185,7 @@ def batch_axis(ax: Axes) -> None:
     ax.xaxis.set_major_locator(_log2_locator(ax))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("batch size (sequences)")
+    ax.set_xlabel("batch size (sequences)" if _axis_inches(ax, "x") > 1.8 else "batch (sequences)")
 
 
 def device_title(ax: Axes, device: str, width: str) -> None:
@@ -294,7 +294,15 @@ def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held
     if device is not None:
         limit = 48 if fig.get_figwidth() < 5 else 100
         parts.append(device if len(device) <= limit else device[: limit - 1] + "…")
-    fig.suptitle(", ".join(parts), fontsize=7, x=0.5, ha="center")
+    # About 60 characters of 7 pt fit a 3.5 in column: wrap between the parts, never inside one.
+    limit = 60 if fig.get_figwidth() < 5 else 125
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 2 + len(part) > limit:
+            lines.append(part)
+        else:
+            lines[-1] += f", {part}"
+    fig.suptitle("\n".join(lines), fontsize=7, x=0.5, ha="center")
 
 
 MAX_SERIES = 6  # more lines than this in one panel merge into a smear: facet instead
@@ -340,7 +348,10 @@ def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: f
         if decorate is not None:
             decorate(ax)
     for ax, (panel, variant, _) in zip(axes, facets, strict=True):
-        (batch_axis if x == "batch" else context_axis)(ax)
+        if x == "batch":
+            batch_axis(ax)
+        else:
+            context_axis(ax, "context length (tokens)" if _axis_inches(ax, "x") > 1.8 else "context (tokens)")
         log_axis(ax, "y")
         ax.set_ylabel(ylabel)
         if variant is not None:

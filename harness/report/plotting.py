@@ -321,8 +321,10 @@ def facet(drawn: Sequence[Panel]) -> list[tuple[Panel, str | None, pd.DataFrame]
     return out
 
 
-def facet_title(ax: Axes, variant: str) -> None:
-    ax.set_title(variant, loc="left", color=variant_color(variant), fontweight="bold")
+def facet_title(ax: Axes, variant: str, device: str | None = None) -> None:
+    """A facet is named by its variant (in its colour), and by its device when the figure has several."""
+    text = variant if device is None else f"{variant}, {device if len(device) <= 30 else device[:29] + '…'}"
+    ax.set_title(text, loc="left", color=variant_color(variant), fontweight="bold")
 
 
 def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: float, ylabel: str, too_few: str,
@@ -347,6 +349,7 @@ def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: f
         plot_series(ax, frows, x, y, band=band, scale=scale)
         if decorate is not None:
             decorate(ax)
+    devices = sorted({p.device for p in drawn})
     for ax, (panel, variant, _) in zip(axes, facets, strict=True):
         if x == "batch":
             batch_axis(ax)
@@ -355,10 +358,9 @@ def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: f
         log_axis(ax, "y")
         ax.set_ylabel(ylabel)
         if variant is not None:
-            facet_title(ax, variant)
+            facet_title(ax, variant, panel.device if len(devices) > 1 else None)
         else:
             device_title(ax, panel.device, width)
-    devices = sorted({p.device for p in drawn})
     subtitle(fig, drawn_rows(drawn), device=devices[0] if len(devices) == 1 else None, held=(x,))
     legend(fig, drawn_rows(drawn), colour_key=not faceted)
     return Drawn(fig, f"{caption} {caption_for(drawn)}")

@@ -26,7 +26,7 @@ from harness.report.style import impl_sort_key, impl_style, series_style, varian
 from harness.report.units import human_bytes, number, tokens
 
 PANEL_HEIGHT_IN = {"single": 2.3, "double": 2.5}
-LEGEND_HEIGHT_IN = {"single": 0.8, "double": 0.45}  # single: three legend columns, more rows
+LEGEND_HEIGHT_IN = {"single": 1.2, "double": 0.7}  # single: three legend columns, more rows (headed)
 # Columns held fixed along one curve; the figure's own x-axis column is taken out of this list.
 SETTINGS = tuple(c for c in (*CASE_COLUMNS, *SHAPE_COLUMNS) if c not in ("variant", "impl", "compile"))
 
@@ -126,42 +126,67 @@ def drawn_rows(drawn: Sequence[Panel]) -> pd.DataFrame:
     return pd.concat([p.rows for p in drawn])
 
 
+def _axis_inches(ax: Axes, which: str) -> float:
+    box = ax.get_position()
+    return box.height * ax.figure.get_figheight() if which == "y" else box.width * ax.figure.get_figwidth()
+
+
+def _log2_locator(ax: Axes, which: str = "x") -> LogLocator:
+    """Ticks at powers of 2, or of 4 or 16 where a narrow panel has no room (about three labels an
+    inch) for every power of 2 it spans; every one is labelled (no auto-thinning to two)."""
+    low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
+    doublings = math.log2(high / low) if low > 0 and high > low else 0
+    room = max(3.0, 3.0 * _axis_inches(ax, which))
+    base = 2 if doublings <= room else 4 if doublings / 2 <= room else 16
+    return LogLocator(base=base, numticks=64)
+
+
 def context_axis(ax: Axes, label: str = "context length (tokens)") -> None:
-    """A log2 x-axis of token counts labelled as contexts are named (1k, 4k, 32k)."""
+    """A log2 x-axis of token counts labelled as contexts are named (1k, 4k, 32k); call after plotting."""
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_major_locator(_log2_locator(ax))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: tokens(round(v)) if v >= 1 else f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel(label)
 
 
 def bytes_axis(ax: Axes, label: str) -> None:
-    """A log y-axis of bytes with ticks at powers of 4 (1 KiB, 4 KiB, ..., 1 MiB), read in binary units."""
+    """A log y-axis of bytes read in binary units: ticks at powers of 4 (1 KiB, 4 KiB, ..., 1 MiB), or
+    at every power of 2 over a span short enough that powers of 4 would label fewer than three;
+    call after plotting, as the span decides the ticks."""
     ax.set_yscale("log", base=2)
-    ax.yaxis.set_major_locator(LogLocator(base=4, numticks=8))
+    low, high = ax.get_ylim()
+    base = 2 if low > 0 and high / low < 2**8 else 4
+    ax.yaxis.set_major_locator(LogLocator(base=base, numticks=10))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v).replace(".00", "")))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel(label)
 
 
 def log_axis(ax: Axes, which: str = "y") -> None:
-    """A log axis labelled in plain numbers (0.2, 5, 60,000), with 1-2-5 ticks over short spans;
-    call after plotting, as the span decides the ticks."""
+    """A log axis labelled in plain numbers (0.2, 5, 60,000): every decade and its 2 and 5 labelled
+    over up to three decades, every integer multiple under one (so a short span still shows three
+    readable values), decades alone beyond; call after plotting, as the span decides the ticks."""
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
     low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
     span = math.log10(high / low) if low > 0 and high > low else 0
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if span <= 2 else (1.0,), numticks=12))
+    # At most about three labels per inch of axis, so narrow panels do not overlap their labels.
+    room = max(3.0, 3.0 * _axis_inches(ax, which))
+    subs = (tuple(float(k) for k in range(1, 10)) if span < 0.7
+            else (1.0, 2.0, 5.0) if 3 * span <= room else (1.0, 3.0) if 2 * span <= room else (1.0,))
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=30))
     axis.set_major_formatter(FuncFormatter(lambda v, _: number(v)))
+    axis.set_minor_locator(LogLocator(base=10, subs=tuple(float(k) for k in range(1, 10)), numticks=30))
     axis.set_minor_formatter(NullFormatter())
 
 
 def batch_axis(ax: Axes) -> None:
     ax.set_xscale("log", base=2)
-    ax.xaxis.set_major_locator(LogLocator(base=2))
+    ax.xaxis.set_major_locator(_log2_locator(ax))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("batch size (sequences)")
+    ax.set_xlabel("batch size (sequences)" if _axis_inches(ax, "x") > 1.8 else "batch (sequences)")
 
 
 def device_title(ax: Axes, device: str, width: str) -> None:
@@ -171,40 +196,173 @@ def device_title(ax: Axes, device: str, width: str) -> None:
     ax.set_title(escape.mathtext(shown), loc="left")  # a "$" in a device name is text, not mathtext
 
 
-def legend(fig: Figure, rows: pd.DataFrame, *, extra: Sequence[Line2D] = ()) -> None:
-    """Colour keys the variants, marker and line style the implementations; hollow: torch.compile."""
-    handles: list[Line2D] = [Line2D([], [], color=variant_color(v), linewidth=2.5, label=v)
-                             for v in sorted(rows["variant"].unique(), key=variant_sort_key)]
+HEADER_GID = "legend-header"  # marks a heading entry in a legend's handles
+
+
+def header(text: str) -> Line2D:
+    """A legend entry with no line, set in bold by ``place_legend``: the heading of the entries after it."""
+    return Line2D([], [], linestyle="", marker="", label=text, gid=HEADER_GID)
+
+
+def legend(fig: Figure, rows: pd.DataFrame, *, extra: Sequence[Line2D] = (), colour_key: bool = True) -> None:
+    """Colour keys the variants, marker and line style the implementations; hollow: torch.compile.
+    Each group of entries has a bold heading; ``extra`` (model lines, budget, reserve) comes last under
+    "lines". ``colour_key=False`` leaves out the variant colours (panels already named by variant)."""
+    handles: list[Line2D] = []
+    if colour_key:
+        handles.append(header("variant"))
+        handles += [Line2D([], [], color=variant_color(v), linewidth=2.5, label=v)
+                    for v in sorted(rows["variant"].unique(), key=variant_sort_key)]
+    handles.append(header("implementation"))
     for impl in sorted(rows["impl"].unique(), key=impl_sort_key):
         marker, linestyle = impl_style(impl)
         handles.append(Line2D([], [], color="0.35", marker=marker, linestyle=linestyle, label=impl))
     if (rows["compile"] != "none").any():
         handles.append(Line2D([], [], color="0.35", marker="o", markerfacecolor="white", linestyle="",
                               label="compiled"))
-    handles += list(extra)
-    # Three columns fit the longest names ("absorbed_fold_o") at 7 pt in a 3.5 in column.
-    ncol = min(len(handles), 3 if fig.get_figwidth() < 5 else 8)
-    fig.legend(handles=handles, loc="outside lower center", ncol=ncol, handlelength=2.2, columnspacing=1.0)
+    if extra:
+        handles.append(header("lines"))
+        handles += list(extra)
+    place_legend(fig, handles)
 
+
+def place_legend(fig: Figure, handles: Sequence[Line2D]) -> None:
+    """The legend below the panels, in as many columns as fit inside the canvas: the widest that fits
+    is kept, so no entry is clipped at either column width."""
+    # One group of entries: its heading is the legend's title; several: a bold heading entry each.
+    title = None
+    if sum(1 for h in handles if h.get_gid() == HEADER_GID) == 1 and handles[0].get_gid() == HEADER_GID:
+        title, handles = handles[0].get_label(), list(handles[1:])
+    headings = {h.get_label() for h in handles if h.get_gid() == HEADER_GID}
+    for ncol in range(min(len(handles), 3 if fig.get_figwidth() < 5 else 6), 0, -1):
+        for old in list(fig.legends):
+            old.remove()
+        leg = fig.legend(handles=_in_columns(handles, ncol), loc="outside lower center", ncol=ncol,
+                         handlelength=2.6, columnspacing=1.0, handletextpad=0.5, title=title,
+                         title_fontproperties={"weight": "bold", "size": 7})
+        for text in leg.get_texts():
+            if text.get_text() in headings:
+                text.set_fontweight("bold")
+        if legend_inside(fig):
+            return
+
+
+def _in_columns(handles: Sequence[Line2D], ncol: int) -> list[Line2D]:
+    """Legends fill column by column: pad each headed group with blank entries to whole columns, with
+    the fewest rows that fit ``ncol`` columns, so every heading tops a column above its own entries."""
+    groups: list[list[Line2D]] = []
+    for handle in handles:
+        if handle.get_gid() == HEADER_GID or not groups:
+            groups.append([])
+        groups[-1].append(handle)
+    if len(groups) == 1:
+        return list(handles)
+    nrows = next(n for n in range(1, len(handles) + 1) if sum(-(-len(g) // n) for g in groups) <= ncol)
+    out: list[Line2D] = []
+    for group in groups:
+        out += group + [Line2D([], [], linestyle="", marker="", label=" ")
+                        for _ in range(-len(group) % nrows)]
+    return out
+
+
+def legend_inside(fig: Figure, *, margin: float = 0.02) -> bool:
+    """Whether every legend's bounding box lies inside the canvas, ``margin`` (a share of the width)
+    clear of each side: text is measured at screen resolution, and a print DPI's hinting widens it."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    canvas = fig.bbox
+    pad = margin * canvas.width
+    for leg in fig.legends:
+        box = leg.get_window_extent(renderer)
+        if box.x0 < canvas.x0 + pad or box.x1 > canvas.x1 - pad or box.y0 < canvas.y0 or box.y1 > canvas.y1:
+            return False
+    return True
+
+
+def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held: Sequence[str] = ()) -> None:
+    """The figure says what it shows on its own (a PDF without its caption): model, dtype, batch,
+    phase, device. ``held`` names what the figure varies instead (its x-axis), left out here."""
+    first = rows.iloc[0]
+    parts = [f"model {first['model']}", str(first["dtype"])]
+    batches = sorted(int(b) for b in rows["batch"].unique())
+    if "batch" in held:  # the x-axis: its range, and the context it is held at
+        parts.append(f"batch {batches[0]}-{batches[-1]} (x-axis)")
+        contexts = sorted(int(c) for c in rows["seq"].unique())
+        parts.append("context " + ", ".join(tokens(c) for c in contexts))
+    else:
+        parts.append(f"batch {', '.join(map(str, batches))}")
+    if "phase" in rows.columns and "phase" not in held:
+        parts.append(", ".join(sorted(rows["phase"].astype(str).unique())))
+    if device is not None:
+        limit = 48 if fig.get_figwidth() < 5 else 100
+        parts.append(device if len(device) <= limit else device[: limit - 1] + "…")
+    # About 60 characters of 7 pt fit a 3.5 in column: wrap between the parts, never inside one.
+    limit = 60 if fig.get_figwidth() < 5 else 125
+    lines = [parts[0]]
+    for part in parts[1:]:
+        if len(lines[-1]) + 2 + len(part) > limit:
+            lines.append(part)
+        else:
+            lines[-1] += f", {part}"
+    fig.suptitle("\n".join(lines), fontsize=7, x=0.5, ha="center")
+
+
+MAX_SERIES = 6  # more lines than this in one panel merge into a smear: facet instead
+
+
+def facet(drawn: Sequence[Panel]) -> list[tuple[Panel, str | None, pd.DataFrame]]:
+    """Small multiples: a device's slice with more than ``MAX_SERIES`` series becomes a panel per
+    variant (variant name, its rows); others stay one panel (None, all rows)."""
+    out: list[tuple[Panel, str | None, pd.DataFrame]] = []
+    for panel in drawn:
+        if panel.rows.groupby(["variant", "impl", "compile"]).ngroups > MAX_SERIES:
+            out += [(panel, str(v), panel.rows[panel.rows["variant"] == v])
+                    for v in sorted(panel.rows["variant"].unique(), key=variant_sort_key)]
+        else:
+            out.append((panel, None, panel.rows))
+    return out
+
+
+def facet_title(ax: Axes, variant: str, device: str | None = None) -> None:
+    """A facet is named by its variant (in its colour), and by its device when the figure has several."""
+    text = variant if device is None else f"{variant}, {device if len(device) <= 30 else device[:29] + '…'}"
+    ax.set_title(text, loc="left", color=variant_color(variant), fontweight="bold")
 
 
 def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: float, ylabel: str, too_few: str,
                   caption: str, scale: float = 1.0, band: tuple[str, str] | None = None,
                   decorate: Callable[[Axes], None] | None = None) -> Drawn:
     """The report's usual figure: a panel per device (one setting each) of ``y`` against ``x`` (context
-    or batch, log2) on a log y-axis, a line per series, the two-part legend; ``too_few`` when no
-    setting has two x values. ``decorate`` adds to each panel (a reference line) before the axes are set."""
+    or batch, log2) on a log y-axis, a line per series, the headed legend; ``too_few`` when no setting
+    has two x values. A device with more than ``MAX_SERIES`` series is faceted, a panel per variant
+    (small multiples on a shared y-axis). ``decorate`` adds to each panel (a reference line) before the
+    axes are set."""
     drawn = panels(rows, x=x, y=(y,))
     if not drawn:
         return Drawn(None, too_few)
-    fig, axes = new_figure(width, width_in, panels=len(drawn))
-    for ax, panel in zip(axes, drawn, strict=True):
-        plot_series(ax, panel.rows, x, y, band=band, scale=scale)
+    facets = facet(drawn)
+    faceted = any(variant is not None for _, variant, _ in facets)
+    ncols = 2 if faceted and len(facets) > 1 else None
+    fig, axes = new_figure(width, width_in, panels=len(facets), ncols=ncols)
+    if faceted:
+        for ax in axes[1:]:
+            ax.sharey(axes[0])
+    for ax, (panel, variant, frows) in zip(axes, facets, strict=True):
+        plot_series(ax, frows, x, y, band=band, scale=scale)
         if decorate is not None:
             decorate(ax)
-        (batch_axis if x == "batch" else context_axis)(ax)
+    devices = sorted({p.device for p in drawn})
+    for ax, (panel, variant, _) in zip(axes, facets, strict=True):
+        if x == "batch":
+            batch_axis(ax)
+        else:
+            context_axis(ax, "context length (tokens)" if _axis_inches(ax, "x") > 1.8 else "context (tokens)")
         log_axis(ax, "y")
         ax.set_ylabel(ylabel)
-        device_title(ax, panel.device, width)
-    legend(fig, drawn_rows(drawn))
+        if variant is not None:
+            facet_title(ax, variant, panel.device if len(devices) > 1 else None)
+        else:
+            device_title(ax, panel.device, width)
+    subtitle(fig, drawn_rows(drawn), device=devices[0] if len(devices) == 1 else None, held=(x,))
+    legend(fig, drawn_rows(drawn), colour_key=not faceted)
     return Drawn(fig, f"{caption} {caption_for(drawn)}")

@@ -38,13 +38,15 @@ METHOD_COLORS: dict[str, str] = {
 _FALLBACK_COLORS = (OKABE_ITO["reddish_purple"], OKABE_ITO["sky_blue"], OKABE_ITO["black"])
 
 # Line styles as (offset, (on, off, ...)) in points, distinct in greyscale print too.
+# Dash patterns in units of the line width (matplotlib scales them): at 1.2 pt each differs in kind
+# (solid, dash, dot, long dash, dash-dot, dash-dot-dot), not just in the length of one gap.
 IMPL_STYLES: dict[str, tuple[str, object]] = {
     "eager": ("o", "-"),
-    "sdpa": ("s", "--"),
-    "absorbed": ("^", "-."),
-    "absorbed_sdpa": ("v", ":"),
-    "absorbed_fold_o": ("D", (0, (5, 1))),
-    "expanded": ("X", (0, (3, 1, 1, 1, 1, 1))),
+    "sdpa": ("s", (0, (4, 2))),
+    "absorbed": ("^", (0, (6, 2, 1, 2))),
+    "absorbed_sdpa": ("v", (0, (1, 1.6))),
+    "absorbed_fold_o": ("D", (0, (9, 2.5))),
+    "expanded": ("X", (0, (3, 1.5, 1, 1.5, 1, 1.5))),
 }
 _FALLBACK_MARKERS = ("P", "*", "h", "<", ">", "p")
 _FALLBACK_LINES: tuple[object, ...] = ((0, (1, 1)), (0, (5, 2, 1, 2)), (0, (2, 2)))

@@ -4,12 +4,14 @@ model's line per variant beside the cache tensors the harness measured, per impl
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
 
 from harness.report.costmodel import model_cost, shape_of
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (bytes_axis, caption_for, context_axis, device_title, drawn_rows, legend,
-                                     new_figure, panels, series)
-from harness.report.style import series_style, variant_color, variant_sort_key
+from harness.report.plotting import (bytes_axis, caption_for, context_axis, device_title, drawn_rows, header,
+                                     new_figure, panels, place_legend, subtitle)
+from harness.report.style import impl_sort_key, impl_style, series_style, variant_color, variant_sort_key
 
 
 @figure(name="kv_cache", order=2, title="KV-cache bytes against context length",
@@ -20,6 +22,7 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         return Drawn(None, "KV-cache bytes against context length: left out, fewer than two context lengths "
                            "measured at any one setting.")
     fig, axes = new_figure(width, width_in, panels=2 * len(drawn), ncols=2)
+    odd: dict[str, str] = {}  # implementations whose cache differs from their variant's usual one -> marker
     for (per_token, total), panel in zip(zip(axes[::2], axes[1::2], strict=True), drawn, strict=True):
         rows = panel.rows
         first = rows.iloc[0]
@@ -32,21 +35,53 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
             line = {"color": variant_color(variant), "linewidth": 0.9, "alpha": 0.8}
             per_token.plot(context, np.full_like(context, cost.kv_bytes_per_token_model), **line)
             total.plot(context, batch * context * cost.kv_bytes_per_token_model, **line)
-        for (variant, impl, compile_mode), group in series(rows):
-            style = series_style(variant, impl, compile_mode).line_kwargs() | {"linestyle": ""}
+        # Implementations that allocate the same cache draw one series (their markers would sit on top of
+        # each other): the common layout as circles, a different one (MLA's 'expanded' per-head K and V)
+        # in its implementation's marker, named in the legend.
+        for variant, impls, group in _layouts(rows):
+            marker = "o" if impls is None else impl_style(impls[0])[0]
+            style = series_style(variant, "eager").line_kwargs() | {"linestyle": "", "marker": marker}
             tokens_held = held.loc[group.index]
             measured = group["kv_cache_bytes"].astype(float) * layers
             per_token.plot(tokens_held, measured / (batch * tokens_held), **style)
             total.plot(tokens_held, measured, **style)
+            if impls is not None:
+                odd[", ".join(impls)] = marker
         # Short labels: two panels share a 3.5 in column.
         bytes_axis(per_token, f"KV per token ({layers} layers)")
         bytes_axis(total, f"KV total (batch {batch})")
         for ax in (per_token, total):
             context_axis(ax, "context (tokens)")
         device_title(per_token, panel.device, "single")
-    legend(fig, drawn_rows(drawn))
+    devices = sorted({p.device for p in drawn})
+    subtitle(fig, drawn_rows(drawn), device=devices[0] if len(devices) == 1 else None, held=("seq",))
+    handles = [header("variant"), *[Line2D([], [], color=variant_color(v), linewidth=2.5, label=v)
+                                    for v in sorted(drawn_rows(drawn)["variant"].unique(), key=variant_sort_key)],
+               header("lines, markers"), Line2D([], [], color="0.35", linewidth=0.9, label="cost model"),
+               Line2D([], [], color="0.35", marker="o", linestyle="", label="measured, every impl."),
+               *[Line2D([], [], color="0.35", marker=m, linestyle="", label=f"measured, {i}") for i, m in odd.items()]]
+    place_legend(fig, handles)
     return Drawn(fig, "KV-cache bytes of the whole model (one layer's times num_layers) per token (left) and in "
                       "total (right). Lines: the cost model, each variant's own cache (MLA: the latent "
-                      "d_c + d_r); markers: the cache tensors the harness allocated, per implementation (MLA's "
+                      "d_c + d_r); markers: the cache tensors the harness allocated, one series per cache layout "
+                      "(implementations allocating the same cache share it) (MLA's "
                       "'expanded' caches per-head K and V), at the tokens the cache holds after the step. "
                       f"{caption_for(drawn)}")
+
+
+def _layouts(rows: pd.DataFrame) -> list[tuple[str, tuple[str, ...] | None, pd.DataFrame]]:
+    """Per variant, its implementations grouped by the cache they allocated: (variant, None, rows) for
+    the layout most implementations share, (variant, those implementations, rows) for any other."""
+    out = []
+    for variant in sorted(rows["variant"].unique(), key=variant_sort_key):
+        mine = rows[rows["variant"] == variant]
+        by_impl = {impl: tuple(g.sort_values("seq")["kv_cache_bytes"].astype(float))
+                   for impl, g in mine.groupby("impl", sort=False)}
+        layouts: dict[tuple[float, ...], list[str]] = {}
+        for impl in sorted(by_impl, key=impl_sort_key):
+            layouts.setdefault(by_impl[impl], []).append(impl)
+        common = max(layouts.values(), key=len)
+        for impls in layouts.values():
+            group = mine[mine["impl"].isin(impls)].drop_duplicates("seq")
+            out.append((variant, None if impls is common else tuple(impls), group))
+    return out

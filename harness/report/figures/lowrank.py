@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import log_axis, new_figure
+from harness.report.plotting import MAX_SERIES, header, log_axis, new_figure, place_legend
 from harness.report.style import method_color, method_sort_key
 
 WHY = "the study writes them for converted layers that ran (status ok)"
@@ -44,15 +44,35 @@ def _lines(ax: Axes, rows: pd.DataFrame, x: str, y: str) -> None:
                 linestyle=_D_R_LINES[d_rs.index(d_r) % len(_D_R_LINES)], label=f"{method}/d_r={d_r}")
 
 
-def _legend(fig: Figure, rows: pd.DataFrame, extra: tuple[Line2D, ...] = ()) -> None:
-    handles = [Line2D([], [], color=method_color(m), linewidth=2.5, label=m)
-               for m in sorted(rows["method"].unique(), key=method_sort_key)]
+def _legend(fig: Figure, rows: pd.DataFrame, extra: tuple[Line2D, ...] = (), *, by_d_r: bool = False) -> None:
+    """Headed groups: the methods' colours, the d_r line styles (unless each panel is one d_r), the
+    reference lines."""
+    handles = [header("method")] + [Line2D([], [], color=method_color(m), linewidth=2.5, label=m)
+                                    for m in sorted(rows["method"].unique(), key=method_sort_key)]
     d_rs = sorted(rows["d_r"].unique())
-    if len(d_rs) > 1:
-        handles += [Line2D([], [], color="0.35", linestyle=_D_R_LINES[i % len(_D_R_LINES)], label=f"d_r = {d_r}")
-                    for i, d_r in enumerate(d_rs)]
-    handles += list(extra)
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 3 if fig.get_figwidth() < 5 else 8))
+    if len(d_rs) > 1 and not by_d_r:
+        handles += [header("d_r")] + [Line2D([], [], color="0.35", linestyle=_D_R_LINES[i % len(_D_R_LINES)],
+                                             label=f"d_r = {d_r}") for i, d_r in enumerate(d_rs)]
+    if extra:
+        handles += [header("reference"), *extra]
+    place_legend(fig, handles)
+
+
+def _subtitle(fig: Figure, rows: pd.DataFrame) -> None:
+    """Model, dtype and the evaluation's size, so a PDF alone says what it shows (perplexity runs one
+    sequence at a time: batch 1)."""
+    first = rows.iloc[0]
+    words = [f"model {first['model']}", str(first["dtype"]), "batch 1"]
+    if pd.notna(first.get("eval_tokens")):
+        words.append(f"{int(first['eval_tokens']):,} eval tokens")
+    fig.suptitle(", ".join(words), fontsize=7)
+
+
+def _by_d_r(rows: pd.DataFrame) -> list[pd.DataFrame]:
+    """Small multiples: one panel per d_r when methods x d_r would put more than MAX_SERIES lines in one."""
+    if rows.groupby(["method", "d_r"]).ngroups <= MAX_SERIES:
+        return [rows]
+    return [g for _, g in rows.groupby("d_r", sort=True)]
 
 
 def _dc_axis(ax: Axes, rows: pd.DataFrame) -> None:
@@ -72,14 +92,19 @@ def error_vs_dc(data: FigureInput, width: str, width_in: float) -> Drawn:
     if rows.empty:
         return _left_out("Conversion error against d_c")
     mean = rows.groupby(["method", "d_c", "d_r"], as_index=False, sort=False)[["weight_rel_err", "act_rel_err"]].mean()
-    fig, axes = new_figure(width, width_in, panels=2)
-    for ax, column, label in ((axes[0], "weight_rel_err", "weight error ‖W − UD‖/‖W‖"),
-                              (axes[1], "act_rel_err", "output error, held-out")):
-        _lines(ax, mean, "d_c", column)
-        ax.set_ylim(0, None)
-        ax.set_ylabel(label)
-        _dc_axis(ax, mean)
-    _legend(fig, mean)
+    parts = _by_d_r(mean)
+    fig, axes = new_figure(width, width_in, panels=2 * len(parts), ncols=2)
+    for i, part in enumerate(parts):
+        for ax, column, label in ((axes[2 * i], "weight_rel_err", "weight error ‖W − UD‖/‖W‖"),
+                                  (axes[2 * i + 1], "act_rel_err", "output error, held-out")):
+            _lines(ax, part, "d_c", column)
+            ax.set_ylim(0, None)
+            ax.set_ylabel(label)
+            _dc_axis(ax, part)
+            if len(parts) > 1:
+                ax.set_title(f"d_r = {part['d_r'].iloc[0]}", loc="left")
+    _subtitle(fig, rows)
+    _legend(fig, mean, by_d_r=len(parts) > 1)
     return Drawn(fig, "Mean over layers of the weight-space error of the factorized K/V matrix and of the attention "
                       f"output's error on held-out hidden states, per method ({_setting(rows)}).")
 
@@ -90,17 +115,22 @@ def perplexity_vs_dc(data: FigureInput, width: str, width_in: float) -> Drawn:
     rows = _converted(data.lowrank, "model")
     if rows.empty:
         return _left_out("Perplexity against d_c")
-    fig, (ax,) = new_figure(width, width_in, panels=1)
-    _lines(ax, rows, "d_c", "perplexity")
+    parts = _by_d_r(rows)
+    fig, axes = new_figure(width, width_in, panels=len(parts), ncols=min(len(parts), 2))
     extra: tuple[Line2D, ...] = ()
     source = _source(data.lowrank)
-    if len(source):
-        ax.axhline(float(source["source_perplexity"].iloc[0]), color="black", linestyle=":")
-        extra = (Line2D([], [], color="black", linestyle=":", label="source GQA"),)
-    log_axis(ax, "y")
-    ax.set_ylabel("perplexity (eval text)")
-    _dc_axis(ax, rows)
-    _legend(fig, rows, extra)
+    for ax, part in zip(axes, parts, strict=True):
+        _lines(ax, part, "d_c", "perplexity")
+        if len(source):
+            ax.axhline(float(source["source_perplexity"].iloc[0]), color="black", linestyle=":")
+            extra = (Line2D([], [], color="black", linestyle=":", label="source GQA"),)
+        log_axis(ax, "y")
+        ax.set_ylabel("perplexity (eval text)")
+        _dc_axis(ax, part)
+        if len(parts) > 1:
+            ax.set_title(f"d_r = {part['d_r'].iloc[0]}", loc="left")
+    _subtitle(fig, rows)
+    _legend(fig, rows, extra, by_d_r=len(parts) > 1)
     return Drawn(fig, "Whole-model perplexity with every attention layer converted, per method; dotted: the source "
                       f"model ({_setting(rows)}).")
 
@@ -111,17 +141,22 @@ def tradeoff(data: FigureInput, width: str, width_in: float) -> Drawn:
     rows = _converted(data.lowrank, "model")
     if rows.empty:
         return _left_out("KV bytes per token against perplexity")
-    fig, (ax,) = new_figure(width, width_in, panels=1)
-    _lines(ax, rows, "kv_bytes_per_token", "perplexity")
+    parts = _by_d_r(rows)
+    fig, axes = new_figure(width, width_in, panels=len(parts), ncols=min(len(parts), 2))
     extra: tuple[Line2D, ...] = ()
     source = _source(data.lowrank)
-    if len(source):
-        ax.scatter(source["source_kv_bytes_per_token"].astype(float), source["source_perplexity"].astype(float),
-                   marker="*", s=80, color="black", zorder=5)
-        extra = (Line2D([], [], color="black", marker="*", linestyle="", markersize=8, label="source GQA"),)
-    log_axis(ax, "y")
-    ax.set_xlabel(f"KV cache bytes per token per layer ({rows['kv_dtype'].iloc[0]})")
-    ax.set_ylabel("perplexity (eval text)")
-    _legend(fig, rows, extra)
+    for ax, part in zip(axes, parts, strict=True):
+        _lines(ax, part, "kv_bytes_per_token", "perplexity")
+        if len(source):
+            ax.scatter(source["source_kv_bytes_per_token"].astype(float), source["source_perplexity"].astype(float),
+                       marker="*", s=80, color="black", zorder=5)
+            extra = (Line2D([], [], color="black", marker="*", linestyle="", markersize=8, label="source GQA"),)
+        log_axis(ax, "y")
+        ax.set_xlabel(f"KV bytes/token/layer ({rows['kv_dtype'].iloc[0]})")
+        ax.set_ylabel("perplexity (eval text)")
+        if len(parts) > 1:
+            ax.set_title(f"d_r = {part['d_r'].iloc[0]}", loc="left")
+    _subtitle(fig, rows)
+    _legend(fig, rows, extra, by_d_r=len(parts) > 1)
     return Drawn(fig, "The trade-off: KV-cache bytes per token and layer against perplexity, one curve per method, "
                       f"the source GQA model as a star ({_setting(rows)}).")

@@ -1,0 +1,161 @@
+"""Every registered figure, drawn at both column widths from the committed fixture, reads as a
+reviewer needs it to: the legend inside the canvas, at least three labelled ticks on a log axis that
+spans a decade or more, at most six series per panel, and a title naming model, dtype and batch."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+
+from harness import results
+from harness.report import figures
+from harness.report.baseline import Baseline, with_ratios
+from harness.report.capacity import RESERVE
+from harness.report.data import prepare
+from harness.report.figures import FigureInput
+from harness.report.plotting import HEADER_GID, MAX_SERIES, legend_inside
+from harness.report.style import WIDTH_IN
+from studies.lowrank.schema import row
+
+FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
+
+
+@pytest.fixture(scope="module")
+def measured() -> FigureInput:
+    ok, _ = with_ratios(prepare(results.load(FIXTURE)).ok, Baseline())
+    # NVML is absent on the fixture's CPU: readings of a 300 W device over each step, so the energy
+    # figure is drawn and checked too.
+    ok = ok.assign(nvml_energy_per_token_j=300.0 * ok["latency_ms"] / 1e3 / (ok["batch"] * ok["q_len"]))
+    return FigureInput(ok=ok, capacity=pd.DataFrame(), budget_bytes=None, reserve=RESERVE)
+
+
+@pytest.fixture(scope="module")
+def lowrank() -> FigureInput:
+    """A study's rows shaped as ``studies.lowrank`` writes them: five methods, two d_r, four d_c
+    (ten series: more than one panel holds), the source model."""
+    rows = [row(model="tiny-llama", method="source", scope="model", layer=-1, status="ok", dtype="float32",
+                perplexity=40.0, source_perplexity=40.0, source_kv_bytes_per_token=512, kv_dtype="float32",
+                eval_tokens=4096)]
+    for k, method in enumerate(("svd", "rsvd", "qr", "cur", "whitened")):
+        for d_r in (4, 8):
+            for d_c in (8, 16, 32, 64):
+                err = (1 + k / 10) * 8 / d_c
+                rows += [row(model="tiny-llama", method=method, d_c=d_c, d_r=d_r, scope="layer", layer=layer,
+                             status="ok", dtype="float32", weight_rel_err=err, act_rel_err=err / 2)
+                         for layer in (0, 1)]
+                rows.append(row(model="tiny-llama", method=method, d_c=d_c, d_r=d_r, scope="model", layer=-1,
+                                status="ok", dtype="float32", perplexity=40.0 * (1 + err), kv_dtype="float32",
+                                kv_bytes_per_token=4 * (d_c + d_r), source_kv_bytes_per_token=512,
+                                source_perplexity=40.0, eval_tokens=4096))
+    return FigureInput.of_lowrank(pd.DataFrame(rows))
+
+
+def _drawn(measured: FigureInput, lowrank: FigureInput) -> list[tuple[str, str, Figure]]:
+    out = []
+    for spec in figures.specs():
+        data = lowrank if spec.rows == "lowrank" else measured
+        for width in WIDTH_IN:
+            drawn = figures.draw(spec.name, data, width=width)
+            out.append((spec.name, width, drawn.figure))
+    return out
+
+
+@pytest.fixture(scope="module")
+def drawings(measured, lowrank) -> list[tuple[str, str, Figure]]:
+    return _drawn(measured, lowrank)
+
+
+def test_every_registered_figure_is_drawn_from_the_fixture(drawings):
+    left_out = sorted({name for name, _, fig in drawings if fig is None})
+    assert not left_out
+
+
+def test_legends_lie_inside_the_canvas_at_both_widths(drawings):
+    for name, width, fig in drawings:
+        assert fig.legends, (name, width)
+        assert legend_inside(fig, margin=0.0), (name, width)
+
+
+def _labelled(ax: Axes, which: str) -> list[str]:
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    low, high = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
+    return [t.get_text() for t in axis.get_ticklabels() if t.get_text() and low <= t.get_position()[
+        1 if which == "y" else 0] <= high]
+
+
+def test_log_axes_spanning_a_decade_label_at_least_three_ticks(drawings):
+    checked = 0
+    for name, width, fig in drawings:
+        fig.canvas.draw()
+        for ax in fig.axes:
+            for which in ("x", "y"):
+                scale = ax.get_yscale() if which == "y" else ax.get_xscale()
+                low, high = sorted(ax.get_ylim() if which == "y" else ax.get_xlim())
+                if scale != "log" or low <= 0 or math.log10(high / low) < 1:
+                    continue
+                checked += 1
+                labels = _labelled(ax, which)
+                assert len(labels) >= 3, (name, width, which, labels)
+    assert checked >= 10  # the check is not vacuous
+
+
+def _series(ax: Axes) -> int:
+    """Data series in a panel: lines with markers (measured), one per variant/impl or method/d_r."""
+    return sum(1 for line in ax.get_lines() if line.get_marker() not in (None, "None", "", " ")
+               and len(line.get_xdata()) > 0)
+
+
+def test_no_panel_holds_more_than_six_series(drawings):
+    for name, width, fig in drawings:
+        for ax in fig.axes:
+            assert _series(ax) <= MAX_SERIES, (name, width, ax.get_title(loc="left"), _series(ax))
+
+
+def test_latency_with_thirteen_series_is_faceted_by_variant(drawings):
+    fig = next(f for n, w, f in drawings if n == "latency" and w == "double")
+    assert [ax.get_title(loc="left") for ax in fig.axes] == ["mha", "gqa", "mqa", "mla"]
+    headings = [t.get_text() for t in fig.legends[0].get_texts() if t.get_fontweight() == "bold"]
+    assert fig.legends[0].get_title().get_text() == "implementation" or headings
+
+
+def test_every_figure_names_model_dtype_and_batch_in_its_title(drawings):
+    for name, width, fig in drawings:
+        title = fig.get_suptitle()
+        assert "model " in title and "float32" in title and "batch " in title, (name, width, title)
+        box = fig._suptitle.get_window_extent(fig.canvas.get_renderer())
+        assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1, (name, width, title)  # never clipped
+
+
+def test_legends_have_a_heading_and_an_entry_for_each_reference_line(drawings):
+    for name, width, fig in drawings:
+        legend = fig.legends[0]
+        bold = [t.get_text() for t in legend.get_texts() if t.get_fontweight() == "bold"]
+        assert bold or legend.get_title().get_text(), (name, width)
+    peak = next(f for n, w, f in drawings if n == "peak_memory" and w == "single")
+    labels = {t.get_text() for t in peak.legends[0].get_texts()}
+    assert {"measured peak, one layer", "model, all layers", "model, extrapolated"} <= labels
+    kv = next(f for n, w, f in drawings if n == "kv_cache" and w == "single")
+    assert {"cost model", "measured, every impl.", "measured, expanded"} <= {t.get_text() for t in kv.legends[0].get_texts()}
+
+
+def test_heading_entries_are_never_data(drawings):
+    for _, _, fig in drawings:
+        for ax in fig.axes:
+            assert not any(line.get_gid() == HEADER_GID for line in ax.get_lines())
+
+
+def test_gallery_draws_each_measured_figure_kind_small_and_docs_hold_them(tmp_path):
+    from harness.report.gallery import gallery
+
+    written, left_out = gallery(tmp_path)
+    names = sorted(p.stem for p in written)
+    assert names == sorted(s.name for s in figures.specs() if s.rows == "measured" and s.name != "energy_per_token")
+    assert "energy_per_token" in left_out  # no NVML on the fixture's CPU: a note, never an empty figure
+    assert all(p.stat().st_size < 150_000 for p in written)
+    docs = Path(__file__).resolve().parents[1] / "docs" / "figures"
+    assert sorted(p.stem for p in docs.glob("*.png")) == names  # regenerated by `python -m harness.report.gallery`

@@ -60,7 +60,9 @@ def _one_line(error: BaseException) -> str:
 
 def _timer(case: Case, device: torch.device) -> Timer:
     # The case's timing mode is part of its identity: the timer follows it (Case checks it fits the device).
-    return CudaTimer(device, l2_flush=case.l2_flush) if device.type == "cuda" else CpuTimer()
+    if device.type != "cuda":
+        return CpuTimer()
+    return CudaTimer(device, l2_flush=case.l2_flush, mode="per_call" if case.timing == "cuda_events_per_call" else "held")
 
 
 def _timer_bytes(case: Case, device: torch.device) -> int:

@@ -134,3 +134,15 @@ def test_calibration_clock_times_a_device_other_than_the_current_one():
     with torch.cuda.device(0):
         seconds = best_call_s(lambda: x.mul_(1.0), torch.device("cuda:1"), reps=2)
     assert seconds > 1e-5  # 256 MB read and written: an idle stream's timing would be ~0
+
+
+@pytest.mark.gpu
+def test_peak_memory_leaves_out_the_flush_buffer(tmp_path):
+    from tests.test_gpu import _cfg
+
+    hot = run_job(_cfg("variant=mha", "impl=sdpa", "phase=decode"), job_dir=tmp_path / "hot", root=tmp_path,
+                  log=io.StringIO())
+    cold = run_job(_cfg("variant=mha", "impl=sdpa", "phase=decode", "measure.l2_flush=true"),
+                   job_dir=tmp_path / "cold", root=tmp_path, log=io.StringIO())
+    l2 = torch.cuda.get_device_properties("cuda").L2_cache_size
+    assert abs(int(cold.peak_mem_bytes.iloc[0]) - int(hot.peak_mem_bytes.iloc[0])) < l2  # not the 2 x L2 buffer

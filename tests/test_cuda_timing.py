@@ -83,7 +83,9 @@ def test_a_hold_that_runs_out_is_counted_and_doubled():
     timer = _timer(sim, "held")
     timer.batch, timer.hold_ms = 10, 1.0  # 7 ms of dispatch behind a 1 ms hold
     sample = timer.time_ms(sim.step)
-    assert timer.hold_expired == 1 and timer.hold_ms == 2.0
+    assert timer.hold_expired == 1 and timer.hold_ms == 2.0 and timer.batch == 5
+    timer.begin_samples()
+    assert timer.hold_expired == 0  # the row counts timed samples only
     assert sample > 0.022  # the leak the counter warns of
 
 

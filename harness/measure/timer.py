@@ -95,7 +95,8 @@ class CudaTimer:
     ``batch`` calls, each between its own pair of events (and after its own flush); the GPU then
     runs them back to back, and a sample is the mean of the per-call event intervals. If the hold
     ran out before the host finished enqueueing, the sample may include dispatch time: counted in
-    ``hold_expired`` (a row column) and the next hold is made twice as long. ``fit(fn)`` picks the
+    ``hold_expired`` (a row column; timed samples only) and the next hold is twice as long and the
+    batch half as large (the driver's queue of pending launches may have been the limit). ``fit(fn)`` picks the
     batch and the hold from a few timed calls; before it, a sample is one held call.
 
     With ``l2_flush`` a buffer of twice the L2 size is written before each call, outside that
@@ -152,6 +153,10 @@ class CudaTimer:
         self.hold_ms = 2.0 * self.batch * min(host_ms) + 0.1
         self.hold_expired = 0
 
+    def begin_samples(self) -> None:
+        """Warm-up is over: ``hold_expired`` counts the timed samples only (warm-up settles the batch)."""
+        self.hold_expired = 0
+
     def time_ms(self, fn: Callable[[], object]) -> float:
         return self._held(fn) if self.mode == "held" else self._one_call(fn)
 
@@ -177,8 +182,11 @@ class CudaTimer:
             fn()
             end.record()
         if pairs[0][0].query():  # the GPU already reached the first call: the hold ran out
+            # Either the hold was short or the driver's launch queue filled (the host then blocks until
+            # the GPU drains it): a longer hold and half the batch address both.
             self.hold_expired += 1
             self.hold_ms *= 2
+            self.batch = max(1, self.batch // 2)
         self._synchronize()
         return float(sum(s.elapsed_time(e) for s, e in pairs) / len(pairs))
 
@@ -324,6 +332,9 @@ def measure(fn: Callable[[], object], timer: Timer, settings: MeasureSettings = 
         fit(fn)  # a batching timer picks its calls per sample from the warm step
     with _gc_paused():
         warmup_reps = _warm_up(fn, timer, settings, clock)
+        begin = getattr(timer, "begin_samples", None)
+        if begin is not None:
+            begin()
         loop_start_s = clock()
         samples, stop_reason = _repeat(fn, timer, settings, clock)
     return Measurement(

@@ -111,3 +111,17 @@ def test_held_timing_of_many_tiny_kernels_is_below_per_call_on_cuda():
     held = measure(step, CudaTimer("cuda"), MeasureSettings(budget_s=0.5)).stats["latency_ms"]
     per_call = measure(step, CudaTimer("cuda", mode="per_call"), MeasureSettings(budget_s=0.5)).stats["latency_ms"]
     assert held < per_call
+
+
+def test_timing_mode_names_each_cuda_choice_and_refuses_per_call_graphs():
+    from harness.measure.case import timing_mode
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert timing_mode(cpu, cuda_graph=False, cuda_timing="per_call") == "cpu_wall"
+    assert timing_mode(cuda, cuda_graph=False) == "cuda_events"
+    assert timing_mode(cuda, cuda_graph=False, cuda_timing="per_call") == "cuda_events_per_call"
+    assert timing_mode(cuda, cuda_graph=True) == "cuda_graph"
+    with pytest.raises(ValueError, match="^measure.cuda_timing=per_call does not apply with measure.cuda_graph=true"):
+        timing_mode(cuda, cuda_graph=True, cuda_timing="per_call")
+    with pytest.raises(ValueError, match="^measure.cuda_timing='sync' is not one of: held, per_call$"):
+        timing_mode(cuda, cuda_graph=False, cuda_timing="sync")

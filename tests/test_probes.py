@@ -68,7 +68,7 @@ def test_nvml_gpu_count_without_a_driver_is_zero():
         class NVMLError(Exception):
             pass
 
-        def nvmlInit(self):  # noqa: N802 - pynvml's name
+        def nvmlInit(self):
             raise NoDriver.NVMLError("Driver Not Loaded")
 
     assert probes.nvml_gpu_count(nvml=NoDriver()) == 0

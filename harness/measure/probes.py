@@ -36,7 +36,7 @@ class _SdpaCalls(TorchFunctionMode):
         super().__init__()
         self.calls = 0
 
-    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+    def __torch_function__(self, func, types, args=(), kwargs=None):
         if func is F.scaled_dot_product_attention:
             self.calls += 1
         return func(*args, **(kwargs or {}))
@@ -47,7 +47,7 @@ class _FusedOps(TorchDispatchMode):
         super().__init__()
         self.backends: list[str] = []
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204 - torch's protocol
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         backend = _FUSED_SDPA_OPS.get(func.overloadpacket.__name__)
         if backend is not None:
             self.backends.append(backend)

@@ -8,7 +8,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from harness.selfcheck.steps import Result, plan, run_step
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, help="output folder (default: results/selfcheck_<time>)")
     parser.add_argument("--skip", action="append", default=[], metavar="STEP", help="leave a step out (repeatable)")
     args = parser.parse_args(argv)
-    out = args.out or Path("results") / f"selfcheck_{datetime.now(timezone.utc):%Y-%m-%d_%H-%M-%S}"
+    out = args.out or Path("results") / f"selfcheck_{datetime.now(UTC):%Y-%m-%d_%H-%M-%S}"
     out.mkdir(parents=True, exist_ok=True)
     steps = plan(out.resolve(), dry_run=args.dry_run)
     names = [s.name for s in steps]
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write_summary(out: Path, results: list[Result], *, dry_run: bool) -> None:
-    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    when = datetime.now(UTC).isoformat(timespec="seconds")
     (out / "summary.json").write_text(json.dumps({"dry_run": dry_run, "finished_at": when,
                                                   "steps": [asdict(r) for r in results]}, indent=2))
     lines = [f"# attnbench selfcheck{' (dry run)' if dry_run else ''}, {when}", "",

@@ -17,13 +17,12 @@ TOLERANCE = 0.10
 
 def main(argv: list[str]) -> int:
     import triton.testing
+    from omegaconf import OmegaConf
 
     import variants
     from harness import results
     from harness.measure.case import Case
     from harness.measure.dryrun import case_inputs
-    from omegaconf import OmegaConf
-
     from harness.sweep.overrides import config_path
     from harness.sweep.plan import resolve_shape
 

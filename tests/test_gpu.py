@@ -29,6 +29,7 @@ def test_cuda_run_fills_timing_memory_and_telemetry(tmp_path, cuda_graph):
     frame = results.load(tmp_path)
     assert (frame.status == "ok").all(), frame[["impl", "status", "reason"]]
     assert (frame.timing == ("cuda_graph" if cuda_graph else "cuda_events")).all() and not frame.l2_flush.any()
+    assert (frame.timing_batch >= 1).all() and (frame.timing_hold_expired == 0).all()  # held: no dispatch leaked
     assert (frame.peak_mem_bytes >= frame.kv_cache_bytes).all()
     assert (frame.nvml_samples > 0).all() and frame.nvml_power_mean_w.notna().all()
 

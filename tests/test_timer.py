@@ -258,17 +258,18 @@ class FakeCuda:
 
 def test_cuda_timer_orders_flush_events_and_sync():
     fake = FakeCuda([1.5, 2.5])
-    timer = CudaTimer("cuda:0", l2_flush=True, events_factory=fake.event, synchronize=fake.synchronize,
-                      flush=fake.flush)
+    timer = CudaTimer("cuda:0", l2_flush=True, mode="per_call", events_factory=fake.event,
+                      synchronize=fake.synchronize, flush=fake.flush)
     assert [timer.time_ms(fake.fn), timer.time_ms(fake.fn)] == [1.5, 2.5]
-    one_call = ["flush", "start.record", "fn", "end.record", "sync", "elapsed"]
+    # The flush is finished (sync) before the start event, so it cannot hide the first launch.
+    one_call = ["flush", "sync", "start.record", "fn", "end.record", "sync", "elapsed"]
     assert fake.log == one_call * 2
-    assert timer.name == "cuda_events_l2_flush"
+    assert timer.name == "cuda_events_per_call_l2_flush"
 
 
 def test_cuda_timer_without_flush_and_inside_measure():
     fake = FakeCuda(itertools.chain([100.0], itertools.repeat(2.0)))  # a slow first call, then steady
-    timer = CudaTimer("cuda", events_factory=fake.event, synchronize=fake.synchronize)
+    timer = CudaTimer("cuda", mode="per_call", events_factory=fake.event, synchronize=fake.synchronize)
     m = measure(fake.fn, timer, FAST)
     assert "flush" not in fake.log and fake.log[:5] == ["start.record", "fn", "end.record", "sync", "elapsed"]
     assert m.first_call_ms == 100.0 and set(m.samples_ms) == {2.0} and m.stop_reason == "ci_target"

@@ -3,7 +3,7 @@
     attnbench [key=value ...]                      # one run (python run.py and python -m harness: the same)
     attnbench -m variant=mha,mla seq=1k,32k        # a sweep; every job is checked before the first starts
     attnbench --config-dir my_conf model=mine      # a preset of your own, the Hydra way
-    attnbench report|merge|status|nightly|lowrank ...   # the other commands (each with --help)
+    attnbench report|merge|status|nightly|lowrank|selfcheck ...   # the other commands (each with --help)
 
 Keys, the typed schema and the pre-check: docs/cli.md.
 """
@@ -26,6 +26,7 @@ SUBCOMMANDS = {
     "status": "harness.sweep.status:main",
     "nightly": "harness.nightly.cli:main",
     "lowrank": "studies.lowrank.__main__:cli",
+    "selfcheck": "harness.selfcheck.__main__:main",
 }
 
 

@@ -16,6 +16,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from harness.measure.case import DTYPES
+from harness.measure.timer import CUDA_TIMINGS
 from harness.sweep.plan import PHASE_CHOICES
 from variants.layer import COMPILE_MODES
 from variants.shape import ATTENTION_KINDS
@@ -27,6 +28,7 @@ Dtype = StrEnum("Dtype", ["auto", *DTYPES])
 Compile = StrEnum("Compile", ["none", *COMPILE_MODES])
 PhaseChoice = StrEnum("PhaseChoice", list(PHASE_CHOICES))
 Attention = StrEnum("Attention", list(ATTENTION_KINDS))
+CudaTiming = StrEnum("CudaTiming", list(CUDA_TIMINGS))
 CHOICES = {"task": Task, "dtype": Dtype, "compile": Compile, "phase": PhaseChoice, "attention": Attention}
 
 # The name the root schema has in the ConfigStore (first entry of conf/config.yaml's defaults list).
@@ -48,6 +50,7 @@ class MeasureConfig:
     max_step_s: float = MISSING
     memory_headroom: float = MISSING
     cuda_graph: bool = MISSING
+    cuda_timing: CudaTiming = MISSING
     l2_flush: bool = MISSING
     calibrate: bool = MISSING
     recalibrate: bool = MISSING

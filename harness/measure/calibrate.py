@@ -119,12 +119,16 @@ def _clock(device: torch.device) -> Callable[[Callable[[], object], int], float]
     """A function timing ``inner`` back-to-back calls of ``fn`` on ``device``, in seconds."""
     if device.type == "cuda":
         def cuda_time(fn: Callable[[], object], inner: int) -> float:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(inner):
-                fn()
-            end.record()
-            end.synchronize()
+            # device N's stream, not the current device's: with device=cuda:1 and current device 0,
+            # bare Event.record() would time an idle stream (issue 15, item 9).
+            with torch.cuda.device(device):
+                stream = torch.cuda.current_stream(device)
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record(stream)
+                for _ in range(inner):
+                    fn()
+                end.record(stream)
+                end.synchronize()
             return start.elapsed_time(end) / 1e3  # elapsed_time is in ms
         return cuda_time
 

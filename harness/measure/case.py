@@ -22,7 +22,7 @@ from harness.results import schema
 from variants.shape import ModelShape
 
 Phase = Literal["prefill", "decode"]
-Timing = Literal["cpu_wall", "cuda_events", "cuda_graph"]
+Timing = Literal["cpu_wall", "cuda_events", "cuda_events_per_call", "cuda_graph"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                   "float16": torch.float16, "float64": torch.float64}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
@@ -53,7 +53,16 @@ def format_size(n: int) -> str:
 
 def resolve_device(value: str) -> torch.device:
     if value == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        from harness.measure.probes import cuda_unusable_reason, nvml_gpu_count
+
+        # NVML sees GPUs that torch cannot use: measuring the CPU instead would be a silent fallback.
+        seen = nvml_gpu_count()
+        if seen:
+            raise ValueError(f"device=auto: NVML sees {seen} GPU(s) but torch cannot use CUDA "
+                             f"({cuda_unusable_reason()}); fix the driver or torch build, or pass device=cpu")
+        return torch.device("cpu")
     try:
         device = torch.device(value)
     except RuntimeError:
@@ -74,12 +83,19 @@ def resolve_dtype(value: str, device: torch.device) -> torch.dtype:
     return DTYPES[value]
 
 
-def timing_mode(device: torch.device, *, cuda_graph: bool) -> Timing:
-    """How a case on ``device`` is timed: a CPU has one clock; on CUDA, events around plain calls
-    or around one graph replay each."""
+def timing_mode(device: torch.device, *, cuda_graph: bool, cuda_timing: str = "held") -> Timing:
+    """How a case on ``device`` is timed: a CPU has one clock; on CUDA, events around held batches of
+    plain calls (the default), of graph replays, or around single synchronised calls (``per_call``)."""
     if device.type == "cpu":
         return "cpu_wall"
-    return "cuda_graph" if cuda_graph else "cuda_events"
+    if cuda_timing not in ("held", "per_call"):
+        raise ValueError(f"measure.cuda_timing={cuda_timing!r} is not one of: held, per_call")
+    if cuda_graph:
+        if cuda_timing == "per_call":
+            raise ValueError("measure.cuda_timing=per_call does not apply with measure.cuda_graph=true "
+                             "(graph replays are timed held); valid: cuda_timing=held, or cuda_graph=false")
+        return "cuda_graph"
+    return "cuda_events" if cuda_timing == "held" else "cuda_events_per_call"
 
 
 def case_label(row: Mapping[str, Any]) -> str:
@@ -99,8 +115,9 @@ def case_label(row: Mapping[str, Any]) -> str:
     seq = value("seq")
     seq_text = format_size(int(seq)) if seq is not None else "?"
     batch = value("batch")
-    # Plain timing (cpu_wall, cuda_events) is the default and goes unsaid; a graph or a flushed L2 is said.
-    timed = " cuda_graph" if value("timing") == "cuda_graph" else ""
+    # Plain timing (cpu_wall, cuda_events) is the default and goes unsaid; a graph, per-call timing or a
+    # flushed L2 is said.
+    timed = f" {value('timing')}" if value("timing") in ("cuda_graph", "cuda_events_per_call") else ""
     flush = " l2_flush" if value("l2_flush") is True or value("l2_flush") == 1 else ""
     return (f"{value('variant')}/{value('impl')}{comp} {value('phase')}{steps} seq={seq_text}{ragged}{paged} "
             f"batch={batch if batch is None else int(batch)} {value('dtype')}{timed}{flush}")
@@ -137,7 +154,7 @@ class Case:
         on_cpu = torch.device(self.device).type == "cpu"
         if self.timing not in schema.TIMING_MODES or on_cpu != (self.timing == "cpu_wall"):
             raise ValueError(f"timing={self.timing!r} does not apply to device={self.device!r}; valid: "
-                             f"{'cpu_wall' if on_cpu else 'cuda_events, cuda_graph'}")
+                             f"{'cpu_wall' if on_cpu else 'cuda_events, cuda_events_per_call, cuda_graph'}")
         if on_cpu and self.l2_flush:
             raise ValueError(f"l2_flush=True does not apply to device={self.device!r}; it flushes a GPU's L2")
 

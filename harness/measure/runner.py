@@ -27,6 +27,7 @@ from harness.measure.dryrun import case_inputs
 from harness.measure.memory import available_bytes, held_after, step_peak_bytes, tensor_bytes
 from harness.measure.metrics import Measured, derive
 from harness.measure.predict import built_in_rates, predict_memory, predict_seconds
+from harness.measure.probes import CUDAGRAPH_COMPILE_MODES, full_output_error, sdpa_backends, watch_compile
 from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
 from harness.results import schema
 from variants.registry import IMPLEMENTATIONS, VARIANTS
@@ -60,7 +61,9 @@ def _one_line(error: BaseException) -> str:
 
 def _timer(case: Case, device: torch.device) -> Timer:
     # The case's timing mode is part of its identity: the timer follows it (Case checks it fits the device).
-    return CudaTimer(device, l2_flush=case.l2_flush) if device.type == "cuda" else CpuTimer()
+    if device.type != "cuda":
+        return CpuTimer()
+    return CudaTimer(device, l2_flush=case.l2_flush, mode="per_call" if case.timing == "cuda_events_per_call" else "held")
 
 
 def _timer_bytes(case: Case, device: torch.device) -> int:
@@ -72,6 +75,16 @@ def _timer_bytes(case: Case, device: torch.device) -> int:
 
 def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     """Everything a case yields as one row; never raises for a case's own failure."""
+    device = torch.device(case.device)
+    if device.type != "cuda":
+        return _run_case(case, ctx)
+    # Device N is the current device for the whole case: every bare synchronize, event, stream and
+    # allocation inside (the layer's, torch's, inductor's) then means N, not device 0 (issue 15, item 9).
+    with torch.cuda.device(device):
+        return _run_case(case, ctx)
+
+
+def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     started = time.perf_counter()
     spec = VARIANTS.get(case.variant)
     # Every column of the schema, in its order; what a case never reaches stays None.
@@ -95,6 +108,16 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
 
         predicted = predict_memory(case, meta, impl, cost, timer_bytes=_timer_bytes(case, device), seed=ctx.seed)
         row["predicted_mem_bytes"] = predicted.total_bytes
+        row.update(_working_set(case, cost, device))
+        if case.timing == "cuda_graph" and case.compile in CUDAGRAPH_COMPILE_MODES:
+            return _finish(row, started, timed_s, "skipped",
+                           f"measure.cuda_graph=true with compile={case.compile} would capture inside inductor's own "
+                           "CUDA graphs; valid: compile=default/none with cuda_graph=true, or cuda_graph=false")
+        # The previous case's tensors are gone only once collected, and their blocks stay in PyTorch's
+        # cache until emptied: read free memory after both, or a multirun skips cases that fit (item 4).
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
         free = available_bytes(device)
         if predicted.guard_bytes > ctx.memory_headroom * free:
             return _finish(row, started, timed_s, "skipped",
@@ -147,7 +170,12 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         row["setup_s"] = time.perf_counter() - mark
 
         timer = _timer(case, device)
-        row["first_call_ms"] = timer.time_ms(step)  # compile, autotune, lazy initialisation
+        with watch_compile(case.compile) as compiled:
+            row["first_call_ms"] = timer.time_ms(step)  # compile, autotune, lazy initialisation
+        row.update(compile_cache_hit=compiled.cache_hit, compile_cudagraph_skipped=compiled.cudagraph_skipped)
+        if compiled.cudagraph_skipped:
+            _log.warning("%s: inductor skipped CUDA graphs: %s", case.label(), compiled.cudagraph_skipped)
+        plain = step
         if case.compile is not None:
             plain = layer.prepare(case.phase, x_BLD, cache, impl=case.impl, memory_BMD=memory_BMD)
             err = numerics.relative_error(step(), plain())
@@ -155,15 +183,28 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             if not err <= numerics.TOLERANCE[case.dtype]:
                 return _finish(row, started, timed_s, "incorrect",
                                f"compiled output differs from the uncompiled one by {err:.3g}")
+        row["sdpa_backend"] = sdpa_backends(plain)  # the eager step: a compiled graph hides its aten calls
+        if device.type == "cuda" and "math" in row["sdpa_backend"].split(","):
+            _log.warning("%s: SDPA ran its math backend (no fused kernel took these shapes)", case.label())
         if case.timing == "cuda_graph":
             step = capture_cuda_graph(step, device=device)
+        # One full-shape output of what is timed (graph replay, compiled code) against the eager step:
+        # the reduced-shape gate never reaches the backend or split that runs at this size (item 11).
+        reference = _cloned(plain())
+        err = full_output_error(step(), reference)
+        del reference
+        row["numerics_full_rel_err"] = err
+        if not err <= numerics.TOLERANCE[case.dtype]:
+            return _finish(row, started, timed_s, "incorrect",
+                           f"full-shape output of the timed step differs from the eager one by {err:.3g}")
 
         measurement = measure(step, timer, ctx.settings, first_call_ms=row["first_call_ms"])
         timed_s = measurement.timed_s
         row.update(measurement.stats)
         row.update(samples_ms=list(measurement.samples_ms), warmup_reps=measurement.warmup_reps,
                    stop_reason=measurement.stop_reason,
-                   warmup_wall_s=measurement.warmup_wall_s, measure_overhead_s=measurement.overhead_s)
+                   warmup_wall_s=measurement.warmup_wall_s, measure_overhead_s=measurement.overhead_s,
+                   timing_batch=getattr(timer, "batch", 1), timing_hold_expired=getattr(timer, "hold_expired", 0))
         if ctx.telemetry is not None:
             mark = time.perf_counter()
             row.update(_telemetry_window(step, ctx, tokens_per_call=case.batch * case.q_len))
@@ -171,7 +212,10 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
 
         mark = time.perf_counter()
         resident = tensor_bytes(layer, *cache.buffers.values(), x_BLD, *(t for t in (memory_BMD,) if t is not None))
-        row["peak_mem_bytes"] = step_peak_bytes(step, device, resident_bytes=resident + prepared_bytes)
+        # The flush buffer is the timer's, not the step's (item 3); a graph replay allocates nothing,
+        # so under cuda_graph the step's temporaries are its private pool, added by graph_pool_bytes.
+        row["peak_mem_bytes"] = (step_peak_bytes(step, device, resident_bytes=resident + prepared_bytes)
+                                 - getattr(timer, "flush_bytes", 0) + getattr(step, "graph_pool_bytes", 0))
         row["peak_mem_over_predicted"] = row["peak_mem_bytes"] / row["predicted_mem_bytes"]
         row["peak_mem_s"] = time.perf_counter() - mark
         row.update(_derived(case, cost, row["latency_ms"] / 1e3, ctx.ceilings))
@@ -237,8 +281,20 @@ def _telemetry_window(step: Callable[[], Any], ctx: RunContext, *, tokens_per_ca
         while calls == 0 or time.perf_counter() < end:
             step()
             calls += 1
-        torch.cuda.synchronize()
+        torch.cuda.synchronize(torch.cuda.current_device())  # run_case made the case's device current
     return sampler.summary(tokens=calls * tokens_per_call)
+
+
+def _cloned(value: Any) -> Any:
+    # A graph's static output is overwritten by the next replay: keep the reference apart.
+    return value.clone() if isinstance(value, torch.Tensor) else type(value)(_cloned(v) for v in value)
+
+
+def _working_set(case: Case, cost, device: torch.device) -> dict[str, Any]:  # noqa: ANN001 - variants.Cost
+    """Bytes one step touches against the L2 size: a hot-cache figure is marked, not hidden (item 5)."""
+    l2 = torch.cuda.get_device_properties(device).L2_cache_size if device.type == "cuda" else None
+    fits = l2 is not None and 0 < cost.bytes_min <= l2 and not case.l2_flush
+    return {"working_set_bytes": cost.bytes_min, "l2_bytes": l2, "l2_resident": fits if l2 is not None else None}
 
 
 def _analytic(case: Case, cost, cache_bytes: int) -> dict[str, Any]:  # noqa: ANN001 - variants.Cost

@@ -55,6 +55,8 @@ class Event(Protocol):
 
     def elapsed_time(self, end: Event) -> float: ...
 
+    def query(self) -> bool: ...
+
 
 class _StreamEvent:
     """A timing ``torch.cuda.Event`` recorded on ``device``'s current stream (not the current device's)."""
@@ -69,51 +71,151 @@ class _StreamEvent:
     def elapsed_time(self, end: _StreamEvent) -> float:
         return self._event.elapsed_time(end._event)
 
+    def query(self) -> bool:
+        return self._event.query()
+
+
+CudaTiming = Literal["held", "per_call"]
+CUDA_TIMINGS: tuple[str, ...] = ("held", "per_call")
+# A held sample enqueues enough calls to last about this long on the GPU (event resolution is ~0.5 us
+# and the hold's own release costs a few us), and never more than this many calls (the driver's
+# queue of pending launches is finite: past it the host blocks and the hold may run out).
+BATCH_TARGET_MS = 1.0
+MAX_BATCH = 64
+
 
 class CudaTimer:
-    """GPU time of one call between two CUDA events, read after a synchronize.
+    """GPU time of a call between CUDA events; ``held`` (the default) excludes the host's dispatch.
 
-    Events time the stream, not the host, so asynchronous launches are measured when they run.
-    An eager closure of many tiny kernels still includes launch gaps; ``capture_cuda_graph``
-    removes them. With ``l2_flush`` a buffer of twice the L2 size is written before each call
-    (outside the events), so every repetition starts with a cold L2 as a real decode step reading
-    a large cache does (as ``triton.testing.do_bench`` does with its 256 MB buffer). The buffer is
-    allocated once here, so it counts in the allocator's peak while this timer is alive.
+    ``per_call``: record, call, record, synchronize. Each sample starts on an idle GPU, so it counts
+    the Python dispatch of every kernel in the step: an MLA decode step of ~140 small ops measures
+    the host, not the GPU (issue 15, item 1).
 
-    ``events_factory``, ``synchronize`` and ``flush`` replace the CUDA pieces (tests use fakes).
+    ``held`` (nvbench's blocking kernel): a spin kernel holds the stream while the host enqueues
+    ``batch`` calls, each between its own pair of events (and after its own flush); the GPU then
+    runs them back to back, and a sample is the mean of the per-call event intervals. If the hold
+    ran out before the host finished enqueueing, the sample may include dispatch time: counted in
+    ``hold_expired`` (a row column; timed samples only) and the next hold is twice as long and the
+    batch half as large (the driver's queue of pending launches may have been the limit). ``fit(fn)`` picks the
+    batch and the hold from a few timed calls; before it, a sample is one held call.
+
+    With ``l2_flush`` a buffer of twice the L2 size is written before each call, outside that
+    call's events: the flush is done (stream order) before the start event, so it cannot hide the
+    first launch. The buffer is allocated here; ``flush_bytes`` says how much, so the peak-memory
+    reading can leave it out.
+
+    ``events_factory``, ``synchronize``, ``flush`` and ``hold`` (spin the stream for ms) replace the
+    CUDA pieces (tests use fakes).
     """
 
-    def __init__(self, device: torch.device | str, *, l2_flush: bool = False,
+    def __init__(self, device: torch.device | str, *, l2_flush: bool = False, mode: CudaTiming = "held",
                  events_factory: Callable[[], Event] | None = None,
                  synchronize: Callable[[], object] | None = None,
-                 flush: Callable[[], object] | None = None) -> None:
+                 flush: Callable[[], object] | None = None,
+                 hold: Callable[[float], object] | None = None,
+                 host_clock: Callable[[], float] = time.perf_counter) -> None:
         self.device = torch.device(device)
         if self.device.type != "cuda":
             raise ValueError(f"CudaTimer needs a cuda device, got device={str(device)!r}; use CpuTimer on cpu")
+        if mode not in CUDA_TIMINGS:
+            raise ValueError(f"mode={mode!r} is not one of: {', '.join(CUDA_TIMINGS)}")
         if flush is not None and not l2_flush:
             raise ValueError("flush= is given but l2_flush=False; pass l2_flush=True to flush before each call")
-        self.l2_flush = l2_flush
-        self.name = "cuda_events_l2_flush" if l2_flush else "cuda_events"
+        self.l2_flush, self.mode = l2_flush, mode
+        self.name = ("cuda_events" if mode == "held" else "cuda_events_per_call") + ("_l2_flush" if l2_flush else "")
         self._new_event = events_factory or partial(_StreamEvent, self.device)
         self._synchronize = synchronize or partial(torch.cuda.synchronize, self.device)
-        self._flush = flush if flush is not None or not l2_flush else _l2_flusher(self.device)
+        self.flush_bytes = 0
+        if flush is None and l2_flush:
+            flush, self.flush_bytes = _l2_flusher(self.device)
+        self._flush = flush
+        self._hold = hold if hold is not None or mode != "held" else _spinner(self.device)
+        self._host_clock = host_clock
+        self.batch = 1
+        self.hold_ms = 1.0
+        self.hold_expired = 0  # held samples whose hold ran out before the last call was enqueued
+
+    def fit(self, fn: Callable[[], object], *, probes: int = 3) -> None:
+        """Choose ``batch`` (calls per held sample) and ``hold_ms`` from ``probes`` per-call timings."""
+        if self.mode != "held":
+            return
+        host_ms = []
+        for _ in range(probes):
+            t0 = self._host_clock()
+            self._one_call(fn)
+            host_ms.append((self._host_clock() - t0) * 1e3)
+        # A held single call gives the GPU's time alone (a per-call probe would count the dispatch).
+        self.batch, self.hold_ms = 1, 2.0 * min(host_ms) + 0.1
+        per_call = max(min(self._held(fn) for _ in range(probes)), 1e-6)
+        self.batch = max(1, min(MAX_BATCH, math.ceil(BATCH_TARGET_MS / per_call)))
+        # The host's time per call (sync included, an upper bound on its dispatch) times the batch,
+        # doubled: holding too long costs wall time, holding too short leaks dispatch into a sample.
+        self.hold_ms = 2.0 * self.batch * min(host_ms) + 0.1
+        self.hold_expired = 0
+
+    def begin_samples(self) -> None:
+        """Warm-up is over: ``hold_expired`` counts the timed samples only (warm-up settles the batch)."""
+        self.hold_expired = 0
 
     def time_ms(self, fn: Callable[[], object]) -> float:
+        return self._held(fn) if self.mode == "held" else self._one_call(fn)
+
+    def _one_call(self, fn: Callable[[], object]) -> float:
         start, end = self._new_event(), self._new_event()
         if self._flush is not None:
-            self._flush()  # queued before the start event on the same stream: not in the sample
+            self._flush()
+            self._synchronize()  # the flush has finished before the start event: it hides no launch
         start.record()
         fn()
         end.record()
         self._synchronize()  # elapsed_time is only valid once the end event has completed
         return float(start.elapsed_time(end))
 
+    def _held(self, fn: Callable[[], object]) -> float:
+        pairs = [(self._new_event(), self._new_event()) for _ in range(self.batch)]
+        self._synchronize()
+        self._hold(self.hold_ms)
+        for start, end in pairs:
+            if self._flush is not None:
+                self._flush()  # in stream order before this call's start event: outside the interval
+            start.record()
+            fn()
+            end.record()
+        if pairs[0][0].query():  # the GPU already reached the first call: the hold ran out
+            # Either the hold was short or the driver's launch queue filled (the host then blocks until
+            # the GPU drains it): a longer hold and half the batch address both.
+            self.hold_expired += 1
+            self.hold_ms *= 2
+            self.batch = max(1, self.batch // 2)
+        self._synchronize()
+        return float(sum(s.elapsed_time(e) for s, e in pairs) / len(pairs))
 
-def _l2_flusher(device: torch.device) -> Callable[[], object]:
+
+def _l2_flusher(device: torch.device) -> tuple[Callable[[], object], int]:
     # Writes go through L2 on NVIDIA GPUs, so writing 2x its size evicts whatever the last call left.
     l2_bytes = torch.cuda.get_device_properties(device).L2_cache_size
     scratch = torch.empty(2 * l2_bytes, dtype=torch.uint8, device=device)
-    return scratch.zero_
+    return scratch.zero_, scratch.nbytes
+
+
+def _spinner(device: torch.device) -> Callable[[float], object]:
+    """Spin ``device``'s current stream for about ``ms`` (``torch.cuda._sleep`` counts clock cycles:
+    the cycles per ms are measured once here, as the clock runs now)."""
+    cycles = 1_000_000
+    with torch.cuda.device(device):
+        torch.cuda._sleep(cycles)  # warm: the first launch loads the kernel
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(cycles)
+        end.record()
+        end.synchronize()
+    cycles_per_ms = cycles / max(start.elapsed_time(end), 1e-3)
+
+    def hold(ms: float) -> None:
+        with torch.cuda.device(device):
+            torch.cuda._sleep(int(ms * cycles_per_ms))
+
+    return hold
 
 
 def capture_cuda_graph(fn: Callable[[], object], *, device: torch.device | str,
@@ -137,14 +239,22 @@ def capture_cuda_graph(fn: Callable[[], object], *, device: torch.device | str,
             for _ in range(warmup):
                 fn()
         torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize(device)
+        reserved, allocated = torch.cuda.memory_reserved(device), torch.cuda.memory_allocated(device)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             static_out = fn()
+        torch.cuda.synchronize(device)
+        # The graph's private pool keeps the step's temporaries reserved (a replay allocates nothing, so
+        # the allocator's peak never sees them): what the capture reserved beyond what stays live.
+        pool_bytes = max(0, (torch.cuda.memory_reserved(device) - reserved)
+                         - (torch.cuda.memory_allocated(device) - allocated))
 
     def replay() -> object:
         graph.replay()
         return static_out
 
+    replay.graph_pool_bytes = pool_bytes  # type: ignore[attr-defined] - read by the runner's peak memory
     return replay
 
 
@@ -217,8 +327,14 @@ def measure(fn: Callable[[], object], timer: Timer, settings: MeasureSettings = 
     # The first call may have compiled (lots of cyclic garbage): collect it now, then pause the
     # collector for warm-up and repetitions, as ``timeit`` does, so no collection lands in a sample.
     gc.collect()
+    fit = getattr(timer, "fit", None)
+    if fit is not None:
+        fit(fn)  # a batching timer picks its calls per sample from the warm step
     with _gc_paused():
         warmup_reps = _warm_up(fn, timer, settings, clock)
+        begin = getattr(timer, "begin_samples", None)
+        if begin is not None:
+            begin()
         loop_start_s = clock()
         samples, stop_reason = _repeat(fn, timer, settings, clock)
     return Measurement(

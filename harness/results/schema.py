@@ -30,7 +30,7 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 }
 PANDAS_DTYPES: dict[str, str] = {"string": "str", "int64": "Int64", "float64": "float64", "bool": "boolean",
                                  "timestamp": "datetime64[us, UTC]", "list<float64>": "object"}
-TIMING_MODES: tuple[str, ...] = ("cpu_wall", "cuda_events", "cuda_graph")
+TIMING_MODES: tuple[str, ...] = ("cpu_wall", "cuda_events", "cuda_events_per_call", "cuda_graph")
 STATUS_VALUES: tuple[str, ...] = ("ok", "skipped", "oom", "error", "incorrect")
 
 
@@ -79,8 +79,9 @@ COLUMNS: tuple[Column, ...] = (
     _c("page_size", "int64", "tokens", "case", "positions per page of a paged cache; null: a contiguous cache "
        "(not in the case_id when null)", **_ID),
     _c("timing", "string", "", "timing",
-       "how a step is timed: cpu_wall (perf_counter), cuda_events, cuda_graph (one graph replay per sample, "
-       "cuda events)", **_ID),
+       "how a step is timed: cpu_wall (perf_counter); cuda_events (held: the stream is held by a spin "
+       "kernel while a batch of calls is enqueued, so host dispatch is excluded); cuda_events_per_call (record, "
+       "call, record, sync: counts host dispatch); cuda_graph (held batch of graph replays)", **_ID),
     _c("l2_flush", "bool", "", "timing", "the GPU's L2 cache is flushed before each timed step (always false on "
        "CPU)", **_ID),
     # Shape: the model's attention shape (variants.shape.ModelShape); only the fields a variant uses
@@ -135,6 +136,16 @@ COLUMNS: tuple[Column, ...] = (
     _c("samples_ms", "list<float64>", "ms", "timing", "every steady-state sample, in order", **_M),
     _c("warmup_reps", "int64", "calls", "timing", "untimed calls before the first sample", **_M),
     _c("stop_reason", "string", "", "timing", "which stopping rule ended the sampling", **_M),
+    _c("timing_batch", "int64", "calls", "timing", "calls per held CUDA sample (a sample is their mean; 1 on "
+       "CPU and per-call timing)", **_M),
+    _c("timing_hold_expired", "int64", "samples", "timing", "held samples whose hold ran out before the batch "
+       "was enqueued (they may include host dispatch)", **_M),
+    _c("compile_cudagraph_skipped", "string", "", "timing", "why inductor did not use CUDA graphs under "
+       "compile=reduce-overhead/max-autotune (empty: it did; null: not such a mode)"),
+    _c("compile_cache_hit", "bool", "", "timing", "the compile hit inductor's on-disk FX graph cache (first_call_ms "
+       "then holds no code generation); null: not compiled"),
+    _c("sdpa_backend", "string", "", "timing", "SDPA backends the step's calls ran (flash, efficient, cudnn, math, "
+       "comma-separated; empty: none called)"),
     # Derived from the median latency (harness.measure.metrics).
     _c("tokens_per_s", "float64", "tokens/s", "derived", "batch * q_len / median latency", **_M, **_S),
     _c("tflops", "float64", "TFLOP/s (1e12 FLOP/s)", "derived", "flops / median latency", **_M, **_S),
@@ -155,11 +166,18 @@ COLUMNS: tuple[Column, ...] = (
     _c("peak_mem_over_predicted", "float64", "ratio", "memory", "peak_mem_bytes / predicted_mem_bytes (same "
        "scope: one step, everything held)", **_M),
     _c("device_mem_total_bytes", "int64", "bytes", "memory", "the device's total memory"),
+    _c("working_set_bytes", "int64", "bytes", "memory", "bytes one step reads and writes at least (bytes_min), "
+       "to compare with l2_bytes"),
+    _c("l2_bytes", "int64", "bytes", "memory", "the GPU's L2 cache size (null on CPU)"),
+    _c("l2_resident", "bool", "", "memory", "the working set fits in L2 and l2_flush is off: a hot-cache figure "
+       "that may beat the HBM ceiling"),
     # Numerics: kept on failure, they are the reason for an incorrect status.
     _c("numerics_rel_err", "float64", "relative", "numerics", "error against the float64 reference, reduced shape",
        **_S),
     _c("numerics_tol", "float64", "relative", "numerics", "tolerance numerics_rel_err is held to"),
     _c("numerics_compile_rel_err", "float64", "relative", "numerics", "compiled output against the uncompiled one"),
+    _c("numerics_full_rel_err", "float64", "relative", "numerics", "one full-shape output of the timed step (graph "
+       "replay, compiled) against the uncompiled eager step"),
     # GPU telemetry over a window apart from the samples (harness.measure.telemetry); null without NVML.
     _c("nvml_samples", "int64", "samples", "telemetry", "NVML polls in the window", **_M),
     _c("nvml_window_s", "float64", "s", "telemetry", "length of the telemetry window", **_M),

@@ -123,7 +123,8 @@ def plan_cases(cfg: Mapping[str, Any], *, local: bool = True) -> list[Case]:
     attention = str(cfg.get("attention", "self"))
     device_name = str(device) if device.type == "cpu" else f"cuda:{device.index or 0}"
     measure = cfg.get("measure") or {}
-    timing = timing_mode(device, cuda_graph=bool(measure.get("cuda_graph", False)))
+    timing = timing_mode(device, cuda_graph=bool(measure.get("cuda_graph", False)),
+                         cuda_timing=str(measure.get("cuda_timing", "held")))
     # CpuTimer has no cache to flush: a CPU case records what was done, not what was asked.
     l2_flush = device.type == "cuda" and bool(measure.get("l2_flush", False))
 

@@ -183,7 +183,10 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             if not err <= numerics.TOLERANCE[case.dtype]:
                 return _finish(row, started, timed_s, "incorrect",
                                f"compiled output differs from the uncompiled one by {err:.3g}")
-        row["sdpa_backend"] = sdpa_backends(plain)  # the eager step: a compiled graph hides its aten calls
+        if getattr(impl, "runs_on_fake_tensors", True):
+            row["sdpa_backend"] = sdpa_backends(plain)  # the eager step: a compiled graph hides its aten calls
+        else:
+            row["sdpa_backend"] = ""  # flex: a compiled higher-order op, not SDPA, that no dispatch mode can watch
         if device.type == "cuda" and "math" in row["sdpa_backend"].split(","):
             _log.warning("%s: SDPA ran its math backend (no fused kernel took these shapes)", case.label())
         if case.timing == "cuda_graph":

@@ -304,7 +304,7 @@ def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held
             lines.append(part)
         else:
             lines[-1] += f", {part}"
-    fig.suptitle("\n".join(lines), fontsize=7, x=0.5, ha="center")
+    fig.suptitle(escape.mathtext("\n".join(lines)), fontsize=7, x=0.5, ha="center")  # "$" in names is text
 
 
 MAX_SERIES = 6  # more lines than this in one panel merge into a smear: facet instead
@@ -326,7 +326,7 @@ def facet(drawn: Sequence[Panel]) -> list[tuple[Panel, str | None, pd.DataFrame]
 def facet_title(ax: Axes, variant: str, device: str | None = None) -> None:
     """A facet is named by its variant (in its colour), and by its device when the figure has several."""
     text = variant if device is None else f"{variant}, {device if len(device) <= 30 else device[:29] + '…'}"
-    ax.set_title(text, loc="left", color=variant_color(variant), fontweight="bold")
+    ax.set_title(escape.mathtext(text), loc="left", color=variant_color(variant), fontweight="bold")
 
 
 def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: float, ylabel: str, too_few: str,

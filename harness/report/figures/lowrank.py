@@ -11,6 +11,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from harness.report import escape
 from harness.report.figures import Drawn, FigureInput, figure
 from harness.report.plotting import MAX_SERIES, header, log_axis, new_figure, place_legend
 from harness.report.style import method_color, method_sort_key
@@ -65,7 +66,7 @@ def _subtitle(fig: Figure, rows: pd.DataFrame) -> None:
     words = [f"model {first['model']}", str(first["dtype"]), "batch 1"]
     if pd.notna(first.get("eval_tokens")):
         words.append(f"{int(first['eval_tokens']):,} eval tokens")
-    fig.suptitle(", ".join(words), fontsize=7)
+    fig.suptitle(escape.mathtext(", ".join(words)), fontsize=7)  # a "$" in a model name is text
 
 
 def _by_d_r(rows: pd.DataFrame) -> list[pd.DataFrame]:

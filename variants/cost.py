@@ -25,6 +25,10 @@ class Cost:
     qk_dim: int = 0  # width of the keys the kernel sees
     v_dim: int = 0  # width of the values the kernel sees
     transient_bytes: int = 0  # other intermediates of the step (projections, expanded keys)
+    # A sparse variant's indexer (DeepSeek-V3.2's and V4-CSA's lightning indexer): its share of
+    # ``flops`` and of ``bytes_min``, included in both and reported apart.
+    indexer_flops: int = 0
+    indexer_bytes: int = 0
 
     @property
     def bytes_min(self) -> int:

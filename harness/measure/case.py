@@ -204,6 +204,8 @@ class Case:
         # A uniform, contiguous case leaves seq_lens and page_size out: its case_id is the one it had
         # before they existed.
         optional = {k for k in ("seq_lens", "page_size") if columns.get(k) is None}
+        if columns.get("kv_dtype") == "auto":  # a cache in the compute dtype: the case_id it always had
+            optional.add("kv_dtype")
         return {k: columns[k] for k in schema.IDENTITY
                 if (k not in shape or k in used_shape_keys) and k not in optional}
 

@@ -301,7 +301,8 @@ def _working_set(case: Case, cost, device: torch.device) -> dict[str, Any]:  # n
 
 
 def _analytic(case: Case, cost, cache_bytes: int) -> dict[str, Any]:  # noqa: ANN001 - variants.Cost
-    return {"flops": cost.flops, "bytes_min": cost.bytes_min, "weight_bytes": cost.weight_bytes,
+    return {"flops": cost.flops, "indexer_flops": cost.indexer_flops, "indexer_bytes": cost.indexer_bytes,
+            "bytes_min": cost.bytes_min, "weight_bytes": cost.weight_bytes,
             "cache_read_bytes": cost.cache_read_bytes, "cache_write_bytes": cost.cache_write_bytes,
             "activation_bytes": cost.activation_bytes, "params": cost.params,
             "kv_bytes_per_token": cost.kv_bytes_per_token,

@@ -104,6 +104,17 @@ COLUMNS: tuple[Column, ...] = (
        "(null: every layer has the window)", **_ID),
     _c("attn_sinks", "bool", "", "shape", "one learned sink logit per query head (gpt-oss)", **_ID),
     _c("sink_tokens", "int64", "tokens", "shape", "StreamingLLM sink tokens always visible to swa", **_ID),
+    _c("index_heads", "int64", "", "shape", "lightning indexer heads (dsa, csa)", **_ID),
+    _c("index_head_dim", "int64", "", "shape", "lightning indexer head dim (dsa, csa)", **_ID),
+    _c("index_topk", "int64", "", "shape", "tokens (dsa) or compressed entries (csa) each query attends to",
+       **_ID),
+    _c("csa_rate", "int64", "tokens", "shape", "CSA: tokens per compressed entry", **_ID),
+    _c("hca_rate", "int64", "tokens", "shape", "HCA: tokens per compressed entry", **_ID),
+    _c("o_groups", "int64", "", "shape", "groups of the grouped output projection (null: one projection)", **_ID),
+    _c("o_rank", "int64", "", "shape", "rank of each output group (null: none)", **_ID),
+    _c("compress_rope_theta", "float64", "", "shape", "RoPE base of compressed layers (null: rope_theta)", **_ID),
+    _c("kv_dtype", "string", "", "shape", "KV cache storage: auto (the compute dtype) or fp8_e4m3 (per-token "
+       "scaled; not in the case_id when auto)", **_ID),
     # The rest of the case and its outcome.
     _c("model", "string", "", "case", "preset the shape came from"),
     _c("device", "string", "", "case", "torch device the case ran on (cpu, cuda:0)"),
@@ -112,6 +123,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("reason", "string", "", "case", "why a case is not ok (one line); empty when ok", **_S),
     # Analytic counts from the variant's cost model (variants/cost.py).
     _c("flops", "int64", "FLOP", "derived", "floating-point operations of one step (cost model)"),
+    _c("indexer_flops", "int64", "FLOP", "derived", "the lightning indexer's share of flops (0: no indexer)"),
+    _c("indexer_bytes", "int64", "bytes", "derived", "the lightning indexer's share of bytes_min (0: no indexer)"),
     _c("bytes_min", "int64", "bytes", "derived", "minimum bytes one step must move (cost model)"),
     _c("weight_bytes", "int64", "bytes", "derived", "weights read by one step"),
     _c("cache_read_bytes", "int64", "bytes", "derived", "KV cache bytes read by one step"),

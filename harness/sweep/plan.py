@@ -57,6 +57,8 @@ def resolve_shape(cfg: Mapping[str, Any]) -> tuple[str, ModelShape]:
             changes[key] = None
         else:
             changes[key] = parse_size(key, value)
+    if cfg.get("kv_dtype") is not None:
+        changes["kv_dtype"] = str(cfg["kv_dtype"])
     return model, shape.replace(**changes)
 
 

@@ -157,7 +157,7 @@ def _settings(name: str, kv_heads_of: Any, description: str) -> VariantSpec:
                            rope_layout=shape.rope_layout, attention=attention)
         return GQA(config, variant=name)
 
-    uses = ("hidden", "heads", "head_dim", "qkv_bias", "rope_theta", "rope_layout")
+    uses = ("hidden", "heads", "head_dim", "qkv_bias", "rope_theta", "rope_layout", "kv_dtype")
     return VariantSpec(name, GQA, description, make, uses + (("kv_heads",) if name == "gqa" else ()))
 
 

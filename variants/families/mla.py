@@ -326,4 +326,4 @@ def _make(shape: ModelShape, attention: AttentionKind) -> MLA:
 MLA_SPEC = register_variant(VariantSpec(
     "mla", MLA, "multi-head latent attention (DeepSeek-V2/V3)", _make,
     ("hidden", "heads", "head_dim", "d_c", "d_r", "q_rank", "nope_head_dim", "v_head_dim",
-     "rope_theta", "rope_layout")))
+     "rope_theta", "rope_layout", "kv_dtype")))

@@ -230,4 +230,4 @@ def _make(shape: ModelShape, attention: AttentionKind) -> SWA:
 SWA_SPEC = register_variant(VariantSpec(
     "swa", SWA, "sliding-window GQA (the model's window layers), learned sinks or sink tokens as the shape says",
     _make, ("hidden", "heads", "head_dim", "kv_heads", "qkv_bias", "rope_theta", "rope_layout", "sliding_window",
-            "attn_sinks", "sink_tokens")))
+            "attn_sinks", "sink_tokens", "kv_dtype")))

@@ -6,7 +6,9 @@ P page size (positions per page), Q pages in the pool.
 A variant describes what it caches per token as a ``CacheLayout``: named fields, each with a
 per-token shape. Fields are either separate buffers ``[B, S, *shape]`` or, when ``packed``, side by
 side in one ``[B, S, sum(widths)]`` buffer (MLA keeps ``[c_kv; k_rope]`` contiguous so that the
-absorbed path reads it as one key without a copy, as FlashMLA does). A new variant (sliding
+absorbed path reads it as one key without a copy, as FlashMLA does); a packed layout may keep
+more fields apart, each in its own buffer (``separate``: DeepSeek-V3.2's indexer keys beside
+MLA's packed latent, as FlashMLA's sparse kernels and the indexer read them). A new variant (sliding
 window, indexer keys for sparse attention, a compressed block cache) declares its own layout;
 nothing here knows about any variant.
 
@@ -45,15 +47,22 @@ class CacheField:
 class CacheLayout:
     fields: tuple[CacheField, ...]
     packed: bool = False  # all fields 1-D and stored side by side in one buffer
+    separate: tuple[CacheField, ...] = ()  # a packed layout's fields kept in buffers of their own
 
     def __post_init__(self) -> None:
-        names = [f.name for f in self.fields]
+        names = [f.name for f in (*self.fields, *self.separate)]
         assert len(set(names)) == len(names), f"duplicate cache field in {names}"
         assert not self.packed or all(len(f.shape) == 1 for f in self.fields), "packed fields are 1-D"
+        assert self.packed or not self.separate, "separate fields belong beside a packed buffer"
 
     @property
     def elements_per_token(self) -> int:
-        return sum(f.numel for f in self.fields)
+        return sum(f.numel for f in (*self.fields, *self.separate))
+
+    @property
+    def packed_width(self) -> int:
+        """Elements per token of the packed buffer (the packed fields only)."""
+        return sum(f.numel for f in self.fields) if self.packed else 0
 
     def bytes_per_token(self, dtype: torch.dtype) -> int:
         return self.elements_per_token * dtype.itemsize
@@ -154,19 +163,19 @@ class KVCache:
             rows = (num_pages, P)
         self.buffers: dict[str, Tensor] = {}
         self.fields: dict[str, Tensor] = {}
+        apart = layout.fields
         if layout.packed:
-            width = layout.elements_per_token
-            packed = torch.zeros(*rows, width, dtype=dtype, device=device)
+            packed = torch.zeros(*rows, layout.packed_width, dtype=dtype, device=device)
             self.buffers["packed"] = packed
             offset = 0
             for field in layout.fields:
                 self.fields[field.name] = packed[..., offset:offset + field.numel]
                 offset += field.numel
-        else:
-            for field in layout.fields:
-                buf = torch.zeros(*rows, *field.shape, dtype=dtype, device=device)
-                self.buffers[field.name] = buf
-                self.fields[field.name] = buf
+            apart = layout.separate
+        for field in apart:
+            buf = torch.zeros(*rows, *field.shape, dtype=dtype, device=device)
+            self.buffers[field.name] = buf
+            self.fields[field.name] = buf
 
     @property
     def paged(self) -> bool:

@@ -15,6 +15,10 @@ belongs in the plan, not in ``__call__``.
 A kernel with ``learned_sinks = True`` also takes ``sinks_N``, one logit per query head that joins
 the softmax as a column with no value (gpt-oss); a layer with sinks refuses any other kernel, and a
 kernel without the attribute is taken not to apply them.
+
+A kernel with ``step_masks = False`` applies only the mask fixed when its step was bound (flex's
+``BlockMask`` of positions), not a dense mask a layer computes inside the step (the tokens
+DeepSeek-V3.2's indexer selects); a kernel without the attribute is taken to apply what it is given.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ class Kernel(Protocol):
     dense_causal: bool
     # Whether ``__call__`` takes ``sinks_N`` (read with getattr: kernels from before it lack it).
     learned_sinks: bool
+    # Whether ``__call__`` applies a dense mask computed inside the step (read with getattr; default True).
+    step_masks: bool
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         """Whether the kernel builds the [B, N, L, T] score matrix (for memory prediction)."""
@@ -54,6 +60,10 @@ class MLAKernel(Protocol):
     A kernel with ``packed_cache = True`` also receives ``kv_BTE``, the cache rows ``[c_kv; k_rope]``
     as one view (FlashMLA's layout: one key whose first C columns are the value); it then builds the
     query that row needs itself.
+
+    A kernel may have ``sparse``, its ``SparseMLAKernel`` counterpart reading the same layout: what
+    a layer that attends on selected tokens only (``dsa``) calls in its place (read with getattr;
+    FlashMLA ships the pair, its dense and its sparse decode kernels).
     """
 
     name: str
@@ -64,3 +74,28 @@ class MLAKernel(Protocol):
 
     def __call__(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, c_kv_BTC: Tensor, k_rope_BTJ: Tensor, *,
                  scale: float, mask: AttnMask, kv_BTE: Tensor | None = None) -> Tensor: ...
+
+
+@runtime_checkable
+class SparseMLAKernel(Protocol):
+    """MLA's absorbed attention over selected cache rows only, one set per query (DeepSeek-V3.2's DSA).
+
+    Legend: B batch, L queries, T cache rows readable, N query heads, C latent (d_c), R rotary dim
+    (one rotary key per token), K selected rows per query, E = C + R.
+
+    ``idx_BLK`` (int64) holds, per query, the cache rows it attends to, -1 for none (a query that
+    sees fewer than K tokens, as FlashMLA's sparse kernels mark an unused slot); causality is in the
+    indices, so no mask is passed. The pieces arrive as for ``MLAKernel``: ``q_lat_BLNC`` and
+    ``q_rope_BLNR`` (never concatenated by the layer), ``c_kv_BTC`` and ``k_rope_BTJ`` views of the
+    cache, and with ``packed_cache = True`` also ``kv_BTE``, the packed rows. The kernel gathers the
+    K rows of each query (work and traffic proportional to K, not to T) and returns
+    ``o_lat_BLNC = softmax(scale·(q_lat·c_kv_s + q_rope·k_rope_s))·c_kv_s`` over them.
+    """
+
+    name: str
+    packed_cache: bool  # whether the kernel wants ``kv_BTE``, the packed rows
+
+    def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool: ...
+
+    def __call__(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, c_kv_BTC: Tensor, k_rope_BTJ: Tensor,
+                 idx_BLK: Tensor, *, scale: float, kv_BTE: Tensor | None = None) -> Tensor: ...

@@ -137,13 +137,20 @@ class MLA(AttentionLayer):
                            packed=True)
 
     # -- shared pieces of every path ---------------------------------------------------------------
-    def _queries(self, x_BLD: Tensor, q_start: int | None) -> tuple[Tensor, Tensor]:
+    def _compressed_query(self, x_BLD: Tensor) -> Tensor:
+        """``c_q = RMSNorm(W_DQ x)`` (eq. 12), the compressed query; only with query compression."""
+        assert self.q_a_proj is not None and self.q_a_norm is not None, "this layer has no query compression"
+        return self.q_a_norm(self.q_a_proj(x_BLD))
+
+    def _queries(self, x_BLD: Tensor, q_start: int | Tensor | None,
+                 c_q_BLQ: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Per-head nope and rotated rope queries; ``c_q_BLQ``: the compressed query, if already made."""
         c = self.config
         B, L, _ = x_BLD.shape
         if self.q_proj is not None:
             q_BLX = self.q_proj(x_BLD)
         else:
-            q_BLX = self.q_b_proj(self.q_a_norm(self.q_a_proj(x_BLD)))
+            q_BLX = self.q_b_proj(self._compressed_query(x_BLD) if c_q_BLQ is None else c_q_BLQ)
         q_BLNE = q_BLX.view(B, L, c.heads, c.nope_head_dim + c.d_r)
         q_nope_BLNP, q_rope_BLNR = q_BLNE.split([c.nope_head_dim, c.d_r], dim=-1)
         if self.rope is not None:
@@ -196,16 +203,16 @@ class MLA(AttentionLayer):
         weights = self.absorbed_weights(fold_o=options["fold_o"])
         return lambda step: self._absorbed(step, kernel, weights)
 
-    def _standard(self, step: Step, attend: Kernel) -> Tensor:
-        q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
+    def _standard(self, step: Step, attend: Kernel, queries: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start) if queries is None else queries
         self._write_latent(step)
         k_nope_BTNP, v_BTNV = self._up_project(step.cache.read("c_kv", step.kv_len))
         k_BTNE = self._heads_key(k_nope_BTNP, step.cache.read("k_rope", step.kv_len))
         q_BLNE = torch.cat((q_nope_BLNP, q_rope_BLNR), dim=-1)
         return self._output(attend(q_BLNE, k_BTNE, v_BTNV, scale=self.scale, mask=step.mask))
 
-    def _expanded(self, step: Step, attend: Kernel) -> Tensor:
-        q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
+    def _expanded(self, step: Step, attend: Kernel, queries: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start) if queries is None else queries
         if step.kv_x_BMD is not None:
             c_kv_BMC, k_rope_BMJ = self._latent(step.kv_x_BMD, step.kv_start)
             k_nope_BMNP, v_BMNV = self._up_project(c_kv_BMC)
@@ -231,13 +238,20 @@ class MLA(AttentionLayer):
     def _absorbed(self, step: Step, attend: MLAKernel, weights: dict[str, Tensor]) -> Tensor:
         q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
         self._write_latent(step)
-        # DeepSeek-V2 eq. 10 absorbed: q_nope . (W_UK c_kv) = (q_nope W_UK) . c_kv per head.
-        q_lat_BLNC = torch.einsum("blnp,npc->blnc", q_nope_BLNP, weights["w_uk_NPC"])
+        q_lat_BLNC = self._absorbed_query(q_nope_BLNP, weights)
         T = step.kv_len
         # Views of the cache rows [c_kv; k_rope]: the step reads the cache where it lies.
         kv_BTE = step.cache.packed[:, :T] if attend.packed_cache else None
         o_lat_BLNC = attend(q_lat_BLNC, q_rope_BLNR, step.cache.read("c_kv", T), step.cache.read("k_rope", T),
                             scale=self.scale, mask=step.mask, kv_BTE=kv_BTE)
+        return self._absorbed_output(o_lat_BLNC, weights)
+
+    def _absorbed_query(self, q_nope_BLNP: Tensor, weights: dict[str, Tensor]) -> Tensor:
+        # DeepSeek-V2 eq. 10 absorbed: q_nope . (W_UK c_kv) = (q_nope W_UK) . c_kv per head.
+        return torch.einsum("blnp,npc->blnc", q_nope_BLNP, weights["w_uk_NPC"])
+
+    def _absorbed_output(self, o_lat_BLNC: Tensor, weights: dict[str, Tensor]) -> Tensor:
+        """W_UV then W_O on the latent output (eq. 11 absorbed), or the folded W_O·W_UV."""
         B, L, N, C = o_lat_BLNC.shape
         if "w_ouv_DX" in weights:
             return F.linear(o_lat_BLNC.reshape(B, L, N * C), weights["w_ouv_DX"], self.o_proj.bias)
@@ -245,6 +259,13 @@ class MLA(AttentionLayer):
         return self._output(o_BLNV)
 
     # -- cost, beside the math above ------------------------------------------------------------
+    def absorbed_widths(self, *, packed_cache: bool) -> tuple[int, int]:
+        """Key and value widths the absorbed path's kernel multiplies: on the packed rows (both
+        C + J, the zero-padded rotary slots included), or on the pieces (C + R per score, value C)."""
+        c = self.config
+        J = c.rope_heads * c.d_r
+        return (c.d_c + J, c.d_c + J) if packed_cache else (c.d_c + c.d_r, c.d_c)
+
     def params_by_module(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in module.parameters())
                 for name, module in self.named_children() if isinstance(module, (nn.Linear, nn.RMSNorm))}
@@ -263,9 +284,7 @@ class MLA(AttentionLayer):
             q_flops = matmul_flops(B * L, D, Q) + matmul_flops(B * L, Q, N * (P + R))
         latent_flops = matmul_flops(B * W, D, C + J)  # kv_a_proj on the new tokens
         o_flops = matmul_flops(B * L, N * V, D)
-        # The absorbed path's kernel: on the packed rows (key and value of width C + J, the
-        # zero-padded rotary slots included), or on the pieces (C + R per head's score, value C).
-        absorbed_qk, absorbed_v = (C + J, C + J) if packed_cache else (C + R, C)
+        absorbed_qk, absorbed_v = self.absorbed_widths(packed_cache=packed_cache)
         if path == "standard":
             path_flops = (matmul_flops(B * T, C, N * (P + V))  # re-expand the whole cache
                           + matmul_flops(B * N * L, P + R, T) + matmul_flops(B * N * L, T, V) + o_flops)

@@ -1,4 +1,4 @@
-"""``absorbed``, ``absorbed_sdpa`` and ``absorbed_fold_o`` (MLA only): attention directly on the latent cache.
+"""``absorbed``, ``absorbed_sdpa`` and ``absorbed_fold_o`` (MLA, dsa): attention directly on the latent cache.
 
 W_UK is applied to the query and W_UV after attention (DeepSeek-V2, section 2.1.2 "absorb"), so
 the step reads the cached ``[c_kv; k_rope]`` rows as one key shared by every head and never builds
@@ -7,6 +7,9 @@ query and the two cache pieces as views. ``absorbed`` and ``absorbed_fold_o`` co
 terms with explicit matmuls; ``absorbed_sdpa`` asks for the packed rows (FlashMLA's layout) and
 reads them as key and value of one width, which torch's fused kernels require; its extra value
 FLOPs (and the zero-padded rotary slots when G > 1) are counted.
+
+On ``dsa`` each runs its kernel's sparse counterpart (``EagerSparseMLAKernel``,
+``SdpaSparseMLAKernel``): the same math on the rows the indexer selected, gathered per query.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from variants.cost import Cost
 from variants.implementation import KernelImplementation
 from variants.kernels.mla_eager import EagerMLAKernel
 from variants.kernels.mla_sdpa import SdpaMLAKernel
+from variants.kernels.mla_sparse_eager import EagerSparseMLAKernel
+from variants.kernels.mla_sparse_sdpa import SdpaSparseMLAKernel
 from variants.registry import register_implementation
 
 if TYPE_CHECKING:
@@ -41,14 +46,15 @@ class AbsorbedImplementation(KernelImplementation):
 # one pass, 26.2 (blocks of 1024), 27.4 (2048), 30.2 (4096); at 4k keys one pass 2.8 ms, blocks
 # 3.3-3.5 ms. Under heavy load from other processes (load average 18) at 32k: 115.6 one pass, 103.8
 # (1024), 94.7 (2048).
-EAGER_MLA = EagerMLAKernel(block_keys=2048, one_pass_keys=4096)
+EAGER_MLA = EagerMLAKernel(block_keys=2048, one_pass_keys=4096, sparse=EagerSparseMLAKernel())
 
 ABSORBED = register_implementation(AbsorbedImplementation(
     name="absorbed", path="absorbed", kernel=EAGER_MLA, options={"fold_o": False},
     description="MLA with W_UK/W_UV absorbed; explicit matmuls on the latent cache"))
 
 ABSORBED_SDPA = register_implementation(AbsorbedImplementation(
-    name="absorbed_sdpa", path="absorbed", kernel=SdpaMLAKernel(), options={"fold_o": False},
+    name="absorbed_sdpa", path="absorbed", kernel=SdpaMLAKernel(sparse=SdpaSparseMLAKernel()),
+    options={"fold_o": False},
     description="MLA absorbed, attention through scaled_dot_product_attention on the packed cache"))
 
 ABSORBED_FOLD_O = register_implementation(AbsorbedImplementation(

@@ -47,6 +47,7 @@ class FlexKernel:
     name: str = "flex"
     dense_causal: bool = False  # the BlockMask carries every mask
     learned_sinks: bool = True
+    step_masks: bool = False  # the BlockMask is built from position functions when the step is bound
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         return False  # flex tiles the scores like a fused kernel

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from variants.kernel import SparseMLAKernel
 from variants.mask import AttnMask
 
 
@@ -22,16 +23,19 @@ class EagerMLAKernel:
     the keys into blocks of that many and combines the blocks' partial softmaxes (flash-decoding), so
     each block of the cache is still in the CPU's cache when its values are read. Up to
     ``one_pass_keys`` keys it stays one pass: a latent that fits the last-level cache whole gains
-    nothing from blocks and pays their bookkeeping (both measured, see ``variants.impls.absorbed``)."""
+    nothing from blocks and pays their bookkeeping (both measured, see ``variants.impls.absorbed``).
+    ``sparse``: the kernel a layer attending on selected tokens only (dsa) calls in its place."""
 
     name = "eager"
     dense_causal = True
     packed_cache = False
 
-    def __init__(self, block_keys: int | None = None, *, one_pass_keys: int = 0) -> None:
+    def __init__(self, block_keys: int | None = None, *, one_pass_keys: int = 0,
+                 sparse: SparseMLAKernel | None = None) -> None:
         assert block_keys is None or block_keys > 0, block_keys
         self.block_keys = block_keys
         self.one_pass_keys = one_pass_keys
+        self.sparse = sparse
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         return True

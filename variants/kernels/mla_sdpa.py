@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from variants.kernel import SparseMLAKernel
 from variants.mask import AttnMask
 
 
@@ -41,6 +42,9 @@ class SdpaMLAKernel:
     name = "sdpa"
     dense_causal = False
     packed_cache = True
+
+    def __init__(self, *, sparse: SparseMLAKernel | None = None) -> None:
+        self.sparse = sparse  # the kernel a layer attending on selected tokens only (dsa) calls instead
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         # As SdpaKernel: the fused CPU kernel needs equal key and value widths (the packed value has them).

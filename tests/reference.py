@@ -51,17 +51,19 @@ def rope(vec: Tensor, position: int, theta: float, layout: str, freqs: list[floa
 
 
 def attend(q_TNE: Tensor, k_SNE: Tensor, v_SNV: Tensor, scale: float, causal: bool, *,
-           window: int | None = None, sink_tokens: int = 0, sinks_N: Tensor | None = None) -> Tensor:
+           window: int | None = None, sink_tokens: int = 0, sinks_N: Tensor | None = None,
+           keys: list[list[int]] | None = None) -> Tensor:
     """softmax(q k^T * scale) v, token by token and head by head.
 
     ``window``: query t sees keys s with t - s < window, and keys s < ``sink_tokens`` (StreamingLLM);
     ``sinks_N``: head n's softmax has one more logit, ``sinks_N[n]``, whose column has no value
-    (gpt-oss): ``p_s = exp(score_s) / (sum_s' exp(score_s') + exp(sink))``.
+    (gpt-oss): ``p_s = exp(score_s) / (sum_s' exp(score_s') + exp(sink))``; ``keys[t]``: exactly
+    the keys query t sees (a sparse selection).
     """
     T, N, _ = q_TNE.shape
     out = torch.zeros(T, N, v_SNV.shape[-1], dtype=torch.float64)
     for t in range(T):
-        visible = list(range(t + 1 if causal else k_SNE.shape[0]))
+        visible = list(range(t + 1 if causal else k_SNE.shape[0])) if keys is None else keys[t]
         if window is not None:
             visible = [s for s in visible if t - s < window or s < sink_tokens]
         for n in range(N):
@@ -112,6 +114,13 @@ def mla(layer, x_TD: Tensor, memory_SD: Tensor | None = None) -> Tensor:
     Generalised for layers converted from GQA: G rotary keys per token (query head n uses key
     ``n // (N / G)``, each group with its own frequencies) and an optional RMSNorm on c_kv.
     """
+    q_full, k_full, v_c, scale = mla_heads(layer, x_TD, memory_SD)
+    o = attend(q_full, k_full, v_c, scale, causal=memory_SD is None)  # eq. 18
+    return linear(o.reshape(o.shape[0], -1), layer, "o_proj")  # eq. 19
+
+
+def mla_heads(layer, x_TD: Tensor, memory_SD: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor, float]:
+    """MLA's per-head queries, keys and values (eqs. 9-17) and the softmax scale, before attention."""
     c = layer.config
     x = x_TD.double()
     kv_in = x if memory_SD is None else memory_SD.double()
@@ -144,8 +153,7 @@ def mla(layer, x_TD: Tensor, memory_SD: Tensor | None = None) -> Tensor:
     q_full = torch.cat([q_c, q_r], dim=-1)  # eq. 16
     k_full = torch.cat([k_c, k_r[:, group]], dim=-1)  # eq. 17: k_rope shared (within a group)
     scale = c.softmax_scale if c.softmax_scale is not None else 1 / math.sqrt(P + R)
-    o = attend(q_full, k_full, v_c, scale, causal=memory_SD is None)  # eq. 18
-    return linear(o.reshape(o.shape[0], N * V), layer, "o_proj")  # eq. 19
+    return q_full, k_full, v_c, scale
 
 
 def reference(layer, x_BTD: Tensor, memory_BSD: Tensor | None = None) -> Tensor:

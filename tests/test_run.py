@@ -44,8 +44,11 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize("model", _options("model"))
 def test_every_model_preset_composes_and_plans(model):
     cases = plan_cases(_compose([f"model={model}", "device=cpu"]))
-    windowed = load_preset(model).sliding_window is not None  # swa needs a window in the shape
-    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"} | ({"swa"} if windowed else set())
+    shape = load_preset(model)
+    windowed = shape.sliding_window is not None  # swa needs a window in the shape
+    compressed_q = shape.q_rank is not None  # dsa's indexer reads MLA's compressed query
+    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"} | ({"swa"} if windowed else set()) \
+        | ({"dsa"} if compressed_q else set())
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
@@ -160,7 +163,7 @@ def test_each_fault_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert status["eager/decode"] == "ok" and status["eager/prefill"] == "ok"
     wrong = frame[frame.impl == "test_wrong"].iloc[0]
     assert pd.isna(wrong.latency_ms) and "against the float64 reference" in wrong.reason
-    assert frame[frame.impl == "absorbed"].iloc[0].reason.startswith("absorbed applies to mla only; mha supports: eager")
+    assert frame[frame.impl == "absorbed"].iloc[0].reason.startswith("absorbed applies to dsa, mla only; mha supports: eager")
     assert len(results.load(tmp_path)) == len(frame)
 
 

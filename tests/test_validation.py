@@ -37,10 +37,10 @@ def test_unknown_names_list_the_valid_ones():
 @pytest.mark.parametrize("variant", ["mha", "mqa", "gqa"])
 def test_absorbed_is_refused_for_non_mla_variants(variant):
     layer = variants.build(variant, TINY)
-    with pytest.raises(ValueError, match=f"^absorbed applies to mla only; {variant} supports: eager, flex, sdpa$"):
+    with pytest.raises(ValueError, match=f"^absorbed applies to dsa, mla only; {variant} supports: eager, flex, sdpa$"):
         layer.new_cache(1, 8, impl="absorbed")
     cache = layer.new_cache(1, 8)
-    with pytest.raises(ValueError, match="^absorbed applies to mla only"):
+    with pytest.raises(ValueError, match="^absorbed applies to dsa, mla only"):
         layer.prefill(torch.randn(1, 2, TINY.hidden), cache, impl="absorbed")
 
 

@@ -22,14 +22,18 @@ _MAX_HIDDEN, _MAX_TOKENS, _MAX_NEW, _MAX_BATCH = 128, 24, 4, 2
 
 
 def reduce_shape(shape: ModelShape) -> ModelShape:
-    """At most 2 kv heads of at most 2 query heads each, a narrow residual and a short window."""
+    """At most 2 kv heads of at most 2 query heads each, a narrow residual, a short window and a small top-k."""
     kv = shape.kv_heads or shape.heads
     group = shape.heads // kv
     kv_small, group_small = min(kv, 2), min(group, 2)
     # A window of at most 8 positions, so the check's tokens run past its end and through the ring.
     window = None if shape.sliding_window is None else min(shape.sliding_window, 8)
+    # An indexer keeping at most 8 of the check's 24 tokens, so that its selection is exercised (a seq of
+    # 8 or fewer tokens then selects everything); at most 16 indexer heads, enough that a score is exactly 0
+    # (every head's ReLU at its floor, a tie that round-off cannot order) 2^-16 of the time.
     return shape.replace(hidden=min(shape.hidden, _MAX_HIDDEN), heads=kv_small * group_small, kv_heads=kv_small,
-                         sliding_window=window)
+                         sliding_window=window, index_topk=min(shape.index_topk, 8),
+                         index_heads=min(shape.index_heads, 16))
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

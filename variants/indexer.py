@@ -19,7 +19,9 @@ positive factor). DeepSeek's published indexer also rotates q and k by a Hadamar
 scores in fp8; the transform is orthogonal (dot products unchanged) and fp8 is a storage choice,
 so, like transformers, this computes the logits in the compute dtype and sums the heads in (at
 least) float32. Prefill scores blocks of queries (``score_bytes`` of float32 logits at most), so a
-long prompt never holds all [L, H, T] of them.
+long prompt never holds all [L, H, T] of them; in at most ``MAX_BLOCKS`` blocks, so that a
+million-token prompt holds larger blocks rather than loop a million times in Python (the memory
+prediction's dry run runs this loop too).
 """
 
 from __future__ import annotations
@@ -29,6 +31,15 @@ from torch import Tensor, nn
 
 from variants.cost import Cost, matmul_flops
 from variants.rope import Rope
+
+
+MAX_BLOCKS = 64  # query blocks per step, at most (see the module docstring)
+
+
+def block_rows(num_queries: int, row_bytes: int, budget: int) -> int:
+    """Queries per block: as many as ``budget`` bytes hold at ``row_bytes`` each, and enough for at
+    most ``MAX_BLOCKS`` blocks."""
+    return max(1, budget // max(1, row_bytes), -(-num_queries // MAX_BLOCKS))
 
 
 def query_positions(q_start: int | Tensor, *, batch: int, q_len: int, device: torch.device) -> Tensor:
@@ -84,7 +95,7 @@ class LightningIndexer(nn.Module):
         q_pos_BL = query_positions(q_start, batch=B, q_len=L, device=x_BLD.device)
         kv_pos_T = torch.arange(T, device=x_BLD.device)
         k_BIT = k_BTI.transpose(1, 2)
-        rows = max(1, self.score_bytes // (B * H * T * acc.itemsize))  # queries per block
+        rows = block_rows(L, B * H * T * acc.itemsize, self.score_bytes)
         blocks = []
         for l0 in range(0, L, rows):
             l1 = min(l0 + rows, L)
@@ -111,7 +122,7 @@ class LightningIndexer(nn.Module):
         params = sum(p.numel() for p in self.parameters())
         weight_bytes, read, write = params * b, B * S * I * b, B * W * I * b
         acc = max(b, 4)  # the head sum's dtype: at least float32
-        rows = min(L, max(1, self.score_bytes // (B * H * T * acc)))  # as forward blocks the queries
+        rows = min(L, block_rows(L, B * H * T * acc, self.score_bytes))  # as forward blocks the queries
         transient = B * L * H * I * b * 2 + B * rows * H * T * (2 * b + acc) + B * L * T * (acc + 1) + B * L * H * acc
         return Cost(flops=flops, weight_bytes=weight_bytes, cache_read_bytes=read, cache_write_bytes=write,
                     activation_bytes=0, params=params, kv_bytes_per_token=I * b, transient_bytes=transient,

@@ -8,13 +8,16 @@ Each query gathers its K rows of ``c_kv`` and ``k_rope`` (a copy of K·(C + R) v
 and the traffic are proportional to K, not to T), then, as ``EagerMLAKernel`` does on the whole
 cache, folds the N heads into the rows of one matmul per score term (every head shares the latent
 key) and takes the softmax in float32. Unused slots (-1) are masked. The gathered rows of a block of
-queries stay under ``gather_bytes`` (a prefill of L queries would otherwise gather L·K rows at once).
+queries stay under ``gather_bytes`` (a prefill of L queries would otherwise gather L·K rows at once),
+in at most ``variants.indexer.MAX_BLOCKS`` blocks.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from variants.indexer import block_rows
 
 
 def gather_rows(x_BTF: Tensor, idx_BnK: Tensor) -> Tensor:
@@ -24,8 +27,9 @@ def gather_rows(x_BTF: Tensor, idx_BnK: Tensor) -> Tensor:
 
 
 def query_blocks(num_queries: int, row_bytes: int, budget: int) -> list[tuple[int, int]]:
-    """Query ranges ``[l0, l1)`` whose gathered rows (``row_bytes`` per query) stay within ``budget``."""
-    step = max(1, budget // max(1, row_bytes))
+    """Query ranges ``[l0, l1)`` whose gathered rows (``row_bytes`` per query) stay within ``budget``,
+    at most ``variants.indexer.MAX_BLOCKS`` of them (larger blocks rather than a million-step loop)."""
+    step = block_rows(num_queries, row_bytes, budget)
     return [(l0, min(l0 + step, num_queries)) for l0 in range(0, num_queries, step)]
 
 

@@ -281,3 +281,55 @@ def test_the_numerics_gate_exercises_the_selection(phase, dtype):
                 seq=1024, decode_len=1, dtype=dtype, device="cpu", attention="self")
     err, tol = numerics.check(case)
     assert err <= tol
+
+
+def _gate(impl: str = "absorbed", dtype: str = "float32", phase: str = "prefill") -> tuple[float, float]:
+    from harness.measure import numerics
+    from harness.measure.case import Case
+    from variants.presets import load_preset
+
+    case = Case(variant="dsa", impl=impl, compile=None, phase=phase, model="tiny_dsa", shape=load_preset("tiny_dsa"),
+                batch=2, seq=1024, decode_len=2, dtype=dtype, device="cpu")
+    return numerics.check(case)
+
+
+def test_the_gate_fails_a_selection_that_is_not_a_top_k(monkeypatch):
+    from variants.indexer import LightningIndexer
+
+    original = LightningIndexer.forward
+
+    def lowest(self, x_BLD, c_q_BLQ, k_BTI, *, q_start):  # the k worst tokens, outside float64
+        idx_BLK = original(self, x_BLD, c_q_BLQ, k_BTI, q_start=q_start)
+        if x_BLD.dtype == torch.float64:
+            return idx_BLK
+        scores_BLT = self.scores(x_BLD, c_q_BLQ, k_BTI, q_start=q_start)
+        low = scores_BLT.masked_fill(scores_BLT == float("-inf"), float("inf")).topk(idx_BLK.shape[-1], largest=False)
+        return torch.where(low.values == float("inf"), -1, low.indices)
+
+    monkeypatch.setattr(LightningIndexer, "forward", lowest)
+    for phase in ("prefill", "decode"):
+        err, tol = _gate(phase=phase)
+        assert err > 10 * tol, phase  # the output on that selection is right: the shortfall fails it
+
+
+def test_the_gate_fails_wrong_attention_on_the_right_selection(monkeypatch):
+    original = EagerSparseMLAKernel.__call__
+
+    def rescaled(self, *args, scale, **kwargs):
+        return original(self, *args, scale=scale * 1.5, **kwargs)
+
+    monkeypatch.setattr(EagerSparseMLAKernel, "__call__", rescaled)
+    err, tol = _gate()
+    assert err > 10 * tol
+    assert _gate("eager")[0] <= tol  # the dense baseline does not call the sparse kernel
+
+
+def test_shortfall_is_zero_for_a_top_k_and_infinite_for_a_wrong_count():
+    from harness.measure.selection import shortfall
+
+    inf = float("-inf")
+    scores = torch.tensor([[[1.0, inf, inf], [0.5, 2.0, inf], [3.0, 1.0, 2.0]]])
+    assert shortfall(scores, torch.tensor([[[0, -1], [1, 0], [0, 2]]])) == 0.0
+    assert shortfall(scores, torch.tensor([[[0, -1], [1, 0], [0, 1]]])) == pytest.approx((2.0 - 1.0) / 3.0)
+    assert shortfall(scores, torch.tensor([[[0, 1], [1, 0], [0, 2]]])) == float("inf")  # an invisible token
+    assert shortfall(scores, torch.tensor([[[-1, -1], [1, 0], [0, 2]]])) == float("inf")  # a query left empty

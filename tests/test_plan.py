@@ -47,8 +47,10 @@ def test_all_means_every_supported_combination():
     cases = plan_cases(_cfg())
     pairs = {(c.variant, c.impl) for c in cases}
     assert ("mla", "absorbed") in pairs and ("mha", "absorbed") not in pairs
-    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"}
-    assert len(cases) == 3 * 3 + 7  # mha, mqa, gqa: eager, sdpa, flex; mla: those and absorbed x3, expanded
+    assert ("dsa", "absorbed") in pairs and ("dsa", "flex") not in pairs
+    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla", "dsa"}  # tiny compresses queries: dsa
+    # mha, mqa, gqa: eager, sdpa, flex; mla: those and absorbed x3, expanded; dsa: mla's but flex.
+    assert len(cases) == 3 * 3 + 7 + 6
 
 
 def test_named_unsupported_combination_is_planned_to_be_skipped():

@@ -26,6 +26,8 @@ prediction's dry run runs this loop too).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor, nn
 
@@ -85,18 +87,31 @@ class LightningIndexer(nn.Module):
 
     def forward(self, x_BLD: Tensor, c_q_BLQ: Tensor, k_BTI: Tensor, *, q_start: int | Tensor) -> Tensor:
         """``idx_BLK`` (int64): each query's selected cache rows, best first, -1 where it sees fewer than K."""
+        K = min(self.topk, k_BTI.shape[1])
+        blocks = []
+        for scores_BnT in self._scores(x_BLD, c_q_BLQ, k_BTI, q_start=q_start, budget=self.score_bytes):
+            top = scores_BnT.topk(K, dim=-1)
+            blocks.append(torch.where(top.values == float("-inf"), -1, top.indices))
+        return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+
+    def scores(self, x_BLD: Tensor, c_q_BLQ: Tensor, k_BTI: Tensor, *, q_start: int | Tensor) -> Tensor:
+        """``I_BLT``: every query's scores at once (-inf past its causal prefix), what ``forward`` ranks.
+        For checks on small shapes (the numerics gate); the step itself scores in blocks."""
+        return torch.cat(list(self._scores(x_BLD, c_q_BLQ, k_BTI, q_start=q_start, budget=None)), dim=1)
+
+    def _scores(self, x_BLD: Tensor, c_q_BLQ: Tensor, k_BTI: Tensor, *, q_start: int | Tensor,
+                budget: int | None) -> Iterator[Tensor]:
+        """The scores of one block of queries after another (``budget`` None: one block)."""
         B, L, _ = x_BLD.shape
         H, I = self.heads, self.head_dim
         T = k_BTI.shape[1]
-        K = min(self.topk, T)
         acc = torch.promote_types(x_BLD.dtype, torch.float32)
         q_BLHI = self._rotate(self.wq_b(c_q_BLQ).view(B, L, H, I), q_start)
         w_BLH = self.weights_proj(x_BLD).to(acc) * (H ** -0.5 * I ** -0.5)
         q_pos_BL = query_positions(q_start, batch=B, q_len=L, device=x_BLD.device)
         kv_pos_T = torch.arange(T, device=x_BLD.device)
         k_BIT = k_BTI.transpose(1, 2)
-        rows = block_rows(L, B * H * T * acc.itemsize, self.score_bytes)
-        blocks = []
+        rows = L if budget is None else block_rows(L, B * H * T * acc.itemsize, budget)
         for l0 in range(0, L, rows):
             l1 = min(l0 + rows, L)
             n = l1 - l0
@@ -105,9 +120,7 @@ class LightningIndexer(nn.Module):
             relu_XHT = torch.relu(logits_BXT).to(acc).view(B * n, H, T)
             scores_BnT = torch.bmm(w_BLH[:, l0:l1].reshape(B * n, 1, H), relu_XHT).view(B, n, T)
             visible_BnT = kv_pos_T <= q_pos_BL[:, l0:l1, None]
-            top = scores_BnT.masked_fill(visible_BnT.logical_not(), float("-inf")).topk(K, dim=-1)
-            blocks.append(torch.where(top.values == float("-inf"), -1, top.indices))
-        return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
+            yield scores_BnT.masked_fill(visible_BnT.logical_not(), float("-inf"))
 
     def cost(self, *, hidden: int, q_rank: int, batch: int, q_len: int, cached: int, new_kv: int,
              dtype: torch.dtype) -> Cost:

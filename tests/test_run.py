@@ -163,7 +163,8 @@ def test_each_fault_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
     assert status["eager/decode"] == "ok" and status["eager/prefill"] == "ok"
     wrong = frame[frame.impl == "test_wrong"].iloc[0]
     assert pd.isna(wrong.latency_ms) and "against the float64 reference" in wrong.reason
-    assert frame[frame.impl == "absorbed"].iloc[0].reason.startswith("absorbed applies to dsa, mla only; mha supports: eager")
+    reason = frame[frame.impl == "absorbed"].iloc[0].reason
+    assert reason.startswith("absorbed applies to dsa, mla only; mha supports: eager")
     assert len(results.load(tmp_path)) == len(frame)
 
 

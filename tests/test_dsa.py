@@ -333,3 +333,33 @@ def test_shortfall_is_zero_for_a_top_k_and_infinite_for_a_wrong_count():
     assert shortfall(scores, torch.tensor([[[0, -1], [1, 0], [0, 1]]])) == pytest.approx((2.0 - 1.0) / 3.0)
     assert shortfall(scores, torch.tensor([[[0, 1], [1, 0], [0, 2]]])) == float("inf")  # an invisible token
     assert shortfall(scores, torch.tensor([[[-1, -1], [1, 0], [0, 2]]])) == float("inf")  # a query left empty
+
+
+def test_an_fp8_cache_quantizes_the_latent_and_the_indexer_keys():
+    from harness.measure import numerics
+
+    v32 = ModelShape(hidden=7168, heads=128, head_dim=128, d_c=512, d_r=64, q_rank=1536, nope_head_dim=128,
+                     v_head_dim=128, rope_layout="interleaved", kv_dtype="fp8_e4m3", name="deepseek_v32")
+    meta = variants.build("dsa", v32, device="meta")
+    # FlashMLA's 656 B (512 e4m3, 4 float32 scales, 64 bf16 rotary values) plus the indexer key's 128 + 4.
+    assert meta.kv_bytes_per_token("absorbed", torch.bfloat16) == 656 + 128 + 4 == 788
+    full, fp8 = _layer(torch.float32), _layer(torch.float32, kv_dtype="fp8_e4m3")
+    x_BTD = torch.randn(2, TOTAL, SHAPE.hidden)
+    for impl in ("eager", "absorbed", "absorbed_fold_o"):
+        cache = fp8.new_cache(2, TOTAL, impl=impl)
+        assert cache.fields["index_k"].dtype == torch.float8_e4m3fn and "index_k" in cache.scales
+        err = rel_err(_prefill_then_decode(fp8, x_BTD, impl), _prefill_then_decode(full, x_BTD, impl))
+        # Quantized, not the same numbers; no upper bound here: fp8 indexer keys may swap near-equal tokens,
+        # which the gate below tells apart from the attention's error.
+        assert 1e-3 < err, impl
+    with pytest.raises(ValueError, match="^kv_dtype=fp8_e4m3: the sdpa kernel reads the packed cache rows"):
+        fp8.new_cache(1, 8, impl="absorbed_sdpa")
+    from harness.measure.case import Case
+    from variants.presets import load_preset
+
+    for phase in ("prefill", "decode"):
+        case = Case(variant="dsa", impl="absorbed", compile=None, phase=phase, model="tiny_dsa",
+                    shape=load_preset("tiny_dsa").replace(kv_dtype="fp8_e4m3"), batch=2, seq=1024, decode_len=1,
+                    dtype="float32", device="cpu")
+        err, tol = numerics.check(case)
+        assert 10 * numerics.TOLERANCE["float32"] < err <= tol == numerics.tolerance(case), phase

@@ -20,10 +20,17 @@ Two options a serving engine has: a *paged* cache (``page_size``: fixed-size pag
 and a block table ``[B, pages]`` saying which pages hold each sequence, as vLLM, FlashInfer and
 FlashMLA keep it), and a *ragged* batch (``seq_lens``: each sequence at its own length; a decode
 step appends at each sequence's own position).
+
+Storage (``kv_dtype``): a field is kept in the compute dtype, or with ``storage="fp8_e4m3"`` as e4m3
+values plus float32 scales per tile of each token (``variants.quant``); ``write`` quantizes and
+``read`` dequantizes, so a family's step reads the same tensors either way. Fields with
+``quantize=False`` (rotary keys, as FlashMLA keeps them in bf16) stay in the compute dtype. A
+quantized layout is never packed: its fields have different dtypes (each in a buffer of its own).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,15 +39,34 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from variants import quant
+from variants.shape import KV_DTYPES, check_choice
+
 
 @dataclass(frozen=True)
 class CacheField:
     name: str
     shape: tuple[int, ...]  # per token, e.g. (K, H) for GQA keys or (C,) for MLA's latent
+    quantize: bool = True  # whether kv_dtype=fp8_e4m3 applies (False: kept in the compute dtype)
+    storage: str = "auto"  # "auto": the compute dtype; "fp8_e4m3": e4m3 values + float32 scales per tile
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def fp8(self) -> bool:
+        return self.storage == "fp8_e4m3"
+
+    @property
+    def tile(self) -> int:
+        """Elements per scale of an fp8 field (``variants.quant.tile_for`` of its last dimension)."""
+        return quant.tile_for(self.shape[-1])
+
+    def bytes_per_token(self, dtype: torch.dtype) -> int:
+        if self.fp8:
+            return self.numel * quant.FP8.itemsize + self.numel // self.tile * quant.SCALE_DTYPE.itemsize
+        return self.numel * dtype.itemsize
 
 
 @dataclass(frozen=True)
@@ -65,7 +91,22 @@ class CacheLayout:
         return sum(f.numel for f in self.fields) if self.packed else 0
 
     def bytes_per_token(self, dtype: torch.dtype) -> int:
-        return self.elements_per_token * dtype.itemsize
+        """Bytes per token with the fields stored as they are (``dtype``: the compute dtype)."""
+        return sum(f.bytes_per_token(dtype) for f in (*self.fields, *self.separate))
+
+    @property
+    def quantized(self) -> bool:
+        return any(f.fp8 for f in (*self.fields, *self.separate))
+
+    def stored_as(self, kv_dtype: str) -> CacheLayout:
+        """This layout with its quantizable fields stored as ``kv_dtype`` (``auto``: unchanged); a
+        quantized layout keeps every field in a buffer of its own (``separate`` fields included)."""
+        check_choice("kv_dtype", kv_dtype, KV_DTYPES)
+        if kv_dtype == "auto":
+            return self
+        fields = tuple(dataclasses.replace(f, storage=kv_dtype) if f.quantize else f
+                       for f in (*self.fields, *self.separate))
+        return dataclasses.replace(self, fields=fields, packed=False, separate=())
 
     def positions(self, context: int) -> int:
         """Positions a sequence of ``context`` tokens keeps. All of them here; a layout keeping a
@@ -161,8 +202,10 @@ class KVCache:
                 del order[:n]
             self.block_table = table.to(device)
             rows = (num_pages, P)
+        self.dtype = dtype
         self.buffers: dict[str, Tensor] = {}
         self.fields: dict[str, Tensor] = {}
+        self.scales: dict[str, Tensor] = {}  # fp8 fields' float32 scales [*rows, numel / tile]
         apart = layout.fields
         if layout.packed:
             packed = torch.zeros(*rows, layout.packed_width, dtype=dtype, device=device)
@@ -173,9 +216,14 @@ class KVCache:
                 offset += field.numel
             apart = layout.separate
         for field in apart:
-            buf = torch.zeros(*rows, *field.shape, dtype=dtype, device=device)
+            buf = torch.zeros(*rows, *field.shape, dtype=quant.FP8 if field.fp8 else dtype, device=device)
             self.buffers[field.name] = buf
             self.fields[field.name] = buf
+            if field.fp8:
+                scale = torch.ones(*rows, field.numel // field.tile, dtype=quant.SCALE_DTYPE, device=device)
+                self.buffers[f"{field.name}.scale"] = scale
+                self.scales[field.name] = scale
+        self._field = {f.name: f for f in (*layout.fields, *layout.separate)}
 
     @property
     def paged(self) -> bool:
@@ -183,13 +231,19 @@ class KVCache:
 
     def __getitem__(self, name: str) -> Tensor:
         """The whole preallocated field ``[B, rows, *shape]``: rows = max_len, or a ring's positions (a view
-        when packed and contiguous)."""
+        of the buffer when stored in the compute dtype and contiguous; an fp8 field: dequantized, a copy)."""
         return self.read(name, self.max_len)
 
     def pool(self, name: str) -> Tensor:
-        """A paged field's pool ``[Q, P, *shape]`` as allocated (``"packed"``: the packed rows)."""
+        """A paged field's pool ``[Q, P, *shape]`` as allocated (``"packed"``: the packed rows; an fp8
+        field: its e4m3 values, with ``scale_pool``)."""
         assert self.paged, "this cache is not paged"
         return self.buffers["packed"] if name == "packed" else self.fields[name]
+
+    def scale_pool(self, name: str) -> Tensor:
+        """A paged fp8 field's scales ``[Q, P, numel / tile]``."""
+        assert self.paged and name in self.scales, f"{name} is not a paged fp8 field"
+        return self.scales[name]
 
     @property
     def packed(self) -> Tensor:
@@ -216,33 +270,53 @@ class KVCache:
         if self.seq_lens is not None:
             self.seq_lens = [n + new for n in self.seq_lens]
 
+    def _stored(self, name: str, value_BL: Tensor) -> list[tuple[Tensor, Tensor]]:
+        """(buffer, value) pairs that store ``value`` in field ``name``: itself, or e4m3 values and scales."""
+        if name not in self.scales:
+            return [(self.fields[name], value_BL)]
+        field = self._field[name]
+        values_BLX, scale_BLG = quant.quantize(value_BL.flatten(2), field.tile)
+        return [(self.fields[name], values_BLX.view(value_BL.shape)), (self.scales[name], scale_BLG)]
+
     def write(self, start: int | Tensor, **entries_BL: Tensor) -> None:
         """Copy new entries into positions [start, start + L) of each named field, in place;
         ``start`` is one position or one per sequence ``[B]`` (a ragged batch)."""
-        for name, value_BL in entries_BL.items():
-            L = value_BL.shape[1]
-            if isinstance(start, int) and not self.paged:
-                end = start + L
-                assert end <= self.max_len, f"cache overflow: writing up to {end} > max_len {self.max_len}"
-                self.fields[name][:, start:end].copy_(value_BL)
-                continue
-            pos_BL = torch.as_tensor(start, device=value_BL.device).view(-1, 1) \
-                + torch.arange(L, device=value_BL.device)
-            pos_BL = pos_BL.expand(self.batch, L)
-            field = self.fields[name]
-            if not self.paged:
-                field[torch.arange(self.batch, device=pos_BL.device).unsqueeze(1), pos_BL] = value_BL
-                continue
-            P = self.page_size
-            assert P is not None and self.block_table is not None
-            page_BL = self.block_table.to(pos_BL.device).gather(1, pos_BL // P).long()
-            field.flatten(0, 1)[page_BL * P + pos_BL % P] = value_BL
+        for name, entry_BL in entries_BL.items():
+            L = entry_BL.shape[1]
+            for field, value_BL in self._stored(name, entry_BL):
+                if isinstance(start, int) and not self.paged:
+                    end = start + L
+                    assert end <= self.max_len, f"cache overflow: writing up to {end} > max_len {self.max_len}"
+                    field[:, start:end].copy_(value_BL)
+                    continue
+                pos_BL = torch.as_tensor(start, device=value_BL.device).view(-1, 1) \
+                    + torch.arange(L, device=value_BL.device)
+                pos_BL = pos_BL.expand(self.batch, L)
+                if not self.paged:
+                    field[torch.arange(self.batch, device=pos_BL.device).unsqueeze(1), pos_BL] = value_BL
+                    continue
+                P = self.page_size
+                assert P is not None and self.block_table is not None
+                page_BL = self.block_table.to(pos_BL.device).gather(1, pos_BL // P).long()
+                field.flatten(0, 1)[page_BL * P + pos_BL % P] = value_BL
+
+    def write_rows(self, rows_R: Tensor, **entries_BR: Tensor) -> None:
+        """Copy entries into the given rows of each named field (a ring cache's write slots), in place."""
+        assert not self.paged, "rows are positions of a contiguous cache"
+        for name, entry_BR in entries_BR.items():
+            for field, value_BR in self._stored(name, entry_BR):
+                if field.dtype == quant.FP8:  # no index_copy_ kernel for float8: copy the bytes
+                    field, value_BR = field.view(torch.uint8), value_BR.view(torch.uint8)
+                field.index_copy_(1, rows_R, value_BR)
 
     def read(self, name: str, end: int) -> Tensor:
-        """Positions [0, end) of a field: a view of the buffer (no copy), or the pages gathered."""
-        if self.paged:
-            return self._gather(self.fields[name], end)
-        return self.fields[name][:, :end]
+        """Positions [0, end) of a field: a view of the buffer (no copy), or the pages gathered; an fp8
+        field dequantized to the cache's compute dtype (a copy, as a kernel without fp8 support needs)."""
+        values = self._gather(self.fields[name], end) if self.paged else self.fields[name][:, :end]
+        if name not in self.scales:
+            return values
+        scale = self._gather(self.scales[name], end) if self.paged else self.scales[name][:, :end]
+        return quant.dequantize(values.flatten(2), scale, self.dtype).view(values.shape)
 
     def _gather(self, pool_QP: Tensor, end: int) -> Tensor:
         P = self.page_size
@@ -268,8 +342,15 @@ class KVCache:
         """
         if not 0 <= length <= self.max_len:
             raise ValueError(f"fill length {length} is outside [0, max_len={self.max_len}]")
-        for buf in self.buffers.values():
+        for name, buf in self.buffers.items():
             generator = torch.Generator(device=buf.device).manual_seed(seed)
             for row_SX in buf[:, :self.layout.positions(length)]:
-                row_SX.normal_(generator=generator)
+                if buf.dtype == quant.FP8:
+                    # Bytes below 0x7F are the finite non-negative e4m3 values (0x7F is NaN); the
+                    # scale rows below keep them about unit-sized, as normal_ does for the others.
+                    row_SX.view(torch.uint8).random_(0, 0x7F, generator=generator)
+                elif name.endswith(".scale"):
+                    row_SX.fill_(1 / quant.E4M3_MAX)
+                else:
+                    row_SX.normal_(generator=generator)
         self.length = length

@@ -123,9 +123,10 @@ class LightningIndexer(nn.Module):
             yield scores_BnT.masked_fill(visible_BnT.logical_not(), float("-inf"))
 
     def cost(self, *, hidden: int, q_rank: int, batch: int, q_len: int, cached: int, new_kv: int,
-             dtype: torch.dtype) -> Cost:
+             dtype: torch.dtype, key_bytes: int | None = None) -> Cost:
         """The indexer's share of a step (all of it in ``indexer_flops``/``indexer_bytes``): its
-        projections, the scan of every visible key, its key rows read and written."""
+        projections, the scan of every visible key, its key rows read and written (``key_bytes`` per
+        row as the cache stores it; None: I values of ``dtype``)."""
         b = dtype.itemsize
         B, L, S, W = batch, q_len, cached, new_kv
         T, D, Q, H, I = S + W, hidden, q_rank, self.heads, self.head_dim
@@ -133,10 +134,11 @@ class LightningIndexer(nn.Module):
                  + matmul_flops(B * W, D, I)  # wk on the new tokens
                  + matmul_flops(B * L * H, I, T) + matmul_flops(B * L, H, T))  # logits, weighted sum over heads
         params = sum(p.numel() for p in self.parameters())
-        weight_bytes, read, write = params * b, B * S * I * b, B * W * I * b
+        row = I * b if key_bytes is None else key_bytes
+        weight_bytes, read, write = params * b, B * S * row, B * W * row
         acc = max(b, 4)  # the head sum's dtype: at least float32
         rows = min(L, block_rows(L, B * H * T * acc, self.score_bytes))  # as forward blocks the queries
         transient = B * L * H * I * b * 2 + B * rows * H * T * (2 * b + acc) + B * L * T * (acc + 1) + B * L * H * acc
         return Cost(flops=flops, weight_bytes=weight_bytes, cache_read_bytes=read, cache_write_bytes=write,
-                    activation_bytes=0, params=params, kv_bytes_per_token=I * b, transient_bytes=transient,
+                    activation_bytes=0, params=params, kv_bytes_per_token=row, transient_bytes=transient,
                     indexer_flops=flops, indexer_bytes=weight_bytes + read + write)

@@ -62,6 +62,10 @@ class AttentionLayer(nn.Module):
 
     paths: ClassVar[tuple[str, ...]] = ("standard",)
     variant: str
+    # How the cache stores what it keeps (``ModelShape.kv_dtype``): families apply it in
+    # ``cache_layout`` through ``CacheLayout.stored_as``. A plain attribute, so that the numerics
+    # gate can compare an fp8 cache against a reference that keeps full precision.
+    kv_dtype: str = "auto"
     attention: AttentionKind
     hidden: int
 
@@ -85,7 +89,12 @@ class AttentionLayer(nn.Module):
         return CAUSAL
 
     def kernel_unsupported(self, kernel: Kernel) -> str | None:
-        """None when ``kernel`` can run this layer's attention, else why not (learned sinks)."""
+        """None when ``kernel`` can run this layer's attention, else why not (learned sinks, an fp8
+        cache for a kernel that reads the packed rows as one tensor)."""
+        if self.kv_dtype != "auto" and getattr(kernel, "packed_cache", False):
+            return (f"kv_dtype={self.kv_dtype}: the {kernel.name} kernel reads the packed cache rows as one "
+                    "tensor of the compute dtype; an fp8 cache is dequantized per field (use absorbed or "
+                    "absorbed_fold_o)")
         return None
 
     def step_mask(self, *, q_len: int, start: int, cache: KVCache, device: torch.device,

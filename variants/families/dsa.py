@@ -8,7 +8,8 @@ DeepSeek-V3.2-Exp keeps DeepSeek-V3's MLA (``variants.families.mla``; query comp
 required, the indexer's query comes from it) and adds a lightning indexer (``variants.indexer``)
 that picks each query's top-k tokens; attention runs over those only. Per token and layer the
 cache holds MLA's latent and rope key, packed as FlashMLA reads them, and the indexer's key in a
-buffer of its own: C + R + I values (512 + 64 + 128 = 704, 1,408 B in bf16 at DeepSeek-V3.2's shape).
+buffer of its own: C + R + I values (512 + 64 + 128 = 704, 1,408 B in bf16 at DeepSeek-V3.2's shape;
+with ``kv_dtype=fp8_e4m3`` FlashMLA's 656 B plus the indexer key's 128 + 4, 788 B).
 
 Paths:
 - ``standard``: dense MLA (the whole latent re-expanded every step) with every key the indexer did
@@ -97,11 +98,13 @@ class DSA(MLA):
 
     # -- cache ----------------------------------------------------------------------------------
     def cache_layout(self, path: str) -> CacheLayout:
-        layout = super().cache_layout(path)
+        layout = super().cache_layout(path)  # MLA's, already stored as kv_dtype says
         index_k = CacheField("index_k", (self.config.index_head_dim,))
         if layout.packed:  # MLA's [c_kv; k_rope] rows stay one buffer; the indexer keys beside it
             return CacheLayout(layout.fields, packed=True, separate=(index_k,))
-        return CacheLayout((*layout.fields, index_k))
+        # fp8_e4m3: the indexer keys too, e4m3 with a float32 scale per 128 values (DeepSeek-V3.2 keeps its
+        # indexer cache in fp8 likewise): 656 + 132 B per token at DeepSeek-V3.2's shape.
+        return CacheLayout((*layout.fields, index_k)).stored_as(self.kv_dtype)
 
     def new_cache(self, *args: Any, **kwargs: Any) -> KVCache:
         cache = super().new_cache(*args, **kwargs)
@@ -115,6 +118,9 @@ class DSA(MLA):
         return super().step_mask(q_len=q_len, start=start, cache=cache, device=device, dense_causal=False)
 
     def kernel_unsupported(self, kernel: Kernel) -> str | None:
+        reason = super().kernel_unsupported(kernel)  # an fp8 cache on a packed-row kernel
+        if reason is not None:
+            return reason
         if isinstance(kernel, MLAKernel):
             sparse = getattr(kernel, "sparse", None)
             if not isinstance(sparse, SparseMLAKernel):
@@ -184,8 +190,10 @@ class DSA(MLA):
         base = super().cost(path=path, batch=batch, q_len=q_len, cached=cached, new_kv=new_kv, dtype=dtype,
                             fold_o=fold_o, packed_cache=packed_cache)
         assert c.q_rank is not None
+        layout = self.cache_layout(path)
+        row_bytes = {f.name: f.bytes_per_token(dtype) for f in (*layout.fields, *layout.separate)}
         index = self.indexer.cost(hidden=c.hidden, q_rank=c.q_rank, batch=batch, q_len=q_len, cached=cached,
-                                  new_kv=new_kv, dtype=dtype)
+                                  new_kv=new_kv, dtype=dtype, key_bytes=row_bytes["index_k"])
         flops, cache_read = base.flops + index.flops, base.cache_read_bytes
         score_elements, transient = base.score_elements, base.transient_bytes + index.transient_bytes
         if path == "absorbed":
@@ -196,7 +204,7 @@ class DSA(MLA):
             # MLA's kernel term over all T keys, replaced by the same over the K selected ones.
             flops += (matmul_flops(rows, qk_dim, K) + matmul_flops(rows, K, v_dim)
                       - matmul_flops(rows, qk_dim, T) - matmul_flops(rows, T, v_dim))
-            latent_row = (c.d_c + c.d_r) * dtype.itemsize
+            latent_row = row_bytes["c_kv"] + row_bytes["k_rope"]
             cache_read = batch * min(cached, q_len * K) * latent_row + index.cache_read_bytes
             score_elements = batch * c.heads * q_len * K
             transient += batch * q_len * (K * (latent_row + 8) + c.heads * qk_dim * dtype.itemsize)
@@ -215,7 +223,7 @@ def _make(shape: ModelShape, attention: AttentionKind) -> DSA:
                        v_head_dim=shape.v_head_dim or shape.head_dim, q_rank=shape.q_rank,
                        rope_theta=shape.rope_theta, rope_layout=shape.rope_layout, attention=attention,
                        index_heads=shape.index_heads, index_head_dim=shape.index_head_dim,
-                       index_topk=shape.index_topk)
+                       index_topk=shape.index_topk, kv_dtype=shape.kv_dtype)
     return DSA(config)
 
 

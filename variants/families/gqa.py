@@ -23,7 +23,9 @@ from variants.registry import register_variant
 from variants.rope import Rope
 from variants.shape import (
     ATTENTION_KINDS,
+    KV_DTYPES,
     AttentionKind,
+    KvDtype,
     ModelShape,
     RopeLayout,
     check_choice,
@@ -45,8 +47,10 @@ class GQAConfig:
     rope_layout: RopeLayout = "half"
     attention: AttentionKind = "self"
     softmax_scale: float | None = None  # None: 1 / sqrt(H)
+    kv_dtype: KvDtype = "auto"  # cache storage (variants.cache, CacheLayout.stored_as)
 
     def __post_init__(self) -> None:
+        check_choice("kv_dtype", self.kv_dtype, KV_DTYPES)
         for name in ("hidden", "heads", "kv_heads", "head_dim"):
             check_positive(name, getattr(self, name))
         if self.heads % self.kv_heads:
@@ -68,6 +72,7 @@ class GQA(AttentionLayer):
         self.variant = variant
         self.attention = c.attention
         self.hidden = c.hidden
+        self.kv_dtype = c.kv_dtype
         N, K, H, D = c.heads, c.kv_heads, c.head_dim, c.hidden
         self.q_proj = nn.Linear(D, N * H, bias=c.qkv_bias)
         self.k_proj = nn.Linear(D, K * H, bias=c.qkv_bias)
@@ -84,7 +89,7 @@ class GQA(AttentionLayer):
     def cache_layout(self, path: str) -> CacheLayout:
         assert path in self.paths
         K, H = self.config.kv_heads, self.config.head_dim
-        return CacheLayout((CacheField("k", (K, H)), CacheField("v", (K, H))))
+        return CacheLayout((CacheField("k", (K, H)), CacheField("v", (K, H)))).stored_as(self.kv_dtype)
 
     def step_runner(self, path: str, kernel: Kernel, **options: Any) -> StepRunner:
         assert path == "standard" and not options
@@ -154,7 +159,7 @@ def _settings(name: str, kv_heads_of: Any, description: str) -> VariantSpec:
     def make(shape: ModelShape, attention: AttentionKind) -> GQA:
         config = GQAConfig(hidden=shape.hidden, heads=shape.heads, kv_heads=kv_heads_of(shape),
                            head_dim=shape.head_dim, qkv_bias=shape.qkv_bias, rope_theta=shape.rope_theta,
-                           rope_layout=shape.rope_layout, attention=attention)
+                           rope_layout=shape.rope_layout, attention=attention, kv_dtype=shape.kv_dtype)
         return GQA(config, variant=name)
 
     uses = ("hidden", "heads", "head_dim", "qkv_bias", "rope_theta", "rope_layout", "kv_dtype")

@@ -45,7 +45,9 @@ from variants.registry import register_variant
 from variants.rope import Rope
 from variants.shape import (
     ATTENTION_KINDS,
+    KV_DTYPES,
     AttentionKind,
+    KvDtype,
     ModelShape,
     RopeLayout,
     check_choice,
@@ -72,8 +74,10 @@ class MLAConfig:
     norm_eps: float = 1e-6  # HF's DeepseekV3RMSNorm default, which its attention layer uses
     rope_heads: int = 1  # G rotary keys per token; 1 is DeepSeek's key shared by all heads
     latent_norm: bool = True  # RMSNorm on c_kv (eq. 9); False for layers converted from GQA
+    kv_dtype: KvDtype = "auto"  # cache storage: fp8_e4m3 quantizes c_kv, the rotary key stays (FlashMLA)
 
     def __post_init__(self) -> None:
+        check_choice("kv_dtype", self.kv_dtype, KV_DTYPES)
         for name in ("hidden", "heads", "d_c", "d_r", "v_head_dim", "rope_heads"):
             check_positive(name, getattr(self, name))
         check_positive("q_rank", self.q_rank, optional=True)
@@ -99,6 +103,7 @@ class MLA(AttentionLayer):
         self.variant = variant
         self.attention = c.attention
         self.hidden = c.hidden
+        self.kv_dtype = c.kv_dtype
         D, N, Q, C, R, P, V = c.hidden, c.heads, c.q_rank, c.d_c, c.d_r, c.nope_head_dim, c.v_head_dim
         J = c.rope_heads * R
         if Q is None:
@@ -127,14 +132,17 @@ class MLA(AttentionLayer):
         c = self.config
         if path == "expanded":
             return CacheLayout((CacheField("k", (c.heads, c.nope_head_dim + c.d_r)),
-                                CacheField("v", (c.heads, c.v_head_dim))))
+                                CacheField("v", (c.heads, c.v_head_dim)))).stored_as(self.kv_dtype)
         assert path in ("standard", "absorbed")
         # c_kv first, then the G rotary keys, in one buffer: FlashMLA's layout, which absorbed_sdpa
         # reads as one key. The eager MLA kernel reads c_kv and k_rope as strided views of it, as
         # fast as from two buffers (DeepSeek-V2-Lite, float32, one thread, 32k keys: scores 19.9 ms
         # from views vs 20.8 from two buffers, values 13.0 vs 13.4; 4k: 2.0 vs 2.1, 1.5 vs 1.5).
-        return CacheLayout((CacheField("c_kv", (c.d_c,)), CacheField("k_rope", (c.rope_heads * c.d_r,))),
-                           packed=True)
+        # With kv_dtype=fp8_e4m3, FlashMLA's layout: c_kv as e4m3 with a scale per 128 values, the
+        # rotary key in the compute dtype (512 + 4·4 + 64·2 = 656 B per token at DeepSeek-V3's shape).
+        return CacheLayout((CacheField("c_kv", (c.d_c,)),
+                            CacheField("k_rope", (c.rope_heads * c.d_r,), quantize=False)),
+                           packed=True).stored_as(self.kv_dtype)
 
     # -- shared pieces of every path ---------------------------------------------------------------
     def _compressed_query(self, x_BLD: Tensor) -> Tensor:
@@ -338,7 +346,8 @@ def _make(shape: ModelShape, attention: AttentionKind) -> MLA:
     config = MLAConfig(hidden=shape.hidden, heads=shape.heads, d_c=shape.d_c, d_r=shape.d_r,
                        nope_head_dim=shape.nope_head_dim or shape.head_dim,
                        v_head_dim=shape.v_head_dim or shape.head_dim, q_rank=shape.q_rank,
-                       rope_theta=shape.rope_theta, rope_layout=shape.rope_layout, attention=attention)
+                       rope_theta=shape.rope_theta, rope_layout=shape.rope_layout, attention=attention,
+                       kv_dtype=shape.kv_dtype)
     return MLA(config)
 
 

@@ -107,7 +107,7 @@ class SWA(GQA):
 
     def step_mask(self, *, q_len: int, start: int, cache: KVCache, device: torch.device,
                   dense_causal: bool) -> AttnMask:
-        rows = cache["k"].shape[1]
+        rows = cache.fields["k"].shape[1]
         end = start + q_len
         if end <= rows:  # the ring has not wrapped: a linear cache
             return super().step_mask(q_len=q_len, start=start, cache=cache, device=device, dense_causal=dense_causal)
@@ -142,7 +142,7 @@ class SWA(GQA):
     def _ring_step(self, step: Step, attend: Kernel) -> Tensor:
         # Which ring rows the step writes depends on its position: a few index ops per step, as a
         # serving engine computes its write slot each step (the harness repeats one position).
-        rows = step.cache["k"].shape[1]
+        rows = step.cache.fields["k"].shape[1]
         L = step.x_BLD.shape[1]
         start = step.kv_start
         assert isinstance(start, int), "a sliding-window cache is not ragged"
@@ -166,8 +166,7 @@ class SWA(GQA):
 
     def _ring_decode(self, step: Step, attend: Kernel, row_1: Tensor) -> Tensor:
         q_B1NH, k_B1KH, v_B1KH = self._project(step)
-        step.cache["k"].index_copy_(1, row_1, k_B1KH)
-        step.cache["v"].index_copy_(1, row_1, v_B1KH)
+        step.cache.write_rows(row_1, k=k_B1KH, v=v_B1KH)
         return self._output(self._attend(attend, q_B1NH, step.cache["k"], step.cache["v"], step.mask))
 
     def _ring_wrapped(self, step: Step, attend: Kernel, kept_P: Tensor, rows_P: Tensor, read_ring: bool) -> Tensor:
@@ -177,8 +176,7 @@ class SWA(GQA):
             k_BTKH = torch.cat([step.cache["k"], k_BLKH], dim=1)
             v_BTKH = torch.cat([step.cache["v"], v_BLKH], dim=1)
         o_BLNH = self._attend(attend, q_BLNH, k_BTKH, v_BTKH, step.mask)
-        step.cache["k"].index_copy_(1, rows_P, k_BLKH.index_select(1, kept_P))
-        step.cache["v"].index_copy_(1, rows_P, v_BLKH.index_select(1, kept_P))
+        step.cache.write_rows(rows_P, k=k_BLKH.index_select(1, kept_P), v=v_BLKH.index_select(1, kept_P))
         return self._output(o_BLNH)
 
     def _attend(self, attend: Kernel, q_BLNH: Tensor, k_BTKH: Tensor, v_BTKH: Tensor, mask: AttnMask) -> Tensor:
@@ -212,7 +210,8 @@ def _config(shape: ModelShape, attention: AttentionKind, window: int | None) -> 
     return SWAConfig(hidden=shape.hidden, heads=shape.heads, kv_heads=shape.kv_heads or shape.heads,
                      head_dim=shape.head_dim, qkv_bias=shape.qkv_bias, o_bias=shape.qkv_bias,
                      rope_theta=shape.rope_theta, rope_layout=shape.rope_layout, attention=attention,
-                     window=window, learned_sinks=shape.attn_sinks, sink_tokens=shape.sink_tokens if window else 0)
+                     window=window, learned_sinks=shape.attn_sinks, sink_tokens=shape.sink_tokens if window else 0,
+                     kv_dtype=shape.kv_dtype)
 
 
 def make_layer(shape: ModelShape, attention: AttentionKind, *, window: int | None) -> SWA:

@@ -18,6 +18,7 @@ from tests.test_run import ROOT
 from variants.families.gqa import GQA
 from variants.presets import load_preset
 from variants.registry import IMPLEMENTATIONS
+from variants.rope import Rope, default_inv_freq
 
 pytest.importorskip("transformers", reason="hf runs transformers' modules: the 'hf' (or 'test') extra")
 from variants.hf_peer import runtime  # noqa: E402 - imports transformers
@@ -74,6 +75,18 @@ def test_hf_equals_eager_in_prefill_and_decode(name, seed):
     tol = TOLERANCE.get(layer.variant, 1e-10)
     for i, (got, want) in enumerate(zip(_steps(layer, x_BTD, "hf"), _steps(layer, x_BTD, "eager"), strict=True)):
         assert rel_err(got, want) <= tol, f"{name} step {i}: {rel_err(got, want):.2e} > {tol:.0e}"
+
+
+@pytest.mark.parametrize("name", ["LlamaAttention-gqa", "DeepseekV3Attention-q_rank-half"])
+def test_the_module_rotates_with_the_layers_own_frequencies(name):
+    """Scaled frequencies and an attention factor (YaRN's, as from_hf reads them), not the config's defaults."""
+    layer = _layer(name)
+    old = layer.rope
+    layer.rope = Rope(old.rotary_dim, layout=old.layout, inv_freq=default_inv_freq(old.rotary_dim, 1e4) / 7,
+                      scaling=1.2)
+    x_BTD = torch.randn(B, MAX_LEN, layer.hidden, dtype=F64)
+    got, want = torch.cat(_steps(layer, x_BTD, "hf"), 1), torch.cat(_steps(layer, x_BTD, "eager"), 1)
+    assert rel_err(got, want) <= TOLERANCE.get(layer.variant, 1e-10)
 
 
 @pytest.mark.parametrize("name", ["LlamaAttention-gqa", "DeepseekV3Attention-interleaved", "GptOssAttention-window"])

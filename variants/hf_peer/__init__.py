@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+import torch
+
 if TYPE_CHECKING:
     from torch import Tensor
 
@@ -51,8 +53,6 @@ class Slots:
 
 def linear_slots(step: Step) -> Slots:
     """A cache whose row p holds position p: the step's L entries go to rows [start, start + L)."""
-    import torch
-
     start, L = step.kv_start, step.x_BLD.shape[1]
     assert isinstance(start, int), "a ragged step has one start per sequence"
     return Slots(torch.arange(start, start + L, device=step.x_BLD.device))

@@ -5,23 +5,24 @@ an optional extra).
 Legend: B batch, L new queries, T keys the module attends to, S cache rows, X per-head width,
 K heads of transformers' cache layer.
 
-The cache. transformers 5.23's ``StaticLayer.update`` writes at its own counter
-(``cumulative_length``, advanced by every call) and ``StaticSlidingWindowLayer`` rolls its whole
-window once full: neither repeats a step at one context length, which the harness's timer does.
-The module gets a ``FixedSlotLayer`` instead: a ``StaticLayer`` (the layout ``[B, K, S, X]``, the
-in-place ``index_copy_`` write) whose buffers are views of the attnbench cache and whose update
-writes at the step's rows, fixed at bind. The cached context the module reads is the attnbench
-cache itself (no conversion, no copy), and what it writes lands there. It returns the rows
-``[0, T)`` the step sees, as ``DynamicCache`` would, rather than ``StaticLayer``'s whole buffer
-whose unwritten rows only the mask hides: the step's work follows the context, not the capacity
-(in the harness's decode cases they are the same rows).
+The cache. transformers 5.23's caches either write in place at their own counter
+(``StaticLayer.update``: ``cumulative_length``, advanced by every call; ``StaticSlidingWindowLayer``
+also rolls its whole window once full) or concatenate (``DynamicLayer``: a new tensor per step).
+None repeats a step at one context length, which the harness's timer does. The module gets a
+``FixedSlotLayer`` instead: a transformers cache layer whose buffers are views of the attnbench
+cache (transformers' layout ``[B, K, S, X]``) and whose update writes the step's rows in place
+with ``index_copy_``, as ``StaticLayer`` does, at rows fixed at bind. The cached context the
+module reads is the attnbench cache itself (no conversion, no copy), and what it writes lands
+there. It returns the rows ``[0, T)`` the step sees, as ``DynamicLayer`` does (not
+``StaticLayer``'s whole buffer, whose unwritten rows only a mask would hide: the step's work
+follows the context, not the capacity), and the mask follows the rules for that cache, the one
+``generate()`` uses by default.
 
 The rest is what a transformers decoder layer hands its attention module: ``position_embeddings``
 from the family's rotary class (with the layer's own frequencies and attention factor), the mask
 from transformers' mask builder for the attention implementation (``sdpa_mask`` or
-``eager_mask``, with its ``is_causal`` skip where transformers takes it: not for one-token steps
-on a static cache), and ``position_ids``. All of it is made in ``bind``; the closure only calls
-the module.
+``eager_mask``, taking the ``is_causal``/no-mask shortcut where transformers does), and
+``position_ids``. All of it is made in ``bind``; the closure only calls the module.
 """
 
 from __future__ import annotations
@@ -33,26 +34,43 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers.cache_utils import Cache, StaticLayer
+from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
 from variants.hf_peer import HFSpec, Slots
 from variants.layer import AttentionLayer, Step
 
 
-class FixedSlotLayer(StaticLayer):
-    """transformers' ``StaticLayer`` on views of an attnbench cache, writing one step's fixed rows."""
+class FixedSlotLayer(CacheLayerMixin):
+    """A transformers cache layer on views of an attnbench cache that writes one step's fixed rows.
+
+    It writes in place with ``index_copy_``, as ``StaticLayer`` does, and returns the rows seen so far,
+    as ``DynamicLayer`` does: the cache generate() uses by default, whose mask rules ``build_mask`` follows.
+    """
+
+    is_compileable = False
+    is_sliding = False
 
     def __init__(self, keys_BKSX: Tensor, values_BKSX: Tensor, *, slots: Slots, start: int, kv_len: int) -> None:
-        super().__init__(max_cache_len=keys_BKSX.shape[2])
+        super().__init__()
         self.keys, self.values = keys_BKSX, values_BKSX
         self.dtype, self.device = keys_BKSX.dtype, keys_BKSX.device
-        self.batch_size, self.num_heads = keys_BKSX.shape[:2]
-        self.k_head_dim, self.v_head_dim = keys_BKSX.shape[-1], values_BKSX.shape[-1]
-        self.cumulative_length = torch.tensor(start, device=self.device)  # what get_seq_length reports
         self.is_initialized = True
         self.slots = slots
+        self.start = start
         self.kv_len = kv_len
+
+    def lazy_initialization(self, key_states: Tensor, value_states: Tensor) -> None:
+        raise AssertionError("a FixedSlotLayer is made on its buffers")
+
+    def get_seq_length(self) -> int:
+        return self.start
+
+    def get_max_length(self) -> int:
+        return self.keys.shape[2]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.kv_len, 0
 
     def update(self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any) -> tuple[Tensor, Tensor]:
         slots = self.slots
@@ -127,10 +145,11 @@ def build_mask(layer: AttentionLayer, step: Step, *, implementation: str, window
         position = pos_T[kv]
         return fn(b, h, q, position) & (position >= 0)
 
-    # transformers' create_causal_mask: no is_causal skip for a one-token step on a static cache.
+    # As create_causal_mask for a DynamicCache with no padding: the builder skips the mask where SDPA's
+    # is_causal (or no mask at all) does the same, and never past a window (local_size).
     return ALL_MASK_ATTENTION_FUNCTIONS[implementation](
         batch_size=B, q_length=L, kv_length=mask.kv_len, q_offset=step.q_start, kv_offset=0,
-        mask_function=mask_function, local_size=window, allow_is_causal_skip=L > 1, dtype=step.x_BLD.dtype,
+        mask_function=mask_function, local_size=window, allow_is_causal_skip=True, dtype=step.x_BLD.dtype,
         device=device)
 
 

@@ -234,3 +234,32 @@ def test_importing_variants_does_not_import_transformers():
             "assert 'transformers' not in sys.modules, 'imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("family", ["llama", "deepseek_v3"])
+def test_hf_on_a_from_hf_layer_gives_the_module_it_came_from(family, seed):
+    """The round trip: transformers' module -> ``from_hf`` -> ``impl=hf`` rebuilds and runs that module."""
+    from tests.test_from_hf import _compare, _randomize, _run_hf, _run_ours
+
+    if family == "llama":
+        from transformers.models.llama import modeling_llama as modeling
+
+        config = modeling.LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                      attn_implementation="sdpa", max_position_embeddings=64, rope_theta=500000.0)
+        attn, rotary, tol = modeling.LlamaAttention(config, layer_idx=0), modeling.LlamaRotaryEmbedding(config), 1e-12
+    else:
+        from transformers.models.deepseek_v3 import modeling_deepseek_v3 as modeling
+
+        config = modeling.DeepseekV3Config(
+            hidden_size=32, num_attention_heads=4, num_key_value_heads=4, q_lora_rank=12, kv_lora_rank=10,
+            qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5, rope_interleave=True, attn_implementation="sdpa",
+            max_position_embeddings=64)
+        # DeepseekV3RMSNorm takes float64 through float32: the two modules agree to float32 round-off.
+        attn, rotary, tol = modeling.DeepseekV3Attention(config, layer_idx=0), \
+            modeling.DeepseekV3RotaryEmbedding(config), 1e-6
+    attn = attn.to(F64).eval()
+    _randomize(attn)
+    x_BTD = torch.randn(2, 9, 32, dtype=F64)
+    with torch.no_grad():
+        expected = _run_hf(attn, rotary, x_BTD)
+    _compare(expected, _run_ours(variants.from_hf(attn), x_BTD, "hf"), tol, f"{family}/hf")

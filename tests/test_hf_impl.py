@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -16,6 +17,9 @@ from tests.shapes import TINY, TINY_Q, build_mla
 from tests.test_cost import count_flops
 from tests.test_run import ROOT
 from variants.families.gqa import GQA
+from variants.hf_peer import HFSpec, linear_slots, register
+from variants.hf_peer.maps.gqa import gqa as gqa_map
+from variants.hf_peer.maps.gqa import kv_views
 from variants.presets import load_preset
 from variants.registry import IMPLEMENTATIONS
 from variants.rope import Rope, default_inv_freq
@@ -165,6 +169,36 @@ def test_cost_flops_equal_flop_counter():
 
 class _NewFamily(GQA):
     """A family built on GQA that has registered no transformers module of its own."""
+
+
+class _Registered(GQA):
+    """A new family that registers its map: one function, here with a cache layer of its own."""
+
+
+_LAYERS_MADE: list[int] = []
+
+
+def _own_cache_layer(step):
+    _LAYERS_MADE.append(step.kv_len)
+    return runtime.FixedSlotLayer(*kv_views(step.cache), slots=linear_slots(step), start=step.kv_start,
+                                  kv_len=step.kv_len)
+
+
+@register(_Registered)
+def _registered_map(layer: _Registered) -> HFSpec | str:
+    spec = gqa_map(layer)
+    return spec if isinstance(spec, str) else dataclasses.replace(spec, cache_layer=_own_cache_layer)
+
+
+def test_a_new_family_registers_one_function(seed):
+    source = _layer("LlamaAttention-gqa")
+    layer = _Registered(source.config).to(F64)
+    layer.load_state_dict(source.state_dict())
+    _LAYERS_MADE.clear()
+    x_BTD = torch.randn(B, MAX_LEN, layer.hidden, dtype=F64)
+    got, want = torch.cat(_steps(layer, x_BTD, "hf"), 1), torch.cat(_steps(source, x_BTD, "eager"), 1)
+    assert rel_err(got, want) <= 1e-10
+    assert _LAYERS_MADE == [5, 6, 9, *range(10, MAX_LEN + 1)]  # its cache layer, one per step
 
 
 @pytest.mark.parametrize(("layer", "reason"), [

@@ -83,6 +83,10 @@ class HFSpec:
     slots: Callable[[Step], Slots] = linear_slots
     window: int | None = None  # the sliding window transformers' mask builder is told (its local_size)
     attn_implementation: str | None = None
+    # The step's transformers cache layer; None: ``runtime.FixedSlotLayer`` on ``cache``'s views at
+    # ``slots``. A module that keeps more than keys and values (DSA's indexer keys, DeepSeek-V4's
+    # compressor state) brings its own, on views of the attnbench cache's other fields.
+    cache_layer: Callable[[Step], Any] | None = None
 
 
 Mapper = Callable[["AttentionLayer"], "HFSpec | str"]

@@ -169,6 +169,18 @@ class HFPlan:
         module, rotary = build_module(layer, spec)
         return cls(layer, spec, module, rotary, module.config._attn_implementation)
 
+    def cache_layer(self, step: Step) -> CacheLayerMixin:
+        if self.spec.cache_layer is not None:
+            return self.spec.cache_layer(step)
+        keys_BKSX, values_BKSX = self.spec.cache(step.cache)
+        slots = self.spec.slots(step)
+        # The keys the step reads are the mask's key rows: [0, T) of a linear cache, a whole ring.
+        T, L = step.mask.kv_len, step.x_BLD.shape[1]
+        seen = {"cache": T, "new": L, "cache_then_new": keys_BKSX.shape[2] + L}[slots.read]
+        assert seen == T, f"the module would see {seen} keys; the step's mask has {T}"
+        assert isinstance(step.kv_start, int)
+        return FixedSlotLayer(keys_BKSX, values_BKSX, slots=slots, start=step.kv_start, kv_len=T)
+
     def bind(self, step: Step) -> Callable[[], Tensor]:
         cache = step.cache
         if cache.paged:
@@ -179,14 +191,7 @@ class HFPlan:
                              "(transformers' modules take one position per step)")
         x_BLD = step.x_BLD
         B, L = x_BLD.shape[:2]
-        keys_BKSX, values_BKSX = self.spec.cache(cache)
-        slots = self.spec.slots(step)
-        # The keys the step reads are the mask's key rows: [0, T) of a linear cache, a whole ring.
-        T = step.mask.kv_len
-        layer_cache = FixedSlotLayer(keys_BKSX, values_BKSX, slots=slots, start=step.kv_start, kv_len=T)
-        seen = {"cache": T, "new": L, "cache_then_new": keys_BKSX.shape[2] + L}[slots.read]
-        assert seen == T, f"the module would see {seen} keys; the step's mask has {T}"
-        past_key_values = Cache(layers=[layer_cache])
+        past_key_values = Cache(layers=[self.cache_layer(step)])
         position_ids_BL = torch.arange(step.q_start, step.q_start + L, device=x_BLD.device).expand(B, L)
         with torch.no_grad():
             position_embeddings = self.rotary(x_BLD, position_ids_BL)

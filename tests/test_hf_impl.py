@@ -216,6 +216,13 @@ def test_unmapped_layers_are_skipped_with_the_reason(layer, reason):
     assert got is not None and reason in got, got
 
 
+def test_a_quantized_cache_is_refused():
+    layer = _layer("LlamaAttention-gqa", torch.float32)
+    layer.kv_dtype = "fp8_e4m3"  # what ModelShape.kv_dtype sets: the cache stores e4m3 values and scales
+    reason = IMPLEMENTATIONS.get("hf").supports(layer, phase="decode", device=CPU, dtype=torch.float32)
+    assert reason is not None and reason.startswith("kv_dtype=fp8_e4m3: hf runs")
+
+
 def test_a_cross_attention_case_is_a_skipped_row():
     from harness.measure.runner import RunContext, run_case
     from harness.measure.timer import MeasureSettings

@@ -79,6 +79,10 @@ class HFImplementation:
         reason = transformers_missing()
         if reason is not None:
             return reason
+        kv_dtype = getattr(layer, "kv_dtype", "auto")
+        if kv_dtype != "auto":
+            return (f"kv_dtype={kv_dtype}: hf runs transformers' module on the cache in place, and its modules "
+                    "keep keys and values in the compute dtype (use kv_dtype=auto)")
         spec = spec_for(layer)
         return spec if isinstance(spec, str) else None
 

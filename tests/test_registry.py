@@ -20,7 +20,7 @@ from variants.registry import Registry
 
 def test_builtin_implementations_and_variants():
     assert variants.implementation_names() == [
-        "absorbed", "absorbed_fold_o", "absorbed_sdpa", "eager", "expanded", "flex", "sdpa"]
+        "absorbed", "absorbed_fold_o", "absorbed_sdpa", "eager", "expanded", "flex", "hf", "sdpa"]
     assert variants.variant_names() == ["gqa", "mha", "mla", "mqa", "swa"]
 
 

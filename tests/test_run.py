@@ -21,6 +21,7 @@ from harness.errors import UserError
 from harness.sweep.job import run_job
 from harness.sweep.plan import plan_cases
 from variants.implementation import KernelImplementation
+from variants.impls.hf import transformers_missing
 from variants.kernels.eager import EagerKernel
 from variants.presets import load_preset
 from variants.registry import IMPLEMENTATIONS, VARIANTS
@@ -79,7 +80,10 @@ def test_single_run_end_to_end(tmp_path):
     proc = _run([*QUICK, "variant=mla", "phase=decode", f"hydra.run.dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     frame = results.load(out)
-    assert set(frame["impl"]) == {"eager", "sdpa", "flex", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded"}
+    # hf joins "all" wherever transformers is installed (the 'hf' extra; the 'test' extra has it).
+    hf = set() if transformers_missing() else {"hf"}
+    assert set(frame["impl"]) == {"eager", "sdpa", "flex", "absorbed", "absorbed_sdpa", "absorbed_fold_o",
+                                  "expanded"} | hf
     assert (frame["status"] == "ok").all()
     assert (out / "config.yaml").exists() and (out / "env.json").exists()
     assert "latency_ms" in proc.stdout and "absorbed_sdpa" in proc.stdout  # the summary table

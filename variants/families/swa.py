@@ -102,7 +102,7 @@ class SWA(GQA):
     def kernel_unsupported(self, kernel: Kernel) -> str | None:
         if self.sinks is not None and not getattr(kernel, "learned_sinks", False):
             return (f"learned sinks need a kernel that applies them; the {kernel.name} kernel does not "
-                    "(implementations that do: eager; flex on cuda)")
+                    "(implementations that do: eager, hf; flex on cuda)")
         return None
 
     def step_mask(self, *, q_len: int, start: int, cache: KVCache, device: torch.device,

@@ -70,8 +70,9 @@ def _run(layer: variants.AttentionLayer, impl: str, x_BTD: torch.Tensor, *, page
 
 
 CASES = [(v, i.name) for v in ("mha", "mqa", "gqa", "mla") for i in IMPLEMENTATIONS
-         if i.name not in COMPILING and i.path in variants.build(v, TINY, device="meta").paths
-         and i.name != "absorbed_sdpa"]
+         if i.name not in COMPILING and i.supports(variants.build(v, TINY.replace(kv_dtype=FP8), device="meta"),
+                                                   phase="decode", device=torch.device("cpu"),
+                                                   dtype=torch.float32) is None]
 
 
 @pytest.mark.parametrize(("variant", "impl"), CASES)

@@ -99,7 +99,7 @@ def test_mask_functions_compose_and_convert():
 @pytest.mark.parametrize(("changes", "needle"), [
     ({"sliding_window": 0}, "^sliding_window=0 is not allowed: sliding_window must be a positive integer or null$"),
     ({"sink_tokens": -1}, "^sink_tokens=-1 is not allowed: it must be an integer >= 0$"),
-    ({"layer_pattern": "SX"}, "^layer_pattern='SX' is not allowed: it must be a string of S"),
+    ({"layer_pattern": "SX"}, "^layer_pattern='SX' is not allowed: it must be a string of the letters S"),
     ({"sliding_window": None}, "^variant=swa needs sliding_window in the model shape; test has none"),
 ])
 def test_bad_window_settings_fail_at_construction(changes, needle):

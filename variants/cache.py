@@ -10,9 +10,13 @@ absorbed path reads it as one key without a copy, as FlashMLA does). A new varia
 window, indexer keys for sparse attention, a compressed block cache) declares its own layout;
 nothing here knows about any variant.
 
-The cache's size is a function of its layout and the context (``CacheLayout.nbytes``): a layout
-keeping a ring of ``w`` positions or one entry per block overrides ``positions``. Memory
-prediction, the capacity table and the cost model ask the layout, never ``tokens x bytes``.
+The cache's size is a function of its layout and the context (``CacheLayout.nbytes``). A field
+keeps one row per position (``positions``, which a layout keeping a ring of ``w`` positions
+overrides, as swa's ``RingLayout`` does), or rows of its own: ``ring=R``, the last R positions'
+rows (a sliding window, the bounded state of a compressor's open windows), or ``every=m``, one
+entry per m positions, written when the m-th arrives (a compressed cache: DeepSeek-V4's CSA and
+HCA). ``nbytes``/``bytes_at`` count each field's real rows. Memory prediction, the capacity table
+and the cost model ask the layout, never ``tokens x bytes``.
 
 Two options a serving engine has: a *paged* cache (``page_size``: fixed-size pages in one pool
 and a block table ``[B, pages]`` saying which pages hold each sequence, as vLLM, FlashInfer and
@@ -25,6 +29,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -34,11 +39,24 @@ from torch import Tensor
 @dataclass(frozen=True)
 class CacheField:
     name: str
-    shape: tuple[int, ...]  # per token, e.g. (K, H) for GQA keys or (C,) for MLA's latent
+    shape: tuple[int, ...]  # per row, e.g. (K, H) for GQA keys or (C,) for MLA's latent
+    # Rows of their own (at most one of the two; neither: one row per position of the layout):
+    ring: int | None = None  # the last ``ring`` positions' rows: min(context, ring)
+    every: int | None = None  # one entry per ``every`` positions, closed ones only: context // every
+
+    def __post_init__(self) -> None:
+        assert self.ring is None or self.every is None, f"cache field {self.name}: a ring or compressed, not both"
+        assert self.ring is None or self.ring > 0, f"cache field {self.name}: ring={self.ring}"
+        assert self.every is None or self.every > 0, f"cache field {self.name}: every={self.every}"
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
+
+    @property
+    def per_position(self) -> bool:
+        """Whether the field keeps the layout's rows (one per position it holds), not rows of its own."""
+        return self.ring is None and self.every is None
 
 
 @dataclass(frozen=True)
@@ -49,33 +67,52 @@ class CacheLayout:
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
         assert len(set(names)) == len(names), f"duplicate cache field in {names}"
-        assert not self.packed or all(len(f.shape) == 1 for f in self.fields), "packed fields are 1-D"
+        assert not self.packed or all(len(f.shape) == 1 and f.per_position for f in self.fields), \
+            "packed fields are 1-D, one row per position"
 
     @property
     def elements_per_token(self) -> int:
-        return sum(f.numel for f in self.fields)
+        """Elements a token adds in the long run: a row of each per-position field (a ring layout's
+        rows included, as before), ``numel / every`` of each compressed field (rounded up), and
+        nothing for ring fields, whose rows are bounded."""
+        per_position = sum(f.numel for f in self.fields if f.per_position)
+        return per_position + math.ceil(sum(Fraction(f.numel, f.every) for f in self.fields if f.every))
 
     def bytes_per_token(self, dtype: torch.dtype) -> int:
         return self.elements_per_token * dtype.itemsize
 
     def positions(self, context: int) -> int:
-        """Positions a sequence of ``context`` tokens keeps. All of them here; a layout keeping a
-        ring of ``w`` positions returns ``min(w, context)``, a compressed one one per block."""
+        """Positions a sequence of ``context`` tokens keeps in the per-position fields. All of them
+        here; a layout keeping a ring of ``w`` positions returns ``min(w, context)``."""
         return context
 
+    def rows(self, field: CacheField, context: int) -> int:
+        """Rows ``field`` holds for a sequence of ``context`` tokens."""
+        if field.ring is not None:
+            return min(context, field.ring)
+        if field.every is not None:
+            return context // field.every
+        return self.positions(context)
+
+    @property
+    def growing(self) -> bool:
+        """Whether the cache grows with the context without bound (False: rings only)."""
+        return self.positions(2 ** 62) == 2 ** 62 or any(f.every for f in self.fields)
+
     def bytes_at(self, context: int, dtype: torch.dtype) -> int:
-        """Bytes one sequence's cache holds at ``context`` tokens."""
-        return self.positions(context) * self.bytes_per_token(dtype)
+        """Bytes one sequence's cache holds at ``context`` tokens, each field's real rows."""
+        return sum(self.rows(f, context) * f.numel for f in self.fields) * dtype.itemsize
 
     def nbytes(self, *, batch: int, context: int | Sequence[int], dtype: torch.dtype,
                page_size: int | None = None) -> int:
         """Bytes of a cache of ``batch`` sequences holding ``context`` tokens each (one number, or
         one per sequence: a ragged batch). Contiguous: every sequence gets the longest one's
-        positions. Paged: each sequence whole pages of its own, plus the int32 block table."""
+        rows. Paged: each sequence whole pages of its own, plus the int32 block table."""
         lengths = _lengths(batch, context)
-        per_token = self.bytes_per_token(dtype)
         if page_size is None:
-            return batch * self.positions(max(lengths)) * per_token
+            return batch * self.bytes_at(max(lengths), dtype)
+        assert all(f.per_position for f in self.fields), "pages hold per-position fields only"
+        per_token = self.bytes_per_token(dtype)
         check_page_size(page_size)
         pages = [math.ceil(self.positions(n) / page_size) for n in lengths]
         return sum(pages) * page_size * per_token + batch * max(pages) * _TABLE_DTYPE.itemsize
@@ -138,8 +175,8 @@ class KVCache:
         self.block_table: Tensor | None = None
         if self.page_size is None:
             rows: tuple[int, ...] = (batch, layout.positions(self.max_len))  # a ring keeps fewer rows
-        elif layout.positions(self.max_len) != self.max_len:
-            raise ValueError(f"page_size={page_size}: a ring (sliding-window) cache is not paged; "
+        elif layout.positions(self.max_len) != self.max_len or not all(f.per_position for f in layout.fields):
+            raise ValueError(f"page_size={page_size}: a ring (sliding-window) or compressed cache is not paged; "
                              "leave page_size unset for this layout")
         else:
             P = self.page_size
@@ -164,7 +201,9 @@ class KVCache:
                 offset += field.numel
         else:
             for field in layout.fields:
-                buf = torch.zeros(*rows, *field.shape, dtype=dtype, device=device)
+                # A ring or compressed field keeps rows of its own (never paged: checked above).
+                own = rows if field.per_position else (batch, layout.rows(field, self.max_len))
+                buf = torch.zeros(*own, *field.shape, dtype=dtype, device=device)
                 self.buffers[field.name] = buf
                 self.fields[field.name] = buf
 
@@ -259,8 +298,11 @@ class KVCache:
         """
         if not 0 <= length <= self.max_len:
             raise ValueError(f"fill length {length} is outside [0, max_len={self.max_len}]")
-        for buf in self.buffers.values():
+        by_name = {f.name: f for f in self.layout.fields}
+        for name, buf in self.buffers.items():
+            # Each field's own rows at ``length`` (the packed buffer: the layout's positions).
+            rows = self.layout.positions(length) if name == "packed" else self.layout.rows(by_name[name], length)
             generator = torch.Generator(device=buf.device).manual_seed(seed)
-            for row_SX in buf[:, :self.layout.positions(length)]:
+            for row_SX in buf[:, :rows]:
                 row_SX.normal_(generator=generator)
         self.length = length

@@ -16,9 +16,11 @@ from variants.families.dsv4_compressor import select_topk
 from variants.shape import ModelShape
 
 # Window 8 with entries every 2 (CSA) or 8 (HCA) tokens, 3 picked: 24 tokens run past the window's end,
-# past the first compressed blocks, and CSA's 12 entries outnumber the picks (selection matters).
+# past the first compressed blocks, and CSA's 12 entries outnumber the picks (selection matters). 16
+# indexer heads: with 4, all four ReLUs are 0 for 1 in 16 (query, entry) pairs, and equal scores of 0 at
+# the k-th place make two right answers (a tie, seen at 1 seed in a few).
 SHAPE = ModelShape(hidden=64, heads=4, head_dim=32, d_r=8, q_rank=24, sliding_window=8, csa_rate=2, hca_rate=8,
-                   index_heads=4, index_head_dim=16, index_topk=3, o_groups=2, o_rank=16, attn_sinks=True,
+                   index_heads=16, index_head_dim=16, index_topk=3, o_groups=2, o_rank=16, attn_sinks=True,
                    rope_layout="interleaved", compress_rope_theta=160000.0, name="test")
 SETTINGS = {"csa": ("csa", {}), "csa-rate4": ("csa", {"csa_rate": 4}), "hca": ("hca", {})}
 B, PREFILL, TOTAL = 2, 5, 24
@@ -106,9 +108,14 @@ def test_sparse_decode_equals_dense_masked_attention(seed):
 
 
 # -- against transformers --------------------------------------------------------------------------------
-@pytest.mark.parametrize("layer_type", ["compressed_sparse_attention", "heavily_compressed_attention",
-                                        "sliding_attention"])
-def test_from_hf_reproduces_transformers_prefill_and_decode(layer_type, seed):
+# YaRN on the compressed layers' rope, as transformers applies it when the config asks (factor 4 here).
+YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+
+
+@pytest.mark.parametrize(("layer_type", "rope_parameters"), [
+    ("compressed_sparse_attention", None), ("heavily_compressed_attention", None), ("sliding_attention", None),
+    ("compressed_sparse_attention", YARN)], ids=["csa", "hca", "window", "csa-yarn"])
+def test_from_hf_reproduces_transformers_prefill_and_decode(layer_type, rope_parameters, seed):
     pytest.importorskip("transformers", reason="the interop tests need the 'test' extra (transformers)")
     from transformers import DeepseekV4Config, DynamicCache
     from transformers.models.deepseek_v4 import modeling_deepseek_v4 as hf
@@ -117,9 +124,10 @@ def test_from_hf_reproduces_transformers_prefill_and_decode(layer_type, seed):
     types = ["sliding_attention", "compressed_sparse_attention", "heavily_compressed_attention"]
     config = DeepseekV4Config(
         hidden_size=64, num_attention_heads=4, head_dim=32, q_lora_rank=24, qk_rope_head_dim=8, sliding_window=W,
-        compress_rates={"compressed_sparse_attention": 2, "heavily_compressed_attention": 8}, index_n_heads=8,
+        compress_rates={"compressed_sparse_attention": 2, "heavily_compressed_attention": 8}, index_n_heads=16,
         index_head_dim=16, index_topk=3, o_groups=2, o_lora_rank=16, num_hidden_layers=3, layer_types=types,
-        vocab_size=32, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
+        vocab_size=32, n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=16,
+        rope_parameters=dict(rope_parameters) if rope_parameters else None, max_position_embeddings=64)
     config._attn_implementation = "eager"
     attn = hf.DeepseekV4Attention(config, types.index(layer_type)).to(F64)
     with torch.no_grad():  # every parameter random, sinks and position biases included
@@ -128,6 +136,9 @@ def test_from_hf_reproduces_transformers_prefill_and_decode(layer_type, seed):
     layer = variants.from_hf(attn)
     assert layer.variant == {"compressed_sparse_attention": "csa", "heavily_compressed_attention": "hca",
                              "sliding_attention": "dsv4_window"}[layer_type]
+    if layer_type != "sliding_attention":  # the compressed base, with YaRN's frequencies when asked
+        plain = 1.0 / 160000.0 ** (torch.arange(0, 8, 2) / 8)
+        assert torch.allclose(layer.rope.inv_freq.float(), plain) == (rope_parameters is None)
     rotary = hf.DeepseekV4RotaryEmbedding(config)
     x_BTD = torch.randn(B, TOTAL, 64, dtype=F64)
     hf_cache = DynamicCache(config=config)  # transformers' V4 cache layers (window, compressor state)

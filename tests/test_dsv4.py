@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import variants
-from tests.dsv4_reference import brute_force_topk, dsv4, reference
+from tests.dsv4_reference import brute_force_topk, layer_freqs, pooled_entries, reference
 from tests.reference import rel_err
 from tests.test_cost import count_flops
 from variants.families.dsv4 import cache_layout_of, layer_for_kind, model_kv_bytes, model_kv_bytes_per_token
@@ -74,12 +74,17 @@ def test_compression_equals_the_pooling_formula(setting, seed):
     layer.prefill(x_BTD[:, :PREFILL], cache)
     for t in range(PREFILL, TOTAL + 1):
         layer.decode(x_BTD[:, t:t + 1], cache)
+    c = layer.config
     for b in range(B):
-        trace = dsv4(layer, x_BTD[b])
-        assert cache["entries"].shape[1] == trace.entries_SH.shape[0] == (TOTAL + 1) // layer.config.rate
-        assert rel_err(cache["entries"][b], trace.entries_SH) < 1e-6
+        x_TD = x_BTD[b].double()
+        entries_SH = pooled_entries(x_TD, layer, "compressor.", width=c.head_dim, rate=c.rate, overlap=c.kind == "C",
+                                    eps=c.norm_eps, freqs=layer_freqs(layer))
+        assert cache["entries"].shape[1] == entries_SH.shape[0] == (TOTAL + 1) // c.rate
+        assert rel_err(cache["entries"][b], entries_SH) < 1e-6
         if layer.indexer is not None:
-            assert rel_err(cache["index_entries"][b], trace.index_entries_SI) < 1e-6
+            keys_SI = pooled_entries(x_TD, layer, "indexer.compressor.", width=c.index_head_dim, rate=c.rate,
+                                     overlap=True, eps=c.norm_eps, freqs=layer_freqs(layer))
+            assert rel_err(cache["index_entries"][b], keys_SI) < 1e-6
 
 
 def test_indexer_topk_equals_a_brute_force_selection(seed):

@@ -248,6 +248,8 @@ def test_v4_flash_kv_per_token_and_the_whole_model():
 
     cost = model_cost("csa", V4_FLASH, "bfloat16")
     assert cost.kv_bytes_per_token_model == 6584 and cost.ring_layers == 0
+    window_only = model_cost("hca", V4_FLASH.replace(layer_pattern="SH", num_layers=4), "bfloat16")
+    assert window_only.ring_layers == 2 and window_only.kv_bytes_per_token_model == 2 * 8  # S layers stop growing
     assert cost.kv_bytes_model_at(context) == model_kv_bytes(V4_FLASH, context=context, dtype=bf16)
     with torch.device("meta"):
         per_kind = {k: sum(p.numel() for p in layer_for_kind(V4_FLASH, k).parameters()) for k in "CH"}

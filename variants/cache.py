@@ -97,7 +97,8 @@ class CacheLayout:
     @property
     def growing(self) -> bool:
         """Whether the cache grows with the context without bound (False: rings only)."""
-        return self.positions(2 ** 62) == 2 ** 62 or any(f.every for f in self.fields)
+        unbounded = 2 ** 62
+        return any(f.every or (f.per_position and self.positions(unbounded) == unbounded) for f in self.fields)
 
     def bytes_at(self, context: int, dtype: torch.dtype) -> int:
         """Bytes one sequence's cache holds at ``context`` tokens, each field's real rows."""

@@ -354,12 +354,12 @@ class DSV4(AttentionLayer):
             cache_read_bytes=B * (read + indexer_read) * b,
             cache_write_bytes=B * (written + indexer_written) * b,
             activation_bytes=B * 2 * L * D * b,
-            params=sum(sizes.values()),
+            params=sum(p.numel() for p in self.parameters()),  # the sinks are no module's
             kv_bytes_per_token=kv_bytes,
             score_elements=B * N * L * T, qk_dim=H, v_dim=H,
             # q (twice: normed, rotated), o (twice), the keys the kernel gets, x's projections, and the
             # indexer's query and its [L, J, S] float32 dots.
-            transient_bytes=(B * L * (4 * N * H + Q + 2 * H) + B * T * H) * b + _transient(self, B, L, closed_all),
+            transient_bytes=(B * L * (4 * N * H + Q + 2 * H) + B * T * H) * b + _transient(self, B, L, closed_all, b),
             indexer_flops=indexer_flops,
             indexer_bytes=(indexer_weights + B * (indexer_read + indexer_written)) * b,
         )
@@ -395,11 +395,12 @@ def _compressor_rows(compressor: Compressor, start: int, L: int) -> tuple[int, i
     return old * _PAIR * C, written
 
 
-def _transient(layer: DSV4, B: int, L: int, closed: int) -> int:
+def _transient(layer: DSV4, B: int, L: int, closed: int, itemsize: int) -> int:
+    """The indexer's query, and its dots in (at least) float32, then ReLU'd."""
     if layer.indexer is None:
         return 0
     J, I = layer.indexer.heads, layer.indexer.dim
-    return B * L * J * I * layer.dtype.itemsize + B * L * J * closed * 4 * 2  # dots, then ReLU'd
+    return B * L * J * I * itemsize + B * L * J * closed * max(itemsize, 4) * 2
 
 
 # -- variants and the model's schedule ------------------------------------------------------------------

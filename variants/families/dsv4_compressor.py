@@ -78,7 +78,7 @@ class Compressor(nn.Module):
     def advance(self, x_BLD: Tensor, start: int, cache: KVCache, rope: Rope, prefix: str = "") -> None:
         """Tokens [start, start + L): write their state, and the entries of the windows they close."""
         C, m = self.width, self.rate
-        B, L, _ = x_BLD.shape
+        L = x_BLD.shape[1]
         end = start + L
         first, last = start // m, end // m  # entries closed before the step, and after it
         pair_BLPX = torch.stack([self.kv_proj(x_BLD), self.gate_proj(x_BLD)], dim=2)

@@ -64,7 +64,7 @@ def test_shape_overrides_and_phase_both():
 
 
 @pytest.mark.parametrize(("over", "message"), [
-    ({"variant": {"name": "mxa"}}, "variant='mxa' is not one of: gqa, mha, mla, mqa, swa, all"),
+    ({"variant": {"name": "mxa"}}, "variant='mxa' is not one of: csa, gqa, hca, mha, mla, mqa, swa, all"),
     ({"impl": {"name": "fast"}}, "impl='fast' is not one of: absorbed"),
     ({"batch": 0}, "batch=0 is not allowed"),
     ({"seq": "abc"}, "seq='abc' is not a size"),
@@ -90,7 +90,7 @@ def test_case_identity_ignores_keys_the_variant_does_not_use():
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["variant=mxa"], "variant='mxa' is not one of: all, gqa, mha, mla, mqa"),
+    (["variant=mxa"], "variant='mxa' is not one of: all, csa, gqa, hca, mha, mla, mqa"),
     (["-m", "impl=eager,fast"], "impl='fast' is not one of: absorbed"),
     (["-m", "seq=1k,abc"], "seq='abc' is not a size"),
     (["seq=1k,abc"], "Ambiguous value for argument 'seq=1k,abc': a sweep needs -m"),

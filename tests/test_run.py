@@ -45,8 +45,12 @@ def _options(group: str) -> list[str]:
 @pytest.mark.parametrize("model", _options("model"))
 def test_every_model_preset_composes_and_plans(model):
     cases = plan_cases(_compose([f"model={model}", "device=cpu"]))
-    windowed = load_preset(model).sliding_window is not None  # swa needs a window in the shape
-    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"} | ({"swa"} if windowed else set())
+    shape = load_preset(model)
+    windowed = shape.sliding_window is not None  # swa needs a window in the shape
+    # csa and hca need DeepSeek-V4's fields as well (variants.families.dsv4.config_of)
+    v4 = windowed and None not in (shape.q_rank, shape.o_groups, shape.o_rank)
+    assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"} | ({"swa"} if windowed else set()) \
+        | ({"csa", "hca"} if v4 else set())
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
@@ -62,11 +66,19 @@ def test_every_measure_config_instantiates(measure):
     assert measure_settings(_compose([f"measure={measure}"]).measure).min_reps >= 1
 
 
+# What a variant needs of the shape beyond the tiny preset: swa a window (gpt-oss has one); csa and hca
+# DeepSeek-V4's fields (no preset of this branch has them), set on tiny.
+_MODEL_FOR = {"swa": ["model=gpt_oss_20b"],
+              "csa": ["model=tiny", "+model.o_groups=2", "+model.o_rank=8", "+model.sliding_window=8",
+                      "+model.hca_rate=8", "+model.attn_sinks=true"]}
+_MODEL_FOR["hca"] = _MODEL_FOR["csa"]
+
+
 @pytest.mark.parametrize("variant", _options("variant"))
 @pytest.mark.parametrize("impl", _options("impl"))
 def test_every_variant_and_impl_config_composes(variant, impl):
-    model = "gpt_oss_20b" if variant == "swa" else "tiny"  # swa needs a shape with a window
-    cases = plan_cases(_compose([f"variant={variant}", f"impl={impl}", f"model={model}", "device=cpu"]))
+    model = _MODEL_FOR.get(variant, ["model=tiny"])
+    cases = plan_cases(_compose([f"variant={variant}", f"impl={impl}", *model, "device=cpu"]))
     assert cases
 
 

@@ -25,7 +25,7 @@ def test_bad_shapes_fail_at_construction(variant, dims, needle):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown variant 'mxa'; valid: gqa, mha, mla, mqa"):
+    with pytest.raises(ValueError, match=r"unknown variant 'mxa'; valid: csa, gqa, hca, mha, mla, mqa, swa$"):
         variants.build("mxa", TINY)
     layer = variants.build("mla", TINY)
     with pytest.raises(ValueError, match=r"unknown implementation 'fast'; valid: absorbed, .*eager.*sdpa"):

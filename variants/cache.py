@@ -10,9 +10,13 @@ absorbed path reads it as one key without a copy, as FlashMLA does). A new varia
 window, indexer keys for sparse attention, a compressed block cache) declares its own layout;
 nothing here knows about any variant.
 
-The cache's size is a function of its layout and the context (``CacheLayout.nbytes``): a layout
-keeping a ring of ``w`` positions or one entry per block overrides ``positions``. Memory
-prediction, the capacity table and the cost model ask the layout, never ``tokens x bytes``.
+The cache's size is a function of its layout and the context (``CacheLayout.nbytes``). A field
+keeps one row per position (``positions``, which a layout keeping a ring of ``w`` positions
+overrides, as swa's ``RingLayout`` does), or rows of its own: ``ring=R``, the last R positions'
+rows (a sliding window, the bounded state of a compressor's open windows), or ``every=m``, one
+entry per m positions, written when the m-th arrives (a compressed cache: DeepSeek-V4's CSA and
+HCA). ``nbytes``/``bytes_at`` count each field's real rows. Memory prediction, the capacity table
+and the cost model ask the layout, never ``tokens x bytes``.
 
 Two options a serving engine has: a *paged* cache (``page_size``: fixed-size pages in one pool
 and a block table ``[B, pages]`` saying which pages hold each sequence, as vLLM, FlashInfer and
@@ -32,6 +36,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -44,9 +49,17 @@ from variants.shape import KV_DTYPES, check_choice
 @dataclass(frozen=True)
 class CacheField:
     name: str
-    shape: tuple[int, ...]  # per token, e.g. (K, H) for GQA keys or (C,) for MLA's latent
+    shape: tuple[int, ...]  # per row, e.g. (K, H) for GQA keys or (C,) for MLA's latent
     quantize: bool = True  # whether kv_dtype=fp8_e4m3 applies (False: kept in the compute dtype)
     storage: str = "auto"  # "auto": the compute dtype; "fp8_e4m3": e4m3 values + float32 scales per tile
+    # Rows of their own (at most one of the two; neither: one row per position of the layout):
+    ring: int | None = None  # the last ``ring`` positions' rows: min(context, ring)
+    every: int | None = None  # one entry per ``every`` positions, closed ones only: context // every
+
+    def __post_init__(self) -> None:
+        assert self.ring is None or self.every is None, f"cache field {self.name}: a ring or compressed, not both"
+        assert self.ring is None or self.ring > 0, f"cache field {self.name}: ring={self.ring}"
+        assert self.every is None or self.every > 0, f"cache field {self.name}: every={self.every}"
 
     @property
     def numel(self) -> int:
@@ -61,10 +74,16 @@ class CacheField:
         """Elements per scale of an fp8 field (``variants.quant.tile_for`` of its last dimension)."""
         return quant.tile_for(self.shape[-1])
 
-    def bytes_per_token(self, dtype: torch.dtype) -> int:
+    def bytes_per_row(self, dtype: torch.dtype) -> int:
+        """Bytes of one row of the field as stored (``dtype``: the compute dtype)."""
         if self.fp8:
             return self.numel * quant.FP8.itemsize + self.numel // self.tile * quant.SCALE_DTYPE.itemsize
         return self.numel * dtype.itemsize
+
+    @property
+    def per_position(self) -> bool:
+        """Whether the field keeps the layout's rows (one per position it holds), not rows of its own."""
+        return self.ring is None and self.every is None
 
 
 @dataclass(frozen=True)
@@ -75,15 +94,22 @@ class CacheLayout:
     def __post_init__(self) -> None:
         names = [f.name for f in self.fields]
         assert len(set(names)) == len(names), f"duplicate cache field in {names}"
-        assert not self.packed or all(len(f.shape) == 1 for f in self.fields), "packed fields are 1-D"
+        assert not self.packed or all(len(f.shape) == 1 and f.per_position for f in self.fields), \
+            "packed fields are 1-D, one row per position"
 
     @property
     def elements_per_token(self) -> int:
-        return sum(f.numel for f in self.fields)
+        """Elements a token adds in the long run: a row of each per-position field (a ring layout's
+        rows included, as before), ``numel / every`` of each compressed field (rounded up), and
+        nothing for ring fields, whose rows are bounded."""
+        per_position = sum(f.numel for f in self.fields if f.per_position)
+        return per_position + math.ceil(sum(Fraction(f.numel, f.every) for f in self.fields if f.every))
 
     def bytes_per_token(self, dtype: torch.dtype) -> int:
-        """Bytes per token with the fields stored as they are (``dtype``: the compute dtype)."""
-        return sum(f.bytes_per_token(dtype) for f in self.fields)
+        """Bytes a token adds in the long run, the fields stored as they are (``dtype``: the compute
+        dtype), counted as ``elements_per_token`` counts elements."""
+        per_position = sum(f.bytes_per_row(dtype) for f in self.fields if f.per_position)
+        return per_position + math.ceil(sum(Fraction(f.bytes_per_row(dtype), f.every) for f in self.fields if f.every))
 
     @property
     def quantized(self) -> bool:
@@ -98,23 +124,38 @@ class CacheLayout:
         return dataclasses.replace(self, fields=fields, packed=False)
 
     def positions(self, context: int) -> int:
-        """Positions a sequence of ``context`` tokens keeps. All of them here; a layout keeping a
-        ring of ``w`` positions returns ``min(w, context)``, a compressed one one per block."""
+        """Positions a sequence of ``context`` tokens keeps in the per-position fields. All of them
+        here; a layout keeping a ring of ``w`` positions returns ``min(w, context)``."""
         return context
 
+    def rows(self, field: CacheField, context: int) -> int:
+        """Rows ``field`` holds for a sequence of ``context`` tokens."""
+        if field.ring is not None:
+            return min(context, field.ring)
+        if field.every is not None:
+            return context // field.every
+        return self.positions(context)
+
+    @property
+    def growing(self) -> bool:
+        """Whether the cache grows with the context without bound (False: rings only)."""
+        unbounded = 2 ** 62
+        return any(f.every or (f.per_position and self.positions(unbounded) == unbounded) for f in self.fields)
+
     def bytes_at(self, context: int, dtype: torch.dtype) -> int:
-        """Bytes one sequence's cache holds at ``context`` tokens."""
-        return self.positions(context) * self.bytes_per_token(dtype)
+        """Bytes one sequence's cache holds at ``context`` tokens, each field's real rows."""
+        return sum(self.rows(f, context) * f.bytes_per_row(dtype) for f in self.fields)
 
     def nbytes(self, *, batch: int, context: int | Sequence[int], dtype: torch.dtype,
                page_size: int | None = None) -> int:
         """Bytes of a cache of ``batch`` sequences holding ``context`` tokens each (one number, or
         one per sequence: a ragged batch). Contiguous: every sequence gets the longest one's
-        positions. Paged: each sequence whole pages of its own, plus the int32 block table."""
+        rows. Paged: each sequence whole pages of its own, plus the int32 block table."""
         lengths = _lengths(batch, context)
-        per_token = self.bytes_per_token(dtype)
         if page_size is None:
-            return batch * self.positions(max(lengths)) * per_token
+            return batch * self.bytes_at(max(lengths), dtype)
+        assert all(f.per_position for f in self.fields), "pages hold per-position fields only"
+        per_token = self.bytes_per_token(dtype)
         check_page_size(page_size)
         pages = [math.ceil(self.positions(n) / page_size) for n in lengths]
         return sum(pages) * page_size * per_token + batch * max(pages) * _TABLE_DTYPE.itemsize
@@ -177,8 +218,8 @@ class KVCache:
         self.block_table: Tensor | None = None
         if self.page_size is None:
             rows: tuple[int, ...] = (batch, layout.positions(self.max_len))  # a ring keeps fewer rows
-        elif layout.positions(self.max_len) != self.max_len:
-            raise ValueError(f"page_size={page_size}: a ring (sliding-window) cache is not paged; "
+        elif layout.positions(self.max_len) != self.max_len or not all(f.per_position for f in layout.fields):
+            raise ValueError(f"page_size={page_size}: a ring (sliding-window) or compressed cache is not paged; "
                              "leave page_size unset for this layout")
         else:
             P = self.page_size
@@ -205,11 +246,13 @@ class KVCache:
                 offset += field.numel
         else:
             for field in layout.fields:
-                buf = torch.zeros(*rows, *field.shape, dtype=quant.FP8 if field.fp8 else dtype, device=device)
+                # A ring or compressed field keeps rows of its own (never paged: checked above).
+                own = rows if field.per_position else (batch, layout.rows(field, self.max_len))
+                buf = torch.zeros(*own, *field.shape, dtype=quant.FP8 if field.fp8 else dtype, device=device)
                 self.buffers[field.name] = buf
                 self.fields[field.name] = buf
                 if field.fp8:
-                    scale = torch.ones(*rows, field.numel // field.tile, dtype=quant.SCALE_DTYPE, device=device)
+                    scale = torch.ones(*own, field.numel // field.tile, dtype=quant.SCALE_DTYPE, device=device)
                     self.buffers[f"{field.name}.scale"] = scale
                     self.scales[field.name] = scale
         self._field = {f.name: f for f in layout.fields}
@@ -331,9 +374,13 @@ class KVCache:
         """
         if not 0 <= length <= self.max_len:
             raise ValueError(f"fill length {length} is outside [0, max_len={self.max_len}]")
+        by_name = {f.name: f for f in self.layout.fields}
         for name, buf in self.buffers.items():
+            # Each field's own rows at ``length`` (the packed buffer: the layout's positions).
+            field = by_name.get(name.removesuffix(".scale"))
+            rows = self.layout.positions(length) if field is None else self.layout.rows(field, length)
             generator = torch.Generator(device=buf.device).manual_seed(seed)
-            for row_SX in buf[:, :self.layout.positions(length)]:
+            for row_SX in buf[:, :rows]:
                 if buf.dtype == quant.FP8:
                     # Bytes below 0x7F are the finite non-negative e4m3 values (0x7F is NaN); the
                     # scale rows below keep them about unit-sized, as normal_ does for the others.

@@ -14,7 +14,9 @@ belongs in the plan, not in ``__call__``.
 
 A kernel with ``learned_sinks = True`` also takes ``sinks_N``, one logit per query head that joins
 the softmax as a column with no value (gpt-oss); a layer with sinks refuses any other kernel, and a
-kernel without the attribute is taken not to apply them.
+kernel without the attribute is taken not to apply them. A kernel with ``takes_step_mask = False``
+applies only a mask it was given at set-up (flex's ``BlockMask``), not ``mask.keep_LT`` built in the
+step (DeepSeek-V4's per-query entry picks); without the attribute it is taken to apply it.
 """
 
 from __future__ import annotations

@@ -47,6 +47,8 @@ class FlexKernel:
     name: str = "flex"
     dense_causal: bool = False  # the BlockMask carries every mask
     learned_sinks: bool = True
+    # A mask computed in the step (DeepSeek-V4's indexer picks) cannot reach a BlockMask built at set-up.
+    takes_step_mask: bool = False
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         return False  # flex tiles the scores like a fused kernel

@@ -24,6 +24,7 @@ from harness.measure.case import DTYPES
 from harness.report.data import SHAPE_COLUMNS
 from harness.results import schema
 from variants.cache import CacheLayout
+from variants.schedule import model_layouts, model_params
 from variants.shape import ModelShape, check_choice
 
 # The cache layout each variant needs at least: MLA caches its latent (eager, sdpa and absorbed
@@ -107,14 +108,8 @@ def _cost(variant: str, shape: ModelShape, dtype: str) -> ModelCost:
     layer = variants.build(variant, shape, dtype=torch_dtype, device="meta")
     weights = sum(p.numel() for p in layer.parameters()) * torch_dtype.itemsize
     layouts, schedule_weights = None, None
-    layer_for_kind = variants.VARIANTS.get(variant).layer_for_kind
-    if layer_for_kind is not None:  # the schedule's letters, each the layer this variant makes of it
-        by_kind = {}
-        for kind in sorted(set(shape.layer_kinds())):
-            with torch.device("meta"):
-                of_kind = layer_for_kind(shape, kind, "self")
-            by_kind[kind] = (of_kind.cache_layout(PATH), sum(p.numel() for p in of_kind.parameters()))
-        layouts = tuple(by_kind[kind][0] for kind in shape.layer_kinds())
-        schedule_weights = sum(by_kind[kind][1] for kind in shape.layer_kinds()) * torch_dtype.itemsize
+    if variants.VARIANTS.get(variant).layer_for_kind is not None:  # the schedule's letters, each its own layer
+        layouts = model_layouts(variant, shape, path=PATH)
+        schedule_weights = model_params(variant, shape) * torch_dtype.itemsize
     return ModelCost(variant, shape.num_layers, layer.kv_bytes_per_token(PATH, torch_dtype), weights,
                      layer.cache_layout(PATH), torch_dtype, layouts, schedule_weights)

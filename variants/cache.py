@@ -341,6 +341,29 @@ class KVCache:
                     field, value_BR = field.view(torch.uint8), value_BR.view(torch.uint8)
                 field.index_copy_(1, rows_R, value_BR)
 
+    def gather(self, name: str, index_BK: Tensor) -> Tensor:
+        """Rows ``index_BK[b, k]`` of field ``name`` for each sequence b: ``[B, K, *shape]``. A sparse
+        step's read (the indexer's picks): only those rows are copied, and of an fp8 field only those
+        are dequantized. One ``index_select`` on the flattened rows (a third of the time of ``gather``
+        with an expanded index: [1, 32768, 512] float32, 512 picks, one thread, 0.53 vs 1.55 ms)."""
+        B, K = index_BK.shape
+        if self.paged:
+            P = self.page_size
+            assert P is not None and self.block_table is not None
+            page_BK = self.block_table.to(index_BK.device).gather(1, index_BK // P).long()
+            flat_N = (page_BK * P + index_BK % P).flatten()
+        else:
+            rows = self.fields[name].shape[1]
+            flat_N = (index_BK + torch.arange(B, device=index_BK.device).unsqueeze(1) * rows).flatten()
+
+        def pick(buffer: Tensor) -> Tensor:
+            return buffer.flatten(0, 1).index_select(0, flat_N).unflatten(0, (B, K))
+
+        values_BKX = pick(self.fields[name])
+        if name not in self.scales:
+            return values_BKX
+        return quant.dequantize(values_BKX.flatten(2), pick(self.scales[name]), self.dtype).view(values_BKX.shape)
+
     def read(self, name: str, end: int) -> Tensor:
         """Positions [0, end) of a field: a view of the buffer (no copy), or the pages gathered; an fp8
         field dequantized to the cache's compute dtype (a copy, as a kernel without fp8 support needs)."""

@@ -40,6 +40,7 @@ elements (320 B in bf16) at V4's shape, HCA ``H/128`` = 4 (8 B); beside them the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -58,7 +59,16 @@ from variants.layer import AttentionLayer, Phase, Step, StepRunner
 from variants.mask import AttnMask, causal_window, dense
 from variants.registry import register_variant
 from variants.rope import Rope
-from variants.shape import AttentionKind, ModelShape, RopeLayout, check_choice, check_positive, divisors
+from variants.shape import (
+    KV_DTYPES,
+    AttentionKind,
+    KvDtype,
+    ModelShape,
+    RopeLayout,
+    check_choice,
+    check_positive,
+    divisors,
+)
 from variants.variant import VariantSpec
 
 KINDS: dict[str, str] = {"S": "window only", "C": "window + CSA", "H": "window + HCA"}
@@ -88,9 +98,11 @@ class DSV4Config:
     learned_sinks: bool = True
     norm_eps: float = 1e-6
     attention: AttentionKind = "self"
+    kv_dtype: KvDtype = "auto"  # the window's K = V rows and the entries; the open windows' state stays
 
     def __post_init__(self) -> None:
         check_choice("kind", self.kind, tuple(KINDS))
+        check_choice("kv_dtype", self.kv_dtype, KV_DTYPES)
         for name in ("hidden", "heads", "head_dim", "q_rank", "rope_dim", "window", "csa_rate", "hca_rate",
                      "index_heads", "index_head_dim", "index_topk", "o_groups", "o_rank"):
             check_positive(name, getattr(self, name))
@@ -128,7 +140,7 @@ def cache_layout_of(c: DSV4Config) -> CacheLayout:
         fields += compressor_fields(c.head_dim, c.rate, overlap=c.kind == "C")
     if c.kind == "C":
         fields += compressor_fields(c.index_head_dim, c.csa_rate, overlap=True, prefix="index_")
-    return CacheLayout(fields)
+    return CacheLayout(fields).stored_as(c.kv_dtype)
 
 
 class GroupedLinear(nn.Module):
@@ -155,6 +167,7 @@ class DSV4(AttentionLayer):
         self.variant = variant or VARIANT_OF_KIND[c.kind]
         self.attention = "self"
         self.hidden = c.hidden
+        self.kv_dtype = c.kv_dtype
         D, N, H, Q, G, O = c.hidden, c.heads, c.head_dim, c.q_rank, c.o_groups, c.o_rank
         self.q_a_proj = nn.Linear(D, Q, bias=False)
         self.q_a_norm = nn.RMSNorm(Q, eps=c.norm_eps)
@@ -177,7 +190,7 @@ class DSV4(AttentionLayer):
 
     def cache_layout(self, path: str) -> CacheLayout:
         assert path in self.paths
-        return cache_layout_of(self.config)
+        return cache_layout_of(dataclasses.replace(self.config, kv_dtype=self.kv_dtype))
 
     def kernel_unsupported(self, kernel: Kernel) -> str | None:
         if self.sinks is not None and not getattr(kernel, "learned_sinks", False):
@@ -222,7 +235,7 @@ class DSV4(AttentionLayer):
         c = self.config
         fn = causal_window(c.window)
         q_pos_L = torch.arange(start, start + q_len, device=device)
-        keep_LT = dense(fn, q_pos_L, self._window_positions(start, q_len, cache["window"].shape[1], device))
+        keep_LT = dense(fn, q_pos_L, self._window_positions(start, q_len, cache.fields["window"].shape[1], device))
         entries = self._entries_read(start, q_len)
         if entries:
             if c.kind == "C" and q_len == 1:
@@ -257,15 +270,15 @@ class DSV4(AttentionLayer):
         if self.compressor is not None:
             self.compressor.advance(x_BLD, start, cache, self.rope)
             closed = (start + L) // c.rate
-            entries_BSH = cache["entries"][:, :closed]
+            entries_BSH = cache.read("entries", closed)
             if self.indexer is not None:
                 self.indexer.compressor.advance(x_BLD, start, cache, self.rope, prefix="index_")
                 if closed:
-                    scores_BLS = self.indexer.scores(x_BLD, q_residual_BLQ, cache["index_entries"][:, :closed],
+                    scores_BLS = self.indexer.scores(x_BLD, q_residual_BLQ, cache.read("index_entries", closed),
                                                      cos_LF, sin_LF, self.rope)
                     picks_BLk, valid_BLk = select_topk(scores_BLS, k=c.index_topk, rate=c.rate, start=start)
                     if L == 1:  # truly sparse: gather the k picked rows
-                        entries_BSH = _gather_rows(cache["entries"], picks_BLk[:, 0])
+                        entries_BSH = cache.gather("entries", picks_BLk[:, 0])
                     else:
                         mask = self._picked(mask, picks_BLk, valid_BLk, keys[0].shape[1], closed)
             keys.append(entries_BSH)
@@ -281,16 +294,14 @@ class DSV4(AttentionLayer):
 
     def _window(self, cache: KVCache, kv_BLH: Tensor, start: int) -> Tensor:
         """Write the step's keys to the ring; return the window keys the kernel reads."""
-        ring_BRH = cache["window"]
-        rows, L = ring_BRH.shape[1], kv_BLH.shape[1]
+        rows, L = cache.fields["window"].shape[1], kv_BLH.shape[1]
         if L == 1:
-            row = start % rows
-            ring_BRH[:, row:row + 1].copy_(kv_BLH)
-            return ring_BRH[:, :min(start + 1, rows)]
-        keys_BTH = torch.cat([ring_BRH[:, :min(start, rows)], kv_BLH], dim=1) if start else kv_BLH
+            cache.write(start % rows, window=kv_BLH)
+            return cache.read("window", min(start + 1, rows))
+        keys_BTH = torch.cat([cache.read("window", min(start, rows)), kv_BLH], dim=1) if start else kv_BLH
         kept = min(L, rows)
         rows_K = torch.arange(start + L - kept, start + L, device=kv_BLH.device) % rows
-        ring_BRH.index_copy_(1, rows_K, kv_BLH[:, L - kept:])
+        cache.write_rows(rows_K, window=kv_BLH[:, L - kept:])
         return keys_BTH
 
     def _picked(self, mask: AttnMask, picks_BLk: Tensor, valid_BLk: Tensor, window: int, closed: int) -> AttnMask:
@@ -326,33 +337,39 @@ class DSV4(AttentionLayer):
         weights = sum(sizes[name] for name in ("q_a_proj", "q_a_norm", "q_b_proj", "kv_proj", "kv_norm",
                                                "o_a_proj", "o_b_proj"))
         weights += N if self.sinks is not None else 0
-        read, written = (window_old + entries) * H, min(L, W) * H
+        # Bytes of one stored row of each field (kv_dtype=fp8_e4m3: e4m3 values and their scales).
+        row = {f.name: f.bytes_per_row(dtype or self.dtype) for f in self.cache_layout(path).fields}
+        read = window_old * row["window"] + entries * row.get("entries", 0)
+        written = min(L, W) * row["window"]
         if self.compressor is not None:
             flops += _compressor_flops(self.compressor, B * L, D)
             weights += sizes["compressor"]
-            state_read, state_written = _compressor_rows(self.compressor, S0, L)
-            read, written = read + state_read, written + state_written
+            state_read, state_written, new_entries = _compressor_rows(self.compressor, S0, L)
+            read += state_read * b
+            written += state_written * b + new_entries * row["entries"]
         indexer_flops = indexer_weights = indexer_read = indexer_written = 0
         if self.indexer is not None:
             ix = self.indexer
             closed = end // c.csa_rate
             indexer_flops = _compressor_flops(ix.compressor, B * L, D)
             indexer_weights = sum(p.numel() for p in ix.compressor.parameters())
-            indexer_read, indexer_written = _compressor_rows(ix.compressor, S0, L)
+            state_read, state_written, new_entries = _compressor_rows(ix.compressor, S0, L)
+            indexer_read = state_read * b
+            indexer_written = state_written * b + new_entries * row["index_entries"]
             if closed:  # no entry yet: nothing to score
                 J, I = ix.heads, ix.dim
                 indexer_flops += (matmul_flops(B * L, Q, J * I) + matmul_flops(B * L, D, J)  # q_I, head weights
                                   + matmul_flops(B * L * J, I, closed)  # q_I . K over every closed entry
                                   + matmul_flops(B * L, J, closed))  # the weighted sum over heads
                 indexer_weights += sizes["indexer"] - sum(p.numel() for p in ix.compressor.parameters())
-                indexer_read += closed * I  # the scan: linear in the context
+                indexer_read += closed * row["index_entries"]  # the scan: linear in the context
         kv_bytes = self.kv_bytes_per_token(path, dtype)
         closed_all = end // c.rate if c.rate else 0
         return Cost(
             flops=flops + indexer_flops,
             weight_bytes=(weights + indexer_weights) * b,
-            cache_read_bytes=B * (read + indexer_read) * b,
-            cache_write_bytes=B * (written + indexer_written) * b,
+            cache_read_bytes=B * (read + indexer_read),
+            cache_write_bytes=B * (written + indexer_written),
             activation_bytes=B * 2 * L * D * b,
             params=sum(p.numel() for p in self.parameters()),  # the sinks are no module's
             kv_bytes_per_token=kv_bytes,
@@ -361,16 +378,8 @@ class DSV4(AttentionLayer):
             # indexer's query and its [L, J, S] float32 dots.
             transient_bytes=(B * L * (4 * N * H + Q + 2 * H) + B * T * H) * b + _transient(self, B, L, closed_all, b),
             indexer_flops=indexer_flops,
-            indexer_bytes=(indexer_weights + B * (indexer_read + indexer_written)) * b,
+            indexer_bytes=indexer_weights * b + B * (indexer_read + indexer_written),
         )
-
-
-def _gather_rows(buffer_BSH: Tensor, picks_Bk: Tensor) -> Tensor:
-    """Rows ``picks_Bk[b]`` of sequence b: one ``index_select`` on the flat buffer (a third of the time
-    of ``gather`` with an expanded index: [1, 32768, 512] float32, 512 picks, one thread, 0.53 vs 1.55 ms)."""
-    B, S, H = buffer_BSH.shape
-    flat_K = (picks_Bk + torch.arange(B, device=picks_Bk.device).unsqueeze(1) * S).flatten()
-    return buffer_BSH.reshape(B * S, H).index_select(0, flat_K).view(B, -1, H)
 
 
 def _compressor_flops(compressor: Compressor, tokens: int, hidden: int) -> int:
@@ -378,21 +387,21 @@ def _compressor_flops(compressor: Compressor, tokens: int, hidden: int) -> int:
     return 2 * matmul_flops(tokens, hidden, compressor.kv_proj.out_features)
 
 
-def _compressor_rows(compressor: Compressor, start: int, L: int) -> tuple[int, int]:
-    """Elements of one sequence's compressor cache a step reads (the state of the windows it closes,
-    from before the step) and writes (its tokens' state rows, the new entries)."""
+def _compressor_rows(compressor: Compressor, start: int, L: int) -> tuple[int, int, int]:
+    """Of one sequence's compressor cache, the state elements a step reads (of the windows it closes,
+    from before the step) and writes (its tokens' state rows), and the entries it adds."""
     C, m = compressor.width, compressor.rate
     end = start + L
     first, last = start // m, end // m
     rings = (2 * m, m) if compressor.overlap else (m,)
-    written = sum(min(L, ring) for ring in rings) * _PAIR * C + (last - first) * C
+    written = sum(min(L, ring) for ring in rings) * _PAIR * C
     if last == first:
-        return 0, written
+        return 0, written, 0
     if compressor.overlap:  # Ca from window first - 1, Cb from window first
         old = (start - max(first - 1, 0) * m) + (start - first * m)
     else:
         old = start - first * m
-    return old * _PAIR * C, written
+    return old * _PAIR * C, written, last - first
 
 
 def _transient(layer: DSV4, B: int, L: int, closed: int, itemsize: int) -> int:
@@ -422,7 +431,8 @@ def config_of(shape: ModelShape, kind: str, *, variant: str = "DeepSeek-V4 atten
                       hca_rate=shape.hca_rate, index_heads=shape.index_heads, index_head_dim=shape.index_head_dim,
                       index_topk=shape.index_topk, o_groups=shape.o_groups, o_rank=shape.o_rank,
                       rope_theta=shape.rope_theta, compress_rope_theta=shape.compress_rope_theta or shape.rope_theta,
-                      rope_layout=shape.rope_layout, learned_sinks=shape.attn_sinks, attention=attention)
+                      rope_layout=shape.rope_layout, learned_sinks=shape.attn_sinks, attention=attention,
+                      kv_dtype=shape.kv_dtype)
 
 
 def layer_for_kind(shape: ModelShape, kind: str, attention: AttentionKind = "self") -> DSV4:

@@ -56,10 +56,12 @@ def compressor_fields(width: int, rate: int, *, overlap: bool, prefix: str = "")
     """A compressor's cache fields: its entries (one per m tokens) and the rings of open-window state."""
     C, m = width, rate
     entries = CacheField(f"{prefix}entries", (C,), every=m)
+    # The open windows' projections are the pooling's working state, kept in the compute dtype
+    # whatever kv_dtype says (quantize=False): only what attention reads is the cache proper.
     if overlap:
-        return (entries, CacheField(f"{prefix}state_a", (_PAIR, C), ring=2 * m),
-                CacheField(f"{prefix}state_b", (_PAIR, C), ring=m))
-    return entries, CacheField(f"{prefix}state", (_PAIR, C), ring=m)
+        return (entries, CacheField(f"{prefix}state_a", (_PAIR, C), ring=2 * m, quantize=False),
+                CacheField(f"{prefix}state_b", (_PAIR, C), ring=m, quantize=False))
+    return entries, CacheField(f"{prefix}state", (_PAIR, C), ring=m, quantize=False)
 
 
 class Compressor(nn.Module):
@@ -90,16 +92,16 @@ class Compressor(nn.Module):
         for name, (new_BLPC, ring) in series.items():  # after the pooling read the rows it needs
             kept = min(L, ring)
             rows_K = _positions(end - kept, end, ring, x_BLD.device)
-            cache[prefix + name].index_copy_(1, rows_K, new_BLPC[:, L - kept:])
+            cache.write_rows(rows_K, **{prefix + name: new_BLPC[:, L - kept:]})
         if entries_BnC is not None:
             cos_nF, sin_nF = rope.table_at(torch.arange(first, last, device=x_BLD.device) * m)
-            cache[prefix + "entries"][:, first:last] = rotate_tail_(entries_BnC, cos_nF, sin_nF, rope)
+            cache.write(first, **{prefix + "entries": rotate_tail_(entries_BnC, cos_nF, sin_nF, rope)})
 
     def _span(self, cache: KVCache, name: str, new_BLPC: Tensor, ring: int, lo: int, start: int) -> Tensor:
         """``[kv; gate]`` of positions [lo, start + L): the ring's rows before the step, then the new ones."""
         if lo >= start:
             return new_BLPC[:, lo - start:]
-        old_BOPC = cache[name].index_select(1, _positions(lo, start, ring, new_BLPC.device))
+        old_BOPC = cache.fields[name].index_select(1, _positions(lo, start, ring, new_BLPC.device))
         return torch.cat([old_BOPC, new_BLPC], dim=1)
 
     def _pool(self, series: dict[str, tuple[Tensor, int]], cache: KVCache, prefix: str, start: int,

@@ -59,7 +59,7 @@ def test_a_wrong_type_or_choice_is_one_line_and_exit_2(key, value, allowed, caps
 @pytest.mark.parametrize(("args", "line"), [
     (["colour=red"], "error: unknown key 'colour'; valid keys: attention, batch,"),
     (["measure.colour=1"], "error: unknown key 'measure.colour'; valid keys: measure.budget_s,"),
-    (["variant=mxa"], "error: variant='mxa' is not one of: all, dsa, gqa, mha, mla, mqa"),
+    (["variant=mxa"], "error: variant='mxa' is not one of: all, csa, dsa, gqa, hca, mha, mla, mqa"),
     (["measure=slow"], "error: measure='slow' is not one of: default, quick"),
 ])
 def test_unknown_keys_and_group_options_are_one_line(args, line, capsys):

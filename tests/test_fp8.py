@@ -63,15 +63,16 @@ def _layers(variant: str, **changes: object) -> tuple[variants.AttentionLayer, v
 
 def _run(layer: variants.AttentionLayer, impl: str, x_BTD: torch.Tensor, *, page_size: int | None = None,
          prefix: int = 9) -> torch.Tensor:
-    cache = layer.new_cache(x_BTD.shape[0], 16, impl=impl, page_size=page_size)
+    cache = layer.new_cache(x_BTD.shape[0], max(16, x_BTD.shape[1]), impl=impl, page_size=page_size)
     ys = [layer.prefill(x_BTD[:, :prefix], cache, impl=impl)]
     ys += [layer.decode(x_BTD[:, t:t + 1], cache, impl=impl) for t in range(prefix, x_BTD.shape[1])]
     return torch.cat(ys, dim=1)
 
 
 CASES = [(v, i.name) for v in ("mha", "mqa", "gqa", "mla") for i in IMPLEMENTATIONS
-         if i.name not in COMPILING and i.path in variants.build(v, TINY, device="meta").paths
-         and i.name != "absorbed_sdpa"]
+         if i.name not in COMPILING and i.supports(variants.build(v, TINY.replace(kv_dtype=FP8), device="meta"),
+                                                   phase="decode", device=torch.device("cpu"),
+                                                   dtype=torch.float32) is None]
 
 
 @pytest.mark.parametrize(("variant", "impl"), CASES)
@@ -149,3 +150,34 @@ def test_kv_dtype_enters_the_case_id_only_when_it_is_fp8() -> None:
     auto, fp8 = _case("auto"), _case(FP8)
     assert "kv_dtype" not in auto.identity(uses) and fp8.identity(uses)["kv_dtype"] == FP8
     assert auto.case_id(uses) != fp8.case_id(uses)
+
+
+@pytest.mark.parametrize("variant", ["csa", "hca"])
+def test_deepseek_v4_caches_its_window_and_entries_in_fp8_and_reads_only_the_picks(variant: str) -> None:
+    from tests.test_dsv4 import SHAPE as V4
+
+    full = variants.build(variant, V4, seed=0)
+    fp8 = variants.build(variant, V4.replace(kv_dtype=FP8), seed=0)
+    layout = fp8.cache_layout("standard")
+    stored = {f.name: f.storage for f in layout.fields}
+    assert stored["window"] == stored["entries"] == FP8 and stored.get("index_entries", FP8) == FP8
+    assert all(stored[name] == "auto" for name in stored if "state" in name)  # the pooling's working state
+    x_BTD = torch.randn(2, 30, V4.hidden, generator=torch.Generator().manual_seed(4))
+    err = rel_err(_run(fp8, "eager", x_BTD, prefix=20), _run(full, "eager", x_BTD, prefix=20))
+    assert 1e-3 < err <= numerics.FP8_KV_TOLERANCE, err
+    cache = fp8.new_cache(2, 64)
+    assert cache.nbytes() == layout.nbytes(batch=2, context=64, dtype=torch.float32)
+    # The cost model counts the stored bytes: fewer than the same cache in the compute dtype.
+    costs = [layer.cost(path="standard", batch=1, q_len=1, cached=40, new_kv=1) for layer in (full, fp8)]
+    assert costs[1].cache_read_bytes < costs[0].cache_read_bytes
+
+
+def test_a_sparse_read_gathers_and_dequantizes_only_the_picked_rows() -> None:
+    layout = CacheLayout((CacheField("entries", (32,)),)).stored_as(FP8)
+    for page_size in (None, 4):
+        cache = KVCache(layout, batch=2, max_len=16, dtype=torch.float64, device="cpu", page_size=page_size)
+        x_BSC = torch.randn(2, 16, 32, dtype=torch.float64)
+        cache.write(0, entries=x_BSC)
+        picks_BK = torch.tensor([[3, 0, 15], [7, 7, 1]])
+        expected = torch.stack([cache.read("entries", 16)[b, picks_BK[b]] for b in range(2)])
+        assert torch.equal(cache.gather("entries", picks_BK), expected)

@@ -49,8 +49,9 @@ def test_all_means_every_supported_combination():
     assert ("mla", "absorbed") in pairs and ("mha", "absorbed") not in pairs
     assert ("dsa", "absorbed") in pairs and ("dsa", "flex") not in pairs
     assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla", "dsa"}  # tiny compresses queries: dsa
-    # mha, mqa, gqa: eager, sdpa, flex; mla: those and absorbed x3, expanded; dsa: mla's but flex.
-    assert len(cases) == 3 * 3 + 7 + 6
+    # mha, mqa, gqa: eager, sdpa, flex; mla: those, hf, absorbed x3, expanded; dsa: mla's but flex and hf.
+    assert len(cases) == 3 * 3 + 8 + 6
+    assert {i for v, i in pairs if v == "dsa"} == {i for v, i in pairs if v == "mla"} - {"flex", "hf"}
 
 
 def test_named_unsupported_combination_is_planned_to_be_skipped():
@@ -66,7 +67,7 @@ def test_shape_overrides_and_phase_both():
 
 
 @pytest.mark.parametrize(("over", "message"), [
-    ({"variant": {"name": "mxa"}}, "variant='mxa' is not one of: dsa, gqa, mha, mla, mqa, swa, all"),
+    ({"variant": {"name": "mxa"}}, "variant='mxa' is not one of: csa, dsa, gqa, hca, mha, mla, mqa, swa, all"),
     ({"impl": {"name": "fast"}}, "impl='fast' is not one of: absorbed"),
     ({"batch": 0}, "batch=0 is not allowed"),
     ({"seq": "abc"}, "seq='abc' is not a size"),
@@ -92,7 +93,7 @@ def test_case_identity_ignores_keys_the_variant_does_not_use():
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (["variant=mxa"], "variant='mxa' is not one of: all, dsa, gqa, mha, mla, mqa"),
+    (["variant=mxa"], "variant='mxa' is not one of: all, csa, dsa, gqa, hca, mha, mla, mqa"),
     (["-m", "impl=eager,fast"], "impl='fast' is not one of: absorbed"),
     (["-m", "seq=1k,abc"], "seq='abc' is not a size"),
     (["seq=1k,abc"], "Ambiguous value for argument 'seq=1k,abc': a sweep needs -m"),

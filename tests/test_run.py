@@ -21,6 +21,7 @@ from harness.errors import UserError
 from harness.sweep.job import run_job
 from harness.sweep.plan import plan_cases
 from variants.implementation import KernelImplementation
+from variants.impls.hf import transformers_missing
 from variants.kernels.eager import EagerKernel
 from variants.presets import load_preset
 from variants.registry import IMPLEMENTATIONS, VARIANTS
@@ -47,8 +48,10 @@ def test_every_model_preset_composes_and_plans(model):
     shape = load_preset(model)
     windowed = shape.sliding_window is not None  # swa needs a window in the shape
     compressed_q = shape.q_rank is not None  # dsa's indexer reads MLA's compressed query
+    # csa and hca need DeepSeek-V4's fields as well (variants.families.dsv4.config_of)
+    v4 = windowed and None not in (shape.q_rank, shape.o_groups, shape.o_rank)
     assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"} | ({"swa"} if windowed else set()) \
-        | ({"dsa"} if compressed_q else set())
+        | ({"dsa"} if compressed_q else set()) | ({"csa", "hca"} if v4 else set())
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
@@ -64,11 +67,19 @@ def test_every_measure_config_instantiates(measure):
     assert measure_settings(_compose([f"measure={measure}"]).measure).min_reps >= 1
 
 
+# What a variant needs of the shape beyond the tiny preset: swa a window (gpt-oss has one); csa and hca
+# DeepSeek-V4's fields (no preset of this branch has them), set on tiny.
+_MODEL_FOR = {"swa": ["model=gpt_oss_20b"],
+              "csa": ["model=tiny", "+model.o_groups=2", "+model.o_rank=8", "+model.sliding_window=8",
+                      "+model.hca_rate=8", "+model.attn_sinks=true"]}
+_MODEL_FOR["hca"] = _MODEL_FOR["csa"]
+
+
 @pytest.mark.parametrize("variant", _options("variant"))
 @pytest.mark.parametrize("impl", _options("impl"))
 def test_every_variant_and_impl_config_composes(variant, impl):
-    model = "gpt_oss_20b" if variant == "swa" else "tiny"  # swa needs a shape with a window
-    cases = plan_cases(_compose([f"variant={variant}", f"impl={impl}", f"model={model}", "device=cpu"]))
+    model = _MODEL_FOR.get(variant, ["model=tiny"])
+    cases = plan_cases(_compose([f"variant={variant}", f"impl={impl}", *model, "device=cpu"]))
     assert cases
 
 
@@ -82,7 +93,10 @@ def test_single_run_end_to_end(tmp_path):
     proc = _run([*QUICK, "variant=mla", "phase=decode", f"hydra.run.dir={out}"])
     assert proc.returncode == 0, proc.stderr[-2000:]
     frame = results.load(out)
-    assert set(frame["impl"]) == {"eager", "sdpa", "flex", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded"}
+    # hf joins "all" wherever transformers is installed (the 'hf' extra; the 'test' extra has it).
+    hf = set() if transformers_missing() else {"hf"}
+    assert set(frame["impl"]) == {"eager", "sdpa", "flex", "absorbed", "absorbed_sdpa", "absorbed_fold_o",
+                                  "expanded"} | hf
     assert (frame["status"] == "ok").all()
     assert (out / "config.yaml").exists() and (out / "env.json").exists()
     assert "latency_ms" in proc.stdout and "absorbed_sdpa" in proc.stdout  # the summary table

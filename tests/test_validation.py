@@ -25,7 +25,7 @@ def test_bad_shapes_fail_at_construction(variant, dims, needle):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match=r"unknown variant 'mxa'; valid: dsa, gqa, mha, mla, mqa"):
+    with pytest.raises(ValueError, match=r"unknown variant 'mxa'; valid: csa, dsa, gqa, hca, mha, mla, mqa, swa$"):
         variants.build("mxa", TINY)
     layer = variants.build("mla", TINY)
     with pytest.raises(ValueError, match=r"unknown implementation 'fast'; valid: absorbed, .*eager.*sdpa"):
@@ -37,7 +37,7 @@ def test_unknown_names_list_the_valid_ones():
 @pytest.mark.parametrize("variant", ["mha", "mqa", "gqa"])
 def test_absorbed_is_refused_for_non_mla_variants(variant):
     layer = variants.build(variant, TINY)
-    with pytest.raises(ValueError, match=f"^absorbed applies to dsa, mla only; {variant} supports: eager, flex, sdpa$"):
+    with pytest.raises(ValueError, match=f"^absorbed applies to dsa, mla only; {variant} supports: eager, flex, hf, sdpa$"):
         layer.new_cache(1, 8, impl="absorbed")
     cache = layer.new_cache(1, 8)
     with pytest.raises(ValueError, match="^absorbed applies to dsa, mla only"):

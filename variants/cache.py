@@ -6,15 +6,19 @@ P page size (positions per page), Q pages in the pool.
 A variant describes what it caches per token as a ``CacheLayout``: named fields, each with a
 per-token shape. Fields are either separate buffers ``[B, S, *shape]`` or, when ``packed``, side by
 side in one ``[B, S, sum(widths)]`` buffer (MLA keeps ``[c_kv; k_rope]`` contiguous so that the
-absorbed path reads it as one key without a copy, as FlashMLA does); a packed layout may keep
-more fields apart, each in its own buffer (``separate``: DeepSeek-V3.2's indexer keys beside
-MLA's packed latent, as FlashMLA's sparse kernels and the indexer read them). A new variant (sliding
+absorbed path reads it as one key without a copy, as FlashMLA does); a packed layout may keep a
+field ``apart``, in a buffer of its own (DeepSeek-V3.2's indexer keys beside MLA's packed latent,
+as FlashMLA's sparse kernels and the indexer read them). A new variant (sliding
 window, indexer keys for sparse attention, a compressed block cache) declares its own layout;
 nothing here knows about any variant.
 
-The cache's size is a function of its layout and the context (``CacheLayout.nbytes``): a layout
-keeping a ring of ``w`` positions or one entry per block overrides ``positions``. Memory
-prediction, the capacity table and the cost model ask the layout, never ``tokens x bytes``.
+The cache's size is a function of its layout and the context (``CacheLayout.nbytes``). A field
+keeps one row per position (``positions``, which a layout keeping a ring of ``w`` positions
+overrides, as swa's ``RingLayout`` does), or rows of its own: ``ring=R``, the last R positions'
+rows (a sliding window, the bounded state of a compressor's open windows), or ``every=m``, one
+entry per m positions, written when the m-th arrives (a compressed cache: DeepSeek-V4's CSA and
+HCA). ``nbytes``/``bytes_at`` count each field's real rows. Memory prediction, the capacity table
+and the cost model ask the layout, never ``tokens x bytes``.
 
 Two options a serving engine has: a *paged* cache (``page_size``: fixed-size pages in one pool
 and a block table ``[B, pages]`` saying which pages hold each sequence, as vLLM, FlashInfer and
@@ -34,6 +38,7 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 import torch
@@ -46,9 +51,18 @@ from variants.shape import KV_DTYPES, check_choice
 @dataclass(frozen=True)
 class CacheField:
     name: str
-    shape: tuple[int, ...]  # per token, e.g. (K, H) for GQA keys or (C,) for MLA's latent
+    shape: tuple[int, ...]  # per row, e.g. (K, H) for GQA keys or (C,) for MLA's latent
     quantize: bool = True  # whether kv_dtype=fp8_e4m3 applies (False: kept in the compute dtype)
     storage: str = "auto"  # "auto": the compute dtype; "fp8_e4m3": e4m3 values + float32 scales per tile
+    # Rows of their own (at most one of the two; neither: one row per position of the layout):
+    ring: int | None = None  # the last ``ring`` positions' rows: min(context, ring)
+    every: int | None = None  # one entry per ``every`` positions, closed ones only: context // every
+    apart: bool = False  # in a packed layout, kept in a buffer of its own rather than in the packed rows
+
+    def __post_init__(self) -> None:
+        assert self.ring is None or self.every is None, f"cache field {self.name}: a ring or compressed, not both"
+        assert self.ring is None or self.ring > 0, f"cache field {self.name}: ring={self.ring}"
+        assert self.every is None or self.every > 0, f"cache field {self.name}: every={self.every}"
 
     @property
     def numel(self) -> int:
@@ -63,69 +77,94 @@ class CacheField:
         """Elements per scale of an fp8 field (``variants.quant.tile_for`` of its last dimension)."""
         return quant.tile_for(self.shape[-1])
 
-    def bytes_per_token(self, dtype: torch.dtype) -> int:
+    def bytes_per_row(self, dtype: torch.dtype) -> int:
+        """Bytes of one row of the field as stored (``dtype``: the compute dtype)."""
         if self.fp8:
             return self.numel * quant.FP8.itemsize + self.numel // self.tile * quant.SCALE_DTYPE.itemsize
         return self.numel * dtype.itemsize
+
+    @property
+    def per_position(self) -> bool:
+        """Whether the field keeps the layout's rows (one per position it holds), not rows of its own."""
+        return self.ring is None and self.every is None
 
 
 @dataclass(frozen=True)
 class CacheLayout:
     fields: tuple[CacheField, ...]
-    packed: bool = False  # all fields 1-D and stored side by side in one buffer
-    separate: tuple[CacheField, ...] = ()  # a packed layout's fields kept in buffers of their own
+    packed: bool = False  # the fields (all but those ``apart``) 1-D and stored side by side in one buffer
 
     def __post_init__(self) -> None:
-        names = [f.name for f in (*self.fields, *self.separate)]
+        names = [f.name for f in self.fields]
         assert len(set(names)) == len(names), f"duplicate cache field in {names}"
-        assert not self.packed or all(len(f.shape) == 1 for f in self.fields), "packed fields are 1-D"
-        assert self.packed or not self.separate, "separate fields belong beside a packed buffer"
+        assert not self.packed or all(len(f.shape) == 1 and f.per_position for f in self.fields if not f.apart), \
+            "packed fields are 1-D, one row per position"
+        assert all(f.per_position for f in self.fields if f.apart), "a field kept apart has a row per position"
 
     @property
     def elements_per_token(self) -> int:
-        return sum(f.numel for f in (*self.fields, *self.separate))
+        """Elements a token adds in the long run: a row of each per-position field (a ring layout's
+        rows included, as before), ``numel / every`` of each compressed field (rounded up), and
+        nothing for ring fields, whose rows are bounded."""
+        per_position = sum(f.numel for f in self.fields if f.per_position)
+        return per_position + math.ceil(sum(Fraction(f.numel, f.every) for f in self.fields if f.every))
+
+    def bytes_per_token(self, dtype: torch.dtype) -> int:
+        """Bytes a token adds in the long run, the fields stored as they are (``dtype``: the compute
+        dtype), counted as ``elements_per_token`` counts elements."""
+        per_position = sum(f.bytes_per_row(dtype) for f in self.fields if f.per_position)
+        return per_position + math.ceil(sum(Fraction(f.bytes_per_row(dtype), f.every) for f in self.fields if f.every))
 
     @property
     def packed_width(self) -> int:
-        """Elements per token of the packed buffer (the packed fields only)."""
-        return sum(f.numel for f in self.fields) if self.packed else 0
-
-    def bytes_per_token(self, dtype: torch.dtype) -> int:
-        """Bytes per token with the fields stored as they are (``dtype``: the compute dtype)."""
-        return sum(f.bytes_per_token(dtype) for f in (*self.fields, *self.separate))
+        """Elements per token of the packed buffer (the packed fields, not those kept apart)."""
+        return sum(f.numel for f in self.fields if not f.apart) if self.packed else 0
 
     @property
     def quantized(self) -> bool:
-        return any(f.fp8 for f in (*self.fields, *self.separate))
+        return any(f.fp8 for f in self.fields)
 
     def stored_as(self, kv_dtype: str) -> CacheLayout:
-        """This layout with its quantizable fields stored as ``kv_dtype`` (``auto``: unchanged); a
-        quantized layout keeps every field in a buffer of its own (``separate`` fields included)."""
+        """This layout with its quantizable fields stored as ``kv_dtype`` (``auto``: unchanged)."""
         check_choice("kv_dtype", kv_dtype, KV_DTYPES)
         if kv_dtype == "auto":
             return self
-        fields = tuple(dataclasses.replace(f, storage=kv_dtype) if f.quantize else f
-                       for f in (*self.fields, *self.separate))
-        return dataclasses.replace(self, fields=fields, packed=False, separate=())
+        fields = tuple(dataclasses.replace(f, storage=kv_dtype) if f.quantize else f for f in self.fields)
+        return dataclasses.replace(self, fields=fields, packed=False)
 
     def positions(self, context: int) -> int:
-        """Positions a sequence of ``context`` tokens keeps. All of them here; a layout keeping a
-        ring of ``w`` positions returns ``min(w, context)``, a compressed one one per block."""
+        """Positions a sequence of ``context`` tokens keeps in the per-position fields. All of them
+        here; a layout keeping a ring of ``w`` positions returns ``min(w, context)``."""
         return context
 
+    def rows(self, field: CacheField, context: int) -> int:
+        """Rows ``field`` holds for a sequence of ``context`` tokens."""
+        if field.ring is not None:
+            return min(context, field.ring)
+        if field.every is not None:
+            return context // field.every
+        return self.positions(context)
+
+    @property
+    def growing(self) -> bool:
+        """Whether the cache grows with the context without bound (False: rings only)."""
+        unbounded = 2 ** 62
+        return any(f.every or (f.per_position and self.positions(unbounded) == unbounded) for f in self.fields)
+
     def bytes_at(self, context: int, dtype: torch.dtype) -> int:
-        """Bytes one sequence's cache holds at ``context`` tokens."""
-        return self.positions(context) * self.bytes_per_token(dtype)
+        """Bytes one sequence's cache holds at ``context`` tokens, each field's real rows."""
+        return sum(self.rows(f, context) * f.bytes_per_row(dtype) for f in self.fields)
 
     def nbytes(self, *, batch: int, context: int | Sequence[int], dtype: torch.dtype,
                page_size: int | None = None) -> int:
         """Bytes of a cache of ``batch`` sequences holding ``context`` tokens each (one number, or
         one per sequence: a ragged batch). Contiguous: every sequence gets the longest one's
-        positions. Paged: each sequence whole pages of its own, plus the int32 block table."""
+        rows. Paged: each sequence whole pages of its own, plus the int32 block table."""
         lengths = _lengths(batch, context)
-        per_token = self.bytes_per_token(dtype)
         if page_size is None:
-            return batch * self.positions(max(lengths)) * per_token
+            return batch * self.bytes_at(max(lengths), dtype)
+        assert all(f.per_position for f in self.fields), "pages hold per-position fields only"
+        per_token = self.bytes_per_token(dtype)
         check_page_size(page_size)
         pages = [math.ceil(self.positions(n) / page_size) for n in lengths]
         return sum(pages) * page_size * per_token + batch * max(pages) * _TABLE_DTYPE.itemsize
@@ -188,8 +227,8 @@ class KVCache:
         self.block_table: Tensor | None = None
         if self.page_size is None:
             rows: tuple[int, ...] = (batch, layout.positions(self.max_len))  # a ring keeps fewer rows
-        elif layout.positions(self.max_len) != self.max_len:
-            raise ValueError(f"page_size={page_size}: a ring (sliding-window) cache is not paged; "
+        elif layout.positions(self.max_len) != self.max_len or not all(f.per_position for f in layout.fields):
+            raise ValueError(f"page_size={page_size}: a ring (sliding-window) or compressed cache is not paged; "
                              "leave page_size unset for this layout")
         else:
             P = self.page_size
@@ -206,24 +245,27 @@ class KVCache:
         self.buffers: dict[str, Tensor] = {}
         self.fields: dict[str, Tensor] = {}
         self.scales: dict[str, Tensor] = {}  # fp8 fields' float32 scales [*rows, numel / tile]
-        apart = layout.fields
         if layout.packed:
             packed = torch.zeros(*rows, layout.packed_width, dtype=dtype, device=device)
             self.buffers["packed"] = packed
             offset = 0
             for field in layout.fields:
-                self.fields[field.name] = packed[..., offset:offset + field.numel]
-                offset += field.numel
-            apart = layout.separate
-        for field in apart:
-            buf = torch.zeros(*rows, *field.shape, dtype=quant.FP8 if field.fp8 else dtype, device=device)
+                if not field.apart:
+                    self.fields[field.name] = packed[..., offset:offset + field.numel]
+                    offset += field.numel
+        for field in layout.fields:
+            if layout.packed and not field.apart:
+                continue  # a view of the packed buffer
+            # A ring or compressed field keeps rows of its own (never paged: checked above).
+            own = rows if field.per_position else (batch, layout.rows(field, self.max_len))
+            buf = torch.zeros(*own, *field.shape, dtype=quant.FP8 if field.fp8 else dtype, device=device)
             self.buffers[field.name] = buf
             self.fields[field.name] = buf
             if field.fp8:
-                scale = torch.ones(*rows, field.numel // field.tile, dtype=quant.SCALE_DTYPE, device=device)
+                scale = torch.ones(*own, field.numel // field.tile, dtype=quant.SCALE_DTYPE, device=device)
                 self.buffers[f"{field.name}.scale"] = scale
                 self.scales[field.name] = scale
-        self._field = {f.name: f for f in (*layout.fields, *layout.separate)}
+        self._field = {f.name: f for f in layout.fields}
 
     @property
     def paged(self) -> bool:
@@ -309,6 +351,29 @@ class KVCache:
                     field, value_BR = field.view(torch.uint8), value_BR.view(torch.uint8)
                 field.index_copy_(1, rows_R, value_BR)
 
+    def gather(self, name: str, index_BK: Tensor) -> Tensor:
+        """Rows ``index_BK[b, k]`` of field ``name`` for each sequence b: ``[B, K, *shape]``. A sparse
+        step's read (the indexer's picks): only those rows are copied, and of an fp8 field only those
+        are dequantized. One ``index_select`` on the flattened rows (a third of the time of ``gather``
+        with an expanded index: [1, 32768, 512] float32, 512 picks, one thread, 0.53 vs 1.55 ms)."""
+        B, K = index_BK.shape
+        if self.paged:
+            P = self.page_size
+            assert P is not None and self.block_table is not None
+            page_BK = self.block_table.to(index_BK.device).gather(1, index_BK // P).long()
+            flat_N = (page_BK * P + index_BK % P).flatten()
+        else:
+            rows = self.fields[name].shape[1]
+            flat_N = (index_BK + torch.arange(B, device=index_BK.device).unsqueeze(1) * rows).flatten()
+
+        def pick(buffer: Tensor) -> Tensor:
+            return buffer.flatten(0, 1).index_select(0, flat_N).unflatten(0, (B, K))
+
+        values_BKX = pick(self.fields[name])
+        if name not in self.scales:
+            return values_BKX
+        return quant.dequantize(values_BKX.flatten(2), pick(self.scales[name]), self.dtype).view(values_BKX.shape)
+
     def read(self, name: str, end: int) -> Tensor:
         """Positions [0, end) of a field: a view of the buffer (no copy), or the pages gathered; an fp8
         field dequantized to the cache's compute dtype (a copy, as a kernel without fp8 support needs)."""
@@ -342,9 +407,13 @@ class KVCache:
         """
         if not 0 <= length <= self.max_len:
             raise ValueError(f"fill length {length} is outside [0, max_len={self.max_len}]")
+        by_name = {f.name: f for f in self.layout.fields}
         for name, buf in self.buffers.items():
+            # Each field's own rows at ``length`` (the packed buffer: the layout's positions).
+            field = by_name.get(name.removesuffix(".scale"))
+            rows = self.layout.positions(length) if field is None else self.layout.rows(field, length)
             generator = torch.Generator(device=buf.device).manual_seed(seed)
-            for row_SX in buf[:, :self.layout.positions(length)]:
+            for row_SX in buf[:, :rows]:
                 if buf.dtype == quant.FP8:
                     # Bytes below 0x7F are the finite non-negative e4m3 values (0x7F is NaN); the
                     # scale rows below keep them about unit-sized, as normal_ does for the others.

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from variants.families.dsa import DSA, DSAConfig
+from variants.families.dsv4 import DSV4, DSV4Config
 from variants.families.gqa import GQA, GQAConfig
 from variants.families.mla import MLA, MLAConfig
 from variants.families.swa import SWA, SWAConfig
@@ -23,6 +24,7 @@ from variants.rope import Rope
 _MLA = ("DeepseekV2Attention", "DeepseekV3Attention")
 _DSA = ("DeepseekV32Attention",)
 _GQA = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "GptOssAttention")
+_DSV4 = ("DeepseekV4Attention",)
 
 # Hugging Face module name -> attnbench module name.
 _MLA_NAMES = {"q_proj": "q_proj", "q_a_proj": "q_a_proj", "q_a_layernorm": "q_a_norm", "q_b_proj": "q_b_proj",
@@ -31,6 +33,10 @@ _MLA_NAMES = {"q_proj": "q_proj", "q_a_proj": "q_a_proj", "q_a_layernorm": "q_a_
 # DeepSeek-V3.2's indexer keeps transformers' names (wq_b, wk, k_norm, weights_proj) under ``indexer``.
 _DSA_NAMES = {**_MLA_NAMES, "indexer": "indexer"}
 _GQA_NAMES = {name: name for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+# DeepSeek-V4: the same names, but transformers keeps the indexer inside the compressor (first match wins).
+_DSV4_PREFIXES = (("compressor.indexer.scorer.", "indexer."), ("compressor.indexer.q_b_proj.", "indexer.q_b_proj."),
+                  ("compressor.indexer.", "indexer.compressor."))
+_DSV4_KINDS = {"sliding_attention": "S", "compressed_sparse_attention": "C", "heavily_compressed_attention": "H"}
 
 
 def _family_rope(module: nn.Module, rotary_dim: int, layout: str) -> Rope:
@@ -47,18 +53,55 @@ def _family_rope(module: nn.Module, rotary_dim: int, layout: str) -> Rope:
     return Rope(rotary_dim, layout=layout, inv_freq=inv_freq, scaling=float(rotary.attention_scaling))
 
 
+def _dsv4(module: nn.Module) -> AttentionLayer:
+    """DeepSeek-V4: its layer type picks the kind (window only, CSA, HCA); the rotary frequencies are
+    those of the family's rotary class for the layer's rope type (``main`` or ``compress``, which may
+    carry YaRN)."""
+    config: Any = module.config
+    kind = _DSV4_KINDS[module.layer_type]
+    rates = config.compress_rates
+    cfg = DSV4Config(hidden=config.hidden_size, heads=module.num_heads, head_dim=module.head_dim,
+                     q_rank=config.q_lora_rank, rope_dim=config.qk_rope_head_dim, kind=kind,
+                     window=config.sliding_window, csa_rate=rates["compressed_sparse_attention"],
+                     hca_rate=rates["heavily_compressed_attention"], index_heads=config.index_n_heads,
+                     index_head_dim=config.index_head_dim, index_topk=config.index_topk, o_groups=config.o_groups,
+                     o_rank=config.o_lora_rank, norm_eps=float(config.rms_norm_eps))
+    family = sys.modules[type(module).__module__]
+    rotary = family.DeepseekV4RotaryEmbedding(config)
+    rope_type = module.rope_layer_type  # "main" on window-only layers, "compress" on CSA/HCA ones
+    inv_freq = getattr(rotary, f"{rope_type}_inv_freq").detach().float().cpu()
+    if inv_freq.numel() != cfg.rope_dim // 2:
+        raise ValueError(f"DeepseekV4Attention: rotary class gives {inv_freq.numel()} frequencies, "
+                         f"expected {cfg.rope_dim // 2}")
+    rope = Rope(cfg.rope_dim, layout="interleaved", inv_freq=inv_freq,
+                scaling=float(getattr(rotary, f"{rope_type}_attention_scaling")))
+    weight = next(module.parameters())
+    with torch.device(weight.device):
+        layer = DSV4(cfg, rope=rope).to(dtype=weight.dtype)
+    state = {}
+    for name, tensor in module.state_dict().items():
+        ours = next((new + name[len(old):] for old, new in _DSV4_PREFIXES if name.startswith(old)), name)
+        state[ours] = tensor
+    layer.load_state_dict(state, strict=True)
+    return layer
+
+
 def from_hf(module: nn.Module) -> AttentionLayer:
-    """Convert a DeepseekV2/V3/V3.2, Llama, Mistral, Qwen2 or GptOss attention module (same dtype and device).
+    """Convert a DeepseekV2/V3/V3.2/V4, Llama, Mistral, Qwen2 or GptOss attention module (same dtype and device).
 
     A windowed Mistral module (``config.sliding_window``) and every GptOss module become ``swa``
     layers: gpt-oss's window layers (``layer_types[layer_idx] == "sliding_attention"``) keep its
     window, its full layers have none, and all keep its learned sinks. A DeepseekV32 module becomes
     a ``dsa`` layer: its MLA rotates interleaved pairs, its indexer half-split ones at the same
-    frequencies.
+    frequencies. A DeepseekV4 module becomes a ``csa`` or ``hca`` layer, or a window-only one
+    (variant ``dsv4_window``), as its layer type says.
     """
     kind = type(module).__name__
-    if kind not in _MLA + _DSA + _GQA:
-        raise ValueError(f"cannot convert {kind}; supported: {', '.join(_MLA + _DSA + _GQA)}")
+    supported = _MLA + _DSA + _GQA + _DSV4
+    if kind not in supported:
+        raise ValueError(f"cannot convert {kind}; supported: {', '.join(supported)}")
+    if kind in _DSV4:
+        return _dsv4(module)
     config: Any = module.config
     weight = next(module.parameters())
     if kind in _MLA + _DSA:

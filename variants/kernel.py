@@ -14,11 +14,10 @@ belongs in the plan, not in ``__call__``.
 
 A kernel with ``learned_sinks = True`` also takes ``sinks_N``, one logit per query head that joins
 the softmax as a column with no value (gpt-oss); a layer with sinks refuses any other kernel, and a
-kernel without the attribute is taken not to apply them.
-
-A kernel with ``step_masks = False`` applies only the mask fixed when its step was bound (flex's
-``BlockMask`` of positions), not a dense mask a layer computes inside the step (the tokens
-DeepSeek-V3.2's indexer selects); a kernel without the attribute is taken to apply what it is given.
+kernel without the attribute is taken not to apply them. A kernel with ``takes_step_mask = False``
+applies only a mask it was given at set-up (flex's ``BlockMask``), not ``mask.keep_LT`` built in the
+step (DeepSeek-V4's per-query entry picks, the tokens DeepSeek-V3.2's indexer selects); without the
+attribute it is taken to apply it.
 """
 
 from __future__ import annotations
@@ -36,8 +35,8 @@ class Kernel(Protocol):
     dense_causal: bool
     # Whether ``__call__`` takes ``sinks_N`` (read with getattr: kernels from before it lack it).
     learned_sinks: bool
-    # Whether ``__call__`` applies a dense mask computed inside the step (read with getattr; default True).
-    step_masks: bool
+    # Whether ``__call__`` applies ``mask.keep_LT`` built in the step (read with getattr; default True).
+    takes_step_mask: bool
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         """Whether the kernel builds the [B, N, L, T] score matrix (for memory prediction)."""

@@ -95,6 +95,11 @@ class Rope(nn.Module):
                 "the cache's max_len bounds the positions a layer can see")
         return self.cos_PF[start:start + length], self.sin_PF[start:start + length]
 
+    def table_at(self, positions_L: Tensor) -> tuple[Tensor, Tensor]:
+        """cos and sin ``[L, F]`` at any positions (one per compressed block, say); like
+        ``_per_sequence``, no data-dependent bound check: the table covers the cache's max_len."""
+        return self.cos_PF[positions_L], self.sin_PF[positions_L]
+
     def forward(self, x_BLNR: Tensor, start: int | Tensor) -> Tensor:
         if isinstance(start, Tensor):
             return self._per_sequence(x_BLNR, start)

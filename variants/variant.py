@@ -18,3 +18,6 @@ class VariantSpec:
     make: Callable[[ModelShape, AttentionKind], AttentionLayer]
     # Shape keys this variant reads; a sweep over any other key leaves it unchanged.
     uses: tuple[str, ...]
+    # The layer a letter of the model's schedule (``ModelShape.layer_kinds``) holds for this variant,
+    # for whole-model figures (swa: its window layers and full layers); None: every layer is ``make``'s.
+    layer_for_kind: Callable[[ModelShape, str, AttentionKind], AttentionLayer] | None = None

@@ -62,8 +62,8 @@ class _Allocations(TorchDispatchMode):
         scratch = _SCRATCH.get(func)
         extra = 0 if scratch is None else scratch(*args)  # allocated after the op's outputs, freed in it
         for tensor in tree_flatten(out)[0]:
-            if not isinstance(tensor, torch.Tensor):
-                continue
+            if not isinstance(tensor, torch.Tensor) or tensor.device.type == "meta":
+                continue  # a meta tensor holds no memory (hf builds transformers' module on meta, then shares weights)
             key = _storage_id(tensor)
             if key in self.known:
                 continue

@@ -22,7 +22,7 @@ import torch
 import variants
 from harness.measure import numerics
 from harness.measure.calibrate import Ceilings, last_level_cache_bytes
-from harness.measure.case import Case
+from harness.measure.case import DTYPES, Case
 from harness.measure.dryrun import case_inputs
 from harness.measure.memory import available_bytes, held_after, step_peak_bytes, tensor_bytes
 from harness.measure.metrics import Measured, derive
@@ -31,6 +31,7 @@ from harness.measure.probes import CUDAGRAPH_COMPILE_MODES, full_output_error, s
 from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
 from harness.results import schema
 from variants.registry import IMPLEMENTATIONS, VARIANTS
+from variants.schedule import model_kv_bytes_per_token
 
 _log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         cost = impl.cost(meta, batch=case.batch, q_len=case.q_len, cached=case.cached, new_kv=case.new_kv)
         layout = meta.cache_layout(impl.path)
         row.update(_analytic(case, cost, layout.nbytes(batch=case.batch, context=case.capacities, dtype=dtype,
-                                                       page_size=case.page_size)))
+                                                       page_size=case.page_size), path=impl.path))
 
         predicted = predict_memory(case, meta, impl, cost, timer_bytes=_timer_bytes(case, device), seed=ctx.seed)
         row["predicted_mem_bytes"] = predicted.total_bytes
@@ -301,13 +302,15 @@ def _working_set(case: Case, cost, device: torch.device) -> dict[str, Any]:  # n
     return {"working_set_bytes": cost.bytes_min, "l2_bytes": l2, "l2_resident": fits if l2 is not None else None}
 
 
-def _analytic(case: Case, cost, cache_bytes: int) -> dict[str, Any]:  # noqa: ANN001 - variants.Cost
+def _analytic(case: Case, cost, cache_bytes: int, *, path: str) -> dict[str, Any]:  # noqa: ANN001 - variants.Cost
     return {"flops": cost.flops, "indexer_flops": cost.indexer_flops, "indexer_bytes": cost.indexer_bytes,
             "bytes_min": cost.bytes_min, "weight_bytes": cost.weight_bytes,
             "cache_read_bytes": cost.cache_read_bytes, "cache_write_bytes": cost.cache_write_bytes,
             "activation_bytes": cost.activation_bytes, "params": cost.params,
             "kv_bytes_per_token": cost.kv_bytes_per_token,
-            "kv_bytes_per_token_model": cost.kv_bytes_per_token * case.shape.num_layers,
+            # By the model's layer schedule (window layers: their ring's rows; compressed: entries' growth).
+            "kv_bytes_per_token_model": model_kv_bytes_per_token(case.variant, case.shape, DTYPES[case.dtype],
+                                                                 path=path),
             # The layout's function of the context (pages, rings), not tokens x bytes per token.
             "kv_cache_bytes_analytic": cache_bytes,
             "intensity_flops_per_byte": cost.intensity}

@@ -5,9 +5,11 @@ the largest L with
 
     weights + num_layers * cache_bytes(batch, L)  <=  (1 - reserve) * budget
 
-where ``cache_bytes`` follows the model's layer schedule: ``batch * L * kv_bytes_per_token`` for a
-layer that keeps every position, at most its ring of ``W`` positions for a sliding-window layer
-(``ModelCost.model_bytes``). It never decreases in L, so L is found by bisection.
+where ``cache_bytes`` follows the model's layer schedule, each layer's own layout
+(``ModelCost.model_bytes``): ``batch * L * kv_bytes_per_token`` for a layer that keeps every
+position, at most its ring of ``W`` positions for a sliding-window layer, one entry per m tokens
+beside a fixed window and state for DeepSeek-V4's compressed layers. It never decreases in L, so L
+is found by bisection.
 ``weights`` are the attention layers' own parameters (``num_layers`` times one layer's): the rest of
 a model (MLP, embeddings) is not in the cost model, so pass a smaller budget to leave room for it.
 ``reserve`` (default 10%) is the allowance for activations, allocator fragmentation and the CUDA

@@ -2,9 +2,12 @@
 
 A layer is built on the meta device (no weights allocated) and asked for its KV bytes per token
 and its parameters, so the numbers are the ones the harness measured against and work at any
-context or batch, measured or not. Whole-model figures multiply one layer by ``num_layers``: the
-layers of a decoder are identical in attention shape, and the cache holds one entry per layer, except
-that a window layer of swa (``ModelShape.layer_windows``) holds at most its ring of positions.
+context or batch, measured or not. Whole-model figures follow the model's layer schedule
+(``ModelShape.layer_kinds``): a variant that says which layer each letter holds
+(``VariantSpec.layer_for_kind``: swa's window and full layers, DeepSeek-V4's window-only, CSA and
+HCA layers) contributes each layer's own cache layout and weights; any other variant is the same
+layer ``num_layers`` times. Each layout's bytes are a function of the context (rings, compressed
+entries, pages).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from harness.measure.case import DTYPES
 from harness.report.data import SHAPE_COLUMNS
 from harness.results import schema
 from variants.cache import CacheLayout
+from variants.schedule import model_layouts, model_params
 from variants.shape import ModelShape, check_choice
 
 # The cache layout each variant needs at least: MLA caches its latent (eager, sdpa and absorbed
@@ -34,39 +38,50 @@ class ModelCost:
     num_layers: int
     kv_bytes_per_token_layer: int
     weight_bytes_layer: int
-    layout: CacheLayout  # one layer's cache: its bytes are a function of the context (rings, pages)
+    layout: CacheLayout  # the variant's own layer's cache: its bytes are a function of the context
     dtype: torch.dtype
+    # The schedule's layers, one layout each, and their weights together; None: every layer is the
+    # variant's own (``layout``, ``weight_bytes_layer``).
+    layouts: tuple[CacheLayout, ...] | None = None
+    schedule_weight_bytes: int | None = None
 
     def cache_bytes_layer(self, *, batch: int, tokens: int) -> int:
         return self.layout.nbytes(batch=batch, context=tokens, dtype=self.dtype)
-    # Layers whose cache is a ring of ``ring_positions`` rows (swa's window layers in the model's
-    # schedule): they cost at most that many positions, not the context.
-    ring_layers: int = 0
-    ring_positions: int = 0
+
+    def layer_layouts(self) -> tuple[CacheLayout, ...]:
+        return self.layouts if self.layouts is not None else (self.layout,) * self.num_layers
+
+    @property
+    def ring_layers(self) -> int:
+        """Layers whose cache stops growing with the context (rings only: swa's window layers)."""
+        return sum(not layout.growing for layout in self.layer_layouts())
 
     @property
     def kv_bytes_per_token_model(self) -> int:
-        return self.kv_bytes_per_token_layer * self.num_layers
+        """Cache bytes per token over the layers: a row of each per-position field (a ring's rows
+        included), the growth of each compressed one (DeepSeek-V4: entries only)."""
+        return sum(layout.bytes_per_token(self.dtype) for layout in self.layer_layouts())
 
     def kv_bytes_layer_at(self, tokens: int) -> int:
-        """One sequence's cache in one layer of the variant (a window layer when it has a ring)."""
-        return self.kv_bytes_per_token_layer * (min(tokens, self.ring_positions) if self.ring_layers else tokens)
+        """One sequence's cache in one layer of the variant."""
+        return self.layout.bytes_at(tokens, self.dtype)
 
     def kv_bytes_model_at(self, tokens: int) -> int:
         """One sequence's cache in all layers at ``tokens`` of context, honouring the layer schedule."""
-        growing = (self.num_layers - self.ring_layers) * tokens
-        return self.kv_bytes_per_token_layer * (growing + self.ring_layers * min(tokens, self.ring_positions))
+        return sum(layout.bytes_at(tokens, self.dtype) for layout in self.layer_layouts())
 
     @property
     def weight_bytes_model(self) -> int:
+        if self.schedule_weight_bytes is not None:
+            return self.schedule_weight_bytes
         return self.weight_bytes_layer * self.num_layers
 
     def model_bytes(self, *, batch: int, tokens: int) -> int:
         """Attention weights and KV cache of all layers for ``batch`` sequences of ``tokens``."""
-        if not self.ring_layers:  # one layout for every layer: its own function of the context
+        if self.layouts is None:  # one layout for every layer: its own function of the context
             return self.weight_bytes_model + self.num_layers * self.cache_bytes_layer(batch=batch, tokens=tokens)
-        # A schedule: the window layers hold their ring, the others every position.
-        return self.weight_bytes_model + batch * self.kv_bytes_model_at(tokens)
+        return self.weight_bytes_model + sum(layout.nbytes(batch=batch, context=tokens, dtype=self.dtype)
+                                             for layout in self.layouts)
 
 
 def shape_of(row: pd.Series | dict) -> ModelShape:
@@ -92,9 +107,9 @@ def _cost(variant: str, shape: ModelShape, dtype: str) -> ModelCost:
     torch_dtype = DTYPES[dtype]
     layer = variants.build(variant, shape, dtype=torch_dtype, device="meta")
     weights = sum(p.numel() for p in layer.parameters()) * torch_dtype.itemsize
-    # A bounded layout (a ring) applies to the schedule's window layers; the others grow with the context.
-    unbounded = 2 ** 62
-    rows = layer.cache_layout(PATH).positions(unbounded)
-    ring_layers = sum(w is not None for w in shape.layer_windows()) if rows < unbounded else 0
+    layouts, schedule_weights = None, None
+    if variants.VARIANTS.get(variant).layer_for_kind is not None:  # the schedule's letters, each its own layer
+        layouts = model_layouts(variant, shape, path=PATH)
+        schedule_weights = model_params(variant, shape) * torch_dtype.itemsize
     return ModelCost(variant, shape.num_layers, layer.kv_bytes_per_token(PATH, torch_dtype), weights,
-                     layer.cache_layout(PATH), torch_dtype, ring_layers, rows if ring_layers else 0)
+                     layer.cache_layout(PATH), torch_dtype, layouts, schedule_weights)

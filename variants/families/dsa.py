@@ -99,12 +99,11 @@ class DSA(MLA):
     # -- cache ----------------------------------------------------------------------------------
     def cache_layout(self, path: str) -> CacheLayout:
         layout = super().cache_layout(path)  # MLA's, already stored as kv_dtype says
-        index_k = CacheField("index_k", (self.config.index_head_dim,))
-        if layout.packed:  # MLA's [c_kv; k_rope] rows stay one buffer; the indexer keys beside it
-            return CacheLayout(layout.fields, packed=True, separate=(index_k,))
+        # MLA's [c_kv; k_rope] rows stay one packed buffer; the indexer keys in one of their own beside it.
+        index_k = CacheField("index_k", (self.config.index_head_dim,), apart=layout.packed)
         # fp8_e4m3: the indexer keys too, e4m3 with a float32 scale per 128 values (DeepSeek-V3.2 keeps its
         # indexer cache in fp8 likewise): 656 + 132 B per token at DeepSeek-V3.2's shape.
-        return CacheLayout((*layout.fields, index_k)).stored_as(self.kv_dtype)
+        return CacheLayout((*layout.fields, index_k), packed=layout.packed).stored_as(self.kv_dtype)
 
     def new_cache(self, *args: Any, **kwargs: Any) -> KVCache:
         cache = super().new_cache(*args, **kwargs)
@@ -130,7 +129,7 @@ class DSA(MLA):
                 return (f"the {kernel.name} MLA kernel's sparse counterpart reads another cache layout "
                         f"(packed_cache={sparse.packed_cache}, the kernel's {kernel.packed_cache})")
             return None
-        if not getattr(kernel, "step_masks", True):
+        if not getattr(kernel, "takes_step_mask", True):
             return (f"dsa's indexer selects the tokens inside the step; the {kernel.name} kernel applies only a mask "
                     "fixed when the step is bound (the dense masked baseline runs with eager or sdpa)")
         return None
@@ -191,7 +190,7 @@ class DSA(MLA):
                             fold_o=fold_o, packed_cache=packed_cache)
         assert c.q_rank is not None
         layout = self.cache_layout(path)
-        row_bytes = {f.name: f.bytes_per_token(dtype) for f in (*layout.fields, *layout.separate)}
+        row_bytes = {f.name: f.bytes_per_row(dtype) for f in layout.fields}
         index = self.indexer.cost(hidden=c.hidden, q_rank=c.q_rank, batch=batch, q_len=q_len, cached=cached,
                                   new_kv=new_kv, dtype=dtype, key_bytes=row_bytes["index_k"])
         flops, cache_read = base.flops + index.flops, base.cache_read_bytes

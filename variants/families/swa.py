@@ -102,7 +102,7 @@ class SWA(GQA):
     def kernel_unsupported(self, kernel: Kernel) -> str | None:
         if self.sinks is not None and not getattr(kernel, "learned_sinks", False):
             return (f"learned sinks need a kernel that applies them; the {kernel.name} kernel does not "
-                    "(implementations that do: eager; flex on cuda)")
+                    "(implementations that do: eager, hf; flex on cuda)")
         return None
 
     def step_mask(self, *, q_len: int, start: int, cache: KVCache, device: torch.device,
@@ -226,7 +226,13 @@ def _make(shape: ModelShape, attention: AttentionKind) -> SWA:
     return make_layer(shape, attention, window=shape.sliding_window)
 
 
+def layer_for_kind(shape: ModelShape, kind: str, attention: AttentionKind = "self") -> SWA:
+    """The layer a letter of the schedule holds: F a full layer, any other letter a window layer (swa
+    is the dense-window counterpart of DeepSeek-V4's C and H layers)."""
+    return make_layer(shape, attention, window=None) if kind == "F" else _make(shape, attention)
+
+
 SWA_SPEC = register_variant(VariantSpec(
     "swa", SWA, "sliding-window GQA (the model's window layers), learned sinks or sink tokens as the shape says",
     _make, ("hidden", "heads", "head_dim", "kv_heads", "qkv_bias", "rope_theta", "rope_layout", "sliding_window",
-            "attn_sinks", "sink_tokens", "kv_dtype")))
+            "attn_sinks", "sink_tokens", "kv_dtype"), layer_for_kind=layer_for_kind))

@@ -47,7 +47,8 @@ class FlexKernel:
     name: str = "flex"
     dense_causal: bool = False  # the BlockMask carries every mask
     learned_sinks: bool = True
-    step_masks: bool = False  # the BlockMask is built from position functions when the step is bound
+    # A mask computed in the step (DeepSeek-V4's indexer picks) cannot reach a BlockMask built at set-up.
+    takes_step_mask: bool = False
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         return False  # flex tiles the scores like a fused kernel

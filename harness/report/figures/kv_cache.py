@@ -23,6 +23,7 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
                            "measured at any one setting.")
     fig, axes = new_figure(width, width_in, panels=2 * len(drawn), ncols=2)
     odd: dict[str, str] = {}  # implementations whose cache differs from their variant's usual one -> marker
+    scheduled: set[str] = set()  # variants whose model mixes layer kinds: no one-layer markers
     for (per_token, total), panel in zip(zip(axes[::2], axes[1::2], strict=True), drawn, strict=True):
         rows = panel.rows
         first = rows.iloc[0]
@@ -33,12 +34,17 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         for variant in sorted(rows["variant"].unique(), key=variant_sort_key):
             cost = model_cost(variant, shape_of(first), str(first["dtype"]))
             line = {"color": variant_color(variant), "linewidth": 0.9, "alpha": 0.8}
-            per_token.plot(context, np.full_like(context, cost.kv_bytes_per_token_model), **line)
-            total.plot(context, batch * context * cost.kv_bytes_per_token_model, **line)
+            # By the schedule, each layer's own layout: a ring's rows, compressed entries, fixed state.
+            model_C = np.array([cost.kv_bytes_model_at(int(c)) for c in context], dtype=float)
+            per_token.plot(context, model_C / context, **line)
+            total.plot(context, batch * model_C, **line)
         # Implementations that allocate the same cache draw one series (their markers would sit on top of
         # each other): the common layout as circles, a different one (MLA's 'expanded' per-head K and V)
         # in its implementation's marker, named in the legend.
         for variant, impls, group in _layouts(rows):
+            if model_cost(variant, shape_of(first), str(first["dtype"])).layouts is not None:
+                scheduled.add(variant)  # one measured layer times num_layers is not this model's cache
+                continue
             marker = "o" if impls is None else impl_style(impls[0])[0]
             style = series_style(variant, "eager").line_kwargs() | {"linestyle": "", "marker": marker}
             tokens_held = held.loc[group.index]
@@ -61,12 +67,16 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
                Line2D([], [], color="0.35", marker="o", linestyle="", label="measured, every impl."),
                *[Line2D([], [], color="0.35", marker=m, linestyle="", label=f"measured, {i}") for i, m in odd.items()]]
     place_legend(fig, handles)
-    return Drawn(fig, "KV-cache bytes of the whole model (one layer's times num_layers) per token (left) and in "
-                      "total (right). Lines: the cost model, each variant's own cache (MLA: the latent "
-                      "d_c + d_r); markers: the cache tensors the harness allocated, one series per cache layout "
-                      "(implementations allocating the same cache share it) (MLA's "
-                      "'expanded' caches per-head K and V), at the tokens the cache holds after the step. "
-                      f"{caption_for(drawn)}")
+    mixed = (f" {', '.join(sorted(scheduled))}: the model's layer schedule mixes layer kinds (window, full, "
+             "compressed), so its line sums each layer's own cache and no one-layer marker is scaled to it."
+             if scheduled else "")
+    return Drawn(fig, "KV-cache bytes of the whole model per token (left) and in total (right). Lines: the cost "
+                      "model, each variant's own cache (MLA: the latent d_c + d_r) over the model's layers, by its "
+                      "layer schedule (a window layer holds its ring, a compressed layer its entries and fixed "
+                      "state); markers: the cache tensors the harness allocated for one layer, times num_layers, one "
+                      "series per cache layout (implementations allocating the same cache share it) (MLA's "
+                      "'expanded' caches per-head K and V), at the tokens the cache holds after the step."
+                      f"{mixed} {caption_for(drawn)}")
 
 
 def _layouts(rows: pd.DataFrame) -> list[tuple[str, tuple[str, ...] | None, pd.DataFrame]]:

@@ -45,8 +45,8 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
             line = {"color": variant_color(variant), "linewidth": 0.8, "alpha": 0.7}
             for lo, hi, dash in ((rows["seq"].min(), measured_max, "-"), (measured_max, right, (0, (2, 2)))):
                 context = np.geomspace(lo, hi, 32)
-                ax.plot(context, cost.weight_bytes_model + batch * context * cost.kv_bytes_per_token_model,
-                        linestyle=dash, **line)
+                model_C = [cost.model_bytes(batch=batch, tokens=int(c)) for c in context]
+                ax.plot(context, model_C, linestyle=dash, **line)
             if 0 < fits[variant] <= right:
                 ax.axvline(fits[variant], color=variant_color(variant), linewidth=0.8, linestyle=":")
                 shown["fits"] = True

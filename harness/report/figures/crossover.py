@@ -1,0 +1,113 @@
+"""Figure 8: where sparse and compressed attention start to pay: decode latency (measured) and minimum
+bytes per step (cost model) against context, dense MLA beside DeepSeek-V3.2's DSA and V4's CSA/HCA.
+
+Each variant is drawn with its fastest implementation at its longest measured context (the best it
+can do there; the others are in the tables). A sparse variant *pays* from the context where its
+latency falls below dense MLA's: between two measured contexts the crossing is interpolated on the
+log-log curves and marked with a vertical line in the variant's colour.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from matplotlib.lines import Line2D
+
+from harness.report import escape
+from harness.report.figures import Drawn, FigureInput, figure
+from harness.report.plotting import (
+    caption_for,
+    context_axis,
+    device_title,
+    drawn_rows,
+    legend,
+    log_axis,
+    new_figure,
+    panels,
+    plot_series,
+    subtitle,
+)
+from harness.report.style import variant_color
+from harness.report.units import tokens
+
+DENSE = "mla"
+SPARSE = ("dsa", "csa", "hca")
+
+
+def leanest(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per variant, the rows of its implementation fastest at the variant's longest context."""
+    keep = []
+    for _, group in rows.groupby("variant"):
+        longest = group[group["seq"] == group["seq"].max()]
+        best = longest.sort_values("latency_ms").iloc[0]
+        keep.append(group[(group["impl"] == best["impl"]) & (group["compile"] == best["compile"])])
+    return pd.concat(keep)
+
+
+def crossing(dense: pd.DataFrame, sparse: pd.DataFrame) -> tuple[str, float | None]:
+    """Where ``sparse`` starts to beat ``dense`` in latency over their common contexts: ("from", the
+    interpolated context), ("below", smallest context) if it is faster throughout, ("never", None)."""
+    both = dense.set_index("seq")["latency_ms"].to_frame("dense").join(
+        sparse.set_index("seq")["latency_ms"].to_frame("sparse"), how="inner").sort_index()
+    if both.empty:
+        return "never", None
+    ratio = np.log(both["sparse"].astype(float) / both["dense"].astype(float))
+    contexts = np.log(both.index.to_numpy(dtype=float))
+    if ratio.iloc[0] < 0:
+        return "below", float(both.index[0])
+    for i in range(1, len(ratio)):
+        if ratio.iloc[i] < 0 <= ratio.iloc[i - 1]:
+            # Straight lines between the measured points on log-log axes: where the log ratio is 0.
+            t = ratio.iloc[i - 1] / (ratio.iloc[i - 1] - ratio.iloc[i])
+            return "from", float(math.exp(contexts[i - 1] + t * (contexts[i] - contexts[i - 1])))
+    return "never", None
+
+
+@figure(name="sparse_crossover", order=8, title="Where sparse attention starts to pay",
+        needs=("latency_ms", "bytes_min", "seq"),
+        why_missing="measure variant=mla and dsa, csa or hca in decode at two or more contexts")
+def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
+    rows = data.ok[(data.ok["phase"] == "decode") & data.ok["variant"].isin((DENSE, *SPARSE))]
+    drawn = [p for p in panels(rows, x="seq", y=("latency_ms", "bytes_min"))
+             if DENSE in set(p.rows["variant"]) and set(p.rows["variant"]) & set(SPARSE)]
+    if not drawn:
+        return Drawn(None, "Where sparse attention starts to pay: left out, no device has dense MLA and a sparse "
+                           "variant (dsa, csa, hca) measured in decode at two or more contexts of one setting.")
+    drawn = [type(p)(p.device, leanest(p.rows), p.setting, p.others) for p in drawn]
+    fig, axes = new_figure(width, width_in, panels=2 * len(drawn), ncols=2)
+    marks: list[Line2D] = []
+    notes: list[str] = []
+    for i, panel in enumerate(drawn):
+        ax_t, ax_b = axes[2 * i], axes[2 * i + 1]
+        plot_series(ax_t, panel.rows, "seq", "latency_ms")
+        plot_series(ax_b, panel.rows, "seq", "bytes_min", scale=1 / 2**20)
+        dense = panel.rows[panel.rows["variant"] == DENSE]
+        for variant in SPARSE:
+            sparse = panel.rows[panel.rows["variant"] == variant]
+            if sparse.empty:
+                continue
+            kind, at = crossing(dense, sparse)
+            if kind == "never":
+                notes.append(f"{variant} is not faster than {DENSE} at any measured context ({panel.device})")
+                continue
+            words = f"{variant} pays from ~{tokens(round(at))}" if kind == "from" else \
+                f"{variant} faster from {tokens(round(at))} (all measured)"
+            notes.append(f"{words} ({panel.device})")
+            for ax in (ax_t, ax_b):
+                ax.axvline(at, color=variant_color(variant), linestyle=(0, (1, 1.5)), linewidth=1.0)
+            if i == 0:
+                marks.append(Line2D([], [], color=variant_color(variant), linestyle=(0, (1, 1.5)),
+                                    label=escape.mathtext(words)))
+        for ax, label in ((ax_t, "decode step (ms)"), (ax_b, "min. bytes/step (MiB)")):
+            context_axis(ax, "context (tokens)")
+            log_axis(ax, "y")
+            ax.set_ylabel(label)
+        device_title(ax_t, panel.device, "single")
+    subtitle(fig, drawn_rows(drawn), device=drawn[0].device if len(drawn) == 1 else None, held=("seq",))
+    legend(fig, drawn_rows(drawn), extra=marks)
+    return Drawn(fig, "Decode step latency of one layer (measured, left) and its minimum bytes (cost model: weights, "
+                      "the cache rows it reads, right) against context; each variant with its fastest implementation "
+                      "at its longest context; dotted verticals: where a sparse variant's latency falls below dense "
+                      f"MLA's (interpolated on the log-log curves). {'; '.join(notes)}. {caption_for(drawn)}")

@@ -48,7 +48,11 @@ def shortfall(scores_BLT: Tensor, idx_BLK: Tensor) -> float:
 
 
 def selects_tokens(layer: nn.Module) -> bool:
-    return isinstance(getattr(layer, "indexer", None), nn.Module)
+    """Whether ``layer`` opts in: an ``indexer`` whose forward is its selection and which has ``scores``
+    (DeepSeek-V4's indexer only scores, its layer selects: it is checked as any layer is)."""
+    indexer = getattr(layer, "indexer", None)
+    return (isinstance(indexer, nn.Module) and type(indexer).forward is not nn.Module.forward
+            and callable(getattr(indexer, "scores", None)))
 
 
 @contextmanager

@@ -216,7 +216,7 @@ class DSA(MLA):
 def _make(shape: ModelShape, attention: AttentionKind) -> DSA:
     if shape.q_rank is None:
         raise ValueError(f"variant=dsa needs q_rank in the model shape; {shape.name} has none (the indexer's query "
-                         "comes from MLA's compressed query; presets with one: deepseek_v3, tiny_dsa)")
+                         "comes from MLA's compressed query; presets with one: deepseek_v32_exp, tiny_dsa)")
     config = DSAConfig(hidden=shape.hidden, heads=shape.heads, d_c=shape.d_c, d_r=shape.d_r,
                        nope_head_dim=shape.nope_head_dim or shape.head_dim,
                        v_head_dim=shape.v_head_dim or shape.head_dim, q_rank=shape.q_rank,

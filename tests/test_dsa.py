@@ -363,3 +363,20 @@ def test_an_fp8_cache_quantizes_the_latent_and_the_indexer_keys():
                     dtype="float32", device="cpu")
         err, tol = numerics.check(case)
         assert 10 * numerics.TOLERANCE["float32"] < err <= tol == numerics.tolerance(case), phase
+
+
+def test_an_fp8_one_token_step_dequantizes_only_its_picks_and_equals_the_dense_masked_one():
+    """The sparse step on an fp8 cache gathers its K picked rows (not the whole latent); the same
+    dequantized numbers as the dense masked step over the whole fp8 cache."""
+    fp8 = _layer(F64, kv_dtype="fp8_e4m3")
+    x_BTD = torch.randn(2, TOTAL, SHAPE.hidden, dtype=F64)
+    sparse = _prefill_then_decode(fp8, x_BTD, "absorbed")
+    dense = _prefill_then_decode(fp8, x_BTD, "eager")
+    assert rel_err(sparse, dense) <= 1e-10
+    gathered = []
+    cache = fp8.new_cache(2, TOTAL, impl="absorbed")
+    fp8.prefill(x_BTD[:, :PREFILL], cache, impl="absorbed")
+    original = cache.gather
+    cache.gather = lambda name, index_BK: gathered.append((name, tuple(index_BK.shape))) or original(name, index_BK)
+    fp8.decode(x_BTD[:, PREFILL:PREFILL + 1], cache, impl="absorbed")
+    assert gathered == [("c_kv", (2, SHAPE.index_topk)), ("k_rope", (2, SHAPE.index_topk))]

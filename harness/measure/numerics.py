@@ -13,6 +13,7 @@ reference's scores within the tolerance; the error reported is the larger of the
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
@@ -33,6 +34,8 @@ FP8_KV_TOLERANCE = 0.08
 def tolerance(case: Case) -> float:
     """The relative error a case is held to: its compute dtype's, plus the fp8 cache's if it has one."""
     return TOLERANCE[case.dtype] + (FP8_KV_TOLERANCE if case.shape.kv_dtype == "fp8_e4m3" else 0.0)
+
+
 _MAX_HIDDEN, _MAX_TOKENS, _MAX_NEW, _MAX_BATCH = 128, 24, 4, 2
 
 
@@ -46,9 +49,19 @@ def reduce_shape(shape: ModelShape) -> ModelShape:
     # An indexer keeping at most 8 of the check's 24 tokens, so that its selection is exercised (a seq of
     # 8 or fewer tokens then selects everything); at most 16 indexer heads, enough that a score is exactly 0
     # (every head's ReLU at its floor, a tie that round-off cannot order) 2^-16 of the time.
-    return shape.replace(hidden=min(shape.hidden, _MAX_HIDDEN), heads=kv_small * group_small, kv_heads=kv_small,
+    # DeepSeek-V4: output groups that divide the fewer heads, a smaller rank, and compression rates that
+    # divide the shorter window (HCA's 128 becomes 8: the check's 24 tokens close three entries).
+    heads = kv_small * group_small
+    changes: dict[str, object] = {}
+    if shape.o_groups is not None:
+        changes["o_groups"] = math.gcd(shape.o_groups, heads)
+    if shape.o_rank is not None:
+        changes["o_rank"] = min(shape.o_rank, 32)
+    if window is not None:
+        changes.update(csa_rate=math.gcd(shape.csa_rate, window), hca_rate=math.gcd(shape.hca_rate, window))
+    return shape.replace(hidden=min(shape.hidden, _MAX_HIDDEN), heads=heads, kv_heads=kv_small,
                          sliding_window=window, index_topk=min(shape.index_topk, 8),
-                         index_heads=min(shape.index_heads, 16))
+                         index_heads=min(shape.index_heads, 16), **changes)
 
 
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:

@@ -173,8 +173,18 @@ class DSA(MLA):
         q_lat_BLNC = self._absorbed_query(q_nope_BLNP, weights)
         T = step.kv_len
         kv_BTE = step.cache.packed[:, :T] if attend.packed_cache else None
-        o_lat_BLNC = attend(q_lat_BLNC, q_rope_BLNR, step.cache.read("c_kv", T), step.cache.read("k_rope", T),
-                            idx_BLK, scale=self.scale, kv_BTE=kv_BTE)
+        if step.cache.layout.quantized and idx_BLK.shape[1] == 1:
+            # An fp8 cache read whole would be dequantized whole, O(context): a one-token step gathers
+            # (and dequantizes) only its K picked rows, and the kernel attends on them in order.
+            picks_BK = idx_BLK[:, 0].clamp_min(0).long()
+            c_kv_BKC, k_rope_BKJ = step.cache.gather("c_kv", picks_BK), step.cache.gather("k_rope", picks_BK)
+            K = picks_BK.shape[1]
+            local_B1K = torch.arange(K, device=idx_BLK.device).expand_as(idx_BLK)
+            local_B1K = torch.where(idx_BLK >= 0, local_B1K, -1).to(idx_BLK.dtype)
+            o_lat_BLNC = attend(q_lat_BLNC, q_rope_BLNR, c_kv_BKC, k_rope_BKJ, local_B1K, scale=self.scale)
+        else:
+            o_lat_BLNC = attend(q_lat_BLNC, q_rope_BLNR, step.cache.read("c_kv", T), step.cache.read("k_rope", T),
+                                idx_BLK, scale=self.scale, kv_BTE=kv_BTE)
         return self._absorbed_output(o_lat_BLNC, weights)
 
     # -- cost, beside the math above ------------------------------------------------------------

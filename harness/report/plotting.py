@@ -150,17 +150,18 @@ def context_axis(ax: Axes, label: str = "context length (tokens)") -> None:
     ax.set_xlabel(label)
 
 
-def bytes_axis(ax: Axes, label: str) -> None:
-    """A log y-axis of bytes read in binary units: ticks at powers of 4 (1 KiB, 4 KiB, ..., 1 MiB), or
+def bytes_axis(ax: Axes, label: str, which: str = "y") -> None:
+    """A log axis of bytes read in binary units: ticks at powers of 4 (1 KiB, 4 KiB, ..., 1 MiB), or
     at every power of 2 over a span short enough that powers of 4 would label fewer than three;
     call after plotting, as the span decides the ticks."""
-    ax.set_yscale("log", base=2)
-    low, high = ax.get_ylim()
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log", base=2)
+    low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
     base = 2 if low > 0 and high / low < 2**8 else 4
-    ax.yaxis.set_major_locator(LogLocator(base=base, numticks=10))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v).replace(".00", "")))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_ylabel(label)
+    axis.set_major_locator(LogLocator(base=base, numticks=10))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v).replace(".00", "")))
+    axis.set_minor_formatter(NullFormatter())
+    (ax.set_ylabel if which == "y" else ax.set_xlabel)(label)
 
 
 def log_axis(ax: Axes, which: str = "y") -> None:
@@ -257,7 +258,17 @@ def _in_columns(handles: Sequence[Line2D], ncol: int) -> list[Line2D]:
         groups[-1].append(handle)
     if len(groups) == 1:
         return list(handles)
-    nrows = next(n for n in range(1, len(handles) + 1) if sum(-(-len(g) // n) for g in groups) <= ncol)
+    nrows = next((n for n in range(1, len(handles) + 1) if sum(-(-len(g) // n) for g in groups) <= ncol), None)
+    if nrows is None:  # more groups than columns: whole groups share a column, none split across two
+        for nrows in range(max(len(g) for g in groups), len(handles) + 1):
+            columns: list[list[Line2D]] = [[]]
+            for group in groups:
+                if columns[-1] and len(columns[-1]) + len(group) > nrows:
+                    columns.append([])
+                columns[-1] += group
+            if len(columns) <= ncol:
+                groups = columns
+                break
     out: list[Line2D] = []
     for group in groups:
         out += group + [Line2D([], [], linestyle="", marker="", label=" ")
@@ -279,14 +290,16 @@ def legend_inside(fig: Figure, *, margin: float = 0.02) -> bool:
     return True
 
 
-def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held: Sequence[str] = ()) -> None:
+def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held: Sequence[str] = (),
+             varied: str = "x-axis") -> None:
     """The figure says what it shows on its own (a PDF without its caption): model, dtype, batch,
-    phase, device. ``held`` names what the figure varies instead (its x-axis), left out here."""
+    phase, device. ``held`` names what the figure varies instead, left out here; ``varied`` says how
+    (its x-axis, or what sets it)."""
     first = rows.iloc[0]
     parts = [f"model {first['model']}", str(first["dtype"])]
     batches = sorted(int(b) for b in rows["batch"].unique())
-    if "batch" in held:  # the x-axis: its range, and the context it is held at
-        parts.append(f"batch {batches[0]}-{batches[-1]} (x-axis)")
+    if "batch" in held:  # varied: its range, and the context it is held at
+        parts.append(f"batch {batches[0]}-{batches[-1]} ({varied})")
         contexts = sorted(int(c) for c in rows["seq"].unique())
         parts.append("context " + ", ".join(tokens(c) for c in contexts))
     else:

@@ -114,8 +114,8 @@ def variants_of(rows: pd.DataFrame) -> tuple[list[VariantAtSetting], list[str]]:
         own = pd.to_numeric(mine.get("kv_bytes_per_token"), errors="coerce") == cost.kv_bytes_per_token_layer
         other = sorted(mine.loc[~own, "impl"].unique(), key=impl_sort_key)
         if other:
-            notes.append(f"{variant}: {', '.join(other)} left out of the throughput at the budget: its cache is not "
-                         f"{variant}'s own ({cost.kv_bytes_per_token_layer:,} bytes per token and layer).")
+            notes.append(f"{variant}: {', '.join(other)} left out of the throughput at the budget: its cache differs "
+                         f"from {variant}'s own, {cost.kv_bytes_per_token_layer:,} bytes per token and layer.")
         ladders = []
         for (impl, compile_mode), group in mine[own].groupby(["impl", "compile"], sort=False):
             group = group.groupby("batch")["latency_ms"].median().sort_index()
@@ -140,7 +140,8 @@ def at_budget(found: VariantAtSetting, *, budget_bytes: int, reserve: float) -> 
     batch = largest_batch(found.cost, tokens=found.tokens, budget_bytes=budget_bytes, reserve=reserve)
     row: dict[str, object] = {"variant": found.variant, "batch": batch, "budget_bytes": budget_bytes,
                               "reserve": reserve, "num_layers": found.cost.num_layers,
-                              "model_bytes": found.cost.model_bytes(batch=batch, tokens=found.tokens) if batch else None,
+                              "model_bytes": (found.cost.model_bytes(batch=batch, tokens=found.tokens)
+                                              if batch else None),
                               "impl": None, "compile": None, "latency_ms": None, "latency_from": None,
                               "batch_low": None, "batch_high": None, "tokens_per_s": None, "reason": None}
     low, high = found.measured_range
@@ -149,9 +150,10 @@ def at_budget(found: VariantAtSetting, *, budget_bytes: int, reserve: float) -> 
         return row
     best = found.best_at(batch)
     if best is None:
-        where = "above the largest" if batch > high else "below the smallest" if batch < low else "between"
-        row["reason"] = (f"batch {batch:,} is {where} measured batch{'es' if where == 'between' else ''} "
-                         f"({low:,}-{high:,}) of one implementation: add batch={batch} to the sweep")
+        where = (f"batch {batch:,} is above the largest measured ({high:,})" if batch > high else
+                 f"batch {batch:,} is below the smallest measured ({low:,})" if batch < low else
+                 f"no implementation was measured at batches on both sides of {batch:,}")
+        row["reason"] = f"{where}: add batch={batch} to the sweep"
         return row
     ladder, (latency, source, b0, b1) = best
     row.update(impl=ladder.impl, compile=ladder.compile, latency_ms=latency, latency_from=source,

@@ -23,7 +23,8 @@ _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
        padding: 0 1em; color: #222; line-height: 1.4; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-nav ol { columns: 2; margin: 0.3em 0; } nav li { margin: 0.1em 0; }
+nav ul { list-style: none; padding-left: 0; } nav ol { columns: 2; margin: 0.2em 0 0.5em; }
+nav li { margin: 0.1em 0; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 0.3em; }
 caption { caption-side: top; text-align: left; padding-bottom: 0.4em; }
 th, td { padding: 0.2em 0.6em; border-bottom: 1px solid #eee; text-align: left; vertical-align: top;
@@ -95,9 +96,13 @@ def data_uri(svg: bytes) -> str:
 def page(*, title: str, command: str, sources: Table, notes: Sequence[str], tables: Sequence[Table],
          figures: Sequence[PageFigure]) -> str:
     esc = html.escape
-    contents = [(f"figure-{fig.name}", fig.title) for fig in figures]
-    contents += [("notes", "Notes")] if notes else []
-    contents += [(f"table-{table.name}", table.title) for table in (*tables, sources)]
+
+    def entries(items: Sequence[tuple[str, str]]) -> str:
+        return "".join(f'<li><a href="#{esc(anchor)}">{esc(text)}</a></li>' for anchor, text in items)
+
+    contents = [f"<li>Figures<ol>{entries([(f'figure-{fig.name}', fig.title) for fig in figures])}</ol></li>"
+                if figures else "", '<li><a href="#notes">Notes</a></li>' if notes else "",
+                f"<li>Tables<ol>{entries([(f'table-{t.name}', t.title) for t in (*tables, sources)])}</ol></li>"]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -105,8 +110,7 @@ def page(*, title: str, command: str, sources: Table, notes: Sequence[str], tabl
         f"<script>{SORT_SCRIPT}{_LOADED_SCRIPT}</script></head>",
         '<body data-images-loaded="">', f"<h1>{esc(title)}</h1>",
         f"<p>Made by <code>{esc(command)}</code>. Click a table's header to sort it.</p>",
-        '<nav id="contents"><b>Contents</b><ol>',
-        *(f'<li><a href="#{esc(anchor)}">{esc(text)}</a></li>' for anchor, text in contents), "</ol></nav>",
+        '<nav id="contents"><b>Contents</b><ul>', *contents, "</ul></nav>",
     ]
     for fig in figures:
         files = ", ".join(f'<a href="{esc(f)}">{esc(Path(f).name)}</a>' for f in fig.files)

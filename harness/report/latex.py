@@ -21,7 +21,7 @@ import pandas as pd
 from harness.report.tables import Table
 
 # Type sizes of a 10 pt paper and the space each side of a column (LaTeX's default is 6 pt).
-SIZES = (("footnotesize", 8.0, 3.0), ("scriptsize", 7.0, 1.5))
+SIZES = (("footnotesize", 8.0, 3.0), ("scriptsize", 7.0, 1.0))
 # Widths at 8 pt Computer Modern (cmr8), a little above the real ones so an estimate errs towards wide.
 DIGIT_PT = 4.3  # digits and the decimal point: 4.25 pt
 _CHAR_PT = {"upper": 6.4, "lower": 4.5, "space": 2.9, "other": 3.6}
@@ -37,7 +37,7 @@ def text_pt(text: str) -> float:
 # two-column article 229.5 pt; both columns: 469 pt (article) to 516 pt (IEEEtran).
 COLUMN_PT = 229.5
 TEXT_PT = 469.0
-LONG_TEXT = 40  # characters: a text column with a longer cell is a wrapped box this wide
+LONG_TEXT = 30  # characters: a text column with a longer cell is a wrapped box this wide
 _PLAIN = re.compile(r"^(-?)(\d+)(?:\.(\d+))?(?:e([-+])(\d+))?$")
 
 

@@ -24,6 +24,7 @@ from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
 from harness.report.figures import Drawn
 from harness.report.style import impl_sort_key, impl_style, series_style, variant_color, variant_sort_key
 from harness.report.units import human_bytes, number, tokens
+from variants.registry import IMPLEMENTATIONS
 
 PANEL_HEIGHT_IN = {"single": 2.3, "double": 2.5}
 LEGEND_HEIGHT_IN = {"single": 1.2, "double": 0.7}  # single: three legend columns, more rows (headed)
@@ -158,6 +159,9 @@ def bytes_axis(ax: Axes, label: str, which: str = "y") -> None:
     (ax.set_yscale if which == "y" else ax.set_xscale)("log", base=2)
     low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
     base = 2 if low > 0 and high / low < 2**8 else 4
+    if which == "x" and low > 0:  # "256 KiB" is wide (0.45 in at 7 pt): about two labels an inch fit
+        room = max(3.0, 2.0 * _axis_inches(ax, "x"))
+        base = next((b for b in (2, 4, 16) if math.log(high / low, b) + 1 <= room), 16)
     axis.set_major_locator(LogLocator(base=base, numticks=10))
     axis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v).replace(".00", "")))
     axis.set_minor_formatter(NullFormatter())
@@ -323,23 +327,46 @@ def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held
 MAX_SERIES = 6  # more lines than this in one panel merge into a smear: facet instead
 
 
+def _path(impl: str) -> str:
+    """How an implementation reads the cache (``standard``, ``absorbed``, ``expanded``), from its registration."""
+    return IMPLEMENTATIONS.get(impl).path if impl in IMPLEMENTATIONS.names() else "other"
+
+
+def split_variants(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """A panel per variant (its name, its rows); a variant with more than ``MAX_SERIES`` series on its
+    own (MLA: eager, sdpa, flex, three absorbed paths and expanded) gets a panel per implementation
+    path, named ``mla, absorbed``."""
+    out: list[tuple[str, pd.DataFrame]] = []
+    for variant in sorted(rows["variant"].unique(), key=variant_sort_key):
+        mine = rows[rows["variant"] == variant]
+        if mine.groupby(["impl", "compile"]).ngroups <= MAX_SERIES:
+            out.append((str(variant), mine))
+            continue
+        path = mine["impl"].map(_path)
+        first = {p: min(impl_sort_key(i) for i in mine.loc[path == p, "impl"]) for p in path.unique()}
+        out += [(f"{variant}, {p}", mine[path == p]) for p in sorted(first, key=first.__getitem__)]
+    return out
+
+
 def facet(drawn: Sequence[Panel]) -> list[tuple[Panel, str | None, pd.DataFrame]]:
     """Small multiples: a device's slice with more than ``MAX_SERIES`` series becomes a panel per
-    variant (variant name, its rows); others stay one panel (None, all rows)."""
+    variant, or per variant and implementation path (``split_variants``: its label, its rows); others
+    stay one panel (None, all rows)."""
     out: list[tuple[Panel, str | None, pd.DataFrame]] = []
     for panel in drawn:
         if panel.rows.groupby(["variant", "impl", "compile"]).ngroups > MAX_SERIES:
-            out += [(panel, str(v), panel.rows[panel.rows["variant"] == v])
-                    for v in sorted(panel.rows["variant"].unique(), key=variant_sort_key)]
+            out += [(panel, label, rows) for label, rows in split_variants(panel.rows)]
         else:
             out.append((panel, None, panel.rows))
     return out
 
 
 def facet_title(ax: Axes, variant: str, device: str | None = None) -> None:
-    """A facet is named by its variant (in its colour), and by its device when the figure has several."""
+    """A facet is named by its variant (in its colour; ``mla, absorbed`` in MLA's), and by its
+    device when the figure has several."""
     text = variant if device is None else f"{variant}, {device if len(device) <= 30 else device[:29] + '…'}"
-    ax.set_title(escape.mathtext(text), loc="left", color=variant_color(variant), fontweight="bold")
+    color = variant_color(variant.split(", ")[0])
+    ax.set_title(escape.mathtext(text), loc="left", color=color, fontweight="bold")
 
 
 def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: float, ylabel: str, too_few: str,

@@ -92,7 +92,7 @@ def to_html(table: Table) -> str:
 
 
 _NUMBER = re.compile(r"^-?[\d,]*\.?\d+(e[-+]?\d+)?(%|×| [KMGT]?i?B)?( \[.*\])?$|^\[.*\]$|^inf$|^\d+[kM]$")
-LONG_TEXT = 40  # characters: a text column with a longer cell wraps (HTML) or is a paragraph column (LaTeX)
+LONG_TEXT = 40  # characters: a text column with a longer cell wraps (a reason, a list of runs)
 
 
 def _longest(column: pd.Series) -> int:

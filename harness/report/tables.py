@@ -248,4 +248,6 @@ def _ci(low: object, high: object, median: str) -> str:
 
 
 def _gib(value: object) -> str:
-    return f"{significant(float(value) / 2**30)} GiB" if value is not None and pd.notna(value) else ""  # type: ignore[arg-type]
+    if value is None or pd.isna(value):  # type: ignore[arg-type]
+        return ""
+    return f"{significant(float(value) / 2**30)} GiB"  # type: ignore[arg-type]

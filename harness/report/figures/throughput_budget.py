@@ -61,7 +61,9 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
                                                                                     strict=True)])
             for kind in points["latency_from"]:
                 shown[str(kind)] = True
-            ratios += [f"{a}/{b} {r:.2f}×" for a, b, r in budget_ratios(points)]
+            # The legend keeps the headline, the last variant (MLA) against each other; the caption has all.
+            last = points["variant"].iloc[-1] if len(points) else None
+            ratios += [f"{a}/{b} {r:.2f}×" for a, b, r in budget_ratios(points) if a == last]
         words.append(_words(panel.device, at, budget, found, low, high))
         words += notes
         bytes_axis(ax, "memory budget", which="x")
@@ -125,7 +127,8 @@ def _words(device: str, at: pd.DataFrame | None, budget: int | None, found: list
     context = tokens(found[0].tokens - found[0].new_tokens)
     head = f"{device}, context {context}, budget {human_bytes(budget)}"
     if not low / 2 <= budget <= high * 2:
-        return (f"{head}: outside the measured batches' budgets ({human_bytes(low)} to {human_bytes(high)}), not drawn; "
+        return (f"{head}: outside the measured batches' budgets ({human_bytes(low)} to {human_bytes(high)}), "
+                "not drawn; "
                 "the throughput table says which batch to add.")
     parts = []
     for row in at.itertuples():  # type: ignore[union-attr]

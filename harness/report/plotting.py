@@ -242,7 +242,8 @@ def place_legend(fig: Figure, handles: Sequence[Line2D]) -> None:
     for ncol in range(min(len(handles), 3 if fig.get_figwidth() < 5 else 6), 0, -1):
         for old in list(fig.legends):
             old.remove()
-        leg = fig.legend(handles=_in_columns(handles, ncol), loc="outside lower center", ncol=ncol,
+        laid, used = _in_columns(handles, ncol)
+        leg = fig.legend(handles=laid, loc="outside lower center", ncol=used,
                          handlelength=2.6, columnspacing=1.0, handletextpad=0.5, title=title,
                          title_fontproperties={"weight": "bold", "size": 7})
         for text in leg.get_texts():
@@ -252,16 +253,18 @@ def place_legend(fig: Figure, handles: Sequence[Line2D]) -> None:
             return
 
 
-def _in_columns(handles: Sequence[Line2D], ncol: int) -> list[Line2D]:
+def _in_columns(handles: Sequence[Line2D], ncol: int) -> tuple[list[Line2D], int]:
     """Legends fill column by column: pad each headed group with blank entries to whole columns, with
-    the fewest rows that fit ``ncol`` columns, so every heading tops a column above its own entries."""
+    the fewest rows that fit ``ncol`` columns, so every heading tops a column above its own entries.
+    Returns the entries and the columns they fill: matplotlib spreads entries evenly over the columns
+    it is given, so it must be given exactly those, or the groups slide out of line."""
     groups: list[list[Line2D]] = []
     for handle in handles:
         if handle.get_gid() == HEADER_GID or not groups:
             groups.append([])
         groups[-1].append(handle)
     if len(groups) == 1:
-        return list(handles)
+        return list(handles), ncol
     nrows = next((n for n in range(1, len(handles) + 1) if sum(-(-len(g) // n) for g in groups) <= ncol), None)
     if nrows is None:  # more groups than columns: whole groups share a column, none split across two
         for nrows in range(max(len(g) for g in groups), len(handles) + 1):
@@ -277,7 +280,7 @@ def _in_columns(handles: Sequence[Line2D], ncol: int) -> list[Line2D]:
     for group in groups:
         out += group + [Line2D([], [], linestyle="", marker="", label=" ")
                         for _ in range(-len(group) % nrows)]
-    return out
+    return out, len(out) // nrows
 
 
 def legend_inside(fig: Figure, *, margin: float = 0.02) -> bool:

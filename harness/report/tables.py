@@ -200,7 +200,7 @@ def throughput_view(rows: pd.DataFrame) -> Table:
     })
     layers = ", ".join(sorted(raw["num_layers"].astype(str).unique()))
     reserve = ", ".join(f"{r:.0%}" for r in sorted(raw["reserve"].unique()))
-    caption = (f"Decode throughput at a memory budget: each variant at the largest batch whose attention weights and "
+    caption = (f"Each variant at the largest batch whose attention weights and "
                f"KV cache of all {layers} layers fit the budget less a {reserve} reserve, by its fastest "
                f"implementation there. tokens/s = batch x new tokens per step / (one layer's step latency x "
                f"{layers} layers): the layer's latency is measured at that batch, or interpolated linearly in "

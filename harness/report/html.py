@@ -26,7 +26,7 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom:
 nav ul { list-style: none; padding-left: 0; } nav ol { columns: 2; margin: 0.2em 0 0.5em; }
 nav li { margin: 0.1em 0; }
 table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 0.3em; }
-caption { caption-side: top; text-align: left; padding-bottom: 0.4em; }
+p.caption { font-size: 0.9em; max-width: 60em; margin: 0.5em 0 0.3em; }
 th, td { padding: 0.2em 0.6em; border-bottom: 1px solid #eee; text-align: left; vertical-align: top;
          white-space: nowrap; }
 td.long { white-space: normal; min-width: 24em; }
@@ -121,7 +121,6 @@ def page(*, title: str, command: str, sources: Table, notes: Sequence[str], tabl
         parts += ['<h2 id="notes">Notes</h2>', '<ul class="notes">',
                   *(f"<li>{esc(note)}</li>" for note in notes), "</ul>"]
     for table in (*tables, sources):
-        parts += [f'<h2 id="table-{esc(table.name)}">{esc(table.title)}</h2>',
-                  f'<div class="scroll">{to_html(table)}</div>']
+        parts += [f'<h2 id="table-{esc(table.name)}">{esc(table.title)}</h2>', to_html(table)]
     parts += ["</body></html>", ""]
     return "\n".join(parts)

@@ -85,10 +85,13 @@ def to_html(table: Table) -> str:
     kinds = {c: "num" if _is_numeric(frame[c]) else "long" if _longest(frame[c]) > LONG_TEXT else "" for c in frame}
     styler = frame.style.hide(axis="index").format(escape="html")
     styler.set_td_classes(pd.DataFrame({c: [kinds[c]] * len(frame) for c in frame}, index=frame.index))
-    styler.set_caption(f"<b>{html.escape(table.title)}.</b> {html.escape(table.caption)}")
     styler.relabel_index([html.escape(str(c)) for c in frame.columns], axis="columns")
     out = styler.to_html(table_uuid=table.name, table_attributes='class="sortable"', cell_ids=False)
-    return out + (f'<p class="below">{html.escape(table.below)}</p>' if table.below else "")
+    # The caption above the table rather than in it: a <caption> is as wide as its table, and a wide
+    # table's would run off the page.
+    caption = f'<p class="caption"><b>{html.escape(table.title)}.</b> {html.escape(table.caption)}</p>'
+    return caption + f'<div class="scroll">{out}</div>' + (
+        f'<p class="below">{html.escape(table.below)}</p>' if table.below else "")
 
 
 _NUMBER = re.compile(r"^-?[\d,]*\.?\d+(e[-+]?\d+)?(%|×| [KMGT]?i?B)?( \[.*\])?$|^\[.*\]$|^inf$|^\d+[kM]$")

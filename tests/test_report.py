@@ -20,11 +20,13 @@ from PIL import Image
 from harness import results
 from harness.report import build_report
 from harness.report.__main__ import main
+from harness.report.units import significant
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "report_sweep"
-TABLES = ("cases", "not_measured", "capacity", "sources")
-DRAWN = ("latency", "kv_cache", "peak_memory", "roofline", "bandwidth_fraction", "decode_throughput")
+TABLES = ("cases", "not_measured", "capacity", "throughput_budget", "sources")
+DRAWN = ("latency", "kv_cache", "peak_memory", "roofline", "bandwidth_fraction", "decode_throughput",
+         "throughput_budget")
 WIDTH_PX = {"single": 1050, "double": 2100}  # 300 dpi x 3.5 in, 7 in
 
 
@@ -107,16 +109,34 @@ def test_markdown_and_latex_tables(report, fixture_rows):
     md = (report.out / "tables" / "cases.md").read_text().splitlines()
     grid = [line for line in md if line.startswith("|")]
     assert len(grid) == 2 + (fixture_rows["status"] == "ok").sum()  # header, rule, one line per case
-    assert "latency (ms) [95% CI]" in grid[0] and "speed-up" in grid[0]
+    assert "latency (ms)" in grid[0] and "95% CI (ms)" in grid[0] and "speed-up (×)" in grid[0]
     tex = (report.out / "tables" / "cases.tex").read_text()
-    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}"):
+    for rule in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\begin{table*}", "S[table-format="):
         assert rule in tex
     assert r"absorbed\_sdpa" in tex and "absorbed_sdpa" not in tex.replace(r"absorbed\_sdpa", "")
     assert r"95\%" in tex and r"$\times$" in tex
     first = fixture_rows[(fixture_rows["variant"] == "mha") & (fixture_rows["impl"] == "eager")
                          & (fixture_rows["seq"] == 64) & (fixture_rows["batch"] == 1)
                          & (fixture_rows["phase"] == "decode")].iloc[0]
-    assert f"{first['latency_ms']:.3g} [" in tex  # the median, shown with its CI
+    median = significant(first["latency_ms"])  # the median, beside its CI at the same decimals
+    low = f"{first['latency_ci_low_ms']:.{len(median.partition('.')[2])}f}"
+    assert f"& {median} & [{low}, " in tex
+
+
+def test_every_cell_of_a_column_has_three_significant_digits(report):
+    md = (report.out / "tables" / "cases.md").read_text().splitlines()
+    grid = [line.strip("|").split(" | ") for line in md if line.startswith("|")]
+    header, cells = [c.strip() for c in grid[0]], [[c.strip() for c in row] for row in grid[2:]]
+    for name in ("latency (ms)", "GB/s", "speed-up (×)", "mem ratio (×)"):
+        column = [row[header.index(name)] for row in cells if row[header.index(name)]]
+        digits = {len(c.replace(",", "").replace(".", "").lstrip("0")) for c in column if float(c.replace(",", "")) < 1000}
+        assert digits == {3}, (name, sorted(set(column))[:10])
+
+
+def test_columns_empty_in_every_row_are_dropped(report):
+    sources = (report.out / "tables" / "sources.md").read_text()
+    assert "| CUDA |" not in sources and "| driver |" not in sources  # a CPU: no CUDA, no driver
+    assert "CUDA" in pd.read_csv(report.out / "tables" / "sources.csv").columns  # the CSV keeps them
 
 
 @pytest.mark.parametrize("width", WIDTH_PX)
@@ -141,13 +161,29 @@ def test_pdf_figures_embed_truetype_fonts(report):
 
 def test_html_page_is_self_contained(report):
     page = (report.out / "report.html").read_text()
-    assert page.count('src="data:image/png;base64,') == len(DRAWN)
+    assert page.count('src="data:image/svg+xml;base64,') == len(DRAWN)  # SVG on the page, PNG for the markdown
     assert not re.search(r'src="(?!data:)', page)  # nothing fetched from elsewhere
     assert not re.search(r'<link\b', page)
     for name in ("Measured cases", "Cases not measured", "Capacity", "Where the rows came from"):
         assert name in page
     assert "AMD EPYC" in page or report.devices[0] in page
     assert "report_decode" in page and "2.13" in page  # runs and torch version in the header
+
+
+def test_html_page_has_contents_then_figures_then_notes_then_sortable_tables(report):
+    page = (report.out / "report.html").read_text()
+    contents = page[page.index('<nav id="contents">'):page.index("</nav>")]
+    anchors = re.findall(r'href="#([^"]+)"', contents)
+    assert anchors == [*(f"figure-{n}" for n in DRAWN), "notes", *(f"table-{n}" for n in TABLES)]
+    for anchor in anchors:
+        assert f'id="{anchor}"' in page, anchor
+    assert page.index('id="figure-latency"') < page.index('id="notes"') < page.index('id="table-cases"')
+    assert page.count('class="sortable"') == len(TABLES) and "function sortBy" in page
+    assert "white-space: nowrap" in page
+    assert "What the longest context assumes" in page  # stated under the capacity table
+    md = (report.out / "report.md").read_text()
+    assert md.index("## Figures") < md.index("## Notes") < md.index("## Measured cases")
+    assert md.count("](figures/") == len(DRAWN) and ".png)" in md
 
 
 def _chromium() -> str | None:
@@ -170,6 +206,26 @@ def test_html_page_renders_in_headless_chromium_with_every_image_loaded(report, 
                    timeout=120, check=True)
     pixels = matplotlib.image.imread(shot)[..., :3]
     assert pixels.std() > 0.05  # text and figures, not a blank page
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium binary on PATH (Debian: apt-get install chromium)")
+def test_a_click_on_a_header_sorts_numbers_as_numbers_and_blanks_last(tmp_path):
+    from harness.report.html import SORT_SCRIPT
+
+    rows = "".join(f"<tr><td>{a}</td><td>{b}</td></tr>" for a, b in
+                   (("x", "1,024"), ("y", ""), ("z", "64"), ("w", "4k"), ("v", "0.5 [0.4, 0.6]")))
+    page = tmp_path / "sort.html"
+    page.write_text(f'<!DOCTYPE html><html><head><script>{SORT_SCRIPT}</script></head><body>'
+                    f'<table class="sortable"><thead><tr><th>name</th><th id="n">n</th></tr></thead>'
+                    f"<tbody>{rows}</tbody></table><script>"
+                    'document.getElementById("n").click();'
+                    'document.body.dataset.order = Array.prototype.map.call(document.querySelectorAll("tbody tr"), '
+                    'function (r) { return r.cells[0].textContent; }).join("");</script></body></html>')
+    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+             f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000"]
+    dom = subprocess.run([*flags, "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert 'data-order="vzxwy"' in dom.stdout  # 0.5 < 64 < 1,024 < 4k (4096); the blank last
 
 
 def test_command_writes_a_report_with_filters_budget_and_batches(tmp_path, capsys):

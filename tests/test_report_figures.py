@@ -116,9 +116,11 @@ def test_no_panel_holds_more_than_six_series(drawings):
             assert _series(ax) <= MAX_SERIES, (name, width, ax.get_title(loc="left"), _series(ax))
 
 
-def test_latency_with_thirteen_series_is_faceted_by_variant(drawings):
+def test_latency_with_sixteen_series_is_faceted_by_variant_and_mla_by_path(drawings):
     fig = next(f for n, w, f in drawings if n == "latency" and w == "double")
-    assert [ax.get_title(loc="left") for ax in fig.axes] == ["mha", "gqa", "mqa", "mla"]
+    # MLA alone has seven implementations (eager, sdpa, flex, three absorbed, expanded): a panel per path.
+    assert [ax.get_title(loc="left") for ax in fig.axes] == [
+        "mha", "gqa", "mqa", "mla, standard", "mla, absorbed", "mla, expanded"]
     headings = [t.get_text() for t in fig.legends[0].get_texts() if t.get_fontweight() == "bold"]
     assert fig.legends[0].get_title().get_text() == "implementation" or headings
 

@@ -64,7 +64,7 @@ def test_capacity_table_matches_a_hand_computation(rows):
 
 def test_capacity_shows_the_leanest_measured_peak_at_the_longest_context(rows):
     ok = rows[rows["status"] == "ok"]
-    table, notes = capacity_table(rows, ok, budget_bytes=None, batches=(1, 64))
+    table, notes = capacity_table(rows, ok, budget_bytes=None, batches=(1, 32))
     assert set(table["budget_bytes"]) == {int(ok["device_mem_total_bytes"].max())}
     assert any("each device's own memory" in n for n in notes)
     for variant in ("mha", "mla"):
@@ -74,7 +74,7 @@ def test_capacity_shows_the_leanest_measured_peak_at_the_longest_context(rows):
         assert row["measured_seq"] == 256
         assert row["measured_peak_bytes"] == longest["peak_mem_bytes"].min()
         assert row["measured_impl"] == longest.loc[longest["peak_mem_bytes"].idxmin(), "impl"]
-    unmeasured = table[table["batch"] == 64]
+    unmeasured = table[table["batch"] == 32]
     assert unmeasured["measured_peak_bytes"].isna().all() and (unmeasured["max_context_tokens"] > 0).all()
 
 

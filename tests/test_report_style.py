@@ -120,11 +120,12 @@ def test_devices_are_never_mixed_on_one_curve(inputs):
     other = inputs.ok.assign(env_device_name="NVIDIA H100 80GB HBM3", latency_ms=inputs.ok["latency_ms"] / 10)
     both = FigureInput(pd.concat([inputs.ok, other], ignore_index=True), inputs.capacity, None, RESERVE)
     fig = figures.draw("latency", both, width="double").figure
-    # Faceted a panel per variant and device (more than six series each): each panel is one device's.
+    # Faceted a panel per variant (MLA: per implementation path) and device (more than six series
+    # each): each panel is one device's.
     cpu = inputs.ok["env_device_name"].iloc[0]
     for device, scale in ((cpu, 1), ("NVIDIA H100 80GB HBM3", 10)):
         mine = [ax for ax in fig.axes if ax.get_title(loc="left").endswith(f", {device}")]
-        assert len(mine) == inputs.ok["variant"].nunique()
+        assert len(mine) == inputs.ok["variant"].nunique() - 1 + 3  # mla: standard, absorbed, expanded
         lows = min(min(line.get_ydata()) for ax in mine for line in ax.get_lines() if "/" in str(line.get_label()))
         # the H100 panels hold only the H100 rows (10x faster), the CPU panels only the CPU rows
         assert lows * scale == pytest.approx(inputs.ok.query("phase == 'decode' and batch == 1")["latency_ms"].min())

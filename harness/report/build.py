@@ -3,7 +3,7 @@
     out/
       report.html               self-contained page (figures embedded): open it in any browser
       report.md                 the same in markdown, figures linked
-      tables/<name>.{md,tex,csv}   cases, not_measured, capacity, sources
+      tables/<name>.{md,tex,csv}   cases, not_measured, capacity, throughput_budget, sources
       figures/<name>_<single|double>.{pdf,png}   one per registered figure with data
       manifest.txt              every file above; a rebuild into the folder removes the old ones first
 """
@@ -18,6 +18,7 @@ import pandas as pd
 
 from harness.report import figures as figure_registry
 from harness.report.baseline import Baseline, with_ratios
+from harness.report.budget import throughput_table
 from harness.report.capacity import RESERVE, capacity_table
 from harness.report.data import ReportData, load_rows, prepare
 from harness.report.figures import FigureInput
@@ -26,7 +27,8 @@ from harness.report.lowrank import lowrank_part
 from harness.report.part import Part
 from harness.report.style import WIDTH_IN, width_inches
 from harness.report.tablefmt import markdown_grid, write_table
-from harness.report.tables import Table, capacity_view, cases_table, not_measured_table, sources_table
+from harness.report.tables import (Table, capacity_view, cases_table, not_measured_table, sources_table,
+                                   throughput_view)
 
 MANIFEST = "manifest.txt"
 DEFAULT_BASELINE = Baseline()  # MHA with the eager implementation
@@ -96,8 +98,12 @@ def _benchmark_part(frame: pd.DataFrame, out: Path, *, filters: Mapping[str, Ite
     ok, baseline_notes = with_ratios(data.ok, baseline)
     capacity, capacity_notes = capacity_table(data.all_rows, ok, budget_bytes=budget_bytes, batches=batches,
                                               reserve=reserve)
-    notes = [_devices_note(data), *data.notes, *baseline_notes, *capacity_notes]
+    throughput, throughput_notes = throughput_table(ok, budget_bytes=budget_bytes, reserve=reserve,
+                                                    baseline_variant=baseline.variant)
+    notes = [_devices_note(data), *data.notes, *baseline_notes, *capacity_notes, *throughput_notes]
     tables = _tables(data, ok, capacity, baseline, notes)
+    if not throughput.empty:
+        tables.append(throughput_view(throughput))
     sources = sources_table(data.all_rows)
     files: list[Path] = []
     for table in (*tables, sources):
@@ -154,15 +160,16 @@ def _write(path: Path, text: str) -> Path:
 
 def _markdown(command: str, sources: Table, notes: Sequence[str], tables: Sequence[Table],
               figures: Sequence[PageFigure], out: Path) -> str:
-    lines = [f"# {TITLE}", "", f"Made by `{command}`.", "", "## Where the rows came from", "",
-             markdown_grid(sources.shown)]
-    if notes:
-        lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
+    """The page's order: figures, notes, tables, sources."""
+    lines = [f"# {TITLE}", "", f"Made by `{command}`.", ""]
     if figures:
         lines += ["## Figures", ""]
         for fig in figures:
             lines += [f"![{fig.title}]({fig.png.relative_to(out)})", "", f"**{fig.title}.** {fig.caption} "
                       f"Files: {', '.join(f'`{f}`' for f in fig.files)}", ""]
-    for table in tables:
+    if notes:
+        lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
+    for table in (*tables, sources):
         lines += [f"## {table.title}", "", f"{table.caption}", "", markdown_grid(table.shown)]
+        lines += [table.below, ""] if table.below else []
     return "\n".join(lines)

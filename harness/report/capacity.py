@@ -63,6 +63,29 @@ def longest_context(cost: ModelCost, *, batch: int, budget_bytes: int, reserve: 
     return low
 
 
+def largest_batch(cost: ModelCost, *, tokens: int, budget_bytes: int, reserve: float = RESERVE) -> int:
+    """The largest batch of sequences of ``tokens`` cache positions whose attention weights and cache
+    of all layers fit ``(1 - reserve) * budget_bytes``; 0 when not even one does."""
+    if not 0 <= reserve < 1:
+        raise ValueError(f"reserve={reserve!r} is not allowed: it must be in [0, 1)")
+    usable = (1 - reserve) * budget_bytes
+
+    def fits(batch: int) -> bool:
+        return cost.model_bytes(batch=batch, tokens=tokens) <= usable
+
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while fits(high):
+        if high >= MAX_CONTEXT:  # a cache that holds nothing per sequence: any batch fits; say the cap
+            return MAX_CONTEXT
+        low, high = high, high * 2
+    while high - low > 1:  # fits(low), not fits(high)
+        mid = (low + high) // 2
+        low, high = (mid, high) if fits(mid) else (low, mid)
+    return low
+
+
 def capacity_table(rows: pd.DataFrame, ok: pd.DataFrame, *, budget_bytes: int | None,
                    batches: Sequence[int] | None = None, reserve: float = RESERVE) -> tuple[pd.DataFrame, list[str]]:
     """One row per device, shape, variant and batch. ``rows``: every row (their shapes and variants);

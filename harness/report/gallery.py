@@ -1,8 +1,9 @@
 """``python -m harness.report.gallery [--out docs/figures]``: every figure kind the committed report
 fixture (``tests/fixtures/report_sweep``, real CPU results) draws, at single-column width, as small
-PNGs for the docs. The figures are the report's own (``harness.report.figures.draw``), so the
-gallery changes exactly when the report does; figures the fixture cannot feed (energy: no NVML on a
-CPU; the low-rank study's: no study rows) are listed as left out, never drawn empty.
+PNGs for the docs, at a memory budget scaled to the fixture (``BUDGET_BYTES``). The figures are the
+report's own (``harness.report.figures.draw``), so the gallery changes exactly when the report does;
+figures the fixture cannot feed (energy: no NVML on a CPU; the low-rank study's: no study rows) are
+listed as left out, never drawn empty.
 """
 
 from __future__ import annotations
@@ -22,13 +23,16 @@ from harness.report.style import figure_style
 
 FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "report_sweep"
 GALLERY_DPI = 120  # legible on screen (420 px wide), tens of kB each: the docs stay small in git
+# The memory budget of the capacity and throughput figures, scaled to the fixture's tiny model as a CPU
+# run scales 80 GB: every variant's largest batch in it lies inside the fixture's batches (1-64).
+BUDGET_BYTES = 2 * 2**20
 
 
 def gallery(out: Path, *, source: Path = FIXTURE) -> tuple[list[Path], dict[str, str]]:
     """Draw each registered figure of measured rows from ``source`` into ``out/<name>.png``;
     returns the files written and, per figure left out, why."""
     ok, _ = with_ratios(prepare(results.load(source)).ok, Baseline())
-    data = FigureInput(ok=ok, capacity=pd.DataFrame(), budget_bytes=None, reserve=RESERVE)
+    data = FigureInput(ok=ok, capacity=pd.DataFrame(), budget_bytes=BUDGET_BYTES, reserve=RESERVE)
     out.mkdir(parents=True, exist_ok=True)
     written, left_out = [], {}
     for spec in figures.specs():

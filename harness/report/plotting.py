@@ -24,6 +24,7 @@ from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
 from harness.report.figures import Drawn
 from harness.report.style import impl_sort_key, impl_style, series_style, variant_color, variant_sort_key
 from harness.report.units import human_bytes, number, tokens
+from variants.registry import IMPLEMENTATIONS
 
 PANEL_HEIGHT_IN = {"single": 2.3, "double": 2.5}
 LEGEND_HEIGHT_IN = {"single": 1.2, "double": 0.7}  # single: three legend columns, more rows (headed)
@@ -150,17 +151,21 @@ def context_axis(ax: Axes, label: str = "context length (tokens)") -> None:
     ax.set_xlabel(label)
 
 
-def bytes_axis(ax: Axes, label: str) -> None:
-    """A log y-axis of bytes read in binary units: ticks at powers of 4 (1 KiB, 4 KiB, ..., 1 MiB), or
+def bytes_axis(ax: Axes, label: str, which: str = "y") -> None:
+    """A log axis of bytes read in binary units: ticks at powers of 4 (1 KiB, 4 KiB, ..., 1 MiB), or
     at every power of 2 over a span short enough that powers of 4 would label fewer than three;
     call after plotting, as the span decides the ticks."""
-    ax.set_yscale("log", base=2)
-    low, high = ax.get_ylim()
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log", base=2)
+    low, high = ax.get_ylim() if which == "y" else ax.get_xlim()
     base = 2 if low > 0 and high / low < 2**8 else 4
-    ax.yaxis.set_major_locator(LogLocator(base=base, numticks=10))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v).replace(".00", "")))
-    ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_ylabel(label)
+    if which == "x" and low > 0:  # "256 KiB" is wide (0.45 in at 7 pt): about two labels an inch fit
+        room = max(3.0, 2.0 * _axis_inches(ax, "x"))
+        base = next((b for b in (2, 4, 16) if math.log(high / low, b) + 1 <= room), 16)
+    axis.set_major_locator(LogLocator(base=base, numticks=10))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: human_bytes(v).replace(".00", "")))
+    axis.set_minor_formatter(NullFormatter())
+    (ax.set_ylabel if which == "y" else ax.set_xlabel)(label)
 
 
 def log_axis(ax: Axes, which: str = "y") -> None:
@@ -237,7 +242,8 @@ def place_legend(fig: Figure, handles: Sequence[Line2D]) -> None:
     for ncol in range(min(len(handles), 3 if fig.get_figwidth() < 5 else 6), 0, -1):
         for old in list(fig.legends):
             old.remove()
-        leg = fig.legend(handles=_in_columns(handles, ncol), loc="outside lower center", ncol=ncol,
+        laid, used = _in_columns(handles, ncol)
+        leg = fig.legend(handles=laid, loc="outside lower center", ncol=used,
                          handlelength=2.6, columnspacing=1.0, handletextpad=0.5, title=title,
                          title_fontproperties={"weight": "bold", "size": 7})
         for text in leg.get_texts():
@@ -247,22 +253,34 @@ def place_legend(fig: Figure, handles: Sequence[Line2D]) -> None:
             return
 
 
-def _in_columns(handles: Sequence[Line2D], ncol: int) -> list[Line2D]:
+def _in_columns(handles: Sequence[Line2D], ncol: int) -> tuple[list[Line2D], int]:
     """Legends fill column by column: pad each headed group with blank entries to whole columns, with
-    the fewest rows that fit ``ncol`` columns, so every heading tops a column above its own entries."""
+    the fewest rows that fit ``ncol`` columns, so every heading tops a column above its own entries.
+    Returns the entries and the columns they fill: matplotlib spreads entries evenly over the columns
+    it is given, so it must be given exactly those, or the groups slide out of line."""
     groups: list[list[Line2D]] = []
     for handle in handles:
         if handle.get_gid() == HEADER_GID or not groups:
             groups.append([])
         groups[-1].append(handle)
     if len(groups) == 1:
-        return list(handles)
-    nrows = next(n for n in range(1, len(handles) + 1) if sum(-(-len(g) // n) for g in groups) <= ncol)
+        return list(handles), ncol
+    nrows = next((n for n in range(1, len(handles) + 1) if sum(-(-len(g) // n) for g in groups) <= ncol), None)
+    if nrows is None:  # more groups than columns: whole groups share a column, none split across two
+        for nrows in range(max(len(g) for g in groups), len(handles) + 1):
+            columns: list[list[Line2D]] = [[]]
+            for group in groups:
+                if columns[-1] and len(columns[-1]) + len(group) > nrows:
+                    columns.append([])
+                columns[-1] += group
+            if len(columns) <= ncol:
+                groups = columns
+                break
     out: list[Line2D] = []
     for group in groups:
         out += group + [Line2D([], [], linestyle="", marker="", label=" ")
                         for _ in range(-len(group) % nrows)]
-    return out
+    return out, len(out) // nrows
 
 
 def legend_inside(fig: Figure, *, margin: float = 0.02) -> bool:
@@ -279,14 +297,16 @@ def legend_inside(fig: Figure, *, margin: float = 0.02) -> bool:
     return True
 
 
-def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held: Sequence[str] = ()) -> None:
+def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held: Sequence[str] = (),
+             varied: str = "x-axis") -> None:
     """The figure says what it shows on its own (a PDF without its caption): model, dtype, batch,
-    phase, device. ``held`` names what the figure varies instead (its x-axis), left out here."""
+    phase, device. ``held`` names what the figure varies instead, left out here; ``varied`` says how
+    (its x-axis, or what sets it)."""
     first = rows.iloc[0]
     parts = [f"model {first['model']}", str(first["dtype"])]
     batches = sorted(int(b) for b in rows["batch"].unique())
-    if "batch" in held:  # the x-axis: its range, and the context it is held at
-        parts.append(f"batch {batches[0]}-{batches[-1]} (x-axis)")
+    if "batch" in held:  # varied: its range, and the context it is held at
+        parts.append(f"batch {batches[0]}-{batches[-1]} ({varied})")
         contexts = sorted(int(c) for c in rows["seq"].unique())
         parts.append("context " + ", ".join(tokens(c) for c in contexts))
     else:
@@ -310,23 +330,46 @@ def subtitle(fig: Figure, rows: pd.DataFrame, *, device: str | None = None, held
 MAX_SERIES = 6  # more lines than this in one panel merge into a smear: facet instead
 
 
+def _path(impl: str) -> str:
+    """How an implementation reads the cache (``standard``, ``absorbed``, ``expanded``), from its registration."""
+    return IMPLEMENTATIONS.get(impl).path if impl in IMPLEMENTATIONS.names() else "other"
+
+
+def split_variants(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """A panel per variant (its name, its rows); a variant with more than ``MAX_SERIES`` series on its
+    own (MLA: eager, sdpa, flex, three absorbed paths and expanded) gets a panel per implementation
+    path, named ``mla, absorbed``."""
+    out: list[tuple[str, pd.DataFrame]] = []
+    for variant in sorted(rows["variant"].unique(), key=variant_sort_key):
+        mine = rows[rows["variant"] == variant]
+        if mine.groupby(["impl", "compile"]).ngroups <= MAX_SERIES:
+            out.append((str(variant), mine))
+            continue
+        path = mine["impl"].map(_path)
+        first = {p: min(impl_sort_key(i) for i in mine.loc[path == p, "impl"]) for p in path.unique()}
+        out += [(f"{variant}, {p}", mine[path == p]) for p in sorted(first, key=first.__getitem__)]
+    return out
+
+
 def facet(drawn: Sequence[Panel]) -> list[tuple[Panel, str | None, pd.DataFrame]]:
     """Small multiples: a device's slice with more than ``MAX_SERIES`` series becomes a panel per
-    variant (variant name, its rows); others stay one panel (None, all rows)."""
+    variant, or per variant and implementation path (``split_variants``: its label, its rows); others
+    stay one panel (None, all rows)."""
     out: list[tuple[Panel, str | None, pd.DataFrame]] = []
     for panel in drawn:
         if panel.rows.groupby(["variant", "impl", "compile"]).ngroups > MAX_SERIES:
-            out += [(panel, str(v), panel.rows[panel.rows["variant"] == v])
-                    for v in sorted(panel.rows["variant"].unique(), key=variant_sort_key)]
+            out += [(panel, label, rows) for label, rows in split_variants(panel.rows)]
         else:
             out.append((panel, None, panel.rows))
     return out
 
 
 def facet_title(ax: Axes, variant: str, device: str | None = None) -> None:
-    """A facet is named by its variant (in its colour), and by its device when the figure has several."""
+    """A facet is named by its variant (in its colour; ``mla, absorbed`` in MLA's), and by its
+    device when the figure has several."""
     text = variant if device is None else f"{variant}, {device if len(device) <= 30 else device[:29] + '…'}"
-    ax.set_title(escape.mathtext(text), loc="left", color=variant_color(variant), fontweight="bold")
+    color = variant_color(variant.split(", ")[0])
+    ax.set_title(escape.mathtext(text), loc="left", color=color, fontweight="bold")
 
 
 def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: float, ylabel: str, too_few: str,

@@ -59,6 +59,10 @@ RC: dict[str, object] = {
     # TrueType (Type 42) fonts embedded in PDF and PS: journals reject Type 3 fonts.
     "pdf.fonttype": 42,
     "ps.fonttype": 42,
+    # SVG (the HTML page's figures): glyphs as paths, so the page shows them with no font installed;
+    # a fixed salt makes the element ids, and so the page, the same on every build.
+    "svg.fonttype": "path",
+    "svg.hashsalt": "attnbench",
     "font.family": "DejaVu Sans",  # ships with matplotlib, so every machine draws the same glyphs
     "font.size": 8,  # 8 pt at column width is the usual minimum for print
     "axes.titlesize": 8,

@@ -57,6 +57,44 @@ def number(value: object, *, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
+def significant(value: object, *, digits: int = 3) -> str:
+    """``digits`` significant digits with trailing zeros kept, so every cell of a table column reads
+    alike (``0.240``, ``12.0``, ``1,234``); integers of more digits are written whole."""
+    if value is None or _nan(value):
+        return ""
+    x = float(value)  # type: ignore[arg-type]
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    if x == 0:
+        return f"{0:.{digits - 1}f}"
+    if abs(x) >= 10 ** (digits - 1):
+        return f"{x:,.0f}"
+    x = float(f"{x:.{digits - 1}e}")  # rounded first: 9.996 is 10.0, not 10.00
+    exponent = math.floor(math.log10(abs(x)))
+    if exponent >= digits - 1:
+        return f"{x:,.0f}"
+    if exponent < -3:
+        return f"{x:.{digits - 1}e}"
+    return f"{x:.{digits - 1 - exponent}f}"
+
+
+def like(value: object, template: str) -> str:
+    """``value`` written with the decimals (or the exponent form) of ``template``, a cell written by
+    ``significant``: the bounds of a confidence interval read like its median (``0.240`` beside ``0.243``)."""
+    if value is None or _nan(value) or math.isinf(float(value)):  # type: ignore[arg-type]
+        return ""
+    x = float(value)  # type: ignore[arg-type]
+    if "e" in template:
+        mantissa = template.split("e")[0]
+        return f"{x:.{len(mantissa.partition('.')[2])}e}"
+    return f"{x:,.{len(template.partition('.')[2])}f}"
+
+
+def count(value: object) -> str:
+    """A whole number with thousands separators (``22,215,547``)."""
+    return f"{int(value):,}" if value is not None and not _nan(value) else ""  # type: ignore[call-overload]
+
+
 def tokens(value: object) -> str:
     """A token count the way contexts are named: 4096 -> ``4k``, 1048576 -> ``1M``, 1500 -> ``1,500``."""
     if value is None or _nan(value):

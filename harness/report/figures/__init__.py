@@ -10,6 +10,7 @@ low-rank study both call it, so every figure has the same style, widths and file
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,14 @@ def save(fig: Figure, stem: Path) -> list[Path]:
     return paths
 
 
+def svg(fig: Figure) -> bytes:
+    """The figure as SVG (text as paths, so no font is needed to show it), for the HTML page."""
+    buffer = io.BytesIO()
+    with figure_style():
+        fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "attnbench"})
+    return buffer.getvalue()
+
+
 @dataclass(frozen=True)
 class Drawings:
     drawn: Mapping[str, str]  # figure name -> caption
@@ -131,17 +140,19 @@ def draw_all(data: FigureInput, out: Path, *, rows: RowsKind, widths: Sequence[s
             continue
         paths: list[Path] = []
         caption = ""
+        widest: Figure | None = None
         for width in widths:
             result = draw(spec.name, data, width=width)
             if result.figure is None:
                 left_out[spec.name] = result.caption
                 break
-            caption = result.caption
+            caption, widest = result.caption, result.figure
             paths += save(result.figure, out / "figures" / f"{spec.name}_{width}")
-        if spec.name in left_out:
+        if spec.name in left_out or widest is None:
             continue
         drawn[spec.name] = caption
         files += paths
         shown = [p for p in paths if p.suffix == ".png"][-1]  # the widest drawn
-        page_figures.append(PageFigure(spec.title, caption, shown, tuple(str(p.relative_to(out)) for p in paths)))
+        page_figures.append(PageFigure(spec.name, spec.title, caption, shown, svg(widest),
+                                       tuple(str(p.relative_to(out)) for p in paths)))
     return Drawings(drawn, left_out, tuple(page_figures), tuple(files))

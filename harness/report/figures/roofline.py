@@ -10,8 +10,8 @@ from matplotlib.lines import Line2D
 from harness.report.data import DEVICE
 from harness.report.figures import Drawn, FigureInput, figure
 from harness.report.plotting import (MAX_SERIES, device_title, facet_title, legend, log_axis, new_figure, series,
-                                     subtitle)
-from harness.report.style import series_style, variant_sort_key
+                                     split_variants, subtitle)
+from harness.report.style import series_style
 
 NEEDS = ("intensity_flops_per_byte", "tflops", "ceiling_copy_gbps", "ceiling_matmul_tflops")
 
@@ -24,21 +24,22 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     groups = list(usable.groupby([DEVICE, "dtype"], sort=True))
     if not groups:
         return Drawn(None, "Roofline: left out, no measured case with a positive FLOP count and rate.")
-    # Small multiples: a (device, dtype) with more than MAX_SERIES series gets a panel per variant,
-    # each under the same ceilings.
+    # Small multiples: a (device, dtype) with more than MAX_SERIES series gets a panel per variant (or
+    # variant and implementation path), each under the same ceilings.
     facets = []
     for (device, dtype), rows in groups:
-        many = rows.groupby(["variant", "impl", "compile"]).ngroups > MAX_SERIES
-        variants = sorted(rows["variant"].unique(), key=variant_sort_key) if many else [None]
-        facets += [(device, dtype, rows, v) for v in variants]
-    faceted = any(v is not None for *_, v in facets)
+        if rows.groupby(["variant", "impl", "compile"]).ngroups > MAX_SERIES:
+            facets += [(device, dtype, rows, label, mine) for label, mine in split_variants(rows)]
+        else:
+            facets.append((device, dtype, rows, None, rows))
+    faceted = any(f[3] is not None for f in facets)
     fig, axes = new_figure(width, width_in, panels=len(facets), ncols=2 if faceted and len(facets) > 1 else None)
     if faceted:
         for ax in axes[1:]:
             ax.sharex(axes[0])
             ax.sharey(axes[0])
     words = []
-    for ax, (device, dtype, rows, only) in zip(axes, facets, strict=True):
+    for ax, (device, dtype, rows, only, shown) in zip(axes, facets, strict=True):
         # GB/s x FLOP/byte = GFLOP/s: the bandwidth roof and the points share the unit.
         # The memory roof is the faster stream (harness.measure.calibrate.Ceilings.bandwidth_gbps);
         # rows from before the read ceiling existed have only the copy one.
@@ -50,13 +51,12 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         ridge = compute / bandwidth
         x = np.geomspace(min(intensity.min(), ridge) / 2, max(intensity.max(), ridge) * 2, 128)
         ax.plot(x, np.minimum(bandwidth * x, compute), color="0.2", linewidth=1.0)
-        shown = rows if only is None else rows[rows["variant"] == only]
         for (variant, impl, compile_mode), group in series(shown):
             style = series_style(variant, impl, compile_mode).line_kwargs() | {"linestyle": ""}
             ax.plot(group["intensity_flops_per_byte"], group["tflops"].astype(float) * 1e3, **style)
         words.append(f"{device} ({dtype}): copy {bandwidth:.3g} GB/s, matmul {compute:.3g} GFLOP/s, "
                      f"ridge at {ridge:.3g} FLOP/byte")
-    for ax, (device, dtype, _, only) in zip(axes, facets, strict=True):
+    for ax, (device, dtype, _, only, _shown) in zip(axes, facets, strict=True):
         log_axis(ax, "x")
         log_axis(ax, "y")
         ax.set_xlabel("arithmetic intensity (FLOP/byte)" if not faceted or width == "double" else "FLOP/byte")

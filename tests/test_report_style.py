@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
 
+import variants
 from harness import results
 from harness.report import figures
 from harness.report.baseline import Baseline, with_ratios
@@ -29,9 +30,12 @@ def inputs() -> FigureInput:
 
 
 def test_each_builtin_variant_has_its_own_fixed_okabe_ito_colour():
-    assert VARIANT_COLORS == {"mha": "#0072B2", "mqa": "#E69F00", "gqa": "#009E73", "mla": "#D55E00"}
-    assert len(set(VARIANT_COLORS.values())) == 4
-    assert set(VARIANT_COLORS.values()) <= set(OKABE_ITO.values())
+    assert VARIANT_COLORS == {"mha": "#0072B2", "mqa": "#E69F00", "gqa": "#009E73", "mla": "#D55E00",
+                              "dsa": "#CC79A7", "csa": "#56B4E9", "hca": "#000000", "swa": "#9A7B00"}
+    assert set(VARIANT_COLORS) == set(variants.variant_names())
+    assert len(set(VARIANT_COLORS.values())) == len(VARIANT_COLORS)
+    # Okabe-Ito's, but swa's: the palette's yellow darkened (its seven other colours are taken).
+    assert {c for v, c in VARIANT_COLORS.items() if v != "swa"} <= set(OKABE_ITO.values())
 
 
 def test_plugged_in_names_get_a_stable_style_from_the_palette():
@@ -89,7 +93,7 @@ def test_a_variant_has_the_same_colour_in_every_figure(inputs):
         assert {label.split("/")[0] for label in colours} == {"mha", "mqa", "gqa", "mla"}, name
         for label, colour in colours.items():
             seen.setdefault(label.split("/")[0], set()).add(colour)
-    assert seen == {v: {c.upper()} for v, c in VARIANT_COLORS.items()}
+    assert seen == {v: {VARIANT_COLORS[v].upper()} for v in seen}
 
 
 def test_a_figure_is_never_drawn_empty(inputs):
@@ -113,7 +117,9 @@ def test_energy_figure_is_drawn_when_nvml_data_are_present(inputs):
     assert ax.get_ylabel() == "energy per token (mJ)"
     # Twelve series are faceted a panel per variant (small multiples): every one is drawn, once.
     drawn_lines = [line for ax in drawn.figure.axes for line in ax.get_lines() if "/" in str(line.get_label())]
-    assert len(drawn_lines) == len(ok[(ok["phase"] == "decode") & (ok["batch"] == 1)].groupby(["variant", "impl"]))
+    # (the tiny model's slice: the fixture's tiny_dsa rows are another setting, in the tables)
+    drawn_slice = ok[(ok["phase"] == "decode") & (ok["batch"] == 1) & (ok["model"] == "tiny")]
+    assert len(drawn_lines) == len(drawn_slice.groupby(["variant", "impl"]))
 
 
 def test_devices_are_never_mixed_on_one_curve(inputs):
@@ -125,7 +131,8 @@ def test_devices_are_never_mixed_on_one_curve(inputs):
     cpu = inputs.ok["env_device_name"].iloc[0]
     for device, scale in ((cpu, 1), ("NVIDIA H100 80GB HBM3", 10)):
         mine = [ax for ax in fig.axes if ax.get_title(loc="left").endswith(f", {device}")]
-        assert len(mine) == inputs.ok["variant"].nunique() - 1 + 3  # mla: standard, absorbed, expanded
+        tiny = inputs.ok[inputs.ok["model"] == "tiny"]  # the slice drawn (tiny_dsa's rows are another setting)
+        assert len(mine) == tiny["variant"].nunique() - 1 + 3  # mla: standard, absorbed, expanded
         lows = min(min(line.get_ydata()) for ax in mine for line in ax.get_lines() if "/" in str(line.get_label()))
         # the H100 panels hold only the H100 rows (10x faster), the CPU panels only the CPU rows
-        assert lows * scale == pytest.approx(inputs.ok.query("phase == 'decode' and batch == 1")["latency_ms"].min())
+        assert lows * scale == pytest.approx(tiny.query("phase == 'decode' and batch == 1")["latency_ms"].min())

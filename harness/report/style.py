@@ -28,6 +28,9 @@ OKABE_ITO = {
 VARIANT_COLORS: dict[str, str] = {
     "mha": OKABE_ITO["blue"], "mqa": OKABE_ITO["orange"], "gqa": OKABE_ITO["bluish_green"],
     "mla": OKABE_ITO["vermillion"],
+    # DeepSeek's sparse and compressed attention; swa in a darkened yellow (Okabe-Ito's yellow vanishes
+    # on white at a line's width, and its seven other colours are taken).
+    "dsa": OKABE_ITO["reddish_purple"], "csa": OKABE_ITO["sky_blue"], "hca": OKABE_ITO["black"], "swa": "#9A7B00",
 }
 # The low-rank study's factorization methods (variants.convert.methods), fixed the same way.
 METHOD_COLORS: dict[str, str] = {
@@ -52,7 +55,7 @@ _FALLBACK_MARKERS = ("P", "*", "h", "<", ">", "p")
 _FALLBACK_LINES: tuple[object, ...] = ((0, (1, 1)), (0, (5, 2, 1, 2)), (0, (2, 2)))
 
 # Variants in the order a reader expects them (by KV heads, then the latent); others follow, sorted.
-VARIANT_ORDER = ("mha", "gqa", "mqa", "mla")
+VARIANT_ORDER = ("mha", "gqa", "mqa", "mla", "dsa", "swa", "csa", "hca")
 IMPL_ORDER = tuple(IMPL_STYLES)
 
 RC: dict[str, object] = {

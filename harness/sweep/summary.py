@@ -105,7 +105,9 @@ def _markdown_table(frame: pd.DataFrame, constant: list[str]) -> str:
         shown["job"] = frame["job_num"].map(lambda v: "" if pd.isna(v) else str(int(v)))
     for column in (*CASE_COLUMNS, *SETTING_COLUMNS):
         if column in frame.columns and column not in constant:
-            shown[column] = frame[column].map(lambda v: "" if v is None or v is pd.NA else str(v))
+            # A null cell (None, NA or a float NaN, as concat makes of an absent ragged length) is blank.
+            shown[column] = frame[column].map(lambda v: "" if v is None or (pd.api.types.is_scalar(v) and pd.isna(v))
+                                              else str(v))
     shown["status"] = frame["status"]
     if "latency_ms" in frame.columns and frame["latency_ms"].notna().any():
         shown["latency_ms"] = frame["latency_ms"].map(number)

@@ -1,8 +1,10 @@
-"""Figure 8: where sparse and compressed attention start to pay: decode latency (measured) and minimum
+"""Figure 9: where sparse and compressed attention start to pay: decode latency (measured) and minimum
 bytes per step (cost model) against context, dense MLA beside DeepSeek-V3.2's DSA and V4's CSA/HCA.
 
 Each variant is drawn with its fastest implementation at its longest measured context (the best it
-can do there; the others are in the tables). A sparse variant *pays* from the context where its
+can do there; the others are in the tables). The variants may come from different models (DeepSeek-V3.2's
+MLA and DSA, DeepSeek-V4's CSA and HCA layers): a panel holds the device, dtype, batch and timing
+fixed, and each variant's model is named in the legend. A sparse variant *pays* from the context where its
 latency falls below dense MLA's: between two measured contexts the crossing is interpolated on the
 log-log curves and marked with a vertical line in the variant's colour.
 """
@@ -16,16 +18,16 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from harness.report import escape
+from harness.report.data import DEVICE
 from harness.report.figures import Drawn, FigureInput, figure
 from harness.report.plotting import (
-    caption_for,
+    Panel,
     context_axis,
     device_title,
     drawn_rows,
     legend,
     log_axis,
     new_figure,
-    panels,
     plot_series,
     subtitle,
 )
@@ -34,6 +36,30 @@ from harness.report.units import tokens
 
 DENSE = "mla"
 SPARSE = ("dsa", "csa", "hca")
+HOLD = ("phase", "batch", "dtype", "timing", "decode_len", "kv_dtype")
+
+
+def crossover_panels(rows: pd.DataFrame) -> list[Panel]:
+    """Per device, the slice (``HOLD`` fixed) with dense MLA and the most sparse variants measured at two
+    or more contexts each (ties: more contexts); variants may come from different models."""
+    out = []
+    hold = [c for c in HOLD if c in rows.columns]
+    for device, by_device in rows.dropna(subset=["latency_ms", "bytes_min", "seq"]).groupby(DEVICE, sort=True):
+        best, best_rank = None, None
+        for _, group in by_device.groupby(hold, dropna=False, sort=False):
+            contexts = group.groupby("variant")["seq"].nunique()
+            sparse = [v for v in SPARSE if contexts.get(v, 0) >= 2]
+            if contexts.get(DENSE, 0) < 2 or not sparse:
+                continue
+            rank = (len(sparse), group["seq"].nunique())
+            if best_rank is None or rank > best_rank:
+                best, best_rank = group, rank
+        if best is not None:
+            first = best.iloc[0]
+            setting = f"{first['phase']}, batch {int(first['batch'])}, {first['dtype']}, models " + \
+                ", ".join(f"{v}: {m}" for v, m in best.groupby("variant")["model"].first().items())
+            out.append(Panel(str(device), best, setting, 0))
+    return out
 
 
 def leanest(rows: pd.DataFrame) -> pd.DataFrame:
@@ -65,13 +91,12 @@ def crossing(dense: pd.DataFrame, sparse: pd.DataFrame) -> tuple[str, float | No
     return "never", None
 
 
-@figure(name="sparse_crossover", order=8, title="Where sparse attention starts to pay",
+@figure(name="sparse_crossover", order=9, title="Where sparse attention starts to pay",
         needs=("latency_ms", "bytes_min", "seq"),
         why_missing="measure variant=mla and dsa, csa or hca in decode at two or more contexts")
 def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     rows = data.ok[(data.ok["phase"] == "decode") & data.ok["variant"].isin((DENSE, *SPARSE))]
-    drawn = [p for p in panels(rows, x="seq", y=("latency_ms", "bytes_min"))
-             if DENSE in set(p.rows["variant"]) and set(p.rows["variant"]) & set(SPARSE)]
+    drawn = crossover_panels(rows)
     if not drawn:
         return Drawn(None, "Where sparse attention starts to pay: left out, no device has dense MLA and a sparse "
                            "variant (dsa, csa, hca) measured in decode at two or more contexts of one setting.")
@@ -110,4 +135,5 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     return Drawn(fig, "Decode step latency of one layer (measured, left) and its minimum bytes (cost model: weights, "
                       "the cache rows it reads, right) against context; each variant with its fastest implementation "
                       "at its longest context; dotted verticals: where a sparse variant's latency falls below dense "
-                      f"MLA's (interpolated on the log-log curves). {'; '.join(notes)}. {caption_for(drawn)}")
+                      f"MLA's (interpolated on the log-log curves). {'; '.join(notes)}. "
+                      + "; ".join(f"{p.device}: {p.setting}" for p in drawn) + ".")

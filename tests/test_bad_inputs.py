@@ -109,10 +109,10 @@ NIGHTLY = [
     (f"ingest {OK} {DB} --commit '`x`'", "'`x`'"),
     (f"ingest {OK} {DB} --commit ''", "''"),
     (f"ingest {OK} {DB} --commit=-x", "'-x'"),
-    (f"ingest {OK} --db {{w}}", "{w}"),  # a folder: the history's own "not a history" line
+    (f"ingest {OK} --commit abc123 --db {{w}}", "{w}"),  # a folder: the history's own "not a history" line
     (f"ingest {OK} --db ''", "''"),
-    (f"ingest {OK} --db {{res}}/bad.sqlite", "{res}/bad.sqlite"),
-    (f"ingest {OK} --db {{w}}/afile/h.sqlite", "{w}/afile"),
+    (f"ingest {OK} --commit abc123 --db {{res}}/bad.sqlite", "{res}/bad.sqlite"),
+    (f"ingest {OK} --commit abc123 --db {{w}}/afile/h.sqlite", "{w}/afile"),
     ("compare --db {res}/bad.sqlite", "{res}/bad.sqlite"),
     (f"compare {DB} --threshold nan", "threshold=nan"),
     (f"compare {DB} --threshold inf", "threshold=inf"),

@@ -17,7 +17,10 @@ from variants.shape import ModelShape
 pytestmark = pytest.mark.compile
 
 SHAPE = ModelShape(hidden=32, heads=4, head_dim=16, kv_heads=2, name="test")
-B, PREFILL, TOTAL = 2, 8, 12  # decode runs past the end of a 4-position window
+# Decode runs past the end of a 4-position window. Not a prefill of 8: torch 2.13's compiled CPU
+# flex_attention miscomputes an 8 x 8 attention (NaN or ~20% off, any mask, contiguous inputs too), which
+# the harness's numerics gate would record as an incorrect row; 6 x 6 and the decode shapes are exact.
+B, PREFILL, TOTAL = 2, 6, 12
 # Prefill reads 8 keys and every decode step the 4-row ring: two compiled graph shapes. The plain
 # causal mask of gqa is the and-mask's first term; the composed function covers windows and sinks.
 LAYERS = {

@@ -22,12 +22,13 @@ from harness.report.plotting import HEADER_GID, MAX_SERIES, legend_inside
 from harness.report.style import WIDTH_IN
 from studies.lowrank.schema import row
 
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
+# The tiny model's sweep, and dense MLA beside DSA (tiny_dsa) for the sparse crossover figure.
+FIXTURES = [Path(__file__).resolve().parent / "fixtures" / name for name in ("report_sweep", "sparse_sweep")]
 
 
 @pytest.fixture(scope="module")
 def measured() -> FigureInput:
-    ok, _ = with_ratios(prepare(results.load(FIXTURE)).ok, Baseline())
+    ok, _ = with_ratios(prepare(results.load(FIXTURES)).ok, Baseline())
     # NVML is absent on the fixture's CPU: readings of a 300 W device over each step, so the energy
     # figure is drawn and checked too.
     ok = ok.assign(nvml_energy_per_token_j=300.0 * ok["latency_ms"] / 1e3 / (ok["batch"] * ok["q_len"]))

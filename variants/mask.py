@@ -173,8 +173,13 @@ def block_mask(mask: AttnMask, *, device: torch.device | str, block_size: int = 
         def mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
             return fn(b, h, q + offset, kv)
     else:
+        last = mask.kv_len - 1
+
         def mod(b: Tensor, h: Tensor, q: Tensor, kv: Tensor) -> Tensor:
-            position = kv_pos_T[kv]
-            return fn(b, h, q + offset, position) & (position >= 0)
+            # flex evaluates the function on its padded block (kv up to the block size) too: an
+            # unclamped lookup past the table's end read stray memory on CPU, which let padded keys
+            # through now and then (NaN outputs in about one first call in two).
+            position = kv_pos_T[kv.clamp(max=last)]
+            return fn(b, h, q + offset, position) & (position >= 0) & (kv <= last)
     return create_block_mask(mod, B=None, H=None, Q_LEN=mask.q_len, KV_LEN=mask.kv_len, device=device,
                              BLOCK_SIZE=block_size)

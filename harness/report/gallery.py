@@ -1,5 +1,5 @@
 """``python -m harness.report.gallery [--out docs/figures]``: every figure kind the committed report
-fixture (``tests/fixtures/report_sweep``, real CPU results) draws, at single-column width, as small
+fixtures (``tests/fixtures/report_sweep`` and ``sparse_sweep``, real CPU results) draw, at single-column width, as small
 PNGs for the docs, at a memory budget scaled to the fixture (``BUDGET_BYTES``). The figures are the
 report's own (``harness.report.figures.draw``), so the gallery changes exactly when the report does;
 figures the fixture cannot feed (energy: no NVML on a CPU; the low-rank study's: no study rows) are
@@ -21,17 +21,18 @@ from harness.report.data import prepare
 from harness.report.figures import FigureInput
 from harness.report.style import figure_style
 
-FIXTURE = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "report_sweep"
+FIXTURES = tuple(Path(__file__).resolve().parents[2] / "tests" / "fixtures" / name
+                 for name in ("report_sweep", "sparse_sweep"))
 GALLERY_DPI = 120  # legible on screen (420 px wide), tens of kB each: the docs stay small in git
 # The memory budget of the capacity and throughput figures, scaled to the fixture's tiny model as a CPU
 # run scales 80 GB: every variant's largest batch in it lies inside the fixture's batches (1-64).
 BUDGET_BYTES = 2 * 2**20
 
 
-def gallery(out: Path, *, source: Path = FIXTURE) -> tuple[list[Path], dict[str, str]]:
-    """Draw each registered figure of measured rows from ``source`` into ``out/<name>.png``;
+def gallery(out: Path, *, sources: tuple[Path, ...] = FIXTURES) -> tuple[list[Path], dict[str, str]]:
+    """Draw each registered figure of measured rows from ``sources`` into ``out/<name>.png``;
     returns the files written and, per figure left out, why."""
-    ok, _ = with_ratios(prepare(results.load(source)).ok, Baseline())
+    ok, _ = with_ratios(prepare(results.load(list(sources))).ok, Baseline())
     data = FigureInput(ok=ok, capacity=pd.DataFrame(), budget_bytes=BUDGET_BYTES, reserve=RESERVE)
     out.mkdir(parents=True, exist_ok=True)
     written, left_out = [], {}

@@ -231,11 +231,12 @@ def test_a_click_on_a_header_sorts_numbers_as_numbers_and_blanks_last(tmp_path):
 def test_command_writes_a_report_with_filters_budget_and_batches(tmp_path, capsys):
     out = tmp_path / "rep"
     code = main([str(FIXTURE), "--out", str(out), "--filter", "variant=mha,mla", "--filter", "phase=decode",
-                 "--budget", "80GiB", "--batches", "1,8", "--widths", "single"])
+                 "--filter", "impl=eager,absorbed", "--budget", "80GiB", "--batches", "1,8", "--widths", "single"])
     assert code == 0
     assert "report.html" in capsys.readouterr().out
     cases = pd.read_csv(out / "tables" / "cases.csv")
     assert set(cases["variant"]) == {"mha", "mla"} and set(cases["phase"]) == {"decode"}
+    assert set(cases["impl"]) == {"eager", "absorbed"}
     capacity = pd.read_csv(out / "tables" / "capacity.csv")
     assert set(capacity["batch"]) == {1, 8} and set(capacity["budget_bytes"]) == {80 * 2**30}
     assert not list(out.glob("figures/*_double.*"))
@@ -244,10 +245,10 @@ def test_command_writes_a_report_with_filters_budget_and_batches(tmp_path, capsy
 
 def test_rebuilding_into_a_folder_removes_only_the_previous_report(tmp_path):
     out = tmp_path / "rep"
-    build_report(FIXTURE, out, widths=("single",), figures=("latency", "roofline"))
+    build_report(FIXTURE, out, widths=("single",), figures=("kv_cache", "roofline"))
     (out / "mine.txt").write_text("not the report's")
-    build_report(FIXTURE, out, widths=("single",), figures=("latency",))
-    assert (out / "figures" / "latency_single.png").exists()
+    build_report(FIXTURE, out, widths=("single",), figures=("kv_cache",))
+    assert (out / "figures" / "kv_cache_single.png").exists()
     assert not (out / "figures" / "roofline_single.png").exists()
     assert (out / "mine.txt").read_text() == "not the report's"
 

@@ -62,6 +62,9 @@ def _drawn(measured: FigureInput, lowrank: FigureInput) -> list[tuple[str, str, 
         data = lowrank if spec.rows == "lowrank" else measured
         for width in WIDTH_IN:
             drawn = figures.draw(spec.name, data, width=width)
+            if drawn.figure is not None:  # solve the layout once, as saving does; later draws keep it (time)
+                drawn.figure.canvas.draw()
+                drawn.figure.set_layout_engine("none")
             out.append((spec.name, width, drawn.figure))
     return out
 

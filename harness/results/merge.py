@@ -113,7 +113,8 @@ def merge(sources: list[str | Path], *, prefer: str | None = None, out: Path | N
     if duplicates:
         first = duplicates[0]
         a, b = first.iloc[0], first.iloc[1]
-        more = f" ({len(duplicates) - 1} more duplicate cases)" if len(duplicates) > 1 else ""
+        others = len(duplicates) - 1
+        more = f" ({others} more duplicate case{'s' if others > 1 else ''})" if others else ""
         raise UserError(f"duplicate case {case_label(a)} [{a['case_id']}]: ok rows in {_place(a, b)} and "
                         f"{_place(b, a)}; keep one with --prefer newest or --prefer <folder>, or leave a source "
                         f"out{more}")

@@ -64,7 +64,7 @@ def _drawn(measured: FigureInput, lowrank: FigureInput) -> list[tuple[str, str, 
             drawn = figures.draw(spec.name, data, width=width)
             if drawn.figure is not None:  # solve the layout once, as saving does; later draws keep it (time)
                 drawn.figure.canvas.draw()
-                drawn.figure.set_layout_engine("none")
+                drawn.figure.set_layout_engine(None)
             out.append((spec.name, width, drawn.figure))
     return out
 

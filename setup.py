@@ -6,5 +6,5 @@ map a folder to another package name, and a package list kept by hand would miss
 
 from setuptools import find_packages, setup
 
-setup(packages=[*find_packages(include=["variants*", "harness*", "studies*"]), "attnbench_conf"],
+setup(packages=[*find_packages(include=["variants*", "harness*"]), "attnbench_conf"],
       package_dir={"attnbench_conf": "conf"})

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import UserError
-from harness.sweep.overrides import condense
+from harness.sweep.overrides import check_group_lists, condense
 from harness.logs import LevelName, shown
 
 
@@ -51,6 +51,7 @@ def config(*overrides: str, config_name: str = "config") -> DictConfig:
     for override in overrides:
         if not isinstance(override, str):
             raise UserError(f"override {override!r} is not allowed: pass strings such as 'variant=mla'")
+    check_group_lists(overrides)
     try:
         with _config_source():
             return compose(config_name=config_name, overrides=list(overrides))
@@ -84,7 +85,7 @@ def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: Leve
     job_cfg = _own_copy(cfg)
     if job_cfg.get("task", "benchmark") != "benchmark":
         raise UserError(f"task={str(job_cfg.task)!r} is not run by harness.run, which runs task=benchmark; "
-                        "the low-rank study is studies.lowrank.study.main(cfg, out)")
+                        "the low-rank study is harness.studies.lowrank.study.main(cfg, out)")
     out = Path(out)
     with shown(log_level), pinned_device(str(job_cfg.get("device", "auto")),
                                          lock_dir=job_cfg.get("gpu_lock_dir")) as device:

@@ -178,8 +178,10 @@ def test_echoed_copies_the_lines_to_a_stream_and_they_still_reach_root(caplog):
     stream = io.StringIO()
     with caplog.at_level(logging.INFO), echoed(stream):
         logging.getLogger("harness.sweep.job").info("a line")
+    reached_root = [r.getMessage() for r in caplog.records]
+    # Whether root still captures this depends on levels an earlier in-process Hydra app left: not asserted.
     logging.getLogger("harness.sweep.job").info("not echoed")
-    assert stream.getvalue() == "a line\n" and [r.getMessage() for r in caplog.records] == ["a line"]
+    assert stream.getvalue() == "a line\n" and reached_root == ["a line"]
 
 
 @pytest.mark.parametrize("level", ["LOUD", True])
@@ -274,3 +276,9 @@ def test_every_python_example_of_the_api_doc_runs(tmp_path, monkeypatch, capsys)
     out = capsys.readouterr().out
     assert "stop:" in out and "latency_ms" in out
     assert (tmp_path / "results" / "notebook_seq" / "1k" / "rows").is_dir()
+
+
+def test_a_list_of_group_options_is_refused_not_merged():
+    # Hydra would merge [eager, absorbed] into one config, absorbed: a job that silently measures one.
+    with pytest.raises(UserError, match=r"^impl=\[eager,absorbed\]: impl takes one option per job"):
+        harness.config("variant=mla", "impl=[eager,absorbed]", "model=tiny")

@@ -24,9 +24,9 @@ from harness import results
 FIXTURE = Path(__file__).parent / "fixtures" / "report_sweep"
 MAINS = {"report": "harness.report.__main__:main", "merge": "harness.results.merge:main",
          "status": "harness.sweep.status:main", "nightly": "harness.nightly.cli:main",
-         "lowrank": "studies.lowrank.__main__:cli"}
+         "lowrank": "harness.studies.lowrank.__main__:cli"}
 MODULES = {"report": "harness.report", "merge": "harness.results.merge", "status": "harness.sweep.status",
-           "nightly": "harness.nightly", "lowrank": "studies.lowrank"}
+           "nightly": "harness.nightly", "lowrank": "harness.studies.lowrank"}
 
 OK = "{w}/ok"  # a readable sweep
 REPORT = [

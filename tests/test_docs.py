@@ -31,7 +31,7 @@ def test_the_readme_keeps_its_two_set_up_commands():
     text = (ROOT / "README.md").read_text()
     commands = [line.strip() for line in text.splitlines() if line.startswith("    python3 -m venv .venv")]
     assert len(commands) == 2
-    assert commands[0].endswith("python run.py") and commands[1].endswith("python -m pytest -q")
+    assert commands[0].endswith("python run.py") and "python -m pytest -q" in commands[1]
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1].split("&& ", 2)[2] in ci  # CI runs the README's test command
 

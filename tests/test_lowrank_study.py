@@ -1,4 +1,4 @@
-"""The low-rank study end to end on a tiny random Llama (``studies.lowrank``); no real weights needed."""
+"""The low-rank study end to end on a tiny random Llama (``harness.studies.lowrank``); no real weights needed."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ import torch
 
 from harness.report import figures as report_figures
 from harness.report.figures import FigureInput
-from studies.lowrank.hooks import capture_attention_inputs, swapped_attention
-from studies.lowrank.perplexity import perplexity
-from studies.lowrank.schema import COLUMNS
-from studies.lowrank.settings import StudySettings
-from studies.lowrank.study import load_results, study_model
-from studies.lowrank.summary import summary_table
-from studies.lowrank.text import reference_text, text_label, token_slices
+from harness.studies.lowrank.hooks import capture_attention_inputs, swapped_attention
+from harness.studies.lowrank.perplexity import perplexity
+from harness.studies.lowrank.schema import COLUMNS
+from harness.studies.lowrank.settings import StudySettings
+from harness.studies.lowrank.study import load_results, study_model
+from harness.studies.lowrank.summary import summary_table
+from harness.studies.lowrank.text import reference_text, text_label, token_slices
 
 NAMES = ("error_vs_dc", "perplexity_vs_dc", "tradeoff")
 transformers = pytest.importorskip("transformers", reason="the study needs the 'lowrank' or 'test' extra")
@@ -164,7 +164,7 @@ def test_hydra_experiment_composes_and_reaches_main(tmp_path, monkeypatch):
     into the study's settings (the study itself is replaced: it needs the real weights)."""
     from hydra import compose, initialize_config_dir
 
-    import studies.lowrank.study as study
+    import harness.studies.lowrank.study as study
 
     conf = Path(__file__).resolve().parent.parent / "conf"
     (tmp_path / "config.yaml").write_text(

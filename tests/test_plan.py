@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,12 @@ def test_case_identity_ignores_keys_the_variant_does_not_use():
     (["-m", "impl=eager,fast"], "impl='fast' is not one of: absorbed"),
     (["-m", "seq=1k,abc"], "seq='abc' is not a size"),
     (["seq=1k,abc"], "Ambiguous value for argument 'seq=1k,abc': a sweep needs -m"),
+    # Hydra merges a list of group options and keeps the last: the job would measure absorbed only.
+    (["impl=[eager,absorbed]"], re.escape("impl=[eager,absorbed]: impl takes one option per job (a list would "
+                                          "merge them and keep the last); to measure each, sweep them: "
+                                          "-m impl=eager,absorbed (or impl=all)")),
+    (["-m", "variant=[mha,mla]"], re.escape("variant=[mha,mla]: variant takes one option per job")),
+    (["model=[tiny,deepseek_v3]"], re.escape("model=[tiny,deepseek_v3]: model takes one option")),
     (["batch=0"], "batch=0 is not allowed: batch must be a positive integer"),
     (["model=gpt5"], "model='gpt5' is not one of: deepseek_v2"),
     (["colour=red"], "unknown key 'colour'; valid keys:"),

@@ -20,7 +20,7 @@ from harness.report.data import prepare
 from harness.report.figures import FigureInput
 from harness.report.plotting import HEADER_GID, MAX_SERIES, legend_inside
 from harness.report.style import WIDTH_IN
-from studies.lowrank.schema import row
+from harness.studies.lowrank.schema import row
 
 # The tiny model's sweep, and dense MLA beside DSA (tiny_dsa) for the sparse crossover figure.
 FIXTURES = [Path(__file__).resolve().parent / "fixtures" / name for name in ("report_sweep", "sparse_sweep")]
@@ -37,7 +37,7 @@ def measured() -> FigureInput:
 
 @pytest.fixture(scope="module")
 def lowrank() -> FigureInput:
-    """A study's rows shaped as ``studies.lowrank`` writes them: five methods, two d_r, four d_c
+    """A study's rows shaped as ``harness.studies.lowrank`` writes them: five methods, two d_r, four d_c
     (ten series: more than one panel holds), the source model."""
     rows = [row(model="tiny-llama", method="source", scope="model", layer=-1, status="ok", dtype="float32",
                 perplexity=40.0, source_perplexity=40.0, source_kv_bytes_per_token=512, kv_dtype="float32",

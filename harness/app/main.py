@@ -25,7 +25,7 @@ SUBCOMMANDS = {
     "merge": "harness.results.merge:main",
     "status": "harness.sweep.status:main",
     "nightly": "harness.nightly.cli:main",
-    "lowrank": "studies.lowrank.__main__:cli",
+    "lowrank": "harness.studies.lowrank.__main__:cli",
     "selfcheck": "harness.selfcheck.__main__:main",
 }
 
@@ -33,7 +33,7 @@ SUBCOMMANDS = {
 def run(cfg: DictConfig, *, job_dir: Path, root: Path, job: dict | None = None):  # noqa: ANN201
     """The plain function behind the command line (tests call it with a composed config)."""
     if cfg.task == "lowrank":
-        from studies.lowrank.study import main as lowrank_main
+        from harness.studies.lowrank.study import main as lowrank_main
 
         return lowrank_main(cfg, job_dir)
     from harness.sweep.job import run_job

@@ -69,7 +69,7 @@ class RunConfig:
     variant: Any = MISSING
     impl: Any = MISSING
     measure: MeasureConfig = field(default_factory=MeasureConfig)
-    # Added by experiment=lowrank_smollm2 (checked by studies.lowrank.settings.StudySettings).
+    # Added by experiment=lowrank_smollm2 (checked by harness.studies.lowrank.settings.StudySettings).
     lowrank: Optional[dict[str, Any]] = None
 
     task: Task = MISSING

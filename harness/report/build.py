@@ -51,7 +51,7 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
                  widths: Sequence[str] = tuple(WIDTH_IN), figures: Sequence[str] | None = None,
                  command: str = "python -m harness.report", lowrank: pd.DataFrame | None = None) -> Report:
     """Write the report of ``rows`` (a DataFrame from ``harness.results.load``, or paths and globs),
-    and of a low-rank study's rows (``studies.lowrank``) when ``lowrank`` is given."""
+    and of a low-rank study's rows (``harness.studies.lowrank``) when ``lowrank`` is given."""
     for width in widths:
         width_inches(width)  # a ValueError naming the valid widths
     known = [spec.name for spec in figure_registry.specs()]

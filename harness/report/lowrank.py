@@ -1,7 +1,7 @@
 """The low-rank study's part of a report: its headline table and its figures (registered in
 ``harness.report.figures.lowrank`` and drawn like every other figure).
 
-A study folder (``studies.lowrank``) holds ``lowrank-*.parquet`` files rather than harness row
+A study folder (``harness.studies.lowrank``) holds ``lowrank-*.parquet`` files rather than harness row
 files; ``split_inputs`` tells the two apart so one command reports either, or both together.
 """
 
@@ -21,7 +21,7 @@ from harness.report.style import WIDTH_IN
 from harness.report.tablefmt import write_table
 from harness.report.tables import Table
 from harness.report.units import number
-from studies.lowrank.summary import summary_table
+from harness.studies.lowrank.summary import summary_table
 
 PATTERN = "lowrank-*.parquet"
 

@@ -193,6 +193,28 @@ def _swept(jobs: list[list[str]]) -> set[str]:
     return {key for key, vals in values.items() if len(vals) > 1}
 
 
+# The config groups of conf/: one option each per job.
+GROUPS = ("model", "variant", "impl", "measure", "experiment")
+
+
+def check_group_lists(overrides: Sequence[str]) -> None:
+    """Refuse ``impl=[eager,absorbed]``: Hydra reads a list for a config group as several configs
+    merged in order, so the job would silently measure the last one only."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    for text in overrides:
+        try:
+            override = OverridesParser.create().parse_override(text)
+        except HydraException:
+            continue  # Hydra's own one-line error comes from composing
+        value = override.value()
+        if override.key_or_group in GROUPS and isinstance(value, list):
+            group, names = override.key_or_group, ",".join(str(v) for v in value)
+            every = " (or impl=all)" if group == "impl" else " (or variant=all)" if group == "variant" else ""
+            raise UserError(f"{text}: {group} takes one option per job (a list would merge them and keep the "
+                            f"last); to measure each, sweep them: -m {group}={names}{every}")
+
+
 def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None:
     """Raise ``UserError`` (one line) for the first bad job of the command line ``argv`` (a run's, or
     every job of a sweep's); ``conf`` is the primary config folder (default: :func:`config_path`)."""
@@ -207,6 +229,7 @@ def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None
     if args.shell_completion or args.hydra_help or args.experimental_rerun is not None:
         return  # Hydra's own commands, with their own arguments (install=bash)
     overrides = list(args.overrides)
+    check_group_lists(overrides)
     for override in overrides:
         key, _, value = override.partition("=")
         if key == "hydra/launcher":

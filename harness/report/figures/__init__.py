@@ -30,7 +30,7 @@ class FigureInput:
     capacity: pd.DataFrame  # harness.report.capacity.capacity_table
     budget_bytes: int | None  # the budget given, None: each device's memory
     reserve: float  # share of the budget held back for activations and the runtime (capacity.RESERVE)
-    lowrank: pd.DataFrame = field(default_factory=pd.DataFrame)  # a low-rank study's rows (studies.lowrank)
+    lowrank: pd.DataFrame = field(default_factory=pd.DataFrame)  # a low-rank study's rows (harness.studies.lowrank)
 
     @classmethod
     def of_lowrank(cls, rows: pd.DataFrame) -> FigureInput:

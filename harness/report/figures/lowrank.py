@@ -1,4 +1,4 @@
-"""Figures 20-22: a low-rank study's rows (``studies.lowrank``, columns ``studies.lowrank.schema``).
+"""Figures 20-22: a low-rank study's rows (``harness.studies.lowrank``, columns ``harness.studies.lowrank.schema``).
 
 Colour keys the factorization method (``style.METHOD_COLORS``); a second ``d_r`` in the rows shows
 as a line style. The source GQA model, unconverted, is the dotted line or the star.

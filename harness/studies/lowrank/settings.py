@@ -27,7 +27,7 @@ class StudySettings:
     d_c: tuple[int, ...] = (32, 64, 128, 256)  # latent sizes; above a source's rank: a skipped row
     d_r: tuple[int, ...] = (32,)  # rotary dims per head, even
     rope_pairs: str = "auto"  # variants.convert.partial_rope: auto = norm with calibration data
-    calib_tokens: int = 1024  # from the text's midpoint (studies.lowrank.text)
+    calib_tokens: int = 1024  # from the text's midpoint (harness.studies.lowrank.text)
     eval_tokens: int = 2048  # perplexity text: the text's first tokens
     act_tokens: int = 512  # held-out activations for act_rel_err: the first tokens of the eval text
     window: int = 512  # perplexity context window

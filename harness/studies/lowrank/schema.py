@@ -37,7 +37,7 @@ COLUMNS: dict[str, str] = {
     "calib_tokens": "calibration tokens (pair selection, whitening, calib_act_rel_err)",
     "eval_tokens": "perplexity tokens",
     "act_tokens": "held-out tokens for act_rel_err",
-    "text": "provenance of the fixed text (studies.lowrank.text)",
+    "text": "provenance of the fixed text (harness.studies.lowrank.text)",
     "status": "ok | skipped | error",
     "reason": "why a row is skipped or failed; empty when ok",
     "elapsed_s": "wall-clock seconds to produce the row's result",

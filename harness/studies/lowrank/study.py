@@ -27,13 +27,13 @@ from torch import Tensor, nn
 import variants
 from harness.measure.case import DTYPES
 from harness.report.figures import FigureInput, draw_all
-from studies.lowrank.hooks import capture_attention_inputs, decoder_layers, swapped_attention
-from studies.lowrank.latency import decode_latency
-from studies.lowrank.model import load_model
-from studies.lowrank.perplexity import perplexity
-from studies.lowrank.schema import row
-from studies.lowrank.settings import StudySettings
-from studies.lowrank.text import reference_text, text_label, token_slices
+from harness.studies.lowrank.hooks import capture_attention_inputs, decoder_layers, swapped_attention
+from harness.studies.lowrank.latency import decode_latency
+from harness.studies.lowrank.model import load_model
+from harness.studies.lowrank.perplexity import perplexity
+from harness.studies.lowrank.schema import row
+from harness.studies.lowrank.settings import StudySettings
+from harness.studies.lowrank.text import reference_text, text_label, token_slices
 from variants.convert import METHODS, available_rank, convert
 from variants.layer import AttentionLayer
 from variants.presets import load_preset

@@ -1,4 +1,4 @@
-"""``python -m studies.lowrank [key=value ...] [--out DIR]``: the low-rank study from the command line.
+"""``python -m harness.studies.lowrank [key=value ...] [--out DIR]``: the low-rank study from the command line.
 
 Reads ``conf/experiment/lowrank_smollm2.yaml`` (the same settings a Hydra run with
 ``experiment=lowrank_smollm2`` uses), applies ``key=value`` overrides to its ``lowrank:`` block
@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ArgumentParser, UserError
 from harness.results.paths import check_out_dir
-from studies.lowrank.settings import StudySettings
+from harness.studies.lowrank.settings import StudySettings
 from variants.presets import conf_root, preset_names
 
 
@@ -43,7 +43,7 @@ def settings_of(overrides: list[str]) -> tuple[str, dict]:
 
 
 def cli(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m studies.lowrank", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m harness.studies.lowrank", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="key=value settings of the lowrank block")
     parser.add_argument("--out", default="results/lowrank/smollm2_135m")
     args = parser.parse_args(argv)
@@ -55,8 +55,8 @@ def cli(argv: list[str] | None = None) -> int:
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    from studies.lowrank.study import main  # deferred: torch models only when the settings are sound
-    from studies.lowrank.summary import summary_table
+    from harness.studies.lowrank.study import main  # deferred: torch models only when the settings are sound
+    from harness.studies.lowrank.summary import summary_table
 
     df = main({"model": model, "lowrank": block}, out)
     print(summary_table(df).to_string())

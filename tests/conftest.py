@@ -27,7 +27,16 @@ def seed(request) -> int:
     return value
 
 
+# The files that take a minute or more on a 2-core CPU, slowest first. They are collected first so that
+# pytest-xdist (the README's `-n 2 --dist loadfile`) starts them first; otherwise a worker can pick one
+# up last while the other worker sits idle.
+SLOW_FIRST = ("test_predict_memory.py", "test_report.py", "test_run.py", "test_launchers.py", "test_selfcheck.py",
+              "test_report_figures.py", "test_install.py", "test_api.py", "test_smollm2.py", "test_lowrank_study.py")
+
+
 def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FIRST)))  # stable: same order in every worker
     has_cuda = torch.cuda.is_available()
     for item in items:
         # The marker, not item.keywords: keywords hold the path's folder names too, so a checkout

@@ -270,7 +270,7 @@ class DSV4(AttentionLayer):
         if self.compressor is not None:
             self.compressor.advance(x_BLD, start, cache, self.rope)
             closed = (start + L) // c.rate
-            entries_BSH = cache.read("entries", closed)
+            entries_BSH: Tensor | None = None
             if self.indexer is not None:
                 self.indexer.compressor.advance(x_BLD, start, cache, self.rope, prefix="index_")
                 if closed:
@@ -281,7 +281,9 @@ class DSV4(AttentionLayer):
                         entries_BSH = cache.gather("entries", picks_BLk[:, 0])
                     else:
                         mask = self._picked(mask, picks_BLk, valid_BLk, keys[0].shape[1], closed)
-            keys.append(entries_BSH)
+            # Read every closed entry only when nothing was gathered: on an fp8 or paged cache a read
+            # dequantizes or gathers all of them, O(context) work the one-token CSA step must not do.
+            keys.append(entries_BSH if entries_BSH is not None else cache.read("entries", closed))
         k_BTH = torch.cat(keys, dim=1) if len(keys) > 1 else keys[0]
         k_BT1H = k_BTH.unsqueeze(2)
         if self.sinks is None:

@@ -202,9 +202,10 @@ def check_group_lists(overrides: Sequence[str]) -> None:
     merged in order, so the job would silently measure the last one only."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
+    parser = OverridesParser.create()
     for text in overrides:
         try:
-            override = OverridesParser.create().parse_override(text)
+            override = parser.parse_override(text)
         except HydraException:
             continue  # Hydra's own one-line error comes from composing
         value = override.value()

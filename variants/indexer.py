@@ -12,7 +12,8 @@ DeepSeek-V3.2-Exp's DSA, as transformers 5.23's ``DeepseekV32Indexer`` runs it:
 - RoPE on the first R dims of both, half-split (MLA's own rope is interleaved), at MLA's frequencies;
 - per-head weights ``w_{t,h} = W_w x_t · H^-1/2`` (``weights_proj``);
 - score ``I[t,s] = sum_h w_{t,h} · ReLU(q_{t,h}·k_s · I^-1/2)`` over the causal prefix ``s <= t``;
-- each query keeps its top ``min(index_topk, visible)`` tokens.
+- each query keeps its top ``min(index_topk, visible)`` tokens, ties broken by the lower index
+  (``stable_topk``).
 
 The ``I^-1/2`` goes on the weights rather than on the [L, H, T] logits (ReLU commutes with a
 positive factor). DeepSeek's published indexer also rotates q and k by a Hadamard transform and
@@ -42,6 +43,22 @@ def block_rows(num_queries: int, row_bytes: int, budget: int) -> int:
     """Queries per block: as many as ``budget`` bytes hold at ``row_bytes`` each, and enough for at
     most ``MAX_BLOCKS`` blocks."""
     return max(1, budget // max(1, row_bytes), -(-num_queries // MAX_BLOCKS))
+
+
+def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` largest entries of the last dim, best first, as (values, indices); equal scores by the
+    lower index first, so -inf padding comes last and a row's picks do not depend on its length.
+
+    ``torch.topk`` breaks ties in an order that depends on the row's length: a causal prefill's row
+    (padded with -inf) and a decode step's row (exactly the visible entries) can keep different tokens
+    of equal score. ReLU-weighted indexer scores tie often (exactly 0 wherever every head's ReLU is at
+    its floor: 1 in 4 entries with 2 heads). sglang and llama.cpp break DeepSeek's ties by the lower
+    index too. A stable sort of the row (one [n, T] block at a time) costs about what topk does."""
+    # -0.0 and +0.0 are equal scores (a negative head weight times a ReLU's 0 gives -0.0), but a radix
+    # sort on the bits (CUDA's, for long rows) may order them: make every zero +0.0 first.
+    scores = torch.where(scores == 0, 0.0, scores)
+    values, indices = torch.sort(scores, dim=-1, descending=True, stable=True)
+    return values[..., :k], indices[..., :k]
 
 
 def query_positions(q_start: int | Tensor, *, batch: int, q_len: int, device: torch.device) -> Tensor:
@@ -90,8 +107,8 @@ class LightningIndexer(nn.Module):
         K = min(self.topk, k_BTI.shape[1])
         blocks = []
         for scores_BnT in self._scores(x_BLD, c_q_BLQ, k_BTI, q_start=q_start, budget=self.score_bytes):
-            top = scores_BnT.topk(K, dim=-1)
-            blocks.append(torch.where(top.values == float("-inf"), -1, top.indices))
+            values_BnK, idx_BnK = stable_topk(scores_BnT, K)
+            blocks.append(torch.where(values_BnK == float("-inf"), -1, idx_BnK))
         return torch.cat(blocks, dim=1) if len(blocks) > 1 else blocks[0]
 
     def scores(self, x_BLD: Tensor, c_q_BLQ: Tensor, k_BTI: Tensor, *, q_start: int | Tensor) -> Tensor:

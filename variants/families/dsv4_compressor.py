@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from variants.cache import CacheField, KVCache
+from variants.indexer import stable_topk
 from variants.rope import Rope, rotate
 
 _PAIR = 2  # a token's kv and gate
@@ -165,11 +166,12 @@ class Indexer(nn.Module):
 def select_topk(scores_BLS: Tensor, *, k: int, rate: int, start: int) -> tuple[Tensor, Tensor]:
     """The top ``min(k, S)`` entries of each query among those visible to it (``s < (t + 1) // m``),
     as indices ``[B, L, k']`` and whether each pick is visible (a query seeing fewer than k' entries
-    gets invisible picks too: they are dropped)."""
+    gets invisible picks too: they are dropped). Ties go to the lower index (``stable_topk``), so prefill
+    and decode pick the same entries."""
     L, S = scores_BLS.shape[1:]
     pos_L = torch.arange(start, start + L, device=scores_BLS.device)
     closed_L1 = ((pos_L + 1) // rate).unsqueeze(1)
     visible_LS = torch.arange(S, device=scores_BLS.device).unsqueeze(0) < closed_L1
     masked_BLS = scores_BLS.masked_fill(~visible_LS, float("-inf"))
-    picks_BLk = masked_BLS.topk(min(k, S), dim=-1).indices
+    picks_BLk = stable_topk(masked_BLS, min(k, S))[1]
     return picks_BLk, picks_BLk < closed_L1

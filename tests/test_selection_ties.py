@@ -76,3 +76,14 @@ def test_stable_topk_breaks_ties_by_the_lower_index_whatever_the_padding(padding
     block_LT = torch.full((2, 12), float("-inf"), dtype=F64)
     block_LT[0, :7], block_LT[1, :3] = scores_T[:7], torch.tensor([0.0, 0.0, 0.0])
     assert stable_topk(block_LT, 3)[1].tolist() == [[6, 0, 1], [0, 1, 2]]
+
+
+def test_stable_topk_is_the_head_of_a_stable_descending_sort(seed):
+    """On rows full of ties (a few distinct values, -0.0 among them) and -inf padding, at every k."""
+    levels_V = torch.tensor([float("-inf"), -1.0, -0.0, 0.0, 0.5, 2.0], dtype=F64)
+    scores_XT = levels_V[torch.randint(len(levels_V), (3, 4, 37))]
+    expected_XT = torch.sort(torch.where(scores_XT == 0, 0.0, scores_XT), dim=-1, descending=True, stable=True)
+    for k in (0, 1, 5, 36, 37):
+        values_XK, idx_XK = stable_topk(scores_XT, k)
+        assert torch.equal(idx_XK, expected_XT.indices[..., :k]), k
+        assert torch.equal(values_XK, expected_XT.values[..., :k]), k

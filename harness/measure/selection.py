@@ -13,7 +13,10 @@ and missed the 3e-2 tolerance in 6 of 18 cases). So the gate checks the two halv
 - the selection: against the reference's float64 scores of the same step, every token the
   implementation chose must score at least the reference's k-th best minus the tolerance, relative
   to the row's largest score magnitude (its *shortfall*); unused slots (-1) exactly where a query
-  sees fewer than k tokens.
+  sees fewer than k tokens. The k-th best comes from the indexers' own ``stable_topk``; the shortfall
+  compares scores, so among tokens that tie at the k-th score any is a top-k (which one the layers
+  take, the lower index, is tested by prefill against decode: round-off can make or break an exact
+  tie between a low-precision implementation and the float64 reference, so the gate cannot demand it).
 
 A layer opts in by having an ``indexer`` module whose forward returns ``idx_BLK`` and whose
 ``scores(*args, **kwargs)`` returns the ``[B, L, T]`` scores it ranks (-inf where not visible).
@@ -29,6 +32,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from variants.indexer import stable_topk
+
 
 def shortfall(scores_BLT: Tensor, idx_BLK: Tensor) -> float:
     """How far the chosen tokens fall below each row's k-th best score, relative to the row's largest
@@ -42,7 +47,7 @@ def shortfall(scores_BLT: Tensor, idx_BLK: Tensor) -> float:
     chosen_BLK = scores_BLT.gather(-1, idx_BLK.clamp_min(0)).masked_fill(idx_BLK < 0, float("inf"))
     if bool((chosen_BLK == float("-inf")).any()):
         return math.inf
-    kth_BL = scores_BLT.sort(dim=-1, descending=True).values.gather(-1, (kept_BL - 1).unsqueeze(-1)).squeeze(-1)
+    kth_BL = stable_topk(scores_BLT, K)[0].gather(-1, (kept_BL - 1).unsqueeze(-1)).squeeze(-1)
     scale_BL = scores_BLT.masked_fill(scores_BLT == float("-inf"), 0).abs().amax(-1).clamp_min(1e-300)
     return ((kth_BL - chosen_BLK.amin(-1)).clamp_min(0) / scale_BL).max().item()
 

@@ -54,7 +54,7 @@ def stable_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     (padded with -inf) and a decode step's row (exactly the visible entries) can keep different tokens
     of equal score. ReLU-weighted indexer scores tie often (exactly 0 wherever every head's ReLU is at
     its floor: 1 in 4 entries with 2 heads). sglang and llama.cpp break DeepSeek's ties by the lower
-    index too. A full sort of a 128k-entry row costs ~20x a topk on a CPU, so: a topk (its set is right
+    index too. A full sort of a 128k-entry row costs ~6x a topk on a CPU core, so: a topk (its set is right
     but for the entries equal to its k-th value), those slots refilled with the lowest-index entries
     of that value (the m-th one found by a search of the row's running count), then a stable sort of
     the k picks by index and by score. (X: any leading dims.)"""

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import ArgumentParser, UserError
+from harness.errors import ArgumentParser, UserError, guarded
 from harness.nightly.compare import (
     DEFAULT_CONFIRM,
     DEFAULT_THRESHOLD,
@@ -110,18 +110,14 @@ def _check_args(args: argparse.Namespace) -> None:
         raise UserError(f"--limit {args.limit} is not allowed: the number of runs shown, at least 1")
 
 
+@guarded("nightly")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        _check_args(args)
-        history = History(args.db or default_db())
-        return _COMMANDS[args.command](history, args)
-    except ValueError as error:  # bad input, a missing run, or runs that are not comparable
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a history or output that cannot be made or written
-        print(f"error: cannot write {error.filename or args.db}: {error.strerror or error}", file=sys.stderr)
-        return 2
+    # Bad input, a missing run, runs that can't be compared, a history that can't be written or is
+    # locked: one line from the boundary (harness.errors).
+    _check_args(args)
+    history = History(args.db or default_db())
+    return _COMMANDS[args.command](history, args)
 
 
 def _ingest(history: History, args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from harness.errors import ArgumentParser
+from harness.errors import ArgumentParser, guarded
 from harness.report.baseline import Baseline
 from harness.report.build import build_report
 from harness.report.capacity import RESERVE
@@ -66,25 +66,20 @@ def _batches(text: str | None) -> list[int] | None:
     return values
 
 
+@guarded("report")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     out = Path(args.out if args.out is not None else f"results/report_{datetime.now():%Y-%m-%d_%H-%M-%S}")
-    try:
-        check_out_dir(args.out if args.out is not None else out, flag="--out")
-        bench, lowrank = split_inputs(args.results)
-        report = build_report(
-            bench, out, filters=parse_filters(args.filter), baseline=Baseline.parse(args.baseline), lowrank=lowrank,
-            budget_bytes=parse_bytes("--budget", args.budget) if args.budget else None,
-            batches=_batches(args.batches), reserve=args.reserve,
-            widths=_widths(args.widths),
-            command=shlex.join(["python", "-m", "harness.report", *argv]))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a folder that cannot be made or written (read-only, /proc, a full disk)
-        print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
-        return 2
+    # A bad value, an unwritable folder or a full disk: one line from the boundary (harness.errors).
+    check_out_dir(args.out if args.out is not None else out, flag="--out")
+    bench, lowrank = split_inputs(args.results)
+    report = build_report(
+        bench, out, filters=parse_filters(args.filter), baseline=Baseline.parse(args.baseline), lowrank=lowrank,
+        budget_bytes=parse_bytes("--budget", args.budget) if args.budget else None,
+        batches=_batches(args.batches), reserve=args.reserve,
+        widths=_widths(args.widths),
+        command=shlex.join(["python", "-m", "harness.report", *argv]))
     print(f"report: {report.out / 'report.html'} ({len(report.files)} files; devices: {', '.join(report.devices)})")
     for name, why in report.left_out.items():
         print(f"left out {name}: {why}")

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from harness import results
-from harness.errors import ArgumentParser, UserError
+from harness.errors import ArgumentParser, UserError, guarded
 from harness.sweep.overrides import BASIC_SWEEPER, compose_job, config_path, sweep_overrides
 
 DETAILED = ("missing", "error", "oom", "incorrect")  # listed case by case; other statuses are counted
@@ -281,19 +281,16 @@ def status(root: Path) -> SweepStatus:
                        unreadable=[str(error) for error in unreadable], resume_command=resume_command(root, multirun))
 
 
+@guarded("status")
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m harness.sweep.status", description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, metavar="SWEEP_OR_RUN_DIR")
     args = parser.parse_args(argv)
     complete = True
-    try:
-        for root in args.roots:
-            report = status(root)
-            print("\n".join(report.lines()))
-            complete &= report.complete
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    for root in args.roots:  # a bad folder or file: one line from the boundary (harness.errors)
+        report = status(root)
+        print("\n".join(report.lines()))
+        complete &= report.complete
     return 0 if complete else 1
 
 

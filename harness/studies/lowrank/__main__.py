@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from harness.errors import ArgumentParser, UserError, guarded
 from harness.results.paths import check_out_dir
-from harness.studies.lowrank.settings import StudySettings
+from harness.studies.lowrank.settings import StudySettings, check_model
 from variants.presets import conf_root, preset_names
 
 
@@ -38,7 +38,8 @@ def settings_of(overrides: list[str]) -> tuple[str, dict]:
     block = {**experiment["lowrank"], **given}
     if model not in preset_names():
         raise UserError(f"model={model!r} is not one of: {', '.join(preset_names())}")
-    StudySettings.from_mapping({**block, "model": model})  # every check, before any weights are read
+    settings = StudySettings.from_mapping({**block, "model": model})  # every check, before any weights are read
+    check_model(settings.model, settings.layers)
     return model, block
 
 

@@ -169,8 +169,9 @@ def check_ranges(cfg: Mapping[str, Any]) -> None:
             continue  # null (keep the preset's value); a bool is refused by Hydra's types
         if isinstance(node, int):  # exact: a huge int has no float
             if not allowed.low <= node <= allowed.high:
-                raise UserError(f"{key}={node!r} is not allowed: {key} must be an integer in "
-                                f"[{allowed.low:g}, {int(allowed.high)}]")
+                low, high = int(allowed.low), int(allowed.high)
+                kind = f"a positive integer (at most {high})" if low == 1 else f"an integer from {low} to {high}"
+                raise UserError(f"{key}={node!r} is not allowed: {key} must be {kind}")
         elif not allowed.contains(float(node)):
             raise UserError(f"{key}={node!r} is not allowed: {key} must be {allowed.describe()}")
 

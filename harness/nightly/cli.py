@@ -106,6 +106,8 @@ def _check_args(args: argparse.Namespace) -> None:
         check_out_dir(args.plots, flag="--plots")
     if getattr(args, "confirm", 1) > MAX_CONFIRM:
         raise UserError(f"--confirm {args.confirm} is not allowed: runs in a row, from 1 to {MAX_CONFIRM}")
+    if isinstance(getattr(args, "run", None), int):  # accept RUN: an id SQLite can hold
+        _run_id(str(args.run))
     if getattr(args, "limit", 1) < 1:
         raise UserError(f"--limit {args.limit} is not allowed: the number of runs shown, at least 1")
 
@@ -200,16 +202,22 @@ def _gc(history: History, args: argparse.Namespace) -> int:
 _COMMANDS = {"ingest": _ingest, "compare": _compare, "history": _history, "accept": _accept, "gc": _gc}
 
 
+MAX_RUN_ID = 2**63 - 1  # SQLite's INTEGER: a larger id can't be in any history (it would overflow the query)
+
+
 def _run_id(text: str) -> int:
     try:
-        return int(text)
+        run_id = int(text)
     except ValueError:
-        raise ValueError(f"--run={text!r} is not a run id; use an integer from `history`, or latest") from None
+        raise UserError(f"--run={text!r} is not a run id; use an integer from `history`, or latest") from None
+    if not 1 <= run_id <= MAX_RUN_ID:
+        raise UserError(f"--run={text} is not a run id; run ids are integers from 1 (see `history`), or latest")
+    return run_id
 
 
 def _named_baseline(history: History, run: Run, text: str) -> Run:
     if text.isdigit():
-        return history.run(int(text))
+        return history.run(_run_id(text))
     matches = [r for r in history.runs() if r.commit.startswith(text) and r.run_id != run.run_id]
     if not matches:
         raise ValueError(f"--baseline={text!r} is not last-good, a run id, or the commit of a run in {history.path}")

@@ -161,9 +161,11 @@ def _compose(hydra: Any, name: str, overrides: list[str], *, multirun: bool) -> 
         raise UserError(condense(error)) from None
 
 
-def compose_job(primary: str, overrides: list[str], *, config_name: str = "config") -> DictConfig:
-    """One job's config as the app composes it (the ConfigStore filled first: ``store_configs``)."""
-    with _hydra(primary, None) as hydra:
+def compose_job(primary: str, overrides: list[str], *, config_name: str = "config",
+                config_dir: str | None = None) -> DictConfig:
+    """One job's config as the app composes it (the ConfigStore filled first: ``store_configs``);
+    ``config_dir``: the run's ``--config-dir``."""
+    with _hydra(primary, config_dir) as hydra:
         return _compose(hydra, config_name, overrides, multirun=False)
 
 

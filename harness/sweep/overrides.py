@@ -128,6 +128,25 @@ def condense(error: BaseException) -> str:
     return first
 
 
+def check_config_files(folder: Path, *, limit: int = 2000) -> None:
+    """Every yaml file of a ``--config-dir`` must be text that parses: Hydra's own error for a broken
+    one is a long traceback that doesn't name the file."""
+    for num, path in enumerate(sorted(folder.rglob("*.yaml"))):
+        if num >= limit:
+            return
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"--config-dir: {path} is not text (not UTF-8); a preset is a yaml file") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            what = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise UserError(f"--config-dir: {path} is not valid yaml{where} ({what}); fix or remove it") from None
+        except OSError as error:
+            raise UserError(f"--config-dir: cannot read {path} ({error.strerror}); fix or remove it") from None
+
+
 @contextmanager
 def _hydra(primary: str, config_dir: str | None) -> Iterator[Any]:
     """A Hydra instance with the search path the app gets (``hydra._internal.utils._run_hydra``)."""
@@ -145,6 +164,7 @@ def _hydra(primary: str, config_dir: str | None) -> Iterator[Any]:
         path = os.path.abspath(config_dir)
         if not os.path.isdir(path):
             raise UserError(f"--config-dir {config_dir!r} is not a folder")
+        check_config_files(Path(path))
         search_path.prepend(provider="command-line", path=f"file://{path}", anchor=SearchPathQuery(provider="schema"))
     try:
         yield Hydra.create_main_hydra2(task_name="attnbench", config_search_path=search_path)

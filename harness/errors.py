@@ -55,7 +55,8 @@ _OS_ADVICE = {
     errno.ENOTDIR: "{path}: a file is where a folder belongs; move the file or choose another folder",
     errno.EEXIST: "{path} already exists as a file where a folder belongs; move it or choose another folder",
     errno.EISDIR: "{path} is a folder where a file belongs; choose a file name",
-    errno.ENOENT: "{path} does not exist; check the path",
+    errno.ENOENT: "{path} does not exist and cannot be made there (its folder is missing or is not a real "
+                  "folder, such as /proc); choose another folder",
     errno.ENAMETOOLONG: "{path} is too long a name for this file system; choose a shorter one",
 }
 

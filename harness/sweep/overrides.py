@@ -309,15 +309,27 @@ def _check_job(cfg: DictConfig, job: Sequence[str]) -> None:
     from harness.app.schema import check_ranges
     from harness.measure.calibrate import cache_dir_of
     from harness.measure.case import check_device_name
-    from harness.results.paths import check_out_dir
 
     check_ranges(cfg)
     check_device_name(str(cfg.device))
     if cfg.task == "benchmark" and cfg.measure.calibrate:
-        check_out_dir(cache_dir_of(str(cfg.calibration_dir)), flag="calibration_dir")
+        check_cache_dir(cache_dir_of(str(cfg.calibration_dir)))
     if cfg.resume and OmegaConf.is_interpolation(cfg, "name"):
         raise UserError("resume=true needs name=<the run to resume> (without one the name is the current time: "
                         "a new, empty run); e.g. resume=true name=my_sweep")
+
+
+def check_cache_dir(path: Path) -> None:
+    """The calibration cache folder, made now (the job would make it first thing): a path it cannot
+    be made at (a file in the way, /proc, read-only) is one line before any run folder exists."""
+    from harness.errors import describe_os_error
+    from harness.results.paths import check_out_dir
+
+    check_out_dir(path, flag="calibration_dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"calibration_dir={str(path)!r}: {describe_os_error(error)}") from None
 
 
 def check_output_dir(cfg: DictConfig, *, multirun: bool) -> Path:

@@ -53,6 +53,7 @@ def cli(argv: list[str] | None = None) -> int:
     if not args.out.strip():
         raise UserError(f"--out {args.out!r} is empty; give a folder to write to")
     out = check_out_dir(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # before the weights load: a folder it can't make (/proc/x) is one line
     from harness.studies.lowrank.study import main  # deferred: torch models only when the settings are sound
     from harness.studies.lowrank.summary import summary_table
 

@@ -304,7 +304,7 @@ def _resolved(cfg: DictConfig) -> None:
         raise UserError(f"{key}={raw} cannot be resolved: {why}; set it, or give {key} a plain value") from None
 
 
-def _check_job(cfg: DictConfig, job: Sequence[str]) -> None:
+def _check_job(cfg: DictConfig, *, multirun: bool) -> None:
     """What one job's composed config must hold beyond Hydra's types: ranges, the device, resume's name."""
     from harness.app.schema import check_ranges
     from harness.measure.calibrate import cache_dir_of
@@ -314,9 +314,11 @@ def _check_job(cfg: DictConfig, job: Sequence[str]) -> None:
     check_device_name(str(cfg.device))
     if cfg.task == "benchmark" and cfg.measure.calibrate:
         check_cache_dir(cache_dir_of(str(cfg.calibration_dir)))
-    if cfg.resume and OmegaConf.is_interpolation(cfg, "name"):
+    folder = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    by_name = "${name}" in str(OmegaConf.to_container(cfg.hydra, resolve=False)[folder.split(".")[1]]["dir"])
+    if cfg.resume and OmegaConf.is_interpolation(cfg, "name") and by_name:  # a folder named by the time: new
         raise UserError("resume=true needs name=<the run to resume> (without one the name is the current time: "
-                        "a new, empty run); e.g. resume=true name=my_sweep")
+                        f"a new, empty run); e.g. resume=true name=my_sweep (or {folder}=<its folder>)")
 
 
 def check_cache_dir(path: Path) -> None:
@@ -411,7 +413,7 @@ def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None
                 check_run_name(cfg.name)
                 if num == 0:
                     check_output_dir(cfg, multirun=multirun)
-                _check_job(cfg, job)
+                _check_job(cfg, multirun=multirun)
                 if cfg.task == "benchmark":
                     plan_cases(cfg, local=local)
                 else:  # task=lowrank: the study's settings, checked before any folder is made

@@ -291,15 +291,15 @@ def _resolved(cfg: DictConfig) -> None:
     """Resolve every interpolation of a job's config now: a missing environment variable is one line."""
     try:
         for key in cfg:  # hydra's own node resolves against the running app (${hydra:...}): not here
-            if key != "hydra":
-                OmegaConf.select(cfg, str(key)) if not OmegaConf.is_config(cfg[key]) else OmegaConf.to_container(
-                    cfg[key], resolve=True)
+            node = cfg[key] if key != "hydra" else None  # reading a value resolves it
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
     except InterpolationResolutionError as error:
         key = str(error.full_key or "?")
         raw: Any = OmegaConf.to_container(cfg, resolve=False)  # the text typed, ${...}, never resolved again
         for part in key.split("."):
             raw = raw.get(part) if isinstance(raw, dict) else raw
-        why = str(error.msg).splitlines()[0] if getattr(error, "msg", None) else str(error).splitlines()[0]
+        why = str(error.msg or error).splitlines()[0]
         why = why.removeprefix("KeyError raised while resolving interpolation: ").strip('"')
         raise UserError(f"{key}={raw} cannot be resolved: {why}; set it, or give {key} a plain value") from None
 

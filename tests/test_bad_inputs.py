@@ -24,7 +24,8 @@ from harness import results
 FIXTURE = Path(__file__).parent / "fixtures" / "report_sweep"
 MAINS = {"report": "harness.report.__main__:main", "merge": "harness.results.merge:main",
          "status": "harness.sweep.status:main", "nightly": "harness.nightly.cli:main",
-         "lowrank": "harness.studies.lowrank.__main__:cli"}
+         "lowrank": "harness.studies.lowrank.__main__:cli", "run": "harness.app.main:main",
+         "selfcheck": "harness.selfcheck.__main__:main"}
 MODULES = {"report": "harness.report", "merge": "harness.results.merge", "status": "harness.sweep.status",
            "nightly": "harness.nightly", "lowrank": "harness.studies.lowrank"}
 
@@ -66,6 +67,9 @@ REPORT = [
     ("--out {res}/r", "results"),
     (f"{OK} --bogus", "--bogus"),
     (f"{OK} --out", "--out"),
+    (f"{OK} --out {{res}}/r --baseline impl=nope", "implementations present: "),  # issue 19
+    (f"{OK} --out {{res}}/r --baseline variant=zz,impl=eager", "variants present: "),
+    (f"{OK} --out {{res}}/r --baseline-impl nope", "--baseline-impl"),
 ]
 MERGE = [
     (OK, "--out"),
@@ -143,6 +147,10 @@ NIGHTLY = [
     (f"gc {DB} --keep=-1", "keep=-1"),
     (f"gc {DB} --keep x", "'x'"),
     ("gc --db {res}/bad.sqlite", "{res}/bad.sqlite"),
+    (f"compare {DB} --run 99999999999999999999", "--run=99999999999999999999"),  # issue 19: past SQLite's int
+    (f"compare {DB} --run=-1", "--run=-1"),
+    (f"compare {DB} --baseline 99999999999999999999", "--run=99999999999999999999"),
+    (f"accept {DB} 99999999999999999999", "--run=99999999999999999999"),
 ]
 LOWRANK = [(f"{item} --out {{res}}/lr", named) for item, named in [
     ("d_c=0", "d_c=0"), ("d_c=-64", "d_c=-64"), ("d_c=nan", "d_c='nan'"), ("d_c=inf", "d_c='inf'"),
@@ -159,15 +167,63 @@ LOWRANK = [(f"{item} --out {{res}}/lr", named) for item, named in [
     ("layers=[]", "layers"), ("layers=[-1]", "layers=-1"), ("layers=[a]", "layers='a'"),
     ("model=nonexistent", "'nonexistent'"), ("bogus=1", "'bogus'"), ("novalue", "'novalue'"), ("=5", "'=5'"),
     ("lowrank.d_c=1", "'lowrank'"),
+    ("layers=[999]", "layers=999"), ("layers=[0,30]", "layers=30"), ("model=tiny", "model='tiny'"),  # issue 19
 ]] + [
+    ("d_c=[64] --out /proc/attnbench-test/x", "/proc/attnbench-test"),
     ("d_c=[64] --out {w}/afile", "{w}/afile"),
     ("d_c=[64] --out {w}/afile/sub", "{w}/afile"),
     ("d_c=[64] --out ''", "''"),
     ("--bogus", "--bogus"),
     ("--out", "--out"),
 ]
+# The Hydra app (attnbench key=value ...): every case is refused by the pre-check, before Hydra makes a
+# folder. Each runs with device=cpu measure=quick after it (a sweep's -m must come first; a device case
+# keeps its own device).
+RUN = [(argv + (" measure=quick" if "device=" in argv else " device=cpu measure=quick"), named) for argv, named in [
+    ("seq=99999999999M", "seq='99999999999M'"), ("seq=2^63", "seq=2^63"), ("seq=3000000000", "seq='3000000000' is too large"),
+    ("batch=1180591620717411303424", "batch=1180591620717411303424"), ("batch=0", "batch=0"),
+    ("decode_len=9223372036854775808", "decode_len=9223372036854775808"), ("heads=0", "heads=0"),
+    ("head_dim=99999999999", "head_dim=99999999999"), ("threads=0", "threads=0"),
+    ("seq=10^12", "seq=10^12"), ("name=résumé", "name=résumé"),
+    ("name=${oc.env:ATTNBENCH_TEST_SURELY_UNSET}", "ATTNBENCH_TEST_SURELY_UNSET"),
+    ("+seqq=1", "unknown key 'seqq'"), ("++colour=red", "unknown key 'colour'"),
+    ("++measure.colour=1", "unknown key 'measure.colour'"),
+    ("measure.target_ci_rel=0", "measure.target_ci_rel=0.0"), ("measure.target_ci_rel=1", "measure.target_ci_rel=1.0"),
+    ("measure.memory_headroom=-1", "measure.memory_headroom=-1.0"),
+    ("measure.memory_headroom=1.5", "measure.memory_headroom=1.5"),
+    ("measure.telemetry_window_s=nan", "measure.telemetry_window_s=nan"),
+    ("measure.telemetry_window_s=inf", "measure.telemetry_window_s=inf"),
+    ("measure.max_step_s=0", "measure.max_step_s=0.0"), ("measure.budget_s=-1", "measure.budget_s=-1.0"),
+    ("measure.confidence=1", "measure.confidence=1.0"), ("measure.min_reps=0", "measure.min_reps=0"),
+    ("measure.warmup_s=nan", "measure.warmup_s=nan"),
+    ("device=cpu:1", "device='cpu:1'"), ("device=tpu", "device='tpu'"),
+    ("seed=99999999999999999999", "seed=99999999999999999999"), ("seed=-1", "seed=-1"),
+    ("resume=true", "resume=true needs name="),
+    ("hydra.run.dir=", "hydra.run.dir=''"), ("hydra.run.dir=.", "hydra.run.dir='.'"),
+    ("hydra.run.dir=..", "hydra.run.dir='..'"), ("hydra.run.dir={w}/afile", "{w}/afile"),
+    ("hydra.run.dir={w}/afile/sub", "{w}/afile"),
+    ("-m hydra.sweep.dir=.. seq=32,64", "hydra.sweep.dir='..'"),
+    ("-m seq=32 measure.budget_s=0.3,-1", "measure.budget_s=-1.0 is not allowed"),
+    ("-m seq=32 batch=1,2,0", "(sweep job 2 of 3: batch=0;"),
+    ("model=../../../../tmp/x/evil_model", "model=../../../../tmp/x/evil_model"),
+    ("model=/etc/passwd", "model=/etc/passwd"), ("measure=../default", "measure=../default"),
+    ("task=lowrank", "task=lowrank needs the study's settings"),
+    ("experiment=lowrank_smollm2 lowrank.layers=[999]", "layers=999"),
+    ("experiment=lowrank_smollm2 model=tiny", "model='tiny'"),
+    ("calibration_dir=/proc/attnbench-forbidden measure.calibrate=true", "/proc/attnbench-forbidden"),
+    ("calibration_dir={w}/afile/cache measure.calibrate=true", "{w}/afile"),
+    ("--config-dir {w}/conf_broken model=mine", "{w}/conf_broken/model/mine.yaml"),
+    ("--config-dir {w}/conf_binary model=mine", "{w}/conf_binary/model/mine.yaml"),
+    ("--config-dir {w}/conf_empty model=mine", "lacks hidden, heads, head_dim"),
+]]
+SELFCHECK = [
+    ("--out {w}/afile", "{w}/afile"), ("--out {w}/afile/sub", "{w}/afile"), ("--out ''", "''"),
+    ("--out", "--out"), ("--out /proc/attnbench-test/x", "/proc/attnbench-test"),
+    ("--out {res}/s --skip nope", "'nope'"), ("--bogus", "--bogus"),
+]
 TABLE = [(cmd, argv, named) for cmd, rows in (("report", REPORT), ("merge", MERGE), ("status", STATUS),
-                                               ("nightly", NIGHTLY), ("lowrank", LOWRANK))
+                                               ("nightly", NIGHTLY), ("lowrank", LOWRANK), ("run", RUN),
+                                               ("selfcheck", SELFCHECK))
          for argv, named in rows]
 
 
@@ -186,6 +242,10 @@ def world(tmp_path_factory) -> Path:
     (w / "study").mkdir()
     (w / "study" / "lowrank-svd.parquet").write_bytes(b"PAR1 truncated")
     (w / "afile").write_text("a file where a folder belongs\n")
+    for name, text in {"conf_broken": b"name: [unclosed\n", "conf_binary": b"\xff\xfe\x00garbage",
+                       "conf_empty": b""}.items():  # a --config-dir with a broken, binary or empty preset
+        (w / name / "model").mkdir(parents=True)
+        (w / name / "model" / "mine.yaml").write_bytes(text)
     from harness.nightly.cli import main as nightly
 
     one = w / "one"  # a single run root of the fixture: a history with one run (id 1)

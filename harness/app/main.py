@@ -11,13 +11,14 @@ Keys, the typed schema and the pre-check: docs/cli.md.
 from __future__ import annotations
 
 import importlib
+import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.errors import UserError
+from harness.errors import boundary
 
 # Subcommand -> "module:function" taking argv (the module's own ``main(argv)``), imported when chosen.
 SUBCOMMANDS = {
@@ -52,14 +53,24 @@ def task(cfg: DictConfig) -> None:
     multirun = hc.mode.name == "MULTIRUN"
     root = Path(hc.sweep.dir) if multirun else job_dir
     job = {"job_num": hc.job.num if multirun else None, "launcher": _launcher_name(hc)}
-    try:
+    # The job's boundary: a bug's traceback goes to the job log; Ctrl-C or a full disk names the resume.
+    with boundary("run", log=lambda: _job_log(hc, job_dir), resume=lambda: resume_command(sys.argv[1:], cfg.name)):
         # device=auto/cuda: this job takes a free GPU of its machine and holds it while it runs.
         with pinned_device(str(cfg.device), lock_dir=cfg.get("gpu_lock_dir")) as device:
             cfg.device = device
             run(cfg, job_dir=job_dir, root=root, job=job)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+
+
+def _job_log(hc, job_dir: Path) -> Path:  # noqa: ANN001 - HydraConfig
+    """The job's log file (Hydra's file handler: <job dir>/<job name>.log)."""
+    handler = (hc.job_logging.get("handlers") or {}).get("file") or {}
+    return Path(str(handler.get("filename") or job_dir / f"{hc.job.name}.log"))
+
+
+def resume_command(argv: Sequence[str], name: str) -> str:
+    """The command line that resumes this run or sweep: the same arguments, its name, resume=true."""
+    kept = [a for a in argv if not a.startswith(("name=", "resume=", "+name=", "++name=", "+resume=", "++resume="))]
+    return shlex.join(["attnbench", *kept, f"name={name}", "resume=true"])
 
 
 def _launcher_name(hc) -> str:  # noqa: ANN001 - HydraConfig
@@ -78,11 +89,7 @@ def hydra_app(argv: Sequence[str]) -> None:
     from harness.sweep.overrides import check_overrides, config_path
     from harness.sweep.pinning import register_resolvers
 
-    try:
-        check_overrides(argv)  # also fills the ConfigStore (schema, registered variants and impls)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    check_overrides(argv)  # also fills the ConfigStore (schema, registered variants and impls)
     store_configs()
     register_resolvers()
     app = hydra.main(version_base="1.3", config_path=config_path(), config_name="config")(task)
@@ -103,6 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """The console script: a subcommand, else the Hydra app."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args and args[0] in SUBCOMMANDS:
-        return int(_load(SUBCOMMANDS[args[0]])(args[1:]) or 0)
-    hydra_app(args)
+        return int(_load(SUBCOMMANDS[args[0]])(args[1:]) or 0)  # each main has its own boundary
+    with boundary("run"):  # the pre-check and Hydra's start; each job has its own boundary (task)
+        hydra_app(args)
     return 0

@@ -52,6 +52,7 @@ from pathlib import Path
 
 import torch
 
+from harness.errors import UserError
 from harness.files import atomic_write
 from harness.measure.env import environment, fingerprint
 
@@ -323,6 +324,22 @@ def last_level_cache_bytes(device: torch.device | str) -> int:
         if digits.isdigit() and level > best_level:
             best_level, best = level, int(digits) * scale
     return best
+
+
+def cache_dir_of(value: str) -> Path:
+    """``calibration_dir`` as a folder. ``~`` needs a home: with ``HOME`` empty (a service, a bare
+    container) the default falls back to ``$XDG_CACHE_HOME/attnbench``, never to ``/.cache``."""
+    if not value.strip():
+        raise UserError("calibration_dir='' is empty; give a folder for the calibration cache")
+    if value.startswith("~"):
+        if os.environ.get("HOME", "").strip():
+            return Path(value).expanduser()
+        xdg = os.environ.get("XDG_CACHE_HOME", "").strip()
+        if xdg and value.rstrip("/") in ("~/.cache/attnbench", "~/.cache"):
+            return Path(xdg) / "attnbench"
+        raise UserError(f"calibration_dir={value!r} needs a home folder, but HOME is empty; set HOME or "
+                        f"XDG_CACHE_HOME, or give calibration_dir=<a folder>")
+    return Path(value)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 
+from harness.errors import UserError
 from harness.results import schema
 from variants.shape import ModelShape
 
@@ -26,21 +27,27 @@ Timing = Literal["cpu_wall", "cuda_events", "cuda_events_per_call", "cuda_graph"
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
                                   "float16": torch.float16, "float64": torch.float64}
 _SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
+# The largest size a key takes: torch indexes a tensor dimension with int32 in many kernels, and a
+# row's derived int64 columns (bytes, flops: products of several sizes) must still fit.
+MAX_SIZE = 2**31 - 1
 
 
 def parse_size(name: str, value: object) -> int:
-    """``32k`` -> 32768, ``1M`` -> 1048576, ``4096`` -> 4096; positive integers only."""
+    """``32k`` -> 32768, ``1M`` -> 1048576, ``4096`` -> 4096; positive integers up to ``MAX_SIZE``
+    only (``UserError`` otherwise)."""
     if isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is not a size; use a positive integer or a k/M suffix like 32k")
+        raise UserError(f"{name}={value!r} is not a size; use a positive integer or a k/M suffix like 32k")
     if isinstance(value, int):
         number = value
     else:
         match = _SIZE.match(str(value))
         if not match:
-            raise ValueError(f"{name}={value!r} is not a size; use a positive integer or a k/M suffix like 32k")
+            raise UserError(f"{name}={value!r} is not a size; use a positive integer or a k/M suffix like 32k")
         number = int(match.group(1)) * {"": 1, "k": 1024, "m": 1024 ** 2}[match.group(2).lower()]
     if number <= 0:
-        raise ValueError(f"{name}={value!r} is not allowed: {name} must be a positive integer")
+        raise UserError(f"{name}={value!r} is not allowed: {name} must be a positive integer")
+    if number > MAX_SIZE:
+        raise UserError(f"{name}={value!r} is too large: at most {MAX_SIZE} ({format_size(MAX_SIZE)}, 2^31-1)")
     return number
 
 
@@ -51,7 +58,19 @@ def format_size(n: int) -> str:
     return str(n)
 
 
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,4})?")
+DEVICE_CHOICES = "auto, cpu, cuda, cuda:<index>"
+
+
+def check_device_name(value: str) -> str:
+    """``value`` if it names a device attnbench measures on (``cpu:1`` is not one: a CPU is one device)."""
+    if not _DEVICE.fullmatch(value):
+        raise UserError(f"device={value!r} is not one of: {DEVICE_CHOICES}")
+    return value
+
+
 def resolve_device(value: str) -> torch.device:
+    check_device_name(value)
     if value == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")

@@ -22,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import ArgumentParser, UserError
+from harness.errors import ArgumentParser, UserError, guarded
 from harness.nightly.compare import (
     DEFAULT_CONFIRM,
     DEFAULT_THRESHOLD,
@@ -106,22 +106,20 @@ def _check_args(args: argparse.Namespace) -> None:
         check_out_dir(args.plots, flag="--plots")
     if getattr(args, "confirm", 1) > MAX_CONFIRM:
         raise UserError(f"--confirm {args.confirm} is not allowed: runs in a row, from 1 to {MAX_CONFIRM}")
+    if isinstance(getattr(args, "run", None), int):  # accept RUN: an id SQLite can hold
+        _run_id(str(args.run))
     if getattr(args, "limit", 1) < 1:
         raise UserError(f"--limit {args.limit} is not allowed: the number of runs shown, at least 1")
 
 
+@guarded("nightly")
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    try:
-        _check_args(args)
-        history = History(args.db or default_db())
-        return _COMMANDS[args.command](history, args)
-    except ValueError as error:  # bad input, a missing run, or runs that are not comparable
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a history or output that cannot be made or written
-        print(f"error: cannot write {error.filename or args.db}: {error.strerror or error}", file=sys.stderr)
-        return 2
+    # Bad input, a missing run, runs that can't be compared, a history that can't be written or is
+    # locked: one line from the boundary (harness.errors).
+    _check_args(args)
+    history = History(args.db or default_db())
+    return _COMMANDS[args.command](history, args)
 
 
 def _ingest(history: History, args: argparse.Namespace) -> int:
@@ -204,16 +202,22 @@ def _gc(history: History, args: argparse.Namespace) -> int:
 _COMMANDS = {"ingest": _ingest, "compare": _compare, "history": _history, "accept": _accept, "gc": _gc}
 
 
+MAX_RUN_ID = 2**63 - 1  # SQLite's INTEGER: a larger id can't be in any history (it would overflow the query)
+
+
 def _run_id(text: str) -> int:
     try:
-        return int(text)
+        run_id = int(text)
     except ValueError:
-        raise ValueError(f"--run={text!r} is not a run id; use an integer from `history`, or latest") from None
+        raise UserError(f"--run={text!r} is not a run id; use an integer from `history`, or latest") from None
+    if not 1 <= run_id <= MAX_RUN_ID:
+        raise UserError(f"--run={text} is not a run id; run ids are integers from 1 (see `history`), or latest")
+    return run_id
 
 
 def _named_baseline(history: History, run: Run, text: str) -> Run:
     if text.isdigit():
-        return history.run(int(text))
+        return history.run(_run_id(text))
     matches = [r for r in history.runs() if r.commit.startswith(text) and r.run_id != run.run_id]
     if not matches:
         raise ValueError(f"--baseline={text!r} is not last-good, a run id, or the commit of a run in {history.path}")

@@ -39,6 +39,20 @@ class NotAHistory(ValueError):
     """The file is not an attnbench history (not SQLite, another program's database, or damaged)."""
 
 
+# Seconds SQLite waits for another process's lock before giving up: long enough for a writer's commit,
+# short enough that a history held open elsewhere is reported at once, not after a minute.
+BUSY_TIMEOUT_S = 2
+
+
+def _locked_error(path: Path, error: sqlite3.Error) -> Exception | None:
+    """``SetupError`` for a history another process holds locked ("database is locked"), else None."""
+    if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+        from harness.errors import SetupError
+
+        return SetupError(f"history {path} is locked by another process; retry when it has finished")
+    return None
+
+
 def schema_version(con: sqlite3.Connection, path: Path, *, newest: int) -> int:
     """The history's schema version; 0 for an empty file (a history not yet written)."""
     try:
@@ -46,7 +60,7 @@ def schema_version(con: sqlite3.Connection, path: Path, *, newest: int) -> int:
         version = con.execute("PRAGMA user_version").fetchone()[0]
         tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     except sqlite3.DatabaseError as error:  # "file is not a database", "database disk image is malformed"
-        raise NotAHistory(f"{path} is not an attnbench history ({error})") from None
+        raise _locked_error(path, error) or NotAHistory(f"{path} is not an attnbench history ({error})") from None
     if app_id == 0 and version == 0 and not tables:
         return 0
     if app_id == APPLICATION_ID or (app_id == 0 and version == 1 and HISTORY_TABLES <= tables):
@@ -66,13 +80,13 @@ def reading(path: Path, *, newest: int) -> Iterator[sqlite3.Connection]:
         raise ValueError(f"no history at {path}; ingest a run first (python -m harness.nightly ingest ...)")
     if path.is_dir():
         raise NotAHistory(f"{path} is a folder, not an attnbench history file")
-    con = sqlite3.connect(path, timeout=60, isolation_level=None)
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         if schema_version(con, path, newest=newest) == 0:
             raise ValueError(f"{path} holds no runs yet; ingest a run first (python -m harness.nightly ingest ...)")
         yield con
     except sqlite3.DatabaseError as error:  # a damaged page found by a later query
-        raise NotAHistory(f"{path} is not a sound attnbench history ({error})") from None
+        raise _locked_error(path, error) or NotAHistory(f"{path} is not a sound attnbench history ({error})") from None
     finally:
         con.close()
 
@@ -125,13 +139,13 @@ def replacing(path: Path, *, newest: int, vacuum: bool = False) -> Iterator[tupl
 @contextmanager
 def _connection(path: Path) -> Iterator[sqlite3.Connection]:
     # isolation_level=None: transactions are begun and committed explicitly.
-    con = sqlite3.connect(path, timeout=60, isolation_level=None)
+    con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         yield con
     except sqlite3.DatabaseError as error:
         if isinstance(error, sqlite3.IntegrityError):
             raise
-        raise NotAHistory(f"{path} is not a sound attnbench history ({error})") from None
+        raise _locked_error(path, error) or NotAHistory(f"{path} is not a sound attnbench history ({error})") from None
     finally:
         con.close()
 

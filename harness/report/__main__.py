@@ -12,11 +12,13 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
-from harness.errors import ArgumentParser
+import pandas as pd
+
+from harness.errors import ArgumentParser, UserError, guarded
 from harness.report.baseline import Baseline
 from harness.report.build import build_report
 from harness.report.capacity import RESERVE
-from harness.report.data import parse_filters
+from harness.report.data import apply_filters, load_rows, parse_filters
 from harness.report.lowrank import split_inputs
 from harness.report.style import WIDTH_IN
 from harness.report.units import parse_bytes
@@ -31,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", help="report folder (default: results/report_<time>)")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                         help="keep rows whose column KEY is one of the values; repeat for AND (phase=decode)")
-    parser.add_argument("--baseline", default="variant=mha,impl=eager",
+    parser.add_argument("--baseline", default=DEFAULT_BASELINE,
                         help="what speed-up and memory ratio compare against (default: variant=mha,impl=eager)")
     parser.add_argument("--budget", help="memory budget for the capacity table, e.g. 80GiB "
                         "(default: each device's own memory)")
@@ -44,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+DEFAULT_BASELINE = "variant=mha,impl=eager"
 MAX_BATCH = 2**31 - 1  # a batch a capacity table can state: above it no cache fits any device
 
 
@@ -66,25 +69,35 @@ def _batches(text: str | None) -> list[int] | None:
     return values
 
 
+def check_baseline_present(frame: pd.DataFrame, baseline: Baseline) -> None:
+    """A baseline no row has would leave every ratio blank: refused, naming what the rows hold."""
+    for key in ("variant", "impl"):
+        present = sorted(frame[key].dropna().astype(str).unique()) if key in frame else []
+        if present and getattr(baseline, key) not in present:
+            noun = "implementations" if key == "impl" else "variants"
+            raise UserError(f"--baseline {key}={getattr(baseline, key)!r} is in no row; {noun} present: "
+                            f"{', '.join(present)}")
+
+
+@guarded("report")
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     argv = sys.argv[1:] if argv is None else argv
     out = Path(args.out if args.out is not None else f"results/report_{datetime.now():%Y-%m-%d_%H-%M-%S}")
-    try:
-        check_out_dir(args.out if args.out is not None else out, flag="--out")
-        bench, lowrank = split_inputs(args.results)
-        report = build_report(
-            bench, out, filters=parse_filters(args.filter), baseline=Baseline.parse(args.baseline), lowrank=lowrank,
-            budget_bytes=parse_bytes("--budget", args.budget) if args.budget else None,
-            batches=_batches(args.batches), reserve=args.reserve,
-            widths=_widths(args.widths),
-            command=shlex.join(["python", "-m", "harness.report", *argv]))
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a folder that cannot be made or written (read-only, /proc, a full disk)
-        print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
-        return 2
+    # A bad value, an unwritable folder or a full disk: one line from the boundary (harness.errors).
+    check_out_dir(args.out if args.out is not None else out, flag="--out")
+    bench, lowrank = split_inputs(args.results)
+    filters, baseline = parse_filters(args.filter), Baseline.parse(args.baseline)
+    if list(bench):  # loaded once here: a baseline the user named must be in the rows
+        bench = load_rows(bench)
+        if args.baseline != DEFAULT_BASELINE:
+            check_baseline_present(apply_filters(bench, filters), baseline)
+    report = build_report(
+        bench, out, filters=filters, baseline=baseline, lowrank=lowrank,
+        budget_bytes=parse_bytes("--budget", args.budget) if args.budget else None,
+        batches=_batches(args.batches), reserve=args.reserve,
+        widths=_widths(args.widths),
+        command=shlex.join(["python", "-m", "harness.report", *argv]))
     print(f"report: {report.out / 'report.html'} ({len(report.files)} files; devices: {', '.join(report.devices)})")
     for name, why in report.left_out.items():
         print(f"left out {name}: {why}")

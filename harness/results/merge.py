@@ -29,7 +29,7 @@ from typing import Any
 import pandas as pd
 
 from harness import results
-from harness.errors import ArgumentParser, UserError
+from harness.errors import ArgumentParser, UserError, guarded
 from harness.measure.case import case_label
 from harness.results.paths import check_out_dir
 
@@ -151,22 +151,17 @@ def write(merged: Merged, out: Path) -> Path:
     return path
 
 
+@guarded("merge")
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m harness.results.merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", metavar="SWEEP_OR_RUN_DIR")
     parser.add_argument("--out", required=True, help="folder for rows/merged.parquet and manifest.json")
     parser.add_argument("--prefer", help="for a case with ok rows in two places: newest, or a source folder to keep")
     args = parser.parse_args(argv)
-    try:
-        out = check_out_dir(args.out)
-        merged = merge(args.sources, prefer=args.prefer, out=out)
-        path = write(merged, out)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # a folder that cannot be made or written (read-only, /proc, a full disk)
-        print(f"error: cannot write {error.filename or args.out}: {error.strerror or error}", file=sys.stderr)
-        return 2
+    # A bad value, an unwritable folder or a full disk: one line from the boundary (harness.errors).
+    out = check_out_dir(args.out)
+    merged = merge(args.sources, prefer=args.prefer, out=out)
+    path = write(merged, out)
     counts = ", ".join(f"{v} {k}" for k, v in merged.manifest["status_counts"].items())
     print(f"merged {merged.manifest['cases']} cases ({counts}) from {len(args.sources)} source(s) into {path}")
     for item in merged.manifest["duplicates_resolved"]:

@@ -4,30 +4,32 @@ step failed (skips are listed with their reason), 1 otherwise, 2 for a usage err
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
+from harness.errors import ArgumentParser, UserError, guarded
+from harness.results.paths import check_out_dir
 from harness.selfcheck.steps import Result, plan, run_step
 
 
+@guarded("selfcheck")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="attnbench selfcheck", description="Prove the GPU paths on this machine.")
+    parser = ArgumentParser(prog="attnbench selfcheck", description="Prove the GPU paths on this machine.")
     parser.add_argument("--dry-run", action="store_true", help="device=cpu and tiny shapes; skip what needs CUDA")
-    parser.add_argument("--out", type=Path, help="output folder (default: results/selfcheck_<time>)")
+    parser.add_argument("--out", help="output folder (default: results/selfcheck_<time>)")
     parser.add_argument("--skip", action="append", default=[], metavar="STEP", help="leave a step out (repeatable)")
     args = parser.parse_args(argv)
-    out = args.out or Path("results") / f"selfcheck_{datetime.now(UTC):%Y-%m-%d_%H-%M-%S}"
-    out.mkdir(parents=True, exist_ok=True)
-    steps = plan(out.resolve(), dry_run=args.dry_run)
-    names = [s.name for s in steps]
+    out = args.out if args.out is not None else f"results/selfcheck_{datetime.now(UTC):%Y-%m-%d_%H-%M-%S}"
+    out = check_out_dir(out, flag="--out")  # a file, read-only or empty: one line before any step runs
+    names = [s.name for s in plan(out.resolve(), dry_run=args.dry_run)]
     unknown = [s for s in args.skip if s not in names]
     if unknown:
-        print(f"error: --skip {unknown[0]!r} is not a step; valid: {', '.join(names)}", file=sys.stderr)
-        return 2
+        raise UserError(f"--skip {unknown[0]!r} is not a step; valid: {', '.join(names)}")
+    out.mkdir(parents=True, exist_ok=True)
+    steps = plan(out.resolve(), dry_run=args.dry_run)
     results: list[Result] = []
     for step in steps:
         if step.name in args.skip:

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from harness import results
-from harness.measure.calibrate import Ceilings, ceilings
+from harness.measure.calibrate import Ceilings, cache_dir_of, ceilings
 from harness.measure.case import Case
 from harness.measure.env import environment
 from harness.errors import UserError
@@ -46,7 +46,7 @@ def _context(cfg: Mapping[str, Any], cases: list[Case], job_columns: dict[str, A
     device = torch.device(cases[0].device)
     ceiling = recalibrate = None
     if measure.get("calibrate", True):
-        cache_dir = Path(str(cfg.get("calibration_dir", "~/.cache/attnbench"))).expanduser()
+        cache_dir = cache_dir_of(str(cfg.get("calibration_dir", "~/.cache/attnbench")))  # HOME='': not /.cache
         ceiling = ceilings(device, cases[0].torch_dtype, force=bool(measure.get("recalibrate", False)),
                            cache_dir=cache_dir)
         _log.info("device ceilings: copy %.1f GB/s, read %.1f GB/s, matmul %.3f TFLOP/s (%s%s)", ceiling.copy_gbps,

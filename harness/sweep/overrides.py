@@ -20,7 +20,8 @@ from typing import Any
 import yaml
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
+from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
+                              OmegaConfBaseException, ValidationError)
 
 from harness.errors import UserError
 
@@ -118,9 +119,32 @@ def condense(error: BaseException) -> str:
             return f"{key}={cause.value!r} is not {_allowed(key)}"
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     first = lines[0] if lines else type(error).__name__
+    if first.startswith(("LexerNoViableAltException", "Error parsing override")) or "mismatched input" in first:
+        text = first.partition(": ")[2] or first
+        return (f"{text} is not a value the command line can read: use letters, digits and . _ - / : "
+                f"(quote anything else: 'key=\"text\"'); sizes take a k or M suffix (seq=1M), not a power (10^12)")
     if first.startswith("Ambiguous value for argument"):
         return f"{first}: a sweep needs -m (--multirun); a list is key=[a,b]"
     return first
+
+
+def check_config_files(folder: Path, *, limit: int = 2000) -> None:
+    """Every yaml file of a ``--config-dir`` must be text that parses: Hydra's own error for a broken
+    one is a long traceback that doesn't name the file."""
+    for num, path in enumerate(sorted(folder.rglob("*.yaml"))):
+        if num >= limit:
+            return
+        try:
+            yaml.safe_load(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError:
+            raise UserError(f"--config-dir: {path} is not text (not UTF-8); a preset is a yaml file") from None
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark is not None else ""
+            what = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise UserError(f"--config-dir: {path} is not valid yaml{where} ({what}); fix or remove it") from None
+        except OSError as error:
+            raise UserError(f"--config-dir: cannot read {path} ({error.strerror}); fix or remove it") from None
 
 
 @contextmanager
@@ -140,6 +164,7 @@ def _hydra(primary: str, config_dir: str | None) -> Iterator[Any]:
         path = os.path.abspath(config_dir)
         if not os.path.isdir(path):
             raise UserError(f"--config-dir {config_dir!r} is not a folder")
+        check_config_files(Path(path))
         search_path.prepend(provider="command-line", path=f"file://{path}", anchor=SearchPathQuery(provider="schema"))
     try:
         yield Hydra.create_main_hydra2(task_name="attnbench", config_search_path=search_path)
@@ -156,9 +181,11 @@ def _compose(hydra: Any, name: str, overrides: list[str], *, multirun: bool) -> 
         raise UserError(condense(error)) from None
 
 
-def compose_job(primary: str, overrides: list[str], *, config_name: str = "config") -> DictConfig:
-    """One job's config as the app composes it (the ConfigStore filled first: ``store_configs``)."""
-    with _hydra(primary, None) as hydra:
+def compose_job(primary: str, overrides: list[str], *, config_name: str = "config",
+                config_dir: str | None = None) -> DictConfig:
+    """One job's config as the app composes it (the ConfigStore filled first: ``store_configs``);
+    ``config_dir``: the run's ``--config-dir``."""
+    with _hydra(primary, config_dir) as hydra:
         return _compose(hydra, config_name, overrides, multirun=False)
 
 
@@ -216,6 +243,130 @@ def check_group_lists(overrides: Sequence[str]) -> None:
                             f"last); to measure each, sweep them: -m {group}={names}{every}")
 
 
+def _parsed(overrides: Sequence[str]) -> list[Any]:
+    """Hydra's parsed overrides; one it can't read is left to composing (its one-line error)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser, parsed = OverridesParser.create(), []
+    for text in overrides:
+        try:
+            parsed.append(parser.parse_override(text))
+        except HydraException:
+            continue
+    return parsed
+
+
+def check_added_keys(overrides: Sequence[str]) -> None:
+    """Refuse ``+seqq=1`` and ``++colour=red``: Hydra's ``+`` adds a key the typed schema doesn't have
+    (the struct check is off for it), so a misspelt key would be ignored silently."""
+    for override in _parsed(overrides):
+        if not (override.is_add() or override.is_force_add()) or override.get_key_element().startswith("hydra"):
+            continue
+        key = override.key_or_group
+        top = key.split(".")[0].split("/")[0].split("@")[0]
+        if (top in GROUPS and "." not in key) or top in ("model", "variant", "impl", "lowrank"):
+            continue  # +experiment=x adds a group option; model., variant., impl., lowrank. hold any keys
+        if _schema_field(key) is None:
+            parent = key.rpartition(".")[0] if _schema_field(key.rpartition(".")[0]) is not None else ""
+            raise UserError(f"unknown key {key!r} (added with {override.input_line.split(key)[0]}); valid keys: "
+                            f"{', '.join(_keys(parent))}")
+
+
+def check_group_paths(overrides: Sequence[str]) -> None:
+    """A group option is a preset's name, never a path: ``model=../../tmp/x`` would load any yaml file."""
+    from variants.presets import preset_names
+
+    for text in overrides:
+        key, sep, value = text.lstrip("+~").partition("=")
+        group = key.split("@")[0]
+        if not sep or group.split("/")[0] not in (*GROUPS, "hydra"):
+            continue
+        if ".." in Path(value).parts or value.startswith(("/", "\\")) or "/" in group.removeprefix("hydra/"):
+            valid = f"one of: {', '.join(preset_names())}" if group == "model" else f"a file name of conf/{group}/"
+            raise UserError(f"{text}: {group} takes a preset's name, not a path; allowed: {valid} (or a preset "
+                            f"of your own in --config-dir <folder>/{group}/)")
+
+
+def _resolved(cfg: DictConfig) -> None:
+    """Resolve every interpolation of a job's config now: a missing environment variable is one line."""
+    try:
+        for key in cfg:  # hydra's own node resolves against the running app (${hydra:...}): not here
+            node = cfg[key] if key != "hydra" else None  # reading a value resolves it
+            if OmegaConf.is_config(node):
+                OmegaConf.to_container(node, resolve=True)
+    except InterpolationResolutionError as error:
+        key = str(error.full_key or "?")
+        raw: Any = OmegaConf.to_container(cfg, resolve=False)  # the text typed, ${...}, never resolved again
+        for part in key.split("."):
+            raw = raw.get(part) if isinstance(raw, dict) else raw
+        why = str(error.msg or error).splitlines()[0]
+        why = why.removeprefix("KeyError raised while resolving interpolation: ").strip('"')
+        raise UserError(f"{key}={raw} cannot be resolved: {why}; set it, or give {key} a plain value") from None
+
+
+def _check_job(cfg: DictConfig, *, multirun: bool) -> None:
+    """What one job's composed config must hold beyond Hydra's types: ranges, the device, resume's name."""
+    from harness.app.schema import check_ranges
+    from harness.measure.calibrate import cache_dir_of
+    from harness.measure.case import check_device_name
+
+    check_ranges(cfg)
+    check_device_name(str(cfg.device))
+    if cfg.task == "benchmark" and cfg.measure.calibrate:
+        check_cache_dir(cache_dir_of(str(cfg.calibration_dir)))
+    folder = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    by_name = "${name}" in str(OmegaConf.to_container(cfg.hydra, resolve=False)[folder.split(".")[1]]["dir"])
+    if cfg.resume and OmegaConf.is_interpolation(cfg, "name") and by_name:  # a folder named by the time: new
+        raise UserError("resume=true needs name=<the run to resume> (without one the name is the current time: "
+                        f"a new, empty run); e.g. resume=true name=my_sweep (or {folder}=<its folder>)")
+
+
+def check_cache_dir(path: Path) -> None:
+    """The calibration cache folder, made now (the job would make it first thing): a path it cannot
+    be made at (a file in the way, /proc, read-only) is one line before any run folder exists."""
+    from harness.errors import describe_os_error
+    from harness.results.paths import check_out_dir
+
+    check_out_dir(path, flag="calibration_dir")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UserError(f"calibration_dir={str(path)!r}: {describe_os_error(error)}") from None
+
+
+def check_output_dir(cfg: DictConfig, *, multirun: bool) -> Path:
+    """``hydra.run.dir`` (``hydra.sweep.dir`` for a sweep): a folder of its own that can be written, never
+    the working folder or one above it (Hydra writes .hydra/, rows/ and job folders into it)."""
+    import os
+
+    from harness.results.paths import check_out_dir
+
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    value = str(OmegaConf.select(cfg, key))
+    allowed = "a folder of its own, e.g. results/<name> (the default) or any new or empty folder"
+    if not value.strip():
+        raise UserError(f"{key}={value!r} is empty (it would write into the working folder); allowed: {allowed}")
+    path = Path(os.path.abspath(os.path.expanduser(value)))
+    here = Path.cwd().resolve()
+    if path == here or path in here.parents:
+        raise UserError(f"{key}={value!r} is the working folder or one above it ({path}); allowed: {allowed}")
+    return check_out_dir(path, flag=key)
+
+
+def check_lowrank(cfg: DictConfig) -> None:
+    """``task=lowrank`` needs the study's ``lowrank`` block (experiment=lowrank_smollm2), checked whole."""
+    from harness.studies.lowrank.settings import StudySettings, check_model
+    from harness.sweep.plan import group_name
+
+    block = cfg.get("lowrank")
+    if block is None:
+        raise UserError("task=lowrank needs the study's settings: add experiment=lowrank_smollm2 "
+                        "(or run python -m harness.studies.lowrank)")
+    settings = StudySettings.from_mapping({**OmegaConf.to_container(block, resolve=True),
+                                           "model": group_name(cfg.model)})
+    check_model(settings.model, settings.layers)
+
+
 def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None:
     """Raise ``UserError`` (one line) for the first bad job of the command line ``argv`` (a run's, or
     every job of a sweep's); ``conf`` is the primary config folder (default: :func:`config_path`)."""
@@ -231,6 +382,8 @@ def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None
         return  # Hydra's own commands, with their own arguments (install=bash)
     overrides = list(args.overrides)
     check_group_lists(overrides)
+    check_group_paths(overrides)
+    check_added_keys(overrides)
     for override in overrides:
         key, _, value = override.partition("=")
         if key == "hydra/launcher":
@@ -255,9 +408,15 @@ def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None
                 where = f" (sweep job {num} of {len(jobs)}: {which}; the sweep was refused, no job started)"
             try:
                 cfg = _compose(hydra, name, job, multirun=False)
-                # Hydra makes results/<name>/ before any job runs: the name is checked here first.
+                _resolved(cfg)
+                # Hydra makes results/<name>/ before any job runs: the name and folder are checked here first.
                 check_run_name(cfg.name)
-                if cfg.task == "benchmark":  # the low-rank study checks its own settings
+                if num == 0:
+                    check_output_dir(cfg, multirun=multirun)
+                _check_job(cfg, multirun=multirun)
+                if cfg.task == "benchmark":
                     plan_cases(cfg, local=local)
+                else:  # task=lowrank: the study's settings, checked before any folder is made
+                    check_lowrank(cfg)
             except (UserError, ValueError) as error:
                 raise UserError(f"{error}{where}") from None

@@ -7,12 +7,14 @@ that can't run are left out of the plan. A combination named explicitly that can
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
 import variants
+from harness.errors import UserError
 from harness.measure.case import Case, parse_size, resolve_device, resolve_dtype, timing_mode
 from harness.results import schema
 from variants.layer import COMPILE_MODES
@@ -45,8 +47,14 @@ def group_name(value: Any) -> Any:
 
 
 def resolve_shape(cfg: Mapping[str, Any]) -> tuple[str, ModelShape]:
-    preset = dict(cfg["model"])
+    preset = dict(cfg["model"] or {})
     model = str(preset.get("name", "custom"))
+    needed = [f.name for f in dataclasses.fields(ModelShape)
+              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [key for key in needed if preset.get(key) is None]
+    if missing:  # an empty or partial preset of one's own (--config-dir): named, not a TypeError
+        raise UserError(f"model preset {model!r} lacks {', '.join(missing)}; a preset sets at least: "
+                        f"{', '.join(needed)} (see conf/model/tiny.yaml)")
     shape = ModelShape.from_dict({k: v for k, v in preset.items() if k != "weights"})
     changes: dict[str, Any] = {}
     for key in SHAPE_KEYS:

@@ -29,7 +29,7 @@ from pathlib import Path
 import yaml
 
 from harness import results
-from harness.errors import ArgumentParser, UserError
+from harness.errors import ArgumentParser, UserError, guarded
 from harness.sweep.overrides import BASIC_SWEEPER, compose_job, config_path, sweep_overrides
 
 DETAILED = ("missing", "error", "oom", "incorrect")  # listed case by case; other statuses are counted
@@ -136,7 +136,14 @@ def _conf_dir(multirun: dict | None) -> str:
     return config_path()
 
 
-def _plan_here(overrides: list[str], conf_dir: str) -> tuple[tuple[tuple[str, str], ...] | None, str]:
+def _config_dirs(multirun: dict | None) -> list[str]:
+    """The sweep's ``--config-dir`` folders (Hydra records them as command-line config sources)."""
+    sources = (multirun or {}).get("hydra", {}).get("runtime", {}).get("config_sources") or []
+    return [str(s["path"]) for s in sources if s.get("provider") == "command-line" and s.get("schema") == "file"]
+
+
+def _plan_here(overrides: list[str], conf_dir: str,
+               config_dir: str | None = None) -> tuple[tuple[tuple[str, str], ...] | None, str]:
     """Compose a job's config and plan it on this machine; (cases, note) or (None, why not)."""
     from harness.app.schema import store_configs
     from harness.sweep.plan import plan_cases
@@ -144,7 +151,7 @@ def _plan_here(overrides: list[str], conf_dir: str) -> tuple[tuple[tuple[str, st
 
     try:
         store_configs()
-        cfg = compose_job(conf_dir, list(overrides))
+        cfg = compose_job(conf_dir, list(overrides), config_dir=config_dir)
         cases = plan_cases(cfg)
     except Exception as error:  # noqa: BLE001 - any reason it can't be planned here is reported, not raised
         return None, f"cannot plan it here: {str(error).strip().splitlines()[0] if str(error).strip() else error!r}"
@@ -239,7 +246,7 @@ def planned_jobs(root: Path) -> tuple[list[PlannedJob], dict | None]:
         if plan is not None and sorted(_job_overrides(job_dir) or overrides) == sorted(overrides):
             jobs.append(PlannedJob(num=num, overrides=tuple(overrides), cases=_cases_of(plan), started=True))
         else:  # never started (or the folder holds an earlier sweep's job under the same name)
-            cases, note = _plan_here(overrides, conf_dir)
+            cases, note = _plan_here(overrides, conf_dir, next(iter(_config_dirs(multirun)), None))
             jobs.append(PlannedJob(num=num, overrides=tuple(overrides), cases=cases, started=False, note=note))
     return jobs, multirun
 
@@ -253,8 +260,10 @@ def resume_command(root: Path, multirun: dict | None) -> str | None:
     hydra_args = [o for o in overrides["hydra"] if not o.startswith("hydra.mode=")]
     if not any(o.startswith("name=") for o in task) and not any(o.startswith("hydra.sweep.dir=") for o in hydra_args):
         task.append(f"name={Path(root).name}")  # the default name is a time stamp: name the folder
+    # The sweep's own presets (model=mine from --config-dir) must be found again when it resumes.
+    config_dirs = [arg for path in _config_dirs(multirun) for arg in ("--config-dir", path)]
     # python -m harness: the attnbench command wherever attnbench is importable (a checkout or an install).
-    return shlex.join(["python", "-m", "harness", "-m", *task, *hydra_args, "resume=true"])
+    return shlex.join(["python", "-m", "harness", *config_dirs, "-m", *task, *hydra_args, "resume=true"])
 
 
 def status(root: Path) -> SweepStatus:
@@ -281,19 +290,16 @@ def status(root: Path) -> SweepStatus:
                        unreadable=[str(error) for error in unreadable], resume_command=resume_command(root, multirun))
 
 
+@guarded("status")
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m harness.sweep.status", description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, metavar="SWEEP_OR_RUN_DIR")
     args = parser.parse_args(argv)
     complete = True
-    try:
-        for root in args.roots:
-            report = status(root)
-            print("\n".join(report.lines()))
-            complete &= report.complete
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    for root in args.roots:  # a bad folder or file: one line from the boundary (harness.errors)
+        report = status(root)
+        print("\n".join(report.lines()))
+        complete &= report.complete
     return 0 if complete else 1
 
 

@@ -16,9 +16,9 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.errors import ArgumentParser, UserError
+from harness.errors import ArgumentParser, UserError, guarded
 from harness.results.paths import check_out_dir
-from harness.studies.lowrank.settings import StudySettings
+from harness.studies.lowrank.settings import StudySettings, check_model
 from variants.presets import conf_root, preset_names
 
 
@@ -38,23 +38,22 @@ def settings_of(overrides: list[str]) -> tuple[str, dict]:
     block = {**experiment["lowrank"], **given}
     if model not in preset_names():
         raise UserError(f"model={model!r} is not one of: {', '.join(preset_names())}")
-    StudySettings.from_mapping({**block, "model": model})  # every check, before any weights are read
+    settings = StudySettings.from_mapping({**block, "model": model})  # every check, before any weights are read
+    check_model(settings.model, settings.layers)
     return model, block
 
 
+@guarded("lowrank")
 def cli(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m harness.studies.lowrank", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="key=value settings of the lowrank block")
     parser.add_argument("--out", default="results/lowrank/smollm2_135m")
     args = parser.parse_args(argv)
-    try:
-        model, block = settings_of(args.overrides)
-        if not args.out.strip():
-            raise UserError(f"--out {args.out!r} is empty; give a folder to write to")
-        out = check_out_dir(args.out)
-    except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    model, block = settings_of(args.overrides)  # a bad one: one line from the boundary (harness.errors)
+    if not args.out.strip():
+        raise UserError(f"--out {args.out!r} is empty; give a folder to write to")
+    out = check_out_dir(args.out)
+    out.mkdir(parents=True, exist_ok=True)  # before the weights load: a folder it can't make (/proc/x) is one line
     from harness.studies.lowrank.study import main  # deferred: torch models only when the settings are sound
     from harness.studies.lowrank.summary import summary_table
 

@@ -97,3 +97,24 @@ class StudySettings:
 def _check_at_most(name: str, value: int, limit: int) -> None:
     if value > limit:
         raise ValueError(f"{name}={value} is not allowed: at most {limit}")
+
+
+def check_model(model: str, layers: tuple[int, ...] | list[int] | None) -> None:
+    """The preset must have trained weights to convert (a ``weights:`` loader), and ``layers`` must be
+    among its layers: checked before the weights are read, as a one-line ``UserError``."""
+    import yaml
+
+    from harness.errors import UserError
+    from harness.studies.lowrank.model import WEIGHTS
+    from variants.presets import conf_root, preset_names
+
+    presets = {name: yaml.safe_load((conf_root() / "model" / f"{name}.yaml").read_text()) or {}
+               for name in preset_names()}
+    with_weights = sorted(name for name, preset in presets.items() if preset.get("weights") in WEIGHTS)
+    if model not in with_weights:
+        raise UserError(f"model={model!r} has no trained weights to convert (no `weights:` loader in its "
+                        f"preset); allowed: {', '.join(with_weights)}")
+    num_layers = presets[model].get("num_layers")
+    for layer in layers or ():
+        if isinstance(num_layers, int) and isinstance(layer, int) and layer >= num_layers:
+            raise UserError(f"layers={layer} is not allowed: {model} has {num_layers} layers (0 to {num_layers - 1})")

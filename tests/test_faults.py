@@ -1,0 +1,144 @@
+"""Faults a sceptical user finds from outside (issue 19): a report or merge that deletes or half-writes
+files, user text unescaped in report.md, row files read with other types than declared, two ok rows
+of one case kept silently, symbolic links, a history ordered by a skewed clock, resume under a changed
+configuration, two sweeps under one name at once. Each test is one red-team case and its behaviour now."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from harness import results
+from harness.errors import UserError
+from harness.report import build_report
+from harness.report import build as report_build
+from harness.report.__main__ import main as report_main
+from harness.results import merge
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURE = ROOT / "tests" / "fixtures" / "report_sweep"
+SMALL = {"widths": ("single",), "figures": ("kv_cache",)}  # one figure at one width: a fast build
+
+
+def _digests(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.rglob("*") if p.is_file()}
+
+
+# --- report: only its own files, swapped in whole ---
+
+def test_report_refuses_a_folder_whose_manifest_lists_the_users_files(tmp_path, capsys):
+    mydata = tmp_path / "mydata"
+    (mydata / "sub").mkdir(parents=True)
+    (mydata / "notes.csv").write_text("a,b\n1,2\n")
+    (mydata / "sub" / "data.parquet").write_bytes(b"PAR1 user data")
+    (mydata / "manifest.txt").write_text("notes.csv\nsub/data.parquet\n")
+    before = _digests(mydata)
+    assert report_main([str(FIXTURE), "--out", str(mydata), "--widths", "single"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out ") and err.count("\n") == 1 and str(mydata) in err, err
+    assert _digests(mydata) == before, "nothing deleted, nothing added"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mydata"], "no temporary folder left"
+
+
+def test_a_failed_rebuild_leaves_the_previous_report_whole(tmp_path, monkeypatch):
+    out = tmp_path / "rep"
+    build_report(FIXTURE, out, **SMALL)
+    before = _digests(out)
+
+    def killed(**_):
+        raise KeyboardInterrupt  # as a kill while the page is written, after the figures
+
+    monkeypatch.setattr(report_build, "page", killed)
+    with pytest.raises(KeyboardInterrupt):
+        build_report(FIXTURE, out, widths=("single",), figures=("roofline",))
+    assert _digests(out) == before, "the previous report, every file as it was"
+    assert not any(p.stat().st_size == 0 for p in out.rglob("*") if p.is_file())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"]
+
+
+def test_a_rebuild_with_a_filter_leaves_no_stale_figure(tmp_path):
+    out = tmp_path / "rep"
+    build_report(FIXTURE, out, widths=("single",), figures=("kv_cache", "roofline"))
+    report = build_report(FIXTURE, out, filters={"phase": ["decode"]}, **SMALL)
+    on_disk = {p for p in out.rglob("*") if p.is_file()}
+    assert on_disk == set(report.files)
+    assert not list(out.glob("figures/roofline*"))
+
+
+def test_report_md_escapes_device_and_model_names(tmp_path):
+    frame = results.load(FIXTURE)
+    frame["env_device_name"] = "<script>alert(1)</script>"
+    frame["model"] = "<img src=x onerror=alert(2)>"
+    build_report(frame, tmp_path / "rep", **SMALL)
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "&lt;script&gt;" in md
+    assert "<script" not in md and "<img" not in md
+
+
+# --- merge: never a partial merged.parquet ---
+
+def test_a_merge_killed_while_writing_leaves_no_merged_file(tmp_path, monkeypatch):
+    merged = merge.merge([FIXTURE])
+    real = pq.write_table
+
+    def half(table, where, **kwargs):
+        real(table.slice(0, 1), where, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq, "write_table", half)
+    with pytest.raises(KeyboardInterrupt):
+        merge.write(merged, tmp_path / "m")
+    assert not [p for p in (tmp_path / "m").rglob("*") if p.is_file()]
+
+
+# --- row files read with their declared types ---
+
+def _row_file(folder: Path, **columns) -> Path:
+    path = folder / "rows" / "c1.1.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"case_id": ["c1"], "status": ["ok"], **{k: [v] for k, v in columns.items()}}), path)
+    return path
+
+
+@pytest.mark.parametrize("column, value, shown", [("batch", 1.5, "1.5"), ("l2_flush", "false", "'false'"),
+                                                  ("seq", "4k", "'4k'")])
+def test_a_row_file_with_another_type_is_refused_by_name_and_column(tmp_path, column, value, shown):
+    path = _row_file(tmp_path / "run", **{column: value})
+    with pytest.raises(UserError) as error:
+        results.load(tmp_path / "run")
+    message = str(error.value)
+    assert str(path) in message and f"column {column} is declared" in message and shown in message
+    assert "\n" not in message
+    with pytest.raises(UserError, match=f"column {column}"):
+        merge.merge([tmp_path / "run"])
+
+
+def test_an_integral_float_column_of_an_old_file_still_reads(tmp_path):
+    _row_file(tmp_path / "run", batch=2.0, l2_flush=False)
+    frame = results.load(tmp_path / "run")
+    assert frame["batch"].tolist() == [2] and frame["l2_flush"].tolist() == [False]
+
+
+# --- two ok rows of one case: load() refuses them as merge does ---
+
+def _ok(case_id: str, at: int) -> dict:
+    return {"case_id": case_id, "status": "ok", "reason": "", "variant": "mha", "impl": "eager", "compile": "none",
+            "phase": "decode", "seq": 32, "batch": 1, "dtype": "float32", "model": "tiny", "run_root": "twice",
+            "finished_at": at, "env_host": "h", "env_device_name": "cpu"}
+
+
+def test_load_refuses_two_ok_rows_of_one_case_as_merge_does(tmp_path):
+    root = tmp_path / "twice"
+    results.write_row(root, _ok("c1", 1))
+    results.write_row(root, _ok("c1", 2))
+    with pytest.raises(results.DuplicateCase, match=r"^duplicate case mha/eager decode seq=32 batch=1 float32 \[c1\]"):
+        results.load(root)
+    with pytest.raises(results.DuplicateCase, match=r"^duplicate case .*--prefer newest"):
+        merge.merge([root])
+    assert len(results.load(root, attempts=True)) == 2  # every attempt, for whoever asks for them

@@ -142,3 +142,81 @@ def test_load_refuses_two_ok_rows_of_one_case_as_merge_does(tmp_path):
     with pytest.raises(results.DuplicateCase, match=r"^duplicate case .*--prefer newest"):
         merge.merge([root])
     assert len(results.load(root, attempts=True)) == 2  # every attempt, for whoever asks for them
+
+
+# --- resume under a changed configuration; one sweep at a time under a name ---
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_dir
+
+    from variants.presets import conf_root
+
+    with initialize_config_dir(config_dir=str(conf_root()), version_base="1.3"):
+        return compose("config", overrides=["experiment=smoke", "device=cpu", "variant=mha", "impl=eager",
+                                            "phase=decode", "name=ed", *overrides])
+
+
+@pytest.fixture
+def fake_cases(monkeypatch):
+    """Cases 'measured' in no time: an ok row of the job's columns (resume and the config check are under test)."""
+    from variants.registry import VARIANTS
+
+    def run_case(case, ctx):
+        return {**ctx.job_columns, "case_id": case.case_id(VARIANTS.get(case.variant).uses), "status": "ok",
+                "reason": "", "finished_at": pd.Timestamp.now(tz="UTC"), "latency_ms": 1.0, "latency_ci_rel": 0.01,
+                "n_reps": 3}
+
+    monkeypatch.setattr("harness.sweep.job.run_case", run_case)
+
+
+def test_resume_refuses_a_changed_configuration_and_keeps_the_stored_one(tmp_path, fake_cases):
+    from harness.sweep.job import run_job
+
+    root = tmp_path / "ed"
+    assert len(run_job(_compose("measure.warmup_reps=1"), job_dir=root, root=root)) == 1
+    stored = (root / "config.yaml").read_text()
+    with pytest.raises(UserError, match=r"measure\.warmup_reps 1 -> 7\)") as error:
+        run_job(_compose("measure.warmup_reps=7", "resume=true"), job_dir=root, root=root)
+    assert "\n" not in str(error.value) and str(root) in str(error.value)
+    assert (root / "config.yaml").read_text() == stored, "the config the rows were measured with"
+    # resume itself (and where ceilings are cached) may change: the case is skipped, the config kept.
+    assert run_job(_compose("measure.warmup_reps=1", "resume=true", f"calibration_dir={tmp_path}"),
+                   job_dir=root, root=root).empty
+    assert (root / "config.yaml").read_text() == stored
+    assert len(results.load(root)) == 1
+
+
+_HOLD = """
+import sys, time
+from pathlib import Path
+from harness.sweep.job import claimed
+with claimed(Path(sys.argv[1]), launcher="basic"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_second_sweep_under_the_same_name_is_refused_naming_the_holder(tmp_path, fake_cases):
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from harness.sweep.job import claimed, run_job
+
+    root = tmp_path / "ed"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(root)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError, match=rf"in use by another sweep under the same name \(pid {holder.pid} on "
+                                            rf"{socket.gethostname()}, started 20"):
+            run_job(_compose(), job_dir=root / "0", root=root, job={"job_num": 0, "launcher": "basic"})
+        assert not list(root.rglob("*.parquet")) and not (root / "0" / "config.yaml").exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # a killed holder: the kernel releases its lock
+        holder.wait()
+    assert len(run_job(_compose(), job_dir=root / "0", root=root, job={"job_num": 0, "launcher": "basic"})) == 1
+    # The jobs of one sweep (here: one process) share the name.
+    with claimed(root, launcher="basic"), claimed(root, launcher="basic"):
+        pass

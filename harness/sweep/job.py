@@ -5,8 +5,15 @@
 
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
-from collections.abc import Mapping
+import os
+import socket
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,6 +38,10 @@ from variants.registry import VARIANTS
 
 _log = logging.getLogger(__name__)
 
+CONFIG = "config.yaml"  # per job: the resolved config its rows were measured with; written once, never replaced
+LOCK = ".attnbench.lock"  # per run or sweep folder: the sweep that holds its name (see claimed)
+# Keys that do not change what a row measures: a resume may differ in these from the stored config.
+RESUME_FREE = ("resume", "gpu_lock_dir", "calibration_dir", "measure.recalibrate")
 _SETTINGS_KEYS = ("warmup_reps", "warmup_s", "min_reps", "max_reps", "target_ci_rel", "budget_s", "confidence")
 
 
@@ -72,11 +83,12 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
     Progress goes to this module's logger (Hydra's console and job log under ``run.py``); ``log``,
     a stream, also receives the lines (tests pass an ``io.StringIO``).
     """
-    with echoed(log):
-        return _run_job(cfg, job_dir=job_dir, root=root, job=job)
+    with echoed(log), ExitStack() as hold:
+        return _run_job(cfg, job_dir=job_dir, root=root, job=job, hold=hold)
 
 
-def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None) -> pd.DataFrame:
+def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None,
+             hold: ExitStack) -> pd.DataFrame:
     try:
         cases = plan_cases(cfg)
     except ValueError as error:
@@ -93,9 +105,12 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
         if threads < 1:
             raise UserError(f"threads={threads} is not allowed: threads must be a positive integer or null")
         torch.set_num_threads(threads)
+    # One sweep at a time under a name, held until the job ends: taken once the settings are checked,
+    # before anything under the folder is read or written.
+    hold.enter_context(claimed(root, launcher=str((job or {}).get("launcher", "direct"))))
+    write_config(job_dir / CONFIG, _plain(cfg), resume=bool(cfg.get("resume")))
     env = environment(device)
     results.write_json(job_dir / "env.json", env)
-    results.write_text(job_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     case_ids = [case.case_id(VARIANTS.get(case.variant).uses) for case in cases]
     # The job's plan, for `python -m harness.sweep.status`: a job that dies part-way leaves its cases listed.
     results.write_json(job_dir / results.PLAN, {
@@ -120,6 +135,102 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
         progress.update(case.label(), row)
     _log.info("job summary (%d cases):\n%s", len(cases), summary_table(rows))
     return pd.DataFrame(rows)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"measure.warmup_reps": 7, ...}``: a nested config as dotted keys."""
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}."))
+    return {k.removesuffix("."): v for k, v in flat.items()}
+
+
+def write_config(path: Path, config: Mapping[str, Any], *, resume: bool) -> None:
+    """Store the job's config at ``path`` unless one is stored there already: that one describes
+    the rows measured with it, so it is never replaced (``check_same_config``)."""
+    if not check_same_config(path, config, resume=resume):
+        results.write_text(path, yaml.safe_dump(dict(config), sort_keys=False))
+
+
+def check_same_config(path: Path, config: Mapping[str, Any], *, resume: bool) -> bool:
+    """Whether a config is stored at ``path`` already; ``UserError`` naming every key that changed
+    (old and new value), apart from ``RESUME_FREE``: rows measured two ways would share one folder
+    and one config (and nightly fingerprints a run by its config)."""
+    if not path.exists():
+        return False
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not a readable config ({type(error).__name__}); move it away, or use a new "
+                        "name=") from None
+    old, new = _flat(stored if isinstance(stored, Mapping) else {}), _flat(config)
+    changed = [k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE and old.get(k, "<absent>")
+               != new.get(k, "<absent>")]
+    if changed:
+        shown = ", ".join(f"{k} {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changed)
+        what = "resume" if resume else "a new run under the same name"
+        raise UserError(f"{path.parent} was measured with another configuration ({shown}); {what} would mix "
+                        "rows measured two ways: repeat the original settings, or choose a new name=")
+    return True
+
+
+def _sweep_id(launcher: str) -> str:
+    """What the jobs of one sweep share on one machine and another sweep does not: the process that
+    runs them (single runs, the basic launcher), its parent (joblib's and submitit's local workers),
+    or the SLURM array (submitit on SLURM)."""
+    host = socket.gethostname()
+    if launcher in ("direct", "basic"):
+        return f"{host}:{os.getpid()}"
+    slurm = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
+    return f"slurm:{slurm}" if slurm else f"{host}:{os.getppid()}"
+
+
+def _holder(fd: int) -> dict[str, Any]:
+    try:
+        return json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
+    except json.JSONDecodeError:
+        return {}
+
+
+@contextmanager
+def claimed(root: Path, *, launcher: str, wait_s: float = 1.0) -> Iterator[None]:
+    """Hold ``root``'s name for one sweep while a job of it runs: ``UserError`` naming the holder
+    (pid, host, start) when another sweep holds it.
+
+    ``fcntl.flock`` on ``<root>/.attnbench.lock``: the kernel drops it when its holder dies (a
+    killed sweep leaves nothing to clean). The first job takes it exclusively, writes its name
+    there, then shares it with the jobs of its own sweep (``_sweep_id``), which may run at once.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(UTC).isoformat(timespec="seconds"),
+          "sweep": _sweep_id(launcher)}
+    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                if holder.get("sweep") == me["sweep"]:
+                    fcntl.flock(fd, fcntl.LOCK_SH)  # a job of this sweep holds it: share it
+                    break
+                if time.monotonic() > deadline:  # waited for a holder that had not written its name yet
+                    raise UserError(
+                        f"results folder {root} is in use by another sweep under the same name (pid "
+                        f"{holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}; "
+                        f"lock {root / LOCK}): wait for it to end, or choose another name=") from None
+                time.sleep(0.05)
+                continue
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(me).encode(), 0)
+            fcntl.flock(fd, fcntl.LOCK_SH)  # the sweep's other jobs may share it now
+            break
+        yield
+    finally:
+        os.close(fd)
 
 
 def _plain(cfg: Mapping[str, Any]) -> Any:

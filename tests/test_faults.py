@@ -220,3 +220,51 @@ def test_a_second_sweep_under_the_same_name_is_refused_naming_the_holder(tmp_pat
     # The jobs of one sweep (here: one process) share the name.
     with claimed(root, launcher="basic"), claimed(root, launcher="basic"):
         pass
+
+
+# --- nightly: runs in the order they were ingested; a run stamped in the future is refused ---
+
+def _night(tmp_path: Path, name: str, time_utc: str, seed: int) -> Path:
+    from tests.nightly_rows import lognormal_samples, row, write_run
+
+    return write_run(tmp_path / name, [row("mla-absorbed", lognormal_samples(1.0, seed=seed))], time_utc=time_utc)
+
+
+def test_a_run_stamped_in_the_future_is_refused_at_ingest_naming_the_stamp(tmp_path, capsys):
+    from harness.nightly import cli
+
+    db = tmp_path / "h.sqlite"
+    skewed = _night(tmp_path, "skewed", "2099-01-01T00:00:00+00:00", seed=0)
+    assert cli.main(["ingest", str(skewed), "--commit", "c1", "--db", str(db)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "env_time_utc 2099-01-01T00:00:00+00:00 lies in the future" in err, err
+    assert not db.exists(), "nothing ingested"
+
+
+def test_runs_are_ordered_by_ingestion_and_an_old_history_keeps_its_order(tmp_path):
+    import sqlite3
+
+    from harness.nightly.ingest import read_run
+    from harness.nightly.store import SCHEMA_VERSION, History
+
+    history = History(tmp_path / "h.sqlite")
+
+    def ingest(name: str, time_utc: str, seed: int) -> int:
+        run, cases = read_run(_night(tmp_path, name, time_utc, seed), commit=name)
+        return history.add_run(run, cases)
+
+    later = ingest("a", "2026-01-02T00:00:00+00:00", 0)
+    earlier = ingest("b", "2026-01-01T00:00:00+00:00", 1)  # a clock behind, or a run ingested late
+    assert history.latest().run_id == earlier and [r.run_id for r in history.good_runs_before(history.latest())] \
+        == [later], "the run ingested last is the new one, whatever its clock said"
+    assert history.latest().ingested_at is not None
+
+    with sqlite3.connect(history.path) as con:  # the same history as schema version 2 wrote it
+        con.execute("ALTER TABLE runs DROP COLUMN seq")
+        con.execute("ALTER TABLE runs DROP COLUMN ingested_at")
+        con.execute("PRAGMA user_version=2")
+    assert [r.run_id for r in history.runs()] == [earlier, later], "read as it is: by start time, as it was"
+    newest = ingest("c", "2026-01-01T12:00:00+00:00", 2)
+    assert [r.run_id for r in history.runs()] == [earlier, later, newest]
+    with sqlite3.connect(history.path) as con:
+        assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION

@@ -268,3 +268,39 @@ def test_runs_are_ordered_by_ingestion_and_an_old_history_keeps_its_order(tmp_pa
     assert [r.run_id for r in history.runs()] == [earlier, later, newest]
     with sqlite3.connect(history.path) as con:
         assert con.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+# --- symbolic links: followed where named, refused by name inside a results folder ---
+
+def _sweep_with_a_linked_job(tmp_path: Path) -> tuple[Path, Path]:
+    root, elsewhere = tmp_path / "sweep", tmp_path / "elsewhere" / "1"
+    results.write_row(root / "0", {**_ok("c1", 1), "run_root": "sweep"})
+    results.write_row(elsewhere, {**_ok("c2", 2), "run_root": "sweep"})
+    (root / "1").symlink_to(elsewhere, target_is_directory=True)
+    return root, root / "1"
+
+
+def test_a_linked_job_folder_is_refused_by_name_by_every_reader(tmp_path, capsys):
+    from harness.sweep import status
+
+    root, link = _sweep_with_a_linked_job(tmp_path)
+    for read in (results.load, lambda r: merge.merge([r]), results.finished_case_ids, status.status):
+        with pytest.raises(results.LinkInResults, match=rf"^{link} is a symbolic link \(to .*elsewhere/1\)"):
+            read(root)
+    assert report_main([str(root), "--out", str(tmp_path / "rep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{link} is a symbolic link" in err
+    assert len(results.load(link)) == 1, "named on its own, the link is followed"
+
+
+def test_a_linked_row_file_is_refused_and_a_folder_named_twice_is_read_once(tmp_path):
+    other = tmp_path / "other"
+    theirs = results.write_row(other, {**_ok("c9", 1), "run_root": "other"})
+    mine = tmp_path / "mine"
+    results.write_row(mine, _ok("c1", 1))
+    (mine / "rows" / "c9.1.parquet").symlink_to(theirs)
+    with pytest.raises(results.LinkInResults, match="c9.1.parquet is a symbolic link"):
+        results.load(mine)
+    alias = tmp_path / "alias"
+    alias.symlink_to(other, target_is_directory=True)
+    assert len(results.load([other, alias])) == 1

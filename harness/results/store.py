@@ -83,19 +83,50 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
+class LinkInResults(UserError):
+    """A symbolic link inside a results folder: refused by name (see ``row_files``)."""
+
+    def __init__(self, link: Path) -> None:
+        target = os.readlink(link)
+        super().__init__(f"{link} is a symbolic link (to {target}); attnbench follows no link inside a results "
+                         f"folder (it would read another tree's rows, or miss them): pass {target} as a source of "
+                         "its own, or copy it in")
+
+
 def row_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Every row file under the given files, folders or glob patterns."""
-    files: set[Path] = set()
+    """Every row file under the given files, folders or glob patterns.
+
+    Symbolic links: a path given here (or matched by its glob) is followed, and a file reached twice
+    is read once; a link *inside* a folder (a job folder, a row file, any folder) is refused by name
+    (``LinkInResults``). Every reader goes through here or ``_walk_rows``: load, merge, report,
+    status, nightly ingest and resume (``finished_case_ids``) answer a link the same way."""
+    files: dict[Path, Path] = {}
     for item in paths:
         matches = glob.glob(str(item), recursive=True) or ([str(item)] if Path(item).exists() else [])
         if not matches:
             raise ValueError(f"no results at {item!s}")
         for match in map(Path, matches):
-            if match.is_dir():
-                files.update(p for p in match.rglob("*.parquet") if p.parent.name == ROWS)
-            elif match.suffix == ".parquet":
-                files.add(match)
-    return sorted(files)
+            found = _walk_rows(match) if match.is_dir() else [match] if match.suffix == ".parquet" else []
+            for path in found:
+                files.setdefault(path.resolve(), path)
+    return sorted(files.values())
+
+
+def _walk_rows(folder: Path) -> list[Path]:
+    """The row files (``rows/*.parquet``) under ``folder``; ``LinkInResults`` for the first link inside it."""
+    found = []
+    for here, folders, names in os.walk(folder):  # followlinks=False: a linked folder is listed, not entered
+        here_path = Path(here)
+        for name in sorted(folders):
+            if (here_path / name).is_symlink():
+                raise LinkInResults(here_path / name)
+        for name in sorted(names):
+            path = here_path / name
+            if name.endswith(".parquet") and here_path.name == ROWS:
+                if path.is_symlink():
+                    raise LinkInResults(path)
+                found.append(path)
+    return found
 
 
 def load(paths: str | Path | Iterable[str | Path], *, attempts: bool = False) -> pd.DataFrame:
@@ -227,7 +258,7 @@ def finished_case_ids(root: Path) -> set[str]:
     root = Path(root)
     if not root.exists():
         return set()
-    files = [p for p in root.rglob("*.parquet") if p.parent.name == ROWS]
+    files = _walk_rows(root)
     done: set[str] = set()
     for f in files:
         try:

@@ -92,14 +92,17 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     if out.is_symlink():  # the folder the user named, not the link: the link stays
         out = out.resolve()
     _check_only_report_files(out)  # before any work: a refusal costs nothing
-    out.parent.mkdir(parents=True, exist_ok=True)
     building = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:12]}"
-    building.mkdir()
     try:
+        building.mkdir(parents=True)
         part = _write_all(frame, building, command=command, filters=filters, baseline=baseline,
                           budget_bytes=budget_bytes, batches=batches, reserve=reserve, widths=widths, figures=figures,
                           lowrank=lowrank)
         _swap_in(building, out)
+    except OSError as error:  # named by the folder the user gave, not the hidden one beside it
+        if error.filename is None or not str(error.filename).startswith(str(building)):
+            raise
+        raise OSError(error.errno, error.strerror, str(out)) from error
     finally:
         shutil.rmtree(building, ignore_errors=True)  # only left when the build failed: all of it ours
     files = [out / p for p in part.files]

@@ -189,8 +189,8 @@ def test_resume_refuses_a_changed_configuration_and_keeps_the_stored_one(tmp_pat
 _HOLD = """
 import sys, time
 from pathlib import Path
-from harness.sweep.job import claimed
-with claimed(Path(sys.argv[1]), launcher="basic"):
+from harness.sweep.claim import claimed
+with claimed(Path(sys.argv[1]), launcher=sys.argv[2]):
     print("held", flush=True)
     time.sleep(60)
 """
@@ -203,10 +203,12 @@ def test_a_second_sweep_under_the_same_name_is_refused_naming_the_holder(tmp_pat
     import subprocess
     import sys
 
-    from harness.sweep.job import claimed, run_job
+    from harness.sweep.claim import claimed
+    from harness.sweep.job import run_job
 
     root = tmp_path / "ed"
-    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(root)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(root), "basic"], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT)
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(UserError, match=rf"in use by another sweep under the same name \(pid {holder.pid} on "
@@ -304,3 +306,27 @@ def test_a_linked_row_file_is_refused_and_a_folder_named_twice_is_read_once(tmp_
     alias = tmp_path / "alias"
     alias.symlink_to(other, target_is_directory=True)
     assert len(results.load([other, alias])) == 1
+
+
+def test_the_workers_of_one_parallel_sweep_share_its_name(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from harness.sweep.claim import SWEEP_ENV, claimed
+
+    root = tmp_path / "ed"
+    env = {**os.environ, SWEEP_ENV: "host:1:abc"}  # as the launching process sets it for its workers
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(root), "joblib"], stdout=subprocess.PIPE, text=True,
+                              cwd=ROOT, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv(SWEEP_ENV, "host:1:abc")
+        with claimed(root, launcher="joblib"):  # another worker of the same sweep
+            pass
+        monkeypatch.setenv(SWEEP_ENV, "host:2:def")
+        with pytest.raises(UserError, match=f"pid {holder.pid}"), claimed(root, launcher="joblib", wait_s=0.1):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()

@@ -92,7 +92,7 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     if out.is_symlink():  # the folder the user named, not the link: the link stays
         out = out.resolve()
     _check_only_report_files(out)  # before any work: a refusal costs nothing
-    building = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:12]}"
+    building = _beside(out, "building")
     try:
         building.mkdir(parents=True)
         part = _write_all(frame, building, command=command, filters=filters, baseline=baseline,
@@ -181,10 +181,16 @@ def _swap_in(building: Path, out: Path) -> None:
         os.rename(building, out)
         return
     _check_only_report_files(out)
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
+    old = _beside(out, "old")
     os.rename(out, old)
     os.rename(building, out)
     _remove_report(old)
+
+
+def _beside(out: Path, kind: str) -> Path:
+    """A hidden, unique sibling of ``out`` (same file system, so a rename moves it in one step)."""
+    absolute = Path(os.path.abspath(out))  # "." and "sub/.." have no name of their own
+    return absolute.parent / f".{absolute.name}.{kind}-{uuid.uuid4().hex[:12]}"
 
 
 def _remove_report(folder: Path) -> None:

@@ -5,15 +5,9 @@
 
 from __future__ import annotations
 
-import fcntl
-import json
 import logging
-import os
-import socket
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import ExitStack, contextmanager
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -29,6 +23,7 @@ from harness.errors import UserError
 from harness.logs import echoed
 from harness.results.paths import check_inside, check_run_name
 from harness.measure.memory import total_memory_bytes
+from harness.sweep.claim import claimed
 from harness.sweep.plan import plan_cases
 from harness.sweep.progress import Progress, summary_table
 from harness.measure.runner import RunContext, run_case
@@ -39,9 +34,9 @@ from variants.registry import VARIANTS
 _log = logging.getLogger(__name__)
 
 CONFIG = "config.yaml"  # per job: the resolved config its rows were measured with; written once, never replaced
-LOCK = ".attnbench.lock"  # per run or sweep folder: the sweep that holds its name (see claimed)
 # Keys that do not change what a row measures: a resume may differ in these from the stored config.
-RESUME_FREE = ("resume", "gpu_lock_dir", "calibration_dir", "measure.recalibrate")
+# name: the folder is the run's (hydra.sweep.dir may name it while name= keeps its time-stamp default).
+RESUME_FREE = ("resume", "name", "gpu_lock_dir", "calibration_dir", "measure.recalibrate")
 _SETTINGS_KEYS = ("warmup_reps", "warmup_s", "min_reps", "max_reps", "target_ci_rel", "budget_s", "confidence")
 
 
@@ -166,8 +161,8 @@ def check_same_config(path: Path, config: Mapping[str, Any], *, resume: bool) ->
         raise UserError(f"{path} is not a readable config ({type(error).__name__}); move it away, or use a new "
                         "name=") from None
     old, new = _flat(stored if isinstance(stored, Mapping) else {}), _flat(config)
-    changed = [k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE and old.get(k, "<absent>")
-               != new.get(k, "<absent>")]
+    changed = [k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE
+               and _compared(k, old.get(k, "<absent>")) != _compared(k, new.get(k, "<absent>"))]
     if changed:
         shown = ", ".join(f"{k} {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changed)
         what = "resume" if resume else "a new run under the same name"
@@ -176,61 +171,12 @@ def check_same_config(path: Path, config: Mapping[str, Any], *, resume: bool) ->
     return True
 
 
-def _sweep_id(launcher: str) -> str:
-    """What the jobs of one sweep share on one machine and another sweep does not: the process that
-    runs them (single runs, the basic launcher), its parent (joblib's and submitit's local workers),
-    or the SLURM array (submitit on SLURM)."""
-    host = socket.gethostname()
-    if launcher in ("direct", "basic"):
-        return f"{host}:{os.getpid()}"
-    slurm = os.environ.get("SLURM_ARRAY_JOB_ID") or os.environ.get("SLURM_JOB_ID")
-    return f"slurm:{slurm}" if slurm else f"{host}:{os.getppid()}"
-
-
-def _holder(fd: int) -> dict[str, Any]:
-    try:
-        return json.loads(os.pread(fd, 4096, 0).decode("utf-8", "replace") or "{}")
-    except json.JSONDecodeError:
-        return {}
-
-
-@contextmanager
-def claimed(root: Path, *, launcher: str, wait_s: float = 1.0) -> Iterator[None]:
-    """Hold ``root``'s name for one sweep while a job of it runs: ``UserError`` naming the holder
-    (pid, host, start) when another sweep holds it.
-
-    ``fcntl.flock`` on ``<root>/.attnbench.lock``: the kernel drops it when its holder dies (a
-    killed sweep leaves nothing to clean). The first job takes it exclusively, writes its name
-    there, then shares it with the jobs of its own sweep (``_sweep_id``), which may run at once.
-    """
-    root.mkdir(parents=True, exist_ok=True)
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "started": datetime.now(UTC).isoformat(timespec="seconds"),
-          "sweep": _sweep_id(launcher)}
-    fd = os.open(root / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = _holder(fd)
-                if holder.get("sweep") == me["sweep"]:
-                    fcntl.flock(fd, fcntl.LOCK_SH)  # a job of this sweep holds it: share it
-                    break
-                if time.monotonic() > deadline:  # waited for a holder that had not written its name yet
-                    raise UserError(
-                        f"results folder {root} is in use by another sweep under the same name (pid "
-                        f"{holder.get('pid', '?')} on {holder.get('host', '?')}, started {holder.get('started', '?')}; "
-                        f"lock {root / LOCK}): wait for it to end, or choose another name=") from None
-                time.sleep(0.05)
-                continue
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps(me).encode(), 0)
-            fcntl.flock(fd, fcntl.LOCK_SH)  # the sweep's other jobs may share it now
-            break
-        yield
-    finally:
-        os.close(fd)
+def _compared(key: str, value: Any) -> Any:
+    """A config value as the resume check compares it: which GPU of a machine a job was pinned to
+    (``cuda:1`` for ``device=auto``, harness.sweep.pinning) is the pinning's choice, not a setting."""
+    if key == "device" and isinstance(value, str) and value.startswith("cuda:"):
+        return "cuda"
+    return value
 
 
 def _plain(cfg: Mapping[str, Any]) -> Any:

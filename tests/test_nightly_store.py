@@ -296,4 +296,4 @@ def test_a_version_1_history_is_read_and_upgraded_on_the_first_write(tmp_path):
     history.set_verdict(second, "suspect")
     assert len(history.cases(1)) == 3 and history.integrity() == "ok"
     with sqlite3.connect(old) as con:
-        assert con.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert con.execute("PRAGMA user_version").fetchone()[0] == 3

@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from harness import results
+from harness.errors import UserError
 from harness.report import build_report
 from harness.report.__main__ import main
 from harness.report.units import significant
@@ -58,7 +59,9 @@ def test_every_table_and_figure_file_exists(report):
             for ext in ("pdf", "png"):
                 assert (out / "figures" / f"{name}_{width}.{ext}").stat().st_size > 0, f"{name}_{width}.{ext}"
     assert set(report.figures) == set(DRAWN)
-    listed = set((out / "manifest.txt").read_text().split())
+    lines = (out / "manifest.txt").read_text().splitlines()
+    assert lines[0].startswith("# attnbench report manifest")
+    listed = {line.split("  ", 1)[1] for line in lines[1:]} | {"manifest.txt"}
     assert listed == {str(p.relative_to(out)) for p in report.files}
     assert {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()} == listed
 
@@ -246,11 +249,15 @@ def test_command_writes_a_report_with_filters_budget_and_batches(tmp_path, capsy
 def test_rebuilding_into_a_folder_removes_only_the_previous_report(tmp_path):
     out = tmp_path / "rep"
     build_report(FIXTURE, out, widths=("single",), figures=("kv_cache", "roofline"))
-    (out / "mine.txt").write_text("not the report's")
     build_report(FIXTURE, out, widths=("single",), figures=("kv_cache",))
     assert (out / "figures" / "kv_cache_single.png").exists()
     assert not (out / "figures" / "roofline_single.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rep"], "no temporary or old folder left beside it"
+    (out / "mine.txt").write_text("not the report's")
+    with pytest.raises(UserError, match=r"holds .*mine\.txt, which no attnbench report wrote"):
+        build_report(FIXTURE, out, widths=("single",), figures=("roofline",))
     assert (out / "mine.txt").read_text() == "not the report's"
+    assert (out / "figures" / "kv_cache_single.png").exists(), "the previous report is left whole"
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -86,12 +86,14 @@ def hydra_app(argv: Sequence[str]) -> None:
     import hydra
 
     from harness.app.schema import store_configs
+    from harness.sweep.claim import mark_sweep
     from harness.sweep.overrides import check_overrides, config_path
     from harness.sweep.pinning import register_resolvers
 
     check_overrides(argv)  # also fills the ConfigStore (schema, registered variants and impls)
     store_configs()
     register_resolvers()
+    mark_sweep()  # the jobs it launches (in worker processes too) share the run folder's lock (harness.sweep.claim)
     app = hydra.main(version_base="1.3", config_path=config_path(), config_name="config")(task)
     saved = sys.argv
     sys.argv = [saved[0] if saved else "attnbench", *argv]  # hydra.main reads sys.argv; argv[0] names the program

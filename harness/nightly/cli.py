@@ -153,7 +153,7 @@ def _compare(history: History, args: argparse.Namespace) -> int:
         for case_id, median in medians[run_in_history.run_id].items():
             history_ms.setdefault(case_id, []).append(median)
     between = [r for r in history.runs_before(run, limit=confirm - 1)
-               if (r.time_utc, r.run_id) > (baseline.time_utc, baseline.run_id)]
+               if r.seq > baseline.seq]
     result = compare(run, baseline, history.cases(run.run_id), history.cases(baseline.run_id),
                      history_ms=history_ms, threshold=threshold, strict_figures=args.strict_figures,
                      previous=[history.cases(r.run_id) for r in between], confirm=confirm)

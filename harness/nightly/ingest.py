@@ -12,7 +12,10 @@ they separate cases rather than runs; the stopping rules (``min_reps``, ``target
 ``budget_s``...), which change how many samples are taken, not what each sample measures; the
 host name, the time and the code version (comparing commits on one machine is the point).
 
-A results set whose rows have more than one fingerprint is refused (ingest each part on its own).
+A results set whose rows have more than one fingerprint is refused (ingest each part on its own),
+and so is one stamped more than ``FUTURE_SLACK`` ahead of this machine's clock (``env_time_utc`` or
+``finished_at`` in 2099: a skewed clock), named by its timestamp; the history orders runs by
+ingestion, so such a stamp cannot make a run "newest" anyway, but it is wrong data all the same.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import glob
 import math
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ import pandas as pd
 import yaml
 
 from harness import results
+from harness.errors import UserError
 from harness.measure.case import case_label
 from harness.measure.env import FINGERPRINT_FIELDS, fingerprint
 from harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun
@@ -35,6 +40,8 @@ MEASURE_SETTINGS: tuple[str, ...] = ("warmup_reps", "warmup_s", "cuda_graph", "l
 ROW_SETTINGS: tuple[str, ...] = ("torch_threads",)
 # The row columns read here besides the label, figure and fingerprint columns: one place to follow
 # a rename in the row schema (harness.results).
+FINISHED = "finished_at"
+FUTURE_SLACK = timedelta(days=1)  # time zones and small clock drift are fine; a year ahead is not
 STARTED, COMMIT, MEDIAN, CI_LOW, CI_HIGH, SAMPLES = ("env_time_utc", "env_git_commit", "latency_ms",
                                                      "latency_ci_low_ms", "latency_ci_high_ms", "samples_ms")
 
@@ -54,6 +61,7 @@ def read_run(paths: str | Path | Iterable[str | Path], *, commit: str | None = N
         roots = sorted(frame["run_root"].astype(str).unique())
         raise ValueError(f"case {duplicated.iloc[0]} appears in several run roots ({', '.join(roots)}); "
                          "ingest one run at a time")
+    check_not_in_future(frame)
     measure = _measure_settings(items)
     fields = [_fingerprint_fields(row, measure) for row in frame.to_dict("records")]
     prints = [fingerprint(f["env"], **f["settings"]) for f in fields]
@@ -120,6 +128,21 @@ def _measure_settings(items: list[str | Path]) -> dict[str, Any]:
         raise ValueError(f"the results mix timing settings ({path_a} vs {path_b}: {diff}); ingest each on its own")
     # No config.yaml (rows copied on their own): the settings are recorded as unknown (None).
     return dict(next(iter(found))) if found else {k: None for k in MEASURE_SETTINGS}
+
+
+def check_not_in_future(frame: pd.DataFrame, *, now: datetime | None = None) -> None:
+    """``UserError`` naming the first ``env_time_utc`` or ``finished_at`` more than ``FUTURE_SLACK``
+    after ``now`` (this machine's clock)."""
+    now = now or datetime.now(UTC)
+    for column in (STARTED, FINISHED):
+        if column not in frame:
+            continue
+        stamps = pd.to_datetime(frame[column], utc=True, errors="coerce")
+        latest = stamps.max()
+        if pd.notna(latest) and latest > pd.Timestamp(now + FUTURE_SLACK):
+            raise UserError(f"the results' {column} {latest.isoformat()} lies in the future (this machine's clock: "
+                            f"{now.isoformat(timespec='seconds')}): the machine that ran them has a wrong clock; "
+                            "fix it and re-run, nothing was ingested")
 
 
 def _commit(frame: pd.DataFrame, commit: str | None) -> str:

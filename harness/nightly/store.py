@@ -19,8 +19,13 @@ on a private copy that atomically replaces the file, so a writer killed at any m
 previous history, whole, in the one file the workflow carries. A ``partial`` run can therefore only
 come from an older attnbench or a foreign tool; every query here ignores it and ``gc`` deletes it.
 
-Schema versions: 1 had no ``digest`` and no ``suspect`` verdict; it is read as it is and upgraded
-in the first write.
+Runs are ordered by ingestion (``seq``), never by the time a run says it started: a machine with a
+skewed clock (a run stamped 2099) would otherwise stay the newest run for ever, the baseline of
+every later one, and no later run would be judged. ``ingested_at`` records when a run was added.
+
+Schema versions: 1 had no ``digest`` and no ``suspect`` verdict; 2 no ``seq`` and ``ingested_at``
+(its runs get ``seq`` in their old order, by start time). Both are read as they are and upgraded in
+the first write.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -39,7 +45,7 @@ import numpy as np
 from harness.nightly.dbfile import APPLICATION_ID, reading, replacing
 from harness.results import schema
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # suspect: a timing slowdown seen in this run only, not yet confirmed (harness.nightly.compare).
 Verdict = Literal["pass", "suspect", "regression", "accepted"]
 VERDICTS: tuple[str, ...] = ("pass", "suspect", "regression", "accepted")
@@ -63,7 +69,9 @@ CREATE TABLE {name} (
     source TEXT NOT NULL,
     name TEXT NOT NULL,
     notes TEXT NOT NULL DEFAULT '',
-    digest TEXT
+    digest TEXT,
+    seq INTEGER,
+    ingested_at TEXT
 )"""
 _INDEXES = ("CREATE INDEX IF NOT EXISTS runs_by_fingerprint ON runs (fingerprint, status, time_utc)",
             "CREATE INDEX IF NOT EXISTS runs_by_digest ON runs (digest)")
@@ -96,6 +104,8 @@ class Run:
     source: str
     name: str
     notes: str
+    seq: int = 0  # ingestion order: what "before" and "latest" mean
+    ingested_at: str | None = None  # ISO 8601 in UTC; None for runs ingested before schema version 3
 
     @property
     def short(self) -> str:
@@ -138,6 +148,11 @@ class History:
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
         with reading(self.path, newest=SCHEMA_VERSION) as con:
+            if con.execute("PRAGMA user_version").fetchone()[0] < 3:
+                # Read as it is: a temporary view (it shadows the table; the file is not changed) gives
+                # its runs the order they had, by start time, as the upgrade will store it.
+                con.execute("CREATE TEMP VIEW runs AS SELECT *, ROW_NUMBER() OVER (ORDER BY time_utc, run_id) "
+                            "AS seq, NULL AS ingested_at FROM main.runs")
             yield con
 
     @contextmanager
@@ -156,11 +171,12 @@ class History:
         leaves nothing behind. Results already in the history (the same ``digest``) are refused.
         """
         with self._write() as con:
+            seq = con.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM runs").fetchone()[0]
             cur = con.execute(
                 "INSERT INTO runs (commit_sha, time_utc, fingerprint, fingerprint_fields, status, source, name, "
-                "notes) VALUES (?, ?, ?, ?, 'partial', ?, ?, ?)",
+                "notes, seq, ingested_at) VALUES (?, ?, ?, ?, 'partial', ?, ?, ?, ?, ?)",
                 (run.commit, run.time_utc, run.fingerprint, json.dumps(run.fingerprint_fields, sort_keys=True),
-                 run.source, run.name, run.notes))
+                 run.source, run.name, run.notes, seq, datetime.now(UTC).isoformat(timespec="seconds")))
             run_id = int(cur.lastrowid)
             case_digests = []
             for case in cases:
@@ -199,7 +215,7 @@ class History:
             if keep is not None:
                 doomed += [r[0] for r in con.execute(
                     "SELECT run_id FROM (SELECT run_id, ROW_NUMBER() OVER (PARTITION BY fingerprint "
-                    "ORDER BY time_utc DESC, run_id DESC) AS k FROM runs WHERE status = 'complete') WHERE k > ?",
+                    "ORDER BY seq DESC, run_id DESC) AS k FROM runs WHERE status = 'complete') WHERE k > ?",
                     (keep,))]
             # Cases explicitly, not by cascade: an upgrade in this same transaction runs without foreign keys.
             con.executemany("DELETE FROM cases WHERE run_id = ?", [(r,) for r in doomed])
@@ -208,14 +224,14 @@ class History:
 
     # -- reading ---------------------------------------------------------------------------------
     def runs(self, *, fingerprint: str | None = None) -> list[Run]:
-        """Complete runs, oldest first (by start time, then insertion)."""
+        """Complete runs, oldest first (in the order they were ingested)."""
         query = f"SELECT {_RUN_COLUMNS} FROM runs WHERE status = 'complete'"
         args: tuple[Any, ...] = ()
         if fingerprint is not None:
             query += " AND fingerprint = ?"
             args = (fingerprint,)
         with self._connect() as con:
-            return [_run(r) for r in con.execute(query + " ORDER BY time_utc, run_id", args)]
+            return [_run(r) for r in con.execute(query + " ORDER BY seq, run_id", args)]
 
     def run(self, run_id: int) -> Run:
         with self._connect() as con:
@@ -234,10 +250,10 @@ class History:
 
     def runs_before(self, run: Run, *, verdicts: Iterable[str | None] | None = None,
                     limit: int | None = None) -> list[Run]:
-        """Complete runs on ``run``'s fingerprint that started before it (with one of ``verdicts``), newest first."""
+        """Complete runs on ``run``'s fingerprint ingested before it (with one of ``verdicts``), newest first."""
         allowed = None if verdicts is None else set(verdicts)
         earlier = [r for r in self.runs(fingerprint=run.fingerprint)
-                   if (r.time_utc, r.run_id) < (run.time_utc, run.run_id) and (allowed is None or r.verdict in allowed)]
+                   if r.seq < run.seq and (allowed is None or r.verdict in allowed)]
         earlier.reverse()
         return earlier[:limit] if limit is not None else earlier
 
@@ -277,7 +293,7 @@ class History:
         with self._connect() as con:
             rows = con.execute(f"SELECT run_id, {_CASE_COLUMNS} FROM cases WHERE case_id = ?", (case_id,)).fetchall()
         series = [(runs[r[0]], _case(r[1:])) for r in rows if r[0] in runs]
-        return sorted(series, key=lambda pair: (pair[0].time_utc, pair[0].run_id))
+        return sorted(series, key=lambda pair: pair[0].seq)
 
     def integrity(self) -> str:
         """SQLite's ``PRAGMA integrity_check``: ``"ok"`` for a sound file."""
@@ -285,7 +301,9 @@ class History:
             return "; ".join(r[0] for r in con.execute("PRAGMA integrity_check"))
 
 
-_RUN_COLUMNS = "run_id, commit_sha, time_utc, fingerprint, fingerprint_fields, status, verdict, source, name, notes"
+_RUN_COLUMNS = ("run_id, commit_sha, time_utc, fingerprint, fingerprint_fields, status, verdict, source, name, notes, "
+                "seq, ingested_at")
+_RUN_COLUMNS_V1 = "run_id, commit_sha, time_utc, fingerprint, fingerprint_fields, status, verdict, source, name, notes"
 _CASE_COLUMNS = ("case_id, label, " + ", ".join(LABEL_COLUMNS) + ", status, reason, " + ", ".join(FIGURES)
                  + ", median_ms, ci_low_ms, ci_high_ms, samples_f64")
 _INSERT_CASE = (f"INSERT INTO cases (run_id, {_CASE_COLUMNS}) VALUES "
@@ -293,8 +311,8 @@ _INSERT_CASE = (f"INSERT INTO cases (run_id, {_CASE_COLUMNS}) VALUES "
 
 
 def _run(row: tuple[Any, ...]) -> Run:
-    run_id, commit, time_utc, fp, fields, status, verdict, source, name, notes = row
-    return Run(run_id, commit, time_utc, fp, json.loads(fields), status, verdict, source, name, notes)
+    run_id, commit, time_utc, fp, fields, status, verdict, source, name, notes, seq, ingested_at = row
+    return Run(run_id, commit, time_utc, fp, json.loads(fields), status, verdict, source, name, notes, seq, ingested_at)
 
 
 def _case(row: tuple[Any, ...]) -> CaseRecord:
@@ -322,11 +340,17 @@ def _upgrade(con: sqlite3.Connection, version: int) -> None:
     elif version == 1:
         # Version 2 widens the verdict CHECK (SQLite cannot alter one) and adds ``digest``: rebuild ``runs``.
         con.execute(_RUNS_TABLE.format(name="runs_v2"))
-        con.execute(f"INSERT INTO runs_v2 ({_RUN_COLUMNS}) SELECT {_RUN_COLUMNS} FROM runs")
+        con.execute(f"INSERT INTO runs_v2 ({_RUN_COLUMNS_V1}) SELECT {_RUN_COLUMNS_V1} FROM runs")
         con.execute("DROP TABLE runs")
         con.execute("ALTER TABLE runs_v2 RENAME TO runs")
+    elif version == 2:
+        con.execute("ALTER TABLE runs ADD COLUMN seq INTEGER")
+        con.execute("ALTER TABLE runs ADD COLUMN ingested_at TEXT")
     else:
         raise AssertionError(f"no upgrade from schema version {version}")
+    if version in (1, 2):  # the order these runs had (by start time): ingestion order starts after them
+        ordered = con.execute("SELECT run_id FROM runs ORDER BY time_utc, run_id").fetchall()
+        con.executemany("UPDATE runs SET seq = ? WHERE run_id = ?", [(i + 1, r[0]) for i, r in enumerate(ordered)])
     con.execute(_CASES_TABLE)
     for index in _INDEXES:
         con.execute(index)

@@ -36,7 +36,7 @@ def plot_trends(history: History, run: Run, out_dir: str | Path, *, kinds: Mappi
         if case.status != "ok":
             continue
         series = [(r, c) for r, c in history.case_series(run.fingerprint, case_id)
-                  if (r.time_utc, r.run_id) <= (run.time_utc, run.run_id) and c.status == "ok"][-max_points:]
+                  if r.seq <= run.seq and c.status == "ok"][-max_points:]
         path = out / f"{_slug(case.label)}-{case_id[:8]}.png"
         _plot(series, case.label, run, baseline, threshold, kinds.get(case_id, ""), path)
         written.append(path)

@@ -5,17 +5,31 @@
       report.md                 the same in markdown, figures linked
       tables/<name>.{md,tex,csv}   cases, not_measured, capacity, throughput_budget, sources
       figures/<name>_<single|double>.{pdf,png}   one per registered figure with data
-      manifest.txt              every file above; a rebuild into the folder removes the old ones first
+      manifest.txt              every file above with its SHA-256: what a rebuild may replace
+
+The report is written into a hidden sibling folder and renamed into place when it is complete: a
+build that fails or is killed leaves the previous report whole (and no half-written file under
+``out``), and a rebuild leaves no stale file. A rebuild replaces only files the manifest lists with
+their content unchanged; a folder that holds anything else (a file of the user's, a file edited
+since, a manifest this report did not write) is refused, naming the file, and left as it is.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import logging
+import os
+import shutil
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from harness.errors import UserError
+from harness.report import escape
 from harness.report import figures as figure_registry
 from harness.report.baseline import Baseline, with_ratios
 from harness.report.budget import throughput_table
@@ -31,6 +45,9 @@ from harness.report.tables import (Table, capacity_view, cases_table, not_measur
                                    throughput_view)
 
 MANIFEST = "manifest.txt"
+# The manifest's first line: a manifest without it was not written by this report, and lists nothing it may replace.
+MANIFEST_HEADER = "# attnbench report manifest v2: sha256  path, one line per file this report wrote"
+_log = logging.getLogger(__name__)
 DEFAULT_BASELINE = Baseline()  # MHA with the eager implementation
 TITLE = "attnbench report"
 
@@ -72,7 +89,31 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
         width_inches(width)
     if not frame.empty:
         prepare(frame, filters)
-    _clear_previous(out)
+    if out.is_symlink():  # the folder the user named, not the link: the link stays
+        out = out.resolve()
+    _check_only_report_files(out)  # before any work: a refusal costs nothing
+    building = _beside(out, "building")
+    try:
+        building.mkdir(parents=True)
+        part = _write_all(frame, building, command=command, filters=filters, baseline=baseline,
+                          budget_bytes=budget_bytes, batches=batches, reserve=reserve, widths=widths, figures=figures,
+                          lowrank=lowrank)
+        _swap_in(building, out)
+    except OSError as error:  # named by the folder the user gave, not the hidden one beside it
+        if error.filename is None or not str(error.filename).startswith(str(building)):
+            raise
+        raise OSError(error.errno, error.strerror, str(out)) from error
+    finally:
+        shutil.rmtree(building, ignore_errors=True)  # only left when the build failed: all of it ours
+    files = [out / p for p in part.files]
+    return Report(out, tuple(files), tuple(part.notes), part.drawn, part.left_out, part.devices)
+
+
+def _write_all(frame: pd.DataFrame, out: Path, *, command: str, filters: Mapping[str, Iterable[str]] | None,
+               baseline: Baseline, budget_bytes: int | None, batches: Sequence[int] | None, reserve: float,
+               widths: Sequence[str], figures: Sequence[str] | None, lowrank: pd.DataFrame | None) -> Part:
+    """Every file of the report under ``out`` (a fresh folder), the manifest last; the part's files
+    are returned relative to ``out``."""
     part = Part()
     if not frame.empty:
         part = _benchmark_part(frame, out, filters=filters, baseline=baseline, budget_bytes=budget_bytes,
@@ -84,10 +125,91 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     files.append(_write(out / "report.md", _markdown(command, sources, part.notes, part.tables, part.figures, out)))
     files.append(_write(out / "report.html", page(title=TITLE, command=command, sources=sources, notes=part.notes,
                                                   tables=part.tables, figures=part.figures)))
+    relative = [p.relative_to(out) for p in files]
+    lines = [MANIFEST_HEADER, *(f"{_sha256(out / p)}  {p.as_posix()}" for p in relative)]
+    _write(out / MANIFEST, "\n".join(lines) + "\n")
+    return dataclasses.replace(part, files=(*relative, Path(MANIFEST)))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _listed(out: Path) -> dict[str, str] | None:
+    """``{path: sha256}`` of the report manifest in ``out``; None when there is none written by this report."""
     manifest = out / MANIFEST
-    files.append(manifest)
-    manifest.write_text("".join(f"{p.relative_to(out)}\n" for p in files), encoding="utf-8")
-    return Report(out, tuple(files), tuple(part.notes), part.drawn, part.left_out, part.devices)
+    if manifest.is_symlink() or not manifest.is_file():
+        return None
+    lines = manifest.read_text(encoding="utf-8", errors="replace").splitlines()
+    if not lines or lines[0] != MANIFEST_HEADER:
+        return None
+    listed = {}
+    for line in lines[1:]:
+        digest, sep, name = line.partition("  ")
+        if sep and len(digest) == 64:
+            listed[name] = digest
+    return listed
+
+
+def _check_only_report_files(out: Path) -> None:
+    """``UserError`` naming the first file in ``out`` that this report did not write (or that changed
+    since): a rebuild replaces the folder, so it must hold nothing else."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder; give a folder to write the report to")
+    listed = _listed(out) or {}
+    for path in sorted(out.rglob("*")):
+        name = path.relative_to(out).as_posix()
+        if path.is_dir() and not path.is_symlink():
+            continue
+        ours = (name == MANIFEST and _listed(out) is not None) or (
+            not path.is_symlink() and name in listed and _sha256(path) == listed[name])
+        if not ours:
+            raise UserError(f"--out {out} holds {path}, which no attnbench report wrote there (or it changed "
+                            "since): give an empty or new folder, or move that file away; nothing was changed")
+
+
+def _swap_in(building: Path, out: Path) -> None:
+    """Rename the finished report to ``out``; the previous report (checked again: only report files)
+    is renamed aside first and removed file by file, as its manifest lists them."""
+    if not out.exists():
+        os.rename(building, out)
+        return
+    _check_only_report_files(out)
+    old = _beside(out, "old")
+    os.rename(out, old)
+    os.rename(building, out)
+    _remove_report(old)
+
+
+def _beside(out: Path, kind: str) -> Path:
+    """A hidden, unique sibling of ``out`` (same file system, so a rename moves it in one step)."""
+    absolute = Path(os.path.abspath(out))  # "." and "sub/.." have no name of their own
+    return absolute.parent / f".{absolute.name}.{kind}-{uuid.uuid4().hex[:12]}"
+
+
+def _remove_report(folder: Path) -> None:
+    """Delete the files the report's manifest lists with their content unchanged, then the empty
+    folders; anything else stays (and the folder with it, named in a warning)."""
+    listed = _listed(folder) or {}
+    for name, digest in listed.items():
+        path = folder / name
+        if path.is_file() and not path.is_symlink() and _sha256(path) == digest:
+            path.unlink()
+    if listed:
+        (folder / MANIFEST).unlink(missing_ok=True)
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()
+    if any(folder.iterdir()):
+        _log.warning("the previous report's folder %s holds files it did not write; it is kept", folder)
+    else:
+        folder.rmdir()
 
 
 def _benchmark_part(frame: pd.DataFrame, out: Path, *, filters: Mapping[str, Iterable[str]] | None,
@@ -139,19 +261,6 @@ def _devices_note(data: ReportData) -> str:
             "no curve mixes devices.")
 
 
-def _clear_previous(out: Path) -> None:
-    """Remove what an earlier build listed in its manifest, so no stale figure survives; nothing else."""
-    manifest = out / MANIFEST
-    if not manifest.exists():
-        out.mkdir(parents=True, exist_ok=True)
-        return
-    for line in manifest.read_text(encoding="utf-8").splitlines():
-        path = (out / line).resolve()
-        if line and path.is_relative_to(out.resolve()) and path.is_file():
-            path.unlink()
-    manifest.unlink(missing_ok=True)  # it lists itself
-
-
 def _write(path: Path, text: str) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
@@ -161,15 +270,17 @@ def _write(path: Path, text: str) -> Path:
 def _markdown(command: str, sources: Table, notes: Sequence[str], tables: Sequence[Table],
               figures: Sequence[PageFigure], out: Path) -> str:
     """The page's order: figures, notes, tables, sources."""
-    lines = [f"# {TITLE}", "", f"Made by `{command}`.", ""]
+    md = escape.markdown  # titles, captions and notes carry device, model and host names: the user's text
+    lines = [f"# {TITLE}", "", f"Made by {escape.code(command)}.", ""]
     if figures:
         lines += ["## Figures", ""]
         for fig in figures:
-            lines += [f"![{fig.title}]({fig.png.relative_to(out)})", "", f"**{fig.title}.** {fig.caption} "
-                      f"Files: {', '.join(f'`{f}`' for f in fig.files)}", ""]
+            lines += [f"![{md(fig.title)}]({fig.png.relative_to(out).as_posix()})", "",
+                      f"**{md(fig.title)}.** {md(fig.caption)} Files: {', '.join(escape.code(f) for f in fig.files)}",
+                      ""]
     if notes:
-        lines += ["## Notes", "", *(f"- {note}" for note in notes), ""]
+        lines += ["## Notes", "", *(f"- {md(note)}" for note in notes), ""]
     for table in (*tables, sources):
-        lines += [f"## {table.title}", "", f"{table.caption}", "", markdown_grid(table.shown)]
-        lines += [table.below, ""] if table.below else []
+        lines += [f"## {md(table.title)}", "", f"{md(table.caption)}", "", markdown_grid(table.shown)]
+        lines += [md(table.below), ""] if table.below else []
     return "\n".join(lines)

@@ -7,7 +7,9 @@ of ``$`` starts mathtext (and an unbalanced one raises while the figure is saved
 
 from __future__ import annotations
 
-_MARKDOWN = {"\\": "\\\\", "|": "\\|", "`": "\\`", "<": "&lt;", ">": "&gt;", "\r": " ", "\n": " "}
+# Brackets too: ``![x](http://...)`` in a device name would otherwise load an image from anywhere.
+_MARKDOWN = {"\\": "\\\\", "|": "\\|", "`": "\\`", "<": "&lt;", ">": "&gt;", "[": "\\[", "]": "\\]",
+             "\r": " ", "\n": " "}
 
 
 def markdown(text: object) -> str:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["IDENTITY", "PLAN", "ROWS", "STATUS_VALUES", "UnreadableRowFile", "finished_case_ids", "load",
-           "one_per_case", "read_readable", "read_rows", "read_table", "row_files",
+__all__ = ["DuplicateCase", "IDENTITY", "LinkInResults", "PLAN", "ROWS", "STATUS_VALUES", "UnreadableRowFile", "finished_case_ids", "load",
+           "one_per_case", "pick_per_case", "read_readable", "read_rows", "read_table", "row_files",
            "write_frame", "write_json", "write_row", "write_text"]
 
 

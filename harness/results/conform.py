@@ -23,6 +23,10 @@ _RENAMED = {"host": "env_host", "device_index": "env_device_index"}
 _PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
+class ColumnTypeError(TypeError):
+    """A row file's column holds values of another type than ``harness.results.schema`` declares."""
+
+
 def _missing(value: Any) -> bool:
     if value is None or value is pd.NA or value is pd.NaT:
         return True
@@ -86,10 +90,50 @@ def to_table(rows: Iterable[Mapping[str, Any]], *, strict: bool = True) -> pa.Ta
 
 
 def conform(table: pa.Table) -> pa.Table:
-    """A row file's table as ``schema.ARROW_SCHEMA`` (a no-op for files this harness wrote)."""
+    """A row file's table as ``schema.ARROW_SCHEMA`` (a no-op for files this harness wrote).
+
+    Each column is first checked against its declared kind (``check_types``): a value is converted
+    only where no information is lost, never by truthiness (``bool("false")`` is True)."""
     if table.schema.equals(schema.ARROW_SCHEMA):
         return table
+    check_types(table)
     return to_table(table.to_pylist(), strict=False)
+
+
+def _fits(kind: str, type_: pa.DataType) -> bool:
+    """Whether a column stored as ``type_`` can hold values of ``kind`` (before the values are looked at)."""
+    if pa.types.is_null(type_):
+        return True
+    if kind == "string":
+        return pa.types.is_string(type_) or pa.types.is_large_string(type_)
+    if kind == "bool":
+        return pa.types.is_boolean(type_)
+    if kind in ("int64", "float64"):  # old files stored integer columns with a null as float64
+        return pa.types.is_integer(type_) or pa.types.is_floating(type_)
+    if kind == "timestamp":  # old files: Unix seconds (finished_at) or ISO text
+        return (pa.types.is_timestamp(type_) or pa.types.is_integer(type_) or pa.types.is_floating(type_)
+                or pa.types.is_string(type_) or pa.types.is_large_string(type_))
+    assert kind == "list<float64>", kind
+    return ((pa.types.is_list(type_) or pa.types.is_large_list(type_))
+            and (pa.types.is_floating(type_.value_type) or pa.types.is_integer(type_.value_type)
+                 or pa.types.is_null(type_.value_type)))
+
+
+def check_types(table: pa.Table) -> None:
+    """``TypeError`` naming the first column whose stored type or value is not its declared kind
+    (``batch`` holding 1.5, ``l2_flush`` holding the text ``"false"``); undeclared columns are not read."""
+    for field in table.schema:
+        column = schema.BY_NAME.get(_RENAMED.get(field.name, field.name))
+        if column is None:
+            continue
+        if not _fits(column.kind, field.type):
+            shown = next((v for v in table.column(field.name).to_pylist() if v is not None), None)
+            raise ColumnTypeError(f"column {field.name} is declared {column.kind} but holds {field.type}"
+                            f"{f' ({shown!r})' if shown is not None else ''}")
+        if column.kind == "int64" and pa.types.is_floating(field.type):
+            for value in table.column(field.name).to_pylist():
+                if not _missing(value) and not (math.isfinite(value) and value.is_integer()):
+                    raise ColumnTypeError(f"column {field.name} is declared int64 but holds {value!r}")
 
 
 def to_frame(table: pa.Table) -> pd.DataFrame:

@@ -72,11 +72,6 @@ def _read(sources: list[Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _place(row: pd.Series, other: pd.Series) -> str:
-    """Where an ok row came from: its job folder, or its file when both come from one job folder."""
-    return row["_file"] if row["_origin"] == other["_origin"] else row["_origin"]
-
-
 def _resolve(oks: pd.DataFrame, prefer: str | None) -> pd.Series | None:
     """The ok row to keep among several, or None when ``prefer`` doesn't decide."""
     if prefer == "newest":
@@ -95,29 +90,13 @@ def merge(sources: list[str | Path], *, prefer: str | None = None, out: Path | N
     if prefer not in (None, "newest") and not any(_inside(Path(prefer).resolve(), p) for p in paths):
         raise UserError(f"--prefer {prefer!r}: use newest, or a folder among (or inside) the sources")
     rows = _read(paths)
-    kept, duplicates, resolved = [], [], []
-    for (*_, case_id), attempts in rows.groupby([*MACHINE, "case_id"], sort=False, dropna=False):
-        oks = attempts[attempts["status"] == "ok"]
-        if len(oks) > 1:
-            keep = _resolve(oks, prefer)
-            if keep is None:
-                duplicates.append(oks.sort_values("finished_at"))
-                continue
-            resolved.append({"case_id": case_id, "label": case_label(keep), "kept": keep["_file"],
-                             "dropped": sorted(set(oks["_file"]) - {keep["_file"]})})
-            kept.append(keep.name)
-        elif len(oks) == 1:
-            kept.append(oks.index[0])
-        else:
-            kept.append(attempts.sort_values("finished_at").index[-1])
+    kept, duplicates, chosen = results.pick_per_case(rows, [*MACHINE, "case_id"],
+                                                     choose=lambda oks: _resolve(oks, prefer))
     if duplicates:
-        first = duplicates[0]
-        a, b = first.iloc[0], first.iloc[1]
-        others = len(duplicates) - 1
-        more = f" ({others} more duplicate case{'s' if others > 1 else ''})" if others else ""
-        raise UserError(f"duplicate case {case_label(a)} [{a['case_id']}]: ok rows in {_place(a, b)} and "
-                        f"{_place(b, a)}; keep one with --prefer newest or --prefer <folder>, or leave a source "
-                        f"out{more}")
+        raise results.DuplicateCase(duplicates, fix="keep one with --prefer newest or --prefer <folder>, "
+                                                    "or leave a source out")
+    resolved = [{"case_id": keep["case_id"], "label": case_label(keep), "kept": keep["_file"],
+                 "dropped": sorted(set(oks["_file"]) - {keep["_file"]})} for keep, oks in chosen]
     frame = rows.loc[kept].sort_values(["run_root", "finished_at"]).reset_index(drop=True)
     manifest = {
         "created_utc": datetime.now(UTC).isoformat(timespec="seconds"),

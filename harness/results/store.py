@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
@@ -51,9 +51,12 @@ _log = logging.getLogger(__name__)
 class UnreadableRowFile(UserError):
     """A row file that is not a readable attnbench row file; the message names it and the fix."""
 
-    def __init__(self, path: Path, why: str) -> None:
+    def __init__(self, path: Path, why: str, *, wrong_type: bool = False) -> None:
         self.path, self.why = Path(path), why
-        super().__init__(f"unreadable row file {path}: delete it and resume (resume=true re-runs its case); {why}")
+        if wrong_type:  # a value is never guessed (bool("false") is True): the file is refused, by name
+            super().__init__(f"row file {path}: {why}; fix or delete the file (resume=true re-runs its case)")
+        else:
+            super().__init__(f"unreadable row file {path}: delete it and resume (resume=true re-runs its case); {why}")
 
 
 def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
@@ -80,33 +83,120 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(Path(path), lambda tmp: Path(tmp).write_text(text))
 
 
+class LinkInResults(UserError):
+    """A symbolic link inside a results folder: refused by name (see ``row_files``)."""
+
+    def __init__(self, link: Path) -> None:
+        target = os.readlink(link)
+        super().__init__(f"{link} is a symbolic link (to {target}); attnbench follows no link inside a results "
+                         f"folder (it would read another tree's rows, or miss them): pass {target} as a source of "
+                         "its own, or copy it in")
+
+
 def row_files(paths: Iterable[str | Path]) -> list[Path]:
-    """Every row file under the given files, folders or glob patterns."""
-    files: set[Path] = set()
+    """Every row file under the given files, folders or glob patterns.
+
+    Symbolic links: a path given here (or matched by its glob) is followed, and a file reached twice
+    is read once; a link *inside* a folder (a job folder, a row file, any folder) is refused by name
+    (``LinkInResults``). Every reader goes through here or ``_walk_rows``: load, merge, report,
+    status, nightly ingest and resume (``finished_case_ids``) answer a link the same way."""
+    files: dict[Path, Path] = {}
     for item in paths:
         matches = glob.glob(str(item), recursive=True) or ([str(item)] if Path(item).exists() else [])
         if not matches:
             raise ValueError(f"no results at {item!s}")
         for match in map(Path, matches):
-            if match.is_dir():
-                files.update(p for p in match.rglob("*.parquet") if p.parent.name == ROWS)
-            elif match.suffix == ".parquet":
-                files.add(match)
-    return sorted(files)
+            found = _walk_rows(match) if match.is_dir() else [match] if match.suffix == ".parquet" else []
+            for path in found:
+                files.setdefault(path.resolve(), path)
+    return sorted(files.values())
+
+
+def _walk_rows(folder: Path) -> list[Path]:
+    """The row files (``rows/*.parquet``) under ``folder``; ``LinkInResults`` for the first link inside it."""
+    found = []
+    for here, folders, names in os.walk(folder):  # followlinks=False: a linked folder is listed, not entered
+        here_path = Path(here)
+        for name in sorted(folders):
+            if (here_path / name).is_symlink():
+                raise LinkInResults(here_path / name)
+        for name in sorted(names):
+            path = here_path / name
+            if name.endswith(".parquet") and here_path.name == ROWS:
+                if path.is_symlink():
+                    raise LinkInResults(path)
+                found.append(path)
+    return found
 
 
 def load(paths: str | Path | Iterable[str | Path], *, attempts: bool = False) -> pd.DataFrame:
-    """One DataFrame over the rows under ``paths``; ``attempts=True`` keeps superseded attempts too."""
+    """One DataFrame over the rows under ``paths``; ``attempts=True`` keeps superseded attempts too.
+
+    A case with two ``ok`` rows in one run on one machine (two sweeps under one name, a job run twice
+    without resume) is refused as merge refuses it (``DuplicateCase``), never one kept at random."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files = row_files(paths)
     if not files:
         return pd.DataFrame()
-    frame = read_rows(files)
+    tables = [read_table(Path(f)) for f in files]
+    frame = conform.to_frame(pa.concat_tables(tables))
     if attempts or frame.empty:
         return frame
-    frame = one_per_case(frame, list(IDENTITY))
+    where = [str(f) for f, t in zip(files, tables, strict=True) for _ in range(t.num_rows)]
+    frame = frame.assign(_file=where, _origin=[str(Path(f).parent.parent) for f in where])
+    kept, duplicates, _ = pick_per_case(frame, list(IDENTITY))
+    if duplicates:
+        raise DuplicateCase(duplicates, fix="merge the folders with python -m harness.results.merge ... "
+                                            "--prefer newest (or --prefer <folder>), or move one row file away")
+    frame = frame.loc[kept].drop(columns=["_file", "_origin"])
     return frame.sort_values(["run_root", "finished_at"]).reset_index(drop=True)
+
+
+class DuplicateCase(UserError):
+    """A case with ``ok`` rows in two places where one result is expected; names the first and both places."""
+
+    def __init__(self, duplicates: list[pd.DataFrame], *, fix: str) -> None:
+        from harness.measure.case import case_label  # torch-heavy: only when there is something to name
+
+        first = duplicates[0]
+        a, b = first.iloc[0], first.iloc[1]
+        others = len(duplicates) - 1
+        more = f" ({others} more duplicate case{'s' if others > 1 else ''})" if others else ""
+        super().__init__(f"duplicate case {case_label(a)} [{a['case_id']}]: ok rows in {_place(a, b)} and "
+                         f"{_place(b, a)}; {fix}{more}")
+
+
+def _place(row: pd.Series, other: pd.Series) -> str:
+    """Where an ok row came from: its job folder, or its file when both come from one job folder."""
+    return row["_file"] if row["_origin"] == other["_origin"] else row["_origin"]
+
+
+def pick_per_case(frame: pd.DataFrame, keys: list[str], *,
+                  choose: Callable[[pd.DataFrame], pd.Series | None] | None = None,
+                  ) -> tuple[list[Hashable], list[pd.DataFrame], list[tuple[pd.Series, pd.DataFrame]]]:
+    """The one rule ``load`` and ``merge`` share, per group of ``keys``: its ``ok`` row; no ok row: its
+    latest attempt; several ok rows: a duplicate, unless ``choose`` (``merge --prefer``) picks one.
+
+    Returns the index labels kept, the duplicates (each group's ok rows, oldest first) and the
+    choices made (the row kept, all ok rows of its group)."""
+    kept: list[Hashable] = []
+    duplicates: list[pd.DataFrame] = []
+    chosen: list[tuple[pd.Series, pd.DataFrame]] = []
+    for _, attempts in frame.groupby(keys, sort=False, dropna=False):
+        oks = attempts[attempts["status"] == "ok"]
+        if len(oks) > 1:
+            keep = choose(oks) if choose is not None else None
+            if keep is None:
+                duplicates.append(oks.sort_values("finished_at"))
+                continue
+            chosen.append((keep, oks))
+            kept.append(keep.name)
+        elif len(oks) == 1:
+            kept.append(oks.index[0])
+        else:
+            kept.append(attempts.sort_values("finished_at").index[-1])
+    return kept, duplicates, chosen
 
 
 def read_table(path: Path) -> pa.Table:
@@ -128,6 +218,8 @@ def read_table(path: Path) -> pa.Table:
             raise UnreadableRowFile(path, f"column {field.name} holds bytes, not text: a damaged file")
     try:
         return conform.conform(table)
+    except conform.ColumnTypeError as error:
+        raise UnreadableRowFile(path, str(error), wrong_type=True) from None
     except (pa.ArrowException, ValueError, TypeError) as error:
         raise UnreadableRowFile(path, f"not an attnbench row file: {_first_line(error)}") from None
 
@@ -166,7 +258,7 @@ def finished_case_ids(root: Path) -> set[str]:
     root = Path(root)
     if not root.exists():
         return set()
-    files = [p for p in root.rglob("*.parquet") if p.parent.name == ROWS]
+    files = _walk_rows(root)
     done: set[str] = set()
     for f in files:
         try:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +23,7 @@ from harness.errors import UserError
 from harness.logs import echoed
 from harness.results.paths import check_inside, check_run_name
 from harness.measure.memory import total_memory_bytes
+from harness.sweep.claim import claimed
 from harness.sweep.plan import plan_cases
 from harness.sweep.progress import Progress, summary_table
 from harness.measure.runner import RunContext, run_case
@@ -31,6 +33,10 @@ from variants.registry import VARIANTS
 
 _log = logging.getLogger(__name__)
 
+CONFIG = "config.yaml"  # per job: the resolved config its rows were measured with; written once, never replaced
+# Keys that do not change what a row measures: a resume may differ in these from the stored config.
+# name: the folder is the run's (hydra.sweep.dir may name it while name= keeps its time-stamp default).
+RESUME_FREE = ("resume", "name", "gpu_lock_dir", "calibration_dir", "measure.recalibrate")
 _SETTINGS_KEYS = ("warmup_reps", "warmup_s", "min_reps", "max_reps", "target_ci_rel", "budget_s", "confidence")
 
 
@@ -72,11 +78,12 @@ def run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[s
     Progress goes to this module's logger (Hydra's console and job log under ``run.py``); ``log``,
     a stream, also receives the lines (tests pass an ``io.StringIO``).
     """
-    with echoed(log):
-        return _run_job(cfg, job_dir=job_dir, root=root, job=job)
+    with echoed(log), ExitStack() as hold:
+        return _run_job(cfg, job_dir=job_dir, root=root, job=job, hold=hold)
 
 
-def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None) -> pd.DataFrame:
+def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None,
+             hold: ExitStack) -> pd.DataFrame:
     try:
         cases = plan_cases(cfg)
     except ValueError as error:
@@ -93,9 +100,12 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
         if threads < 1:
             raise UserError(f"threads={threads} is not allowed: threads must be a positive integer or null")
         torch.set_num_threads(threads)
+    # One sweep at a time under a name, held until the job ends: taken once the settings are checked,
+    # before anything under the folder is read or written.
+    hold.enter_context(claimed(root, launcher=str((job or {}).get("launcher", "direct"))))
+    write_config(job_dir / CONFIG, _plain(cfg), resume=bool(cfg.get("resume")))
     env = environment(device)
     results.write_json(job_dir / "env.json", env)
-    results.write_text(job_dir / "config.yaml", yaml.safe_dump(_plain(cfg), sort_keys=False))
     case_ids = [case.case_id(VARIANTS.get(case.variant).uses) for case in cases]
     # The job's plan, for `python -m harness.sweep.status`: a job that dies part-way leaves its cases listed.
     results.write_json(job_dir / results.PLAN, {
@@ -120,6 +130,53 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
         progress.update(case.label(), row)
     _log.info("job summary (%d cases):\n%s", len(cases), summary_table(rows))
     return pd.DataFrame(rows)
+
+
+def _flat(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"measure.warmup_reps": 7, ...}``: a nested config as dotted keys."""
+    if not isinstance(tree, Mapping):
+        return {prefix: tree}
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        flat.update(_flat(value, f"{prefix}{key}."))
+    return {k.removesuffix("."): v for k, v in flat.items()}
+
+
+def write_config(path: Path, config: Mapping[str, Any], *, resume: bool) -> None:
+    """Store the job's config at ``path`` unless one is stored there already: that one describes
+    the rows measured with it, so it is never replaced (``check_same_config``)."""
+    if not check_same_config(path, config, resume=resume):
+        results.write_text(path, yaml.safe_dump(dict(config), sort_keys=False))
+
+
+def check_same_config(path: Path, config: Mapping[str, Any], *, resume: bool) -> bool:
+    """Whether a config is stored at ``path`` already; ``UserError`` naming every key that changed
+    (old and new value), apart from ``RESUME_FREE``: rows measured two ways would share one folder
+    and one config (and nightly fingerprints a run by its config)."""
+    if not path.exists():
+        return False
+    try:
+        stored = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise UserError(f"{path} is not a readable config ({type(error).__name__}); move it away, or use a new "
+                        "name=") from None
+    old, new = _flat(stored if isinstance(stored, Mapping) else {}), _flat(config)
+    changed = [k for k in sorted(set(old) | set(new)) if k not in RESUME_FREE
+               and _compared(k, old.get(k, "<absent>")) != _compared(k, new.get(k, "<absent>"))]
+    if changed:
+        shown = ", ".join(f"{k} {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}" for k in changed)
+        what = "resume" if resume else "a new run under the same name"
+        raise UserError(f"{path.parent} was measured with another configuration ({shown}); {what} would mix "
+                        "rows measured two ways: repeat the original settings, or choose a new name=")
+    return True
+
+
+def _compared(key: str, value: Any) -> Any:
+    """A config value as the resume check compares it: which GPU of a machine a job was pinned to
+    (``cuda:1`` for ``device=auto``, harness.sweep.pinning) is the pinning's choice, not a setting."""
+    if key == "device" and isinstance(value, str) and value.startswith("cuda:"):
+        return "cuda"
+    return value
 
 
 def _plain(cfg: Mapping[str, Any]) -> Any:

@@ -270,8 +270,9 @@ def status(root: Path) -> SweepStatus:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"no sweep or run at {root}")
+    files = results.row_files([root])  # first: a link inside the folder is refused by name, as every reader does
     jobs, multirun = planned_jobs(root)
-    rows, unreadable = results.read_readable(results.row_files([root]))
+    rows, unreadable = results.read_readable(files)
     ok = set(rows.loc[rows["status"] == "ok", "case_id"])
     latest = rows.sort_values("finished_at").drop_duplicates("case_id", keep="last").set_index("case_id")
     cases, planned = [], set()

@@ -50,8 +50,8 @@ class RunContext:
     # Measures the ceilings again (bypassing the cache): called once per run when a row beats them.
     recalibrate: Callable[[], Ceilings] | None = None
     recalibrated: bool = False
-    # The machine's load per CPU, read at each case's start and end (tests inject one); None: unknown.
-    load: Callable[[], float | None] = trust.load_per_cpu
+    # The machine's load per CPU, read at each case's start and end; None: trust.load_per_cpu (tests inject one).
+    load: Callable[[], float | None] | None = None
 
 
 ABOVE_CEILING = 1.05  # a fraction of a roof above this is not timing noise
@@ -79,7 +79,8 @@ def _timer_bytes(case: Case, device: torch.device) -> int:
 def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     """Everything a case yields as one row; never raises for a case's own failure."""
     device = torch.device(case.device)
-    load_start = ctx.load()
+    load = ctx.load or trust.load_per_cpu
+    load_start = load()
     # Build, numerics, first call and timing: a warning anywhere in them (a recompile limit, an
     # unfused fallback) is the case's, and goes to its row and to the job log.
     with trust.catching() as caught:
@@ -90,7 +91,7 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             # allocation inside (the layer's, torch's, inductor's) then means N, not device 0 (issue 15, item 9).
             with torch.cuda.device(device):
                 row = _run_case(case, ctx)
-    _trust(row, case, ctx, caught, load_start=load_start, load_end=ctx.load())
+    _trust(row, case, ctx, caught, load_start=load_start, load_end=load())
     return row
 
 

@@ -126,7 +126,8 @@ COLUMNS: tuple[Column, ...] = (
     # Trust: whether a row's number can be taken at its word (harness.measure.trust). Not nulled on
     # failure: a busy machine or a fallback also explains an error. Null in rows written before them.
     # flags is a string like sdpa_backend, not a list: it survives CSV, markdown and a pandas filter
-    # (rows.flags.str.contains("noisy")) unchanged, where a list column would not.
+    # (rows["flags"].str.contains("noisy"); not rows.flags, which is pandas' own DataFrame.flags) unchanged,
+    # where a list column would not.
     _c("flags", "string", "", "trust", "comma-separated, in this order: noisy (latency_ci_rel over "
        "measure.target_ci_rel), fallback (a kernel fell back or ran another path than its label: fallback_reason), "
        "busy (other processes' load over 0.5 per CPU at the case's start or end), above_ceiling (above a calibrated "

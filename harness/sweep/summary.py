@@ -70,7 +70,7 @@ class Summary:
         lines = [f"# Sweep {markdown(self.root)}", "", f"{len(self.frame)} cases: {self.counts()}.", ""]
         flagged = self.flagged()
         if flagged:  # a number that can't be taken at its word is said before the table, not only in it
-            lines[-1:-1] = [f"{flagged} Flags: {', '.join(f'{k} ({v})' for k, v in FLAG_MEANINGS.items())}.", ""]
+            lines += [f"{flagged} Flags: {', '.join(f'{k} ({v})' for k, v in FLAG_MEANINGS.items())}.", ""]
         lines += [f"- {markdown(note)}" for note in self.notes]
         return "\n".join([*lines, "", self.table])
 
@@ -89,7 +89,7 @@ def summarize(root: str | Path) -> Summary:
     rows = rows.assign(speedup=rated["speedup"].reindex(rows.index))
     rows = _ordered(rows, variant_sort_key, impl_sort_key)
     frame = rows[[c for c in CSV_COLUMNS if c in rows.columns]].reset_index(drop=True)
-    constant = [c for c in SETTING_COLUMNS if c in frame.columns and frame[c].astype(str).nunique() == 1]
+    constant = [c for c in SETTING_COLUMNS if c in frame.columns and frame[c].astype(str).nunique(dropna=False) == 1]
     # A ragged batch or a paged cache is named where it is used; "none in every case" says nothing.
     said = [c for c in constant if not (c in OPTIONAL_SETTINGS and frame[c].isna().all())]
     notes = [", ".join(f"{c}={frame[c].iloc[0]}" for c in said) + " in every case."] if said else []

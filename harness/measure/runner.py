@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 import variants
-from harness.measure import numerics
+from harness.measure import numerics, trust
 from harness.measure.calibrate import Ceilings, last_level_cache_bytes
 from harness.measure.case import DTYPES, Case
 from harness.measure.dryrun import case_inputs
@@ -50,6 +50,8 @@ class RunContext:
     # Measures the ceilings again (bypassing the cache): called once per run when a row beats them.
     recalibrate: Callable[[], Ceilings] | None = None
     recalibrated: bool = False
+    # The machine's load per CPU, read at each case's start and end; None: trust.load_per_cpu (tests inject one).
+    load: Callable[[], float | None] | None = None
 
 
 ABOVE_CEILING = 1.05  # a fraction of a roof above this is not timing noise
@@ -77,12 +79,39 @@ def _timer_bytes(case: Case, device: torch.device) -> int:
 def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     """Everything a case yields as one row; never raises for a case's own failure."""
     device = torch.device(case.device)
-    if device.type != "cuda":
-        return _run_case(case, ctx)
-    # Device N is the current device for the whole case: every bare synchronize, event, stream and
-    # allocation inside (the layer's, torch's, inductor's) then means N, not device 0 (issue 15, item 9).
-    with torch.cuda.device(device):
-        return _run_case(case, ctx)
+    load = ctx.load or trust.load_per_cpu
+    load_start = load()
+    # Build, numerics, first call and timing: a warning anywhere in them (a recompile limit, an
+    # unfused fallback) is the case's, and goes to its row and to the job log.
+    with trust.catching() as caught:
+        if device.type != "cuda":
+            row = _run_case(case, ctx)
+        else:
+            # Device N is the current device for the whole case: every bare synchronize, event, stream and
+            # allocation inside (the layer's, torch's, inductor's) then means N, not device 0 (issue 15, item 9).
+            with torch.cuda.device(device):
+                row = _run_case(case, ctx)
+    _trust(row, case, ctx, caught, load_start=load_start, load_end=load())
+    return row
+
+
+def _trust(row: dict[str, Any], case: Case, ctx: RunContext, caught: trust.Caught, *, load_start: float | None,
+           load_end: float | None) -> None:
+    """The row's warnings, load and flags (harness.measure.trust)."""
+    for text, count in caught.counts.items():
+        _log.warning("%s: %s%s", case.label(), text, f" (x{count})" if count > 1 else "")
+    reason = caught.fallback()
+    if not reason and case.device.startswith("cuda") and "math" in (row.get("sdpa_backend") or "").split(","):
+        reason = "SDPA ran its math backend on CUDA (no fused kernel took these shapes)"
+    threads = torch.get_num_threads()
+    busy = any(trust.is_busy(load, own_threads=threads) for load in (load_start, load_end))
+    above = row["status"] == "ok" and _above_ceiling(row)
+    row.update(warnings=caught.text(), fallback_reason=reason, load_start=load_start, load_end=load_end,
+               remeasured=False)
+    row["flags"] = trust.flags(row, target_ci_rel=ctx.settings.target_ci_rel, fallback=bool(reason), busy=busy,
+                               above_ceiling=above)
+    if row["flags"]:
+        _log.info("%s: flagged %s%s", case.label(), row["flags"], f" ({reason})" if reason else "")
 
 
 def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:

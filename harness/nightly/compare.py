@@ -27,6 +27,10 @@ of them. With ``t`` the threshold (default 0.05):
 ``broken`` (a regression); now ``skipped`` is ``skipped``; the reverse is ``fixed``; a case in one
 run only is ``new`` or ``missing``; neither run timed it: ``not_timed``.
 
+**Flagged rows** (``harness.measure.trust``: noisy, fallback, busy, above_ceiling) are never a
+baseline: a case whose baseline row is flagged is ``flagged_baseline``, not judged, and says why. A
+flagged row in the new run is judged, and its verdict's detail names its flags.
+
 **Deterministic figures** (``harness.nightly.store.FIGURES``) are compared exactly and every
 change is reported. Growth of a memory figure (``peak_mem_bytes``, ``kv_cache_bytes``,
 ``kv_bytes_per_token``) by more than ``t`` makes the path *hungrier*: a regression. A change in the
@@ -45,14 +49,15 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Literal
 
+from harness.nightly.flags import flags_of
 from harness.nightly.ingest import describe_difference
 from harness.nightly.ratio import RatioCI, ratio_ci, run_to_run_sd_log, widen
 from harness.nightly.store import FIGURES, CaseRecord, Run
 
 Kind = Literal["regression", "suspect", "improvement", "unchanged", "noisy", "broken", "skipped", "fixed", "new",
-               "missing", "not_timed"]
+               "missing", "not_timed", "flagged_baseline"]
 KINDS: tuple[str, ...] = ("regression", "broken", "suspect", "improvement", "fixed", "noisy", "unchanged", "skipped",
-                          "new", "missing", "not_timed")
+                          "new", "missing", "not_timed", "flagged_baseline")
 FAILING_KINDS: tuple[str, ...] = ("regression", "broken")
 MEMORY_FIGURES: tuple[str, ...] = ("peak_mem_bytes", "kv_cache_bytes", "kv_bytes_per_token")
 COST_FIGURES: tuple[str, ...] = tuple(f for f in FIGURES if f not in MEMORY_FIGURES)
@@ -194,8 +199,15 @@ def judge_timing(base_ms: Sequence[float], new_ms: Sequence[float], *, threshold
 
 def _judge(base: CaseRecord, new: CaseRecord, history: Sequence[float], threshold: float) -> CaseVerdict:
     if base.status == "ok" and new.status == "ok":
+        doubt = flags_of(base.status, base.reason)
+        if doubt:  # a noisy, busy or fallen-back number is no yardstick: said, not judged
+            return CaseVerdict(new.case_id, new.label, "flagged_baseline", base_ms=base.median_ms,
+                               new_ms=new.median_ms, detail=f"the baseline's row is flagged {','.join(doubt)}: "
+                               "not used as a baseline, not judged")
         kind, ci, sd = judge_timing(base.samples_ms, new.samples_ms, threshold=threshold, history_ms=history)
-        return CaseVerdict(new.case_id, new.label, kind, ci, base.median_ms, new.median_ms, sd)
+        mine = flags_of(new.status, new.reason)
+        return CaseVerdict(new.case_id, new.label, kind, ci, base.median_ms, new.median_ms, sd,
+                           detail=f"this run's row is flagged {','.join(mine)}" if mine else "")
     change = f"{base.status} -> {new.status}" + (f": {new.reason}" if new.reason else "")
     if base.status == "ok":
         kind: Kind = "broken" if new.status in _FAILED else "skipped"

@@ -34,6 +34,7 @@ from harness import results
 from harness.errors import UserError
 from harness.measure.case import case_label
 from harness.measure.env import FINGERPRINT_FIELDS, fingerprint
+from harness.nightly.flags import reason_with_flags
 from harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun
 
 MEASURE_SETTINGS: tuple[str, ...] = ("warmup_reps", "warmup_s", "cuda_graph", "l2_flush")
@@ -92,7 +93,8 @@ def case_records(frame: pd.DataFrame) -> Iterator[CaseRecord]:
             raise ValueError(f"ok row {row['case_id']} has no samples_ms; re-run it with this attnbench")
         yield CaseRecord(
             case_id=str(row["case_id"]), label=case_label(row), labels={c: _plain(row.get(c)) for c in LABEL_COLUMNS},
-            status=str(row["status"]), reason=str(row.get("reason") or ""),
+            status=str(row["status"]),
+            reason=reason_with_flags(str(row["status"]), str(row.get("reason") or ""), row.get("flags")),
             figures={f: _integer(row.get(f)) for f in FIGURES},
             median_ms=_number(row.get(MEDIAN)) if ok else None,
             ci_low_ms=_number(row.get(CI_LOW)) if ok else None,

@@ -10,7 +10,7 @@ from harness.nightly.store import Run
 from harness.report import escape
 
 _ALWAYS_COUNTED = ("regression", "improvement", "unchanged", "noisy")
-_PLURAL = {"regression": "regressions", "improvement": "improvements", "not_timed": "not timed",
+_PLURAL = {"flagged_baseline": "flagged baselines", "regression": "regressions", "improvement": "improvements", "not_timed": "not timed",
            "suspect": "suspected, not confirmed"}
 _SINGULAR = {"suspect": "suspected, not confirmed"}
 _ENV_NAMES = {"env_device_name": "device", "env_driver": "driver", "env_cuda": "CUDA", "env_torch": "torch",
@@ -57,7 +57,7 @@ def render(comparison: Comparison, *, baseline_how: str = "") -> str:
     if unchanged:
         lines += ["<details><summary>Unchanged: " + str(len(unchanged)) + "</summary>", "",
                   *_timing_table("", unchanged), "</details>", ""]
-    other = c.of("fixed", "skipped", "new", "missing", "not_timed")
+    other = c.of("fixed", "skipped", "new", "missing", "not_timed", "flagged_baseline")
     if other:
         lines += ["<details><summary>Other changes: " + str(len(other)) + "</summary>", "",
                   "| case | what | detail |", "|---|---|---|",

@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from harness import results
+from harness.report import flagged
 from harness.results import schema
 
 DEVICE = "env_device_name"
@@ -107,6 +108,9 @@ def prepare(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]] | None = N
     not_measured = kept[~is_ok].reset_index(drop=True)
     if ok.empty:
         notes.append("No case in the selection was measured (status ok): tables and figures are left out.")
+    listed = flagged.listing(ok, what="Flagged rows (hollow grey markers in the figures, † in the tables)")
+    if listed:
+        notes.append(listed)
     return ReportData(ok=ok, not_measured=not_measured, notes=tuple(notes))
 
 

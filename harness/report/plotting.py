@@ -20,7 +20,7 @@ from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from harness.report import escape
+from harness.report import escape, flagged
 from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
 from harness.report.figures import Drawn
 from harness.report.style import impl_sort_key, impl_style, series_style, variant_color, variant_sort_key
@@ -113,11 +113,19 @@ def series(rows: pd.DataFrame) -> Iterator[tuple[tuple[str, str, str], pd.DataFr
 
 def plot_series(ax: Axes, rows: pd.DataFrame, x: str, y: str, *, band: tuple[str, str] | None = None,
                 scale: float = 1.0) -> None:
-    """One line per (variant, impl, compile), optionally with a shaded band (a confidence interval)."""
+    """One line per (variant, impl, compile), optionally with a shaded band (a confidence interval);
+    a flagged row's point is a hollow grey marker on the line (``harness.report.flagged``)."""
     for (variant, impl, compile_mode), group in series(rows):
         group = group.sort_values(x)
         style = series_style(variant, impl, compile_mode)
-        ax.plot(group[x], group[y].astype(float) * scale, label=escape.mathtext(f"{variant}/{impl}"), **style.line_kwargs())
+        doubt = flagged.mask(group).to_numpy()
+        kwargs = style.line_kwargs()
+        if doubt.any():
+            kwargs["markevery"] = [i for i, f in enumerate(doubt) if not f]
+        ax.plot(group[x], group[y].astype(float) * scale, label=escape.mathtext(f"{variant}/{impl}"), **kwargs)
+        if doubt.any():
+            ax.plot(group[x][doubt], group[y][doubt].astype(float) * scale, linestyle="", marker=style.marker,
+                    markerfacecolor="none", markeredgecolor=flagged.FLAGGED_EDGE, gid=flagged.FLAGGED_GID)
         if band is not None and all(c in group.columns for c in band):
             # A CI the loop could not bound (too few repetitions) is infinite: no band there.
             low, high = (group[c].astype(float).replace([np.inf, -np.inf], np.nan) * scale for c in band)
@@ -226,6 +234,9 @@ def legend(fig: Figure, rows: pd.DataFrame, *, extra: Sequence[Line2D] = (), col
     if (rows["compile"] != "none").any():
         handles.append(Line2D([], [], color="0.35", marker="o", markerfacecolor="white", linestyle="",
                               label="compiled"))
+    if flagged.mask(rows).any():
+        handles.append(Line2D([], [], marker="o", markerfacecolor="none", markeredgecolor=flagged.FLAGGED_EDGE,
+                              linestyle="", label="flagged"))
     if extra:
         handles.append(header("lines"))
         handles += list(extra)
@@ -418,4 +429,4 @@ def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: f
             device_title(ax, panel.device, width)
     subtitle(fig, drawn_rows(drawn), device=devices[0] if len(devices) == 1 else None, held=(x,))
     legend(fig, drawn_rows(drawn), colour_key=not faceted)
-    return Drawn(fig, f"{caption} {caption_for(drawn)}")
+    return Drawn(fig, " ".join(filter(None, (caption, caption_for(drawn), flagged.listing(drawn_rows(drawn))))))

@@ -63,7 +63,7 @@ def markdown_grid(frame: pd.DataFrame) -> str:
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "×": r"$\times$"}
+                  "×": r"$\times$", "†": r"\textdagger{}"}
 
 
 def latex_escape(text: object) -> str:

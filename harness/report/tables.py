@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from harness.report import flagged
 from harness.report.data import DEVICE
 from harness.report.style import impl_sort_key, variant_sort_key
 from harness.report.units import byte_unit, count, like, significant, tokens
@@ -96,7 +97,7 @@ def cases_table(ok: pd.DataFrame, *, baseline_label: str) -> Table:
                    "seq_lens", "page_size", "variant", "impl", "latency_ms", "latency_ci_low_ms", "latency_ci_high_ms", "n_reps", "gbps",
                    "ceiling_copy_gbps", "frac_peak_bandwidth", "tflops", "ceiling_matmul_tflops", "frac_peak_flops",
                    "peak_mem_bytes", "kv_cache_bytes", "kv_bytes_per_token_model", "tokens_per_s", "speedup",
-                   "mem_ratio", "run_root", "case_id"]
+                   "mem_ratio", "flags", "run_root", "case_id"]
     raw = pd.DataFrame({c: _col(ok, c) for c in raw_columns})
     flop_unit, flop_scale = _scaled(raw["tflops"] * 1e12, FLOP_UNITS)
     mem_unit, mem_scale = byte_unit(raw["peak_mem_bytes"])
@@ -105,7 +106,8 @@ def cases_table(ok: pd.DataFrame, *, baseline_label: str) -> Table:
     shown = pd.DataFrame({
         **_settings(ok), "batch": raw["batch"].map(count), "context": raw["seq"].map(tokens),
         # One column, named as the figures name a series: a page-wide table has no room to spare.
-        "variant/impl": raw["variant"].astype(str) + "/" + raw["impl"].astype(str), "latency (ms)": latency,
+        "variant/impl": flagged.daggered(raw["variant"].astype(str) + "/" + raw["impl"].astype(str), raw),
+        "latency (ms)": latency,
         "95% CI (ms)": [_ci(lo, hi, m) for lo, hi, m in zip(raw["latency_ci_low_ms"], raw["latency_ci_high_ms"],
                                                              latency, strict=True)],
         "GB/s": raw["gbps"].map(significant),
@@ -120,6 +122,9 @@ def cases_table(ok: pd.DataFrame, *, baseline_label: str) -> Table:
                f"bandwidth counts the cost model's minimum bytes; speed-up = {baseline_label} latency / latency "
                f"and mem ratio = peak memory / {baseline_label} peak memory at the same shape, context, batch, "
                "phase, dtype, compile mode and device (empty: no baseline row).")
+    if flagged.mask(raw).any():
+        caption += (f" {flagged.DAGGER}: a flagged row (noisy, fallback, busy or above_ceiling; the flags column of "
+                    "cases.csv says which).")
     shown, caption = _fold_constants(ok, shown, caption)
     return Table("cases", "Measured cases", raw, shown, caption)
 

@@ -19,10 +19,10 @@ from typing import Literal
 import pyarrow as pa
 
 Kind = Literal["string", "int64", "float64", "bool", "timestamp", "list<float64>"]
-Group = Literal["identity", "case", "shape", "timing", "derived", "memory", "numerics", "telemetry", "overhead",
-                "provenance", "env"]
-GROUPS: tuple[str, ...] = ("identity", "case", "shape", "timing", "derived", "memory", "numerics", "telemetry",
-                           "overhead", "provenance", "env")
+Group = Literal["identity", "case", "trust", "shape", "timing", "derived", "memory", "numerics", "telemetry",
+                "overhead", "provenance", "env"]
+GROUPS: tuple[str, ...] = ("identity", "case", "trust", "shape", "timing", "derived", "memory", "numerics",
+                           "telemetry", "overhead", "provenance", "env")
 # The pyarrow type each kind is written as, and the pandas dtype ``harness.results.load`` gives it.
 ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
@@ -32,6 +32,8 @@ PANDAS_DTYPES: dict[str, str] = {"string": "str", "int64": "Int64", "float64": "
                                  "timestamp": "datetime64[us, UTC]", "list<float64>": "object"}
 TIMING_MODES: tuple[str, ...] = ("cpu_wall", "cuda_events", "cuda_events_per_call", "cuda_graph")
 STATUS_VALUES: tuple[str, ...] = ("ok", "skipped", "oom", "error", "incorrect")
+# Why a row's number may not mean what its label says, in this order in ``flags`` (harness.measure.trust).
+FLAG_VALUES: tuple[str, ...] = ("noisy", "fallback", "busy", "above_ceiling")
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,24 @@ COLUMNS: tuple[Column, ...] = (
     _c("q_len", "int64", "tokens", "case", "query tokens per step: seq for prefill, decode_len for decode"),
     _c("status", "string", "", "case", "ok, skipped, oom, error or incorrect", **_S),
     _c("reason", "string", "", "case", "why a case is not ok (one line); empty when ok", **_S),
+    # Trust: whether a row's number can be taken at its word (harness.measure.trust). Not nulled on
+    # failure: a busy machine or a fallback also explains an error. Null in rows written before them.
+    # flags is a string like sdpa_backend, not a list: it survives CSV, markdown and a pandas filter
+    # (rows["flags"].str.contains("noisy"); not rows.flags, which is pandas' own DataFrame.flags) unchanged,
+    # where a list column would not.
+    _c("flags", "string", "", "trust", "comma-separated, in this order: noisy (latency_ci_rel over "
+       "measure.target_ci_rel), fallback (a kernel fell back or ran another path than its label: fallback_reason), "
+       "busy (other processes' load over 0.5 per CPU at the case's start or end), above_ceiling (above a calibrated "
+       "roof after the ceilings were checked); empty: none", **_S),
+    _c("fallback_reason", "string", "", "trust", "the message that made the row a fallback (torch's warning, or "
+       "SDPA's math backend on CUDA); empty: none"),
+    _c("warnings", "string", "", "trust", "Python and torch warnings (dynamo, inductor logs) raised during the case, "
+       "distinct ones joined by ' | ' with their counts, at most 2000 characters; empty: none"),
+    _c("load_start", "float64", "tasks/CPU", "trust", "the machine's 1-minute load average over its CPU count when "
+       "the case started (this process's own threads included; null: not available)"),
+    _c("load_end", "float64", "tasks/CPU", "trust", "the same when the case finished"),
+    _c("remeasured", "bool", "", "trust", "the row was noisy and its case was measured again at the end of the "
+       "job; the row holds the measurement with the tighter CI"),
     # Analytic counts from the variant's cost model (variants/cost.py).
     _c("flops", "int64", "FLOP", "derived", "floating-point operations of one step (cost model)"),
     _c("indexer_flops", "int64", "FLOP", "derived", "the lightning indexer's share of flops (0: no indexer)"),
@@ -270,7 +290,8 @@ def markdown() -> str:
              "them; `decode_len` only for decode). **Nulled** marks the measured figures that are empty unless "
              "`status` is `ok`. Rows written before this schema are conformed on load: `host` and "
              "`device_index` become `env_host` and `env_device_index`, a float `finished_at` (Unix seconds) a "
-             "UTC timestamp, and `timer`/`cuda_graph` become `timing` and `l2_flush`.", "",
+             "UTC timestamp, and `timer`/`cuda_graph` become `timing` and `l2_flush`; rows written before the trust "
+             "columns (`flags` to `remeasured`) hold nulls there.", "",
              "| column | type | unit | group | identity | nulled | meaning |",
              "|---|---|---|---|---|---|---|"]
     for c in COLUMNS:

@@ -33,16 +33,19 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from harness import results
+from harness.measure import trust
 
 MARKDOWN, CSV = "summary.md", "summary.csv"
 # What tells cases apart, in table order; a column whose value is the same in every row is left out.
 SETTING_COLUMNS = ("phase", "seq", "seq_lens", "page_size", "batch", "compile", "decode_len", "dtype", "model",
                    "device")
 OPTIONAL_SETTINGS = ("seq_lens", "page_size")
+FLAG_MEANINGS = {"noisy": "CI over measure.target_ci_rel", "fallback": "another code path than its label",
+                 "busy": "other processes loaded the CPUs", "above_ceiling": "above a calibrated roof"}
 CASE_COLUMNS = ("variant", "impl")
-CSV_COLUMNS = ("job_num", *CASE_COLUMNS, *SETTING_COLUMNS, "status", "latency_ms", "latency_ci_low_ms",
+CSV_COLUMNS = ("job_num", *CASE_COLUMNS, *SETTING_COLUMNS, "status", "flags", "latency_ms", "latency_ci_low_ms",
                "latency_ci_high_ms", "latency_ci_rel", "n_reps", "speedup", "tokens_per_s", "peak_mem_bytes",
-               "reason", "case_id", "job_dir")
+               "remeasured", "fallback_reason", "load_start", "load_end", "reason", "case_id", "job_dir")
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,17 @@ class Summary:
         order = ["ok", *sorted(s for s in counts if s != "ok")]
         return ", ".join(f"{counts[s]} {s}" for s in order if counts[s]) or "no rows"
 
+    def flagged(self) -> str:
+        """``"N rows flagged: ..."``, or '' when no row is."""
+        return trust.count_line(self.frame["flags"]) if "flags" in self.frame.columns else ""
+
     def markdown(self) -> str:
         from harness.report.escape import markdown  # the folder and the notes hold the user's values
 
         lines = [f"# Sweep {markdown(self.root)}", "", f"{len(self.frame)} cases: {self.counts()}.", ""]
+        flagged = self.flagged()
+        if flagged:  # a number that can't be taken at its word is said before the table, not only in it
+            lines += [f"{flagged} Flags: {', '.join(f'{k} ({v})' for k, v in FLAG_MEANINGS.items())}.", ""]
         lines += [f"- {markdown(note)}" for note in self.notes]
         return "\n".join([*lines, "", self.table])
 
@@ -79,7 +89,7 @@ def summarize(root: str | Path) -> Summary:
     rows = rows.assign(speedup=rated["speedup"].reindex(rows.index))
     rows = _ordered(rows, variant_sort_key, impl_sort_key)
     frame = rows[[c for c in CSV_COLUMNS if c in rows.columns]].reset_index(drop=True)
-    constant = [c for c in SETTING_COLUMNS if c in frame.columns and frame[c].astype(str).nunique() == 1]
+    constant = [c for c in SETTING_COLUMNS if c in frame.columns and frame[c].astype(str).nunique(dropna=False) == 1]
     # A ragged batch or a paged cache is named where it is used; "none in every case" says nothing.
     said = [c for c in constant if not (c in OPTIONAL_SETTINGS and frame[c].isna().all())]
     notes = [", ".join(f"{c}={frame[c].iloc[0]}" for c in said) + " in every case."] if said else []
@@ -87,6 +97,10 @@ def summarize(root: str | Path) -> Summary:
     if without < len(ok):
         notes.append("speedup: mha/eager latency at the same setting over the case's latency (above 1: faster)"
                      + (f"; {without} measured case(s) have no mha/eager case at their setting." if without else "."))
+    again = int(frame["remeasured"].fillna(False).astype(bool).sum()) if "remeasured" in frame.columns else 0
+    if again:
+        notes.append(f"{again} case(s) were noisy and measured again at the end of their job; each row holds the "
+                     "measurement with the tighter CI (flagged noisy only if that one still is).")
     return Summary(root, frame, _markdown_table(frame, constant), tuple(notes))
 
 
@@ -109,6 +123,8 @@ def _markdown_table(frame: pd.DataFrame, constant: list[str]) -> str:
             shown[column] = frame[column].map(lambda v: "" if v is None or (pd.api.types.is_scalar(v) and pd.isna(v))
                                               else str(v))
     shown["status"] = frame["status"]
+    if "flags" in frame.columns and frame["flags"].map(trust.parse).map(bool).any():
+        shown["flags"] = frame["flags"].map(lambda v: ",".join(trust.parse(v)))
     if "latency_ms" in frame.columns and frame["latency_ms"].notna().any():
         shown["latency_ms"] = frame["latency_ms"].map(number)
         shown["ci"] = frame["latency_ci_rel"].map(_relative)

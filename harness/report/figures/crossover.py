@@ -20,6 +20,7 @@ from matplotlib.lines import Line2D
 from harness.report import escape
 from harness.report.data import DEVICE
 from harness.report.figures import Drawn, FigureInput, figure
+from harness.report.flagged import with_listing
 from harness.report.plotting import (
     Panel,
     context_axis,
@@ -132,8 +133,8 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         device_title(ax_t, panel.device, "single")
     subtitle(fig, drawn_rows(drawn), device=drawn[0].device if len(drawn) == 1 else None, held=("seq",))
     legend(fig, drawn_rows(drawn), extra=marks)
-    return Drawn(fig, "Decode step latency of one layer (measured, left) and its minimum bytes (cost model: weights, "
+    return Drawn(fig, with_listing("Decode step latency of one layer (measured, left) and its minimum bytes (cost model: weights, "
                       "the cache rows it reads, right) against context; each variant with its fastest implementation "
                       "at its longest context; dotted verticals: where a sparse variant's latency falls below dense "
                       f"MLA's (interpolated on the log-log curves). {'; '.join(notes)}. "
-                      + "; ".join(f"{p.device}: {p.setting}" for p in drawn) + ".")
+                      + "; ".join(f"{p.device}: {p.setting}" for p in drawn) + ".", drawn_rows(drawn)))

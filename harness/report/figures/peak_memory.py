@@ -10,6 +10,7 @@ from matplotlib.lines import Line2D
 from harness.report.capacity import longest_context
 from harness.report.costmodel import model_cost, shape_of
 from harness.report.figures import Drawn, FigureInput, figure
+from harness.report.flagged import with_listing
 from harness.report.plotting import (bytes_axis, caption_for, context_axis, device_title, drawn_rows, legend,
                                      facet, facet_title, new_figure, panels, plot_series, subtitle)
 from harness.report.style import variant_color, variant_sort_key
@@ -77,12 +78,12 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     devices = sorted({p.device for p in drawn})
     subtitle(fig, drawn_rows(drawn), device=devices[0] if len(devices) == 1 else None, held=("seq",))
     legend(fig, drawn_rows(drawn), extra=extra, colour_key=not faceted)
-    return Drawn(fig, "Markers: measured peak memory of one layer's step. Thin lines: the cost model's attention "
+    return Drawn(fig, with_listing("Markers: measured peak memory of one layer's step. Thin lines: the cost model's attention "
                       f"weights + KV cache of all layers; solid horizontal: the budget; dashed: the budget less the "
                       f"{data.reserve:.0%} reserve (drawn when within reach of the data); dotted verticals: the longest context "
                       "that fits, when within the x range (shaded: beyond the last measured context, the model "
                       "extrapolated). Longest "
-                      f"context: {'; '.join(words)}. {caption_for(drawn)}")
+                      f"context: {'; '.join(words)}. {caption_for(drawn)}", drawn_rows(drawn)))
 
 
 def _budget(data: FigureInput, rows: pd.DataFrame) -> int | None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 from matplotlib.lines import Line2D
 
+from harness.report import flagged
 from harness.report.data import DEVICE
 from harness.report.figures import Drawn, FigureInput, figure
 from harness.report.plotting import (MAX_SERIES, device_title, facet_title, legend, log_axis, new_figure, series,
@@ -53,7 +54,12 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         ax.plot(x, np.minimum(bandwidth * x, compute), color="0.2", linewidth=1.0)
         for (variant, impl, compile_mode), group in series(shown):
             style = series_style(variant, impl, compile_mode).line_kwargs() | {"linestyle": ""}
-            ax.plot(group["intensity_flops_per_byte"], group["tflops"].astype(float) * 1e3, **style)
+            doubt = flagged.mask(group)
+            ax.plot(group["intensity_flops_per_byte"][~doubt], group["tflops"][~doubt].astype(float) * 1e3, **style)
+            if doubt.any():  # a flagged row: hollow and grey (harness.report.flagged)
+                ax.plot(group["intensity_flops_per_byte"][doubt], group["tflops"][doubt].astype(float) * 1e3,
+                        **style | {"markerfacecolor": "none", "markeredgecolor": flagged.FLAGGED_EDGE},
+                        gid=flagged.FLAGGED_GID)
         words.append(f"{device} ({dtype}): copy {bandwidth:.3g} GB/s, matmul {compute:.3g} GFLOP/s, "
                      f"ridge at {ridge:.3g} FLOP/byte")
     for ax, (device, dtype, _, only, _shown) in zip(axes, facets, strict=True):
@@ -69,6 +75,6 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     devices = sorted(usable[DEVICE].astype(str).unique())
     subtitle(fig, usable, device=devices[0] if len(devices) == 1 else None)
     legend(fig, usable, colour_key=not faceted, extra=[Line2D([], [], color="0.2", linewidth=1.0, label="measured ceilings")])
-    return Drawn(fig, "Roofline: each point is one measured case (every phase, batch and context); x: the "
+    return Drawn(fig, flagged.with_listing("Roofline: each point is one measured case (every phase, batch and context); x: the "
                       "cost model's FLOPs over its minimum bytes; y: those FLOPs over the median latency. "
-                      f"Ceilings as measured on the device: {'; '.join(words)}.")
+                      f"Ceilings as measured on the device: {'; '.join(words)}.", usable))

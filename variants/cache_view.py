@@ -89,11 +89,21 @@ class CacheView:
         for t0 in range(0, self.kv_len, step):
             yield t0, min(t0 + step, self.kv_len)
 
-    def buffer_rows(self, buffer: str, t0: int, t1: int) -> Tensor:
+    def scratch(self, buffer: str, tokens: int) -> Tensor | None:
+        """Room for one chunk of ``tokens`` rows of a paged buffer, to pass to ``buffer_rows`` for every
+        chunk of a step (one allocation per step, not one per chunk: a fresh multi-MiB tensor per
+        chunk costs its page faults each time); None for a contiguous cache, read in place."""
+        P = self.layout.page_size
+        if P is None:
+            return None
+        pool = self.storage[buffer]
+        return pool.new_empty(self.batch * math.ceil(tokens / P), *pool.shape[1:])
+
+    def buffer_rows(self, buffer: str, t0: int, t1: int, scratch: Tensor | None = None) -> Tensor:
         """``[B, t, W]``: rows ``[t0, t1)`` of one storage buffer, a view (contiguous) or the pages
-        holding them copied out of the pool by one ``index_select`` (paged)."""
+        holding them copied out of the pool by one ``index_select`` (paged; into ``scratch`` if given)."""
         buf = self.storage[buffer]
-        return self._rows(buf, t0, t1)
+        return self._rows(buf, t0, t1, scratch)
 
     def rows(self, name: str, t0: int, t1: int, buffer_rows: Tensor | None = None) -> Tensor:
         """``[B, t, F]``: field ``name`` at rows ``[t0, t1)``, in the compute dtype (fp8: dequantized,
@@ -116,12 +126,16 @@ class CacheView:
         """``[B, T, W]``: a storage buffer's rows over the whole prefix (a view, or a copy when paged)."""
         return self.buffer_rows(buffer, 0, self.kv_len)
 
-    def _rows(self, buf: Tensor, t0: int, t1: int) -> Tensor:
+    def _rows(self, buf: Tensor, t0: int, t1: int, scratch: Tensor | None = None) -> Tensor:
         P = self.layout.page_size
         if P is None:
             return buf[:, t0:t1]
         assert self.block_table_BJ is not None
         j0, j1 = t0 // P, math.ceil(t1 / P)
         pages_N = self.block_table_BJ[:, j0:j1].reshape(-1)  # int32; a copy of B·(j1 - j0) entries
-        chunk_BtW = buf.index_select(0, pages_N).view(self.batch, (j1 - j0) * P, *buf.shape[2:])
+        if scratch is None:
+            pages_NPW = buf.index_select(0, pages_N)
+        else:
+            pages_NPW = torch.index_select(buf, 0, pages_N, out=scratch[:pages_N.numel()])
+        chunk_BtW = pages_NPW.view(self.batch, (j1 - j0) * P, *buf.shape[2:])
         return chunk_BtW[:, t0 - j0 * P:t1 - j0 * P]

@@ -105,14 +105,25 @@ class EagerMLAKernel:
                                                                      else {"budget": self.chunk_bytes}))
         combine = LseCombine(acc_dtype)
         floor = torch.finfo(acc_dtype).min
+        # One rotary key and the packed rows [c_kv; k_rope]: one matmul per chunk against the whole row
+        # (the query concatenated once per step), rather than one per score term.
+        q_BME = torch.cat((q_lat_BMC, q_rope_BMR), dim=-1) if shared and G == 1 else None
+        scratch = view.scratch(view.layout.slot("c_kv").buffer, tokens) if shared else None
         for t0, t1 in view.chunks(tokens):
             # One read of the chunk's rows: the packed [c_kv; k_rope] rows once, or each field's.
-            rows_BtW = view.buffer_rows(view.layout.slot("c_kv").buffer, t0, t1) if shared else None
+            rows_BtW = view.buffer_rows(view.layout.slot("c_kv").buffer, t0, t1, scratch) if shared else None
             c_kv_BtC = view.rows("c_kv", t0, t1, rows_BtW)
-            k_rope_BtGR = view.rows("k_rope", t0, t1, rows_BtW).unflatten(-1, (G, R))
-            scores_BNLt = _scores(q_lat_BMC, q_rope_BMR, c_kv_BtC, k_rope_BtGR,
-                                  None if keep_LT is None else keep_LT[..., t0:t1], L, acc_dtype)
-            scores_BMt = scores_BNLt.flatten(1, 2)
+            keep_Lt = None if keep_LT is None else keep_LT[..., t0:t1]
+            if q_BME is not None and rows_BtW is not None:
+                E = q_BME.shape[-1]
+                kv_BtE = rows_BtW[..., view.layout.slot("c_kv").offset:][..., :E]
+                scores_BMt = torch.bmm(q_BME, kv_BtE.transpose(1, 2)).to(acc_dtype)
+                if keep_Lt is not None:
+                    scores_BMt = scores_BMt.view(B, N, L, -1).masked_fill(keep_Lt.logical_not(), float("-inf"))
+                    scores_BMt = scores_BMt.flatten(1, 2)
+            else:
+                k_rope_BtGR = view.rows("k_rope", t0, t1, rows_BtW).unflatten(-1, (G, R))
+                scores_BMt = _scores(q_lat_BMC, q_rope_BMR, c_kv_BtC, k_rope_BtGR, keep_Lt, L, acc_dtype).flatten(1, 2)
             # A row whose keys in this chunk are all masked has max -inf; the floor keeps exp() at 0, not NaN.
             max_BM1 = scores_BMt.amax(-1, keepdim=True).clamp_min(floor)
             probs_BMt = scores_BMt.sub_(max_BM1).exp_()  # the chunk's own scores, overwritten

@@ -104,8 +104,9 @@ class SdpaMLAKernel:
         assert keep_B11T is None or keep_B11T.shape[-2] == 1, "a decode step's mask has one query row"
         acc_dtype = torch.promote_types(q_B1ME.dtype, torch.float32)
         combine = LseCombine(acc_dtype)
+        scratch = view.scratch(buffer, tokens)
         for t0, t1 in view.chunks(tokens):
-            kv_B1tE = view.buffer_rows(buffer, t0, t1).unsqueeze(1)
+            kv_B1tE = view.buffer_rows(buffer, t0, t1, scratch).unsqueeze(1)
             bias_B11t, seen_B11 = None, None
             if keep_B11T is not None:
                 keep_B11t = keep_B11T[..., t0:t1]

@@ -364,13 +364,14 @@ class KVCache:
             page_BK = self.block_table.to(index_BK.device).gather(1, index_BK // P).long()
             flat_N = (page_BK * P + index_BK % P).flatten()
         else:
-            rows = self.fields[name].shape[1]
+            rows = self.fields[name].shape[1] if name != "packed" else self.buffers[name].shape[1]
             flat_N = (index_BK + torch.arange(B, device=index_BK.device).unsqueeze(1) * rows).flatten()
 
         def pick(buffer: Tensor) -> Tensor:
             return buffer.flatten(0, 1).index_select(0, flat_N).unflatten(0, (B, K))
 
-        values_BKX = pick(self.fields[name])
+        # "packed": the packed rows [c_kv; k_rope] whole (a kernel reading FlashMLA's layout).
+        values_BKX = pick(self.buffers[name] if name == "packed" else self.fields[name])
         if name not in self.scales:
             return values_BKX
         return quant.dequantize(values_BKX.flatten(2), pick(self.scales[name]), self.dtype).view(values_BKX.shape)

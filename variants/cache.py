@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from variants import quant
+from variants.cache_view import CacheView, FieldSlot, ViewLayout
 from variants.shape import KV_DTYPES, check_choice
 
 
@@ -363,16 +364,34 @@ class KVCache:
             page_BK = self.block_table.to(index_BK.device).gather(1, index_BK // P).long()
             flat_N = (page_BK * P + index_BK % P).flatten()
         else:
-            rows = self.fields[name].shape[1]
+            rows = self.fields[name].shape[1] if name != "packed" else self.buffers[name].shape[1]
             flat_N = (index_BK + torch.arange(B, device=index_BK.device).unsqueeze(1) * rows).flatten()
 
         def pick(buffer: Tensor) -> Tensor:
             return buffer.flatten(0, 1).index_select(0, flat_N).unflatten(0, (B, K))
 
-        values_BKX = pick(self.fields[name])
+        # "packed": the packed rows [c_kv; k_rope] whole (a kernel reading FlashMLA's layout).
+        values_BKX = pick(self.buffers[name] if name == "packed" else self.fields[name])
         if name not in self.scales:
             return values_BKX
         return quant.dequantize(values_BKX.flatten(2), pick(self.scales[name]), self.dtype).view(values_BKX.shape)
+
+    def view(self, end: int, seq_lens_B: Tensor | None = None) -> CacheView:
+        """What a kernel reads for a step over positions ``[0, end)``: the storage as allocated, the
+        block table, the per-sequence lengths (``seq_lens_B``, a ragged step's; None: all ``end``)
+        and fp8 scales, and where each per-position field lies (``variants.cache_view``). Nothing
+        is copied; the kernel decides how to read it."""
+        slots, offset = [], 0
+        for field in self.layout.fields:
+            if not field.per_position:
+                continue
+            in_packed = self.layout.packed and not field.apart
+            slots.append(FieldSlot(field.name, "packed" if in_packed else field.name,
+                                   offset if in_packed else 0, field.numel, field.tile if field.fp8 else None))
+            offset += field.numel if in_packed else 0
+        storage = {name: buf for name, buf in self.buffers.items() if not name.endswith(".scale")}
+        return CacheView(ViewLayout(self.page_size, tuple(slots)), storage, dict(self.scales), self.block_table,
+                         seq_lens_B, end, self.batch, self.dtype)
 
     def read(self, name: str, end: int) -> Tensor:
         """Positions [0, end) of a field: a view of the buffer (no copy), or the pages gathered; an fp8

@@ -26,6 +26,7 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
+from variants.cache_view import CacheView
 from variants.mask import AttnMask
 
 
@@ -63,6 +64,13 @@ class MLAKernel(Protocol):
     A kernel may have ``sparse``, its ``SparseMLAKernel`` counterpart reading the same layout: what
     a layer that attends on selected tokens only (``dsa``) calls in its place (read with getattr;
     FlashMLA ships the pair, its dense and its sparse decode kernels).
+
+    The layer hands the kernel the cache as a ``variants.cache_view.CacheView`` (storage or page
+    pool, block table, lengths, fp8 scales, where ``c_kv`` and ``k_rope`` lie in a row), through
+    ``attend_latent``. A kernel with ``reads_view = True`` has ``attend_view(q_lat_BLNC, q_rope_BLNR,
+    view, *, scale, mask)`` and reads the view itself (FlashMLA's and FlashInfer's contract: a
+    paged or fp8 cache read in place); any other kernel gets the pieces above gathered from it
+    (views of a contiguous cache, a copy of a paged or fp8 one). Both read with getattr.
     """
 
     name: str
@@ -98,3 +106,15 @@ class SparseMLAKernel(Protocol):
 
     def __call__(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, c_kv_BTC: Tensor, k_rope_BTJ: Tensor,
                  idx_BLK: Tensor, *, scale: float, kv_BTE: Tensor | None = None) -> Tensor: ...
+
+
+def attend_latent(kernel: MLAKernel, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, *,
+                  scale: float, mask: AttnMask) -> Tensor:
+    """Run an MLA kernel on a cache view: one that ``reads_view`` reads it where it lies; any other
+    gets ``c_kv``, ``k_rope`` (and with ``packed_cache`` the packed rows) gathered from it."""
+    if getattr(kernel, "reads_view", False):
+        return kernel.attend_view(q_lat_BLNC, q_rope_BLNR, view, scale=scale, mask=mask)  # type: ignore[attr-defined]
+    kv_BTE = view.gather_buffer(view.layout.slot("c_kv").buffer) if kernel.packed_cache else None
+    c_kv_BTC = view.rows("c_kv", 0, view.kv_len, kv_BTE)
+    k_rope_BTJ = view.rows("k_rope", 0, view.kv_len, kv_BTE)
+    return kernel(q_lat_BLNC, q_rope_BLNR, c_kv_BTC, k_rope_BTJ, scale=scale, mask=mask, kv_BTE=kv_BTE)

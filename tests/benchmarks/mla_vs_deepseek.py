@@ -77,15 +77,15 @@ def prepared_pair(context: int, *, impl: str = "absorbed", seed: int = 0,
     return ours, lambda: peer.forward(x_BLD, context)
 
 
-def _seconds(step: Callable[[], Tensor], reps: int) -> float:
-    start = time.perf_counter()
+def _seconds(step: Callable[[], Tensor], reps: int, clock: Callable[[], float] = time.perf_counter) -> float:
+    start = clock()
     for _ in range(reps):
         step()
-    return (time.perf_counter() - start) / reps
+    return (clock() - start) / reps
 
 
 def compare(context: int, *, impl: str = "absorbed", rounds: int = 21, reps: int = 5,
-            model: str = MODEL) -> Comparison:
+            model: str = MODEL, clock: Callable[[], float] = time.perf_counter) -> Comparison:
     ours, peer = prepared_pair(context, impl=impl, model=model)
     a, b = ours(), peer()  # also the warm-up: RoPE tables, allocator, first-touch pages
     err = rel_err(a, b)
@@ -93,8 +93,8 @@ def compare(context: int, *, impl: str = "absorbed", rounds: int = 21, reps: int
         raise AssertionError(f"{impl} and the DeepSeek peer disagree at S={context}: relative error {err:.2e}")
     ours_s, peer_s = [], []
     for _ in range(rounds):
-        ours_s.append(_seconds(ours, reps))
-        peer_s.append(_seconds(peer, reps))
+        ours_s.append(_seconds(ours, reps, clock))
+        peer_s.append(_seconds(peer, reps, clock))
     ratios = tuple(p / o for p, o in zip(peer_s, ours_s, strict=True))
     return Comparison(context, impl, err, ratios, 1e3 * statistics.median(ours_s), 1e3 * statistics.median(peer_s))
 
@@ -106,12 +106,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    # cpu: this process's CPU time (time.process_time), steadier on a shared, loaded machine, where
+    # wall time also counts the time the process waited for a core.
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {MODEL}, float32, batch 1, one decode token")
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {MODEL}, float32, batch 1, one decode token, "
+          f"{args.clock} time")
     for context in args.contexts:
         for impl in args.impls:
-            print(compare(context, impl=impl, rounds=args.rounds, reps=args.reps).line(), flush=True)
+            print(compare(context, impl=impl, rounds=args.rounds, reps=args.reps, clock=clock).line(), flush=True)
 
 
 if __name__ == "__main__":

@@ -172,17 +172,25 @@ class DSA(MLA):
         idx_BLK = self._select(step, c_q_BLQ)
         q_lat_BLNC = self._absorbed_query(q_nope_BLNP, weights)
         T = step.kv_len
-        kv_BTE = step.cache.packed[:, :T] if attend.packed_cache else None
-        if step.cache.layout.quantized and idx_BLK.shape[1] == 1:
-            # An fp8 cache read whole would be dequantized whole, O(context): a one-token step gathers
-            # (and dequantizes) only its K picked rows, and the kernel attends on them in order.
+        cache = step.cache
+        if (cache.layout.quantized or cache.paged) and idx_BLK.shape[1] == 1:
+            # An fp8 cache read whole would be dequantized whole, a paged one gathered whole, O(context):
+            # a one-token step gathers (and dequantizes) only its K picked rows, through the block table
+            # on a paged cache, and the kernel attends on them in order.
             picks_BK = idx_BLK[:, 0].clamp_min(0).long()
-            c_kv_BKC, k_rope_BKJ = step.cache.gather("c_kv", picks_BK), step.cache.gather("k_rope", picks_BK)
+            kv_BKE = cache.gather("packed", picks_BK) if attend.packed_cache else None
+            if kv_BKE is not None:
+                C = self.config.d_c
+                c_kv_BKC, k_rope_BKJ = kv_BKE[..., :C], kv_BKE[..., C:]
+            else:
+                c_kv_BKC, k_rope_BKJ = cache.gather("c_kv", picks_BK), cache.gather("k_rope", picks_BK)
             K = picks_BK.shape[1]
             local_B1K = torch.arange(K, device=idx_BLK.device).expand_as(idx_BLK)
             local_B1K = torch.where(idx_BLK >= 0, local_B1K, -1).to(idx_BLK.dtype)
-            o_lat_BLNC = attend(q_lat_BLNC, q_rope_BLNR, c_kv_BKC, k_rope_BKJ, local_B1K, scale=self.scale)
+            o_lat_BLNC = attend(q_lat_BLNC, q_rope_BLNR, c_kv_BKC, k_rope_BKJ, local_B1K, scale=self.scale,
+                                kv_BTE=kv_BKE)
         else:
+            kv_BTE = cache.view(T).gather_buffer("packed") if attend.packed_cache else None  # T rows only
             o_lat_BLNC = attend(q_lat_BLNC, q_rope_BLNR, step.cache.read("c_kv", T), step.cache.read("k_rope", T),
                                 idx_BLK, scale=self.scale, kv_BTE=kv_BTE)
         return self._absorbed_output(o_lat_BLNC, weights)

@@ -22,9 +22,9 @@ Paths (the cache is the latent ``[c_kv; k_rope_0; ...; k_rope_{G-1}]``, C + G·R
 and layer, in all but ``expanded``):
 - ``standard``: up-project the whole cached latent to per-head K, V every step, then attend.
 - ``absorbed``: ``q_lat = q_nope W_UK`` per head, then an ``MLAKernel`` attends on the latent,
-  one key shared by all heads, given the pieces (q_lat, q_rope, and c_kv, k_rope as views of the
-  cache rows, never copied or concatenated); then W_UV (or W_O·W_UV folded, ``fold_o``). A kernel
-  that wants FlashMLA's packed rows (``packed_cache``) also gets the rows as one view.
+  one key shared by all heads, given q_lat, q_rope and a view of the cache (storage or page pool,
+  block table, lengths, fp8 scales: ``variants.cache_view``), which the kernel reads as it likes
+  (``variants.kernel.attend_latent``); then W_UV (or W_O·W_UV folded, ``fold_o``).
 - ``expanded``: cache per-head K (P + R) and V (V), up-projected once when written.
 """
 
@@ -38,8 +38,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from variants.cache import CacheField, CacheLayout
+from variants.cache_view import CacheView
 from variants.cost import Cost, matmul_flops
-from variants.kernel import Kernel, MLAKernel
+from variants.kernel import Kernel, MLAKernel, attend_latent
 from variants.layer import AttentionLayer, Step, StepRunner
 from variants.registry import register_variant
 from variants.rope import Rope
@@ -247,12 +248,18 @@ class MLA(AttentionLayer):
         q_nope_BLNP, q_rope_BLNR = self._queries(step.x_BLD, step.q_start)
         self._write_latent(step)
         q_lat_BLNC = self._absorbed_query(q_nope_BLNP, weights)
-        T = step.kv_len
-        # Views of the cache rows [c_kv; k_rope]: the step reads the cache where it lies.
-        kv_BTE = step.cache.packed[:, :T] if attend.packed_cache else None
-        o_lat_BLNC = attend(q_lat_BLNC, q_rope_BLNR, step.cache.read("c_kv", T), step.cache.read("k_rope", T),
-                            scale=self.scale, mask=step.mask, kv_BTE=kv_BTE)
+        # The kernel gets the cache where it lies (storage or page pool, block table, lengths, scales)
+        # and decides how to read it; nothing is gathered for it here.
+        o_lat_BLNC = attend_latent(attend, q_lat_BLNC, q_rope_BLNR, self._cache_view(step),
+                                   scale=self.scale, mask=step.mask)
         return self._absorbed_output(o_lat_BLNC, weights)
+
+    @staticmethod
+    def _cache_view(step: Step) -> CacheView:
+        """The step's view of the cache: rows [0, kv_len), each sequence's own length in a ragged step."""
+        ragged = isinstance(step.kv_start, Tensor)
+        seq_lens_B = (step.kv_start + step.x_BLD.shape[1]).to(torch.int32) if ragged else None
+        return step.cache.view(step.kv_len, seq_lens_B)
 
     def _absorbed_query(self, q_nope_BLNP: Tensor, weights: dict[str, Tensor]) -> Tensor:
         # DeepSeek-V2 eq. 10 absorbed: q_nope . (W_UK c_kv) = (q_nope W_UK) . c_kv per head.

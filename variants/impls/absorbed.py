@@ -45,7 +45,8 @@ class AbsorbedImplementation(KernelImplementation):
 # 2-core AMD EPYC (32 MiB L3), kernel alone at 32k keys, median of 9 interleaved rounds: 32.5 ms in
 # one pass, 26.2 (blocks of 1024), 27.4 (2048), 30.2 (4096); at 4k keys one pass 2.8 ms, blocks
 # 3.3-3.5 ms. Under heavy load from other processes (load average 18) at 32k: 115.6 one pass, 103.8
-# (1024), 94.7 (2048).
+# (1024), 94.7 (2048). Given a cache view (the layer's way), past 4096 keys, or on a paged or fp8
+# cache, the kernel reads split-KV in chunks sized by variants.kernels.split_kv.chunk_tokens instead.
 EAGER_MLA = EagerMLAKernel(block_keys=2048, one_pass_keys=4096, sparse=EagerSparseMLAKernel())
 
 ABSORBED = register_implementation(AbsorbedImplementation(

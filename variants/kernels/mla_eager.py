@@ -7,6 +7,12 @@ The latent is one key and one value shared by every head (MQA with a single kv h
 heads fold into the rows of one matmul per score term: ``q_lat·c_kv`` (width C) plus, per rotary
 key, ``q_rope·k_rope_g`` (width R) for that key's n heads. Nothing is concatenated and no rotary
 slot is zero-padded; the cache pieces are read in place (strided views of the packed rows).
+
+Given the cache as a view (``attend_view``, ``reads_view = True``), a paged, fp8 or long cache is
+read once, chunk by chunk (``variants.kernels.split_kv``): each chunk's rows (a view of the
+contiguous buffer, or its pages copied out of the pool through the block table, dequantized if
+fp8) serve both score terms and the values (c_kv is key and value at once), and the chunks'
+partial softmaxes are combined by log-sum-exp. Nothing the size of the cache is allocated.
 """
 
 from __future__ import annotations
@@ -14,7 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from variants.cache_view import CacheView
 from variants.kernel import SparseMLAKernel
+from variants.kernels.split_kv import LseCombine, chunk_tokens
 from variants.mask import AttnMask
 
 
@@ -29,13 +37,15 @@ class EagerMLAKernel:
     name = "eager"
     dense_causal = True
     packed_cache = False
+    reads_view = True
 
     def __init__(self, block_keys: int | None = None, *, one_pass_keys: int = 0,
-                 sparse: SparseMLAKernel | None = None) -> None:
+                 sparse: SparseMLAKernel | None = None, chunk_bytes: int | None = None) -> None:
         assert block_keys is None or block_keys > 0, block_keys
         self.block_keys = block_keys
         self.one_pass_keys = one_pass_keys
         self.sparse = sparse
+        self.chunk_bytes = chunk_bytes  # a view's split-KV chunk budget (None: split_kv.CHUNK_BYTES)
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         return True
@@ -64,6 +74,61 @@ class EagerMLAKernel:
         else:
             o_lat_BMC = self._blocks(q_lat_BMC, q_rope_BMR, c_kv_BTC, k_rope_BTGR, keep_LT, L, acc_dtype)
         return o_lat_BMC.view(B, N, L, C).transpose(1, 2)
+
+    def attend_view(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, *,
+                    scale: float, mask: AttnMask) -> Tensor:
+        """As ``__call__``, reading the cache from ``view``: a contiguous cache in the compute dtype up
+        to ``one_pass_keys`` keys in one pass over views of it; otherwise split-KV over chunks."""
+        T = view.kv_len
+        slots = [view.layout.slot("c_kv"), view.layout.slot("k_rope")]
+        in_place = not view.layout.paged and all(s.tile is None for s in slots)
+        if in_place and (self.block_keys is None or T <= self.one_pass_keys):
+            return self(q_lat_BLNC, q_rope_BLNR, view.gather("c_kv"), view.gather("k_rope"), scale=scale, mask=mask)
+        return self.split_kv(q_lat_BLNC, q_rope_BLNR, view, scale=scale, mask=mask)
+
+    def split_kv(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, *,
+                 scale: float, mask: AttnMask, tokens: int | None = None) -> Tensor:
+        """Flash-decoding over ``view`` in chunks of ``tokens`` rows (None: ``chunk_tokens``): one read of
+        each chunk serves the scores and the values, partials combined by log-sum-exp."""
+        B, L, N, C = q_lat_BLNC.shape
+        R = q_rope_BLNR.shape[-1]
+        G = view.layout.slot("k_rope").width // R
+        q_lat_BMC = (q_lat_BLNC.transpose(1, 2) * scale).reshape(B, N * L, C)
+        q_rope_BMR = (q_rope_BLNR.transpose(1, 2) * scale).reshape(B, N * L, R)
+        keep_LT = None if mask.full else mask.keep_LT
+        assert mask.full or keep_LT is not None, "the eager kernel needs a dense mask"
+        acc_dtype = torch.promote_types(q_lat_BLNC.dtype, torch.float32)
+        shared = view.layout.shares_buffer("c_kv", "k_rope")
+        if tokens is None:
+            row_bytes = (C + G * R) * q_lat_BLNC.element_size()
+            tokens = chunk_tokens(batch=B, row_bytes=row_bytes, **({} if self.chunk_bytes is None
+                                                                     else {"budget": self.chunk_bytes}))
+        combine = LseCombine(acc_dtype)
+        floor = torch.finfo(acc_dtype).min
+        # One rotary key and the packed rows [c_kv; k_rope]: one matmul per chunk against the whole row
+        # (the query concatenated once per step), rather than one per score term.
+        q_BME = torch.cat((q_lat_BMC, q_rope_BMR), dim=-1) if shared and G == 1 else None
+        scratch = view.scratch(view.layout.slot("c_kv").buffer, tokens) if shared else None
+        for t0, t1 in view.chunks(tokens):
+            # One read of the chunk's rows: the packed [c_kv; k_rope] rows once, or each field's.
+            rows_BtW = view.buffer_rows(view.layout.slot("c_kv").buffer, t0, t1, scratch) if shared else None
+            c_kv_BtC = view.rows("c_kv", t0, t1, rows_BtW)
+            keep_Lt = None if keep_LT is None else keep_LT[..., t0:t1]
+            if q_BME is not None and rows_BtW is not None:
+                E = q_BME.shape[-1]
+                kv_BtE = rows_BtW[..., view.layout.slot("c_kv").offset:][..., :E]
+                scores_BMt = torch.bmm(q_BME, kv_BtE.transpose(1, 2)).to(acc_dtype)
+                if keep_Lt is not None:
+                    scores_BMt = scores_BMt.view(B, N, L, -1).masked_fill(keep_Lt.logical_not(), float("-inf"))
+                    scores_BMt = scores_BMt.flatten(1, 2)
+            else:
+                k_rope_BtGR = view.rows("k_rope", t0, t1, rows_BtW).unflatten(-1, (G, R))
+                scores_BMt = _scores(q_lat_BMC, q_rope_BMR, c_kv_BtC, k_rope_BtGR, keep_Lt, L, acc_dtype).flatten(1, 2)
+            # A row whose keys in this chunk are all masked has max -inf; the floor keeps exp() at 0, not NaN.
+            max_BM1 = scores_BMt.amax(-1, keepdim=True).clamp_min(floor)
+            probs_BMt = scores_BMt.sub_(max_BM1).exp_()  # the chunk's own scores, overwritten
+            combine.add(torch.bmm(probs_BMt.to(c_kv_BtC.dtype), c_kv_BtC), max_BM1, probs_BMt.sum(-1, keepdim=True))
+        return combine.result(q_lat_BLNC.dtype).view(B, N, L, C).transpose(1, 2)
 
     def _blocks(self, q_lat_BMC: Tensor, q_rope_BMR: Tensor, c_kv_BTC: Tensor, k_rope_BTGR: Tensor,
                 keep_LT: Tensor | None, L: int, acc_dtype: torch.dtype) -> Tensor:

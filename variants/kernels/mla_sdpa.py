@@ -13,6 +13,13 @@ When every query sees every key (a one-token decode, cross-attention), the N hea
 N·L rows of a single head, so the fused kernel reads each cached row once instead of once per
 head (FlashMLA's decode does the same). Otherwise the heads stay heads and ``enable_gqa`` maps
 them onto the one latent key, which is how the causal masks reach the kernel.
+
+Given the cache as a view (``attend_view``): a contiguous cache is read in place (the packed rows as
+a view); a paged one, in a decode step on CPU, is read split-KV, a group of pages at a time copied
+out of the pool through the block table, each through the fused CPU kernel that also returns its
+log-sum-exp (``aten._scaled_dot_product_flash_attention_for_cpu``), combined by
+``variants.kernels.split_kv``. A paged prefill (several queries under a causal mask) or a paged
+cache on another device is gathered first, as a kernel without a paged read would need.
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from variants.cache_view import CacheView
 from variants.kernel import SparseMLAKernel
+from variants.kernels.split_kv import CHUNK_BYTES, LseCombine, chunk_tokens
 from variants.mask import AttnMask
 
 
@@ -42,9 +51,11 @@ class SdpaMLAKernel:
     name = "sdpa"
     dense_causal = False
     packed_cache = True
+    reads_view = True
 
-    def __init__(self, *, sparse: SparseMLAKernel | None = None) -> None:
+    def __init__(self, *, sparse: SparseMLAKernel | None = None, chunk_bytes: int | None = None) -> None:
         self.sparse = sparse  # the kernel a layer attending on selected tokens only (dsa) calls instead
+        self.chunk_bytes = chunk_bytes  # a paged view's split-KV chunk budget (None: split_kv.CHUNK_BYTES)
 
     def materializes_scores(self, *, device_type: str, qk_dim: int, v_dim: int) -> bool:
         # As SdpaKernel: the fused CPU kernel needs equal key and value widths (the packed value has them).
@@ -65,3 +76,52 @@ class SdpaMLAKernel:
         o_BNLE = F.scaled_dot_product_attention(q_BLNE.transpose(1, 2), kv_B1TE, kv_B1TE, attn_mask=attn_mask,
                                                 is_causal=mask.square_causal, scale=scale, enable_gqa=N != 1)
         return o_BNLE.transpose(1, 2)[..., :C]
+
+    def attend_view(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, *,
+                    scale: float, mask: AttnMask) -> Tensor:
+        """As ``__call__``, reading the packed rows from ``view`` (see the module's docstring)."""
+        buffer = view.layout.slot("c_kv").buffer
+        decode = mask.full or q_lat_BLNC.shape[1] == 1
+        if not view.layout.paged or not decode or q_lat_BLNC.device.type != "cpu":
+            kv_BTE = view.gather_buffer(buffer)  # a view of a contiguous cache
+            c_kv_BTC, k_rope_BTJ = view.rows("c_kv", 0, view.kv_len, kv_BTE), view.rows("k_rope", 0, view.kv_len, kv_BTE)
+            return self(q_lat_BLNC, q_rope_BLNR, c_kv_BTC, k_rope_BTJ, scale=scale, mask=mask, kv_BTE=kv_BTE)
+        return self.split_kv(q_lat_BLNC, q_rope_BLNR, view, scale=scale, mask=mask)
+
+    def split_kv(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, *,
+                 scale: float, mask: AttnMask, tokens: int | None = None) -> Tensor:
+        """A decode step (every query row sees the same keys, up to a per-sequence mask) over ``view``
+        in chunks of ``tokens`` rows (None: ``chunk_tokens``), the fused kernel per chunk."""
+        B, L, N, C = q_lat_BLNC.shape
+        G = view.layout.slot("k_rope").width // q_rope_BLNR.shape[-1]
+        q_B1ME = torch.cat((q_lat_BLNC, slot_rope_query(q_rope_BLNR, G)), dim=-1).reshape(B, 1, L * N, -1)
+        buffer = view.layout.slot("c_kv").buffer
+        if tokens is None:
+            row_bytes = q_B1ME.shape[-1] * q_B1ME.element_size()
+            # The fused kernel blocks the keys itself: its chunks need not fit a cache level, and each
+            # copy of a chunk's pages costs more the larger it is: half the eager kernel's budget (B = 2 and 8, 4k:
+            # 1/2 of it 1.14x and 1.22x of contiguous, 4x it 1.16x and 1.39x).
+            tokens = chunk_tokens(batch=B, row_bytes=row_bytes,
+                                  budget=CHUNK_BYTES // 2 if self.chunk_bytes is None else self.chunk_bytes)
+        keep_B11T = None if mask.full else mask.keep_LT
+        assert keep_B11T is None or keep_B11T.shape[-2] == 1, "a decode step's mask has one query row"
+        acc_dtype = torch.promote_types(q_B1ME.dtype, torch.float32)
+        combine = LseCombine(acc_dtype)
+        scratch = view.scratch(buffer, tokens)
+        for t0, t1 in view.chunks(tokens):
+            kv_B1tE = view.buffer_rows(buffer, t0, t1, scratch).unsqueeze(1)
+            bias_B11t, seen_B11 = None, None
+            if keep_B11T is not None:
+                keep_B11t = keep_B11T[..., t0:t1]
+                bias_B11t = torch.zeros(keep_B11t.shape, dtype=q_B1ME.dtype).masked_fill_(~keep_B11t, float("-inf"))
+                seen_B11 = keep_B11t.any(-1).view(-1, 1, 1) if keep_B11t.dim() == 4 else keep_B11t.any(-1).view(1, 1, 1)
+            o_B1ME, lse_B1M = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                q_B1ME, kv_B1tE, kv_B1tE, 0.0, False, attn_mask=bias_B11t, scale=scale)
+            lse_BM1 = lse_B1M.view(B, L * N, 1).to(acc_dtype)
+            sum_BM1 = torch.ones_like(lse_BM1)
+            if seen_B11 is not None:
+                # The fused kernel reports lse 0 for a row that sees no key here: its weight must be 0.
+                sum_BM1 = sum_BM1 * seen_B11
+                lse_BM1 = lse_BM1.masked_fill(~seen_B11, torch.finfo(acc_dtype).min)
+            combine.add(o_B1ME.view(B, L * N, -1)[..., :C], lse_BM1, sum_BM1)
+        return combine.result(q_lat_BLNC.dtype).view(B, L, N, C)

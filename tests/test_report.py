@@ -37,7 +37,8 @@ def fixture_rows() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    return build_report(FIXTURE, tmp_path_factory.mktemp("report"), command="pytest")
+    # CPU rows have no memory budget unless one is given: one in reach of the fixture's batches.
+    return build_report(FIXTURE, tmp_path_factory.mktemp("report"), budget_bytes=2 * 2**20, command="pytest")
 
 
 def test_fixture_is_what_the_report_tests_need(fixture_rows):

@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--baseline", default="variant=mha,impl=eager",
                         help="what speed-up and memory ratio compare against (default: variant=mha,impl=eager)")
     parser.add_argument("--budget", help="memory budget for the capacity table, e.g. 80GiB "
-                        "(default: each device's own memory)")
+                        "(default: a GPU's own memory; CPU rows have none unless given)")
     parser.add_argument("--batches", help="batch sizes of the capacity table, e.g. 1,8,64 "
                         "(default: 1,8,64 and every measured batch)")
     parser.add_argument("--reserve", type=float, default=RESERVE,

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.axes import Axes
@@ -147,6 +148,17 @@ def test_legends_have_a_heading_and_an_entry_for_each_reference_line(drawings):
     assert {"measured peak, one layer", "model, all layers", "model, extrapolated"} <= labels
     kv = next(f for n, w, f in drawings if n == "kv_cache" and w == "single")
     assert {"cost model", "measured, every impl.", "measured, expanded"} <= {t.get_text() for t in kv.legends[0].get_texts()}
+
+
+def test_the_cost_model_line_per_token_is_exact_at_whole_contexts(drawings):
+    kv = next(f for n, w, f in drawings if n == "kv_cache" and w == "single")
+    lines = [line for line in kv.axes[0].get_lines() if line.get_linestyle() == "-" and len(line.get_xdata()) > 2]
+    assert lines
+    for line in lines:
+        x = np.asarray(line.get_xdata())
+        assert np.array_equal(x, np.round(x))  # whole tokens, never a truncated float context
+    # The fixture's variants have no window or compression: a flat cost per token, drawn flat to the byte.
+    assert all(np.ptp(np.asarray(line.get_ydata(), dtype=float)) == 0 for line in lines)
 
 
 def test_heading_entries_are_never_data(drawings):

@@ -161,6 +161,20 @@ def test_the_cost_model_line_per_token_is_exact_at_whole_contexts(drawings):
     assert all(np.ptp(np.asarray(line.get_ydata(), dtype=float)) == 0 for line in lines)
 
 
+def test_roofline_points_show_phase_and_batch_and_its_legend_draws_no_line_for_a_point(drawings):
+    for fig in (f for n, _, f in drawings if n == "roofline"):
+        points = [c for ax in fig.axes for c in ax.collections]
+        sizes = np.concatenate([c.get_sizes() for c in points])
+        assert len(np.unique(sizes)) >= 3  # the fixture's batches 1, 4, 16, 64: one area each
+        assert len({tuple(np.round(c.get_paths()[0].vertices, 3).ravel()) for c in points}) == 2  # decode, prefill
+        handles = fig.legends[0].legend_handles
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert {"decode", "prefill", "1", "64", "measured ceilings"} <= set(labels), labels
+        for handle, label in zip(handles, labels, strict=True):
+            drawn_line = handle.get_linestyle() not in ("None", "", " ") and handle.get_visible()
+            assert drawn_line == (label == "measured ceilings") or handle.get_gid() == HEADER_GID, label
+
+
 def test_heading_entries_are_never_data(drawings):
     for _, _, fig in drawings:
         for ax in fig.axes:

@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reserve", type=float, default=RESERVE,
                         help=f"share of the budget held back for activations and the runtime (default {RESERVE})")
     parser.add_argument("--widths", default=",".join(WIDTH_IN),
-                        help="figure widths to draw: single (3.5 in), double (7 in), or both (default)")
+                        help="figure widths to draw: single (3.5 in), double (7 in) (both: the default), a venue "
+                        "(icml, icml-double, neurips, acm, ieee, ...) or a length (3.25in, 5.5in, 12cm)")
     return parser
 
 

@@ -13,10 +13,11 @@ from datetime import datetime
 from pathlib import Path
 
 from harness.errors import ArgumentParser
+from harness.report import against
 from harness.report.baseline import Baseline
 from harness.report.build import build_report
 from harness.report.capacity import RESERVE
-from harness.report.data import parse_filters
+from harness.report.data import load_rows, parse_filters, prepare
 from harness.report.lowrank import split_inputs
 from harness.report.style import WIDTH_IN
 from harness.report.units import parse_bytes
@@ -29,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("results", nargs="+", help="result folders, row files or globs (e.g. 'results/*'); "
                         "a low-rank study's folder (lowrank-*.parquet) adds its table and figures")
     parser.add_argument("--out", help="report folder (default: results/report_<time>)")
+    parser.add_argument("--against", nargs="+", metavar="OLD", help="earlier results: per case, new/old median "
+                        "latency with its 95%% bootstrap interval, in <out>/against/ (harness.report.against)")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                         help="keep rows whose column KEY is one of the values; repeat for AND (phase=decode)")
     parser.add_argument("--baseline", default="variant=mha,impl=eager",
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
             batches=_batches(args.batches), reserve=args.reserve,
             widths=_widths(args.widths),
             command=shlex.join(["python", "-m", "harness.report", *argv]))
+        if args.against:
+            new, old = (prepare(load_rows(r), parse_filters(args.filter)).ok for r in (bench, args.against))
+            against_files, _ = against.write(new, old, report.out)
+            print(f"against: {report.out / 'against' / 'against.md'} ({len(against_files)} files)")
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -260,9 +260,11 @@ def test_a_click_on_a_header_sorts_numbers_as_numbers_and_blanks_last(tmp_path):
 def test_command_writes_a_report_with_filters_budget_and_batches(tmp_path, capsys):
     out = tmp_path / "rep"
     code = main([str(FIXTURE), "--out", str(out), "--filter", "variant=mha,mla", "--filter", "phase=decode",
-                 "--filter", "impl=eager,absorbed", "--budget", "80GiB", "--batches", "1,8", "--widths", "single"])
+                 "--filter", "impl=eager,absorbed", "--budget", "80GiB", "--batches", "1,8", "--widths", "single",
+                 "--against", str(FIXTURE)])
     assert code == 0
     assert "report.html" in capsys.readouterr().out
+    assert "| 1.00 |" in (out / "against" / "against.md").read_text()  # the rows against themselves
     cases = pd.read_csv(out / "tables" / "cases.csv")
     assert set(cases["variant"]) == {"mha", "mla"} and set(cases["phase"]) == {"decode"}
     assert set(cases["impl"]) == {"eager", "absorbed"}

@@ -218,7 +218,8 @@ def test_html_page_renders_in_headless_chromium_with_every_image_loaded(report, 
     url = (report.out / "report.html").as_uri()
     # The same page with a script that measures its layout at 1280 px, in the same (one) DOM dump.
     measured = tmp_path / "measured.html"
-    measured.write_text((report.out / "report.html").read_text().replace("</body>", f"<script>{_LAYOUT}</script></body>"))
+    page = (report.out / "report.html").read_text()
+    measured.write_text(page.replace("</body>", f"<script>{_LAYOUT}</script></body>"))
     dom = subprocess.run([*flags, "--window-size=1280,1600", "--dump-dom", measured.as_uri()], capture_output=True,
                          text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]

@@ -110,7 +110,8 @@ def test_a_narrow_table_stays_in_one_column(tmp_path):
     shown = pd.DataFrame({"variant": ["mha", "mla"], "latency (ms)": ["0.243", "12.0"], "batch": ["1", "1,024"]})
     tex = to_latex(Table("narrow", "Narrow", shown, shown, "Two variants."))
     assert r"\begin{table}[t]" in tex and "table*" not in tex
-    assert "S[table-format=2.3,group-digits=integer]" in tex and "1024" in tex and "1,024" not in tex  # siunitx groups the digits
+    # siunitx groups the integer digits, never the decimals
+    assert "S[table-format=2.3,group-digits=integer]" in tex and "1024" in tex and "1,024" not in tex
     result = _typeset(tex, tmp_path / "narrow")
     assert result["TABLEWIDTH"] <= result["COLUMNWIDTH"]
 

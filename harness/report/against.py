@@ -78,7 +78,8 @@ def table(result: Against) -> Table:
         # * : the interval excludes 1 (faster below 1, slower above).
         "sig.": ["*" if s else "" for s in raw.get("significant", [])],
     })
-    below = "; ".join([*(f"only in NEW: {c}" for c in result.only_new), *(f"only in OLD: {c}" for c in result.only_old)])
+    below = "; ".join([*(f"only in NEW: {c}" for c in result.only_new),
+                       *(f"only in OLD: {c}" for c in result.only_old)])
     caption = ("Median latency of NEW over OLD per case measured in both, with its 95% interval from a moving-block "
                "bootstrap of both runs' samples; * the interval excludes 1 (below 1: NEW is faster).")
     return Table("against", "NEW against OLD", raw, shown, caption, below)
@@ -93,7 +94,8 @@ def figure(result: Against, *, width: str = "single") -> Figure:
         y = np.arange(len(raw))
         for i, (_, row) in enumerate(raw.iterrows()):
             color = variant_color(str(row["variant"]))
-            ax.errorbar([row["ratio"]], [i], xerr=[[row["ratio"] - row["ratio_low"]], [row["ratio_high"] - row["ratio"]]],
+            error = [[row["ratio"] - row["ratio_low"]], [row["ratio_high"] - row["ratio"]]]
+            ax.errorbar([row["ratio"]], [i], xerr=error,
                         fmt="o", color=color, markersize=3, linewidth=0.8,
                         markerfacecolor=color if row["significant"] else "white")
         ax.axvline(1.0, color="0.3", linewidth=0.8)

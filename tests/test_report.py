@@ -38,7 +38,8 @@ def fixture_rows() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    return build_report(FIXTURE, tmp_path_factory.mktemp("report"), command="pytest")
+    # CPU rows have no memory budget unless one is given: one in reach of the fixture's batches.
+    return build_report(FIXTURE, tmp_path_factory.mktemp("report"), budget_bytes=2 * 2**20, command="pytest")
 
 
 def test_fixture_is_what_the_report_tests_need(fixture_rows):
@@ -189,6 +190,25 @@ def test_html_page_has_contents_then_figures_then_notes_then_sortable_tables(rep
     assert md.count("](figures/") == len(DRAWN) and ".png)" in md
 
 
+# At 1280 px: the page's width, then each table wider than its box whose box does not scroll, each box
+# past the page's right edge, each scrolling table whose first column is not fixed, each header cut.
+_LAYOUT = """
+var out = [document.documentElement.scrollWidth];
+document.querySelectorAll("table").forEach(function (t, i) {
+  var box = t.parentElement, style = getComputedStyle(box);
+  if (t.scrollWidth > box.clientWidth + 1 && style.overflowX !== "auto") out.push("unboxed table " + i);
+  if (box.getBoundingClientRect().right > document.documentElement.clientWidth + 1) out.push("box past page " + i);
+  var first = t.querySelector("tbody td");
+  if (t.scrollWidth > box.clientWidth + 1 && first && getComputedStyle(first).position !== "sticky")
+    out.push("first column scrolls away " + i);
+  t.querySelectorAll("th").forEach(function (th) {
+    if (th.scrollWidth > th.clientWidth + 1) out.push("header cut " + th.textContent);
+  });
+});
+document.body.dataset.layout = out.join(";") + ";";
+"""
+
+
 def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -199,11 +219,21 @@ def test_html_page_renders_in_headless_chromium_with_every_image_loaded(report, 
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000"]
     url = (report.out / "report.html").as_uri()
-    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    # The same page with a script that measures its layout at 1280 px, in the same (one) DOM dump.
+    measured = tmp_path / "measured.html"
+    page = (report.out / "report.html").read_text()
+    measured.write_text(page.replace("</body>", f"<script>{_LAYOUT}</script></body>"))
+    dom = subprocess.run([*flags, "--window-size=1280,1600", "--dump-dom", measured.as_uri()], capture_output=True,
+                         text=True, timeout=120)
     assert dom.returncode == 0, dom.stderr[-2000:]
     loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom.stdout)
     assert loaded, "the page's load script did not run"
     assert loaded.group(1) == loaded.group(2) == str(len(DRAWN))
+    layout = re.search(r'data-layout="([^"]*)"', dom.stdout)
+    assert layout, "the layout script did not run"
+    page_px, *problems = layout.group(1).split(";")
+    assert int(page_px) <= 1280, page_px  # nothing widens the page: a wide table scrolls in its box
+    assert problems == [""], problems
     shot = tmp_path / "page.png"
     subprocess.run([*flags, "--window-size=1200,1600", f"--screenshot={shot}", url], capture_output=True,
                    timeout=120, check=True)
@@ -234,9 +264,11 @@ def test_a_click_on_a_header_sorts_numbers_as_numbers_and_blanks_last(tmp_path):
 def test_command_writes_a_report_with_filters_budget_and_batches(tmp_path, capsys):
     out = tmp_path / "rep"
     code = main([str(FIXTURE), "--out", str(out), "--filter", "variant=mha,mla", "--filter", "phase=decode",
-                 "--filter", "impl=eager,absorbed", "--budget", "80GiB", "--batches", "1,8", "--widths", "single"])
+                 "--filter", "impl=eager,absorbed", "--budget", "80GiB", "--batches", "1,8", "--widths", "single",
+                 "--against", str(FIXTURE)])
     assert code == 0
     assert "report.html" in capsys.readouterr().out
+    assert "| 1.00 |" in (out / "against" / "against.md").read_text()  # the rows against themselves
     cases = pd.read_csv(out / "tables" / "cases.csv")
     assert set(cases["variant"]) == {"mha", "mla"} and set(cases["phase"]) == {"decode"}
     assert set(cases["impl"]) == {"eager", "absorbed"}

@@ -132,3 +132,15 @@ def test_the_experiments_ladder_brackets_its_gpu_budget():
         batch = largest_batch(model_cost(variant, shape, "bfloat16"), tokens=tokens, budget_bytes=80 * 10**9)
         assert ladder[0] < batch < ladder[-1], (variant, batch)
     assert "expanded" not in params["impl"]  # its cache is not MLA's own: not what the budget sizes
+
+
+def test_cpu_rows_get_no_budget_from_host_ram_only_a_note_naming_the_option(ok):
+    from harness.report.capacity import capacity_table
+
+    assert ok["device_mem_total_bytes"].notna().any() and ok["device"].astype(str).str.startswith("cpu").all()
+    table, notes = throughput_table(ok, budget_bytes=None, reserve=0.1, baseline_variant="mha")
+    assert table.empty and notes and all("--budget" in n for n in notes if "budget" in n), notes
+    capacity, notes = capacity_table(ok, ok, budget_bytes=None)
+    assert capacity.empty and any("--budget" in n and "CPU" in n for n in notes), notes
+    gpu = ok.assign(device="cuda:0")  # the same rows on a GPU: its memory is the budget
+    assert not throughput_table(gpu, budget_bytes=None, reserve=0.1, baseline_variant="mha")[0].empty

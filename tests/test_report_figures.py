@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from matplotlib.axes import Axes
@@ -147,6 +148,31 @@ def test_legends_have_a_heading_and_an_entry_for_each_reference_line(drawings):
     assert {"measured peak, one layer", "model, all layers", "model, extrapolated"} <= labels
     kv = next(f for n, w, f in drawings if n == "kv_cache" and w == "single")
     assert {"cost model", "measured, every impl.", "measured, expanded"} <= {t.get_text() for t in kv.legends[0].get_texts()}
+
+
+def test_the_cost_model_line_per_token_is_exact_at_whole_contexts(drawings):
+    kv = next(f for n, w, f in drawings if n == "kv_cache" and w == "single")
+    lines = [line for line in kv.axes[0].get_lines() if line.get_linestyle() == "-" and len(line.get_xdata()) > 2]
+    assert lines
+    for line in lines:
+        x = np.asarray(line.get_xdata())
+        assert np.array_equal(x, np.round(x))  # whole tokens, never a truncated float context
+    # The fixture's variants have no window or compression: a flat cost per token, drawn flat to the byte.
+    assert all(np.ptp(np.asarray(line.get_ydata(), dtype=float)) == 0 for line in lines)
+
+
+def test_roofline_points_show_phase_and_batch_and_its_legend_draws_no_line_for_a_point(drawings):
+    for fig in (f for n, _, f in drawings if n == "roofline"):
+        points = [c for ax in fig.axes for c in ax.collections]
+        sizes = np.concatenate([c.get_sizes() for c in points])
+        assert len(np.unique(sizes)) >= 3  # the fixture's batches 1, 4, 16, 64: one area each
+        assert len({tuple(np.round(c.get_paths()[0].vertices, 3).ravel()) for c in points}) == 2  # decode, prefill
+        handles = fig.legends[0].legend_handles
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert {"decode", "prefill", "1", "64", "measured ceilings"} <= set(labels), labels
+        for handle, label in zip(handles, labels, strict=True):
+            drawn_line = handle.get_linestyle() not in ("None", "", " ") and handle.get_visible()
+            assert drawn_line == (label == "measured ceilings") or handle.get_gid() == HEADER_GID, label
 
 
 def test_heading_entries_are_never_data(drawings):

@@ -9,6 +9,7 @@ import matplotlib
 import pandas as pd
 import pytest
 from matplotlib.colors import to_hex
+from matplotlib.text import Text
 
 import variants
 from harness import results
@@ -17,8 +18,10 @@ from harness.report.baseline import Baseline, with_ratios
 from harness.report.capacity import RESERVE
 from harness.report.data import prepare
 from harness.report.figures import FigureInput
+from harness.report.plotting import legend_inside
 from harness.report.style import (IMPL_STYLES, OKABE_ITO, RC, VARIANT_COLORS, figure_style, impl_style,
-                                  series_style, variant_color, width_inches)
+                                  series_style, variant_color, width_class, width_inches)
+from harness.report.style import MAX_HEIGHT_IN, MIN_TEXT_PT
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
 
@@ -71,8 +74,32 @@ def test_style_embeds_truetype_and_leaves_global_rcparams_alone():
 
 def test_column_widths():
     assert width_inches("single") == 3.5 and width_inches("double") == 7.0
-    with pytest.raises(ValueError, match="width='wide' is not one of: single, double"):
-        width_inches("wide")
+    assert width_inches("neurips") == width_inches("5.5in") == 5.5 and width_inches("icml") == 3.25
+    assert width_inches("12cm") == pytest.approx(12 / 2.54) and width_inches("234pt") == pytest.approx(234 / 72.27)
+    assert (width_class("3.25in"), width_class("5.5in"), width_class("double")) == ("single", "double", "double")
+    for bad in ("wide", "5.5", "20in", "1in"):
+        with pytest.raises(ValueError, match=f"width='{bad}' is not one of: single, double, icml"):
+            width_inches(bad)
+
+
+# Venue widths (ICML/MLSys column, NeurIPS text, ICML text, a free length) and the page each must fit.
+VENUES = {"3.25in": 3.25, "5.5in": 5.5, "6.75in": 6.75, "12cm": 12 / 2.54}
+
+
+@pytest.mark.parametrize("width", VENUES)
+def test_a_figure_at_each_venue_width_fits_the_page_with_legible_text(inputs, width):
+    # Two figures, one render each: the faceted latency (16 series) and the two-panel KV-cache figure.
+    for name in ("latency", "kv_cache"):
+        fig = figures.draw(name, inputs, width=width).figure
+        assert fig is not None, name
+        w, h = fig.get_size_inches()
+        assert w == pytest.approx(VENUES[width]) and h <= MAX_HEIGHT_IN, (name, width, w, h)
+        assert legend_inside(fig, margin=0.0), (name, width)  # draws the canvas: the layout is solved
+        # Printed at its own width, a point of the figure is a point on paper.
+        sizes = [t.get_fontsize() for t in fig.findobj(Text) if t.get_text().strip() and t.get_visible()]
+        assert sizes and min(sizes) >= MIN_TEXT_PT, (name, width, min(sizes))
+        ncols = max(len({round(ax.get_position().x0, 3) for ax in fig.axes}), 1)
+        assert ncols <= (2 if width_class(width) == "single" else 3), (name, width, ncols)
 
 
 def _line_colours(fig) -> dict[str, str]:

@@ -15,10 +15,11 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import ArgumentParser, UserError, guarded
+from harness.report import against
 from harness.report.baseline import Baseline
 from harness.report.build import build_report
 from harness.report.capacity import RESERVE
-from harness.report.data import apply_filters, load_rows, parse_filters
+from harness.report.data import apply_filters, load_rows, parse_filters, prepare
 from harness.report.lowrank import split_inputs
 from harness.report.style import WIDTH_IN
 from harness.report.units import parse_bytes
@@ -31,18 +32,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("results", nargs="+", help="result folders, row files or globs (e.g. 'results/*'); "
                         "a low-rank study's folder (lowrank-*.parquet) adds its table and figures")
     parser.add_argument("--out", help="report folder (default: results/report_<time>)")
+    parser.add_argument("--against", nargs="+", metavar="OLD", help="earlier results: per case, new/old median "
+                        "latency with its 95%% bootstrap interval, in <out>/against/ (harness.report.against)")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                         help="keep rows whose column KEY is one of the values; repeat for AND (phase=decode)")
     parser.add_argument("--baseline", default=DEFAULT_BASELINE,
                         help="what speed-up and memory ratio compare against (default: variant=mha,impl=eager)")
     parser.add_argument("--budget", help="memory budget for the capacity table, e.g. 80GiB "
-                        "(default: each device's own memory)")
+                        "(default: a GPU's own memory; CPU rows have none unless given)")
     parser.add_argument("--batches", help="batch sizes of the capacity table, e.g. 1,8,64 "
                         "(default: 1,8,64 and every measured batch)")
     parser.add_argument("--reserve", type=float, default=RESERVE,
                         help=f"share of the budget held back for activations and the runtime (default {RESERVE})")
     parser.add_argument("--widths", default=",".join(WIDTH_IN),
-                        help="figure widths to draw: single (3.5 in), double (7 in), or both (default)")
+                        help="figure widths to draw: single (3.5 in), double (7 in) (both: the default), a venue "
+                        "(icml, icml-double, neurips, acm, ieee, ...) or a length (3.25in, 5.5in, 12cm)")
     return parser
 
 
@@ -98,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
         batches=_batches(args.batches), reserve=args.reserve,
         widths=_widths(args.widths),
         command=shlex.join(["python", "-m", "harness.report", *argv]))
+    if args.against:
+        new, old = (prepare(r if isinstance(r, pd.DataFrame) else load_rows(r), filters).ok
+                    for r in (bench, args.against))
+        against_files, _ = against.write(new, old, report.out)
+        print(f"against: {report.out / 'against' / 'against.md'} ({len(against_files)} files)")
     print(f"report: {report.out / 'report.html'} ({len(report.files)} files; devices: {', '.join(report.devices)})")
     for name, why in report.left_out.items():
         print(f"left out {name}: {why}")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from harness.report.capacity import largest_batch
+from harness.report.capacity import HOW_TO_BUDGET, NO_BUDGET, device_memory, largest_batch
 from harness.report.costmodel import ModelCost, model_cost, shape_of
 from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
 from harness.report.style import impl_sort_key, variant_sort_key
@@ -128,11 +128,8 @@ def variants_of(rows: pd.DataFrame) -> tuple[list[VariantAtSetting], list[str]]:
 
 
 def budget_of(rows: pd.DataFrame, budget_bytes: int | None) -> int | None:
-    """The budget given, else the device's own memory as the rows record it (None: not recorded)."""
-    if budget_bytes is not None:
-        return budget_bytes
-    values = pd.to_numeric(rows.get("device_mem_total_bytes"), errors="coerce").dropna()
-    return int(values.max()) if not values.empty else None
+    """The budget given, else the GPU's own memory as the rows record it (None: CPU rows, or not recorded)."""
+    return budget_bytes if budget_bytes is not None else device_memory(rows)
 
 
 def at_budget(found: VariantAtSetting, *, budget_bytes: int, reserve: float) -> dict[str, object]:
@@ -168,8 +165,7 @@ def throughput_table(ok: pd.DataFrame, *, budget_bytes: int | None, reserve: flo
     for where, rows in settings(ok):
         budget = budget_of(rows, budget_bytes)
         if budget is None:
-            notes.append(f"Throughput at a budget on {where[DEVICE]} is left out: the rows record no device memory; "
-                         "give one with --budget (e.g. 80GiB).")
+            notes.append(f"Throughput at a budget on {where[DEVICE]} is left out: {NO_BUDGET}; {HOW_TO_BUDGET}.")
             continue
         found, left_out = variants_of(rows)
         notes += left_out

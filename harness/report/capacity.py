@@ -89,7 +89,8 @@ def largest_batch(cost: ModelCost, *, tokens: int, budget_bytes: int, reserve: f
 def capacity_table(rows: pd.DataFrame, ok: pd.DataFrame, *, budget_bytes: int | None,
                    batches: Sequence[int] | None = None, reserve: float = RESERVE) -> tuple[pd.DataFrame, list[str]]:
     """One row per device, shape, variant and batch. ``rows``: every row (their shapes and variants);
-    ``ok``: measured rows; ``budget_bytes`` None: each device's own memory (``device_mem_total_bytes``)."""
+    ``ok``: measured rows; ``budget_bytes`` None: each GPU's own memory (``device_mem_total_bytes``); CPU
+    rows then have no capacity, only a note that says how to give a budget."""
     notes: list[str] = []
     if rows.empty:
         return pd.DataFrame(), notes
@@ -98,10 +99,9 @@ def capacity_table(rows: pd.DataFrame, ok: pd.DataFrame, *, budget_bytes: int | 
     out = []
     for key, group in rows.groupby(list(GROUP), dropna=False, sort=True):
         where = dict(zip(GROUP, key, strict=True))
-        budget = budget_bytes if budget_bytes is not None else _device_memory(group)
+        budget = budget_bytes if budget_bytes is not None else device_memory(group)
         if budget is None:
-            notes.append(f"Capacity on {where[DEVICE]} is left out: the rows record no device memory; "
-                         "give one with --budget (e.g. 80GiB).")
+            notes.append(f"Capacity on {where[DEVICE]} is left out: {NO_BUDGET}; {HOW_TO_BUDGET}.")
             continue
         shape = shape_of(group.iloc[0])
         for variant in sorted(group["variant"].unique(), key=variant_sort_key):
@@ -117,13 +117,21 @@ def capacity_table(rows: pd.DataFrame, ok: pd.DataFrame, *, budget_bytes: int | 
                                                                   reserve=reserve),
                             **_measured(ok, where, variant, batch, cost)})
     if budget_bytes is None and out:
-        notes.append("Capacity budget: each device's own memory (host memory for CPU rows).")
+        notes.append("Capacity budget: each GPU's own memory.")
     return pd.DataFrame(out), notes
 
 
-def _device_memory(group: pd.DataFrame) -> int | None:
-    values = pd.to_numeric(group.get("device_mem_total_bytes"), errors="coerce").dropna()
+def device_memory(rows: pd.DataFrame) -> int | None:
+    """The accelerator's total memory as the rows record it; None for CPU rows (and rows that record
+    none): the host's RAM is no budget anyone runs attention in (it proposed batch=172210 and
+    million-token contexts), so a CPU budget must be given with ``--budget``."""
+    on_device = ~rows.get("device", pd.Series("", index=rows.index)).astype(str).str.startswith("cpu")
+    values = pd.to_numeric(rows.loc[on_device].get("device_mem_total_bytes"), errors="coerce").dropna()
     return int(values.max()) if not values.empty else None
+
+
+NO_BUDGET = "no memory budget (CPU rows only get a given one: the host's RAM is no budget anyone runs attention in)"
+HOW_TO_BUDGET = "give one with --budget (e.g. --budget 16GiB)"
 
 
 def _measured(ok: pd.DataFrame, where: dict, variant: str, batch: int, cost: ModelCost) -> dict[str, object]:

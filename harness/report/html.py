@@ -37,7 +37,12 @@ td.num { text-align: right; font-variant-numeric: tabular-nums; }
 p.below { font-size: 0.85em; color: #444; max-width: 60em; margin: 0 0 1.5em; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; }
 figcaption { font-size: 0.9em; color: #444; } .notes li { margin: 0.3em 0; } code { font-size: 0.9em; }
-.scroll { overflow-x: auto; }
+/* A table wider than the page scrolls inside its own box, its first column (the case's name) kept in
+   view; headers wrap between words rather than widen the table or get cut. */
+.scroll { overflow-x: auto; max-width: 100%; }
+.scroll thead th { white-space: normal; vertical-align: bottom; min-width: 3.5em; }
+.scroll th:first-child, .scroll td:first-child { position: sticky; left: 0; z-index: 1; background: #fff;
+                                                 box-shadow: 1px 0 0 #ddd; }
 """
 
 SORT_SCRIPT = """

@@ -23,7 +23,8 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from harness.report import escape, flagged
 from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
 from harness.report.figures import Drawn
-from harness.report.style import impl_sort_key, impl_style, series_style, variant_color, variant_sort_key
+from harness.report.style import (MAX_HEIGHT_IN, impl_sort_key, impl_style, series_style, variant_color,
+                                  variant_sort_key)
 from harness.report.units import human_bytes, number, tokens
 from variants.registry import IMPLEMENTATIONS
 
@@ -38,7 +39,8 @@ def new_figure(width: str, width_in: float, *, panels: int, ncols: int | None = 
     or ``ncols`` to a row at either width."""
     ncols = ncols or (1 if width == "single" else min(panels, 3))
     nrows = math.ceil(panels / ncols)
-    height = nrows * PANEL_HEIGHT_IN[width] + LEGEND_HEIGHT_IN[width]
+    # Capped at a page's text height less its caption's room: many facets share it, never a whole page.
+    height = min(nrows * PANEL_HEIGHT_IN[width] + LEGEND_HEIGHT_IN[width], MAX_HEIGHT_IN)
     fig = Figure(figsize=(width_in, height), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel().tolist()
@@ -406,7 +408,8 @@ def series_figure(rows: pd.DataFrame, *, x: str, y: str, width: str, width_in: f
         return Drawn(None, too_few)
     facets = facet(drawn)
     faceted = any(variant is not None for _, variant, _ in facets)
-    ncols = 2 if faceted and len(facets) > 1 else None
+    # Facets two to a row in a column, three across a page's width (six: two rows, not three).
+    ncols = min(len(facets), 3 if width == "double" else 2) if faceted and len(facets) > 1 else None
     fig, axes = new_figure(width, width_in, panels=len(facets), ncols=ncols)
     if faceted:
         for ax in axes[1:]:

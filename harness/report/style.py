@@ -11,6 +11,7 @@ may share one).
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,6 +20,17 @@ import matplotlib
 
 # Column widths of two-column journals and proceedings (IEEE, ACM, NeurIPS double: ~7 in).
 WIDTH_IN: dict[str, float] = {"single": 3.5, "double": 7.0}
+# Venue presets: ICML and MLSys columns 3.25 in and text 6.75 in, NeurIPS' one-column text 5.5 in,
+# ACM sigconf's column 3.33 in, IEEE's 3.5 in and text 7.16 in. Any other width: a length (--widths 12cm).
+VENUE_WIDTH_IN: dict[str, float] = {"icml": 3.25, "icml-double": 6.75, "mlsys": 3.25, "neurips": 5.5,
+                                    "acm": 3.33, "acm-double": 7.0, "ieee": 3.5, "ieee-double": 7.16}
+LENGTH_UNITS_IN = {"in": 1.0, "cm": 1 / 2.54, "mm": 1 / 25.4, "pt": 1 / 72.27}
+_LENGTH = re.compile(r"^(\d+(?:\.\d+)?)(" + "|".join(LENGTH_UNITS_IN) + r")$")
+MIN_WIDTH_IN, MAX_WIDTH_IN = 2.5, 7.5  # a column at the narrowest, a letter page's text at the widest
+DOUBLE_FROM_IN = 4.5  # from here on panels sit side by side, up to three to a row
+# The tallest figure: the text height of a letter or A4 page (about 9 in) less room for its caption.
+MAX_HEIGHT_IN = 7.0
+MIN_TEXT_PT = 6.0  # no text smaller at print size (the figure is printed at its own width)
 DPI = 300  # raster figures at print resolution
 
 OKABE_ITO = {
@@ -139,9 +151,22 @@ def impl_sort_key(impl: str) -> tuple[int, str]:
 
 
 def width_inches(width: str) -> float:
-    if width not in WIDTH_IN:
-        raise ValueError(f"width={width!r} is not one of: {', '.join(WIDTH_IN)}")
-    return WIDTH_IN[width]
+    """A width by name (``single``, ``neurips``, ...) or as a length (``3.25in``, ``12cm``, ``90mm``, ``400pt``)."""
+    if width in WIDTH_IN:
+        return WIDTH_IN[width]
+    if width in VENUE_WIDTH_IN:
+        return VENUE_WIDTH_IN[width]
+    found = _LENGTH.match(width.strip())
+    inches = float(found.group(1)) * LENGTH_UNITS_IN[found.group(2)] if found else None
+    if inches is None or not MIN_WIDTH_IN <= inches <= MAX_WIDTH_IN:
+        raise ValueError(f"width={width!r} is not one of: {', '.join([*WIDTH_IN, *VENUE_WIDTH_IN])}, or a length "
+                         f"from {MIN_WIDTH_IN} to {MAX_WIDTH_IN} in ({', '.join(LENGTH_UNITS_IN)}: 3.25in, 12cm)")
+    return inches
+
+
+def width_class(width: str) -> str:
+    """``single`` (a column: panels stacked, short labels) or ``double`` (up to three panel columns)."""
+    return "single" if width_inches(width) < DOUBLE_FROM_IN else "double"
 
 
 @contextmanager

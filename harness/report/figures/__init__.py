@@ -20,7 +20,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from harness.report.html import PageFigure
-from harness.report.style import DPI, WIDTH_IN, figure_style, width_inches
+from harness.report.style import DPI, WIDTH_IN, figure_style, width_class, width_inches
 from variants.registry import Registry
 
 
@@ -83,7 +83,8 @@ def missing_columns(spec: FigureSpec, rows: pd.DataFrame) -> list[str]:
 
 
 def draw(name: str, data: FigureInput, *, width: str = "single") -> Drawn:
-    """Draw one registered figure at ``single`` or ``double`` column width, in the report's style."""
+    """Draw one registered figure at a width (``single``, ``double``, a venue such as ``neurips``, or a length
+    such as ``5.5in``), in the report's style; the figure lays itself out for its width's class."""
     spec = FIGURES.get(name)
     width_in = width_inches(width)
     rows = data.rows(spec.rows)
@@ -94,7 +95,7 @@ def draw(name: str, data: FigureInput, *, width: str = "single") -> Drawn:
                                                    else "any low-rank study row")
         return Drawn(None, f"{spec.title}: left out, no data in {what}{why}.")
     with figure_style():
-        return spec.draw(data, width, width_in)
+        return spec.draw(data, width_class(width), width_in)
 
 
 def save(fig: Figure, stem: Path) -> list[Path]:

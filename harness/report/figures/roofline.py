@@ -5,16 +5,43 @@ matmul ceilings (``harness.measure.calibrate``), per device and dtype (the ceili
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 from matplotlib.lines import Line2D
 
 from harness.report import flagged
 from harness.report.data import DEVICE
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (MAX_SERIES, device_title, facet_title, legend, log_axis, new_figure, series,
-                                     split_variants, subtitle)
-from harness.report.style import series_style
+from harness.report.plotting import (MAX_SERIES, device_title, facet_title, header, log_axis, new_figure,
+                                     place_legend, split_variants, subtitle)
+from harness.report.style import variant_color, variant_sort_key
 
 NEEDS = ("intensity_flops_per_byte", "tflops", "ceiling_copy_gbps", "ceiling_matmul_tflops")
+PHASE_MARKERS = {"decode": "o", "prefill": "^"}
+
+
+def batch_area(batch: pd.Series) -> np.ndarray:
+    """Marker area in pt^2 growing with log2(batch): 1 -> 3 pt wide, 64 -> about 8.4 pt."""
+    return (3 + 0.9 * np.log2(batch.astype(float).clip(lower=1))) ** 2
+
+
+def _handles(rows: pd.DataFrame) -> list[Line2D]:
+    """What is drawn, no more: markers without lines for the points, one line for the ceilings."""
+    def point(label: str, *, color: str = "0.35", marker: str = "o", size: float = 5.0,
+              filled: bool = True) -> Line2D:
+        return Line2D([], [], linestyle="", marker=marker, markersize=size, color=color, markeredgecolor=color,
+                      markerfacecolor=color if filled else "white", label=label)
+
+    batches = sorted(rows["batch"].astype(int).unique())
+    shown_batches = batches if len(batches) <= 4 else [batches[0], batches[len(batches) // 2], batches[-1]]
+    handles = [header("variant"), *[point(v, color=variant_color(v)) for v in
+                                    sorted(rows["variant"].unique(), key=variant_sort_key)],
+               header("phase"), *[point(p, marker=PHASE_MARKERS.get(p, "s")) for p in
+                                  sorted(rows["phase"].astype(str).unique())],
+               header("batch"), *[point(str(b), size=float(np.sqrt(batch_area(pd.Series([b]))[0])))
+                                  for b in shown_batches]]
+    if (rows["compile"] != "none").any():
+        handles.append(point("compiled", filled=False))
+    return [*handles, header("lines"), Line2D([], [], color="0.2", linewidth=1.0, label="measured ceilings")]
 
 
 @figure(name="roofline", order=4, title="Roofline", needs=NEEDS,
@@ -52,14 +79,20 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         ridge = compute / bandwidth
         x = np.geomspace(min(intensity.min(), ridge) / 2, max(intensity.max(), ridge) * 2, 128)
         ax.plot(x, np.minimum(bandwidth * x, compute), color="0.2", linewidth=1.0)
-        for (variant, impl, compile_mode), group in series(shown):
-            style = series_style(variant, impl, compile_mode).line_kwargs() | {"linestyle": ""}
+        # One scatter per variant, phase and compile mode: colour the variant, marker the phase, area
+        # the batch (decode at batch 1 and 64 sit at different intensities and must be told apart).
+        for (variant, phase, compile_mode), group in shown.groupby(["variant", "phase", "compile"], sort=True):
+            color = variant_color(str(variant))
             doubt = flagged.mask(group)
-            ax.plot(group["intensity_flops_per_byte"][~doubt], group["tflops"][~doubt].astype(float) * 1e3, **style)
-            if doubt.any():  # a flagged row: hollow and grey (harness.report.flagged)
-                ax.plot(group["intensity_flops_per_byte"][doubt], group["tflops"][doubt].astype(float) * 1e3,
-                        **style | {"markerfacecolor": "none", "markeredgecolor": flagged.FLAGGED_EDGE},
-                        gid=flagged.FLAGGED_GID)
+            for part, hollow in ((group[~doubt], False), (group[doubt], True)):
+                if part.empty:
+                    continue
+                # A flagged row: hollow and grey (harness.report.flagged).
+                edge = flagged.FLAGGED_EDGE if hollow else color
+                face = "none" if hollow else (color if compile_mode == "none" else "white")
+                ax.scatter(part["intensity_flops_per_byte"].astype(float), part["tflops"].astype(float) * 1e3,
+                           s=batch_area(part["batch"]), marker=PHASE_MARKERS.get(str(phase), "s"), edgecolors=edge,
+                           facecolors=face, linewidths=0.7, alpha=0.85, gid=flagged.FLAGGED_GID if hollow else None)
         words.append(f"{device} ({dtype}): copy {bandwidth:.3g} GB/s, matmul {compute:.3g} GFLOP/s, "
                      f"ridge at {ridge:.3g} FLOP/byte")
     for ax, (device, dtype, _, only, _shown) in zip(axes, facets, strict=True):
@@ -74,7 +107,8 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     words = list(dict.fromkeys(words))  # one per (device, dtype), however many facets
     devices = sorted(usable[DEVICE].astype(str).unique())
     subtitle(fig, usable, device=devices[0] if len(devices) == 1 else None)
-    legend(fig, usable, colour_key=not faceted, extra=[Line2D([], [], color="0.2", linewidth=1.0, label="measured ceilings")])
-    return Drawn(fig, flagged.with_listing("Roofline: each point is one measured case (every phase, batch and context); x: the "
+    place_legend(fig, _handles(usable))
+    return Drawn(fig, flagged.with_listing("Roofline: each point is one measured case (every implementation and context; colour: "
+                      "variant, marker: phase, area: batch; hollow: torch.compile); x: the "
                       "cost model's FLOPs over its minimum bytes; y: those FLOPs over the median latency. "
                       f"Ceilings as measured on the device: {'; '.join(words)}.", usable))

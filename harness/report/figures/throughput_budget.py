@@ -18,6 +18,7 @@ from matplotlib.lines import Line2D
 
 from harness.report.budget import Ladder, VariantAtSetting, at_budget, budget_of, ratio_words, variants_of
 from harness.report.budget import ratios as budget_ratios
+from harness.report.capacity import HOW_TO_BUDGET, NO_BUDGET
 from harness.report.figures import Drawn, FigureInput, figure
 from harness.report.plotting import (bytes_axis, caption_for, device_title, header, log_axis, new_figure, panels,
                                      place_legend, subtitle)
@@ -123,7 +124,7 @@ def _line(ax, variant: VariantAtSetting, at: dict[str, object] | None, reserve: 
 def _words(device: str, at: pd.DataFrame | None, budget: int | None, found: list[VariantAtSetting],
            low: float, high: float) -> str:
     if budget is None:
-        return f"{device}: no budget (the rows record no device memory; give --budget)."
+        return f"{device}: no budget ({NO_BUDGET}; {HOW_TO_BUDGET})."
     context = tokens(found[0].tokens - found[0].new_tokens)
     head = f"{device}, context {context}, budget {human_bytes(budget)}"
     if not low / 2 <= budget <= high * 2:

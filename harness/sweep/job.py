@@ -109,11 +109,13 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
     done = results.finished_case_ids(root) if cfg.get("resume") else set()
     _log.info("%d cases on %s; rows under %s", len(cases), device, job_dir / results.ROWS)
     progress = Progress(len(cases))
+    ctx.stage = progress.stage  # the live status line follows the case's stages
     rows = []
     for case, case_id in zip(cases, case_ids, strict=True):
         if case_id in done:
             progress.skip(case.label(), "already measured (resume)")
             continue
+        progress.start(case.label())
         row = run_case(case, ctx)
         results.write_row(job_dir, row)
         rows.append(row)

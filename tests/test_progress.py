@@ -71,3 +71,25 @@ def test_outside_a_sweep_the_eta_is_the_jobs(monkeypatch: pytest.MonkeyPatch) ->
     job.update("a", _ok_row())
     job.start("b")
     assert "job" not in screen.getvalue() and job.eta_s() == pytest.approx(4.0, rel=0.01)
+
+
+def test_a_real_job_reports_its_stages_in_order(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_job -> runner: the status line passes gate, building, first call and timing for one tiny case."""
+    from hydra import compose, initialize_config_dir
+
+    from harness.sweep.job import run_job
+    from variants.presets import conf_root
+
+    screen = Terminal()
+    monkeypatch.setattr(progress_mod, "_SWEEP", [SweepState(num_jobs=2, job=0)])
+    monkeypatch.setattr("sys.stderr", screen)  # the status line's default stream, here a terminal
+    with initialize_config_dir(config_dir=str(conf_root()), version_base="1.3"):
+        cfg = compose("config", overrides=["experiment=smoke", "measure.calibrate=false", "device=cpu",
+                                           "variant=gqa", "impl=sdpa", "phase=decode", "seq=16", "name=p"])
+    rows = run_job(cfg, job_dir=tmp_path, root=tmp_path, log=io.StringIO())
+    assert list(rows["status"]) == ["ok"]
+    shown = screen.getvalue()
+    marks = [shown.find(f"job 1/2 · case 1/1 gqa/sdpa decode seq=16 batch=1 float32 · {s}")
+             for s in ("gate", "building", "first call", "timing")]
+    assert -1 not in marks and marks == sorted(marks), shown
+    assert shown.endswith("\r")  # cleared when the case ended: the log line takes its place

@@ -134,9 +134,11 @@ def test_reference_catches_a_wrong_kernel(exported: Path) -> None:
     assert relative_error(wrong, load_run(body["reference"])(**inputs)) > 1e-2
 
 
-def test_bad_inputs_are_one_line_user_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="--format 'csv' is not known; valid: flashinfer-trace"):
-        attnbench(["export", "--format", "csv", str(ROWS), "--out", str(tmp_path)])
+def test_bad_inputs_are_one_line_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert attnbench(["export", "--format", "csv", str(ROWS), "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == "error: --format 'csv' is not known; valid: flashinfer-trace\n"
+    assert attnbench(["import-trace", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {tmp_path} has no definitions/ folder")
     with pytest.raises(UserError, match="has no definitions/ folder"):
         load.read_folder(tmp_path)
     row = pd.read_parquet(ROWS).iloc[0].to_dict() | {"variant": "dsa"}
@@ -149,3 +151,13 @@ def test_the_schema_check_refuses_a_broken_definition(exported: Path) -> None:
     del body["reference"]
     errors = _errors(body, SCHEMA["Definition"], SCHEMA["Definition"])
     assert any("lacks reference" in e for e in errors) and any("float64" in e for e in errors)
+
+
+def test_import_trace_prints_the_sweeps_and_checks_only_kernels_that_apply(exported: Path,
+                                                                          capsys: pytest.CaptureFixture) -> None:
+    assert attnbench(["import-trace", str(exported), "--impl", "sdpa", "--check"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("attnbench -m ") for line in out) == 20  # 8 definitions, split by batch
+    checks = [line for line in out if line.startswith("# ")]
+    assert len(checks) == 8 and sum("(ok, tol" in line for line in checks) == 6  # gqa-family kernels
+    assert sum("not checked (impl sdpa has no MLA kernel" in line for line in checks) == 2

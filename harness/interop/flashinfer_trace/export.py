@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,15 +97,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--format", required=True, help=f"one of: {', '.join(FORMATS)}")
     parser.add_argument("--out", required=True, type=Path, help="folder to write")
     args = parser.parse_args(argv)
-    if args.format not in FORMATS:
-        raise UserError(f"--format {args.format!r} is not known; valid: {', '.join(FORMATS)}")
-    from harness.results.store import load
-
-    frame = load(args.results)
-    if frame.empty:
-        raise UserError(f"no rows under {' '.join(args.results)}; give a results folder or row files")
-    done = export(frame, args.out)
+    try:
+        done = _export(args.results, fmt=args.format, out=args.out)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     print(f"{args.out}: {done.definitions} definitions, {done.workloads} workloads, {done.traces} traces")
     for why, count in done.left_out.items():
         print(f"  left out {count} rows: {why}")
     return 0
+
+
+def _export(sources: list[str], *, fmt: str, out: Path) -> Exported:
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt!r} is not known; valid: {', '.join(FORMATS)}")
+    from harness.results.store import load
+
+    frame = load(sources)
+    if frame.empty:
+        raise UserError(f"no rows under {' '.join(sources)}; give a results folder or row files")
+    return export(frame, out)

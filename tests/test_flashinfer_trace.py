@@ -161,3 +161,21 @@ def test_import_trace_prints_the_sweeps_and_checks_only_kernels_that_apply(expor
     checks = [line for line in out if line.startswith("# ")]
     assert len(checks) == 8 and sum("(ok, tol" in line for line in checks) == 6  # gqa-family kernels
     assert sum("not checked (impl sdpa has no MLA kernel" in line for line in checks) == 2
+
+
+def test_imported_cases_have_the_exported_rows_case_ids(exported: Path) -> None:
+    """The overrides compose, through attnbench's own config and planner, to the very cases exported."""
+    from hydra import compose, initialize_config_dir
+
+    from harness.sweep.plan import plan_cases
+    from variants.presets import conf_root
+    from variants.registry import VARIANTS
+
+    frame = pd.read_parquet(ROWS)
+    want = set(frame.loc[frame["impl"] == "eager", "case_id"])
+    got = set()
+    with initialize_config_dir(config_dir=str(conf_root()), version_base="1.3"):
+        for case_overrides in load.case_overrides(load.read_folder(exported)):
+            for case in plan_cases(compose("config", overrides=[*case_overrides, "impl=eager", "device=cpu"])):
+                got.add(case.case_id(VARIANTS.get(case.variant).uses))
+    assert got == want and len(want) == 32

@@ -28,6 +28,7 @@ SUBCOMMANDS = {
     "nightly": "harness.nightly.cli:main",
     "lowrank": "harness.studies.lowrank.__main__:cli",
     "selfcheck": "harness.selfcheck.__main__:main",
+    "export": "harness.interop.flashinfer_trace.export:main", "import-trace": "harness.interop.flashinfer_trace.load:main",
 }
 
 

@@ -52,6 +52,7 @@ class RunContext:
     recalibrated: bool = False
     # The machine's load per CPU, read at each case's start and end; None: trust.load_per_cpu (tests inject one).
     load: Callable[[], float | None] | None = None
+    stage: Callable[[str], None] = lambda name: None  # told each stage of a case (harness.sweep.progress)
 
 
 ABOVE_CEILING = 1.05  # a fraction of a roof above this is not timing noise
@@ -170,6 +171,7 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
 
         mark = time.perf_counter()
         if ctx.check_numerics:
+            ctx.stage("gate")
             err, tol = numerics.check(case, seed=ctx.seed)
             row["numerics_s"] = time.perf_counter() - mark
             row.update(numerics_rel_err=err, numerics_tol=tol)
@@ -179,6 +181,7 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
                                + (" (fp8 cache tolerance)" if case.shape.kv_dtype != "auto" else ""))
 
         mark = time.perf_counter()
+        ctx.stage("building")
         if case.compile is not None:
             # A fresh compile cache per case: a sweep in one process would otherwise reach dynamo's
             # recompile limit and run later cases eagerly, silently, under a "compiled" label.
@@ -201,6 +204,7 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         row["setup_s"] = time.perf_counter() - mark
 
         timer = _timer(case, device)
+        ctx.stage("compiling" if case.compile is not None else "first call")
         with watch_compile(case.compile) as compiled:
             row["first_call_ms"] = timer.time_ms(step)  # compile, autotune, lazy initialisation
         row.update(compile_cache_hit=compiled.cache_hit, compile_cudagraph_skipped=compiled.cudagraph_skipped)
@@ -232,6 +236,7 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             return _finish(row, started, timed_s, "incorrect",
                            f"full-shape output of the timed step differs from the eager one by {err:.3g}")
 
+        ctx.stage("timing")
         measurement = measure(step, timer, ctx.settings, first_call_ms=row["first_call_ms"])
         timed_s = measurement.timed_s
         row.update(measurement.stats)

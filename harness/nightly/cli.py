@@ -51,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     common = ArgumentParser(add_help=False)
     common.add_argument("--db", default=None,
                         help=f"the history file (default: ${ENV_DB}, else {DEFAULT_DB})")
-    parser = ArgumentParser(prog="python -m harness.nightly", description=__doc__.split("\n\n")[0],
+    parser = ArgumentParser(prog="attnbench nightly", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -27,7 +27,7 @@ from harness.results.paths import check_out_dir
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = ArgumentParser(prog="python -m harness.report", description="Write a comparison report (tables, figures, "
+    parser = ArgumentParser(prog="attnbench report", description="Write a comparison report (tables, figures, "
                      "one HTML page) of result rows from any mix of runs, sweeps and machines.")
     parser.add_argument("results", nargs="+", help="result folders, row files or globs (e.g. 'results/*'); "
                         "a low-rank study's folder (lowrank-*.parquet) adds its table and figures")

@@ -132,7 +132,7 @@ def write(merged: Merged, out: Path) -> Path:
 
 @guarded("merge")
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m harness.results.merge", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="attnbench merge", description=__doc__.split("\n\n")[0])
     parser.add_argument("sources", nargs="+", metavar="SWEEP_OR_RUN_DIR")
     parser.add_argument("--out", required=True, help="folder for rows/merged.parquet and manifest.json")
     parser.add_argument("--prefer", help="for a case with ok rows in two places: newest, or a source folder to keep")

@@ -135,10 +135,12 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
     _log.info("%d cases on %s; rows under %s", len(cases), device, job_dir / results.ROWS)
     progress = Progress(len(cases))
     measured: list[tuple[Case, dict[str, Any], Path]] = []
+    ctx.stage = progress.stage  # the live status line follows the case's stages
     for case, case_id in zip(cases, case_ids, strict=True):
         if case_id in done:
             progress.skip(case.label(), "already measured (resume)")
             continue
+        progress.start(case.label())
         row = run_case(case, ctx)
         measured.append((case, row, results.write_row(job_dir, row)))
         progress.update(case.label(), row)

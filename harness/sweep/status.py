@@ -293,7 +293,7 @@ def status(root: Path) -> SweepStatus:
 
 @guarded("status")
 def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m harness.sweep.status", description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="attnbench status", description=__doc__.split("\n\n")[0])
     parser.add_argument("roots", nargs="+", type=Path, metavar="SWEEP_OR_RUN_DIR")
     args = parser.parse_args(argv)
     complete = True

@@ -45,7 +45,7 @@ def settings_of(overrides: list[str]) -> tuple[str, dict]:
 
 @guarded("lowrank")
 def cli(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m harness.studies.lowrank", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="attnbench lowrank", description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="key=value settings of the lowrank block")
     parser.add_argument("--out", default="results/lowrank/smollm2_135m")
     args = parser.parse_args(argv)

@@ -199,7 +199,7 @@ def test_nightly_never_judges_against_a_flagged_baseline_row(tmp_path):
 
     history = History(tmp_path / "h.sqlite")
     ids = []
-    for i, flags in enumerate(("busy", "")):
+    for i, flags in enumerate(("noisy", "")):
         rows = [nightly_row("mla-absorbed", lognormal_samples(1.0, seed=i), flags=flags),
                 nightly_row("mla-eager", lognormal_samples(1.0, seed=i), flags="")]
         run, cases = read_run(write_run(tmp_path / f"r{i}", rows, time_utc=f"2026-01-0{i + 1}T00:00:00+00:00"),
@@ -208,6 +208,6 @@ def test_nightly_never_judges_against_a_flagged_baseline_row(tmp_path):
     base, new = (history.run(i) for i in ids)
     result = compare(new, base, history.cases(new.run_id), history.cases(base.run_id))
     (flagged_case,) = result.of("flagged_baseline")
-    assert "flagged busy" in flagged_case.detail and flagged_case.ci is None
+    assert "flagged noisy" in flagged_case.detail and flagged_case.ci is None
     assert len(result.of("unchanged")) == 1 and not result.failed
-    assert "flagged busy: not used as a baseline" in render(result)
+    assert "flagged noisy: not used as a baseline" in render(result)

@@ -199,7 +199,7 @@ def judge_timing(base_ms: Sequence[float], new_ms: Sequence[float], *, threshold
 
 def _judge(base: CaseRecord, new: CaseRecord, history: Sequence[float], threshold: float) -> CaseVerdict:
     if base.status == "ok" and new.status == "ok":
-        doubt = flags_of(base.status, base.reason)
+        doubt = tuple(f for f in flags_of(base.status, base.reason) if f != "busy")  # load alone: the CI judges noise
         if doubt:  # a noisy, busy or fallen-back number is no yardstick: said, not judged
             return CaseVerdict(new.case_id, new.label, "flagged_baseline", base_ms=base.median_ms,
                                new_ms=new.median_ms, detail=f"the baseline's row is flagged {','.join(doubt)}: "

@@ -147,7 +147,7 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
     measured = remeasure_noisy(measured, ctx, job_dir=job_dir)
     rows = [row for _, row, _ in measured]
     _log.info("job summary (%d cases):\n%s", len(cases), summary_table(rows))
-    flagged = trust.count_line(row["flags"] for row in rows)
+    flagged = trust.count_line(row.get("flags") for row in rows)
     if flagged:
         _log.warning("%s See the flags column (harness.measure.trust).", flagged)
     return pd.DataFrame(rows)
@@ -208,7 +208,7 @@ def remeasure_noisy(measured: list[tuple[Case, dict[str, Any], Path]], ctx: RunC
     Nothing measured is lost on the way: the replacement row is written (atomically, a new file)
     before the first row's file is removed, so a job killed in between leaves both complete rows.
     """
-    noisy = [i for i, (_, row, _) in enumerate(measured) if "noisy" in trust.parse(row["flags"])]
+    noisy = [i for i, (_, row, _) in enumerate(measured) if "noisy" in trust.parse(row.get("flags"))]
     if not noisy:
         return measured
     _log.info("measuring %d noisy case(s) again", len(noisy))

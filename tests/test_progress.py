@@ -92,4 +92,6 @@ def test_a_real_job_reports_its_stages_in_order(tmp_path, monkeypatch: pytest.Mo
     marks = [shown.find(f"job 1/2 · case 1/1 gqa/sdpa decode seq=16 batch=1 float32 · {s}")
              for s in ("gate", "building", "first call", "timing")]
     assert -1 not in marks and marks == sorted(marks), shown
-    assert shown.endswith("\r")  # cleared when the case ended: the log line takes its place
+    # Cleared when the case ended: the log line takes its place. (An earlier test's logging handler on a
+    # closed stream may print logging's own "--- Logging error ---" report to this fake stderr after it.)
+    assert shown.split("--- Logging error ---")[0].endswith("\r")

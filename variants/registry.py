@@ -13,10 +13,11 @@ Discovery runs on the first lookup, not at import, so importing ``variants`` has
 from __future__ import annotations
 
 import importlib
+import json
 import importlib.metadata
 import pkgutil
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from variants.core.family import ENTRY_POINT_GROUP, Family, ShapeKey, shape_keys
 
@@ -104,6 +105,14 @@ def family_of(variant: str) -> Family:
 def family_shape_keys() -> dict[str, ShapeKey]:
     """Every family's shape keys (``variants.core.family.shape_keys``), declared once."""
     return shape_keys(families())
+
+
+def family_shape(shape: Any, variant: str) -> str | None:
+    """The family keys of ``shape`` that are not ``ModelShape`` fields and that ``variant`` uses, as JSON text
+    (the row's ``family_shape`` column); None when there are none."""
+    values = shape.family_values()
+    used = {key: values[key] for key in VARIANTS.get(variant).uses if key in values}
+    return json.dumps(used, sort_keys=True) if used else None
 
 
 def families() -> list[Family]:

@@ -163,7 +163,8 @@ class ModelShape:
     @classmethod
     def from_dict(cls, values: dict) -> ModelShape:
         fields, extra = _route(values)
-        return cls(**fields, extra=_merged(fields.pop("extra", ()), extra))
+        given = fields.pop("extra", ())  # a dict of dataclasses.asdict: pairs as lists
+        return cls(**fields, extra=_merged(tuple(map(tuple, given)), extra))
 
     def as_dict(self) -> dict:
         """Every field, and every family key kept in ``extra`` (not ``extra`` itself): what ``from_dict`` takes."""

@@ -17,7 +17,7 @@ import pandas as pd
 
 from harness.report import flagged
 from harness.report.data import DEVICE
-from harness.report.figures.style import impl_sort_key, variant_sort_key
+from harness.report.order import impl_sort_key, variant_sort_key
 from harness.text.units import byte_unit, count, like, significant, tokens
 
 # Folded into the caption when constant; always shown otherwise.

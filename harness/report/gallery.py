@@ -121,7 +121,8 @@ def _machine(ok: pd.DataFrame) -> str:
     """Where and how loaded: device, cores, the load average the rows recorded, the flags they carry."""
     first = ok.iloc[0]
     loads = pd.to_numeric(ok.get("load_start", pd.Series(dtype=float)), errors="coerce").dropna()
-    load = f", 1-minute load average {loads.min():.1f}-{loads.max():.1f} tasks per core while measuring" if not loads.empty else ""
+    load = (f", 1-minute load average {loads.min():.1f}-{loads.max():.1f} tasks per core while measuring"
+            if not loads.empty else "")
     flags = count_line(list(ok["flags"])) if "flags" in ok.columns else ""
     return (f"{first['env_device_name']} ({int(first['env_cpu_count'])} cores, shared with other jobs{load}), "
             f"{first['dtype']}, one thread, measure=quick, {len(ok)} measured rows. "
@@ -135,17 +136,19 @@ def _readme(drawn: Sequence[Drawn], left_out: dict[str, str], ok: pd.DataFrame) 
     lines = [
         "# Gallery",
         "",
-        "Every figure kind of `attnbench report`, at single-column width (3.5 in), drawn by the report's own "
-        "code from the committed result set `tests/fixtures/gallery/`: one attention layer at real model "
-        "shapes (DeepSeek-V2-Lite, DeepSeek-V3.2-Exp, DeepSeek-V4-Flash), measured on a CPU. Made by",
+        ("Every figure kind of `attnbench report`, at single-column width (3.5 in), drawn by the report's own "
+         "code from the committed result set `tests/fixtures/gallery/`: one attention layer at real model "
+         "shapes (DeepSeek-V2-Lite, DeepSeek-V3.2-Exp, DeepSeek-V4-Flash), measured on a CPU. Made by"),
         "",
         "    bash tests/fixtures/make_gallery.sh     # measure the rows again (about 30 min), then draw",
         "    python -m harness.report.gallery        # draw from the committed rows only",
         "",
-        f"Measured on {_machine(ok)} These are CPU timings of float32 kernels on a loaded machine: the ratios "
-        "between variants, not the absolute times, are what carries to a GPU; the GPU comparison at "
-        f"the real budget is `docs/report.md`'s. Budget of the peak-memory and throughput figures: "
-        f"{human_bytes(BUDGET_BYTES)} (float32, 1k context; `harness/report/gallery.py`).",
+        (f"Measured on {_machine(ok)} These are CPU timings of float32 kernels on a loaded machine: read the "
+         "ratios between variants, not the absolute times, and not as a GPU's (on a CPU, MLA's absorbed step at "
+         "these batches is bound by its matmuls over the latent, not by reading its cache); the comparison at a GPU's real budget is the "
+         "command in `docs/report.md`, section 'Decode throughput at a memory budget'. Budget of the "
+         f"peak-memory and throughput figures: {human_bytes(BUDGET_BYTES)} (float32, 1k context; "
+         "`harness/report/gallery.py`)."),
         "",
     ]
     for d in drawn:

@@ -20,8 +20,17 @@ from matplotlib.axes import Axes
 
 from harness.report import escape, flagged
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (MAX_SERIES, Panel, device_title, legend, log_axis, new_figure, panels, series,
-                                     subtitle)
+from harness.report.plotting import (
+    MAX_SERIES,
+    Panel,
+    device_title,
+    legend,
+    log_axis,
+    new_figure,
+    panels,
+    series,
+    subtitle,
+)
 from harness.report.style import series_style, variant_sort_key
 from harness.report.units import tokens
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "report_sweep"
 TABLES = ("cases", "not_measured", "capacity", "throughput_budget", "sources")
 DRAWN = ("latency", "kv_cache", "peak_memory", "roofline", "bandwidth_fraction", "decode_throughput",
-         "throughput_budget")
+         "throughput_budget", "latency_distribution")
 WIDTH_PX = {"single": 1050, "double": 2100}  # 300 dpi x 3.5 in, 7 in
 
 

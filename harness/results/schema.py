@@ -115,8 +115,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("o_groups", "int64", "", "shape", "groups of the grouped output projection (null: one projection)", **_ID),
     _c("o_rank", "int64", "", "shape", "rank of each output group (null: none)", **_ID),
     _c("compress_rope_theta", "float64", "", "shape", "RoPE base of compressed layers (null: rope_theta)", **_ID),
-    _c("kv_dtype", "string", "", "shape", "KV cache storage: auto (the compute dtype) or fp8_e4m3 (per-token "
-       "scaled; not in the case_id when auto)", **_ID),
+    _c("kv_dtype", "string", "", "shape", "KV cache storage: auto (the compute dtype), fp8_e4m3 (per-token "
+       "scaled) or fp8_model1 (DeepSeek-V4's 584-byte FlashMLA entries); not in the case_id when auto", **_ID),
     # The rest of the case and its outcome.
     _c("model", "string", "", "case", "preset the shape came from"),
     _c("device", "string", "", "case", "torch device the case ran on (cpu, cuda:0)"),

@@ -110,7 +110,8 @@ def test_v4_flash_bytes_per_token_count_the_584_byte_entries_and_the_padding() -
     # The report's cost model (capacity, figures) asks the same layouts: the padded blocks count there too.
     model = model_cost("csa", v4, "bfloat16")
     assert model.kv_bytes_per_token_model == 20 * 180 + 23 * 5
-    assert model.kv_bytes_model_at(4096) < model_cost("csa", v4.replace(kv_dtype="auto"), "bfloat16").kv_bytes_model_at(4096)
+    auto_model = model_cost("csa", v4.replace(kv_dtype="auto"), "bfloat16")
+    assert model.kv_bytes_model_at(4096) < auto_model.kv_bytes_model_at(4096)
     layout = csa.cache_layout("standard")
     entries = 4096 // 4
     expected = (math.ceil(entries / 64) + math.ceil(128 / 64)) * 37440 + entries * 132 \
@@ -153,7 +154,8 @@ def test_gather_and_read_decode_the_same_rows_and_fill_random_fills_in_place() -
     entries_BSX = cache.read("entries", 8)
     assert entries_BSX.shape == (2, 8, 32) and entries_BSX.std() > 0.5
     picks_BK = torch.tensor([[7, 0, 3], [1, 1, 6]])
-    assert torch.equal(cache.gather("entries", picks_BK), entries_BSX.gather(1, picks_BK.unsqueeze(-1).expand(-1, -1, 32)))
+    want_BKX = entries_BSX.gather(1, picks_BK.unsqueeze(-1).expand(-1, -1, 32))
+    assert torch.equal(cache.gather("entries", picks_BK), want_BKX)
 
 
 def test_the_gate_holds_v4_fp8_model1_cases_to_the_fp8_tolerance() -> None:

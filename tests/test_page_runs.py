@@ -10,6 +10,7 @@ from tests.reference import rel_err
 from tests.test_cache_view import _latent_cache, _reference
 from variants.cache import KVCache
 from variants.kernels import page_runs
+from variants.kernels.mla_eager import EagerMLAKernel
 from variants.kernels.mla_sdpa import SdpaMLAKernel
 from variants.mask import AttnMask
 
@@ -51,8 +52,10 @@ def test_the_in_place_read_equals_one_softmax(scatter: bool) -> None:
     assert page_runs.pieces(view, "packed") is None
     keep_B1LT = torch.arange(T).view(1, 1, 1, T) <= torch.tensor(lens).view(-1, 1, 1, 1)
     q_lat_BLNC, q_rope_BLNR = torch.randn(B, 1, N, C, dtype=F64), torch.randn(B, 1, N, R, dtype=F64)
-    got = SdpaMLAKernel()._in_place(q_lat_BLNC, q_rope_BLNR, view, pieces, scale=0.3)
     want = _reference(q_lat_BLNC, q_rope_BLNR, cache.read("c_kv", T), cache.read("k_rope", T), keep_B1LT, 0.3)
+    assert rel_err(SdpaMLAKernel()._in_place(q_lat_BLNC, q_rope_BLNR, view, pieces, scale=0.3), want) <= 1e-12
+    # The eager kernel in chunks of 8 rows of each piece (none of the pieces a multiple of it).
+    got = EagerMLAKernel()._in_place(q_lat_BLNC, q_rope_BLNR, view, pieces, scale=0.3, tokens=8)
     assert rel_err(got, want) <= 1e-12
     # The kernel's own choice on this view (pieces too short by default): split-KV, the same result.
     mask = AttnMask(1, T, min(lens), keep_B1LT)

@@ -15,8 +15,9 @@ head (FlashMLA's decode does the same). Otherwise the heads stay heads and ``ena
 them onto the one latent key, which is how the causal masks reach the kernel.
 
 Given the cache as a view (``attend_view``): a contiguous cache is read in place (the packed rows as
-a view); a paged one, in a decode step on CPU, is read split-KV, a group of pages at a time copied
-out of the pool through the block table, each through the fused CPU kernel that also returns its
+a view); a paged one, in a one-token decode step on CPU, is read in place, each sequence's runs of
+consecutive pages as views of the pool (``variants.kernels.page_runs``); where the runs are short,
+split-KV, a group of pages at a time copied out of the pool through the block table, each through the fused CPU kernel that also returns its
 log-sum-exp (``aten._scaled_dot_product_flash_attention_for_cpu``), combined by
 ``variants.kernels.split_kv``. A paged prefill (several queries under a causal mask) or a paged
 cache on another device is gathered first, as a kernel without a paged read would need.

@@ -91,6 +91,7 @@ class EagerMLAKernel:
         G = view.layout.slot("k_rope").width // q_rope_BLNR.shape[-1]
         runs = None
         if q_lat_BLNC.shape[1] == 1 and (mask.full or view.seq_lens_B is not None) and G == 1 \
+                and q_lat_BLNC.device.type == "cpu" \
                 and view.layout.shares_buffer("c_kv", "k_rope"):
             runs = page_runs.pieces(view, view.layout.slot("c_kv").buffer)
         if runs is not None:

@@ -49,6 +49,10 @@ class KernelImplementation:
         reason = layer.kernel_unsupported(self.kernel)
         if reason is not None:
             return reason
+        try:  # a kv_dtype the family's cache cannot be stored as (fp8_model1 outside DeepSeek-V4)
+            layer.cache_layout(self.path)
+        except ValueError as error:
+            return str(error)
         if self.devices is not None and torch.device(device).type not in self.devices:
             return f"{self.name} runs on {', '.join(self.devices)} only, not {torch.device(device).type}"
         if self.dtypes is not None and dtype not in self.dtypes:

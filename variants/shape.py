@@ -21,8 +21,9 @@ RopeLayout = Literal["half", "interleaved"]
 ROPE_LAYOUTS: tuple[str, ...] = ("half", "interleaved")
 AttentionKind = Literal["self", "cross"]
 ATTENTION_KINDS: tuple[str, ...] = ("self", "cross")
-KvDtype = Literal["auto", "fp8_e4m3"]
-KV_DTYPES: tuple[str, ...] = ("auto", "fp8_e4m3")
+KvDtype = Literal["auto", "fp8_e4m3", "fp8_model1"]
+# fp8_model1: DeepSeek-V4's entries as FlashMLA stores them (csa, hca only; variants.fp8_model1).
+KV_DTYPES: tuple[str, ...] = ("auto", "fp8_e4m3", "fp8_model1")
 # Letters of ModelShape.layer_pattern: a sliding-window layer, a full-attention layer, and DeepSeek-V4's
 # window layers with a compressed branch (CSA: compressed sparse, HCA: heavily compressed).
 LAYER_KINDS: dict[str, str] = {"S": "sliding window", "F": "full attention", "C": "window + CSA",
@@ -97,8 +98,9 @@ class ModelShape:
     o_groups: int | None = None
     o_rank: int | None = None
     compress_rope_theta: float | None = None
-    # How the KV cache is stored: auto (the compute dtype) or fp8_e4m3 (per-token scaled e4m3,
-    # dequantized when a step reads it); independent of the compute dtype.
+    # How the KV cache is stored: auto (the compute dtype), fp8_e4m3 (per-token scaled e4m3,
+    # dequantized when a step reads it) or fp8_model1 (DeepSeek-V4's 584-byte FlashMLA entries, csa and
+    # hca); independent of the compute dtype.
     kv_dtype: KvDtype = "auto"
     name: str = "custom"
     # Where real trained weights come from: a loader name (``harness.studies.lowrank.model.WEIGHTS``, e.g.

@@ -30,11 +30,17 @@ TOLERANCE: dict[str, float] = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-
 # 2.2-2.9% (gqa, mha, mla, every implementation). 0.08 leaves ~3x margin and still fails a wrong
 # implementation, whose error is of order 1. Added to the compute dtype's own tolerance.
 FP8_KV_TOLERANCE = 0.08
+# DeepSeek-V4's FlashMLA layout (kv_dtype=fp8_model1): e4m3 with power-of-two scales rounds as finely
+# (a tile's largest value lands in [224, 448] rather than at 448; the relative step is the same) and its
+# rotary dims are kept in bf16 (2^-8). Measured at DeepSeek-V4-Flash's reduced shape (float32, eager,
+# prefill and 1- and 4-token decode, 3 seeds): csa 1.5-3.6%, hca 0.9-4.3%; fp8_e4m3 on the same cases
+# 1.0-3.9%. The same 0.08 holds both (an error of order 1 still fails).
+FP8_KV_TOLERANCES: dict[str, float] = {"fp8_e4m3": FP8_KV_TOLERANCE, "fp8_model1": FP8_KV_TOLERANCE}
 
 
 def tolerance(case: Case) -> float:
     """The relative error a case is held to: its compute dtype's, plus the fp8 cache's if it has one."""
-    return TOLERANCE[case.dtype] + (FP8_KV_TOLERANCE if case.shape.kv_dtype == "fp8_e4m3" else 0.0)
+    return TOLERANCE[case.dtype] + FP8_KV_TOLERANCES.get(case.shape.kv_dtype, 0.0)
 
 
 _MAX_HIDDEN, _MAX_TOKENS, _MAX_NEW, _MAX_BATCH = 128, 24, 4, 2

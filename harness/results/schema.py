@@ -109,8 +109,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("qkv_bias", "bool", "", "shape", "q, k and v projections have biases (Qwen2)", **_ID),
     # Each family's own shape keys (variants.core.family.Family.shape), declared in its package.
     *family_columns(),
-    _c("kv_dtype", "string", "", "shape", "KV cache storage: auto (the compute dtype) or fp8_e4m3 (per-token "
-       "scaled; not in the case_id when auto)", **_ID),
+    _c("kv_dtype", "string", "", "shape", "KV cache storage: auto (the compute dtype), fp8_e4m3 (per-token "
+       "scaled) or fp8_model1 (DeepSeek-V4's 584-byte FlashMLA entries); not in the case_id when auto", **_ID),
     # The rest of the case and its outcome.
     _c("family_shape", "string", "", "case", "a family's shape keys that are not columns of their own, as a JSON "
        "object of the keys the variant uses (null: none; not in the case_id when null)", **_ID),

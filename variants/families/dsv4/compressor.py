@@ -53,10 +53,12 @@ def _positions(lo: int, hi: int, ring: int, device: torch.device) -> Tensor:
     return torch.arange(lo, hi, device=device) % ring
 
 
-def compressor_fields(width: int, rate: int, *, overlap: bool, prefix: str = "") -> tuple[CacheField, ...]:
-    """A compressor's cache fields: its entries (one per m tokens) and the rings of open-window state."""
+def compressor_fields(width: int, rate: int, *, overlap: bool, prefix: str = "",
+                      rope: int = 0) -> tuple[CacheField, ...]:
+    """A compressor's cache fields: its entries (one per m tokens; ``rope`` trailing rotary dims) and the
+    rings of open-window state."""
     C, m = width, rate
-    entries = CacheField(f"{prefix}entries", (C,), every=m)
+    entries = CacheField(f"{prefix}entries", (C,), every=m, rope=rope)
     # The open windows' projections are the pooling's working state, kept in the compute dtype
     # whatever kv_dtype says (quantize=False): only what attention reads is the cache proper.
     if overlap:

@@ -135,9 +135,10 @@ class DSV4Config:
 def cache_layout_of(c: DSV4Config) -> CacheLayout:
     """The ring of the window's K = V rows; the entries and open-window state of the compressor; the
     indexer's keys and state (CSA)."""
-    fields: tuple[CacheField, ...] = (CacheField("window", (c.head_dim,), ring=c.window),)
+    # rope: the head's trailing rotary dims, which kv_dtype=fp8_model1 keeps in bf16 (FlashMLA's MODEL1).
+    fields: tuple[CacheField, ...] = (CacheField("window", (c.head_dim,), ring=c.window, rope=c.rope_dim),)
     if c.rate is not None:
-        fields += compressor_fields(c.head_dim, c.rate, overlap=c.kind == "C")
+        fields += compressor_fields(c.head_dim, c.rate, overlap=c.kind == "C", rope=c.rope_dim)
     if c.kind == "C":
         fields += compressor_fields(c.index_head_dim, c.csa_rate, overlap=True, prefix="index_")
     return CacheLayout(fields).stored_as(c.kv_dtype)
@@ -235,7 +236,7 @@ class DSV4(AttentionLayer):
         c = self.config
         fn = causal_window(c.window)
         q_pos_L = torch.arange(start, start + q_len, device=device)
-        keep_LT = dense(fn, q_pos_L, self._window_positions(start, q_len, cache.fields["window"].shape[1], device))
+        keep_LT = dense(fn, q_pos_L, self._window_positions(start, q_len, cache.rows_of("window"), device))
         entries = self._entries_read(start, q_len)
         if entries:
             if c.kind == "C" and q_len == 1:
@@ -296,7 +297,7 @@ class DSV4(AttentionLayer):
 
     def _window(self, cache: KVCache, kv_BLH: Tensor, start: int) -> Tensor:
         """Write the step's keys to the ring; return the window keys the kernel reads."""
-        rows, L = cache.fields["window"].shape[1], kv_BLH.shape[1]
+        rows, L = cache.rows_of("window"), kv_BLH.shape[1]
         if L == 1:
             cache.write(start % rows, window=kv_BLH)
             return cache.read("window", min(start + 1, rows))
@@ -339,7 +340,8 @@ class DSV4(AttentionLayer):
         weights = sum(sizes[name] for name in ("q_a_proj", "q_a_norm", "q_b_proj", "kv_proj", "kv_norm",
                                                "o_a_proj", "o_b_proj"))
         weights += N if self.sinks is not None else 0
-        # Bytes of one stored row of each field (kv_dtype=fp8_e4m3: e4m3 values and their scales).
+        # Bytes of one stored row of each field (kv_dtype=fp8_e4m3: e4m3 values and their scales;
+        # fp8_model1: FlashMLA's 584-byte entries, the blocks' padding not read).
         row = {f.name: f.bytes_per_row(dtype or self.dtype) for f in self.cache_layout(path).fields}
         read = window_old * row["window"] + entries * row.get("entries", 0)
         written = min(L, W) * row["window"]

@@ -18,10 +18,12 @@ AttentionKind = Literal["self", "cross"]
 ATTENTION_KINDS: tuple[str, ...] = ("self", "cross")
 KvDtype = Literal["auto", "fp8_e4m3"]
 KV_DTYPES: tuple[str, ...] = ("auto", "fp8_e4m3")
-# Letters of ModelShape.layer_pattern: a sliding-window layer, a full-attention layer, and DeepSeek-V4's
-# window layers with a compressed branch (CSA: compressed sparse, HCA: heavily compressed).
+# Letters of ModelShape.layer_pattern: a sliding-window layer, a full-attention layer, DeepSeek-V4's
+# window layers with a compressed branch (CSA: compressed sparse, HCA: heavily compressed), and the
+# linear-attention layers of a hybrid (Qwen3-Next's Gated DeltaNet, Kimi Linear's KDA), whose state
+# has a fixed size.
 LAYER_KINDS: dict[str, str] = {"S": "sliding window", "F": "full attention", "C": "window + CSA",
-                               "H": "window + HCA"}
+                               "H": "window + HCA", "L": "linear attention"}
 
 
 def check_positive(name: str, value: int | None, *, optional: bool = False) -> None:
@@ -72,6 +74,13 @@ class ModelShape:
     rope_theta: float = 10000.0
     rope_layout: RopeLayout = "half"
     qkv_bias: bool = False  # Qwen2 has biases on q, k, v
+    # Qwen3-Next's gated full attention (variant gqa): a sigmoid output gate from the query projection,
+    # RoPE on the first int(head_dim * partial_rotary_factor) dims, and an RMSNorm of each q and k head
+    # (qk_norm: none, rms, zero_centered). Kimi Linear's MLA layers rotate nothing (mla_use_nope).
+    attn_output_gate: bool = False
+    partial_rotary_factor: float = 1.0
+    qk_norm: str = "none"
+    mla_use_nope: bool = False
     # Sliding windows (variant=swa): W, the schedule of window ("S") and full ("F") layers repeated
     # over num_layers (None: every layer has the window), learned sink logits (gpt-oss) and
     # StreamingLLM sink tokens. Other variants ignore them (they are the dense counterparts).

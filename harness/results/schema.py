@@ -101,6 +101,12 @@ COLUMNS: tuple[Column, ...] = (
     _c("rope_theta", "float64", "", "shape", "RoPE base frequency", **_ID),
     _c("rope_layout", "string", "", "shape", "RoPE pairing: half (rotate_half) or interleaved", **_ID),
     _c("qkv_bias", "bool", "", "shape", "q, k and v projections have biases (Qwen2)", **_ID),
+    _c("attn_output_gate", "bool", "", "shape", "gqa: sigmoid output gate from the query projection (Qwen3-Next)",
+       **_ID),
+    _c("partial_rotary_factor", "float64", "", "shape", "gqa: fraction of head_dim that RoPE rotates", **_ID),
+    _c("qk_norm", "string", "", "shape", "gqa: RMSNorm of each q and k head (none, rms, zero_centered)", **_ID),
+    _c("mla_use_nope", "bool", "", "shape", "mla: no RoPE on the decoupled key and query dims (Kimi Linear)",
+       **_ID),
     _c("sliding_window", "int64", "tokens", "shape", "swa's window W (null: none)", **_ID),
     _c("layer_pattern", "string", "", "shape", "window (S) and full (F) layers, repeated over num_layers "
        "(null: every layer has the window)", **_ID),

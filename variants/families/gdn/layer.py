@@ -19,7 +19,7 @@ There is no positional encoding: the convolution and the decay carry order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -124,6 +124,15 @@ class DeltaRuleLayer(AttentionLayer):
         return StateCache(self.cache_layout(implementation.path), batch=batch, max_len=max_len, dtype=self.dtype,
                           device=self.device, page_size=page_size)
 
+    def prepare(self, phase: Phase, x_BLD: Tensor, cache: StateCache, *,  # type: ignore[override]
+                impl: str | Implementation = "eager", compile: str | None = None,
+                memory_BMD: Tensor | None = None) -> Callable[[], Tensor]:
+        """A closure repeating one step at the cache's length: a decode step reads the state and writes the
+        next one into twin buffers (``StateCache.repeatable``), so every call moves the same bytes as
+        an in-place step and returns the same output; a prefill starts from zeros every call."""
+        target = cache.repeatable() if phase == "decode" else cache
+        return self.plan(impl, compile=compile).bind(phase, x_BLD, target, memory_BMD=memory_BMD)  # type: ignore[arg-type]
+
     # -- the kernel --------------------------------------------------------------------------------
     def kernel_unsupported(self, kernel: Kernel) -> str | None:
         if is_delta_rule_kernel(kernel) or kernel.name == REFERENCE_KERNEL:
@@ -172,20 +181,21 @@ class DeltaRuleLayer(AttentionLayer):
         if step.phase == "prefill":
             cache.reset_()  # a prefill starts a sequence: zero state, zero conv window
         qkv_BLC, extras = self._qkv_and_gates(x_BLD)
-        q_BLHK, k_BLHK, v_BLNV = self._conv_split(qkv_BLC, cache.conv)
+        q_BLHK, k_BLHK, v_BLNV = self._conv_split(qkv_BLC, cache.conv, cache.conv_out)
         acc = cache.state.dtype
         # L2-normalised in the state's dtype, as fla and transformers do inside their kernels.
         q_BLHK, k_BLHK = l2norm(q_BLHK.to(acc)), l2norm(k_BLHK.to(acc))
-        o_BLNV = rule(q_BLHK, k_BLHK, v_BLNV, extras["g"], extras["beta"], cache.state, scale=self.scale)
+        o_BLNV = rule(q_BLHK, k_BLHK, v_BLNV, extras["g"], extras["beta"], cache.state, scale=self.scale,
+                      state_out=cache.state_out)
         return self._output(o_BLNV.to(x_BLD.dtype), x_BLD, extras)
 
-    def _conv_split(self, qkv_BLC: Tensor, conv_BCW: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def _conv_split(self, qkv_BLC: Tensor, conv_BCW: Tensor, conv_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The causal depthwise convolution over the step's inputs after the W-1 in ``conv_BCW`` (zeros at
-        a prefill), SiLU, the window updated in place; split into q, k ``[B, L, H, K]`` and v ``[B, L, N, V]``."""
+        a prefill), SiLU, the new window written to ``conv_out`` (``conv_BCW`` itself: in place); split into q, k ``[B, L, H, K]`` and v ``[B, L, N, V]``."""
         c = self.config
         B, L, _ = qkv_BLC.shape
         full_BCT = torch.cat([conv_BCW, qkv_BLC.transpose(1, 2)], dim=-1)
-        conv_BCW.copy_(full_BCT[..., -(c.conv_kernel - 1):])
+        conv_out.copy_(full_BCT[..., -(c.conv_kernel - 1):])
         mixed_BCL = F.silu(F.conv1d(full_BCT, self.conv1d.weight, groups=c.conv_dim))
         mixed_BLC = mixed_BCL.transpose(1, 2)
         HK = c.key_heads * c.k_dim

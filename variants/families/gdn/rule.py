@@ -15,8 +15,10 @@ Value head n reads key head ``n // G`` (transformers' ``repeat_interleave`` over
 
 A kernel is any callable meeting ``DeltaRuleKernel``. It receives the step's q, k (already
 L2-normalised by the layer), v, the log-decay ``g`` (``[B, L, N]`` per head, or ``[B, L, N, K]`` per
-channel), ``beta`` and the layer's recurrent state ``[B, N, K, V]``, which it reads and updates **in
-place** (the state cache's own storage: nothing is reallocated); it returns ``[B, L, N, V]`` in v's
+channel), ``beta`` and the layer's recurrent state ``[B, N, K, V]``; it reads ``state`` and writes the new state
+into ``state_out``, which is ``state`` itself in a generation loop (**in place**: the state cache's own
+storage, nothing reallocated) and a twin buffer of the cache when the harness repeats one step at the
+same context (``StateCache.repeatable``: the same bytes move, the step stays repeatable); it returns ``[B, L, N, V]`` in v's
 dtype, computing in the state's dtype (float32, or float64 in the numerics reference), as
 transformers' and fla's kernels do. fla plugs in here: ``chunk_gated_delta_rule`` /
 ``fused_recurrent_gated_delta_rule`` for a per-head ``g`` and ``chunk_kda`` / ``fused_recurrent_kda``
@@ -41,7 +43,7 @@ class DeltaRuleKernel(Protocol):
     delta_rule: bool
 
     def __call__(self, q_BLHK: Tensor, k_BLHK: Tensor, v_BLNV: Tensor, g: Tensor, beta_BLN: Tensor,
-                 state_BNKV: Tensor, *, scale: float) -> Tensor: ...
+                 state_BNKV: Tensor, *, scale: float, state_out: Tensor | None = None) -> Tensor: ...
 
 
 def is_delta_rule_kernel(kernel: object) -> bool:
@@ -55,13 +57,16 @@ def _heads_like_values(x_BLHK: Tensor, num_value_heads: int) -> Tensor:
 
 
 def recurrent_update(q_BLNK: Tensor, k_BLNK: Tensor, v_BLNV: Tensor, g: Tensor, beta_BLN: Tensor,
-                     state_BNKV: Tensor, *, per_channel: bool) -> Tensor:
-    """The rule token by token, the state updated in place; q already scaled. Returns [B, L, N, V]."""
+                     state_BNKV: Tensor, state_out: Tensor, *, per_channel: bool) -> Tensor:
+    """The rule token by token from ``state_BNKV`` into ``state_out`` (may be the same tensor); q already
+    scaled. Returns [B, L, N, V]."""
     B, L, N, V = v_BLNV.shape
     o_BLNV = v_BLNV.new_empty(B, L, N, V)
+    source = state_BNKV
     for t in range(L):
         a_t = g[:, t].exp()
-        state_BNKV.mul_(a_t[..., None] if per_channel else a_t[..., None, None])
+        torch.mul(source, a_t[..., None] if per_channel else a_t[..., None, None], out=state_out)
+        source = state_BNKV = state_out
         k_BNK = k_BLNK[:, t]
         predicted_BNV = torch.einsum("bnkv,bnk->bnv", state_BNKV, k_BNK)
         delta_BNV = (v_BLNV[:, t] - predicted_BNV) * beta_BLN[:, t, :, None]
@@ -87,9 +92,10 @@ class RecurrentDeltaRule:
     delta_rule = True
 
     def __call__(self, q_BLHK: Tensor, k_BLHK: Tensor, v_BLNV: Tensor, g: Tensor, beta_BLN: Tensor,
-                 state_BNKV: Tensor, *, scale: float) -> Tensor:
+                 state_BNKV: Tensor, *, scale: float, state_out: Tensor | None = None) -> Tensor:
         q, k, v, g, beta = _prepare(q_BLHK, k_BLHK, v_BLNV, g, beta_BLN, state_BNKV, scale)
-        o_BLNV = recurrent_update(q, k, v, g, beta, state_BNKV, per_channel=g.dim() == 4)
+        out = state_BNKV if state_out is None else state_out
+        o_BLNV = recurrent_update(q, k, v, g, beta, state_BNKV, out, per_channel=g.dim() == 4)
         return o_BLNV.to(v_BLNV.dtype)
 
 
@@ -127,15 +133,16 @@ class ChunkedDeltaRule:
         self.chunk = chunk
 
     def __call__(self, q_BLHK: Tensor, k_BLHK: Tensor, v_BLNV: Tensor, g: Tensor, beta_BLN: Tensor,
-                 state_BNKV: Tensor, *, scale: float) -> Tensor:
+                 state_BNKV: Tensor, *, scale: float, state_out: Tensor | None = None) -> Tensor:
         q, k, v, g, beta = _prepare(q_BLHK, k_BLHK, v_BLNV, g, beta_BLN, state_BNKV, scale)
         per_channel = g.dim() == 4
+        out = state_BNKV if state_out is None else state_out
         if q.shape[1] == 1:
-            return recurrent_update(q, k, v, g, beta, state_BNKV, per_channel=per_channel).to(v_BLNV.dtype)
-        return self._chunks(q, k, v, g, beta, state_BNKV, per_channel).to(v_BLNV.dtype)
+            return recurrent_update(q, k, v, g, beta, state_BNKV, out, per_channel=per_channel).to(v_BLNV.dtype)
+        return self._chunks(q, k, v, g, beta, state_BNKV, out, per_channel).to(v_BLNV.dtype)
 
     def _chunks(self, q_BLNK: Tensor, k_BLNK: Tensor, v_BLNV: Tensor, g: Tensor, beta_BLN: Tensor,
-                state_BNKV: Tensor, per_channel: bool) -> Tensor:
+                state_BNKV: Tensor, state_out: Tensor, per_channel: bool) -> Tensor:
         B, L, N, V = v_BLNV.shape
         C = self.chunk
         pad = (C - L % C) % C
@@ -163,7 +170,7 @@ class ChunkedDeltaRule:
             last = gamma_b[:, :, -1:]  # [B, N, 1, 1 or K]
             written_KV = (k_c * (last - gamma_b).exp()).transpose(-1, -2) @ v_new
             S_BNKV = S_BNKV * last.transpose(-1, -2).exp() + written_KV
-        state_BNKV.copy_(S_BNKV)
+        state_out.copy_(S_BNKV)
         return o_BNLV[:, :, :L].transpose(1, 2)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+import copy
 from typing import Any
 
 import torch
@@ -110,6 +111,8 @@ class StateCache:
         self.state = torch.zeros(batch, L.heads, L.k_dim, L.v_dim, dtype=state_dtype(dtype), device=device)
         self.conv = torch.zeros(batch, L.conv_dim, L.conv_kernel - 1, dtype=dtype, device=device)
         self.buffers: dict[str, Tensor] = {"state": self.state, "conv": self.conv}
+        # Where a step writes the next state: the state itself (in place), except in ``repeatable()``.
+        self.state_out, self.conv_out = self.state, self.conv
 
     def set_seq_lens(self, seq_lens: Sequence[int]) -> None:
         lengths = [int(n) for n in seq_lens]
@@ -146,6 +149,16 @@ class StateCache:
         self.state.mul_(self.layout.k_dim ** -0.5)
         self.length = length
         self.seq_lens = None
+
+    def repeatable(self) -> StateCache:
+        """This cache as a step repeated at one context reads it: the same ``state`` and ``conv``,
+        the next state written into twin buffers allocated here (never while timed). Each call then
+        reads and writes the same bytes as an in-place step and returns the same output, which the
+        harness's repeated timing and its full-shape comparison need; ``layer.decode`` writes in place."""
+        twin = copy.copy(self)
+        twin.state_out, twin.conv_out = torch.empty_like(self.state), torch.empty_like(self.conv)
+        twin.plans = {}
+        return twin
 
     def view(self, end: int | None = None, seq_lens_B: Any = None) -> StateCache:
         """What a kernel gets: the cache itself (``state`` and ``conv`` read and written in place)."""

@@ -1,5 +1,5 @@
 """``python -m harness.report.gallery [--out docs/figures]``: every figure kind the committed report
-fixtures (``tests/fixtures/report_sweep`` and ``sparse_sweep``, real CPU results) draw, at single-column width, as small
+fixtures (``tests/fixtures/report_sweep``, ``sparse_sweep`` and ``state_sweep``, real CPU results) draw, at single-column width, as small
 PNGs for the docs, at a memory budget scaled to the fixture (``BUDGET_BYTES``). The figures are the
 report's own (``harness.report.figures.draw``), so the gallery changes exactly when the report does;
 figures the fixture cannot feed (energy: no NVML on a CPU; the low-rank study's: no study rows) are
@@ -22,7 +22,7 @@ from harness.report.figures import FigureInput
 from harness.report.style import figure_style
 
 FIXTURES = tuple(Path(__file__).resolve().parents[2] / "tests" / "fixtures" / name
-                 for name in ("report_sweep", "sparse_sweep"))
+                 for name in ("report_sweep", "sparse_sweep", "state_sweep"))
 GALLERY_DPI = 120  # legible on screen (420 px wide), tens of kB each: the docs stay small in git
 # The memory budget of the capacity and throughput figures, scaled to the fixture's tiny model as a CPU
 # run scales 80 GB: every variant's largest batch in it lies inside the fixture's batches (1-64).

@@ -55,7 +55,7 @@ def _memory_panel(ax) -> list[str]:
         ax.plot(x[beyond], y[beyond], color=color, linestyle="--")
     ax.axvspan(MEASURED_MAX, MODEL_CONTEXTS[-1], color="0.92", zorder=0, linewidth=0)
     context_axis(ax, "context (tokens)")
-    bytes_axis(ax, "cache per sequence, model (bf16)")
+    bytes_axis(ax, "model cache / sequence")
     return notes
 
 
@@ -68,7 +68,7 @@ def _latency_panel(ax, rows: pd.DataFrame, title: str) -> None:
                 label=escape.mathtext(f"{variant} ({model})"))
     context_axis(ax, "context (tokens)")
     log_axis(ax, "y")
-    ax.set_ylabel("decode step, one layer (ms)")
+    ax.set_ylabel("decode step (ms)")
     ax.set_title(title, loc="left", fontsize=7)
 
 
@@ -86,7 +86,7 @@ def _crossover_panel(ax) -> list[str]:
         ax.axvline(at, color=color, linestyle=(0, (1, 1.5)), linewidth=1.0)
         notes.append(f"{model.label}: one linear layer's state equals one full layer's KV at {at:,.0f} tokens")
     context_axis(ax, "context (tokens)")
-    bytes_axis(ax, "cache per sequence, one layer")
+    bytes_axis(ax, "one layer's cache / seq.")
     return notes
 
 
@@ -100,12 +100,12 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         return Drawn(None, "State against KV: left out, no decode rows of a linear layer (gdn at qwen3_next_80b_a3b "
                            "or kda at kimi_linear_48b_a3b); run attnbench -m experiment=state_vs_kv.")
     others = rows[~hybrid]
-    fig, axes = new_figure(width, width_in, panels=3 + (not others.empty), ncols=2)
+    fig, axes = new_figure(width, width_in, panels=3 + (not others.empty), ncols=1 if width == "single" else 2)
     memory_lines = _memory_panel(axes[0])
-    axes[0].set_title("whole model, cost model", loc="left", fontsize=7)
+    axes[0].set_title("whole model, bf16, cost model", loc="left", fontsize=7)
     notes = memory_lines + _crossover_panel(axes[1])
-    axes[1].set_title("one linear layer against one full layer", loc="left", fontsize=7)
-    _latency_panel(axes[2], rows[hybrid], "hybrids' layer kinds, measured")
+    axes[1].set_title("linear layer vs full layer, bf16", loc="left", fontsize=7)
+    _latency_panel(axes[2], rows[hybrid], "hybrids' layers, one step, measured")
     if not others.empty:
         _latency_panel(axes[3], others, "other models' layers, measured")
     handles = [header("model (cost model; dashed: beyond 128k)")]

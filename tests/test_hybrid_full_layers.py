@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 import variants
 from tests.reference import rel_err
@@ -148,19 +147,24 @@ def test_presets_build_the_hybrids_full_layers():
     assert [i + 1 for i, k in enumerate(kinds) if k == "F"] == [4, 8, 12, 16, 20, 24, 27]
 
 
+@pytest.mark.parametrize("impl", ["eager", "sdpa"])
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
-def test_gated_gqa_cost_flops_equal_flop_counter(phase, seed):
+def test_gated_gqa_cost_flops_equal_flop_counter(phase, impl, seed):
+    from tests.test_cost import count_flops
+
     shape = load_preset("tiny").replace(attn_output_gate=True, partial_rotary_factor=0.5, qk_norm="zero_centered",
                                         kv_heads=2)
     layer = variants.build("gqa", shape)
-    cache = layer.new_cache(B, 12)
-    layer.prefill(torch.randn(B, 8, layer.hidden), cache)
+    cache = layer.new_cache(B, 12, impl=impl)
+    layer.prefill(torch.randn(B, 8, layer.hidden), cache, impl=impl)
     q_len, cached = (8, 0) if phase == "prefill" else (1, 8)
-    step = layer.prepare(phase, torch.randn(B, q_len, layer.hidden), cache)
-    with FlopCounterMode(display=False) as counter:
-        step()
-    assert layer.cost(path="standard", batch=B, q_len=q_len, cached=cached, new_kv=q_len).flops == \
-        counter.get_total_flops()
+    step = layer.prepare(phase, torch.randn(B, q_len, layer.hidden), cache, impl=impl)
+    expected = variants.IMPLEMENTATIONS.get(impl).cost(layer, batch=B, q_len=q_len, cached=cached, new_kv=q_len)
+    assert count_flops(step) == expected.flops
+    # Twice the query projection's parameters of the ungated layer: the gate's rows.
+    plain = variants.build("gqa", load_preset("tiny").replace(kv_heads=2))
+    assert layer.q_proj.weight.numel() == 2 * plain.q_proj.weight.numel()
+    assert expected.params == sum(p.numel() for p in layer.parameters())
 
 
 def test_bad_settings_are_one_line_errors():

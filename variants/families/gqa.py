@@ -67,11 +67,6 @@ class GQAConfig:
         check_choice("qk_norm", self.qk_norm, QK_NORMS)
         for name in ("hidden", "heads", "kv_heads", "head_dim"):
             check_positive(name, getattr(self, name))
-        if not 0 < self.partial_rotary_factor <= 1 or (self.attention == "self" and (self.rotary_dim % 2
-                                                                                   or not self.rotary_dim)):
-            raise ValueError(f"partial_rotary_factor={self.partial_rotary_factor!r} is not allowed: it must be in "
-                             f"(0, 1] and give an even, positive rotary dim int(head_dim * factor) "
-                             f"(head_dim={self.head_dim})")
         if self.heads % self.kv_heads:
             valid = ", ".join(map(str, divisors(self.heads)))
             raise ValueError(f"kv_heads={self.kv_heads} does not divide heads={self.heads}; "
@@ -79,6 +74,11 @@ class GQAConfig:
         check_choice("attention", self.attention, ATTENTION_KINDS)
         if self.attention == "self" and self.head_dim % 2:
             raise ValueError(f"head_dim={self.head_dim} is odd; RoPE rotates pairs, so it must be even")
+        if not 0 < self.partial_rotary_factor <= 1 or (self.attention == "self" and (self.rotary_dim % 2
+                                                                                   or not self.rotary_dim)):
+            raise ValueError(f"partial_rotary_factor={self.partial_rotary_factor!r} is not allowed: it must be in "
+                             f"(0, 1] and give an even, positive rotary dim int(head_dim * factor) "
+                             f"(head_dim={self.head_dim})")
 
     @property
     def rotary_dim(self) -> int:

@@ -43,6 +43,9 @@ VARIANT_COLORS: dict[str, str] = {
     # DeepSeek's sparse and compressed attention; swa in a darkened yellow (Okabe-Ito's yellow vanishes
     # on white at a line's width, and its seven other colours are taken).
     "dsa": OKABE_ITO["reddish_purple"], "csa": OKABE_ITO["sky_blue"], "hca": OKABE_ITO["black"], "swa": "#9A7B00",
+    # Linear attention (issue 21; to move into the families' report hints): the palette is spent, so a
+    # darkened green and a grey that stay apart from it and from each other in greyscale.
+    "gdn": "#4B6E2E", "kda": "#7F7F7F",
 }
 # The low-rank study's factorization methods (variants.convert.methods), fixed the same way.
 METHOD_COLORS: dict[str, str] = {
@@ -67,7 +70,7 @@ _FALLBACK_MARKERS = ("P", "*", "h", "<", ">", "p")
 _FALLBACK_LINES: tuple[object, ...] = ((0, (1, 1)), (0, (5, 2, 1, 2)), (0, (2, 2)))
 
 # Variants in the order a reader expects them (by KV heads, then the latent); others follow, sorted.
-VARIANT_ORDER = ("mha", "gqa", "mqa", "mla", "dsa", "swa", "csa", "hca")
+VARIANT_ORDER = ("mha", "gqa", "mqa", "mla", "dsa", "swa", "csa", "hca", "gdn", "kda")
 IMPL_ORDER = tuple(IMPL_STYLES)
 
 RC: dict[str, object] = {

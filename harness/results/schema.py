@@ -115,6 +115,13 @@ COLUMNS: tuple[Column, ...] = (
     _c("o_groups", "int64", "", "shape", "groups of the grouped output projection (null: one projection)", **_ID),
     _c("o_rank", "int64", "", "shape", "rank of each output group (null: none)", **_ID),
     _c("compress_rope_theta", "float64", "", "shape", "RoPE base of compressed layers (null: rope_theta)", **_ID),
+    # Linear attention (gdn, kda; issue 21): to move into the families' declared columns.
+    _c("linear_num_key_heads", "int64", "", "shape", "gdn/kda key heads (null: heads)", **_ID),
+    _c("linear_num_value_heads", "int64", "", "shape", "gdn value heads, one state each (null: key heads)", **_ID),
+    _c("linear_key_head_dim", "int64", "", "shape", "gdn/kda key head dim K (null: head_dim)", **_ID),
+    _c("linear_value_head_dim", "int64", "", "shape", "gdn value head dim V (null: the key head dim)", **_ID),
+    _c("linear_conv_kernel_dim", "int64", "", "shape", "gdn/kda short causal convolution's kernel over q, k, v",
+       **_ID),
     _c("kv_dtype", "string", "", "shape", "KV cache storage: auto (the compute dtype) or fp8_e4m3 (per-token "
        "scaled; not in the case_id when auto)", **_ID),
     # The rest of the case and its outcome.

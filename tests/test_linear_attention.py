@@ -17,13 +17,13 @@ from variants.registry import IMPLEMENTATIONS
 from variants.shape import ModelShape
 
 # Tiny: 2 key heads; gdn with 4 value heads (two per key head, as Qwen3-Next's 16 and 32).
-TINY_LINEAR = ModelShape(hidden=32, heads=2, head_dim=8, linear_num_value_heads=4, name="tiny_linear")
+TINY_LINEAR = ModelShape.from_dict(dict(hidden=32, heads=2, head_dim=8, linear_num_value_heads=4, name="tiny_linear"))
 LINEAR = ("gdn", "kda")
 IMPLS = ("eager", "chunked")
 # Qwen3-Next-80B-A3B and Kimi-Linear-48B-A3B (their config.json): linear heads and dims.
-QWEN3_NEXT = ModelShape(hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=32,
-                        linear_key_head_dim=128, linear_value_head_dim=128)
-KIMI_LINEAR = ModelShape(hidden=2304, heads=32, head_dim=128, linear_num_key_heads=32, linear_key_head_dim=128)
+QWEN3_NEXT = ModelShape.from_dict(dict(hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=32,
+                        linear_key_head_dim=128, linear_value_head_dim=128))
+KIMI_LINEAR = ModelShape.from_dict(dict(hidden=2304, heads=32, head_dim=128, linear_num_key_heads=32, linear_key_head_dim=128))
 
 
 def _build(variant: str, seed: int, dtype=torch.float64):
@@ -160,3 +160,15 @@ def test_the_numerics_gate_passes_the_chunked_implementation(variant, phase):
                 batch=2, seq=4096, decode_len=2, dtype="float32", device="cpu")
     err, tol = numerics.check(case)
     assert err <= tol
+
+
+@pytest.mark.parametrize("variant", LINEAR)
+def test_the_gate_reduces_the_linear_heads_and_keeps_the_grouping_and_dims(variant):
+    from harness.measure import numerics
+
+    value_heads = {"gdn": 32, "kda": 16}[variant]
+    shape = QWEN3_NEXT.replace(linear_num_key_heads=16, linear_num_value_heads=value_heads)
+    small = numerics.reduce_shape(shape, variant)
+    assert (small.linear_num_key_heads, small.linear_num_value_heads) == ((2, 4) if variant == "gdn" else (2, 2))
+    assert (small.linear_key_head_dim, small.linear_value_head_dim, small.linear_conv_kernel_dim) == (128, 128, 4)
+    assert variants.build(variant, small, device="meta").config.value_heads == small.linear_num_value_heads

@@ -9,10 +9,10 @@ from variants.registry import VARIANTS
 from variants.shape import ATTENTION_KINDS, AttentionKind, ModelShape, check_choice
 
 
-def build(variant: str = "mla", shape: ModelShape | None = None, *, model: str | None = None,
+def build(variant: str, shape: ModelShape | None = None, *, model: str | None = None,
           attention: AttentionKind = "self", dtype: torch.dtype = torch.float32,
           device: torch.device | str = "cpu", seed: int | None = None, **dims: object) -> AttentionLayer:
-    """Build ``variant`` ("mha", "mqa", "gqa", "mla", or a plugged-in one).
+    """Build ``variant`` (a name of ``variants.variant_names()``: mha, mqa, gqa, mla, ..., or a plugged-in one).
 
     The shape is ``shape``, else the preset ``model`` (``conf/model/<model>.yaml``), else ``dims``
     alone; ``dims`` (``heads=``, ``d_c=``, ...) override it. Weights take torch's default init,

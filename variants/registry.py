@@ -1,7 +1,8 @@
 """Name -> object registries for variants and implementations, filled by decorators.
 
 Built-ins are the modules of ``variants.families`` and ``variants.impls``; adding one is one new
-file there. Other packages add theirs through Python entry points, without editing attnbench:
+folder (a family, ``variants.core.family``) or file (an implementation) there. Other packages add
+theirs through Python entry points, without editing attnbench:
 
     [project.entry-points."attnbench.implementations"]
     flashmla = "my_pkg.flashmla:IMPLEMENTATION"   # an Implementation, or a zero-arg factory of one
@@ -12,10 +13,13 @@ Discovery runs on the first lookup, not at import, so importing ``variants`` has
 from __future__ import annotations
 
 import importlib
+import json
 import importlib.metadata
 import pkgutil
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from variants.core.family import ENTRY_POINT_GROUP, Family, ShapeKey, shape_keys
 
 if TYPE_CHECKING:
     from variants.implementation import Implementation
@@ -24,10 +28,12 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    def __init__(self, kind: str, *, package: str, entry_point_group: str) -> None:
+    def __init__(self, kind: str, *, package: str, entry_point_group: str, attribute: str | None = None) -> None:
         self.kind = kind
         self.package = package
         self.entry_point_group = entry_point_group
+        # None: a module registers its items itself (a decorator); else the module attribute holding one.
+        self.attribute = attribute
         self._items: dict[str, T] = {}
         self._discovered = False
 
@@ -44,7 +50,10 @@ class Registry(Generic[T]):
         self._discovered = True
         pkg = importlib.import_module(self.package)
         for info in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"{self.package}.{info.name}")
+            module = importlib.import_module(f"{self.package}.{info.name}")
+            item = getattr(module, self.attribute, None) if self.attribute else None
+            if item is not None:
+                self.add(item.name, item)
         for ep in importlib.metadata.entry_points(group=self.entry_point_group):
             loaded = ep.load()
             found = loaded() if callable(loaded) and not hasattr(loaded, "name") else loaded
@@ -68,6 +77,9 @@ class Registry(Generic[T]):
 
 VARIANTS: Registry = Registry("variant", package="variants.families",
                               entry_point_group="attnbench.variants")
+# Every family package's ``FAMILY`` (variants.core.family); discovered with the variants it registers.
+FAMILIES: Registry[Family] = Registry("family", package="variants.families", entry_point_group=ENTRY_POINT_GROUP,
+                                      attribute="FAMILY")
 IMPLEMENTATIONS: Registry = Registry("implementation", package="variants.impls",
                                      entry_point_group="attnbench.implementations")
 
@@ -78,6 +90,34 @@ def implementation(impl: str | Implementation) -> Implementation:
     Names resolve here, at the edge, and not in the layer: the layer takes what this returns.
     """
     return IMPLEMENTATIONS.get(impl) if isinstance(impl, str) else impl
+
+
+def family_of(variant: str) -> Family:
+    """The family ``variant`` belongs to; a plugged-in variant that no family lists is a family of its own
+    (every hint at its default)."""
+    for family in FAMILIES:
+        if variant in family.variant_names:
+            return family
+    spec = VARIANTS.get(variant)
+    return Family(name=spec.name, description=spec.description, variants=(spec,))
+
+
+def family_shape_keys() -> dict[str, ShapeKey]:
+    """Every family's shape keys (``variants.core.family.shape_keys``), declared once."""
+    return shape_keys(families())
+
+
+def family_shape(shape: Any, variant: str) -> str | None:
+    """The family keys of ``shape`` that are not ``ModelShape`` fields and that ``variant`` uses, as JSON text
+    (the row's ``family_shape`` column); None when there are none."""
+    values = shape.family_values()
+    used = {key: values[key] for key in VARIANTS.get(variant).uses if key in values}
+    return json.dumps(used, sort_keys=True) if used else None
+
+
+def families() -> list[Family]:
+    """Every family, in report order (``ReportHints.order``, then name)."""
+    return sorted(FAMILIES, key=lambda f: (f.report.order, f.name))
 
 
 def path_unsupported(impl: str, path: str, *, variant: str, paths: tuple[str, ...]) -> str | None:

@@ -20,6 +20,7 @@ import torch
 
 from harness.errors import UserError
 from harness.results import schema
+from variants.registry import family_shape
 from variants.shape import ModelShape
 
 Phase = Literal["prefill", "decode"]
@@ -222,7 +223,7 @@ class Case:
         shape = set(schema.SHAPE)
         # A uniform, contiguous case leaves seq_lens and page_size out: its case_id is the one it had
         # before they existed.
-        optional = {k for k in ("seq_lens", "page_size") if columns.get(k) is None}
+        optional = {k for k in ("seq_lens", "page_size", "family_shape") if columns.get(k) is None}
         if columns.get("kv_dtype") == "auto":  # a cache in the compute dtype: the case_id it always had
             optional.add("kv_dtype")
         return {k: columns[k] for k in schema.IDENTITY
@@ -244,6 +245,7 @@ class Case:
                   "seq_lens": None if self.seq_lens is None else ",".join(map(str, self.seq_lens)),
                   "page_size": self.page_size,
                   "model": self.model, "device": self.device, "q_len": self.q_len,
+                  "family_shape": family_shape(self.shape, self.variant),
                   **{k: shape[k] for k in schema.SHAPE}}
         return {k: values[k] for k in schema.NAMES if k in values}
 

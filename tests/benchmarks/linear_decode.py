@@ -26,11 +26,11 @@ from torch import Tensor
 import variants
 from variants.shape import ModelShape
 
-QWEN3_NEXT_LINEAR = ModelShape(hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16,
+QWEN3_NEXT_LINEAR = ModelShape.from_dict(dict(hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16,
                                linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128,
-                               name="qwen3_next_80b_a3b")
-KIMI_LINEAR = ModelShape(hidden=2304, heads=32, head_dim=128, linear_num_key_heads=32, linear_key_head_dim=128,
-                         name="kimi_linear_48b_a3b")
+                               name="qwen3_next_80b_a3b"))
+KIMI_LINEAR = ModelShape.from_dict(dict(hidden=2304, heads=32, head_dim=128, linear_num_key_heads=32, linear_key_head_dim=128,
+                         name="kimi_linear_48b_a3b"))
 
 
 def _step(variant: str, shape: ModelShape | None, impl: str, context: int) -> tuple[Callable[[], Tensor], int]:

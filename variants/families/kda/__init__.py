@@ -8,6 +8,8 @@ with its low-rank gate (``layer.py``), their cost and ``from_hf`` for ``KimiLine
 
 from __future__ import annotations
 
+from variants.core.family import Family, ReportHints, VariantHints
+from variants.families.gdn.shape import LinearShape, reduce_linear
 from variants.families.kda.layer import KDA, KDAConfig
 from variants.layer import AttentionLayer
 from variants.registry import VARIANTS, register_variant
@@ -41,3 +43,23 @@ def layer_for_kind(shape: ModelShape, kind: str, attention: AttentionKind = "sel
 KDA_SPEC = register_variant(VariantSpec(
     "kda", KDA, "Kimi Delta Attention (Kimi Linear): gated delta rule, per-channel decay, fixed-size state", make,
     SHAPE_KEYS, layer_for_kind=layer_for_kind))
+
+
+def _validate(shape, variant: str) -> str | None:  # noqa: ANN001 - a ModelShape
+    key = shape.linear_num_key_heads or shape.heads
+    if shape.linear_num_value_heads not in (None, key):
+        return (f"variant={variant} has as many value heads as key heads; {shape.name} has "
+                f"linear_num_value_heads={shape.linear_num_value_heads} and {key} key heads")
+    return None
+
+
+FAMILY = Family(
+    name="kda",
+    description="Kimi Delta Attention (Kimi Linear's linear attention)",
+    variants=(KDA_SPEC,),
+    shape=LinearShape,  # the same keys as gdn (value heads and dim must equal the key ones)
+    reduce=reduce_linear,
+    reference_impl="eager",  # the recurrent form
+    validate=_validate,
+    report=ReportHints(order=71, group="linear", variants={KDA_SPEC.name: VariantHints(color="#7F7F7F")}),
+)

@@ -17,8 +17,10 @@ from variants.registry import IMPLEMENTATIONS
 from variants.shape import ModelShape
 
 # Tiny: 2 key heads; gdn with 4 value heads (two per key head, as Qwen3-Next's 16 and 32).
-TINY_LINEAR = ModelShape.from_dict(dict(hidden=32, heads=2, head_dim=8, linear_num_value_heads=4, name="tiny_linear"))
+TINY_LINEAR = ModelShape.from_dict(dict(hidden=32, heads=2, head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
+                                           name="tiny_linear"))
 LINEAR = ("gdn", "kda")
+TINY = {"gdn": TINY_LINEAR, "kda": TINY_LINEAR.replace(linear_num_value_heads=None)}  # kda: as many value heads
 IMPLS = ("eager", "chunked")
 # Qwen3-Next-80B-A3B and Kimi-Linear-48B-A3B (their config.json): linear heads and dims.
 QWEN3_NEXT = ModelShape.from_dict(dict(hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=32,
@@ -27,7 +29,7 @@ KIMI_LINEAR = ModelShape.from_dict(dict(hidden=2304, heads=32, head_dim=128, lin
 
 
 def _build(variant: str, seed: int, dtype=torch.float64):
-    return variants.build(variant, TINY_LINEAR, dtype=dtype, seed=seed)
+    return variants.build(variant, TINY[variant], dtype=dtype, seed=seed)
 
 
 def _prefill(layer, x, impl):
@@ -74,7 +76,7 @@ def test_chunked_rule_equals_recurrent_rule_from_any_state(per_channel, seed):
 
 @pytest.mark.parametrize("variant", LINEAR)
 def test_the_state_has_one_size_whatever_the_context(variant):
-    layer = variants.build(variant, TINY_LINEAR)
+    layer = variants.build(variant, TINY[variant])
     small, huge = layer.new_cache(2, 16), layer.new_cache(2, (1 << 20) + 1)
     assert small.nbytes() == huge.nbytes() == 2 * layer.state_bytes()
     layout = layer.cache_layout("standard")
@@ -127,7 +129,7 @@ def test_flops_are_what_flop_counter_mode_counts_and_params_what_the_layer_holds
 
 @pytest.mark.parametrize("variant", LINEAR)
 def test_a_decode_step_moves_the_whole_state_whatever_the_context(variant):
-    layer = variants.build(variant, TINY_LINEAR, device="meta")
+    layer = variants.build(variant, TINY[variant], device="meta")
     at_4k, at_128k = (layer.cost(path="chunked", batch=3, q_len=1, cached=n, new_kv=1) for n in (4096, 131072))
     assert at_4k == at_128k
     assert at_4k.cache_read_bytes == at_4k.cache_write_bytes == 3 * layer.state_bytes()
@@ -139,8 +141,8 @@ def test_a_decode_step_moves_the_whole_state_whatever_the_context(variant):
 @pytest.mark.parametrize("variant", LINEAR)
 def test_fp8_state_and_softmax_kernels_are_refused_with_a_reason(variant):
     with pytest.raises(ValueError, match=r"kv_dtype='fp8_e4m3' is not supported .* float32"):
-        variants.build(variant, TINY_LINEAR.replace(kv_dtype="fp8_e4m3"))
-    layer = variants.build(variant, TINY_LINEAR)
+        variants.build(variant, TINY[variant].replace(kv_dtype="fp8_e4m3"))
+    layer = variants.build(variant, TINY[variant])
     reason = IMPLEMENTATIONS.get("sdpa").supports(layer, phase="decode", device=torch.device("cpu"),
                                                    dtype=torch.float32)
     assert reason is not None and "delta rule" in reason
@@ -156,7 +158,7 @@ def test_the_numerics_gate_passes_the_chunked_implementation(variant, phase):
     from harness.measure import numerics
     from harness.measure.case import Case
 
-    case = Case(variant=variant, impl="chunked", compile=None, phase=phase, model="tiny_linear", shape=TINY_LINEAR,
+    case = Case(variant=variant, impl="chunked", compile=None, phase=phase, model="tiny_linear", shape=TINY[variant],
                 batch=2, seq=4096, decode_len=2, dtype="float32", device="cpu")
     err, tol = numerics.check(case)
     assert err <= tol
@@ -172,3 +174,10 @@ def test_the_gate_reduces_the_linear_heads_and_keeps_the_grouping_and_dims(varia
     assert (small.linear_num_key_heads, small.linear_num_value_heads) == ((2, 4) if variant == "gdn" else (2, 2))
     assert (small.linear_key_head_dim, small.linear_value_head_dim, small.linear_conv_kernel_dim) == (128, 128, 4)
     assert variants.build(variant, small, device="meta").config.value_heads == small.linear_num_value_heads
+
+
+@pytest.mark.parametrize("variant", LINEAR)
+def test_a_shape_without_linear_keys_has_no_linear_layer(variant):
+    plain = ModelShape.from_dict(dict(hidden=32, heads=2, head_dim=8, name="plain"))
+    with pytest.raises(ValueError, match=f"variant={variant} needs linear_num_key_heads .* plain has none"):
+        variants.build(variant, plain)

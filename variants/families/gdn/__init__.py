@@ -23,17 +23,33 @@ SHAPE_KEYS: tuple[str, ...] = ("hidden", "heads", "head_dim", "linear_num_key_he
 
 
 def config_from_shape(shape: ModelShape) -> GDNConfig:
-    """The linear layer of ``shape``: key heads (else heads), value heads (else key heads), dims (else head_dim)."""
-    key_heads = shape.linear_num_key_heads or shape.heads
+    """The linear layer of ``shape`` (``_validate`` first): its key heads, value heads (else the key heads),
+    dims (else head_dim)."""
+    key_heads = shape.linear_num_key_heads
     k_dim = shape.linear_key_head_dim or shape.head_dim
     return GDNConfig(hidden=shape.hidden, key_heads=key_heads, value_heads=shape.linear_num_value_heads or key_heads,
                      k_dim=k_dim, v_dim=shape.linear_value_head_dim or k_dim, conv_kernel=shape.linear_conv_kernel_dim,
                      kv_dtype=shape.kv_dtype)
 
 
+def _validate(shape, variant: str) -> str | None:  # noqa: ANN001 - a ModelShape
+    if shape.linear_num_key_heads is None:
+        return (f"variant={variant} needs linear_num_key_heads in the model shape; {shape.name} has none (presets "
+                "with the linear keys: qwen3_next_80b_a3b, kimi_linear_48b_a3b)")
+    key = shape.linear_num_key_heads
+    value = shape.linear_num_value_heads or key
+    if value % key:
+        return (f"variant={variant} needs linear_num_value_heads a multiple of linear_num_key_heads; {shape.name} has "
+                f"{value} and {key}")
+    return None
+
+
 def make(shape: ModelShape, attention: AttentionKind) -> GDN:
     if attention != "self":
         raise ValueError(f"attention={attention!r} is not allowed for gdn: a linear-attention layer is self only")
+    reason = _validate(shape, "gdn")
+    if reason is not None:
+        raise ValueError(reason)
     return GDN(config_from_shape(shape))
 
 
@@ -46,15 +62,6 @@ def layer_for_kind(shape: ModelShape, kind: str, attention: AttentionKind = "sel
 GDN_SPEC = register_variant(VariantSpec(
     "gdn", GDN, "Gated DeltaNet (Qwen3-Next): gated delta rule, per-head decay, fixed-size state", make, SHAPE_KEYS,
     layer_for_kind=layer_for_kind))
-
-
-def _validate(shape, variant: str) -> str | None:  # noqa: ANN001 - a ModelShape
-    key = shape.linear_num_key_heads or shape.heads
-    value = shape.linear_num_value_heads or key
-    if value % key:
-        return (f"variant={variant} needs linear_num_value_heads a multiple of linear_num_key_heads; {shape.name} has "
-                f"{value} and {key}")
-    return None
 
 
 FAMILY = Family(

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+import variants.core.families
 import variants.registry
 from variants.core.family import Family, shape_field, shape_keys
 from variants.registry import FAMILIES, VARIANTS, Registry, family_of, family_shape
@@ -50,7 +51,7 @@ def toy_family(monkeypatch):
     families.add(toy.name, toy)
     specs = Registry("variant", package="variants.families", entry_point_group="none")
     specs.add("toy", ToySpec())
-    monkeypatch.setattr(variants.registry, "FAMILIES", families)
+    monkeypatch.setattr(variants.core.families, "FAMILIES", families)
     monkeypatch.setattr(variants.registry, "VARIANTS", specs)
     return toy
 

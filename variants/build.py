@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from variants.layer import AttentionLayer
-from variants.registry import VARIANTS
+from variants.registry import VARIANTS, family_of
 from variants.shape import ATTENTION_KINDS, AttentionKind, ModelShape, check_choice
 
 
@@ -25,6 +25,9 @@ def build(variant: str, shape: ModelShape | None = None, *, model: str | None = 
 
         shape = load_preset(model)
     shape = shape.replace(**dims) if shape is not None else ModelShape.from_dict(dict(dims))
+    reason = family_of(variant).validate(shape, variant)  # a preset this variant cannot build (dsa: no q_rank)
+    if reason is not None:
+        raise ValueError(reason)
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:

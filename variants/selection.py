@@ -24,9 +24,9 @@ A layer opts in by having an ``indexer`` module whose forward returns ``idx_BLK`
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterator
-import contextlib
 from contextlib import contextmanager
 from typing import Any
 

@@ -182,7 +182,7 @@ _FIELDS = frozenset(field_names(ModelShape))
 def family_keys() -> dict:
     """Every family's declared shape keys (``variants.core.family.ShapeKey`` by name)."""
     # Deferred: the families import this module; by the first shape built from keys they are all importable.
-    from variants.registry import family_shape_keys
+    from variants.core.families import family_shape_keys
 
     return family_shape_keys()
 
@@ -201,7 +201,7 @@ def _route(values: dict) -> tuple[dict, dict]:
 
 def check_family_values(family: str, values: dict) -> None:
     """Build the family's shape dataclass from ``values`` (its ``__post_init__`` raises a user's error)."""
-    from variants.registry import FAMILIES
+    from variants.core.families import FAMILIES
 
     shape_cls = FAMILIES.get(family).shape
     shape_cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(shape_cls)}})

@@ -174,7 +174,7 @@ class Family:
 
     def __post_init__(self) -> None:
         assert self.variants, f"family {self.name} has no variants"
-        assert self.shape is None or dataclasses.is_dataclass(self.shape), f"family {self.name}: shape is not a dataclass"
+        assert self.shape is None or dataclasses.is_dataclass(self.shape), f"family {self.name}: shape not a dataclass"
 
     @property
     def variant_names(self) -> tuple[str, ...]:

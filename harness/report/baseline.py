@@ -12,20 +12,26 @@ NaN, and the report says how many.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 
 from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS, as_text
+from variants.registry import families
 
 # Every identity column but the variant and implementation compared, and the device it ran on.
 JOIN_COLUMNS = (*SHAPE_COLUMNS, *(c for c in CASE_COLUMNS if c not in ("variant", "impl", "model")), DEVICE)
 _KEYS = ("variant", "impl")
 
 
+def default_variant() -> str:
+    """The variant a family declares as the baseline (``ReportHints.baseline``: MHA), the first in report order."""
+    return next(family.report.baseline for family in families() if family.report.baseline is not None)
+
+
 @dataclass(frozen=True)
 class Baseline:
-    variant: str = "mha"
+    variant: str = field(default_factory=default_variant)
     impl: str = "eager"
 
     def __post_init__(self) -> None:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import matplotlib
+
+from variants.registry import families
 
 # Column widths of two-column journals and proceedings (IEEE, ACM, NeurIPS double: ~7 in).
 WIDTH_IN: dict[str, float] = {"single": 3.5, "double": 7.0}
@@ -37,13 +39,27 @@ OKABE_ITO = {
     "blue": "#0072B2", "orange": "#E69F00", "bluish_green": "#009E73", "vermillion": "#D55E00",
     "reddish_purple": "#CC79A7", "sky_blue": "#56B4E9", "yellow": "#F0E442", "black": "#000000",
 }
-VARIANT_COLORS: dict[str, str] = {
-    "mha": OKABE_ITO["blue"], "mqa": OKABE_ITO["orange"], "gqa": OKABE_ITO["bluish_green"],
-    "mla": OKABE_ITO["vermillion"],
-    # DeepSeek's sparse and compressed attention; swa in a darkened yellow (Okabe-Ito's yellow vanishes
-    # on white at a line's width, and its seven other colours are taken).
-    "dsa": OKABE_ITO["reddish_purple"], "csa": OKABE_ITO["sky_blue"], "hca": OKABE_ITO["black"], "swa": "#9A7B00",
-}
+
+
+class _VariantColors(Mapping[str, str]):
+    """Each variant's colour as its family declares it (``ReportHints.variants``), read when asked (so that
+    importing this module discovers no family). Okabe-Ito's eight colours, fixed per variant."""
+
+    def _colors(self) -> dict[str, str]:
+        return {name: hint.color for family in families() for name, hint in family.report.variants.items()
+                if hint.color is not None}
+
+    def __getitem__(self, variant: str) -> str:
+        return self._colors()[variant]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._colors())
+
+    def __len__(self) -> int:
+        return len(self._colors())
+
+
+VARIANT_COLORS: Mapping[str, str] = _VariantColors()
 # The low-rank study's factorization methods (variants.convert.methods), fixed the same way.
 METHOD_COLORS: dict[str, str] = {
     "svd": OKABE_ITO["blue"], "rsvd": OKABE_ITO["orange"], "qr": OKABE_ITO["bluish_green"],
@@ -66,8 +82,6 @@ IMPL_STYLES: dict[str, tuple[str, object]] = {
 _FALLBACK_MARKERS = ("P", "*", "h", "<", ">", "p")
 _FALLBACK_LINES: tuple[object, ...] = ((0, (1, 1)), (0, (5, 2, 1, 2)), (0, (2, 2)))
 
-# Variants in the order a reader expects them (by KV heads, then the latent); others follow, sorted.
-VARIANT_ORDER = ("mha", "gqa", "mqa", "mla", "dsa", "swa", "csa", "hca")
 IMPL_ORDER = tuple(IMPL_STYLES)
 
 RC: dict[str, object] = {
@@ -142,8 +156,15 @@ def series_style(variant: str, impl: str, compile_mode: str = "none") -> SeriesS
     return SeriesStyle(variant_color(variant), marker, linestyle, filled=compile_mode in ("none", "", None))
 
 
+def variant_order() -> tuple[str, ...]:
+    """Variants in the order a reader expects them: by family (``ReportHints.order``), then as each family
+    lists them (by KV heads, then the latent, ...); others follow, sorted."""
+    return tuple(spec.name for family in families() for spec in family.variants)
+
+
 def variant_sort_key(variant: str) -> tuple[int, str]:
-    return (VARIANT_ORDER.index(variant), "") if variant in VARIANT_ORDER else (len(VARIANT_ORDER), variant)
+    order = variant_order()
+    return (order.index(variant), "") if variant in order else (len(order), variant)
 
 
 def impl_sort_key(impl: str) -> tuple[int, str]:

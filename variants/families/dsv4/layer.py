@@ -52,7 +52,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from variants.cache import CacheField, CacheLayout, KVCache
 from variants.cost import Cost, matmul_flops
-from variants.families.dsv4_compressor import Compressor, Indexer, compressor_fields, rotate_tail_, select_topk
+from variants.families.dsv4.compressor import Compressor, Indexer, compressor_fields, rotate_tail_, select_topk
 from variants.families.swa import ring_positions
 from variants.kernel import Kernel
 from variants.layer import AttentionLayer, Phase, Step, StepRunner

@@ -39,9 +39,8 @@ from variants.shape import (
     check_positive,
     divisors,
 )
+from variants.families.gqa.shape import QK_NORMS
 from variants.variant import VariantSpec
-
-QK_NORMS: tuple[str, ...] = ("none", "rms", "zero_centered")
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,10 @@ from harness.report.style import impl_sort_key, variant_sort_key
 from variants.registry import VARIANTS
 from variants.shape import ModelShape
 
-# A decode setting: everything but the batch (and what is compared: variant, implementation, compile mode).
+# A decode setting: everything but the batch (and what is compared: variant, implementation, compile mode;
+# family_shape holds only the keys its row's variant uses, so variants at one model differ there).
 SETTING = (DEVICE, *(c for c in (*CASE_COLUMNS, *SHAPE_COLUMNS)
-                     if c not in ("variant", "impl", "compile", "batch", DEVICE)))
+                     if c not in ("variant", "impl", "compile", "batch", "family_shape", DEVICE)))
 MEASURED, INTERPOLATED = "measured", "interpolated"
 
 
@@ -112,11 +113,13 @@ def variants_of(rows: pd.DataFrame) -> tuple[list[VariantAtSetting], list[str]]:
     because their cache is not the variant's own (their footprint is not what the budget sizes)."""
     out, notes = [], []
     first = rows.iloc[0]
-    shape = shape_of(first)
     new_tokens = int(first["decode_len"]) if pd.notna(first.get("decode_len")) else 1
+    shapes: dict[str, ModelShape] = {}
     for variant in sorted(rows["variant"].unique(), key=variant_sort_key):
-        cost = model_cost(variant, shape, str(first["dtype"]))
         mine = rows[rows["variant"] == variant]
+        # The variant's own rows: family_shape holds the keys it uses (a gdn row its linear keys).
+        shapes[variant] = shape_of(mine.iloc[0])
+        cost = model_cost(variant, shapes[variant], str(first["dtype"]))
         own = pd.to_numeric(mine.get("kv_bytes_per_token"), errors="coerce") == cost.kv_bytes_per_token_layer
         other = sorted(mine.loc[~own, "impl"].unique(), key=impl_sort_key)
         if other:
@@ -132,7 +135,7 @@ def variants_of(rows: pd.DataFrame) -> tuple[list[VariantAtSetting], list[str]]:
             out.append(VariantAtSetting(variant, cost, int(first["seq"]) + new_tokens, new_tokens, tuple(ladders)))
     by_variant = {v.variant: v.ladders for v in out}
     for i, found in enumerate(out):
-        layers = hybrid_layers(found.variant, shape)
+        layers = hybrid_layers(found.variant, shapes[found.variant])
         if not layers:
             continue
         missing = sorted(set(layers) - set(by_variant))

@@ -149,7 +149,8 @@ def test_cpu_rows_get_no_budget_from_host_ram_only_a_note_naming_the_option(ok):
 def test_a_hybrids_step_sums_its_schedules_layer_kinds():
     """tiny_hybrid (LLLF): gdn's model step is 3 gdn steps and 1 gqa step, each kind's fastest implementation."""
     rows, _ = with_ratios(prepare(results.load(ROOT / "tests" / "fixtures" / "state_sweep")).ok, Baseline())
-    rows = rows[rows["seq"] == 1024].sort_values("variant", ascending=False)  # a gqa row first: each variant's own shape
+    # A gqa row first: each variant is sized from its own rows' shape.
+    rows = rows[rows["seq"] == 1024].sort_values("variant", ascending=False)
     ladder = pd.concat([rows.assign(batch=b, latency_ms=rows["latency_ms"] * (1 + b / 8)) for b in (1, 2, 4)])
     gdn_shape = shape_of(rows[rows["variant"] == "gdn"].iloc[0])
     budget = int(model_cost("gdn", gdn_shape, "float32").model_bytes(batch=4, tokens=1025) / 0.9) + 1

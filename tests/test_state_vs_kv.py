@@ -46,8 +46,10 @@ def test_the_table_grows_as_each_schedule_says():
 
 def _rows() -> pd.DataFrame:
     rows = []
-    for model, variant, impl, ms in (("tiny_hybrid", "gdn", "eager", (1.0, 1.0)), ("tiny_hybrid", "gqa", "sdpa", (0.5, 2.0)),
-                                     ("llama3_70b", "gqa", "sdpa", (3.0, 30.0)), ("deepseek_v3", "mla", "absorbed", (2.0, 9.0)),
+    for model, variant, impl, ms in (("tiny_hybrid", "gdn", "eager", (1.0, 1.0)),
+                                     ("tiny_hybrid", "gqa", "sdpa", (0.5, 2.0)),
+                                     ("llama3_70b", "gqa", "sdpa", (3.0, 30.0)),
+                                     ("deepseek_v3", "mla", "absorbed", (2.0, 9.0)),
                                      ("tiny", "mha", "eager", (0.1, 0.2))):
         for seq, latency in zip((4096, 131072), ms, strict=True):
             rows.append(dict(model=model, variant=variant, impl=impl, compile="none", phase="decode", seq=seq, batch=1,

@@ -17,8 +17,8 @@ Every layer is taken to take the measured layer's time, except in a hybrid (gdn,
 full layers are another variant's, gqa or mla, measured in the same setting): there the step is the sum
 over the schedule of each kind's measured step (Qwen3-Next: 36 Gated DeltaNet steps and 12 gated GQA
 steps), each kind by its fastest implementation at the batch, over the batches every kind measured. The
-MLP, embeddings and output head are neither timed nor counted in memory (as in ``capacity``). A batch outside the measured range is
-never extrapolated: the row says which batch to add to the sweep.
+MLP, embeddings and output head are neither timed nor counted in memory (as in ``capacity``). A batch
+outside the measured range is never extrapolated: the row says which batch to add to the sweep.
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ MODELS: tuple[HybridModel, ...] = (
     HybridModel("Kimi Linear 48B-A3B", "kimi_linear_48b_a3b", "kda", {"L": ("kda", "eager"), "F": ("mla", "absorbed")}),
     HybridModel("DeepSeek-V3 (MLA)", "deepseek_v3", "mla", {"F": ("mla", "absorbed")}),
     HybridModel("DeepSeek-V3.2 (DSA)", "deepseek_v32_exp", "dsa", {"F": ("dsa", "absorbed")}),
-    HybridModel("DeepSeek-V4-Flash (CSA/HCA)", "deepseek_v4_flash", "csa", {"C": ("csa", "eager"), "H": ("hca", "eager")}),
+    HybridModel("DeepSeek-V4-Flash (CSA/HCA)", "deepseek_v4_flash", "csa",
+                {"C": ("csa", "eager"), "H": ("hca", "eager")}),
     HybridModel("gpt-oss-120b (SWA)", "gpt_oss_120b", "swa", {"S": ("swa", "eager")}),
     HybridModel("Llama-3-70B (GQA)", "llama3_70b", "gqa", {"F": ("gqa", "eager")}),
 )

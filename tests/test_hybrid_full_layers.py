@@ -94,19 +94,22 @@ def test_qwen3_next_gated_attention(float64_norm, seed):
     _compare(expected, _run_ours(layer, x_BTD, "hf"), 1e-6, "qwen3-next/hf")
 
 
+@pytest.mark.parametrize("q_lora_rank", [None, 12])  # the released model has none; the config allows one
 @pytest.mark.parametrize("float64_norm", [False, True], ids=["hf-norm", "float64-norm"])
-def test_kimi_linear_mla_has_no_rope(float64_norm, seed):
+def test_kimi_linear_mla_has_no_rope(float64_norm, q_lora_rank, seed):
     from transformers.models.kimi_linear import modeling_kimi_linear as kimi
 
-    config = transformers.KimiLinearConfig(hidden_size=32, num_attention_heads=4, kv_lora_rank=10, q_lora_rank=None,
-                                           qk_nope_head_dim=6, qk_rope_head_dim=4, v_head_dim=5, num_hidden_layers=4,
-                                           attn_implementation="sdpa")
+    config = transformers.KimiLinearConfig(hidden_size=32, num_attention_heads=4, kv_lora_rank=10,
+                                           q_lora_rank=q_lora_rank, qk_nope_head_dim=6, qk_rope_head_dim=4,
+                                           v_head_dim=5, num_hidden_layers=4, attn_implementation="sdpa")
     attn = kimi.KimiLinearAttention(config, layer_idx=3).to(F64).eval()
     _randomize(attn)
     layer = variants.from_hf(attn)
     assert layer.variant == "mla" and layer.config.nope and layer.rope is None
     if float64_norm:
-        _float64_norm(attn.kv_a_layernorm, offset=0.0)
+        for norm in (attn.kv_a_layernorm, attn.q_a_layernorm):
+            if norm is not None:
+                _float64_norm(norm, offset=0.0)
     x_BTD = torch.randn(B, PREFILL + NEW, 32, dtype=F64)
     with torch.no_grad():
         expected = _run_hf(attn, x_BTD)

@@ -17,15 +17,16 @@ from variants.registry import IMPLEMENTATIONS
 from variants.shape import ModelShape
 
 # Tiny: 2 key heads; gdn with 4 value heads (two per key head, as Qwen3-Next's 16 and 32).
-TINY_LINEAR = ModelShape.from_dict(dict(hidden=32, heads=2, head_dim=8, linear_num_key_heads=2, linear_num_value_heads=4,
-                                           name="tiny_linear"))
+TINY_LINEAR = ModelShape.from_dict(dict(hidden=32, heads=2, head_dim=8, linear_num_key_heads=2,
+                                        linear_num_value_heads=4, name="tiny_linear"))
 LINEAR = ("gdn", "kda")
 TINY = {"gdn": TINY_LINEAR, "kda": TINY_LINEAR.replace(linear_num_value_heads=None)}  # kda: as many value heads
 IMPLS = ("eager", "chunked")
 # Qwen3-Next-80B-A3B and Kimi-Linear-48B-A3B (their config.json): linear heads and dims.
-QWEN3_NEXT = ModelShape.from_dict(dict(hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=32,
-                        linear_key_head_dim=128, linear_value_head_dim=128))
-KIMI_LINEAR = ModelShape.from_dict(dict(hidden=2304, heads=32, head_dim=128, linear_num_key_heads=32, linear_key_head_dim=128))
+QWEN3_NEXT = ModelShape.from_dict(dict(hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16,
+                                       linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128))
+KIMI_LINEAR = ModelShape.from_dict(dict(hidden=2304, heads=32, head_dim=128, linear_num_key_heads=32,
+                                        linear_key_head_dim=128))
 
 
 def _build(variant: str, seed: int, dtype=torch.float64):

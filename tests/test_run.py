@@ -77,6 +77,9 @@ _MODEL_FOR = {"swa": ["model=gpt_oss_20b"],
               "csa": ["model=tiny", "+model.o_groups=2", "+model.o_rank=8", "+model.sliding_window=8",
                       "+model.hca_rate=8", "+model.attn_sinks=true"]}
 _MODEL_FOR["hca"] = _MODEL_FOR["csa"]
+# gdn and kda: the linear keys (Qwen3-Next's and Kimi Linear's presets have them), set on tiny; "all" too, so
+# that impl=chunked (theirs only) has a variant to run.
+_MODEL_FOR["gdn"] = _MODEL_FOR["kda"] = _MODEL_FOR["all"] = ["model=tiny", "+model.linear_num_key_heads=2"]
 
 
 @pytest.mark.parametrize("variant", _options("variant"))

@@ -26,11 +26,11 @@ from torch import Tensor
 import variants
 from variants.shape import ModelShape
 
-QWEN3_NEXT_LINEAR = ModelShape.from_dict(dict(hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16,
-                               linear_num_value_heads=32, linear_key_head_dim=128, linear_value_head_dim=128,
-                               name="qwen3_next_80b_a3b"))
-KIMI_LINEAR = ModelShape.from_dict(dict(hidden=2304, heads=32, head_dim=128, linear_num_key_heads=32, linear_key_head_dim=128,
-                         name="kimi_linear_48b_a3b"))
+QWEN3_NEXT_LINEAR = ModelShape.from_dict(dict(
+    hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128,
+    linear_value_head_dim=128, name="qwen3_next_80b_a3b"))
+KIMI_LINEAR = ModelShape.from_dict(dict(hidden=2304, heads=32, head_dim=128, linear_num_key_heads=32,
+                                        linear_key_head_dim=128, name="kimi_linear_48b_a3b"))
 
 
 def _step(variant: str, shape: ModelShape | None, impl: str, context: int) -> tuple[Callable[[], Tensor], int]:
@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
     lo, hi = min(args.contexts), max(args.contexts)
     print(f"decode step, one layer, float32, batch 1, one thread; median of {args.rounds} rounds x {args.reps} steps "
           "(CPU ms)")
-    print(f"{'layer':<28}" + "".join(f"{f'{n // 1024}k ms':>12}{'cache':>10}" for n in args.contexts) + f"{'growth':>9}")
+    header = "".join(f"{f'{n // 1024}k ms':>12}{'cache':>10}" for n in args.contexts)
+    print(f"{'layer':<28}{header}{'growth':>9}")
     for variant, shape, impl in layers:
         label = f"{variant} ({shape.name if shape else 'deepseek_v2_lite'})"
         med = {n: statistics.median(times[(variant, n)]) for n in args.contexts}

@@ -23,15 +23,11 @@ in and out. ``kv_bytes_per_token`` is 0: nothing grows with the context.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
-
 import torch
 
 from variants.cost import Cost, matmul_flops
+from variants.families.gdn.config import DeltaConfig
 from variants.families.gdn.state import StateLayout
-
-if TYPE_CHECKING:
-    from variants.families.gdn.layer import DeltaConfig
 
 CHUNK = 64
 

@@ -20,7 +20,6 @@ There is no positional encoding: the convolution and the decay carry order.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -29,6 +28,7 @@ from torch import Tensor, nn
 
 from variants.cost import Cost
 from variants.families.gdn import cost as costs
+from variants.families.gdn.config import DeltaConfig, GDNConfig
 from variants.families.gdn.rule import CHUNKED, RECURRENT, DeltaRuleKernel, is_delta_rule_kernel
 from variants.families.gdn.state import StateCache, StateLayout
 from variants.kernel import Kernel
@@ -36,7 +36,7 @@ from variants.layer import PHASES, AttentionLayer, Step, StepRunner
 from variants.mask import AttnMask
 from variants.registry import implementation as resolve
 from variants.registry import path_unsupported
-from variants.shape import check_choice, check_positive
+from variants.shape import check_choice
 
 if TYPE_CHECKING:
     from variants.implementation import Implementation
@@ -50,37 +50,6 @@ REFERENCE_KERNEL = "eager"
 def l2norm(x: Tensor, eps: float = 1e-6) -> Tensor:
     """fla's ``l2norm``: ``x / sqrt(sum(x²) + eps)`` over the last dim (transformers copies it)."""
     return x * torch.rsqrt((x * x).sum(dim=-1, keepdim=True) + eps)
-
-
-@dataclass(frozen=True)
-class DeltaConfig:
-    """Dims every delta-rule layer has."""
-
-    hidden: int  # D
-    key_heads: int  # H
-    value_heads: int  # N, a multiple of H
-    k_dim: int  # K
-    v_dim: int  # V
-    conv_kernel: int = 4  # W (Qwen3-Next linear_conv_kernel_dim, Kimi Linear short_conv_kernel_size)
-    norm_eps: float = 1e-6  # the gated RMSNorm's epsilon (rms_norm_eps of both configs)
-    kv_dtype: str = "auto"  # only auto: the state stays float32
-
-    def __post_init__(self) -> None:
-        for name in ("hidden", "key_heads", "value_heads", "k_dim", "v_dim", "conv_kernel"):
-            check_positive(name, getattr(self, name))
-        if self.value_heads % self.key_heads:
-            raise ValueError(f"value_heads={self.value_heads} is not a multiple of key_heads={self.key_heads}; "
-                             f"valid value_heads: multiples of {self.key_heads}")
-        if self.conv_kernel < 2:
-            raise ValueError(f"conv_kernel={self.conv_kernel} is not allowed: it must be at least 2")
-        if self.kv_dtype != "auto":
-            raise ValueError(f"kv_dtype={self.kv_dtype!r} is not supported by a linear-attention layer (its state "
-                             "is kept in float32 as Qwen3-Next and Kimi Linear keep it); valid: auto")
-
-    @property
-    def conv_dim(self) -> int:
-        """C: the channels the short convolution mixes, [q; k; v]."""
-        return 2 * self.key_heads * self.k_dim + self.value_heads * self.v_dim
 
 
 class DeltaRuleLayer(AttentionLayer):
@@ -131,7 +100,8 @@ class DeltaRuleLayer(AttentionLayer):
         next one into twin buffers (``StateCache.repeatable``), so every call moves the same bytes as
         an in-place step and returns the same output; a prefill starts from zeros every call."""
         target = cache.repeatable() if phase == "decode" else cache
-        return self.plan(impl, compile=compile).bind(phase, x_BLD, target, memory_BMD=memory_BMD)  # type: ignore[arg-type]
+        plan = self.plan(impl, compile=compile)
+        return plan.bind(phase, x_BLD, target, memory_BMD=memory_BMD)  # type: ignore[arg-type]
 
     # -- the kernel --------------------------------------------------------------------------------
     def kernel_unsupported(self, kernel: Kernel) -> str | None:
@@ -156,13 +126,14 @@ class DeltaRuleLayer(AttentionLayer):
         return lambda step: self._step(step, rule)
 
     # -- the step ----------------------------------------------------------------------------------
-    def _make_step(self, phase: Phase, x_BLD: Tensor, cache: StateCache, memory_BMD: Tensor | None,  # type: ignore[override]
-                   kernel: Kernel) -> Step:
+    def _make_step(self, phase: Phase, x_BLD: Tensor, cache: StateCache,  # type: ignore[override]
+                   memory_BMD: Tensor | None, kernel: Kernel) -> Step:
         check_choice("phase", phase, PHASES)
         if memory_BMD is not None:
             raise ValueError("memory_BMD is for cross-attention; a linear-attention layer is self-attention")
         if x_BLD.dim() != 3 or x_BLD.shape[-1] != self.hidden or x_BLD.shape[0] != cache.batch:
-            raise ValueError(f"x has shape {tuple(x_BLD.shape)}; expected [batch={cache.batch}, L, hidden={self.hidden}]")
+            raise ValueError(f"x has shape {tuple(x_BLD.shape)}; expected [batch={cache.batch}, L, "
+                             f"hidden={self.hidden}]")
         if x_BLD.dtype != self.dtype:
             raise ValueError(f"x has dtype {x_BLD.dtype} but the layer holds {self.dtype}")
         L = x_BLD.shape[1]
@@ -191,7 +162,8 @@ class DeltaRuleLayer(AttentionLayer):
 
     def _conv_split(self, qkv_BLC: Tensor, conv_BCW: Tensor, conv_out: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The causal depthwise convolution over the step's inputs after the W-1 in ``conv_BCW`` (zeros at
-        a prefill), SiLU, the new window written to ``conv_out`` (``conv_BCW`` itself: in place); split into q, k ``[B, L, H, K]`` and v ``[B, L, N, V]``."""
+        a prefill), SiLU, the new window written to ``conv_out`` (``conv_BCW`` itself: in place); split into
+        q, k ``[B, L, H, K]`` and v ``[B, L, N, V]``."""
         c = self.config
         B, L, _ = qkv_BLC.shape
         full_BCT = torch.cat([conv_BCW, qkv_BLC.transpose(1, 2)], dim=-1)
@@ -230,11 +202,6 @@ class GatedRMSNorm(nn.Module):
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         h = self.weight.to(h.dtype) * h if self.weight_in_float else self.weight * h.to(dtype)
         return (h * self.activation(gate.to(h.dtype))).to(dtype)
-
-
-@dataclass(frozen=True)
-class GDNConfig(DeltaConfig):
-    """Qwen3-Next-80B-A3B: hidden 2048, 16 key heads, 32 value heads, K = V = 128, kernel 4."""
 
 
 class GDN(DeltaRuleLayer):

@@ -18,7 +18,8 @@ L2-normalised by the layer), v, the log-decay ``g`` (``[B, L, N]`` per head, or 
 channel), ``beta`` and the layer's recurrent state ``[B, N, K, V]``; it reads ``state`` and writes the new state
 into ``state_out``, which is ``state`` itself in a generation loop (**in place**: the state cache's own
 storage, nothing reallocated) and a twin buffer of the cache when the harness repeats one step at the
-same context (``StateCache.repeatable``: the same bytes move, the step stays repeatable); it returns ``[B, L, N, V]`` in v's
+same context (``StateCache.repeatable``: the same bytes move, the step stays repeatable); it returns
+``[B, L, N, V]`` in v's
 dtype, computing in the state's dtype (float32, or float64 in the numerics reference), as
 transformers' and fla's kernels do. fla plugs in here: ``chunk_gated_delta_rule`` /
 ``fused_recurrent_gated_delta_rule`` for a per-head ``g`` and ``chunk_kda`` / ``fused_recurrent_kda``

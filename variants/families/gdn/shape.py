@@ -10,8 +10,8 @@ from variants.shape import check_positive
 
 @dataclass(frozen=True)
 class LinearShape:
-    linear_num_key_heads: int | None = shape_field(None, meaning="gdn/kda key heads (null: no linear layer; gdn and kda "
-                                                   "need it)")
+    linear_num_key_heads: int | None = shape_field(
+        None, meaning="gdn/kda key heads (null: no linear layer; gdn and kda need it)")
     linear_num_value_heads: int | None = shape_field(None, meaning="gdn value heads, one state each (null: the "
                                                      "key heads; kda: equal to them)")
     linear_key_head_dim: int | None = shape_field(None, meaning="gdn/kda key head dim d_k (null: head_dim)")

@@ -26,7 +26,8 @@ from torch import Tensor, nn
 
 from variants.cost import Cost, matmul_flops
 from variants.families.gdn.cost import delta_cost
-from variants.families.gdn.layer import DeltaConfig, DeltaRuleLayer, GatedRMSNorm
+from variants.families.gdn.config import DeltaConfig
+from variants.families.gdn.layer import DeltaRuleLayer, GatedRMSNorm
 
 
 @dataclass(frozen=True)

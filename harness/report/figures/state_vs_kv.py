@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from matplotlib.lines import Line2D
 
-from harness.report import escape
+from harness.text import escape
 from harness.report.figures import Drawn, FigureInput, figure
 from harness.report.figures.axes import bytes_axis, context_axis, log_axis, subtitle
 from harness.report.figures.canvas import new_figure

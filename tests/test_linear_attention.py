@@ -59,12 +59,13 @@ def test_decoding_token_by_token_gives_one_prefill(variant, impl, seed):
     assert rel_err(torch.cat(parts, dim=1), whole) <= 1e-12
 
 
+@pytest.mark.parametrize("decay", [1.0, 20.0])  # up to 20 per token: exp(-1280) across a chunk, no overflow
 @pytest.mark.parametrize("per_channel", [False, True])
-def test_chunked_rule_equals_recurrent_rule_from_any_state(per_channel, seed):
+def test_chunked_rule_equals_recurrent_rule_from_any_state(per_channel, decay, seed):
     B, L, H, N, K, V = 2, 133, 2, 4, 8, 6
     q, k = (torch.nn.functional.normalize(torch.randn(B, L, H, K, dtype=torch.float64), dim=-1) for _ in range(2))
     v = torch.randn(B, L, N, V, dtype=torch.float64)
-    g = -torch.rand(B, L, N, *((K,) if per_channel else ()), dtype=torch.float64)
+    g = -decay * torch.rand(B, L, N, *((K,) if per_channel else ()), dtype=torch.float64)
     beta = torch.rand(B, L, N, dtype=torch.float64)
     state = torch.randn(B, N, K, V, dtype=torch.float64)
     s_rec, s_chunk = state.clone(), state.clone()

@@ -27,6 +27,7 @@ import torch
 
 from variants.cost import Cost, matmul_flops
 from variants.families.gdn.config import DeltaConfig
+from variants.families.gdn.rule import SUB
 from variants.families.gdn.state import StateLayout
 
 CHUNK = 64
@@ -48,13 +49,19 @@ def recurrent_state_bytes(config: DeltaConfig, dtype: torch.dtype = torch.bfloat
     return layout_of(config).state_bytes(dtype)
 
 
-def rule_flops(config: DeltaConfig, *, chunked: bool, batch: int, q_len: int) -> int:
-    """The delta rule's matmul FLOPs for a step of ``q_len`` tokens (``chunked`` with L > 1: chunked form)."""
+def rule_flops(config: DeltaConfig, *, chunked: bool, batch: int, q_len: int, per_channel: bool = False) -> int:
+    """The delta rule's matmul FLOPs for a step of ``q_len`` tokens (``chunked`` with L > 1: chunked form).
+
+    The two decayed products ((K_beta K^T)·D and (Q K^T)·D): per head one c x c x K matmul each; per
+    channel the s x s blocks on and below the diagonal of sub-chunks (s = 16, m = c / s), m(m+1)/2
+    blocks of 2·s²·K each."""
     N, K, V = config.value_heads, config.k_dim, config.v_dim
     if not chunked or q_len == 1:
         return batch * q_len * N * 3 * 2 * K * V
     n, c = math.ceil(q_len / CHUNK), CHUNK
-    per_chunk = 2 * 2 * c * c * K + 3 * 2 * c * K * V + 2 * c * c * V
+    m = c // SUB
+    decayed = 2 * SUB * SUB * K * m * (m + 1) // 2 if per_channel else 2 * c * c * K
+    per_chunk = 2 * decayed + 3 * 2 * c * K * V + 2 * c * c * V
     return batch * N * n * per_chunk
 
 
@@ -63,7 +70,7 @@ def conv_flops(config: DeltaConfig, *, batch: int, q_len: int) -> int:
 
 
 def delta_cost(config: DeltaConfig, *, projection_flops: int, params: int, chunked: bool, batch: int,
-               q_len: int, cached: int, dtype: torch.dtype) -> Cost:
+               q_len: int, cached: int, dtype: torch.dtype, per_channel: bool = False) -> Cost:
     """A step's cost given the family's projection FLOPs (for B·L tokens) and parameter count."""
     b = dtype.itemsize
     B, L, D = batch, q_len, config.hidden
@@ -72,7 +79,8 @@ def delta_cost(config: DeltaConfig, *, projection_flops: int, params: int, chunk
     rows = L if not chunked or L == 1 else math.ceil(L / c) * c
     return Cost(
         flops=projection_flops + conv_flops(config, batch=B, q_len=L) + rule_flops(config, chunked=chunked,
-                                                                                   batch=B, q_len=L),
+                                                                                   batch=B, q_len=L,
+                                                                                   per_channel=per_channel),
         weight_bytes=params * b,
         cache_read_bytes=B * state if cached else 0,  # the whole state, whatever the context
         cache_write_bytes=B * state,

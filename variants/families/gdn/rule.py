@@ -100,16 +100,34 @@ class RecurrentDeltaRule:
         return o_BLNV.to(v_BLNV.dtype)
 
 
-def _pairwise(a_NCK: Tensor, b_NCK: Tensor, gamma: Tensor, keep_CC: Tensor, per_channel: bool) -> Tensor:
-    """``sum_k a_ik b_jk exp(gamma_i - gamma_j)`` where ``keep_CC[i, j]``, else 0 (one chunk; leading
-    dims batch and heads). Per head: a matmul scaled by the decay between j and i; per channel the
-    decay differs by k, so the product is taken per (i, j, k) with the decay inside (bounded: only
-    j <= i is exponentiated, never an exp(+cumulative) that could overflow)."""
+SUB = 16  # per-channel decay: sub-chunks of 16 rows (fla's chunk_kda splits its 64-token chunks the same way)
+
+
+def _pairwise(a_NCK: Tensor, b_NCK: Tensor, gamma: Tensor, lower_CC: Tensor, per_channel: bool) -> Tensor:
+    """``sum_k a_ik b_jk exp(gamma_i - gamma_j)`` for j <= i, else 0 (one chunk; leading dims batch and heads).
+
+    Per head: one matmul scaled by the decay between j and i. Per channel the decay differs by k and
+    must go inside the product: a block (I, J < I) of sub-chunks is one matmul through block J's last
+    row r, ``(a_I exp(gamma_I - gamma_r)) (b_J exp(gamma_r - gamma_J))^T``, both exponents <= 0 as the
+    cumulative log-decay only falls (never an exp(+cumulative) that could overflow); a diagonal block
+    takes the decay per (i, j, k). Only j <= i is exponentiated."""
     if not per_channel:
-        diff_CC = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~keep_CC, float("-inf"))
+        diff_CC = (gamma[..., :, None] - gamma[..., None, :]).masked_fill(~lower_CC, float("-inf"))
         return (a_NCK @ b_NCK.transpose(-1, -2)) * diff_CC.exp()
-    diff_CCK = (gamma[..., :, None, :] - gamma[..., None, :, :]).masked_fill(~keep_CC[..., None], float("-inf"))
-    return torch.einsum("...ijk,...jk->...ij", a_NCK[..., :, None, :] * diff_CCK.exp(), b_NCK)
+    C = a_NCK.shape[-2]
+    out_CC = a_NCK.new_zeros(*a_NCK.shape[:-1], C)
+    lower_SS = lower_CC[:SUB, :SUB]
+    for j in range(0, C, SUB):
+        block, below = slice(j, j + SUB), slice(j + SUB, C)
+        g_SK = gamma[..., block, :]
+        diff_SSK = (g_SK[..., :, None, :] - g_SK[..., None, :, :]).masked_fill(~lower_SS[..., None], float("-inf"))
+        out_CC[..., block, block] = torch.einsum("...ijk,...jk->...ij", a_NCK[..., block, None, :] * diff_SSK.exp(),
+                                                 b_NCK[..., block, :])
+        if j + SUB < C:
+            ref_1K = g_SK[..., -1:, :]
+            a_below = a_NCK[..., below, :] * (gamma[..., below, :] - ref_1K).exp()
+            out_CC[..., below, block] = a_below @ (b_NCK[..., block, :] * (ref_1K - g_SK).exp()).transpose(-1, -2)
+    return out_CC
 
 
 class ChunkedDeltaRule:
@@ -161,7 +179,7 @@ class ChunkedDeltaRule:
             gamma = g_BNL[:, :, span].cumsum(dim=2)  # [B, N, C] or [B, N, C, K]
             gamma_b = gamma if per_channel else gamma[..., None]  # broadcast over K
             k_beta = k_c * beta_c[..., None]
-            A_CC = _pairwise(k_beta, k_c, gamma, strict_CC, per_channel)
+            A_CC = _pairwise(k_beta, k_c, gamma, lower_CC, per_channel).masked_fill(~strict_CC, 0)
             T_system = A_CC + torch.eye(C, dtype=A_CC.dtype, device=A_CC.device)
             U_CV = torch.linalg.solve_triangular(T_system, v_c * beta_c[..., None], upper=False, unitriangular=True)
             W_CK = torch.linalg.solve_triangular(T_system, k_beta * gamma_b.exp(), upper=False, unitriangular=True)

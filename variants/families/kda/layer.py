@@ -113,4 +113,4 @@ def kda_params(config: DeltaConfig) -> int:
 def kda_cost(config: DeltaConfig, *, chunked: bool, batch: int, q_len: int, cached: int, dtype: torch.dtype) -> Cost:
     return delta_cost(config, projection_flops=kda_projection_flops(config, batch=batch, q_len=q_len),
                       params=kda_params(config), chunked=chunked, batch=batch, q_len=q_len, cached=cached,
-                      dtype=dtype)
+                      dtype=dtype, per_channel=True)

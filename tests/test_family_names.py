@@ -11,7 +11,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-NAMES = frozenset({"mla", "dsa", "gqa", "mha", "mqa", "swa", "csa", "hca"})
+NAMES = frozenset({"mla", "dsa", "gqa", "mha", "mqa", "swa", "csa", "hca", "gdn", "kda"})
 SKIPPED = (("variants", "families"), ("tests",))
 
 

@@ -49,6 +49,8 @@ def test_the_wheel_holds_the_configs_and_the_app(wheel):
     assert configs and configs <= names, sorted(configs - names)
     code = {p.relative_to(ROOT).as_posix() for top in ("harness", "variants")
             for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}
+    # Data the code reads beside itself (the models state_vs_kv compares) ships too.
+    code |= {p.relative_to(ROOT).as_posix() for top in ("harness", "variants") for p in (ROOT / top).rglob("*.yaml")}
     assert code <= names, sorted(code - names)
     assert {"attnbench_conf/__init__.py", "harness/__main__.py", "harness/app/main.py"} <= names
     assert not any(n.startswith(("conf/", "tests/", "results/")) for n in names)

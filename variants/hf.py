@@ -186,7 +186,7 @@ def _qwen3_next(module: nn.Module) -> GQA:
                     qk_norm="zero_centered", norm_eps=float(module.q_norm.eps))
     rope = _family_rope(module, cfg.rotary_dim, "half")
     with torch.device(next(module.parameters()).device):
-        return GQA(cfg, variant="gqa", rope=rope)
+        return GQA(cfg, variant=GQA_SPEC.name, rope=rope)
 
 
 def _kimi_mla(module: nn.Module) -> MLA:

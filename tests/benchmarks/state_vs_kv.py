@@ -5,7 +5,7 @@
 
 Legend: S cached tokens.
 
-Memory: for the seven models of ``harness.report.analysis.state_kv.MODELS``, one sequence's cache over the whole
+Memory: for the seven models of ``harness.report.analysis.state_kv.models()``, one sequence's cache over the whole
 model in bf16 (each layer's own layout: a full layer's KV grows with S, a linear layer's state does not,
 a window layer's ring stops at its window), from the cost model at 4k, 32k, 128k and 1M.
 
@@ -26,7 +26,7 @@ import time
 import torch
 
 import variants
-from harness.report.analysis.state_kv import MODELS, available, crossover_tokens, memory_table
+from harness.report.analysis.state_kv import available, crossover_tokens, memory_table, models
 from variants.shape import LAYER_KINDS
 
 MEMORY_CONTEXTS = (4096, 32768, 131072, 1048576)
@@ -45,7 +45,7 @@ def print_memory() -> None:
     print("|" + "---|" * len(heads))
     for label, row in memory_table(MEMORY_CONTEXTS):
         print(f"| {label} | " + " | ".join(_size(b) for b in row) + " |")
-    for model in MODELS:
+    for model in models():
         reason = available(model)
         if reason:
             print(f"  ({reason})")
@@ -80,7 +80,7 @@ def print_latency(contexts: tuple[int, ...], reps: int, only: str | None = None)
     heads = ["model", "layer kind", "variant/impl"] + [f"{c // 1024}k" for c in contexts] + ["growth"]
     print("| " + " | ".join(heads) + " |")
     print("|" + "---|" * len(heads))
-    for model in MODELS:
+    for model in models():
         if only is not None and only.lower() not in model.label.lower():
             continue
         if available(model):

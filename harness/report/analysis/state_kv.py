@@ -6,7 +6,7 @@ every other model's cache grows in every layer (or stops at a ring: gpt-oss's wi
 bytes are the cost model's (``harness.report.analysis.costmodel``, each layer's own cache layout asked for its
 bytes at the context), never ``tokens x bytes per token`` assumed here.
 
-``MODELS`` are the seven models the ``state_vs_kv`` experiment compares, each with the variant that
+``models()`` are the seven models (``state_kv_models.yaml``) the ``state_vs_kv`` experiment compares, each with the variant that
 holds its whole schedule (``VariantSpec.layer_for_kind``: gdn's full layers are Qwen3-Next's gated GQA,
 kda's are Kimi Linear's NoPE MLA) and, per layer kind, the variant and implementation whose one
 decode step the experiment times.
@@ -14,10 +14,13 @@ decode step the experiment times.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from importlib import resources
 
 import torch
+import yaml
 
 from harness.report.analysis.costmodel import model_cost
 from variants.presets import load_preset
@@ -38,18 +41,14 @@ class HybridModel:
         return load_preset(self.preset)
 
 
-# GQA's decode step runs eager: on a CPU, torch's sdpa expands grouped K/V heads (Qwen3-Next's full layer at 128k,
-# float32, one thread: 106 ms eager, 561 ms sdpa; Llama-3-70B's: 342 ms, 3.7 s).
-MODELS: tuple[HybridModel, ...] = (
-    HybridModel("Qwen3-Next-80B-A3B", "qwen3_next_80b_a3b", "gdn", {"L": ("gdn", "eager"), "F": ("gqa", "eager")}),
-    HybridModel("Kimi Linear 48B-A3B", "kimi_linear_48b_a3b", "kda", {"L": ("kda", "eager"), "F": ("mla", "absorbed")}),
-    HybridModel("DeepSeek-V3 (MLA)", "deepseek_v3", "mla", {"F": ("mla", "absorbed")}),
-    HybridModel("DeepSeek-V3.2 (DSA)", "deepseek_v32_exp", "dsa", {"F": ("dsa", "absorbed")}),
-    HybridModel("DeepSeek-V4-Flash (CSA/HCA)", "deepseek_v4_flash", "csa",
-                {"C": ("csa", "eager"), "H": ("hca", "eager")}),
-    HybridModel("gpt-oss-120b (SWA)", "gpt_oss_120b", "swa", {"S": ("swa", "eager")}),
-    HybridModel("Llama-3-70B (GQA)", "llama3_70b", "gqa", {"F": ("gqa", "eager")}),
-)
+@functools.cache
+def models() -> tuple[HybridModel, ...]:
+    """The models of ``state_kv_models.yaml`` (data, not code: which variant stands for which design)."""
+    rows = yaml.safe_load(resources.files(__package__).joinpath("state_kv_models.yaml").read_text())
+    return tuple(HybridModel(row["label"], row["preset"], row["variant"],
+                             {kind: (pair[0], pair[1]) for kind, pair in row["kinds"].items()}) for row in rows)
+
+
 # Contexts the experiment measures on a CPU, and those the cost model extends the memory curve to.
 MEASURED_CONTEXTS: tuple[int, ...] = (1024, 4096, 32768, 131072)
 MODEL_CONTEXTS: tuple[int, ...] = (1024, 4096, 32768, 131072, 262144, 524288, 1048576)
@@ -92,4 +91,4 @@ def crossover_tokens(model: HybridModel, dtype: torch.dtype = torch.bfloat16) ->
 def memory_table(contexts: tuple[int, ...] = (4096, 32768, 131072, 1048576),
                  dtype: str = "bfloat16") -> list[tuple[str, list[int | None]]]:
     """Per model, its whole-model bytes per sequence at each context (None: a variant it needs is missing)."""
-    return [(m.label, [None if available(m) else model_bytes(m, c, dtype) for c in contexts]) for m in MODELS]
+    return [(m.label, [None if available(m) else model_bytes(m, c, dtype) for c in contexts]) for m in models()]

@@ -1,7 +1,7 @@
 """Figure 10: state against KV (issue 21): what a sequence costs a hybrid and the models it is chosen against.
 
 Three panels. Left: one sequence's cache over the whole model in bf16 against context for the seven
-models of ``harness.report.analysis.state_kv.MODELS`` (cost model: each layer's own layout at the context; solid
+models of ``harness.report.analysis.state_kv.models()`` (cost model: each layer's own layout at the context; solid
 up to 128k, the contexts a CPU measures, dashed beyond, to 1M). Middle: one decode step of one layer of
 each kind, measured (the rows of the models and variants the experiment names). Right: where one linear
 layer's fixed state (float32 ``N·K·V``) equals one full layer's growing KV, for each hybrid (a dotted
@@ -20,31 +20,34 @@ from harness.report.figures import Drawn, FigureInput, figure
 from harness.report.figures.axes import bytes_axis, context_axis, log_axis, subtitle
 from harness.report.figures.canvas import new_figure
 from harness.report.figures.legend import header, place_legend
-from harness.report.analysis.state_kv import MODEL_CONTEXTS, MODELS, available, crossover_tokens, layer_bytes, model_bytes
+from harness.report.analysis.state_kv import MODEL_CONTEXTS, available, crossover_tokens, layer_bytes, model_bytes, models
 from harness.report.figures.style import variant_color
 from harness.text.units import tokens
+from variants.registry import families
 
 MEASURED_MAX = 131072  # the longest context the experiment measures on a CPU; the cost model goes on
-# One colour per model of ``MODELS`` (matplotlib's tab10): variants' own colours repeat among seven models.
+# One colour per model of ``models()`` (matplotlib's tab10): variants' own colours repeat among seven models.
 MODEL_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2")
 
 
-LINEAR = ("gdn", "kda")
+def linear_variants() -> frozenset[str]:
+    """The variants of the families the report groups as linear: a fixed per-sequence state, no growing KV."""
+    return frozenset(name for family in families() if family.report.group == "linear" for name in family.variant_names)
 
 
 def kind_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """Decode rows of a layer kind: a (model, variant) pair of ``MODELS``, and every variant of a model
+    """Decode rows of a layer kind: a (model, variant) pair of ``models()``, and every variant of a model
     that has a linear layer's rows (a hybrid's full layers beside its linear ones, at any preset)."""
     decode = rows[rows["phase"] == "decode"].dropna(subset=["latency_ms", "seq"])
-    pairs = {(m.preset, v) for m in MODELS for v, _ in m.kinds.values()}
-    hybrids = set(decode.loc[decode["variant"].isin(LINEAR), "model"])
+    pairs = {(m.preset, v) for m in models() for v, _ in m.kinds.values()}
+    hybrids = set(decode.loc[decode["variant"].isin(linear_variants()), "model"])
     keep = [(m, v) in pairs or m in hybrids for m, v in zip(decode["model"], decode["variant"], strict=True)]
     return decode[keep]
 
 
 def _memory_panel(ax) -> list[str]:
     notes = []
-    for model, color in zip(MODELS, MODEL_COLORS, strict=True):
+    for model, color in zip(models(), MODEL_COLORS, strict=True):
         reason = available(model)
         if reason:
             notes.append(reason)
@@ -66,7 +69,7 @@ def _latency_panel(ax, rows: pd.DataFrame, title: str) -> None:
     for (model, variant), group in rows.groupby(["model", "variant"], sort=True):
         fastest = group.loc[group.groupby("seq")["latency_ms"].idxmin()].sort_values("seq")
         ax.plot(fastest["seq"], fastest["latency_ms"].astype(float), color=variant_color(str(variant)), marker="o",
-                markersize=3, linestyle="-" if variant in LINEAR else ":",
+                markersize=3, linestyle="-" if variant in linear_variants() else ":",
                 label=escape.mathtext(f"{variant} ({model})"))
     context_axis(ax, "context (tokens)")
     log_axis(ax, "y")
@@ -77,7 +80,7 @@ def _latency_panel(ax, rows: pd.DataFrame, title: str) -> None:
 def _crossover_panel(ax) -> list[str]:
     notes = []
     x = np.geomspace(256, 16384, 25)
-    for model, color in zip(MODELS, MODEL_COLORS, strict=True):
+    for model, color in zip(models(), MODEL_COLORS, strict=True):
         if "L" not in model.kinds or available(model):
             continue
         state = layer_bytes(model, "L", 0, torch.bfloat16)
@@ -94,10 +97,11 @@ def _crossover_panel(ax) -> list[str]:
 
 @figure(name="state_vs_kv", order=10, title="State against KV: hybrids beside MLA, DSA, CSA/HCA, SWA and GQA",
         needs=("latency_ms", "seq"),
-        why_missing="measure a linear variant (gdn, kda) in decode: attnbench -m experiment=state_vs_kv")
+        why_missing="measure a linear variant in decode: attnbench -m experiment=state_vs_kv")
 def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     rows = kind_rows(data.ok)
-    hybrid = rows["model"].isin(set(rows.loc[rows["variant"].isin(LINEAR), "model"]))
+    linear = linear_variants()
+    hybrid = rows["model"].isin(set(rows.loc[rows["variant"].isin(linear), "model"]))
     if not hybrid.any():
         return Drawn(None, "State against KV: left out, no decode rows of a linear layer (gdn at qwen3_next_80b_a3b "
                            "or kda at kimi_linear_48b_a3b); run attnbench -m experiment=state_vs_kv.")
@@ -117,7 +121,7 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
                 Line2D([], [], color="0.3", linestyle=(0, (1, 1.5)), label="where they are equal")]
     handles.append(header("measured decode step"))
     handles += [h for ax in axes[2:] for h in ax.get_lines() if not h.get_label().startswith("_")]
-    subtitle(fig, rows[hybrid].sort_values("variant", key=lambda v: ~v.isin(LINEAR)),
+    subtitle(fig, rows[hybrid].sort_values("variant", key=lambda v: ~v.isin(linear)),
              device=", ".join(sorted(rows["device"].astype(str).unique())) if "device" in rows else None, held=("seq",))
     place_legend(fig, handles)
     return Drawn(fig, "One sequence's cache over the whole model in bf16 against context (cost model: each layer's "

@@ -69,6 +69,7 @@ def test_a_new_familys_key_is_routed_read_validated_and_recorded(toy_family):
         shape.replace(chunk=1)
     assert family_of("toy") is toy_family
     assert json.loads(family_shape(shape, "toy")) == {"chunk_size": 16}
+    assert family_shape(base, "toy") is None  # at its default: the case_id it had before the key existed
 
     from harness.measure.numerics import reduce_shape
 

@@ -244,7 +244,7 @@ def test_v4_flash_kv_per_token_and_the_whole_model():
     context = 1 << 17
     assert model_kv_bytes(V4_FLASH, context=context, dtype=bf16) == 2 * full + context * 6584
 
-    from harness.report.costmodel import model_cost
+    from harness.report.analysis.costmodel import model_cost
 
     cost = model_cost("csa", V4_FLASH, "bfloat16")
     assert cost.kv_bytes_per_token_model == 6584 and cost.ring_layers == 0

@@ -22,7 +22,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
 from harness.errors import UserError
-from harness.measure.case import DTYPES, MAX_SIZE
+from harness.measure.parse import DTYPES, MAX_SIZE
 from harness.measure.timer import CUDA_TIMINGS
 from harness.sweep.plan import PHASE_CHOICES
 from variants.layer import COMPILE_MODES
@@ -123,7 +123,7 @@ class RunConfig:
     kv_dtype: KvDtype = MISSING
     compile: Compile = MISSING
     phase: PhaseChoice = MISSING
-    seq: str = MISSING  # takes k/M suffixes (32k): a string, parsed by harness.measure.case.parse_size
+    seq: str = MISSING  # takes k/M suffixes (32k): a string, parsed by harness.measure.parse.parse_size
     batch: int = _ranged(SIZE.low, SIZE.high)
     decode_len: int = _ranged(SIZE.low, SIZE.high)
     # A list of sizes, "1k,4k" or a distribution's name: parsed by harness.sweep.plan.ragged_lengths.

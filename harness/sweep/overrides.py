@@ -308,7 +308,7 @@ def _check_job(cfg: DictConfig, *, multirun: bool) -> None:
     """What one job's composed config must hold beyond Hydra's types: ranges, the device, resume's name."""
     from harness.app.schema import check_ranges
     from harness.measure.calibrate import cache_dir_of
-    from harness.measure.case import check_device_name
+    from harness.measure.parse import check_device_name
 
     check_ranges(cfg)
     check_device_name(str(cfg.device))

@@ -13,11 +13,11 @@ from __future__ import annotations
 import base64
 import html
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from harness.report.tablefmt import to_html
-from harness.report.tables import Table
+from harness.report.figures import PageFigure
+from harness.report.tables.formats import to_html
+from harness.report.tables.views import Table
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
@@ -82,16 +82,6 @@ window.addEventListener("load", function () {
   document.body.dataset.imagesLoaded = loaded + "/" + images.length;
 });
 """
-
-
-@dataclass(frozen=True)
-class PageFigure:
-    name: str  # the registered figure's name: its anchor on the page
-    title: str
-    caption: str
-    png: Path  # linked from the markdown
-    svg: bytes  # embedded in the HTML page
-    files: tuple[str, ...]  # the figure's files, relative to the report folder
 
 
 def data_uri(svg: bytes) -> str:

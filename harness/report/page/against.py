@@ -20,11 +20,11 @@ from matplotlib.figure import Figure
 from harness.nightly.ratio import ratio_ci
 from harness.report.data import DEVICE
 from harness.report.figures import save
-from harness.report.plotting import new_figure
-from harness.report.style import figure_style, variant_color, width_inches
-from harness.report.tablefmt import to_html, write_table
-from harness.report.tables import Table
-from harness.report.units import count, like, significant, tokens
+from harness.report.figures.canvas import new_figure
+from harness.report.figures.style import figure_style, variant_color, width_inches
+from harness.report.tables.formats import to_html, write_table
+from harness.report.tables.views import Table
+from harness.text.units import count, like, significant, tokens
 
 # B batch, S context: the columns that name a case to a reader (case_id names it to the harness).
 LABEL_COLUMNS = ("variant", "impl", "phase", "batch", "seq")

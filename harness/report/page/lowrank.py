@@ -16,12 +16,12 @@ import pyarrow as pa
 
 from harness.errors import UserError
 from harness.report import figures as figure_registry
-from harness.report.part import Part
-from harness.report.style import WIDTH_IN
-from harness.report.tablefmt import write_table
-from harness.report.tables import Table
-from harness.report.units import number
+from harness.report.figures.style import WIDTH_IN
+from harness.report.page.part import Part
+from harness.report.tables.formats import write_table
+from harness.report.tables.views import Table
 from harness.studies.lowrank.summary import summary_table
+from harness.text.units import number
 
 PATTERN = "lowrank-*.parquet"
 

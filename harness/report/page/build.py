@@ -29,20 +29,20 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import UserError
-from harness.report import escape
 from harness.report import figures as figure_registry
-from harness.report.baseline import Baseline, with_ratios
-from harness.report.budget import throughput_table
-from harness.report.capacity import RESERVE, capacity_table
+from harness.report.analysis.baseline import Baseline, with_ratios
+from harness.report.analysis.budget import throughput_table
+from harness.report.analysis.capacity import RESERVE, capacity_table
 from harness.report.data import ReportData, load_rows, prepare
-from harness.report.figures import FigureInput
-from harness.report.html import PageFigure, page
-from harness.report.lowrank import lowrank_part
-from harness.report.part import Part
-from harness.report.style import WIDTH_IN, width_inches
-from harness.report.tablefmt import markdown_grid, write_table
-from harness.report.tables import (Table, capacity_view, cases_table, not_measured_table, sources_table,
-                                   throughput_view)
+from harness.report.figures import FigureInput, PageFigure
+from harness.report.figures.style import WIDTH_IN, width_inches
+from harness.report.page.html import page
+from harness.report.page.lowrank import lowrank_part
+from harness.report.page.part import Part
+from harness.report.tables.formats import markdown_grid, write_table
+from harness.report.tables.views import (Table, capacity_view, cases_table, not_measured_table, sources_table,
+                                         throughput_view)
+from harness.text import escape
 
 MANIFEST = "manifest.txt"
 # The manifest's first line: a manifest without it was not written by this report, and lists nothing it may replace.

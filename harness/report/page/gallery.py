@@ -1,4 +1,4 @@
-"""``python -m harness.report.gallery [--out docs/figures]``: every figure kind the committed report
+"""``python -m harness.report.page.gallery [--out docs/figures]``: every figure kind the committed report
 fixtures (``tests/fixtures/report_sweep`` and ``sparse_sweep``, real CPU results) draw, at single-column width, as small
 PNGs for the docs, at a memory budget scaled to the fixture (``BUDGET_BYTES``). The figures are the
 report's own (``harness.report.figures.draw``), so the gallery changes exactly when the report does;
@@ -15,13 +15,13 @@ import pandas as pd
 
 from harness import results
 from harness.report import figures
-from harness.report.baseline import Baseline, with_ratios
-from harness.report.capacity import RESERVE
+from harness.report.analysis.baseline import Baseline, with_ratios
+from harness.report.analysis.capacity import RESERVE
 from harness.report.data import prepare
 from harness.report.figures import FigureInput
-from harness.report.style import figure_style
+from harness.report.figures.style import figure_style
 
-FIXTURES = tuple(Path(__file__).resolve().parents[2] / "tests" / "fixtures" / name
+FIXTURES = tuple(Path(__file__).resolve().parents[3] / "tests" / "fixtures" / name
                  for name in ("report_sweep", "sparse_sweep"))
 GALLERY_DPI = 120  # legible on screen (420 px wide), tens of kB each: the docs stay small in git
 # The memory budget of the capacity and throughput figures, scaled to the fixture's tiny model as a CPU
@@ -52,7 +52,7 @@ def gallery(out: Path, *, sources: tuple[Path, ...] = FIXTURES) -> tuple[list[Pa
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.report.gallery", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.report.page.gallery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs/figures", help="folder for the PNGs (default: docs/figures)")
     args = parser.parse_args(argv)
     written, left_out = gallery(Path(args.out))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report.tables import Table
+from harness.report.tables.views import Table
 
 # Type sizes of a 10 pt paper, the space each side of a column (LaTeX's default is 6 pt; below 3 pt
 # an interval column touches its neighbour) and the baseline skip of a row.

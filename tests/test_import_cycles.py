@@ -175,15 +175,6 @@ def test_the_core_imports_nothing_above_it() -> None:
         assert not {m for m in reached if m.startswith(above)}, (module, sorted(m for m in reached if m.startswith(above)))
 
 
-# Folder cycles that remain, each with what removes it (issue 20 items 5 and 6; the case runner's and the
-# report's reorganisation): a new one fails, and one that is gone must leave this list.
-KNOWN_FOLDER_CYCLES = {
-    frozenset({"harness.measure", "harness.results"}),  # results.{merge,store} use measure.case.case_label
-    frozenset({"harness.app", "harness.sweep"}),  # sweep.{overrides,status} use app.schema
-    frozenset({"harness.nightly", "harness.report"}),  # nightly uses report.escape (to move below both)
-}
-
-
 def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
     """Every strongly connected component of more than one node."""
     index: dict[str, int] = {}
@@ -222,12 +213,9 @@ def cycles(graph: dict[str, set[str]]) -> list[frozenset[str]]:
     return out
 
 
-def test_folders_have_no_cycles_but_the_known_ones() -> None:
-    found = set(cycles(folder_graph(import_graph())))
-    assert found - KNOWN_FOLDER_CYCLES == set(), "new folder cycle(s): " + "; ".join(
-        " <-> ".join(sorted(c)) for c in found - KNOWN_FOLDER_CYCLES)
-    assert KNOWN_FOLDER_CYCLES - found == set(), "gone: remove from KNOWN_FOLDER_CYCLES: " + "; ".join(
-        " <-> ".join(sorted(c)) for c in KNOWN_FOLDER_CYCLES - found)
+def test_folders_have_no_cycles() -> None:
+    found = cycles(folder_graph(import_graph()))
+    assert not found, "folder cycle(s): " + "; ".join(" <-> ".join(sorted(c)) for c in found)
 
 
 def test_the_checker_sees_function_level_imports_and_cycles() -> None:
@@ -241,6 +229,8 @@ def test_the_checker_sees_function_level_imports_and_cycles() -> None:
     tree = ast.parse("importlib.import_module('a.b')\nR = Registry('x', package='c.d')\nimport_module(name)\n")
     assert _loaded_by_name(tree) == ["a.b", "c.d"]
     assert cycles({"a": {"b"}, "b": {"a", "c"}, "c": set()}) == [frozenset({"a", "b"})]
+    folders = folder_graph(import_graph())  # folders see each other, not their own subfolders
+    assert "harness.results" in folders["harness.measure"] and "variants" not in folders["variants.core"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     # and the real graph has edges (an empty graph would pass trivially)

@@ -12,6 +12,7 @@ from typing import Literal
 import torch
 
 from harness.errors import UserError
+from harness.text.units import format_size  # noqa: F401 - parse's counterpart, imported from here by callers
 
 Timing = Literal["cpu_wall", "cuda_events", "cuda_events_per_call", "cuda_graph"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -39,13 +40,6 @@ def parse_size(name: str, value: object) -> int:
     if number > MAX_SIZE:
         raise UserError(f"{name}={value!r} is too large: at most {MAX_SIZE} ({format_size(MAX_SIZE)}, 2^31-1)")
     return number
-
-
-def format_size(n: int) -> str:
-    for unit, scale in (("M", 1024 ** 2), ("k", 1024)):
-        if n >= scale and n % scale == 0:
-            return f"{n // scale}{unit}"
-    return str(n)
 
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,4})?")

@@ -32,10 +32,10 @@ import yaml
 
 from harness import results
 from harness.errors import UserError
-from harness.measure.case import case_label
 from harness.measure.env import FINGERPRINT_FIELDS, fingerprint
 from harness.nightly.flags import reason_with_flags
 from harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun
+from harness.results.label import case_label
 
 MEASURE_SETTINGS: tuple[str, ...] = ("warmup_reps", "warmup_s", "cuda_graph", "l2_flush")
 ROW_SETTINGS: tuple[str, ...] = ("torch_threads",)

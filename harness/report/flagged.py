@@ -8,8 +8,8 @@ import math
 
 import pandas as pd
 
-from harness.measure.case import case_label
 from harness.measure.trust import parse
+from harness.results.label import case_label
 
 FLAGGED_GID = "flagged"  # marks the hollow markers of flagged rows (tests find them by it)
 FLAGGED_EDGE = "0.55"  # grey: a flagged point reads as doubtful beside its series' solid markers

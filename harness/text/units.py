@@ -113,3 +113,11 @@ def _nan(value: object) -> bool:
         return math.isnan(float(value))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return False
+
+
+def format_size(n: int) -> str:
+    """A token count as people type it: ``32768`` -> ``32k``, ``1048576`` -> ``1M`` (exact multiples only)."""
+    for unit, scale in (("M", 1024 ** 2), ("k", 1024)):
+        if n >= scale and n % scale == 0:
+            return f"{n // scale}{unit}"
+    return str(n)

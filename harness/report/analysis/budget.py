@@ -29,7 +29,7 @@ import pandas as pd
 from harness.report.analysis.capacity import HOW_TO_BUDGET, NO_BUDGET, device_memory, largest_batch
 from harness.report.analysis.costmodel import ModelCost, model_cost, shape_of
 from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
-from harness.report.figures.style import impl_sort_key, variant_sort_key
+from harness.text.order import impl_sort_key, variant_sort_key
 
 # A decode setting: everything but the batch (and what is compared: variant, implementation, compile mode).
 SETTING = (DEVICE, *(c for c in (*CASE_COLUMNS, *SHAPE_COLUMNS)

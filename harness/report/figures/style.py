@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import matplotlib
 
+# The orders live below the report's rooms (analysis sorts too); re-exported for the figures' modules.
+from harness.text.order import IMPL_ORDER, impl_sort_key, variant_order, variant_sort_key  # noqa: F401
 from variants.registry import families
 
 # Column widths of two-column journals and proceedings (IEEE, ACM, NeurIPS double: ~7 in).
@@ -82,7 +84,7 @@ IMPL_STYLES: dict[str, tuple[str, object]] = {
 _FALLBACK_MARKERS = ("P", "*", "h", "<", ">", "p")
 _FALLBACK_LINES: tuple[object, ...] = ((0, (1, 1)), (0, (5, 2, 1, 2)), (0, (2, 2)))
 
-IMPL_ORDER = tuple(IMPL_STYLES)
+assert tuple(IMPL_STYLES) == IMPL_ORDER, "every ordered implementation has a style, in that order"
 
 RC: dict[str, object] = {
     # TrueType (Type 42) fonts embedded in PDF and PS: journals reject Type 3 fonts.
@@ -154,21 +156,6 @@ def impl_style(impl: str) -> tuple[str, object]:
 def series_style(variant: str, impl: str, compile_mode: str = "none") -> SeriesStyle:
     marker, linestyle = impl_style(impl)
     return SeriesStyle(variant_color(variant), marker, linestyle, filled=compile_mode in ("none", "", None))
-
-
-def variant_order() -> tuple[str, ...]:
-    """Variants in the order a reader expects them: by family (``ReportHints.order``), then as each family
-    lists them (by KV heads, then the latent, ...); others follow, sorted."""
-    return tuple(spec.name for family in families() for spec in family.variants)
-
-
-def variant_sort_key(variant: str) -> tuple[int, str]:
-    order = variant_order()
-    return (order.index(variant), "") if variant in order else (len(order), variant)
-
-
-def impl_sort_key(impl: str) -> tuple[int, str]:
-    return (IMPL_ORDER.index(impl), "") if impl in IMPL_ORDER else (len(IMPL_ORDER), impl)
 
 
 def width_inches(width: str) -> float:

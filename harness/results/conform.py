@@ -9,6 +9,7 @@ conforms whatever a row file holds, including files written before the schema (c
 from __future__ import annotations
 
 import functools
+import json
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -151,11 +152,15 @@ def from_frame(frame: pd.DataFrame) -> pa.Table:
 
 @functools.cache
 def pandas_metadata() -> dict[bytes, bytes]:
-    """The schema-level ``pandas`` metadata of a frame of the schema's pandas dtypes: written into every
-    row file, it makes a plain ``pandas.read_parquet`` give what ``results.load`` gives (nullable
-    ``Int64`` and ``boolean`` columns, text as ``str``), not floats for integers with a null."""
-    empty = pd.DataFrame({c.name: pd.Series([], dtype=schema.PANDAS_DTYPES[c.kind]) for c in schema.COLUMNS})
-    return {b"pandas": pa.Table.from_pandas(empty, preserve_index=False).schema.metadata[b"pandas"]}
+    """Schema-level ``pandas`` metadata naming the nullable dtypes (``Int64``, ``boolean``): written
+    into every row file, it makes a plain ``pandas.read_parquet`` give what ``results.load`` gives,
+    not floats for an integer column with a null. Only those columns are listed (text, floats and
+    timestamps convert as they are): the full metadata would double a one-row file's footer."""
+    nullable = [{"name": c.name, "field_name": c.name, "pandas_type": {"int64": "int64", "bool": "bool"}[c.kind],
+                 "numpy_type": schema.PANDAS_DTYPES[c.kind], "metadata": None}
+                for c in schema.COLUMNS if c.kind in ("int64", "bool")]
+    meta = {"index_columns": [], "column_indexes": [], "columns": nullable, "pandas_version": pd.__version__}
+    return {b"pandas": json.dumps(meta, separators=(",", ":")).encode()}
 
 
 def for_file(table: pa.Table) -> pa.Table:

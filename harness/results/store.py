@@ -77,8 +77,10 @@ def write_row(job_dir: Path, row: Mapping[str, object], *, root: Path | None = N
 def write_table(path: Path, table: pa.Table) -> None:
     """A table of the schema as one row file, atomically (units and pandas dtypes in its metadata)."""
     table = conform.for_file(table)
-    # Page checksums turn a damaged data page into an error on reading, not wrong numbers.
-    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
+    # Page checksums turn a damaged data page into an error on reading, not wrong numbers. Statistics
+    # (min/max per column, for readers that skip files) say nothing of one row and cost ~9 KB of footer.
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp, write_page_checksum=True,
+                                                        write_statistics=table.num_rows > 1))
 
 
 def write_frame(path: Path, frame: pd.DataFrame) -> None:
@@ -227,6 +229,10 @@ def read_table(path: Path) -> pa.Table:
         table = pq.read_table(path, page_checksum_verification=True)
         names = table.column_names  # decodes the footer's names: a damaged footer fails here
         table.validate(full=True)  # e.g. text that is not UTF-8: a damaged page without a checksum
+        # The footer's own key-value text (pyarrow reads the copy inside ARROW:schema): damaged, other
+        # readers (polars) refuse the file.
+        for value in (pq.read_metadata(path).metadata or {}).values():
+            value.decode("utf-8")
     except (pa.ArrowException, OSError, ValueError) as error:
         raise UnreadableRowFile(path, _first_line(error) or type(error).__name__) from None
     missing = [c for c in ("case_id", "status") if c not in names]

@@ -169,10 +169,15 @@ def load(paths: str | Path | Iterable[str | Path], *, attempts: bool = False) ->
 
 
 def drop_copies(frame: pd.DataFrame) -> pd.DataFrame:
-    """One of each row found in two files: a job killed while packing its rows (``compact``) leaves
-    the packed file and some of the one-row files it packed, the same row (case, place, time) twice."""
-    keys = [*IDENTITY, "finished_at"]
-    return frame[~frame.duplicated(keys, keep="first")] if not frame.empty else frame
+    """One of each row found in two files of one rows folder: a job killed while packing its rows
+    (``compact``) leaves the packed file and some of the one-row files it packed, the same row (case,
+    place, time) twice. With a ``_file`` column, only copies in the same folder are dropped: a whole
+    folder copied elsewhere is a duplicate for ``load`` and ``merge`` to name, not a copy to hide."""
+    if frame.empty:
+        return frame
+    folder = [str(Path(f).parent) for f in frame["_file"]] if "_file" in frame.columns else [""] * len(frame)
+    keys = [*IDENTITY, "finished_at", "_folder"]
+    return frame[~frame.assign(_folder=folder).duplicated(keys, keep="first")]
 
 
 class DuplicateCase(UserError):

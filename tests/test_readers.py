@@ -153,3 +153,14 @@ def test_a_rows_repro_command_measures_the_same_case(sweep, tmp_path, monkeypatc
     again = results.load(out)
     assert len(again) == 1 and again["case_id"].iloc[0] == row["case_id"]
     assert again["repro"].iloc[0] == row["repro"]
+
+
+def test_the_summary_and_the_reports_cases_table_carry_each_rows_repro(sweep):
+    from harness.report.tables import cases_table
+    from harness.sweep.summary import summarize
+
+    frame = results.load(sweep)
+    text = summarize(sweep).markdown()
+    assert all(f"`{command}`" in text for command in frame["repro"])
+    table = cases_table(frame.assign(speedup=1.0, mem_ratio=1.0), baseline_label="mha/eager")
+    assert sorted(table.raw["repro"]) == sorted(frame["repro"])  # cases.csv

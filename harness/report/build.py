@@ -38,6 +38,7 @@ from harness.report.data import ReportData, load_rows, prepare
 from harness.report.figures import FigureInput
 from harness.report.html import PageFigure, page
 from harness.report.lowrank import lowrank_part
+from harness.sweep.repro import markdown_lines
 from harness.report.part import Part
 from harness.report.style import WIDTH_IN, width_inches
 from harness.report.tablefmt import markdown_grid, write_table
@@ -283,4 +284,6 @@ def _markdown(command: str, sources: Table, notes: Sequence[str], tables: Sequen
     for table in (*tables, sources):
         lines += [f"## {md(table.title)}", "", f"{md(table.caption)}", "", markdown_grid(table.shown)]
         lines += [md(table.below), ""] if table.below else []
+        if table.name == "cases" and "repro" in table.raw.columns:  # cases.csv holds them too
+            lines += markdown_lines(table.raw["repro"], what="case")
     return "\n".join(lines)

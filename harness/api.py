@@ -31,7 +31,7 @@ from harness.logs import LevelName, shown
 def _config_source() -> AbstractContextManager[Any]:
     """Where the configs live: the same tree the command line composes (a checkout's ``conf/`` or the
     installed ``attnbench_conf``), with the typed schema and the registries' options stored first."""
-    from harness.app.schema import store_configs
+    from harness.sweep.schema import store_configs
     from harness.sweep.overrides import config_path
 
     store_configs()
@@ -73,7 +73,7 @@ def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: Leve
     registries, so store them first)::
 
         from hydra import compose, initialize_config_dir
-        from harness.app.schema import store_configs
+        from harness.sweep.schema import store_configs
         store_configs()
         with initialize_config_dir(config_dir="/path/to/attnbench/conf", version_base="1.3"):
             cfg = compose("config", overrides=["variant=mla", "model=tiny"])

@@ -15,7 +15,7 @@ import pytest
 
 from harness import results
 from harness.app.main import main
-from harness.app.schema import MeasureConfig, RunConfig
+from harness.sweep.schema import MeasureConfig, RunConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = ["model=tiny", "device=cpu", "measure=quick", "seq=64", "phase=decode"]

@@ -114,7 +114,7 @@ def test_held_timing_of_many_tiny_kernels_is_below_per_call_on_cuda():
 
 
 def test_timing_mode_names_each_cuda_choice_and_refuses_per_call_graphs():
-    from harness.measure.case import timing_mode
+    from harness.measure.parse import timing_mode
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert timing_mode(cpu, cuda_graph=False, cuda_timing="per_call") == "cpu_wall"

@@ -39,10 +39,10 @@ def test_the_readme_keeps_its_two_set_up_commands():
 def test_every_run_key_is_in_the_key_table():
     import dataclasses
 
-    from harness.app.schema import RunConfig
+    from harness.sweep.schema import RunConfig
 
     table = (ROOT / "docs" / "cli.md").read_text().split("## Keys", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`([a-z_]+)[=`.]", table))
     internal = {"hydra", "lowrank"}  # Hydra's own node; the study's block (docs/lowrank.md)
     missing = [f.name for f in dataclasses.fields(RunConfig) if f.name not in documented | internal]
-    assert not missing, f"keys of harness.app.schema.RunConfig missing from docs/cli.md's key table: {missing}"
+    assert not missing, f"keys of harness.sweep.schema.RunConfig missing from docs/cli.md's key table: {missing}"

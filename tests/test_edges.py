@@ -180,8 +180,8 @@ def test_corrupt_plan_or_multirun_is_one_line(tmp_path, name, text, capsys):
 def test_markdown_and_mathtext_escaping():
     import pandas as pd
 
-    from harness.report import escape
-    from harness.report.tablefmt import markdown_grid
+    from harness.text import escape
+    from harness.report.tables.formats import markdown_grid
 
     nasty = "Xeon | `rm` <b>$x$</b>\nnext"
     grid = markdown_grid(pd.DataFrame({"device": [nasty], "latency_ms": [1.5]}))
@@ -195,8 +195,8 @@ def test_a_dollar_device_name_reaches_a_figure_title_as_text(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from harness.report.baseline import Baseline
-    from harness.report.build import build_report
+    from harness.report.analysis.baseline import Baseline
+    from harness.report.page.build import build_report
 
     table = pq.read_table(FIXTURE)
     device = "Weird $\\nosuchcommand{1}$ CPU"  # as mathtext this raises while the figure is drawn

@@ -16,8 +16,8 @@ import pytest
 from harness import results
 from harness.errors import UserError
 from harness.report import build_report
-from harness.report import build as report_build
 from harness.report.__main__ import main as report_main
+from harness.report.page import build as report_build
 from harness.results import merge
 
 ROOT = Path(__file__).resolve().parent.parent

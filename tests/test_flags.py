@@ -173,10 +173,10 @@ def test_the_sweep_summary_shows_the_flags(tmp_path):
 
 def test_a_report_figure_draws_a_flagged_row_hollow_and_lists_it(tmp_path):
     from harness.report import figures, flagged
-    from harness.report.baseline import Baseline, with_ratios
-    from harness.report.capacity import RESERVE
+    from harness.report.analysis.baseline import Baseline, with_ratios
+    from harness.report.analysis.capacity import RESERVE
     from harness.report.data import prepare
-    from harness.report.tables import cases_table
+    from harness.report.tables.views import cases_table
 
     ok, _ = with_ratios(prepare(results.load(_flagged_fixture(tmp_path))).ok, Baseline())
     drawn = figures.draw("latency", figures.FigureInput(ok=ok, capacity=pd.DataFrame(), budget_bytes=None,

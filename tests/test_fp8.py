@@ -125,7 +125,7 @@ def test_a_kernel_that_reads_packed_rows_refuses_an_fp8_cache() -> None:
 
 
 def test_bad_kv_dtype_is_one_line() -> None:
-    with pytest.raises(ValueError, match=r"^kv_dtype='fp4' is not one of: auto, fp8_e4m3$"):
+    with pytest.raises(ValueError, match=r"^kv_dtype='fp4' is not one of: auto, fp8_e4m3, fp8_model1$"):
         TINY.replace(kv_dtype="fp4")
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from harness import results
 from harness.errors import UserError
-from harness.report.baseline import Baseline
-from harness.report.build import build_report
+from harness.report.analysis.baseline import Baseline
 from harness.report.data import load_rows, prepare
+from harness.report.page.build import build_report
 from harness.results import merge
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_sweep" / "rows" / "rows.parquet"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.measure.case import format_size, parse_size
+from harness.measure.parse import format_size, parse_size
 from harness.sweep.overrides import check_overrides
 from harness.errors import UserError
 from harness.sweep.plan import plan_cases

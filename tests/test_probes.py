@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from harness import results
-from harness.measure import case as case_module
+from harness.measure import parse as parse_module
 from harness.measure import probes, runner
 from harness.sweep.job import run_job
 from tests.test_run import _job_cfg
@@ -58,9 +58,9 @@ def test_device_auto_refuses_a_cpu_fallback_when_nvml_sees_gpus(monkeypatch):
     monkeypatch.setattr(probes, "nvml_gpu_count", lambda: 2)
     with pytest.raises(ValueError, match=r"^device=auto: NVML sees 2 GPU\(s\) but torch cannot use CUDA \(.+\); "
                                          r"fix the driver or torch build, or pass device=cpu$"):
-        case_module.resolve_device("auto")
+        parse_module.resolve_device("auto")
     monkeypatch.setattr(probes, "nvml_gpu_count", lambda: 0)
-    assert case_module.resolve_device("auto") == torch.device("cpu")
+    assert parse_module.resolve_device("auto") == torch.device("cpu")
 
 
 def test_nvml_gpu_count_without_a_driver_is_zero():

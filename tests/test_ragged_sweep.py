@@ -14,8 +14,8 @@ import torch
 import variants
 from harness import results
 from harness.measure.predict import predict_memory
-from harness.report.capacity import MAX_CONTEXT, longest_context
-from harness.report.costmodel import model_cost
+from harness.report.analysis.capacity import MAX_CONTEXT, longest_context
+from harness.report.analysis.costmodel import model_cost
 from harness.sweep.plan import plan_cases
 from variants.cache import CacheLayout
 from variants.presets import load_preset

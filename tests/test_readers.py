@@ -156,7 +156,7 @@ def test_a_rows_repro_command_measures_the_same_case(sweep, tmp_path, monkeypatc
 
 
 def test_the_summary_and_the_reports_cases_table_carry_each_rows_repro(sweep):
-    from harness.report.tables import cases_table
+    from harness.report.tables.views import cases_table
     from harness.sweep.summary import summarize
 
     frame = results.load(sweep)

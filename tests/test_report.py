@@ -21,13 +21,13 @@ from harness import results
 from harness.errors import UserError
 from harness.report import build_report
 from harness.report.__main__ import main
-from harness.report.units import significant
+from harness.text.units import significant
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "report_sweep"
 TABLES = ("cases", "not_measured", "capacity", "throughput_budget", "sources")
 DRAWN = ("latency", "kv_cache", "peak_memory", "roofline", "bandwidth_fraction", "decode_throughput",
-         "throughput_budget")
+         "throughput_budget", "latency_distribution")
 WIDTH_PX = {"single": 1050, "double": 2100}  # 300 dpi x 3.5 in, 7 in
 
 
@@ -243,7 +243,7 @@ def test_html_page_renders_in_headless_chromium_with_every_image_loaded(report, 
 
 @pytest.mark.skipif(_chromium() is None, reason="no chromium binary on PATH (Debian: apt-get install chromium)")
 def test_a_click_on_a_header_sorts_numbers_as_numbers_and_blanks_last(tmp_path):
-    from harness.report.html import SORT_SCRIPT
+    from harness.report.page.html import SORT_SCRIPT
 
     rows = "".join(f"<tr><td>{a}</td><td>{b}</td></tr>" for a, b in
                    (("x", "1,024"), ("y", ""), ("z", "64"), ("w", "4k"), ("v", "0.5 [0.4, 0.6]")))

@@ -1,4 +1,4 @@
-"""``report NEW --against OLD`` (harness/report/against.py): a case made twice as fast is found
+"""``report NEW --against OLD`` (harness/report/page/against.py): a case made twice as fast is found
 significant with an interval around 0.5, unchanged cases are not, and cases on one side are listed."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from harness import results
-from harness.report import against
 from harness.report.data import prepare
+from harness.report.page import against
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
 

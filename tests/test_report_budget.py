@@ -1,4 +1,4 @@
-"""Decode throughput at a memory budget (harness/report/budget.py, its table and figure, and
+"""Decode throughput at a memory budget (harness/report/analysis/budget.py, its table and figure, and
 conf/experiment/throughput_budget.yaml): the batch that fits against a hand computation, the
 latency measured or interpolated (never extrapolated), tokens/s from the fixture's own latencies,
 and an experiment whose batch ladder brackets the batches of its stated GPU budget."""
@@ -15,14 +15,14 @@ import yaml
 
 from harness import results
 from harness.report import figures
-from harness.report.baseline import Baseline, with_ratios
-from harness.report.budget import Ladder, ratios, throughput_table
-from harness.report.capacity import largest_batch
-from harness.report.costmodel import model_cost, shape_of
+from harness.report.analysis.baseline import Baseline, with_ratios
+from harness.report.analysis.budget import Ladder, ratios, throughput_table
+from harness.report.analysis.capacity import largest_batch
+from harness.report.analysis.costmodel import model_cost, shape_of
 from harness.report.data import prepare
 from harness.report.figures import FigureInput
-from harness.report.plotting import legend_inside
-from harness.report.tables import throughput_view
+from harness.report.figures.legend import legend_inside
+from harness.report.tables.views import throughput_view
 from variants.presets import load_preset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -135,7 +135,7 @@ def test_the_experiments_ladder_brackets_its_gpu_budget():
 
 
 def test_cpu_rows_get_no_budget_from_host_ram_only_a_note_naming_the_option(ok):
-    from harness.report.capacity import capacity_table
+    from harness.report.analysis.capacity import capacity_table
 
     assert ok["device_mem_total_bytes"].notna().any() and ok["device"].astype(str).str.startswith("cpu").all()
     table, notes = throughput_table(ok, budget_bytes=None, reserve=0.1, baseline_variant="mha")

@@ -15,8 +15,8 @@ import pandas as pd
 import pytest
 
 from harness.report import build_report
-from harness.report.tablefmt import to_latex
-from harness.report.tables import Table
+from harness.report.tables.formats import to_latex
+from harness.report.tables.views import Table
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
 PDFLATEX = shutil.which("pdflatex")

@@ -10,11 +10,11 @@ import pandas as pd
 import pytest
 
 from harness import results
-from harness.report.baseline import Baseline, with_ratios
-from harness.report.capacity import capacity_table, longest_context
-from harness.report.costmodel import model_cost, shape_of
+from harness.report.analysis.baseline import Baseline, with_ratios
+from harness.report.analysis.capacity import capacity_table, longest_context
+from harness.report.analysis.costmodel import model_cost, shape_of
 from harness.report.data import apply_filters, parse_filters, prepare
-from harness.report.units import human_bytes, number, parse_bytes, tokens
+from harness.text.units import human_bytes, number, parse_bytes, tokens
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
 GiB = 2**30

@@ -118,8 +118,8 @@ def test_learned_sinks_on_a_kernel_that_cannot_apply_them_fail_at_construction()
 
 
 def test_whole_model_kv_honours_the_layer_schedule():
-    from harness.report.capacity import longest_context
-    from harness.report.costmodel import model_cost
+    from harness.report.analysis.capacity import longest_context
+    from harness.report.analysis.costmodel import model_cost
     from variants.families.swa import make_layer, model_kv_bytes
 
     shape = SHAPE.replace(num_layers=5, layer_pattern="SF", sink_tokens=1)  # S F S F S: 3 window layers

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 
 from variants.layer import AttentionLayer
-from variants.registry import VARIANTS
+from variants.registry import VARIANTS, family_of
 from variants.shape import ATTENTION_KINDS, AttentionKind, ModelShape, check_choice
 
 
-def build(variant: str = "mla", shape: ModelShape | None = None, *, model: str | None = None,
+def build(variant: str, shape: ModelShape | None = None, *, model: str | None = None,
           attention: AttentionKind = "self", dtype: torch.dtype = torch.float32,
           device: torch.device | str = "cpu", seed: int | None = None, **dims: object) -> AttentionLayer:
-    """Build ``variant`` ("mha", "mqa", "gqa", "mla", or a plugged-in one).
+    """Build ``variant`` (a name of ``variants.variant_names()``: mha, mqa, gqa, mla, ..., or a plugged-in one).
 
     The shape is ``shape``, else the preset ``model`` (``conf/model/<model>.yaml``), else ``dims``
     alone; ``dims`` (``heads=``, ``d_c=``, ...) override it. Weights take torch's default init,
@@ -25,6 +25,9 @@ def build(variant: str = "mla", shape: ModelShape | None = None, *, model: str |
 
         shape = load_preset(model)
     shape = shape.replace(**dims) if shape is not None else ModelShape.from_dict(dict(dims))
+    reason = family_of(variant).validate(shape, variant)  # a preset this variant cannot build (dsa: no q_rank)
+    if reason is not None:
+        raise ValueError(reason)
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:

@@ -30,6 +30,9 @@ values plus float32 scales per tile of each token (``variants.quant``); ``write`
 ``read`` dequantizes, so a family's step reads the same tensors either way. Fields with
 ``quantize=False`` (rotary keys, as FlashMLA keeps them in bf16) stay in the compute dtype. A
 quantized layout is never packed: its fields have different dtypes (each in a buffer of its own).
+``storage="fp8_model1"`` (DeepSeek-V4's entries, ``variants.fp8_model1``): a field that names its
+trailing ``rope`` dims is kept in FlashMLA's MODEL1 blocks of bytes (584 per entry, blocks padded to
+576 bytes); ``nbytes`` and ``bytes_per_token`` count the blocks as allocated.
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from variants import quant
+from variants import fp8_model1, quant
 from variants.cache_view import CacheView, FieldSlot, ViewLayout
 from variants.shape import KV_DTYPES, check_choice
 
@@ -59,6 +62,7 @@ class CacheField:
     ring: int | None = None  # the last ``ring`` positions' rows: min(context, ring)
     every: int | None = None  # one entry per ``every`` positions, closed ones only: context // every
     apart: bool = False  # in a packed layout, kept in a buffer of its own rather than in the packed rows
+    rope: int = 0  # trailing rotary dims, kept in bf16 by kv_dtype=fp8_model1 (0: that storage does not apply)
 
     def __post_init__(self) -> None:
         assert self.ring is None or self.every is None, f"cache field {self.name}: a ring or compressed, not both"
@@ -78,8 +82,26 @@ class CacheField:
         """Elements per scale of an fp8 field (``variants.quant.tile_for`` of its last dimension)."""
         return quant.tile_for(self.shape[-1])
 
+    @property
+    def model1(self) -> fp8_model1.Model1Format | None:
+        """The byte layout of a field stored as ``fp8_model1`` (None: stored otherwise)."""
+        return fp8_model1.Model1Format(self.numel, self.rope) if self.storage == fp8_model1.KV_DTYPE else None
+
+    def bytes_for_rows(self, rows: int, dtype: torch.dtype) -> int:
+        """Bytes the field's storage takes for ``rows`` rows (fp8_model1: whole padded blocks)."""
+        fmt = self.model1
+        return rows * self.bytes_per_row(dtype) if fmt is None else fmt.nbytes(rows)
+
+    def bytes_per_row_long_run(self, dtype: torch.dtype) -> Fraction:
+        """Bytes a row adds as rows accumulate (fp8_model1: a padded block per ``block`` rows, 585 at V4)."""
+        fmt = self.model1
+        return Fraction(self.bytes_per_row(dtype)) if fmt is None else Fraction(fmt.block_bytes, fmt.block)
+
     def bytes_per_row(self, dtype: torch.dtype) -> int:
-        """Bytes of one row of the field as stored (``dtype``: the compute dtype)."""
+        """Bytes of one row of the field as stored (``dtype``: the compute dtype; fp8_model1: one
+        entry's 584 bytes at V4's shape, the block's padding apart)."""
+        if self.model1 is not None:
+            return self.model1.entry_bytes
         if self.fp8:
             return self.numel * quant.FP8.itemsize + self.numel // self.tile * quant.SCALE_DTYPE.itemsize
         return self.numel * dtype.itemsize
@@ -113,8 +135,8 @@ class CacheLayout:
     def bytes_per_token(self, dtype: torch.dtype) -> int:
         """Bytes a token adds in the long run, the fields stored as they are (``dtype``: the compute
         dtype), counted as ``elements_per_token`` counts elements."""
-        per_position = sum(f.bytes_per_row(dtype) for f in self.fields if f.per_position)
-        return per_position + math.ceil(sum(Fraction(f.bytes_per_row(dtype), f.every) for f in self.fields if f.every))
+        per_position = sum(f.bytes_per_row_long_run(dtype) for f in self.fields if f.per_position)
+        return math.ceil(per_position + sum(f.bytes_per_row_long_run(dtype) / f.every for f in self.fields if f.every))
 
     @property
     def packed_width(self) -> int:
@@ -130,7 +152,20 @@ class CacheLayout:
         check_choice("kv_dtype", kv_dtype, KV_DTYPES)
         if kv_dtype == "auto":
             return self
+        if kv_dtype == fp8_model1.KV_DTYPE:
+            return self._stored_as_model1()
         fields = tuple(dataclasses.replace(f, storage=kv_dtype) if f.quantize else f for f in self.fields)
+        return dataclasses.replace(self, fields=fields, packed=False)
+
+    def _stored_as_model1(self) -> CacheLayout:
+        """Fields with rotary dims in FlashMLA's MODEL1 layout; other quantizable ones as fp8_e4m3 (V4's
+        indexer keys, kept as DeepSeek-V3.2 keeps its indexer's)."""
+        if not any(f.quantize and f.rope for f in self.fields):
+            names = ", ".join(f.name for f in self.fields)
+            raise ValueError(f"kv_dtype=fp8_model1 is DeepSeek-V4's cache layout (csa, hca); this cache's fields "
+                             f"({names}) have no rotary tail it applies to: use kv_dtype=auto or fp8_e4m3")
+        fields = tuple(dataclasses.replace(f, storage=fp8_model1.KV_DTYPE if f.rope else "fp8_e4m3")
+                       if f.quantize else f for f in self.fields)
         return dataclasses.replace(self, fields=fields, packed=False)
 
     def positions(self, context: int) -> int:
@@ -154,7 +189,7 @@ class CacheLayout:
 
     def bytes_at(self, context: int, dtype: torch.dtype) -> int:
         """Bytes one sequence's cache holds at ``context`` tokens, each field's real rows."""
-        return sum(self.rows(f, context) * f.bytes_per_row(dtype) for f in self.fields)
+        return sum(f.bytes_for_rows(self.rows(f, context), dtype) for f in self.fields)
 
     def nbytes(self, *, batch: int, context: int | Sequence[int], dtype: torch.dtype,
                page_size: int | None = None) -> int:
@@ -246,6 +281,7 @@ class KVCache:
         self.buffers: dict[str, Tensor] = {}
         self.fields: dict[str, Tensor] = {}
         self.scales: dict[str, Tensor] = {}  # fp8 fields' float32 scales [*rows, numel / tile]
+        self.model1: dict[str, fp8_model1.Model1Rows] = {}  # fp8_model1 fields: blocks [B, N, bytes]
         if layout.packed:
             packed = torch.zeros(*rows, layout.packed_width, dtype=dtype, device=device)
             self.buffers["packed"] = packed
@@ -259,6 +295,11 @@ class KVCache:
                 continue  # a view of the packed buffer
             # A ring or compressed field keeps rows of its own (never paged: checked above).
             own = rows if field.per_position else (batch, layout.rows(field, self.max_len))
+            if field.model1 is not None:
+                assert not self.paged, "a compressed or ring field is never paged"
+                self.model1[field.name] = fp8_model1.Model1Rows(field.model1, batch=batch, rows=own[1], device=device)
+                self.buffers[field.name] = self.fields[field.name] = self.model1[field.name].blocks_BNW
+                continue
             buf = torch.zeros(*own, *field.shape, dtype=quant.FP8 if field.fp8 else dtype, device=device)
             self.buffers[field.name] = buf
             self.fields[field.name] = buf
@@ -271,6 +312,10 @@ class KVCache:
     @property
     def paged(self) -> bool:
         return self.page_size is not None
+
+    def rows_of(self, name: str) -> int:
+        """Rows field ``name`` holds per sequence (a ring's size, a compressed field's entries, max_len)."""
+        return self.layout.rows(self._field[name], self.max_len)
 
     def __getitem__(self, name: str) -> Tensor:
         """The whole preallocated field ``[B, rows, *shape]``: rows = max_len, or a ring's positions (a view
@@ -326,6 +371,10 @@ class KVCache:
         ``start`` is one position or one per sequence ``[B]`` (a ragged batch)."""
         for name, entry_BL in entries_BL.items():
             L = entry_BL.shape[1]
+            if name in self.model1:
+                pos = torch.as_tensor(start, device=entry_BL.device).view(-1, 1)
+                self.model1[name].write_rows(pos + torch.arange(L, device=entry_BL.device), entry_BL)
+                continue
             for field, value_BL in self._stored(name, entry_BL):
                 if isinstance(start, int) and not self.paged:
                     end = start + L
@@ -347,6 +396,9 @@ class KVCache:
         """Copy entries into the given rows of each named field (a ring cache's write slots), in place."""
         assert not self.paged, "rows are positions of a contiguous cache"
         for name, entry_BR in entries_BR.items():
+            if name in self.model1:
+                self.model1[name].write_rows(rows_R, entry_BR)
+                continue
             for field, value_BR in self._stored(name, entry_BR):
                 if field.dtype == quant.FP8:  # no index_copy_ kernel for float8: copy the bytes
                     field, value_BR = field.view(torch.uint8), value_BR.view(torch.uint8)
@@ -358,6 +410,8 @@ class KVCache:
         are dequantized. One ``index_select`` on the flattened rows (a third of the time of ``gather``
         with an expanded index: [1, 32768, 512] float32, 512 picks, one thread, 0.53 vs 1.55 ms)."""
         B, K = index_BK.shape
+        if name in self.model1:
+            return self.model1[name].gather(index_BK, self.dtype)
         if self.paged:
             P = self.page_size
             assert P is not None and self.block_table is not None
@@ -396,6 +450,8 @@ class KVCache:
     def read(self, name: str, end: int) -> Tensor:
         """Positions [0, end) of a field: a view of the buffer (no copy), or the pages gathered; an fp8
         field dequantized to the cache's compute dtype (a copy, as a kernel without fp8 support needs)."""
+        if name in self.model1:
+            return self.model1[name].read(end, self.dtype)
         values = self._gather(self.fields[name], end) if self.paged else self.fields[name][:, :end]
         if name not in self.scales:
             return values
@@ -432,6 +488,9 @@ class KVCache:
             field = by_name.get(name.removesuffix(".scale"))
             rows = self.layout.positions(length) if field is None else self.layout.rows(field, length)
             generator = torch.Generator(device=buf.device).manual_seed(seed)
+            if name in self.model1:
+                self.model1[name].fill_random_(rows, generator)
+                continue
             for row_SX in buf[:, :rows]:
                 if buf.dtype == quant.FP8:
                     # Bytes below 0x7F are the finite non-negative e4m3 values (0x7F is NaN); the

@@ -15,7 +15,7 @@ from torch import nn
 
 from variants.families.dsa import DSA, DSAConfig
 from variants.families.dsv4 import DSV4, DSV4Config
-from variants.families.gqa import GQA, GQAConfig
+from variants.families.gqa import GQA, GQA_SPEC, MHA, MQA, GQAConfig
 from variants.families.mla import MLA, MLAConfig
 from variants.families.swa import SWA, SWAConfig
 from variants.layer import AttentionLayer
@@ -139,8 +139,8 @@ def from_hf(module: nn.Module) -> AttentionLayer:
             if window is not None or sinks:
                 layer = SWA(SWAConfig(**common, window=window, learned_sinks=sinks), rope=rope)
             else:
-                variant = "mha" if kv_heads == heads else "mqa" if kv_heads == 1 else "gqa"
-                layer = GQA(GQAConfig(**common), variant=variant, rope=rope)
+                spec = MHA if kv_heads == heads else MQA if kv_heads == 1 else GQA_SPEC
+                layer = GQA(GQAConfig(**common), variant=spec.name, rope=rope)
         names = _GQA_NAMES
     layer = layer.to(dtype=weight.dtype)
     state = {}

@@ -14,63 +14,21 @@ closure that is timed. A layer's generation loop keeps one plan and binds each t
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
 
+from variants.core.plan import Implementation, LayerLike, Plan, StepPlan
 from variants.cost import Cost
 from variants.kernel import Kernel
 from variants.registry import path_unsupported
 
 if TYPE_CHECKING:
-    from variants.layer import AttentionLayer, Phase, Step, StepRunner
+    from variants.core.step import Phase
 
-
-class Plan(Protocol):
-    """What an implementation set up once on a layer; binds steps into timed closures."""
-
-    def bind(self, step: Step) -> Callable[[], Tensor]:
-        """Per-step set-up here (never timed); the closure runs the step and nothing else."""
-        ...
-
-
-@dataclass(frozen=True)
-class StepPlan:
-    """A plan whose per-step set-up is nothing: the closure calls ``run(step)``."""
-
-    run: StepRunner
-
-    def bind(self, step: Step) -> Callable[[], Tensor]:
-        run = self.run
-
-        def closure() -> Tensor:
-            # Inference: no autograd graph (it would hold every activation and slow each step).
-            with torch.no_grad():
-                return run(step)
-
-        return closure
-
-
-class Implementation(Protocol):
-    name: str
-    path: str
-    kernel: Kernel
-    description: str
-
-    def supports(self, layer: AttentionLayer, *, phase: Phase, device: torch.device,
-                 dtype: torch.dtype) -> str | None:
-        """None when this implementation runs the case, else the reason it doesn't."""
-        ...
-
-    def plan(self, layer: AttentionLayer, *, compile: str | None = None) -> Plan:
-        """Set-up done once per layer (``compile``: a ``torch.compile`` mode or None)."""
-        ...
-
-    def cost(self, layer: AttentionLayer, *, batch: int, q_len: int, cached: int, new_kv: int,
-             dtype: torch.dtype | None = None) -> Cost: ...
+__all__ = ["Implementation", "KernelImplementation", "Plan", "StepPlan"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +41,7 @@ class KernelImplementation:
     devices: tuple[str, ...] | None = None  # None: any device type
     dtypes: tuple[torch.dtype, ...] | None = None  # None: any dtype
 
-    def supports(self, layer: AttentionLayer, *, phase: Phase, device: torch.device,
+    def supports(self, layer: LayerLike, *, phase: Phase, device: torch.device,
                  dtype: torch.dtype) -> str | None:
         reason = path_unsupported(self.name, self.path, variant=layer.variant, paths=layer.paths)
         if reason is not None:
@@ -91,6 +49,10 @@ class KernelImplementation:
         reason = layer.kernel_unsupported(self.kernel)
         if reason is not None:
             return reason
+        try:  # a kv_dtype the family's cache cannot be stored as (fp8_model1 outside DeepSeek-V4)
+            layer.cache_layout(self.path)
+        except ValueError as error:
+            return str(error)
         if self.devices is not None and torch.device(device).type not in self.devices:
             return f"{self.name} runs on {', '.join(self.devices)} only, not {torch.device(device).type}"
         if self.dtypes is not None and dtype not in self.dtypes:
@@ -98,14 +60,14 @@ class KernelImplementation:
             return f"{self.name} supports dtypes {allowed} only, not {str(dtype).removeprefix('torch.')}"
         return None
 
-    def plan(self, layer: AttentionLayer, *, compile: str | None = None) -> Plan:
+    def plan(self, layer: LayerLike, *, compile: str | None = None) -> Plan:
         run = layer.step_runner(self.path, self.kernel, **self.options)
         if compile is not None:
             # Wraps this plan's runner only; nothing is rebound globally.
             run = torch.compile(run, mode=compile)
         return StepPlan(run)
 
-    def cost(self, layer: AttentionLayer, *, batch: int, q_len: int, cached: int, new_kv: int,
+    def cost(self, layer: LayerLike, *, batch: int, q_len: int, cached: int, new_kv: int,
              dtype: torch.dtype | None = None) -> Cost:
         return layer.cost(path=self.path, batch=batch, q_len=q_len, cached=cached, new_kv=new_kv,
                           dtype=dtype, **self.options)

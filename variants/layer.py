@@ -17,45 +17,26 @@ loop plans once, not once per token; ``layer.plan(...)`` gives the same handle e
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from variants.cache import CacheLayout, KVCache
+from variants.core.step import COMPILE_MODES, PHASES, Phase, Step, StepRunner
 from variants.cost import Cost
 from variants.kernel import Kernel
 from variants.mask import CAUSAL, AttnMask, MaskFn, make_mask
+
 # Implementation names resolve in the registry (the edge), which imports no family at import time.
 from variants.registry import implementation as resolve
 from variants.registry import path_unsupported
 from variants.shape import AttentionKind, check_choice
 
 if TYPE_CHECKING:
-    from variants.implementation import Implementation, Plan
+    from variants.core.plan import Implementation, Plan
 
-Phase = Literal["prefill", "decode"]
-PHASES: tuple[str, ...] = ("prefill", "decode")
-COMPILE_MODES: tuple[str, ...] = ("default", "reduce-overhead", "max-autotune")
-StepRunner = Callable[["Step"], Tensor]  # one step's math, set-up done; what a plan calls
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step's inputs and cache positions, fixed at set-up; running it twice does the same work."""
-
-    phase: Phase
-    x_BLD: Tensor
-    cache: KVCache
-    # RoPE position of the first query (a ragged batch: one per sequence, [B]); None in
-    # cross-attention (no RoPE)
-    q_start: int | Tensor | None
-    kv_x_BMD: Tensor | None  # tokens whose keys/values this step computes and writes, if any
-    kv_start: int | Tensor  # cache position of the first of them (a ragged batch: [B])
-    kv_len: int  # T: keys the step attends to, cache positions [0, T)
-    mask: AttnMask
-
+__all__ = ["COMPILE_MODES", "PHASES", "AttentionLayer", "LayerPlan", "Phase", "Step", "StepRunner"]
 
 class AttentionLayer(nn.Module):
     """Base of every family. Subclasses set ``paths`` and implement the three hooks below."""

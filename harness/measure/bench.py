@@ -23,7 +23,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from harness.errors import UserError
-from harness.measure.case import resolve_device
+from harness.measure.parse import resolve_device
 from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, StopReason, Timer, capture_cuda_graph, measure
 
 _SETTING_NAMES = tuple(f.name for f in fields(MeasureSettings))

@@ -33,7 +33,7 @@ import yaml
 from harness import results
 from harness.errors import UserError
 from harness.results.layout import job_dir_of
-from harness.measure.case import case_label
+from harness.text.label import case_label
 from harness.measure.env import FINGERPRINT_FIELDS, fingerprint
 from harness.nightly.flags import reason_with_flags
 from harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 
 from harness.nightly.compare import MEMORY_FIGURES, CaseVerdict, Comparison, FigureChange
 from harness.nightly.store import Run
-from harness.report import escape
+from harness.text import escape
 
 _ALWAYS_COUNTED = ("regression", "improvement", "unchanged", "noisy")
 _PLURAL = {"flagged_baseline": "flagged baselines", "regression": "regressions", "improvement": "improvements", "not_timed": "not timed",

@@ -13,7 +13,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from harness.nightly.store import History, Run
-from harness.report import escape
+from harness.text import escape
 
 MAX_POINTS = 60  # the newest runs shown per plot
 

@@ -9,7 +9,7 @@
 Reads result files only: no GPU, no torch device. See README "Reports".
 """
 
-from harness.report.baseline import Baseline
-from harness.report.build import Report, build_report
+from harness.report.analysis.baseline import Baseline
+from harness.report.page.build import Report, build_report
 
 __all__ = ["Baseline", "Report", "build_report"]

@@ -15,15 +15,15 @@ from pathlib import Path
 import pandas as pd
 
 from harness.errors import ArgumentParser, UserError, guarded
-from harness.report import against
-from harness.report.baseline import Baseline
-from harness.report.build import build_report
-from harness.report.capacity import RESERVE
+from harness.report.analysis.baseline import Baseline
+from harness.report.analysis.capacity import RESERVE
 from harness.report.data import apply_filters, load_rows, parse_filters, prepare
-from harness.report.lowrank import split_inputs
-from harness.report.style import WIDTH_IN
-from harness.report.units import parse_bytes
+from harness.report.figures.style import WIDTH_IN
+from harness.report.page import against
+from harness.report.page.build import build_report
+from harness.report.page.lowrank import split_inputs
 from harness.results.paths import check_out_dir
+from harness.text.units import parse_bytes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def _parser() -> argparse.ArgumentParser:
                         "a low-rank study's folder (lowrank-*.parquet) adds its table and figures")
     parser.add_argument("--out", help="report folder (default: results/report_<time>)")
     parser.add_argument("--against", nargs="+", metavar="OLD", help="earlier results: per case, new/old median "
-                        "latency with its 95%% bootstrap interval, in <out>/against/ (harness.report.against)")
+                        "latency with its 95%% bootstrap interval, in <out>/against/ (harness.report.page.against)")
     parser.add_argument("--filter", action="append", default=[], metavar="KEY=VALUE[,VALUE]",
                         help="keep rows whose column KEY is one of the values; repeat for AND (phase=decode)")
     parser.add_argument("--baseline", default=DEFAULT_BASELINE,

@@ -8,7 +8,7 @@ import math
 
 import pandas as pd
 
-from harness.measure.case import case_label
+from harness.text.label import case_label
 from harness.measure.trust import parse
 
 FLAGGED_GID = "flagged"  # marks the hollow markers of flagged rows (tests find them by it)

@@ -30,8 +30,8 @@ import pandas as pd
 
 from harness import results
 from harness.errors import ArgumentParser, UserError, guarded
-from harness.measure.case import case_label
 from harness.results.layout import job_dir_of
+from harness.text.label import case_label
 from harness.results.paths import check_out_dir
 
 MERGED = "merged.parquet"

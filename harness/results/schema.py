@@ -20,6 +20,9 @@ from typing import Literal
 
 import pyarrow as pa
 
+from variants.registry import family_shape_keys
+from variants.shape import ModelShape, field_names
+
 Kind = Literal["string", "int64", "float64", "bool", "timestamp", "list<float64>"]
 Group = Literal["identity", "case", "trust", "shape", "timing", "derived", "memory", "numerics", "telemetry",
                 "overhead", "provenance", "env"]
@@ -62,6 +65,14 @@ def _c(name: str, kind: Kind, unit: str, group: Group, meaning: str, **flags: bo
     return Column(name, kind, unit, group, meaning, **flags)
 
 
+def family_columns() -> tuple[Column, ...]:
+    """A column per family shape key that is a ``ModelShape`` field (the others travel in ``family_shape``),
+    with the kind, unit and meaning its family declares (``variants.core.family.shape_field``)."""
+    fields = set(field_names(ModelShape))
+    return tuple(Column(key.name, key.kind, key.unit, "shape", key.meaning, identity=key.identity)  # type: ignore[arg-type]
+                 for key in family_shape_keys().values() if key.name in fields)
+
+
 _ID = {"identity": True}
 _M = {"measured": True}
 _S = {"summary": True}
@@ -89,37 +100,22 @@ COLUMNS: tuple[Column, ...] = (
     _c("l2_flush", "bool", "", "timing", "the GPU's L2 cache is flushed before each timed step (always false on "
        "CPU)", **_ID),
     # Shape: the model's attention shape (variants.shape.ModelShape); only the fields a variant uses
-    # (VariantSpec.uses) enter its case_id.
+    # (VariantSpec.uses) enter its case_id. The universal ones here, the families' own below.
     _c("hidden", "int64", "", "shape", "D, the residual width", **_ID),
     _c("heads", "int64", "", "shape", "N, query heads", **_ID),
     _c("head_dim", "int64", "", "shape", "H, per-head dim", **_ID),
     _c("kv_heads", "int64", "", "shape", "K, key/value heads of gqa (null: heads)", **_ID),
-    _c("d_c", "int64", "", "shape", "MLA latent c_kv width", **_ID),
-    _c("d_r", "int64", "", "shape", "MLA decoupled RoPE width", **_ID),
-    _c("q_rank", "int64", "", "shape", "MLA query compression rank (null: plain query projection)", **_ID),
-    _c("nope_head_dim", "int64", "", "shape", "MLA qk_nope_head_dim (null: head_dim)", **_ID),
-    _c("v_head_dim", "int64", "", "shape", "MLA v_head_dim (null: head_dim)", **_ID),
     _c("num_layers", "int64", "", "shape", "layers, for whole-model figures only", **_ID),
     _c("rope_theta", "float64", "", "shape", "RoPE base frequency", **_ID),
     _c("rope_layout", "string", "", "shape", "RoPE pairing: half (rotate_half) or interleaved", **_ID),
     _c("qkv_bias", "bool", "", "shape", "q, k and v projections have biases (Qwen2)", **_ID),
-    _c("sliding_window", "int64", "tokens", "shape", "swa's window W (null: none)", **_ID),
-    _c("layer_pattern", "string", "", "shape", "window (S) and full (F) layers, repeated over num_layers "
-       "(null: every layer has the window)", **_ID),
-    _c("attn_sinks", "bool", "", "shape", "one learned sink logit per query head (gpt-oss)", **_ID),
-    _c("sink_tokens", "int64", "tokens", "shape", "StreamingLLM sink tokens always visible to swa", **_ID),
-    _c("index_heads", "int64", "", "shape", "lightning indexer heads (dsa, csa)", **_ID),
-    _c("index_head_dim", "int64", "", "shape", "lightning indexer head dim (dsa, csa)", **_ID),
-    _c("index_topk", "int64", "", "shape", "tokens (dsa) or compressed entries (csa) each query attends to",
-       **_ID),
-    _c("csa_rate", "int64", "tokens", "shape", "CSA: tokens per compressed entry", **_ID),
-    _c("hca_rate", "int64", "tokens", "shape", "HCA: tokens per compressed entry", **_ID),
-    _c("o_groups", "int64", "", "shape", "groups of the grouped output projection (null: one projection)", **_ID),
-    _c("o_rank", "int64", "", "shape", "rank of each output group (null: none)", **_ID),
-    _c("compress_rope_theta", "float64", "", "shape", "RoPE base of compressed layers (null: rope_theta)", **_ID),
-    _c("kv_dtype", "string", "", "shape", "KV cache storage: auto (the compute dtype) or fp8_e4m3 (per-token "
-       "scaled; not in the case_id when auto)", **_ID),
+    # Each family's own shape keys (variants.core.family.Family.shape), declared in its package.
+    *family_columns(),
+    _c("kv_dtype", "string", "", "shape", "KV cache storage: auto (the compute dtype), fp8_e4m3 (per-token "
+       "scaled) or fp8_model1 (DeepSeek-V4's 584-byte FlashMLA entries); not in the case_id when auto", **_ID),
     # The rest of the case and its outcome.
+    _c("family_shape", "string", "", "case", "a family's shape keys that are not columns of their own, as a JSON "
+       "object of the keys the variant uses (null: none; not in the case_id when null)", **_ID),
     _c("model", "string", "", "case", "preset the shape came from"),
     _c("device", "string", "", "case", "torch device the case ran on (cpu, cuda:0)"),
     _c("q_len", "int64", "tokens", "case", "query tokens per step: seq for prefill, decode_len for decode"),

@@ -184,7 +184,7 @@ class DuplicateCase(UserError):
     """A case with ``ok`` rows in two places where one result is expected; names the first and both places."""
 
     def __init__(self, duplicates: list[pd.DataFrame], *, fix: str) -> None:
-        from harness.measure.case import case_label  # torch-heavy: only when there is something to name
+        from harness.text.label import case_label  # torch-heavy: only when there is something to name
 
         first = duplicates[0]
         a, b = first.iloc[0], first.iloc[1]

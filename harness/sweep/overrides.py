@@ -3,7 +3,7 @@ starts, so a mistake costs one line (exit status 2), never a traceback or a half
 
 Hydra composes each job exactly as it will (the same search path, ``--config-dir``, ``-cp``/``-cn``,
 ``hydra.searchpath``; a sweep expanded by its ``BasicSweeper``): the typed schema
-(``harness.app.schema``) refuses a wrong type, an unknown key or group option, and its long message is
+(``harness.sweep.schema``) refuses a wrong type, an unknown key or group option, and its long message is
 condensed here to one line. What Hydra cannot know (k/M sizes, heads % kv_heads, registry names, the
 device) comes from ``harness.sweep.plan.plan_cases`` on each job (layers on the meta device). One bad
 combination among good ones refuses the whole sweep, naming the combination.
@@ -64,7 +64,7 @@ def _schema_field(key: str) -> Any:
     import dataclasses
     import typing
 
-    from harness.app.schema import RunConfig
+    from harness.sweep.schema import RunConfig
 
     node: Any = RunConfig
     hint: Any = None
@@ -97,7 +97,7 @@ def _keys(parent: str) -> list[str]:
     """The schema's keys under ``parent`` ("" for the top level), dotted."""
     import dataclasses
 
-    from harness.app.schema import RunConfig
+    from harness.sweep.schema import RunConfig
 
     node = _schema_field(parent) if parent else RunConfig
     prefix = f"{parent}." if parent else ""
@@ -306,9 +306,9 @@ def _resolved(cfg: DictConfig) -> None:
 
 def _check_job(cfg: DictConfig, *, multirun: bool) -> None:
     """What one job's composed config must hold beyond Hydra's types: ranges, the device, resume's name."""
-    from harness.app.schema import check_ranges
+    from harness.sweep.schema import check_ranges
     from harness.measure.calibrate import cache_dir_of
-    from harness.measure.case import check_device_name
+    from harness.measure.parse import check_device_name
 
     check_ranges(cfg)
     check_device_name(str(cfg.device))
@@ -372,7 +372,7 @@ def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None
     every job of a sweep's); ``conf`` is the primary config folder (default: :func:`config_path`)."""
     from hydra._internal.utils import get_args_parser
 
-    from harness.app.schema import store_configs
+    from harness.sweep.schema import store_configs
     from harness.sweep.pinning import register_resolvers
     from harness.results.paths import check_run_name
     from harness.sweep.plan import plan_cases

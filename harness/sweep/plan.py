@@ -1,4 +1,5 @@
-"""From one job's configuration to the list of cases it measures.
+"""From one job's configuration to the list of cases it measures: ``job_spec`` reads the config
+into typed values once (the edge), ``expand`` makes the cases of them.
 
 ``variant=all`` and ``impl=all`` mean every registered one that supports the case: combinations
 that can't run are left out of the plan. A combination named explicitly that can't run becomes a
@@ -9,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 import variants
 from harness.errors import UserError
-from harness.measure.case import Case, parse_size, resolve_device, resolve_dtype, timing_mode
+from harness.measure.case import Case, Phase
+from harness.measure.parse import Timing, parse_size, resolve_device, resolve_dtype, timing_mode
 from harness.results import schema
 from variants.layer import COMPILE_MODES
 from variants.cache import check_page_size
@@ -103,62 +106,117 @@ def ragged_lengths(value: Any, *, seq: int, batch: int) -> tuple[int, ...] | Non
     return tuple(lengths * (batch // len(lengths)))
 
 
+@dataclass(frozen=True)
+class JobSpec:
+    """One job's configuration as typed values, read from the config once (``job_spec``): ``expand``
+    makes cases of it with no text left to parse."""
+
+    device: torch.device
+    dtype: torch.dtype
+    model: str  # the preset's name
+    shape: ModelShape
+    variants: tuple[str, ...]
+    variants_named: bool  # asked for by name (not "all"): a combination that can't run is a skipped row
+    impls: tuple[str, ...]
+    impls_named: bool
+    phases: tuple[Phase, ...]
+    compile: str | None
+    seq: int  # a ragged batch's longest sequence
+    batch: int
+    decode_len: int
+    seq_lens: tuple[int, ...] | None
+    page_size: int | None
+    attention: str
+    timing: Timing
+    l2_flush: bool
+
+    @property
+    def dtype_name(self) -> str:
+        return str(self.dtype).removeprefix("torch.")
+
+    @property
+    def device_name(self) -> str:
+        return str(self.device) if self.device.type == "cpu" else f"cuda:{self.device.index or 0}"
+
+
 def plan_cases(cfg: Mapping[str, Any], *, local: bool = True) -> list[Case]:
     """Every case of one job, in a stable order; raises ``ValueError`` for bad input.
 
     ``local=False``: the job will run on another machine (a SLURM launcher), so a ``cuda`` device is
     not looked for here (the pre-check on a login node without a GPU)."""
+    return expand(job_spec(cfg, local=local))
+
+
+def job_spec(cfg: Mapping[str, Any], *, local: bool = True) -> JobSpec:
+    """The edge: every value of the config a case needs, parsed and checked here and nowhere later
+    (in this order, so that of several bad values the same one is named first)."""
     device = _device(str(cfg.get("device", "auto")), local=local)
     dtype = resolve_dtype(str(cfg.get("dtype", "auto")), device)
-    dtype_name = str(dtype).removeprefix("torch.")
     model, shape = resolve_shape(cfg)
     variant_names, variant_named = _names(group_name(cfg.get("variant")), VARIANTS, "variant")
     impl_names, impl_named = _names(group_name(cfg.get("impl")), IMPLEMENTATIONS, "impl")
-    phase = str(cfg.get("phase", "decode"))
-    if phase not in PHASE_CHOICES:
-        raise ValueError(f"phase={phase!r} is not one of: {', '.join(PHASE_CHOICES)}")
-    phases = ["prefill", "decode"] if phase == "both" else [phase]
-    compile_mode = cfg.get("compile", "none")
-    compile_mode = None if compile_mode in (None, "none", False) else str(compile_mode)
-    if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise ValueError(f"compile={compile_mode!r} is not one of: none, {', '.join(COMPILE_MODES)}")
+    phases, compile_mode = _phases(cfg), _compile_mode(cfg)
     seq = parse_size("seq", cfg.get("seq", "4k"))
     batch = parse_size("batch", cfg.get("batch", 1))
     page_size = cfg.get("page_size")
     page_size = None if page_size in (None, "none") else check_page_size(_int_or(page_size))
     seq_lens = ragged_lengths(cfg.get("seq_lens"), seq=seq, batch=batch)
-    if seq_lens is not None:
-        seq = max(seq_lens)
     decode_len = parse_size("decode_len", cfg.get("decode_len", 1))
-    attention = str(cfg.get("attention", "self"))
-    device_name = str(device) if device.type == "cpu" else f"cuda:{device.index or 0}"
     measure = cfg.get("measure") or {}
     timing = timing_mode(device, cuda_graph=bool(measure.get("cuda_graph", False)),
                          cuda_timing=str(measure.get("cuda_timing", "held")))
-    # CpuTimer has no cache to flush: a CPU case records what was done, not what was asked.
-    l2_flush = device.type == "cuda" and bool(measure.get("l2_flush", False))
+    return JobSpec(
+        device=device, dtype=dtype, model=model, shape=shape, variants=tuple(variant_names),
+        variants_named=variant_named, impls=tuple(impl_names), impls_named=impl_named, phases=phases,
+        compile=compile_mode, seq=max(seq_lens) if seq_lens is not None else seq, batch=batch, decode_len=decode_len,
+        seq_lens=seq_lens, page_size=page_size, attention=str(cfg.get("attention", "self")), timing=timing,
+        # CpuTimer has no cache to flush: a CPU case records what was done, not what was asked.
+        l2_flush=device.type == "cuda" and bool(measure.get("l2_flush", False)))
 
+
+def _phases(cfg: Mapping[str, Any]) -> tuple[Phase, ...]:
+    phase = str(cfg.get("phase", "decode"))
+    if phase not in PHASE_CHOICES:
+        raise ValueError(f"phase={phase!r} is not one of: {', '.join(PHASE_CHOICES)}")
+    return ("prefill", "decode") if phase == "both" else (phase,)  # type: ignore[return-value] - checked above
+
+
+def _compile_mode(cfg: Mapping[str, Any]) -> str | None:
+    mode = cfg.get("compile", "none")
+    mode = None if mode in (None, "none", False) else str(mode)
+    if mode is not None and mode not in COMPILE_MODES:
+        raise ValueError(f"compile={mode!r} is not one of: none, {', '.join(COMPILE_MODES)}")
+    return mode
+
+
+def expand(spec: JobSpec) -> list[Case]:
+    """The job's cases: each variant the shape makes, by each implementation and phase that runs it
+    (or was asked for by name: then its reason becomes a skipped row)."""
     cases = []
-    for variant in variant_names:
+    for variant in spec.variants:
         # Built on the meta device: checks the shape for this variant and asks support without
         # allocating a single weight.
         try:
-            layer = variants.build(variant, shape, attention=attention, dtype=dtype, device="meta")
+            layer = variants.build(variant, spec.shape, attention=spec.attention, dtype=spec.dtype, device="meta")
         except ValueError:
-            if variant_named:
+            if spec.variants_named:
                 raise
             continue  # "all": only the variants this shape makes (swa needs a sliding window)
-        for impl_name in impl_names:
+        for impl_name in spec.impls:
             impl = IMPLEMENTATIONS.get(impl_name)
-            for ph in phases:
-                reason = impl.supports(layer, phase=ph, device=device, dtype=dtype)
-                if reason is not None and not (impl_named and variant_named):
+            for phase in spec.phases:
+                reason = impl.supports(layer, phase=phase, device=spec.device, dtype=spec.dtype)
+                if reason is not None and not (spec.impls_named and spec.variants_named):
                     continue  # "all": only what runs
-                cases.append(Case(variant=variant, impl=impl_name, compile=compile_mode, phase=ph, model=model,
-                                  shape=shape, batch=batch, seq=seq, decode_len=decode_len, dtype=dtype_name,
-                                  device=device_name, attention=attention, timing=timing, l2_flush=l2_flush,
-                                  seq_lens=seq_lens if ph == "decode" else None, page_size=page_size))
+                cases.append(_case(spec, variant, impl_name, phase))
     if not cases:
-        raise ValueError(f"no implementation among {', '.join(impl_names)} supports "
-                         f"{', '.join(variant_names)} on {device.type} in {dtype_name}")
+        raise ValueError(f"no implementation among {', '.join(spec.impls)} supports "
+                         f"{', '.join(spec.variants)} on {spec.device.type} in {spec.dtype_name}")
     return cases
+
+
+def _case(spec: JobSpec, variant: str, impl: str, phase: Phase) -> Case:
+    return Case(variant=variant, impl=impl, compile=spec.compile, phase=phase, model=spec.model, shape=spec.shape,
+                batch=spec.batch, seq=spec.seq, decode_len=spec.decode_len, dtype=spec.dtype_name,
+                device=spec.device_name, attention=spec.attention, timing=spec.timing, l2_flush=spec.l2_flush,
+                seq_lens=spec.seq_lens if phase == "decode" else None, page_size=spec.page_size)

@@ -16,7 +16,7 @@ case's identity).
 from __future__ import annotations
 
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import yaml
@@ -78,7 +78,7 @@ def job_overrides(cfg: Mapping[str, Any]) -> list[str]:
 
 def case_overrides(case: Case) -> list[str]:
     """What picks this one case out of its job's: its own settings, written as a job would set them."""
-    from harness.measure.case import format_size
+    from harness.text.units import format_size
 
     out = [f"model={case.model}", f"variant={case.variant}", f"impl={case.impl}", f"phase={case.phase}",
            f"dtype={case.dtype}", f"device={case.device.split(':')[0]}"]
@@ -100,15 +100,3 @@ def command(case: Case, shared: list[str]) -> str:
     """The shell command that measures ``case`` again (``shared``: its job's ``job_overrides``)."""
     return shlex.join([PROGRAM, *case_overrides(case), *shared])
 
-
-def markdown_lines(commands: Iterable[object], *, what: str = "row") -> list[str]:
-    """The commands of a table's rows as a folded markdown list (in the table's order); none: no lines.
-
-    A command is too wide for a table cell: the table keeps its columns, the commands sit under it."""
-    from harness.report.escape import code  # the commands carry the user's preset names
-
-    shown = [str(c) for c in commands if isinstance(c, str) and c]
-    if not shown:
-        return []
-    return ["<details><summary>Repro: the command that measures each " + what + " again, in the table's order"
-            "</summary>", "", *(f"- {code(c)}" for c in shown), "", "</details>", ""]

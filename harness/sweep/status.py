@@ -145,7 +145,7 @@ def _config_dirs(multirun: dict | None) -> list[str]:
 def _plan_here(overrides: list[str], conf_dir: str,
                config_dir: str | None = None) -> tuple[tuple[tuple[str, str], ...] | None, str]:
     """Compose a job's config and plan it on this machine; (cases, note) or (None, why not)."""
-    from harness.app.schema import store_configs
+    from harness.sweep.schema import store_configs
     from harness.sweep.plan import plan_cases
     from variants.registry import VARIANTS
 

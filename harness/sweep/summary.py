@@ -10,7 +10,7 @@ submitit), loads every row under the sweep folder and writes
 
 Rows are ordered by setting (phase, context, batch, compile mode), then variant and
 implementation, so the cases to compare sit next to each other. Speed-up is the report's:
-MHA/eager latency at the same setting over the case's latency (``harness.report.baseline``).
+MHA/eager latency at the same setting over the case's latency (``harness.report.analysis.baseline``).
 Failed cases keep their row with status and reason: a sweep whose every case failed still gets its
 table. A job that raises (rather than recording its cases' failures) stops Hydra before this
 callback; ``python -m harness.sweep.status <sweep dir>`` tells what is missing then.
@@ -34,7 +34,7 @@ from omegaconf import DictConfig
 
 from harness import results
 from harness.measure import trust
-from harness.sweep.repro import markdown_lines
+from harness.text.repro import markdown_lines
 
 MARKDOWN, CSV = "summary.md", "summary.csv"
 # What tells cases apart, in table order; a column whose value is the same in every row is left out.
@@ -66,7 +66,7 @@ class Summary:
         return trust.count_line(self.frame["flags"]) if "flags" in self.frame.columns else ""
 
     def markdown(self) -> str:
-        from harness.report.escape import markdown  # the folder and the notes hold the user's values
+        from harness.text.escape import markdown  # the folder and the notes hold the user's values
 
         lines = [f"# Sweep {markdown(self.root)}", "", f"{len(self.frame)} cases: {self.counts()}.", ""]
         flagged = self.flagged()
@@ -79,8 +79,8 @@ class Summary:
 
 def summarize(root: str | Path) -> Summary:
     """The comparison table of every case under a sweep (or run) folder."""
-    from harness.report.baseline import Baseline, with_ratios  # matplotlib comes with harness.report
-    from harness.report.style import impl_sort_key, variant_sort_key
+    from harness.report.analysis.baseline import Baseline, with_ratios  # matplotlib comes with harness.report
+    from harness.report.figures.style import impl_sort_key, variant_sort_key
 
     root = Path(root)
     rows = results.load(root) if root.exists() else pd.DataFrame()
@@ -113,8 +113,8 @@ def _ordered(rows: pd.DataFrame, variant_key: Any, impl_key: Any) -> pd.DataFram
 
 
 def _markdown_table(frame: pd.DataFrame, constant: list[str]) -> str:
-    from harness.report.tablefmt import markdown_grid
-    from harness.report.units import human_bytes, number
+    from harness.report.tables.formats import markdown_grid
+    from harness.text.units import human_bytes, number
 
     shown = pd.DataFrame(index=frame.index)
     if "job_num" in frame.columns and frame["job_num"].notna().any():

@@ -110,7 +110,7 @@ def convert(source: GQA, *, d_c: int, d_r: int, method: str = "svd", calibration
     rope = Rope(R, layout=source.rope.layout, inv_freq=source.rope.inv_freq[pairs_KZ].cpu(),
                 scaling=source.rope.scaling)
     with torch.device(source.device):
-        layer = MLA(config, variant="mla", rope=rope)
+        layer = MLA(config, rope=rope)  # the variant it is: MLA's own name
     layer = layer.to(dtype=source.dtype)
     layer.load_state_dict({name: w.to(source.dtype) for name, w in state.items()}, strict=True)
     return Conversion(layer, chosen.name, pairs_KZ, weight_rel_err, kv_act_rel_err, available_rank(source, d_r))

@@ -1,1 +1,1 @@
-"""Attention families, one file each; ``variants.registry`` discovers every module here."""
+"""Attention families, one package each exporting ``FAMILY`` (``variants.core.family``); discovered by name."""

@@ -8,8 +8,9 @@ heads fold into the rows of one matmul per score term: ``q_lat·c_kv`` (width C)
 key, ``q_rope·k_rope_g`` (width R) for that key's n heads. Nothing is concatenated and no rotary
 slot is zero-padded; the cache pieces are read in place (strided views of the packed rows).
 
-Given the cache as a view (``attend_view``, ``reads_view = True``), a paged, fp8 or long cache is
-read once, chunk by chunk (``variants.kernels.split_kv``): each chunk's rows (a view of the
+Given the cache as a view (``attend_view``, ``reads_view = True``), a paged one-token decode step
+reads each sequence's runs of pages in place (``variants.kernels.page_runs``: views of the pool, in
+chunks); otherwise a paged, fp8 or long cache is read once, chunk by chunk (``variants.kernels.split_kv``): each chunk's rows (a view of the
 contiguous buffer, or its pages copied out of the pool through the block table, dequantized if
 fp8) serve both score terms and the values (c_kv is key and value at once), and the chunks'
 partial softmaxes are combined by log-sum-exp. Nothing the size of the cache is allocated.
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from variants.cache_view import CacheView
 from variants.kernel import SparseMLAKernel
+from variants.kernels import page_runs
 from variants.kernels.split_kv import LseCombine, chunk_tokens
 from variants.mask import AttnMask
 
@@ -84,7 +86,44 @@ class EagerMLAKernel:
         in_place = not view.layout.paged and all(s.tile is None for s in slots)
         if in_place and (self.block_keys is None or T <= self.one_pass_keys):
             return self(q_lat_BLNC, q_rope_BLNR, view.gather("c_kv"), view.gather("k_rope"), scale=scale, mask=mask)
+        # One query per sequence whose mask is its length, on packed rows with one rotary key: each
+        # sequence's runs of pages read in place (``page_runs``), no page copied.
+        G = view.layout.slot("k_rope").width // q_rope_BLNR.shape[-1]
+        runs = None
+        if q_lat_BLNC.shape[1] == 1 and (mask.full or view.seq_lens_B is not None) and G == 1 \
+                and q_lat_BLNC.device.type == "cpu" \
+                and view.layout.shares_buffer("c_kv", "k_rope"):
+            runs = page_runs.pieces(view, view.layout.slot("c_kv").buffer)
+        if runs is not None:
+            return self._in_place(q_lat_BLNC, q_rope_BLNR, view, runs, scale=scale)
         return self.split_kv(q_lat_BLNC, q_rope_BLNR, view, scale=scale, mask=mask)
+
+    def _in_place(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, runs: list[list[Tensor]], *,
+                  scale: float, tokens: int | None = None) -> Tensor:
+        """Split-KV over views of the pool: each sequence's pieces (``page_runs``) in chunks that stay in
+        the CPU's cache between the scores and the values, combined by log-sum-exp."""
+        B, L, N, C = q_lat_BLNC.shape
+        slot = view.layout.slot("c_kv")
+        q_BME = (torch.cat((q_lat_BLNC, q_rope_BLNR), dim=-1).transpose(1, 2) * scale).reshape(B, N * L, -1)
+        E = q_BME.shape[-1]
+        if tokens is None:
+            tokens = chunk_tokens(batch=1, row_bytes=E * q_BME.element_size(),
+                                  **({} if self.chunk_bytes is None else {"budget": self.chunk_bytes}))
+        acc_dtype = torch.promote_types(q_lat_BLNC.dtype, torch.float32)
+        outs = []
+        for b, pieces in enumerate(runs):
+            combine = LseCombine(acc_dtype)
+            q_1ME = q_BME[b:b + 1]
+            for rows_tW in pieces:
+                for t0 in range(0, rows_tW.shape[0], tokens):
+                    kv_1tE = rows_tW[t0:t0 + tokens, slot.offset:slot.offset + E].unsqueeze(0)
+                    scores_1Mt = torch.bmm(q_1ME, kv_1tE.transpose(1, 2)).to(acc_dtype)
+                    max_1M1 = scores_1Mt.amax(-1, keepdim=True)
+                    probs_1Mt = scores_1Mt.sub_(max_1M1).exp_()
+                    combine.add(torch.bmm(probs_1Mt.to(kv_1tE.dtype), kv_1tE[..., :C]), max_1M1,
+                                probs_1Mt.sum(-1, keepdim=True))
+            outs.append(combine.result(q_lat_BLNC.dtype))
+        return torch.cat(outs).view(B, N, L, C).transpose(1, 2)
 
     def split_kv(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, *,
                  scale: float, mask: AttnMask, tokens: int | None = None) -> Tensor:

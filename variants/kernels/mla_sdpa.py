@@ -15,8 +15,9 @@ head (FlashMLA's decode does the same). Otherwise the heads stay heads and ``ena
 them onto the one latent key, which is how the causal masks reach the kernel.
 
 Given the cache as a view (``attend_view``): a contiguous cache is read in place (the packed rows as
-a view); a paged one, in a decode step on CPU, is read split-KV, a group of pages at a time copied
-out of the pool through the block table, each through the fused CPU kernel that also returns its
+a view); a paged one, in a one-token decode step on CPU, is read in place, each sequence's runs of
+consecutive pages as views of the pool (``variants.kernels.page_runs``); where the runs are short,
+split-KV, a group of pages at a time copied out of the pool through the block table, each through the fused CPU kernel that also returns its
 log-sum-exp (``aten._scaled_dot_product_flash_attention_for_cpu``), combined by
 ``variants.kernels.split_kv``. A paged prefill (several queries under a causal mask) or a paged
 cache on another device is gathered first, as a kernel without a paged read would need.
@@ -30,6 +31,7 @@ from torch import Tensor
 
 from variants.cache_view import CacheView
 from variants.kernel import SparseMLAKernel
+from variants.kernels import page_runs
 from variants.kernels.split_kv import CHUNK_BYTES, LseCombine, chunk_tokens
 from variants.mask import AttnMask
 
@@ -86,7 +88,36 @@ class SdpaMLAKernel:
             kv_BTE = view.gather_buffer(buffer)  # a view of a contiguous cache
             c_kv_BTC, k_rope_BTJ = view.rows("c_kv", 0, view.kv_len, kv_BTE), view.rows("k_rope", 0, view.kv_len, kv_BTE)
             return self(q_lat_BLNC, q_rope_BLNR, c_kv_BTC, k_rope_BTJ, scale=scale, mask=mask, kv_BTE=kv_BTE)
+        # One query per sequence whose mask is its length: its pages read in place, a run at a time.
+        runs = None if q_lat_BLNC.shape[1] != 1 or (not mask.full and view.seq_lens_B is None) \
+            else page_runs.pieces(view, buffer)
+        if runs is not None:
+            return self._in_place(q_lat_BLNC, q_rope_BLNR, view, runs, scale=scale)
         return self.split_kv(q_lat_BLNC, q_rope_BLNR, view, scale=scale, mask=mask)
+
+    def _in_place(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, runs: list[list[Tensor]], *,
+                  scale: float) -> Tensor:
+        """Each sequence's pieces of the pool (``page_runs``) through the fused kernel, combined by lse."""
+        B, L, N, C = q_lat_BLNC.shape
+        G = view.layout.slot("k_rope").width // q_rope_BLNR.shape[-1]
+        q_B1ME = torch.cat((q_lat_BLNC, slot_rope_query(q_rope_BLNR, G)), dim=-1).reshape(B, 1, L * N, -1)
+        acc_dtype = torch.promote_types(q_B1ME.dtype, torch.float32)
+        outs = []
+        for b, pieces in enumerate(runs):
+            q_11ME = q_B1ME[b:b + 1]
+            if len(pieces) == 1:
+                kv_11tE = pieces[0].view(1, 1, *pieces[0].shape)
+                outs.append(F.scaled_dot_product_attention(q_11ME, kv_11tE, kv_11tE, scale=scale)[..., :C])
+                continue
+            combine = LseCombine(acc_dtype)
+            for kv_tE in pieces:
+                kv_11tE = kv_tE.view(1, 1, *kv_tE.shape)
+                o_11ME, lse_11M = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    q_11ME, kv_11tE, kv_11tE, 0.0, False, scale=scale)
+                lse_1M1 = lse_11M.view(1, L * N, 1).to(acc_dtype)
+                combine.add(o_11ME.view(1, L * N, -1)[..., :C], lse_1M1, torch.ones_like(lse_1M1))
+            outs.append(combine.result(q_B1ME.dtype).view(1, 1, L * N, C))
+        return torch.cat(outs).view(B, L, N, C)
 
     def split_kv(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, *,
                  scale: float, mask: AttnMask, tokens: int | None = None) -> Tensor:

@@ -112,9 +112,9 @@ def run_impl_kernel(definition: dict[str, Any], impl: str, inputs: dict[str, Any
     from variants.registry import implementation
 
     kernel = getattr(implementation(impl), "kernel", None)
-    mla = definition["op_type"].startswith("mla")
+    mla = definition["op_type"] in model.LATENT_OPS
     if kernel is None or getattr(kernel, "flex", True) is None or isinstance(kernel, MLAKernel) != mla:
-        raise UserError(f"impl {impl} has no {'MLA' if mla else 'attention'} kernel to run on "
+        raise UserError(f"impl {impl} has no {'MLA kernel' if mla else 'attention kernel'} to run on "
                         f"{definition['name']}; try: {'absorbed, absorbed_sdpa' if mla else 'eager, sdpa'}")
     first = inputs["q_nope" if mla else "q"]
     L, T = first.shape[1], inputs["ckv" if mla else "k"].shape[1]
@@ -168,7 +168,7 @@ def _checks(folder: Folder, impl: str) -> list[str]:
     """``# <definition> <impl>: rel_err ...`` for each definition and each impl with a kernel for it."""
     lines = []
     for body in folder.definitions.values():
-        mla = body["op_type"].startswith("mla")
+        mla = body["op_type"] in model.LATENT_OPS
         default = ("absorbed", "absorbed_sdpa") if mla else ("eager", "sdpa")
         for name in default if impl == "all" else impl.split(","):
             try:

@@ -15,24 +15,49 @@ from typing import Any
 
 from harness.errors import UserError
 from harness.interop.flashinfer_trace.reference import GQA_SOURCE, MLA_SOURCE
+from variants.core.family import TraceHints
+from variants.registry import families, family_of
 
 # attnbench status -> FlashInfer-Trace EvaluationStatus. skipped and oom have no counterpart
 # (flashinfer-bench evaluates every solution it is given): they are not exported as traces.
 STATUS = {"ok": "PASSED", "incorrect": "INCORRECT_NUMERICAL", "error": "RUNTIME_ERROR",
           "compile_error": "COMPILE_ERROR", "timeout": "TIMEOUT"}
 NOT_EXPORTED = ("skipped", "oom")
-GQA_VARIANTS = ("mha", "mqa", "gqa")
-VARIANTS = (*GQA_VARIANTS, "mla")
 DTYPES = ("float32", "float16", "bfloat16")
 _SHORT = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
-# Shape keys an imported case sets from the tags (the rest come from the model preset).
-_TAG_KEYS = ("model", "hidden", "heads", "kv_heads", "head_dim", "d_c", "d_r", "q_rank")
+# FlashInfer-Trace's op_types whose inputs are MLA's pieces (q_nope, q_pe, ckv, kpe); any other: q, k, v.
+LATENT_OPS = ("mla_dense", "mla_paged")
+# Shape keys an imported case sets from the tags (the rest come from the model preset), beside those a
+# family's ``TraceHints.tag_keys`` add.
+_TAG_KEYS = ("model", "hidden", "heads", "kv_heads", "head_dim")
+
+
+def mapped_variants() -> tuple[str, ...]:
+    """The variants whose family declares a FlashInfer-Trace mapping (``Family.trace``), in report order."""
+    return tuple(spec.name for family in families() if family.trace is not None for spec in family.variants)
+
+
+def tag_keys() -> tuple[str, ...]:
+    extra = (key for family in families() if family.trace is not None for key in family.trace.tag_keys)
+    return tuple(dict.fromkeys((*_TAG_KEYS, *extra)))
+
+
+def _hint(row: Mapping[str, Any]) -> TraceHints:
+    hint = family_of(row["variant"]).trace
+    assert hint is not None, f"variant {row['variant']} has no FlashInfer-Trace mapping"
+    return hint
+
+
+def latent(row: Mapping[str, Any]) -> bool:
+    """Whether a row's kernel takes MLA's latent pieces (its family's op_type is one of ``LATENT_OPS``)."""
+    return _hint(row).op_type in LATENT_OPS
 
 
 def unsupported(row: Mapping[str, Any]) -> str | None:
     """Why a row has no Definition (None: it has one)."""
-    if row["variant"] not in VARIANTS:
-        return f"variant {row['variant']} has no FlashInfer-Trace mapping; mapped: {', '.join(VARIANTS)}"
+    mapped = mapped_variants()
+    if row["variant"] not in mapped:
+        return f"variant {row['variant']} has no FlashInfer-Trace mapping; mapped: {', '.join(mapped)}"
     if row["dtype"] not in DTYPES:
         return f"dtype {row['dtype']} has no FlashInfer-Trace mapping; mapped: {', '.join(DTYPES)}"
     if row["attention"] != "self" or _present(row.get("seq_lens")) or _present(row.get("sliding_window")):
@@ -49,8 +74,10 @@ def _int(value: object) -> int | None:
 
 
 def kv_heads(row: Mapping[str, Any]) -> int:
-    """K of the kernel: the variant's, not the preset's ``kv_heads`` (mha ignores it)."""
-    return {"mha": int(row["heads"]), "mqa": 1}.get(row["variant"], _int(row.get("kv_heads")) or int(row["heads"]))
+    """K of the kernel: the variant's (its family's ``TraceHints.kv_heads``), not always the preset's ``kv_heads``
+    (MHA ignores it)."""
+    hint = _hint(row)
+    return hint.kv_heads(row) if hint.kv_heads is not None else _int(row.get("kv_heads")) or int(row["heads"])
 
 
 def new_tokens(row: Mapping[str, Any]) -> int | None:
@@ -59,7 +86,7 @@ def new_tokens(row: Mapping[str, Any]) -> int | None:
 
 
 def definition_name(row: Mapping[str, Any]) -> str:
-    dims = (f"h{int(row['heads'])}_kv{kv_heads(row)}_d{int(row['head_dim'])}" if row["variant"] != "mla"
+    dims = (f"h{int(row['heads'])}_kv{kv_heads(row)}_d{int(row['head_dim'])}" if not latent(row)
             else f"h{int(row['heads'])}_ckv{int(row['d_c'])}_kpe{int(row['d_r'])}")
     q = f"_q{new_tokens(row)}" if row["phase"] == "decode" else ""
     return f"attnbench_{row['variant']}_{row['phase']}{q}_{dims}_{_SHORT[row['dtype']]}_{row['model']}"
@@ -67,7 +94,7 @@ def definition_name(row: Mapping[str, Any]) -> str:
 
 def definition(row: Mapping[str, Any]) -> dict[str, Any]:
     """The Definition of a row's kernel (the same for every batch and seq of that configuration)."""
-    mla = row["variant"] == "mla"
+    mla = latent(row)
     axes: dict[str, dict[str, Any]] = {"batch_size": {"type": "var"}, "len_kv": {"type": "var"},
                                        "num_qo_heads": {"type": "const", "value": int(row["heads"])}}
     len_q = "len_kv"
@@ -93,8 +120,8 @@ def definition(row: Mapping[str, Any]) -> dict[str, Any]:
                   "v": _t(kv, dtype), "sm_scale": {"shape": None, "dtype": "float32"}}
         outputs = {"output": _t(["batch_size", len_q, "num_qo_heads", "head_dim"], dtype)}
     tags = ["stage:" + row["phase"], "source:attnbench", f"attnbench:variant={row['variant']}"]
-    tags += [f"attnbench:{key}={row[key]}" for key in _TAG_KEYS if _present(row.get(key))]
-    return {"name": definition_name(row), "op_type": "mla_dense" if mla else "gqa_dense", "axes": axes,
+    tags += [f"attnbench:{key}={row[key]}" for key in tag_keys() if _present(row.get(key))]
+    return {"name": definition_name(row), "op_type": _hint(row).op_type, "axes": axes,
             "inputs": inputs, "outputs": outputs, "tags": tags, "reference": MLA_SOURCE if mla else GQA_SOURCE,
             "description": (f"attnbench {row['variant']} {row['phase']} attention kernel, causal, contiguous "
                             "[batch, len, ...] cache (the model preset and layer shape are in the tags)")}
@@ -107,8 +134,8 @@ def _t(shape: list[str], dtype: str) -> dict[str, Any]:
 def workload(row: Mapping[str, Any]) -> dict[str, Any]:
     """The Workload of a row's case: its var axes and random inputs; ``uuid`` is the case_id."""
     q = new_tokens(row) or 0
-    names = ("q_nope", "q_pe", "ckv", "kpe") if row["variant"] == "mla" else ("q", "k", "v")
-    head_dim = int(row["d_c"]) + int(row["d_r"]) if row["variant"] == "mla" else int(row["head_dim"])
+    names = ("q_nope", "q_pe", "ckv", "kpe") if latent(row) else ("q", "k", "v")
+    head_dim = int(row["d_c"]) + int(row["d_r"]) if latent(row) else int(row["head_dim"])
     inputs: dict[str, Any] = {name: {"type": "random"} for name in names}
     inputs["sm_scale"] = {"type": "scalar", "value": 1.0 / math.sqrt(head_dim)}
     return {"axes": {"batch_size": int(row["batch"]), "len_kv": int(row["seq"]) + q},
@@ -165,5 +192,5 @@ def overrides(definition: Mapping[str, Any], workload: Mapping[str, Any]) -> lis
            f"batch={values['batch_size']}", f"seq={values['len_kv'] - new}"]
     if phase == "decode":
         out.append(f"decode_len={new}")
-    out += [f"{key}={tags[key]}" for key in _TAG_KEYS if key in tags]
+    out += [f"{key}={tags[key]}" for key in tag_keys() if key in tags]
     return out

@@ -6,6 +6,10 @@ or its drawing finds too little to show, it is left out with a note, never drawn
 figure is one new module here (or an ``attnbench.figures`` entry point naming a ``FigureSpec``).
 ``draw_all`` draws and saves every registered figure of one kind of rows: the report and the
 low-rank study both call it, so every figure has the same style, widths and file names.
+
+Beside the figures lie the pieces they are built of, none a figure itself: ``canvas`` (the figure,
+its panels and series), ``axes`` (ticks, scales and titles), ``legend`` and ``style`` (colours,
+markers, fonts and widths).
 """
 
 from __future__ import annotations
@@ -19,15 +23,14 @@ from typing import Literal
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.report.html import PageFigure
-from harness.report.style import DPI, WIDTH_IN, figure_style, width_class, width_inches
+from harness.report.figures.style import DPI, WIDTH_IN, figure_style, width_class, width_inches
 from variants.registry import Registry
 
 
 @dataclass(frozen=True)
 class FigureInput:
     ok: pd.DataFrame  # measured rows (with speedup and mem_ratio)
-    capacity: pd.DataFrame  # harness.report.capacity.capacity_table
+    capacity: pd.DataFrame  # harness.report.analysis.capacity.capacity_table
     budget_bytes: int | None  # the budget given, None: each device's memory
     reserve: float  # share of the budget held back for activations and the runtime (capacity.RESERVE)
     lowrank: pd.DataFrame = field(default_factory=pd.DataFrame)  # a low-rank study's rows (harness.studies.lowrank)
@@ -120,6 +123,18 @@ def svg(fig: Figure) -> bytes:
     with figure_style():
         fig.savefig(buffer, format="svg", metadata={"Date": None, "Creator": "attnbench"})
     return buffer.getvalue()
+
+
+@dataclass(frozen=True)
+class PageFigure:
+    """A drawn figure as the report's pages show it (harness.report.page)."""
+
+    name: str  # the registered figure's name: its anchor on the page
+    title: str
+    caption: str
+    png: Path  # linked from the markdown
+    svg: bytes  # embedded in the HTML page
+    files: tuple[str, ...]  # the figure's files, relative to the report folder
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from matplotlib.axes import Axes
 
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import series_figure
+from harness.report.figures.canvas import series_figure
 
 
 def _ceiling(ax: Axes) -> None:

@@ -17,26 +17,23 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from harness.report import escape
 from harness.report.data import DEVICE
 from harness.report.figures import Drawn, FigureInput, figure
+from harness.report.figures.axes import context_axis, device_title, log_axis, subtitle
+from harness.report.figures.canvas import Panel, drawn_rows, new_figure, plot_series
+from harness.report.figures.legend import legend
+from harness.report.figures.style import variant_color
 from harness.report.flagged import with_listing
-from harness.report.plotting import (
-    Panel,
-    context_axis,
-    device_title,
-    drawn_rows,
-    legend,
-    log_axis,
-    new_figure,
-    plot_series,
-    subtitle,
-)
-from harness.report.style import variant_color
-from harness.report.units import tokens
+from harness.text import escape
+from harness.text.units import tokens
+from variants.registry import families
 
-DENSE = "mla"
-SPARSE = ("dsa", "csa", "hca")
+
+def crossover_variants(role: str) -> tuple[str, ...]:
+    """The variants whose family takes ``role`` (dense or sparse) in this figure (``ReportHints.crossover``)."""
+    return tuple(spec.name for family in families() if family.report.crossover == role for spec in family.variants)
+
+
 HOLD = ("phase", "batch", "dtype", "timing", "decode_len", "kv_dtype")
 
 
@@ -44,13 +41,14 @@ def crossover_panels(rows: pd.DataFrame) -> list[Panel]:
     """Per device, the slice (``HOLD`` fixed) with dense MLA and the most sparse variants measured at two
     or more contexts each (ties: more contexts); variants may come from different models."""
     out = []
+    dense_variant, sparse_variants = crossover_variants("dense")[0], crossover_variants("sparse")
     hold = [c for c in HOLD if c in rows.columns]
     for device, by_device in rows.dropna(subset=["latency_ms", "bytes_min", "seq"]).groupby(DEVICE, sort=True):
         best, best_rank = None, None
         for _, group in by_device.groupby(hold, dropna=False, sort=False):
             contexts = group.groupby("variant")["seq"].nunique()
-            sparse = [v for v in SPARSE if contexts.get(v, 0) >= 2]
-            if contexts.get(DENSE, 0) < 2 or not sparse:
+            sparse = [v for v in sparse_variants if contexts.get(v, 0) >= 2]
+            if contexts.get(dense_variant, 0) < 2 or not sparse:
                 continue
             rank = (len(sparse), group["seq"].nunique())
             if best_rank is None or rank > best_rank:
@@ -96,7 +94,8 @@ def crossing(dense: pd.DataFrame, sparse: pd.DataFrame) -> tuple[str, float | No
         needs=("latency_ms", "bytes_min", "seq"),
         why_missing="measure variant=mla and dsa, csa or hca in decode at two or more contexts")
 def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
-    rows = data.ok[(data.ok["phase"] == "decode") & data.ok["variant"].isin((DENSE, *SPARSE))]
+    dense_variant, sparse_variants = crossover_variants("dense")[0], crossover_variants("sparse")
+    rows = data.ok[(data.ok["phase"] == "decode") & data.ok["variant"].isin((dense_variant, *sparse_variants))]
     drawn = crossover_panels(rows)
     if not drawn:
         return Drawn(None, "Where sparse attention starts to pay: left out, no device has dense MLA and a sparse "
@@ -109,14 +108,14 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
         ax_t, ax_b = axes[2 * i], axes[2 * i + 1]
         plot_series(ax_t, panel.rows, "seq", "latency_ms")
         plot_series(ax_b, panel.rows, "seq", "bytes_min", scale=1 / 2**20)
-        dense = panel.rows[panel.rows["variant"] == DENSE]
-        for variant in SPARSE:
+        dense = panel.rows[panel.rows["variant"] == dense_variant]
+        for variant in sparse_variants:
             sparse = panel.rows[panel.rows["variant"] == variant]
             if sparse.empty:
                 continue
             kind, at = crossing(dense, sparse)
             if kind == "never":
-                notes.append(f"{variant} is not faster than {DENSE} at any measured context ({panel.device})")
+                notes.append(f"{variant} is not faster than {dense_variant} at any measured context ({panel.device})")
                 continue
             words = f"{variant} pays from ~{tokens(round(at))}" if kind == "from" else \
                 f"{variant} faster from {tokens(round(at))} (all measured)"

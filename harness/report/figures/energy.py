@@ -4,7 +4,7 @@ separate window of at least one second (``harness.measure.telemetry``); CUDA dev
 from __future__ import annotations
 
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import series_figure
+from harness.report.figures.canvas import series_figure
 
 
 @figure(name="energy_per_token", order=7, title="Energy per token against context length",

@@ -11,10 +11,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.report import escape
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import MAX_SERIES, header, log_axis, new_figure, place_legend
-from harness.report.style import method_color, method_sort_key
+from harness.report.figures.axes import log_axis
+from harness.report.figures.canvas import MAX_SERIES, new_figure
+from harness.report.figures.legend import header, place_legend
+from harness.report.figures.style import method_color, method_sort_key
+from harness.text import escape
 
 WHY = "the study writes them for converted layers that ran (status ok)"
 _D_R_LINES: tuple[object, ...] = ("-", "--", ":", "-.")

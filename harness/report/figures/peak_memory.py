@@ -7,14 +7,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from harness.report.capacity import longest_context
-from harness.report.costmodel import model_cost, shape_of
+from harness.report.analysis.capacity import longest_context
+from harness.report.analysis.costmodel import model_cost, shape_of
 from harness.report.figures import Drawn, FigureInput, figure
+from harness.report.figures.axes import bytes_axis, context_axis, device_title, facet_title, subtitle
+from harness.report.figures.canvas import caption_for, drawn_rows, facet, new_figure, panels, plot_series
+from harness.report.figures.legend import legend
+from harness.report.figures.style import variant_color, variant_sort_key
 from harness.report.flagged import with_listing
-from harness.report.plotting import (bytes_axis, caption_for, context_axis, device_title, drawn_rows, legend,
-                                     facet, facet_title, new_figure, panels, plot_series, subtitle)
-from harness.report.style import variant_color, variant_sort_key
-from harness.report.units import human_bytes, tokens
+from harness.text.units import human_bytes, tokens
 
 
 @figure(name="peak_memory", order=3, title="Peak memory against context length", needs=("peak_mem_bytes", "seq"))

@@ -11,9 +11,10 @@ from matplotlib.lines import Line2D
 from harness.report import flagged
 from harness.report.data import DEVICE
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import (MAX_SERIES, device_title, facet_title, header, log_axis, new_figure,
-                                     place_legend, split_variants, subtitle)
-from harness.report.style import variant_color, variant_sort_key
+from harness.report.figures.axes import device_title, facet_title, log_axis, subtitle
+from harness.report.figures.canvas import MAX_SERIES, new_figure, split_variants
+from harness.report.figures.legend import header, place_legend
+from harness.report.figures.style import variant_color, variant_sort_key
 
 NEEDS = ("intensity_flops_per_byte", "tflops", "ceiling_copy_gbps", "ceiling_matmul_tflops")
 PHASE_MARKERS = {"decode": "o", "prefill": "^"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.plotting import series_figure
+from harness.report.figures.canvas import series_figure
 
 
 @figure(name="decode_throughput", order=6, title="Decode throughput against batch size",

@@ -1,0 +1,120 @@
+"""``python -m harness.report NEW --against OLD``: how much faster each case is than before, and
+whether that is more than noise, from the rows alone (no ``nightly ingest``, no SQLite).
+
+Per case (matched by ``case_id``, measured in both), the ratio of median latencies new / old with
+its 95% interval from the nightly's moving-block bootstrap over both rows' raw samples
+(``harness.nightly.ratio.ratio_ci``); a case is significant when the interval excludes 1. Written
+to ``<out>/against/``: a ratio table (md, tex, csv, html), a ratio figure (pdf, png), and the cases
+measured on one side only, listed under the table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from harness.nightly.ratio import ratio_ci
+from harness.report.data import DEVICE
+from harness.report.figures import save
+from harness.report.figures.canvas import new_figure
+from harness.report.figures.style import figure_style, variant_color, width_inches
+from harness.report.tables.formats import to_html, write_table
+from harness.report.tables.views import Table
+from harness.text.units import count, like, significant, tokens
+
+# B batch, S context: the columns that name a case to a reader (case_id names it to the harness).
+LABEL_COLUMNS = ("variant", "impl", "phase", "batch", "seq")
+CONFIDENCE = 0.95
+
+
+@dataclass(frozen=True)
+class Against:
+    ratios: pd.DataFrame  # one row per case in both: ratio, low, high, significant, the two medians
+    only_new: tuple[str, ...]  # cases measured in NEW only, as labels
+    only_old: tuple[str, ...]
+
+
+def compare(new_ok: pd.DataFrame, old_ok: pd.DataFrame) -> Against:
+    """Match the measured rows of both sides by case and bootstrap each ratio of medians."""
+    new, old = _by_case(new_ok), _by_case(old_ok)
+    both = [c for c in new.index if c in old.index]
+    out = []
+    for case in both:
+        ci = ratio_ci(np.asarray(old.at[case, "samples_ms"], dtype=float),
+                      np.asarray(new.at[case, "samples_ms"], dtype=float), confidence=CONFIDENCE)
+        row = new.loc[case]
+        out.append({"case_id": case, DEVICE: row.get(DEVICE), **{c: row.get(c) for c in LABEL_COLUMNS},
+                    "old_ms": float(np.median(old.at[case, "samples_ms"])),
+                    "new_ms": float(np.median(new.at[case, "samples_ms"])),
+                    "ratio": ci.ratio, "ratio_low": ci.low, "ratio_high": ci.high,
+                    "significant": not ci.low <= 1.0 <= ci.high})
+    return Against(pd.DataFrame(out), tuple(_label(new.loc[c]) for c in new.index if c not in old.index),
+                   tuple(_label(old.loc[c]) for c in old.index if c not in new.index))
+
+
+def _by_case(ok: pd.DataFrame) -> pd.DataFrame:
+    usable = ok[ok["samples_ms"].map(lambda s: s is not None and len(s) > 0)]
+    return usable.drop_duplicates("case_id", keep="last").set_index("case_id", drop=False)
+
+
+def _label(row: pd.Series) -> str:
+    return f"{row['variant']}/{row['impl']} {row['phase']} batch {count(row['batch'])} context {tokens(row['seq'])}"
+
+
+def table(result: Against) -> Table:
+    raw = result.ratios
+    ratio = raw["ratio"].map(significant) if len(raw) else pd.Series(dtype=str)
+    shown = pd.DataFrame({
+        "case": [_label(r) for _, r in raw.iterrows()],
+        "old (ms)": raw.get("old_ms", pd.Series(dtype=float)).map(significant),
+        "new (ms)": raw.get("new_ms", pd.Series(dtype=float)).map(significant),
+        "new/old (×)": ratio,
+        "95% CI (×)": [f"[{like(lo, m)}, {like(hi, m)}]" for lo, hi, m in
+                       zip(raw.get("ratio_low", []), raw.get("ratio_high", []), ratio, strict=True)],
+        # * : the interval excludes 1 (faster below 1, slower above).
+        "sig.": ["*" if s else "" for s in raw.get("significant", [])],
+    })
+    below = "; ".join([*(f"only in NEW: {c}" for c in result.only_new),
+                       *(f"only in OLD: {c}" for c in result.only_old)])
+    caption = ("Median latency of NEW over OLD per case measured in both, with its 95% interval from a moving-block "
+               "bootstrap of both runs' samples; * the interval excludes 1 (below 1: NEW is faster).")
+    return Table("against", "NEW against OLD", raw, shown, caption, below)
+
+
+def figure(result: Against, *, width: str = "single") -> Figure:
+    """Each case's ratio with its interval on a log axis, 1 marked; significant cases filled."""
+    raw = result.ratios.sort_values("ratio")
+    with figure_style():
+        fig, (ax,) = new_figure("single" if width == "single" else "double", width_inches(width), panels=1)
+        fig.set_figheight(min(7.0, 1.0 + 0.14 * max(len(raw), 4)))
+        y = np.arange(len(raw))
+        for i, (_, row) in enumerate(raw.iterrows()):
+            color = variant_color(str(row["variant"]))
+            error = [[row["ratio"] - row["ratio_low"]], [row["ratio_high"] - row["ratio"]]]
+            ax.errorbar([row["ratio"]], [i], xerr=error,
+                        fmt="o", color=color, markersize=3, linewidth=0.8,
+                        markerfacecolor=color if row["significant"] else "white")
+        ax.axvline(1.0, color="0.3", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_yticks(y, [_label(r) for _, r in raw.iterrows()], fontsize=6)
+        ax.set_xlabel("new / old median latency (×, log; filled: interval excludes 1)")
+    return fig
+
+
+def write(new_ok: pd.DataFrame, old_ok: pd.DataFrame, out: Path) -> tuple[list[Path], Against]:
+    """The ratio table (md, tex, csv, html) and figure (pdf, png) under ``out/against/``."""
+    result = compare(new_ok, old_ok)
+    folder = out / "against"
+    shown = table(result)
+    files = write_table(shown, folder)
+    html = folder / "against.html"
+    html.write_text(f'<!DOCTYPE html><html><head><meta charset="utf-8"></head><body>{to_html(shown)}</body></html>',
+                    encoding="utf-8")
+    files.append(html)
+    if len(result.ratios):
+        files += save(figure(result), folder / "against")
+    return files, result

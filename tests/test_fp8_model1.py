@@ -12,7 +12,7 @@ import torch
 import variants
 from harness.measure import numerics
 from harness.measure.case import Case
-from harness.report.costmodel import model_cost
+from harness.report.analysis.costmodel import model_cost
 from tests.reference import rel_err
 from tests.test_dsv4 import SHAPE, _randomize
 from variants import fp8_model1

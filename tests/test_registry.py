@@ -20,8 +20,8 @@ from variants.registry import Registry
 
 def test_builtin_implementations_and_variants():
     assert variants.implementation_names() == [
-        "absorbed", "absorbed_fold_o", "absorbed_sdpa", "eager", "expanded", "flex", "hf", "sdpa"]
-    assert variants.variant_names() == ["csa", "dsa", "gqa", "hca", "mha", "mla", "mqa", "swa"]
+        "absorbed", "absorbed_fold_o", "absorbed_sdpa", "chunked", "eager", "expanded", "flex", "hf", "sdpa"]
+    assert variants.variant_names() == ["csa", "dsa", "gdn", "gqa", "hca", "kda", "mha", "mla", "mqa", "swa"]
 
 
 def test_support_is_declared_with_a_reason():

@@ -144,3 +144,24 @@ def test_cpu_rows_get_no_budget_from_host_ram_only_a_note_naming_the_option(ok):
     assert capacity.empty and any("--budget" in n and "CPU" in n for n in notes), notes
     gpu = ok.assign(device="cuda:0")  # the same rows on a GPU: its memory is the budget
     assert not throughput_table(gpu, budget_bytes=None, reserve=0.1, baseline_variant="mha")[0].empty
+
+
+def test_a_hybrids_step_sums_its_schedules_layer_kinds():
+    """tiny_hybrid (LLLF): gdn's model step is 3 gdn steps and 1 gqa step, each kind's fastest implementation."""
+    rows, _ = with_ratios(prepare(results.load(ROOT / "tests" / "fixtures" / "state_sweep")).ok, Baseline())
+    # A gqa row first: each variant is sized from its own rows' shape.
+    rows = rows[rows["seq"] == 1024].sort_values("variant", ascending=False)
+    ladder = pd.concat([rows.assign(batch=b, latency_ms=rows["latency_ms"] * (1 + b / 8)) for b in (1, 2, 4)])
+    gdn_shape = shape_of(rows[rows["variant"] == "gdn"].iloc[0])
+    budget = int(model_cost("gdn", gdn_shape, "float32").model_bytes(batch=4, tokens=1025) / 0.9) + 1
+    table = _table(ladder, budget)
+    gdn = table.loc["gdn"]
+    assert gdn["batch"] == 4
+    assert gdn["impl"] == "schedule (3 gdn + 1 gqa)" and gdn["latency_from"] == "measured", gdn["reason"]
+    at = ladder[ladder["batch"] == gdn["batch"]].groupby("variant")["latency_ms"].min()
+    assert math.isclose(gdn["latency_ms"], (3 * at["gdn"] + at["gqa"]) / 4)
+    assert math.isclose(gdn["tokens_per_s"], gdn["batch"] / (gdn["latency_ms"] / 1e3 * 4))
+    assert not str(table.loc["gqa", "impl"]).startswith("schedule")  # gqa alone: four full layers, its own step
+    _, notes = throughput_table(ladder[ladder["variant"] == "gdn"], budget_bytes=budget, reserve=0.1,
+                                baseline_variant="gdn")
+    assert any("measure gqa in the same setting" in n for n in notes)

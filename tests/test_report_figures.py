@@ -24,8 +24,10 @@ from harness.report.figures.legend import HEADER_GID, legend_inside
 from harness.report.figures.style import WIDTH_IN
 from harness.studies.lowrank.schema import row
 
-# The tiny model's sweep, and dense MLA beside DSA (tiny_dsa) for the sparse crossover figure.
-FIXTURES = [Path(__file__).resolve().parent / "fixtures" / name for name in ("report_sweep", "sparse_sweep")]
+# The tiny model's sweep, dense MLA beside DSA (tiny_dsa) for the sparse crossover figure, and a tiny hybrid's
+# linear and full layers (tiny_hybrid) for the state_vs_kv figure.
+FIXTURES = [Path(__file__).resolve().parent / "fixtures" / name
+            for name in ("report_sweep", "sparse_sweep", "state_sweep")]
 
 
 @pytest.fixture(scope="module")

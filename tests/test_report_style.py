@@ -34,11 +34,12 @@ def inputs() -> FigureInput:
 
 def test_each_builtin_variant_has_its_own_fixed_okabe_ito_colour():
     assert VARIANT_COLORS == {"mha": "#0072B2", "mqa": "#E69F00", "gqa": "#009E73", "mla": "#D55E00",
-                              "dsa": "#CC79A7", "csa": "#56B4E9", "hca": "#000000", "swa": "#9A7B00"}
+                              "dsa": "#CC79A7", "csa": "#56B4E9", "hca": "#000000", "swa": "#9A7B00",
+                              "gdn": "#4B6E2E", "kda": "#7F7F7F"}
     assert set(VARIANT_COLORS) == set(variants.variant_names())
     assert len(set(VARIANT_COLORS.values())) == len(VARIANT_COLORS)
-    # Okabe-Ito's, but swa's: the palette's yellow darkened (its seven other colours are taken).
-    assert {c for v, c in VARIANT_COLORS.items() if v != "swa"} <= set(OKABE_ITO.values())
+    # Okabe-Ito's, but swa's (the palette's yellow darkened) and the linear families' (the palette is spent).
+    assert {c for v, c in VARIANT_COLORS.items() if v not in ("swa", "gdn", "kda")} <= set(OKABE_ITO.values())
 
 
 def test_plugged_in_names_get_a_stable_style_from_the_palette():

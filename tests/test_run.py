@@ -50,8 +50,12 @@ def test_every_model_preset_composes_and_plans(model):
     compressed_q = shape.q_rank is not None  # dsa's indexer reads MLA's compressed query
     # csa and hca need DeepSeek-V4's fields as well (variants.families.dsv4.config_of)
     v4 = windowed and None not in (shape.q_rank, shape.o_groups, shape.o_rank)
+    # gdn and kda need the linear keys; kda one value head per key head (Kimi Linear), not GDN's grouping
+    linear = shape.linear_num_key_heads is not None
+    kda = linear and shape.linear_num_value_heads in (None, shape.linear_num_key_heads)
     assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla"} | ({"swa"} if windowed else set()) \
-        | ({"dsa"} if compressed_q else set()) | ({"csa", "hca"} if v4 else set())
+        | ({"dsa"} if compressed_q else set()) | ({"csa", "hca"} if v4 else set()) \
+        | ({"gdn"} if linear else set()) | ({"kda"} if kda else set())
 
 
 @pytest.mark.parametrize("experiment", _options("experiment"))
@@ -73,6 +77,9 @@ _MODEL_FOR = {"swa": ["model=gpt_oss_20b"],
               "csa": ["model=tiny", "+model.o_groups=2", "+model.o_rank=8", "+model.sliding_window=8",
                       "+model.hca_rate=8", "+model.attn_sinks=true"]}
 _MODEL_FOR["hca"] = _MODEL_FOR["csa"]
+# gdn and kda: the linear keys (Qwen3-Next's and Kimi Linear's presets have them), set on tiny; "all" too, so
+# that impl=chunked (theirs only) has a variant to run.
+_MODEL_FOR["gdn"] = _MODEL_FOR["kda"] = _MODEL_FOR["all"] = ["model=tiny", "+model.linear_num_key_heads=2"]
 
 
 @pytest.mark.parametrize("variant", _options("variant"))

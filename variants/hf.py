@@ -25,6 +25,8 @@ _MLA = ("DeepseekV2Attention", "DeepseekV3Attention")
 _DSA = ("DeepseekV32Attention",)
 _GQA = ("LlamaAttention", "MistralAttention", "Qwen2Attention", "GptOssAttention")
 _DSV4 = ("DeepseekV4Attention",)
+_QWEN3_NEXT = ("Qwen3NextAttention",)  # Qwen3-Next's gated full-attention layers
+_KIMI = ("KimiLinearAttention",)  # Kimi Linear's MLA layers (NoPE)
 
 # Hugging Face module name -> attnbench module name.
 _MLA_NAMES = {"q_proj": "q_proj", "q_a_proj": "q_a_proj", "q_a_layernorm": "q_a_norm", "q_b_proj": "q_b_proj",
@@ -33,6 +35,8 @@ _MLA_NAMES = {"q_proj": "q_proj", "q_a_proj": "q_a_proj", "q_a_layernorm": "q_a_
 # DeepSeek-V3.2's indexer keeps transformers' names (wq_b, wk, k_norm, weights_proj) under ``indexer``.
 _DSA_NAMES = {**_MLA_NAMES, "indexer": "indexer"}
 _GQA_NAMES = {name: name for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+# Qwen3-Next: the same names plus its q/k norms (Qwen3NextRMSNorm, 1 + w: our ZeroCenteredRMSNorm).
+_QWEN3_NEXT_NAMES = {**_GQA_NAMES, "q_norm": "q_norm", "k_norm": "k_norm"}
 # DeepSeek-V4: the same names, but transformers keeps the indexer inside the compressor (first match wins).
 _DSV4_PREFIXES = (("compressor.indexer.scorer.", "indexer."), ("compressor.indexer.q_b_proj.", "indexer.q_b_proj."),
                   ("compressor.indexer.", "indexer.compressor."))
@@ -49,7 +53,7 @@ def _family_rope(module: nn.Module, rotary_dim: int, layout: str) -> Rope:
     inv_freq = rotary.inv_freq.detach().float().cpu()
     if inv_freq.numel() != rotary_dim // 2:
         raise ValueError(f"{type(module).__name__}: rotary class gives {inv_freq.numel()} frequencies, "
-                         f"expected {rotary_dim // 2} (partial rotary factors are not supported)")
+                         f"expected {rotary_dim // 2}")
     return Rope(rotary_dim, layout=layout, inv_freq=inv_freq, scaling=float(rotary.attention_scaling))
 
 
@@ -87,7 +91,12 @@ def _dsv4(module: nn.Module) -> AttentionLayer:
 
 
 def from_hf(module: nn.Module) -> AttentionLayer:
-    """Convert a DeepseekV2/V3/V3.2/V4, Llama, Mistral, Qwen2 or GptOss attention module (same dtype and device).
+    """Convert a DeepseekV2/V3/V3.2/V4, Llama, Mistral, Qwen2, GptOss, Qwen3Next or KimiLinear attention module
+    (same dtype and device).
+
+    A Qwen3Next module (its full-attention layers) becomes a ``gqa`` layer with the output gate,
+    partial RoPE and zero-centred q/k norms; a KimiLinearAttention module (its MLA layers) an ``mla``
+    layer with no RoPE (``nope``).
 
     A windowed Mistral module (``config.sliding_window``) and every GptOss module become ``swa``
     layers: gpt-oss's window layers (``layer_types[layer_idx] == "sliding_attention"``) keep its
@@ -97,11 +106,15 @@ def from_hf(module: nn.Module) -> AttentionLayer:
     (variant ``dsv4_window``), as its layer type says.
     """
     kind = type(module).__name__
-    supported = _MLA + _DSA + _GQA + _DSV4
+    supported = _MLA + _DSA + _GQA + _DSV4 + _QWEN3_NEXT + _KIMI
     if kind not in supported:
         raise ValueError(f"cannot convert {kind}; supported: {', '.join(supported)}")
     if kind in _DSV4:
         return _dsv4(module)
+    if kind in _QWEN3_NEXT:
+        return _load(_qwen3_next(module), module, _QWEN3_NEXT_NAMES)
+    if kind in _KIMI:
+        return _load(_kimi_mla(module), module, _MLA_NAMES)
     config: Any = module.config
     weight = next(module.parameters())
     if kind in _MLA + _DSA:
@@ -142,7 +155,12 @@ def from_hf(module: nn.Module) -> AttentionLayer:
                 spec = MHA if kv_heads == heads else MQA if kv_heads == 1 else GQA_SPEC
                 layer = GQA(GQAConfig(**common), variant=spec.name, rope=rope)
         names = _GQA_NAMES
-    layer = layer.to(dtype=weight.dtype)
+    return _load(layer, module, names)
+
+
+def _load(layer: AttentionLayer, module: nn.Module, names: dict[str, str]) -> AttentionLayer:
+    """``layer`` in ``module``'s dtype holding its weights, mapped by module name."""
+    layer = layer.to(dtype=next(module.parameters()).dtype)
     state = {}
     for hf_name, ours in names.items():
         source = getattr(module, hf_name, None)
@@ -154,3 +172,31 @@ def from_hf(module: nn.Module) -> AttentionLayer:
         state["sinks"] = module.sinks.detach()
     layer.load_state_dict(state, strict=True)
     return layer
+
+
+def _qwen3_next(module: nn.Module) -> GQA:
+    """Qwen3-Next's gated full attention: a gqa layer with the output gate, partial RoPE (the rotary
+    class's frequencies cover int(head_dim * partial_rotary_factor) dims) and zero-centred q/k norms."""
+    config: Any = module.config
+    factor = float(config.rope_parameters.get("partial_rotary_factor", 1.0))
+    cfg = GQAConfig(hidden=config.hidden_size, heads=config.num_attention_heads,
+                    kv_heads=config.num_key_value_heads, head_dim=module.head_dim,
+                    qkv_bias=module.k_proj.bias is not None, o_bias=module.o_proj.bias is not None,
+                    softmax_scale=float(module.scaling), output_gate=True, partial_rotary_factor=factor,
+                    qk_norm="zero_centered", norm_eps=float(module.q_norm.eps))
+    rope = _family_rope(module, cfg.rotary_dim, "half")
+    with torch.device(next(module.parameters()).device):
+        return GQA(cfg, variant="gqa", rope=rope)
+
+
+def _kimi_mla(module: nn.Module) -> MLA:
+    """Kimi Linear's MLA layer: DeepSeek's projections and latent with no RoPE at all (NoPE; its
+    forward takes no position embeddings), no query compression in the released model."""
+    config: Any = module.config
+    cfg = MLAConfig(hidden=config.hidden_size, heads=module.num_heads, d_c=module.kv_lora_rank,
+                    d_r=module.qk_rope_head_dim, nope_head_dim=module.qk_nope_head_dim,
+                    v_head_dim=module.v_head_dim, q_rank=module.q_lora_rank, softmax_scale=float(module.scaling),
+                    attention_bias=bool(config.attention_bias),
+                    norm_eps=float(module.kv_a_layernorm.variance_epsilon), nope=True)
+    with torch.device(next(module.parameters()).device):
+        return MLA(cfg)

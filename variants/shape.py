@@ -24,10 +24,12 @@ ATTENTION_KINDS: tuple[str, ...] = ("self", "cross")
 KvDtype = Literal["auto", "fp8_e4m3", "fp8_model1"]
 # fp8_model1: DeepSeek-V4's entries as FlashMLA stores them (csa, hca only; variants.fp8_model1).
 KV_DTYPES: tuple[str, ...] = ("auto", "fp8_e4m3", "fp8_model1")
-# Letters of ModelShape.layer_pattern: a sliding-window layer, a full-attention layer, and DeepSeek-V4's
-# window layers with a compressed branch (CSA: compressed sparse, HCA: heavily compressed).
+# Letters of ModelShape.layer_pattern: a sliding-window layer, a full-attention layer, DeepSeek-V4's
+# window layers with a compressed branch (CSA: compressed sparse, HCA: heavily compressed), and the
+# linear-attention layers of a hybrid (Qwen3-Next's Gated DeltaNet, Kimi Linear's KDA), whose state
+# has a fixed size.
 LAYER_KINDS: dict[str, str] = {"S": "sliding window", "F": "full attention", "C": "window + CSA",
-                               "H": "window + HCA"}
+                               "H": "window + HCA", "L": "linear attention"}
 
 
 def check_positive(name: str, value: int | None, *, optional: bool = False) -> None:

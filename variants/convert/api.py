@@ -133,6 +133,9 @@ def _check(source: object, *, d_c: object, d_r: object, method: str, calibration
     if c.qkv_bias or c.o_bias:
         raise ValueError(f"source has biases (qkv_bias={c.qkv_bias}, o_bias={c.o_bias}); "
                          "converting biased projections is not supported yet")
+    if c.output_gate or c.qk_norm != "none" or c.rotary_dim != c.head_dim:
+        raise ValueError(f"source has Qwen3-Next's options (output_gate={c.output_gate}, qk_norm={c.qk_norm!r}, "
+                         f"partial_rotary_factor={c.partial_rotary_factor}); to_mla converts plain GQA layers only")
     chosen: LowRankMethod = METHODS.get(method)
     check_choice("rope_pairs", rope_pairs, PAIR_STRATEGIES)
     H = c.head_dim

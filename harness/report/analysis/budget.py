@@ -13,9 +13,12 @@ sequences emits more tokens. For a budget and a context (one decode setting of t
                 so its time is close to affine in the batch) and marked "interpolated"
     tokens/s  = batch * new tokens per step / (latency * num_layers)
 
-Every layer is taken to take the measured layer's time; the MLP, embeddings and output head are
-neither timed nor counted in memory (as in ``capacity``). A batch outside the measured range is
-never extrapolated: the row says which batch to add to the sweep.
+Every layer is taken to take the measured layer's time, except in a hybrid (gdn, kda: a schedule whose
+full layers are another variant's, gqa or mla, measured in the same setting): there the step is the sum
+over the schedule of each kind's measured step (Qwen3-Next: 36 Gated DeltaNet steps and 12 gated GQA
+steps), each kind by its fastest implementation at the batch, over the batches every kind measured. The
+MLP, embeddings and output head are neither timed nor counted in memory (as in ``capacity``). A batch
+outside the measured range is never extrapolated: the row says which batch to add to the sweep.
 """
 
 from __future__ import annotations
@@ -25,15 +28,19 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import torch
 
 from harness.report.analysis.capacity import HOW_TO_BUDGET, NO_BUDGET, device_memory, largest_batch
 from harness.report.analysis.costmodel import ModelCost, model_cost, shape_of
 from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
 from harness.report.order import impl_sort_key, variant_sort_key
+from variants.registry import VARIANTS
+from variants.shape import ModelShape
 
-# A decode setting: everything but the batch (and what is compared: variant, implementation, compile mode).
+# A decode setting: everything but the batch (and what is compared: variant, implementation, compile mode;
+# family_shape holds only the keys its row's variant uses, so variants at one model differ there).
 SETTING = (DEVICE, *(c for c in (*CASE_COLUMNS, *SHAPE_COLUMNS)
-                     if c not in ("variant", "impl", "compile", "batch", DEVICE)))
+                     if c not in ("variant", "impl", "compile", "batch", "family_shape", DEVICE)))
 MEASURED, INTERPOLATED = "measured", "interpolated"
 
 
@@ -106,11 +113,13 @@ def variants_of(rows: pd.DataFrame) -> tuple[list[VariantAtSetting], list[str]]:
     because their cache is not the variant's own (their footprint is not what the budget sizes)."""
     out, notes = [], []
     first = rows.iloc[0]
-    shape = shape_of(first)
     new_tokens = int(first["decode_len"]) if pd.notna(first.get("decode_len")) else 1
+    shapes: dict[str, ModelShape] = {}
     for variant in sorted(rows["variant"].unique(), key=variant_sort_key):
-        cost = model_cost(variant, shape, str(first["dtype"]))
         mine = rows[rows["variant"] == variant]
+        # The variant's own rows: family_shape holds the keys it uses (a gdn row its linear keys).
+        shapes[variant] = shape_of(mine.iloc[0])
+        cost = model_cost(variant, shapes[variant], str(first["dtype"]))
         own = pd.to_numeric(mine.get("kv_bytes_per_token"), errors="coerce") == cost.kv_bytes_per_token_layer
         other = sorted(mine.loc[~own, "impl"].unique(), key=impl_sort_key)
         if other:
@@ -124,7 +133,49 @@ def variants_of(rows: pd.DataFrame) -> tuple[list[VariantAtSetting], list[str]]:
         if ladders:
             ladders.sort(key=lambda lad: (impl_sort_key(lad.impl), lad.compile))
             out.append(VariantAtSetting(variant, cost, int(first["seq"]) + new_tokens, new_tokens, tuple(ladders)))
+    by_variant = {v.variant: v.ladders for v in out}
+    for i, found in enumerate(out):
+        layers = hybrid_layers(found.variant, shapes[found.variant])
+        if not layers:
+            continue
+        missing = sorted(set(layers) - set(by_variant))
+        if missing:
+            notes.append(f"{found.variant}: its step is one {found.variant} layer's times {found.cost.num_layers}; "
+                         f"measure {', '.join(missing)} in the same setting for the schedule's other layers.")
+            continue
+        out[i] = VariantAtSetting(found.variant, found.cost, found.tokens, found.new_tokens,
+                                  (schedule_ladder(layers, by_variant),))
     return out, notes
+
+
+def hybrid_layers(variant: str, shape: ModelShape) -> dict[str, int]:
+    """Layers per variant in ``variant``'s schedule when it is a hybrid whose other layers are plain
+    variants (gdn: {gdn: 36, gqa: 12} at Qwen3-Next's shape); {} otherwise (swa's window and full layers
+    are both swa; DeepSeek-V4's csa and hca each hold the whole schedule)."""
+    spec = VARIANTS.get(variant)
+    if spec.layer_for_kind is None:
+        return {}
+    counts: dict[str, int] = {}
+    for kind in shape.layer_kinds():
+        with torch.device("meta"):
+            held = spec.layer_for_kind(shape, kind, "self").variant
+        counts[held] = counts.get(held, 0) + 1
+    others = set(counts) - {variant}
+    if not others or any(VARIANTS.get(v).layer_for_kind is not None for v in others):
+        return {}
+    return counts
+
+
+def schedule_ladder(layers: dict[str, int], ladders: dict[str, tuple[Ladder, ...]]) -> Ladder:
+    """The schedule's mean layer step at each batch every kind measured: sum of count x each kind's fastest
+    measured step, over all layers (so ``tokens_per_s``'s latency x num_layers is the model's step)."""
+    fastest = {v: pd.concat([pd.Series(lad.latency_ms, index=lad.batches) for lad in ladders[v]], axis=1).min(axis=1)
+               for v in layers}
+    common = sorted(set.intersection(*(set(f.index) for f in fastest.values())))
+    total = sum(layers.values())
+    latency = np.array([sum(n * float(fastest[v][b]) for v, n in layers.items()) / total for b in common])
+    label = " + ".join(f"{n} {v}" for v, n in layers.items())
+    return Ladder(f"schedule ({label})", "none", np.array(common, dtype=int), latency)
 
 
 def budget_of(rows: pd.DataFrame, budget_bytes: int | None) -> int | None:

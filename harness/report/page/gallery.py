@@ -20,7 +20,7 @@ import pandas as pd
 from harness import results
 from harness.measure.trust import count_line
 from harness.report import figures
-from harness.report.analysis.baseline import Baseline, with_ratios
+from harness.report.analysis.baseline import Baseline, default_variant, with_ratios
 from harness.report.analysis.capacity import RESERVE
 from harness.report.data import prepare
 from harness.report.figures import FigureInput
@@ -35,7 +35,6 @@ V2_LITE, V32, V4_FLASH = "deepseek_v2_lite", "deepseek_v32_exp", "deepseek_v4_fl
 # sequences, GQA ~58, MLA ~97 at V2-Lite's shape (conf/experiment/throughput_budget.yaml), the rungs the
 # fixture's batch ladder brackets; a GPU's 80 GB in bf16 at 4k holds about six times as many of each.
 BUDGET_BYTES = 8 * 2**30
-BASELINE = Baseline(variant="mha", impl="sdpa")  # the fixture times MHA through SDPA only
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,12 @@ SHOTS = (
 )
 
 
+def baseline() -> Baseline:
+    """The families' default baseline variant, timed through SDPA: the fixture measures the dense
+    variants with SDPA only."""
+    return Baseline(variant=default_variant(), impl="sdpa")
+
+
 def shots() -> list[Shot]:
     """``SHOTS``, then every other registered figure of measured rows over V2-Lite's rows (a figure
     added later is in the gallery, or listed as left out, without an edit here)."""
@@ -102,7 +107,7 @@ def gallery(out: Path, *, sources: Sequence[Path] = FIXTURES) -> tuple[list[Path
         if not (rows["model"] == shot.model).any():
             left_out[shot.name] = f"no {shot.model} rows in {', '.join(str(s) for s in sources)}"
             continue
-        ok, _ = with_ratios(prepare(rows, {"model": [shot.model]}).ok, BASELINE)
+        ok, _ = with_ratios(prepare(rows, {"model": [shot.model]}).ok, baseline())
         data = FigureInput(ok=ok, capacity=pd.DataFrame(), budget_bytes=shot.budget_bytes, reserve=RESERVE)
         result = figures.draw(shot.figure, data, width="single")
         if result.figure is None:

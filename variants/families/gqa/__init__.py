@@ -1,10 +1,12 @@
 """Grouped-query attention and its settings MHA (K = N) and MQA (K = 1): one layer, three variants.
 
-Every key it reads is universal (``kv_heads`` included), so it declares no shape keys of its own.
+Every key it reads is universal (``kv_heads`` included) but Qwen3-Next's gated full-attention options
+(``shape.py``: output gate, partial RoPE, q/k norm).
 """
 
 from variants.core.family import Family, ReportHints, TraceHints, VariantHints
 from variants.families.gqa.layer import GQA, GQA_SPEC, MHA, MQA, GQAConfig
+from variants.families.gqa.shape import GQAShape
 
 
 def _kv_heads(row) -> int:  # noqa: ANN001 - a row mapping
@@ -22,6 +24,7 @@ FAMILY = Family(
     description="multi-head, grouped-query and multi-query attention (Ainslie et al. 2023)",
     # Report order: by KV heads, N, then K, then 1.
     variants=(MHA, GQA_SPEC, MQA),
+    shape=GQAShape,
     report=ReportHints(order=10, group="dense", baseline=MHA.name, variants={
         # Okabe-Ito blue, bluish green, orange
         MHA.name: VariantHints(color="#0072B2"), GQA_SPEC.name: VariantHints(color="#009E73"),
@@ -29,4 +32,4 @@ FAMILY = Family(
     trace=TraceHints(op_type="gqa_dense", kv_heads=_kv_heads),
 )
 
-__all__ = ["FAMILY", "GQA", "GQAConfig", "GQA_SPEC", "MHA", "MQA"]
+__all__ = ["FAMILY", "GQA", "GQAConfig", "GQAShape", "GQA_SPEC", "MHA", "MQA"]

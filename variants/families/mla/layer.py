@@ -12,6 +12,12 @@ or ``q_b_proj(RMSNorm(q_a_proj x))`` with compression (eqs. 12-13); each head's 
 P nope dims and R rotary dims. Softmax scale ``1/sqrt(P + R)`` (eq. 17). Module names follow the
 Hugging Face port so that checkpoints map by name.
 
+Kimi Linear's MLA layers (transformers' ``KimiLinearAttention``, config ``mla_use_nope``) are this
+layer with ``nope=True``: the same projections, latent and cache (C + R per token), but nothing is
+rotated; the R "rope" dims of the query and of the shared key stay position-free (NoPE), so
+position reaches the model only through its KDA layers. Kimi Linear has no query compression
+(q_lora_rank null) and softmax scale ``1/sqrt(P + R)``, as DeepSeek's.
+
 Two settings generalise DeepSeek's layer for GQA models converted to MLA (``variants.convert``):
 ``rope_heads = G`` caches G rotary keys per token instead of one (query head n uses key
 ``n // (N / G)``, as GQA's query heads use their kv head; DeepSeek's MLA is G = 1), each group
@@ -76,6 +82,7 @@ class MLAConfig:
     rope_heads: int = 1  # G rotary keys per token; 1 is DeepSeek's key shared by all heads
     latent_norm: bool = True  # RMSNorm on c_kv (eq. 9); False for layers converted from GQA
     kv_dtype: KvDtype = "auto"  # cache storage: fp8_e4m3 quantizes c_kv, the rotary key stays (FlashMLA)
+    nope: bool = False  # Kimi Linear (mla_use_nope): no RoPE, the d_r dims stay unrotated
 
     def __post_init__(self) -> None:
         check_choice("kv_dtype", self.kv_dtype, KV_DTYPES)
@@ -119,10 +126,12 @@ class MLA(AttentionLayer):
         self.kv_a_norm: nn.RMSNorm | None = nn.RMSNorm(C, eps=c.norm_eps) if c.latent_norm else None
         self.kv_b_proj = nn.Linear(C, N * (P + V), bias=False)
         self.o_proj = nn.Linear(N * V, D, bias=c.attention_bias)
-        # Cross-attention rotates nothing (queries and memory are different sequences); the
-        # d_r columns stay, unrotated, so the cache and the cost keep MLA's shape.
+        # Cross-attention rotates nothing (queries and memory are different sequences), nor does a
+        # NoPE layer (Kimi Linear); the d_r columns stay, unrotated, so the cache and the cost keep MLA's shape.
+        if rope is not None and c.nope:
+            raise ValueError("a NoPE MLA layer (nope=True) rotates nothing; pass no rope")
         self.rope: Rope | None = (rope or Rope(R, theta=c.rope_theta, layout=c.rope_layout)) \
-            if c.attention == "self" else None
+            if c.attention == "self" and not c.nope else None
         if self.rope is not None and self.rope.groups not in (None, c.rope_heads):
             raise ValueError(f"the rope has frequencies for {self.rope.groups} head groups; "
                              f"rope_heads={c.rope_heads} needs [{c.rope_heads}, {R // 2}] or [{R // 2}]")
@@ -354,11 +363,11 @@ def _make(shape: ModelShape, attention: AttentionKind) -> MLA:
                        nope_head_dim=shape.nope_head_dim or shape.head_dim,
                        v_head_dim=shape.v_head_dim or shape.head_dim, q_rank=shape.q_rank,
                        rope_theta=shape.rope_theta, rope_layout=shape.rope_layout, attention=attention,
-                       kv_dtype=shape.kv_dtype)
+                       kv_dtype=shape.kv_dtype, nope=shape.mla_use_nope)
     return MLA(config)
 
 
 MLA_SPEC = register_variant(VariantSpec(
     "mla", MLA, "multi-head latent attention (DeepSeek-V2/V3)", _make,
     ("hidden", "heads", "head_dim", "d_c", "d_r", "q_rank", "nope_head_dim", "v_head_dim",
-     "rope_theta", "rope_layout", "kv_dtype")))
+     "rope_theta", "rope_layout", "kv_dtype", "mla_use_nope")))

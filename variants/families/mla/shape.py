@@ -15,6 +15,7 @@ class MLAShape:
     q_rank: int | None = shape_field(None, meaning="MLA query compression rank (null: plain query projection)")
     nope_head_dim: int | None = shape_field(None, meaning="MLA qk_nope_head_dim (null: head_dim)")
     v_head_dim: int | None = shape_field(None, meaning="MLA v_head_dim (null: head_dim)")
+    mla_use_nope: bool = shape_field(False, meaning="mla: no RoPE on the decoupled query and key dims (Kimi Linear)")
 
     def __post_init__(self) -> None:
         check_latent(self)

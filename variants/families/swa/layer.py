@@ -79,6 +79,9 @@ class SWAConfig(GQAConfig):
                              "every token already")
         if self.attention != "self":
             raise ValueError(f"attention={self.attention!r} is not allowed for a sliding window: it must be self")
+        if self.output_gate:
+            raise ValueError("output_gate=True is not allowed for a sliding window: the gate is Qwen3-Next's "
+                             "full-attention option (variant=gqa)")
 
 
 class SWA(GQA):

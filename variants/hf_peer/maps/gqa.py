@@ -7,11 +7,12 @@ transformers keeps keys and values as ``[B, K, S, H]``, attnbench as ``[B, S, K,
 cache is the attnbench cache's buffers, transposed (views; what the module writes lands there).
 Which module: biases on q, k, v only is Qwen2's; on all four (or none) Llama's ``attention_bias``;
 a window with no sinks is Mistral's (no biases); learned sinks are gpt-oss's (a window layer or a
-full one, ``layer_types``).
+full one, ``layer_types``); the output gate with zero-centred q/k norms is Qwen3-Next's full layer.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,7 @@ import torch
 
 from variants.families.gqa import GQA, GQAConfig
 from variants.families.swa import SWA, ring_rows
-from variants.hf import _GQA_NAMES
+from variants.hf import _GQA_NAMES, _QWEN3_NEXT_NAMES
 from variants.hf_peer import HFSpec, Slots, linear_slots, register, weight_names
 
 if TYPE_CHECKING:
@@ -62,8 +63,25 @@ def _spec(layer: GQA, family: str, attention: str, config_class: str, config: di
                   attributes={"scaling": layer.scale}, **options)
 
 
+def _qwen3_next(layer: GQA) -> HFSpec | str:
+    c = layer.config
+    if not (c.output_gate and c.qk_norm == "zero_centered") or c.qkv_bias != c.o_bias:
+        return (f"Qwen3NextAttention has the output gate, zero-centred q/k norms and biases on all four projections "
+                f"or none; this layer has output_gate={c.output_gate}, qk_norm={c.qk_norm!r}, "
+                f"qkv_bias={c.qkv_bias}, o_bias={c.o_bias}")
+    reason = _self_attention_reason(layer, "Qwen3NextAttention")
+    if reason is not None:
+        return reason
+    rope = {"rope_type": "default", "rope_theta": c.rope_theta, "partial_rotary_factor": c.partial_rotary_factor}
+    config = {**_config(c, attention_bias=c.qkv_bias, rms_norm_eps=c.norm_eps), "rope_parameters": rope}
+    spec = _spec(layer, "qwen3_next", "Qwen3NextAttention", "Qwen3NextConfig", config)
+    return dataclasses.replace(spec, weights=weight_names(_QWEN3_NEXT_NAMES, layer))
+
+
 def _dense(layer: GQA) -> HFSpec | str:
     c = layer.config
+    if c.output_gate or c.qk_norm != "none" or c.rotary_dim != c.head_dim:
+        return _qwen3_next(layer)
     if c.qkv_bias and not c.o_bias:
         family, module, config = "qwen2", "Qwen2", _config(c)
     elif c.qkv_bias == c.o_bias:

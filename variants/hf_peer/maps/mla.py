@@ -40,6 +40,9 @@ def deepseek_v3(layer: MLA) -> HFSpec | str:
     if c.rope_heads != 1:
         return (f"DeepseekV3Attention caches one rotary key shared by all heads; this layer has rope_heads="
                 f"{c.rope_heads} (a layer converted from GQA)")
+    if c.nope:
+        return ("a NoPE MLA layer (Kimi Linear's) is transformers' KimiLinearAttention, which takes no position "
+                "embeddings; hf runs DeepseekV3Attention, which rotates (use eager, sdpa or absorbed)")
     if not c.latent_norm:
         return ("DeepseekV3Attention normalises the latent (kv_a_layernorm); this layer has latent_norm=False "
                 "(a layer converted from GQA)")

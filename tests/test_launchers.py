@@ -142,7 +142,7 @@ def test_killed_joblib_sweep_resumes_without_loss_or_repeat(tmp_path):
     time.sleep(0.5)
     before = results.load(root, attempts=True)
     assert 3 <= len(before) < NUM_KILLED_CASES, "the kill should land mid-sweep"
-    first_files = {p: p.stat().st_mtime_ns for p in results.row_files([root])}
+    measured = ["case_id", "finished_at", "latency_ms"]
 
     report = status.status(root)  # the killed jobs' cases are missing, not results
     assert not report.complete and len(report.cases) == NUM_KILLED_CASES
@@ -157,7 +157,8 @@ def test_killed_joblib_sweep_resumes_without_loss_or_repeat(tmp_path):
     after = results.load(root, attempts=True)
     assert len(after) == NUM_KILLED_CASES and after["case_id"].is_unique, "each case once: none lost, none twice"
     assert (after["status"] == "ok").all() and set(after["launcher"]) == {"joblib"}
-    assert all(p.stat().st_mtime_ns == t for p, t in first_files.items()), "finished rows untouched"
+    # Finished rows are kept as measured (a job that ends packs them into one file: harness.results.compact).
+    assert len(before[measured].merge(after[measured])) == len(before), "finished rows untouched"
     assert status.status(root).complete and status.main([str(root)]) == 0
 
 

@@ -5,7 +5,7 @@
     attnbench --config-dir my_conf model=mine      # a preset of your own, the Hydra way
     attnbench report|merge|status|nightly|lowrank|selfcheck ...   # the other commands (each with --help)
 
-Keys, the typed schema and the pre-check: docs/cli.md.
+Keys: attnbench --help (every key with its comment: the installed attnbench_conf/config.yaml).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ import yaml
 
 from harness import results
 from harness.errors import UserError
+from harness.results.layout import job_dir_of
 from harness.text.label import case_label
 from harness.measure.env import FINGERPRINT_FIELDS, fingerprint
 from harness.nightly.flags import reason_with_flags
@@ -116,8 +117,8 @@ def _measure_settings(items: list[str | Path]) -> dict[str, Any]:
         for match in map(Path, glob.glob(str(item), recursive=True) or [str(item)]):
             if match.is_dir():
                 configs.update(match.rglob("config.yaml"))
-            elif match.suffix == ".parquet" and (match.parent.parent / "config.yaml").exists():
-                configs.add(match.parent.parent / "config.yaml")
+            elif match.suffix == ".parquet" and (job_dir_of(match) / "config.yaml").exists():
+                configs.add(job_dir_of(match) / "config.yaml")
     found: dict[tuple[tuple[str, Any], ...], Path] = {}
     for path in sorted(configs):
         cfg = yaml.safe_load(path.read_text()) or {}

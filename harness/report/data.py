@@ -62,7 +62,7 @@ def apply_filters(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]]) -> 
     for key, values in filters.items():
         if key not in frame.columns:
             raise ValueError(f"filter key {key!r} is not a results column; valid: {', '.join(FILTER_HINT)}, "
-                             "or any column in docs/results-schema.md")
+                             "or any column that python -m harness.results.schema lists")
         wanted = {str(v) for v in values}
         frame = frame[frame[key].map(as_text).isin(wanted)]
         if frame.empty:

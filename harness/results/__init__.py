@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DuplicateCase", "IDENTITY", "LinkInResults", "PLAN", "ROWS", "STATUS_VALUES", "UnreadableRowFile", "finished_case_ids", "load",
+__all__ = ["DuplicateCase", "IDENTITY", "LinkInResults", "PLAN", "ROWS", "STATUS_VALUES", "UnreadableRowFile", "drop_copies", "finished_case_ids", "load",
            "one_per_case", "pick_per_case", "read_readable", "read_rows", "read_table", "row_files",
-           "write_frame", "write_json", "write_row", "write_text"]
+           "write_frame", "write_json", "write_row", "write_table", "write_text"]
 
 
 def __getattr__(name: str) -> Any:

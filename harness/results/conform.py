@@ -2,12 +2,14 @@
 
 Writing is strict: a column the schema does not declare is a bug in the harness, not data. Reading
 conforms whatever a row file holds, including files written before the schema (columns typed
-``null``, ``large_string``, a float ``finished_at``, ``host``/``device_index``, ``timer`` and
-``cuda_graph``): renamed, cast, and missing columns added as nulls.
+``null``, ``large_string``, a float ``finished_at``, ISO text ``env_time_utc``, ``host``/``device_index``,
+``timer`` and ``cuda_graph``): renamed, cast, and missing columns added as nulls.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import math
 from collections.abc import Iterable, Mapping
 from datetime import datetime, timezone
@@ -55,7 +57,9 @@ def _cell(column: schema.Column, value: Any) -> Any:
     assert kind == "timestamp", kind
     if isinstance(value, (int, float)):  # Unix seconds, as rows before the schema stored finished_at
         return datetime.fromtimestamp(value, timezone.utc)
-    stamp = pd.Timestamp(value)
+    stamp = pd.Timestamp(value)  # ISO text, as rows before the schema stored env_time_utc and ceiling_measured_at
+    if stamp is pd.NaT:
+        return None
     return (stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")).to_pydatetime()
 
 
@@ -94,8 +98,8 @@ def conform(table: pa.Table) -> pa.Table:
 
     Each column is first checked against its declared kind (``check_types``): a value is converted
     only where no information is lost, never by truthiness (``bool("false")`` is True)."""
-    if table.schema.equals(schema.ARROW_SCHEMA):
-        return table
+    if table.schema.equals(schema.ARROW_SCHEMA):  # metadata aside: files written before the units carry none
+        return pa.Table.from_arrays(table.columns, schema=schema.ARROW_SCHEMA)
     check_types(table)
     return to_table(table.to_pylist(), strict=False)
 
@@ -144,3 +148,21 @@ def to_frame(table: pa.Table) -> pd.DataFrame:
 
 def from_frame(frame: pd.DataFrame) -> pa.Table:
     return to_table(frame.to_dict("records"))
+
+
+@functools.cache
+def pandas_metadata() -> dict[bytes, bytes]:
+    """Schema-level ``pandas`` metadata naming the nullable dtypes (``Int64``, ``boolean``): written
+    into every row file, it makes a plain ``pandas.read_parquet`` give what ``results.load`` gives,
+    not floats for an integer column with a null. Only those columns are listed (text, floats and
+    timestamps convert as they are): the full metadata would double a one-row file's footer."""
+    nullable = [{"name": c.name, "field_name": c.name, "pandas_type": {"int64": "int64", "bool": "bool"}[c.kind],
+                 "numpy_type": schema.PANDAS_DTYPES[c.kind], "metadata": None}
+                for c in schema.COLUMNS if c.kind in ("int64", "bool")]
+    meta = {"index_columns": [], "column_indexes": [], "columns": nullable, "pandas_version": pd.__version__}
+    return {b"pandas": json.dumps(meta, separators=(",", ":")).encode()}
+
+
+def for_file(table: pa.Table) -> pa.Table:
+    """``table`` (of ``schema.ARROW_SCHEMA``) as a row file stores it: units per field, pandas dtypes."""
+    return table.replace_schema_metadata(pandas_metadata())

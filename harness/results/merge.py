@@ -30,6 +30,7 @@ import pandas as pd
 
 from harness import results
 from harness.errors import ArgumentParser, UserError, guarded
+from harness.results.layout import job_dir_of
 from harness.text.label import case_label
 from harness.results.paths import check_out_dir
 
@@ -66,10 +67,10 @@ def _read(sources: list[Path]) -> pd.DataFrame:
     for source in sources:
         for path in results.row_files([source]):
             frame = results.read_rows([path])
-            frames.append(frame.assign(_source=str(source), _origin=str(path.parent.parent), _file=str(path)))
+            frames.append(frame.assign(_source=str(source), _origin=str(job_dir_of(path)), _file=str(path)))
     if not frames:
         raise UserError(f"no rows under {', '.join(map(str, sources))}")
-    return pd.concat(frames, ignore_index=True)
+    return results.drop_copies(pd.concat(frames, ignore_index=True))  # a row both packed and in its own file
 
 
 def _resolve(oks: pd.DataFrame, prefer: str | None) -> pd.Series | None:

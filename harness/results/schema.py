@@ -7,7 +7,9 @@ nullable, never Arrow's ``null`` type), so plain ``pandas.read_parquet`` concate
 rows. ``docs/results-schema.md`` is generated from here: ``python -m harness.results.schema``.
 
 Units are in the names (``_ms``, ``_s``, ``_bytes``, ``_w``, ``_j``, ``_pct``, ``_mhz``); the three
-rates without a suffix are decimal: ``gbps`` is GB/s = 1e9 bytes/s, ``tflops`` is 1e12 FLOP/s.
+rates without a suffix are decimal: ``gbps`` is GB/s = 1e9 bytes/s, ``tflops`` is 1e12 FLOP/s. Each
+row file also carries every column's unit in its Arrow field metadata (``{"unit": "ms"}``), and
+every time column (``finished_at``, ``env_time_utc``, ``ceiling_measured_at``) is a UTC timestamp.
 """
 
 from __future__ import annotations
@@ -243,8 +245,10 @@ COLUMNS: tuple[Column, ...] = (
     _c("ceiling_matmul_tflops", "float64", "TFLOP/s (1e12 FLOP/s)", "provenance", "calibrated matmul rate"),
     _c("ceiling_quiet", "bool", "", "provenance", "the calibration was stable on a quiet machine (only those "
        "are cached)"),
-    _c("ceiling_measured_at", "string", "ISO 8601, UTC", "provenance", "when the ceilings were measured"),
+    _c("ceiling_measured_at", "timestamp", "UTC", "provenance", "when the ceilings were measured"),
     _c("finished_at", "timestamp", "UTC", "provenance", "when the case finished"),
+    _c("repro", "string", "", "provenance", "the attnbench command line that measures this case again (its "
+       "settings and the job's measure settings; harness.sweep.repro)"),
     # Environment (harness.measure.env.ENV_COLUMNS).
     _c("env_device_name", "string", "", "env", "GPU or CPU model name"),
     _c("env_device_index", "int64", "", "env", "CUDA device index (null on CPU)"),
@@ -257,7 +261,7 @@ COLUMNS: tuple[Column, ...] = (
     _c("env_cpu", "string", "", "env", "CPU model"),
     _c("env_cpu_count", "int64", "CPUs", "env", "CPUs this process may run on"),
     _c("env_python", "string", "", "env", "Python version"),
-    _c("env_time_utc", "string", "ISO 8601, UTC", "env", "when the job started"),
+    _c("env_time_utc", "timestamp", "UTC", "env", "when the job started"),
 )
 
 BY_NAME: dict[str, Column] = {c.name: c for c in COLUMNS}
@@ -268,7 +272,10 @@ SUMMARY: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.summary)
 SHAPE: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.group == "shape")
 # What fixes a case apart from its shape: the identity columns of the case and timing groups.
 CASE: tuple[str, ...] = tuple(c.name for c in COLUMNS if c.identity and c.group in ("case", "timing"))
-ARROW_SCHEMA: pa.Schema = pa.schema([pa.field(c.name, c.arrow_type, nullable=True) for c in COLUMNS])
+# Each column's unit also travels in its Arrow field's metadata ({"unit": "ms"}), for readers that
+# show or convert units (pyarrow, and what reads the file's Arrow schema).
+ARROW_SCHEMA: pa.Schema = pa.schema([pa.field(c.name, c.arrow_type, nullable=True,
+                                              metadata={"unit": c.unit} if c.unit else None) for c in COLUMNS])
 
 assert len(BY_NAME) == len(COLUMNS), "a column is declared twice"
 
@@ -286,7 +293,7 @@ def markdown() -> str:
              "them; `decode_len` only for decode). **Nulled** marks the measured figures that are empty unless "
              "`status` is `ok`. Rows written before this schema are conformed on load: `host` and "
              "`device_index` become `env_host` and `env_device_index`, a float `finished_at` (Unix seconds) a "
-             "UTC timestamp, and `timer`/`cuda_graph` become `timing` and `l2_flush`; rows written before the trust "
+             "UTC timestamp, as do `env_time_utc` and `ceiling_measured_at` stored as ISO text, and `timer`/`cuda_graph` become `timing` and `l2_flush`; rows written before the trust "
              "columns (`flags` to `remeasured`) hold nulls there.", "",
              "| column | type | unit | group | identity | nulled | meaning |",
              "|---|---|---|---|---|---|---|"]

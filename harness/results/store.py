@@ -1,9 +1,12 @@
 """The results store: one parquet file per finished case, written the moment it finishes.
 
-Layout of a run or sweep root ``results/<name>/``: each job folder (the root for a single run,
-``<root>/<job number>/`` in a sweep) holds ``rows/<case_id>.<attempt>.parquet``, ``config.yaml``
-(the job's resolved config) and ``env.json``. Every file is written to a temporary name and
-renamed, so a killed run leaves complete files only, and concurrent jobs never share a file.
+Layout of a run or sweep root ``results/<name>/`` (``harness.results.layout``): row files only under
+``<root>/rows/`` (``rows/<case_id>.<attempt>.parquet`` for a single run, ``rows/<job number>/...`` in a
+sweep), so ``pandas.read_parquet(<root>/rows)`` reads them; each job folder (the root for a single
+run, ``<root>/<job number>/`` in a sweep) holds ``config.yaml`` (the job's resolved config),
+``env.json``, ``plan.json`` and its log. Every file is written to a temporary name and renamed, so a
+killed run leaves complete files only, and concurrent jobs never share a file. A job that finishes
+packs its one-row files into one file (``harness.results.compact``); readers take both forms.
 
 ``load(paths or globs)`` returns one DataFrame over any set of runs and sweeps, one row per case
 and place it ran (``IDENTITY``: the run or sweep folder's name, the host and the device), so two
@@ -36,9 +39,9 @@ import pyarrow.parquet as pq
 from harness.errors import UserError
 from harness.files import atomic_write
 from harness.results import conform
+from harness.results.layout import ROWS, is_row_file, job_dir_of, rows_dir
 from harness.results.schema import COLUMNS, STATUS_VALUES
 
-ROWS = "rows"
 PLAN = "plan.json"  # per job: the cases it planned (case_id, label), written before the first is measured
 # Where a row was measured: rows of one case that differ in any of these are different results
 # (two machines' sweeps run under one name= share run_root, never host and device together).
@@ -59,20 +62,30 @@ class UnreadableRowFile(UserError):
             super().__init__(f"unreadable row file {path}: delete it and resume (resume=true re-runs its case); {why}")
 
 
-def write_row(job_dir: Path, row: Mapping[str, object]) -> Path:
+def write_row(job_dir: Path, row: Mapping[str, object], *, root: Path | None = None) -> Path:
     """Write one case's row as its own parquet file, every column of ``harness.results.schema`` in
-    its declared type (absent ones null); returns its path."""
+    its declared type (absent ones null), under the job's rows folder (``layout.rows_dir``; without
+    ``root``, ``<job_dir>/rows``); returns its path."""
     assert row.get("status") in STATUS_VALUES, f"bad status {row.get('status')!r}"
     table = conform.to_table([row])
-    path = Path(job_dir) / ROWS / f"{row['case_id']}.{time.time_ns()}.parquet"
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
+    folder = rows_dir(job_dir, root) if root is not None else Path(job_dir) / ROWS
+    path = folder / f"{row['case_id']}.{time.time_ns()}.parquet"
+    write_table(path, table)
     return path
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """A table of the schema as one row file, atomically (units and pandas dtypes in its metadata)."""
+    table = conform.for_file(table)
+    # Page checksums turn a damaged data page into an error on reading, not wrong numbers. Statistics
+    # (min/max per column, for readers that skip files) say nothing of one row and cost ~9 KB of footer.
+    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp, write_page_checksum=True,
+                                                        write_statistics=table.num_rows > 1))
 
 
 def write_frame(path: Path, frame: pd.DataFrame) -> None:
     """A whole result set as one parquet file (``harness.results.merge``)."""
-    table = conform.from_frame(frame)
-    atomic_write(Path(path), lambda tmp: pq.write_table(table, tmp, write_page_checksum=True))
+    write_table(Path(path), conform.from_frame(frame))
 
 
 def write_json(path: Path, payload: Mapping[str, object]) -> None:
@@ -113,7 +126,8 @@ def row_files(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _walk_rows(folder: Path) -> list[Path]:
-    """The row files (``rows/*.parquet``) under ``folder``; ``LinkInResults`` for the first link inside it."""
+    """The row files (``*.parquet`` under a ``rows`` folder) under ``folder``; ``LinkInResults`` for the
+    first link inside it."""
     found = []
     for here, folders, names in os.walk(folder):  # followlinks=False: a linked folder is listed, not entered
         here_path = Path(here)
@@ -122,7 +136,7 @@ def _walk_rows(folder: Path) -> list[Path]:
                 raise LinkInResults(here_path / name)
         for name in sorted(names):
             path = here_path / name
-            if name.endswith(".parquet") and here_path.name == ROWS:
+            if is_row_file(path, under=folder):
                 if path.is_symlink():
                     raise LinkInResults(path)
                 found.append(path)
@@ -140,17 +154,30 @@ def load(paths: str | Path | Iterable[str | Path], *, attempts: bool = False) ->
     if not files:
         return pd.DataFrame()
     tables = [read_table(Path(f)) for f in files]
-    frame = conform.to_frame(pa.concat_tables(tables))
-    if attempts or frame.empty:
-        return frame
     where = [str(f) for f, t in zip(files, tables, strict=True) for _ in range(t.num_rows)]
-    frame = frame.assign(_file=where, _origin=[str(Path(f).parent.parent) for f in where])
+    frame = conform.to_frame(pa.concat_tables(tables)).assign(_file=where)
+    frame = drop_copies(frame)
+    if attempts or frame.empty:
+        return frame.drop(columns=["_file"]).reset_index(drop=True)
+    frame = frame.assign(_origin=[str(job_dir_of(f)) for f in frame["_file"]])
     kept, duplicates, _ = pick_per_case(frame, list(IDENTITY))
     if duplicates:
         raise DuplicateCase(duplicates, fix="merge the folders with python -m harness.results.merge ... "
                                             "--prefer newest (or --prefer <folder>), or move one row file away")
     frame = frame.loc[kept].drop(columns=["_file", "_origin"])
     return frame.sort_values(["run_root", "finished_at"]).reset_index(drop=True)
+
+
+def drop_copies(frame: pd.DataFrame) -> pd.DataFrame:
+    """One of each row found in two files of one rows folder: a job killed while packing its rows
+    (``compact``) leaves the packed file and some of the one-row files it packed, the same row (case,
+    place, time) twice. With a ``_file`` column, only copies in the same folder are dropped: a whole
+    folder copied elsewhere is a duplicate for ``load`` and ``merge`` to name, not a copy to hide."""
+    if frame.empty:
+        return frame
+    folder = [str(Path(f).parent) for f in frame["_file"]] if "_file" in frame.columns else [""] * len(frame)
+    keys = [*IDENTITY, "finished_at", "_folder"]
+    return frame[~frame.assign(_folder=folder).duplicated(keys, keep="first")]
 
 
 class DuplicateCase(UserError):
@@ -207,6 +234,10 @@ def read_table(path: Path) -> pa.Table:
         table = pq.read_table(path, page_checksum_verification=True)
         names = table.column_names  # decodes the footer's names: a damaged footer fails here
         table.validate(full=True)  # e.g. text that is not UTF-8: a damaged page without a checksum
+        # The footer's own key-value text (pyarrow reads the copy inside ARROW:schema): damaged, other
+        # readers (polars) refuse the file.
+        for value in (pq.read_metadata(path).metadata or {}).values():
+            value.decode("utf-8")
     except (pa.ArrowException, OSError, ValueError) as error:
         raise UnreadableRowFile(path, _first_line(error) or type(error).__name__) from None
     missing = [c for c in ("case_id", "status") if c not in names]
@@ -258,7 +289,7 @@ def finished_case_ids(root: Path) -> set[str]:
     root = Path(root)
     if not root.exists():
         return set()
-    files = _walk_rows(root)
+    files = _walk_rows(root)  # one-row files and packed ones alike
     done: set[str] = set()
     for f in files:
         try:

@@ -23,11 +23,14 @@ from harness.measure.case import Case
 from harness.measure.env import environment
 from harness.errors import UserError
 from harness.logs import echoed
+from harness.results.compact import compact
+from harness.results.layout import rows_dir
 from harness.results.paths import check_inside, check_run_name
 from harness.measure.memory import total_memory_bytes
 from harness.sweep.claim import claimed
 from harness.sweep.plan import plan_cases
 from harness.sweep.progress import Progress, summary_table
+from harness.sweep.repro import command, job_overrides
 from harness.measure import trust
 from harness.measure.runner import RunContext, run_case
 from harness.measure.telemetry import telemetry_for
@@ -132,7 +135,9 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
                    "launcher": "direct", "job_num": None, **(job or {}), **env}
     ctx = _context(cfg, cases, job_columns)
     done = results.finished_case_ids(root) if cfg.get("resume") else set()
-    _log.info("%d cases on %s; rows under %s", len(cases), device, job_dir / results.ROWS)
+    rows_folder = rows_dir(job_dir, root)  # apart from the job's logs and configs: plain readers open it
+    shared = job_overrides(cfg)
+    _log.info("%d cases on %s; rows under %s", len(cases), device, rows_folder)
     progress = Progress(len(cases))
     measured: list[tuple[Case, dict[str, Any], Path]] = []
     ctx.stage = progress.stage  # the live status line follows the case's stages
@@ -141,12 +146,15 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
             progress.skip(case.label(), "already measured (resume)")
             continue
         progress.start(case.label())
-        row = run_case(case, ctx)
-        measured.append((case, row, results.write_row(job_dir, row)))
+        row = {**run_case(case, ctx), "repro": command(case, shared)}
+        measured.append((case, row, results.write_row(job_dir, row, root=root)))
         progress.update(case.label(), row)
-    measured = remeasure_noisy(measured, ctx, job_dir=job_dir)
+    measured = remeasure_noisy(measured, ctx, job_dir=job_dir, root=root)
+    compact(rows_folder)  # every case finished: one file for the job's rows (crash safety no longer needs one each)
     rows = [row for _, row, _ in measured]
     _log.info("job summary (%d cases):\n%s", len(cases), summary_table(rows))
+    if rows:
+        _log.info("repro commands (one per case):\n%s", "\n".join(f"  {row['repro']}" for row in rows))
     flagged = trust.count_line(row.get("flags") for row in rows)
     if flagged:
         _log.warning("%s See the flags column (harness.measure.trust).", flagged)
@@ -201,7 +209,7 @@ def _compared(key: str, value: Any) -> Any:
 
 
 def remeasure_noisy(measured: list[tuple[Case, dict[str, Any], Path]], ctx: RunContext, *,
-                    job_dir: Path) -> list[tuple[Case, dict[str, Any], Path]]:
+                    job_dir: Path, root: Path | None = None) -> list[tuple[Case, dict[str, Any], Path]]:
     """Measure each ``noisy`` case once more, after every case of the job ran (a passing burst of
     load rarely lasts that long), and keep the measurement with the tighter CI, marked ``remeasured``.
 
@@ -215,14 +223,14 @@ def remeasure_noisy(measured: list[tuple[Case, dict[str, Any], Path]], ctx: RunC
     out = list(measured)
     for i in noisy:
         case, first, path = measured[i]
-        again = run_case(case, ctx)
+        again = {**run_case(case, ctx), "repro": first.get("repro")}
         better = again if again["status"] == "ok" and _ci_rel(again) < _ci_rel(first) else first
         kept = dict(better, remeasured=True)
         _log.info("%s: measured again: +-%.1f%% then %s; kept the %s%s", case.label(), 100 * _ci_rel(first),
                   f"+-{100 * _ci_rel(again):.1f}%" if again["status"] == "ok" else f"{again['status']}",
                   "second" if better is again else "first",
                   f", still {kept['flags']}" if kept["flags"] else "")
-        replacement = results.write_row(job_dir, kept)
+        replacement = results.write_row(job_dir, kept, root=root)
         os.unlink(path)  # only now: its replacement (the same numbers, or better ones) is on disk
         out[i] = (case, kept, replacement)
     return out

@@ -286,7 +286,7 @@ def status(root: Path) -> SweepStatus:
                 cases.append(CaseState(case_id, label, job.num, str(row["status"]), str(row["reason"] or "")))
             else:
                 cases.append(CaseState(case_id, label, job.num, "missing"))
-    leftovers = sorted(p for p in root.rglob(".*.tmp") if p.parent.name == results.ROWS)
+    leftovers = sorted(p for p in root.rglob(".*.tmp") if results.ROWS in p.relative_to(root).parent.parts)
     return SweepStatus(root=root, jobs=jobs, cases=cases, unplanned_ok=len(ok - planned), leftovers=leftovers,
                        unreadable=[str(error) for error in unreadable], resume_command=resume_command(root, multirun))
 

@@ -34,6 +34,7 @@ from omegaconf import DictConfig
 
 from harness import results
 from harness.measure import trust
+from harness.text.repro import markdown_lines
 
 MARKDOWN, CSV = "summary.md", "summary.csv"
 # What tells cases apart, in table order; a column whose value is the same in every row is left out.
@@ -45,7 +46,7 @@ FLAG_MEANINGS = {"noisy": "CI over measure.target_ci_rel", "fallback": "another 
 CASE_COLUMNS = ("variant", "impl")
 CSV_COLUMNS = ("job_num", *CASE_COLUMNS, *SETTING_COLUMNS, "status", "flags", "latency_ms", "latency_ci_low_ms",
                "latency_ci_high_ms", "latency_ci_rel", "n_reps", "speedup", "tokens_per_s", "peak_mem_bytes",
-               "remeasured", "fallback_reason", "load_start", "load_end", "reason", "case_id", "job_dir")
+               "remeasured", "fallback_reason", "load_start", "load_end", "reason", "case_id", "job_dir", "repro")
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,8 @@ class Summary:
         if flagged:  # a number that can't be taken at its word is said before the table, not only in it
             lines += [f"{flagged} Flags: {', '.join(f'{k} ({v})' for k, v in FLAG_MEANINGS.items())}.", ""]
         lines += [f"- {markdown(note)}" for note in self.notes]
-        return "\n".join([*lines, "", self.table])
+        repro = markdown_lines(self.frame["repro"], what="case") if "repro" in self.frame.columns else []
+        return "\n".join([*lines, "", self.table, *repro])
 
 
 def summarize(root: str | Path) -> Summary:

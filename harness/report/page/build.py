@@ -42,6 +42,7 @@ from harness.report.page.part import Part
 from harness.report.tables.formats import markdown_grid, write_table
 from harness.report.tables.views import (Table, capacity_view, cases_table, not_measured_table, sources_table,
                                          throughput_view)
+from harness.text.repro import markdown_lines
 from harness.text import escape
 
 MANIFEST = "manifest.txt"
@@ -283,4 +284,6 @@ def _markdown(command: str, sources: Table, notes: Sequence[str], tables: Sequen
     for table in (*tables, sources):
         lines += [f"## {md(table.title)}", "", f"{md(table.caption)}", "", markdown_grid(table.shown)]
         lines += [md(table.below), ""] if table.below else []
+        if table.name == "cases" and "repro" in table.raw.columns:  # cases.csv holds them too
+            lines += markdown_lines(table.raw["repro"], what="case")
     return "\n".join(lines)

@@ -97,7 +97,7 @@ def cases_table(ok: pd.DataFrame, *, baseline_label: str) -> Table:
                    "seq_lens", "page_size", "variant", "impl", "latency_ms", "latency_ci_low_ms", "latency_ci_high_ms", "n_reps", "gbps",
                    "ceiling_copy_gbps", "frac_peak_bandwidth", "tflops", "ceiling_matmul_tflops", "frac_peak_flops",
                    "peak_mem_bytes", "kv_cache_bytes", "kv_bytes_per_token_model", "tokens_per_s", "speedup",
-                   "mem_ratio", "flags", "run_root", "case_id"]
+                   "mem_ratio", "flags", "run_root", "case_id", "repro"]
     raw = pd.DataFrame({c: _col(ok, c) for c in raw_columns})
     flop_unit, flop_scale = _scaled(raw["tflops"] * 1e12, FLOP_UNITS)
     mem_unit, mem_scale = byte_unit(raw["peak_mem_bytes"])

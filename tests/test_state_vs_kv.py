@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.report import figures
+from harness.report import figures, flagged
 from harness.report.analysis.capacity import RESERVE
 from harness.report.figures import FigureInput
 from harness.report.analysis.state_kv import available, crossover_tokens, layer_bytes, memory_table, model_bytes, models
@@ -67,6 +67,21 @@ def test_the_figure_draws_hybrids_apart_from_the_other_models(width):
     assert [line.get_label() for line in hybrids.get_lines()] == ["gdn (tiny_hybrid)", "gqa (tiny_hybrid)"]
     assert sorted(line.get_label() for line in others.get_lines()) == ["gqa (llama3_70b)", "mla (deepseek_v3)"]
     assert "1,024 tokens" in drawn.caption and "1,820 tokens" in drawn.caption
+
+
+def test_a_flagged_step_is_drawn_hollow_and_listed():
+    rows = _rows()
+    noisy = (rows["variant"] == "gqa") & (rows["model"] == "tiny_hybrid") & (rows["seq"] == 131072)
+    rows.loc[noisy, "flags"] = "noisy"
+    data = FigureInput(ok=rows, capacity=pd.DataFrame(), budget_bytes=None, reserve=RESERVE)
+    drawn = figures.draw("state_vs_kv", data, width="single")
+    hybrids = drawn.figure.axes[2]
+    hollow = [line for line in hybrids.get_lines() if line.get_gid() == flagged.FLAGGED_GID]
+    assert [list(zip(*line.get_data(), strict=True)) for line in hollow] == [[(131072, 2.0)]]
+    assert hollow[0].get_markerfacecolor() == "none"
+    gqa = next(line for line in hybrids.get_lines() if line.get_label() == "gqa (tiny_hybrid)")
+    assert gqa.get_markevery() == [0]  # the clean point keeps its filled marker, the flagged one does not
+    assert "Flagged rows (hollow grey markers): gqa/sdpa" in drawn.caption
 
 
 def test_the_figure_is_left_out_without_a_linear_layer():

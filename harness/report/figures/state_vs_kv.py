@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from matplotlib.lines import Line2D
 
+from harness.report import flagged
 from harness.text import escape
 from harness.report.figures import Drawn, FigureInput, figure
 from harness.report.figures.axes import bytes_axis, context_axis, log_axis, subtitle
@@ -64,17 +65,27 @@ def _memory_panel(ax) -> list[str]:
     return notes
 
 
-def _latency_panel(ax, rows: pd.DataFrame, title: str) -> None:
-    """One series per (model, variant): its fastest implementation at each context."""
+def _latency_panel(ax, rows: pd.DataFrame, title: str) -> pd.DataFrame:
+    """One series per (model, variant): its fastest implementation at each context; returns the rows drawn."""
+    drawn = []
     for (model, variant), group in rows.groupby(["model", "variant"], sort=True):
         fastest = group.loc[group.groupby("seq")["latency_ms"].idxmin()].sort_values("seq")
+        # A flagged row (noisy, busy, fallback) keeps its place on the line but as a hollow grey marker,
+        # as in every figure, so a doubtful point never reads like a clean one.
+        drawn.append(fastest)
+        doubt = flagged.mask(fastest).to_numpy()
         ax.plot(fastest["seq"], fastest["latency_ms"].astype(float), color=variant_color(str(variant)), marker="o",
                 markersize=3, linestyle="-" if variant in linear_variants() else ":",
-                label=escape.mathtext(f"{variant} ({model})"))
+                markevery=[i for i, f in enumerate(doubt) if not f], label=escape.mathtext(f"{variant} ({model})"))
+        if doubt.any():
+            ax.plot(fastest["seq"][doubt], fastest["latency_ms"][doubt].astype(float), linestyle="", marker="o",
+                    markersize=3, markerfacecolor="none", markeredgecolor=flagged.FLAGGED_EDGE,
+                    gid=flagged.FLAGGED_GID)
     context_axis(ax, "context (tokens)")
     log_axis(ax, "y")
     ax.set_ylabel("decode step (ms)")
     ax.set_title(title, loc="left", fontsize=7)
+    return pd.concat(drawn)
 
 
 def _crossover_panel(ax) -> list[str]:
@@ -111,9 +122,9 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     axes[0].set_title("whole model, bf16, cost model", loc="left", fontsize=7)
     notes = memory_lines + _crossover_panel(axes[1])
     axes[1].set_title("linear layer vs full layer, bf16", loc="left", fontsize=7)
-    _latency_panel(axes[2], rows[hybrid], "hybrids' layers, one step, measured")
+    measured = [_latency_panel(axes[2], rows[hybrid], "hybrids' layers, one step, measured")]
     if not others.empty:
-        _latency_panel(axes[3], others, "other models' layers, measured")
+        measured.append(_latency_panel(axes[3], others, "other models' layers, measured"))
     handles = [header("model (cost model; dashed: beyond 128k)")]
     handles += [h for h in axes[0].get_lines() if not h.get_label().startswith("_")]
     handles += [header("one layer"), Line2D([], [], color="0.3", linestyle="-", label="linear layer's state"),
@@ -124,9 +135,9 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     subtitle(fig, rows[hybrid].sort_values("variant", key=lambda v: ~v.isin(linear)),
              device=", ".join(sorted(rows["device"].astype(str).unique())) if "device" in rows else None, held=("seq",))
     place_legend(fig, handles)
-    return Drawn(fig, "One sequence's cache over the whole model in bf16 against context (cost model: each layer's "
+    return Drawn(fig, flagged.with_listing("One sequence's cache over the whole model in bf16 against context (cost model: each layer's "
                       "own layout, a linear layer's fixed state, a full layer's growing KV, a window layer's ring; "
                       f"solid to {tokens(MEASURED_MAX)}, the contexts a CPU measures, dashed and shaded beyond), "
                       "where one linear layer's state equals one full layer's KV (dotted verticals), and one "
                       "layer's decode step per layer kind, measured (solid: linear layers, dotted: full or window "
-                      f"layers; each its fastest implementation per context). {'; '.join(notes)}.")
+                      f"layers; each its fastest implementation per context). {'; '.join(notes)}.", pd.concat(measured)))

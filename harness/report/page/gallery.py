@@ -1,7 +1,7 @@
 """``python -m harness.report.page.gallery [--out docs/figures]``: the docs' gallery, every figure kind drawn
 by the report's own code (``harness.report.figures.draw``) at single-column width from the committed
-real-shape result set ``tests/fixtures/gallery/`` (CPU, one layer, DeepSeek-V2-Lite, -V3.2-Exp and
--V4-Flash shapes; measured by ``tests/fixtures/make_gallery.sh``, which then runs this). It writes a
+real-shape result set ``tests/fixtures/gallery/`` (CPU, one layer, DeepSeek-V2-Lite, -V3.2-Exp,
+-V4-Flash and Qwen3-Next shapes; measured by ``tests/fixtures/make_gallery.sh``, which then runs this). It writes a
 small PNG per shot and ``README.md`` beside them: each figure's claim, selection and caption, and how
 loaded the machine was. A shot draws one model's rows, so a figure never mixes two models' curves
 (the crossover at V3.2's shape and at V4-Flash's are two shots). A registered figure the set cannot
@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = (ROOT / "tests" / "fixtures" / "gallery",)
 GALLERY_DPI = 120  # legible on screen (420 px wide), tens of kB each: the docs stay small in git
 V2_LITE, V32, V4_FLASH = "deepseek_v2_lite", "deepseek_v32_exp", "deepseek_v4_flash"
+QWEN3_NEXT = "qwen3_next_80b_a3b"
 # The budget of the capacity and throughput figures: float32 at a 1k context, 8 GiB holds MHA ~13
 # sequences, GQA ~58, MLA ~97 at V2-Lite's shape (conf/experiment/throughput_budget.yaml), the rungs the
 # fixture's batch ladder brackets; a GPU's 80 GB in bf16 at 4k holds about six times as many of each.
@@ -67,6 +68,10 @@ SHOTS = (
                                                             "context."),
     Shot("latency_distribution", "latency_distribution", V2_LITE,
          "Every timed sample behind the medians: how noisy a loaded CPU's timings are."),
+    Shot("state_vs_kv", "state_vs_kv", QWEN3_NEXT,
+         "A hybrid's linear layers keep a fixed state while full attention's KV grows: Qwen3-Next's Gated "
+         "DeltaNet step stays flat from 1k to 128k while its gated GQA layer's grows, and whole-model cache per "
+         "sequence for seven models from the cost model."),
 )
 
 
@@ -143,7 +148,7 @@ def _readme(drawn: Sequence[Drawn], left_out: dict[str, str], ok: pd.DataFrame) 
         "",
         ("Every figure kind of `attnbench report`, at single-column width (3.5 in), drawn by the report's own "
          "code from the committed result set `tests/fixtures/gallery/`: one attention layer at real model "
-         "shapes (DeepSeek-V2-Lite, DeepSeek-V3.2-Exp, DeepSeek-V4-Flash), measured on a CPU. Made by"),
+         "shapes (DeepSeek-V2-Lite, DeepSeek-V3.2-Exp, DeepSeek-V4-Flash, Qwen3-Next-80B-A3B), measured on a CPU. Made by"),
         "",
         "    bash tests/fixtures/make_gallery.sh     # measure the rows again (about 30 min), then draw",
         "    python -m harness.report.page.gallery   # draw from the committed rows only",

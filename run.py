@@ -1,4 +1,4 @@
-"""attnbench's command line from a checkout: the same as the ``attnbench`` command (``harness.app.main``).
+"""attnbench's command line from a checkout: the same as the ``attnbench`` command (``attnbench.harness.app.main``).
 
     python run.py                                   # a small comparison on the best device present
     python run.py variant=mla seq=32k               # MLA at a 32k context, every implementation
@@ -11,7 +11,13 @@ See docs/cli.md for every key; results land under results/<name>/.
 
 import sys
 
-from harness.app.main import main
+try:
+    from attnbench.harness.app.main import main
+except ModuleNotFoundError as missing:
+    # The folders import as attnbench.* only once installed (editable: the checkout's own files).
+    if missing.name != "attnbench":
+        raise
+    sys.exit("error: attnbench is not installed in this Python; from the checkout: pip install torch==2.13.0 -e .")
 
 if __name__ == "__main__":
     sys.exit(main())

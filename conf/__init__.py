@@ -1,1 +1,1 @@
-"""attnbench's Hydra configuration (yaml), shipped in the wheel as the package ``attnbench_conf``."""
+"""attnbench's Hydra configuration (yaml), shipped in the wheel as the package ``attnbench.conf``."""

@@ -1,8 +1,8 @@
-"""``python -m harness ...``: the ``attnbench`` command (``harness.app.main``)."""
+"""``python -m attnbench.harness ...``: the ``attnbench`` command (``attnbench.harness.app.main``)."""
 
 import sys
 
-from harness.app.main import main
+from attnbench.harness.app.main import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,6 +1,6 @@
 """The harness from Python: compose a config, run a job, get its rows (``docs/python-api.md``).
 
-    import harness
+    from attnbench import harness
     cfg = harness.config("variant=mla", "seq=1k", "model=tiny", "device=cpu")
     rows = harness.run(cfg, out="results/notebook")   # a DataFrame, one row per case
     rows[["variant", "impl", "phase", "status", "latency_ms", "latency_ci_rel"]]
@@ -22,17 +22,17 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.errors import UserError
-from harness.sweep.overrides import check_group_lists, condense
-from harness.logs import LevelName, shown
+from attnbench.harness.errors import UserError
+from attnbench.harness.sweep.overrides import check_group_lists, condense
+from attnbench.harness.logs import LevelName, shown
 
 
 
 def _config_source() -> AbstractContextManager[Any]:
     """Where the configs live: the same tree the command line composes (a checkout's ``conf/`` or the
-    installed ``attnbench_conf``), with the typed schema and the registries' options stored first."""
-    from harness.sweep.schema import store_configs
-    from harness.sweep.overrides import config_path
+    installed ``attnbench.conf``), with the typed schema and the registries' options stored first."""
+    from attnbench.harness.sweep.schema import store_configs
+    from attnbench.harness.sweep.overrides import config_path
 
     store_configs()
     path = config_path()
@@ -44,7 +44,7 @@ def _config_source() -> AbstractContextManager[Any]:
 def config(*overrides: str, config_name: str = "config") -> DictConfig:
     """The config ``python run.py <overrides>`` would run, composed with Hydra's compose API.
 
-    ``harness.config("variant=mla", "seq=1k", "model=tiny")``; a bad group option, key or value
+    ``attnbench.harness.config("variant=mla", "seq=1k", "model=tiny")``; a bad group option, key or value
     is a one-line ``UserError`` naming it. Values checked only when planned (``seq=abc``) fail in
     ``run``, as on the command line.
     """
@@ -62,7 +62,7 @@ def config(*overrides: str, config_name: str = "config") -> DictConfig:
 def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: LevelName | None = "INFO") -> pd.DataFrame:
     """Run the job ``cfg`` describes, write its rows under ``out``, and return them (one row per case).
 
-    ``cfg``: from ``harness.config(...)``, ``hydra.compose`` or any mapping with the same keys;
+    ``cfg``: from ``attnbench.harness.config(...)``, ``hydra.compose`` or any mapping with the same keys;
     it is copied, never changed. ``out``: the job folder (``rows/``, ``config.yaml``,
     ``env.json``), as ``hydra.run.dir`` on the command line; ``resume=true`` there skips the
     cases it already holds an ``ok`` row for. ``log_level``: the harness's progress lines at this
@@ -73,14 +73,14 @@ def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: Leve
     registries, so store them first)::
 
         from hydra import compose, initialize_config_dir
-        from harness.sweep.schema import store_configs
+        from attnbench.harness.sweep.schema import store_configs
         store_configs()
         with initialize_config_dir(config_dir="/path/to/attnbench/conf", version_base="1.3"):
             cfg = compose("config", overrides=["variant=mla", "model=tiny"])
         rows = harness.run(cfg, out="results/mla_tiny")
     """
-    from harness.sweep.job import run_job  # torch and the variants: only when a job runs
-    from harness.sweep.pinning import pinned_device
+    from attnbench.harness.sweep.job import run_job  # torch and the variants: only when a job runs
+    from attnbench.harness.sweep.pinning import pinned_device
 
     job_cfg = _own_copy(cfg)
     if job_cfg.get("task", "benchmark") != "benchmark":

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TextIO
 
-ROOT_LOGGER = "harness"
+ROOT_LOGGER = "attnbench.harness"
 LevelName = int | str
 
 

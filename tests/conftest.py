@@ -12,7 +12,7 @@ import torch
 def _config_store() -> None:
     """What the app does at start-up before Hydra composes: the typed schema and one variant/impl option
     per registered name in the ConfigStore (tests compose conf/ directly)."""
-    from harness.sweep.schema import store_configs
+    from attnbench.harness.sweep.schema import store_configs
 
     store_configs()
 

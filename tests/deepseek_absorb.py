@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from variants.families.mla import MLA
+from attnbench.variants.families.mla import MLA
 
 
 class DeepSeekAbsorbPeer:

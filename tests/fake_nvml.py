@@ -1,7 +1,7 @@
 """A stand-in for ``pynvml`` with scripted readings, so the sampler is tested without a GPU.
 
-``FakeNvml`` is a module object carrying the functions and constants ``harness.measure.telemetry`` and
-``harness.measure.env`` use, under pynvml's names and with its values (a test checks they agree). Each
+``FakeNvml`` is a module object carrying the functions and constants ``attnbench.harness.measure.telemetry`` and
+``attnbench.harness.measure.env`` use, under pynvml's names and with its values (a test checks they agree). Each
 reading is a function of how many times that query has been answered, so a test can compute the
 expected mean or peak from ``nvml_samples``: the sampler makes every query once per sample.
 """

@@ -1,7 +1,7 @@
-"""Result rows for the nightly tests: the columns ``harness.nightly`` reads, with chosen samples.
+"""Result rows for the nightly tests: the columns ``attnbench.harness.nightly`` reads, with chosen samples.
 
 ``write_run`` lays them out as ``run.py`` does (``rows/*.parquet`` beside ``config.yaml``), so
-ingest reads them through ``harness.results`` like any run.
+ingest reads them through ``attnbench.harness.results`` like any run.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from harness import results
-from harness.measure.stats import summarize
+from attnbench.harness import results
+from attnbench.harness.measure.stats import summarize
 
 ENV: dict[str, Any] = {
     "env_device_name": "Test CPU", "env_device_index": None, "env_driver": None, "env_cuda": None,

@@ -6,9 +6,9 @@ import dataclasses
 
 import torch
 
-from variants.families.mla import MLA, MLAConfig
-from variants.rope import Rope, default_inv_freq
-from variants.shape import ModelShape
+from attnbench.variants.families.mla import MLA, MLAConfig
+from attnbench.variants.rope import Rope, default_inv_freq
+from attnbench.variants.shape import ModelShape
 
 TINY = ModelShape(hidden=24, heads=4, head_dim=8, kv_heads=2, d_c=10, d_r=4, q_rank=None,
                   nope_head_dim=6, v_head_dim=5, rope_theta=10000.0, rope_layout="interleaved", name="test")

@@ -1,4 +1,4 @@
-"""The Python API (``harness.bench``, ``harness.config``, ``harness.run``) and where progress goes:
+"""The Python API (``attnbench.harness.bench``, ``attnbench.harness.config``, ``attnbench.harness.run``) and where progress goes:
 through ``logging`` (caplog, a bare notebook's stderr, Hydra's job log) and, after a multirun, into
 one comparison table beside the jobs."""
 
@@ -19,12 +19,12 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-import harness
-from harness import results
-from harness.errors import UserError
-from harness.logs import echoed, shown
-from harness.measure.timer import MeasureSettings
-from harness.sweep import summary
+from attnbench import harness
+from attnbench.harness import results
+from attnbench.harness.errors import UserError
+from attnbench.harness.logs import echoed, shown
+from attnbench.harness.measure.timer import MeasureSettings
+from attnbench.harness.sweep import summary
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ("model=tiny", "device=cpu", "measure=quick", "seq=32", "variant=mla", "impl=eager", "phase=decode")
@@ -87,7 +87,7 @@ def test_bench_times_a_matmul_near_an_independent_loop():
         seen.append((before, result.median_ms, after))
         if min(before, after) / 10 <= result.median_ms <= max(before, after) * 10:
             return
-    raise AssertionError(f"harness.bench median far from an independent loop (before, bench, after ms): {seen}")
+    raise AssertionError(f"attnbench.harness.bench median far from an independent loop (before, bench, after ms): {seen}")
 
 
 @pytest.mark.parametrize(("fn", "kwargs", "message"), [
@@ -125,9 +125,9 @@ def test_run_of_a_composed_config_returns_its_ok_rows_and_logs_progress(tmp_path
     assert len(rows) == 1 and rows.iloc[0].status == "ok", rows[["status", "reason"]]
     assert rows.iloc[0].variant == "mla" and rows.iloc[0].latency_ms > 0
     assert len(results.load(tmp_path)) == 1 and (tmp_path / "config.yaml").exists()
-    progress = [r.getMessage() for r in caplog.records if r.name == "harness.sweep.progress"]
+    progress = [r.getMessage() for r in caplog.records if r.name == "attnbench.harness.sweep.progress"]
     assert progress and progress[0].startswith("[1/1] mla/eager decode seq=32")
-    assert any(r.name == "harness.sweep.job" and "job summary" in r.getMessage() for r in caplog.records)
+    assert any(r.name == "attnbench.harness.sweep.job" and "job summary" in r.getMessage() for r in caplog.records)
 
 
 def test_run_takes_hydra_compose_output_as_a_plain_mapping_and_leaves_it_unchanged(tmp_path):
@@ -164,7 +164,7 @@ def test_import_harness_stays_cheap():
 
 def test_shown_prints_to_stderr_in_a_bare_notebook_and_leaves_nothing_behind(monkeypatch, capsys):
     monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a fresh interpreter
-    logger, harness_logger = logging.getLogger("harness.sweep.progress"), logging.getLogger("harness")
+    logger, harness_logger = logging.getLogger("attnbench.harness.sweep.progress"), logging.getLogger("attnbench.harness")
     level = harness_logger.level
     with shown("info"):
         logger.info("[1/2] a case")
@@ -177,10 +177,10 @@ def test_shown_prints_to_stderr_in_a_bare_notebook_and_leaves_nothing_behind(mon
 def test_echoed_copies_the_lines_to_a_stream_and_they_still_reach_root(caplog):
     stream = io.StringIO()
     with caplog.at_level(logging.INFO), echoed(stream):
-        logging.getLogger("harness.sweep.job").info("a line")
+        logging.getLogger("attnbench.harness.sweep.job").info("a line")
     reached_root = [r.getMessage() for r in caplog.records]
     # Whether root still captures this depends on levels an earlier in-process Hydra app left: not asserted.
-    logging.getLogger("harness.sweep.job").info("not echoed")
+    logging.getLogger("attnbench.harness.sweep.job").info("not echoed")
     assert stream.getvalue() == "a line\n" and reached_root == ["a line"]
 
 
@@ -225,7 +225,7 @@ def test_the_job_log_holds_every_line_the_console_shows(sweep):
     root, proc = sweep
     for job in range(4):
         log = (root / str(job) / "attnbench.log").read_text()
-        assert "[harness.sweep.progress][INFO] - [1/1] " in log and "job summary (1 cases):" in log
+        assert "[attnbench.harness.sweep.progress][INFO] - [1/1] " in log and "job summary (1 cases):" in log
         for line in log.splitlines():
             assert line in proc.stdout, line
 

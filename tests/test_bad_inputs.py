@@ -19,15 +19,15 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import results
+from attnbench.harness import results
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_sweep"
-MAINS = {"report": "harness.report.__main__:main", "merge": "harness.results.merge:main",
-         "status": "harness.sweep.status:main", "nightly": "harness.nightly.cli:main",
-         "lowrank": "harness.studies.lowrank.__main__:cli", "run": "harness.app.main:main",
-         "selfcheck": "harness.selfcheck.__main__:main"}
-MODULES = {"report": "harness.report", "merge": "harness.results.merge", "status": "harness.sweep.status",
-           "nightly": "harness.nightly", "lowrank": "harness.studies.lowrank"}
+MAINS = {"report": "attnbench.harness.report.__main__:main", "merge": "attnbench.harness.results.merge:main",
+         "status": "attnbench.harness.sweep.status:main", "nightly": "attnbench.harness.nightly.cli:main",
+         "lowrank": "attnbench.harness.studies.lowrank.__main__:cli", "run": "attnbench.harness.app.main:main",
+         "selfcheck": "attnbench.harness.selfcheck.__main__:main"}
+MODULES = {"report": "attnbench.harness.report", "merge": "attnbench.harness.results.merge", "status": "attnbench.harness.sweep.status",
+           "nightly": "attnbench.harness.nightly", "lowrank": "attnbench.harness.studies.lowrank"}
 
 OK = "{w}/ok"  # a readable sweep
 REPORT = [
@@ -246,7 +246,7 @@ def world(tmp_path_factory) -> Path:
                        "conf_empty": b""}.items():  # a --config-dir with a broken, binary or empty preset
         (w / name / "model").mkdir(parents=True)
         (w / name / "model" / "mine.yaml").write_bytes(text)
-    from harness.nightly.cli import main as nightly
+    from attnbench.harness.nightly.cli import main as nightly
 
     one = w / "one"  # a single run root of the fixture: a history with one run (id 1)
     shutil.copytree(FIXTURE, one)

@@ -11,13 +11,13 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
 from tests.shapes import TINY
-from variants.cache import KVCache
-from variants.kernels.mla_eager import EagerMLAKernel
-from variants.kernels.mla_sdpa import SdpaMLAKernel
-from variants.mask import AttnMask
+from attnbench.variants.cache import KVCache
+from attnbench.variants.kernels.mla_eager import EagerMLAKernel
+from attnbench.variants.kernels.mla_sdpa import SdpaMLAKernel
+from attnbench.variants.mask import AttnMask
 
 F64 = torch.float64
 
@@ -26,7 +26,7 @@ def _latent_cache(page_size: int | None, lens: list[int], *, G: int = 1, C: int 
     layer = variants.build("mla", TINY.replace(d_c=C, d_r=R), dtype=F64)
     layout = layer.cache_layout("absorbed")
     if G > 1:  # several rotary keys per token (layers converted from GQA)
-        from variants.cache import CacheField, CacheLayout
+        from attnbench.variants.cache import CacheField, CacheLayout
         layout = CacheLayout((CacheField("c_kv", (C,)), CacheField("k_rope", (G * R,), quantize=False)), packed=True)
     capacity = max(lens) + 1
     cache = KVCache(layout, batch=len(lens), max_len=capacity if page_size is None else [capacity] * len(lens),

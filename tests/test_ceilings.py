@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.measure import calibrate
-from harness.measure.calibrate import ceilings
+from attnbench.harness.measure import calibrate
+from attnbench.harness.measure.calibrate import ceilings
 
 ROOT = Path(__file__).resolve().parent.parent
 BUFFER = 64 << 20  # past the last-level cache of most CPUs, short enough for a unit test
@@ -55,7 +55,7 @@ def test_a_calibration_on_a_busy_cpu_is_not_cached(tmp_path, caplog):
         p.start()
     try:
         time.sleep(0.5)  # the burners are running before the measurement starts
-        with caplog.at_level("WARNING", logger="harness.measure.calibrate"):
+        with caplog.at_level("WARNING", logger="attnbench.harness.measure.calibrate"):
             busy = ceilings("cpu", torch.float32, cache_dir=tmp_path, size_bytes=BUFFER)
     finally:
         for p in burners:
@@ -103,7 +103,7 @@ def test_stable_rates_go_on_until_the_best_stops_improving(monkeypatch):
 _WORKER = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from harness.measure import calibrate
+    from attnbench.harness.measure import calibrate
     log = Path(sys.argv[2])
     def measure(device, dtype, *, size_bytes):
         with log.open("a") as f:
@@ -156,8 +156,8 @@ def _ceilings(copy: float, read: float, matmul: float) -> calibrate.Ceilings:
 
 
 def test_a_row_above_its_ceiling_measures_the_ceilings_again_once(caplog):
-    from harness.measure.runner import RunContext, run_case
-    from harness.measure.timer import MeasureSettings
+    from attnbench.harness.measure.runner import RunContext, run_case
+    from attnbench.harness.measure.timer import MeasureSettings
     from tests.test_predict_memory import _cases
 
     calls = []
@@ -170,7 +170,7 @@ def test_a_row_above_its_ceiling_measures_the_ceilings_again_once(caplog):
     ctx = RunContext(settings=settings, check_numerics=False, ceilings=_ceilings(1.0, 2.0, 1e-12),
                      recalibrate=recalibrate, max_step_s=float("inf"))  # the absurd roof must not skip it
     cases = [c for c in _cases("decode", "1k") if c.impl == "eager"][:2]
-    with caplog.at_level("WARNING", logger="harness.measure.runner"):
+    with caplog.at_level("WARNING", logger="attnbench.harness.measure.runner"):
         first, second = (run_case(case, ctx) for case in cases)
     assert calls == [1], "measured again for the first row above the roof only"
     assert first["status"] == second["status"] == "ok"
@@ -189,8 +189,8 @@ def test_the_bandwidth_roof_is_the_faster_stream():
 
 
 def test_the_step_time_guard_trusts_only_a_quiet_calibration():
-    from harness.measure.runner import RunContext, run_case
-    from harness.measure.timer import MeasureSettings
+    from attnbench.harness.measure.runner import RunContext, run_case
+    from attnbench.harness.measure.timer import MeasureSettings
     from tests.test_predict_memory import _cases
 
     case = next(c for c in _cases("decode", "1k") if c.impl == "eager")

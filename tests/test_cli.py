@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
-from harness.app.main import main
-from harness.sweep.schema import MeasureConfig, RunConfig
-from variants.registry import VARIANTS
+from attnbench.harness import results
+from attnbench.harness.app.main import main
+from attnbench.harness.sweep.schema import MeasureConfig, RunConfig
+from attnbench.variants.registry import VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY_RUN = ["model=tiny", "device=cpu", "measure=quick", "seq=64", "phase=decode"]
@@ -114,8 +114,8 @@ def test_hydra_searchpath_adds_presets_too(tmp_path, capsys):
 
 
 PLUGIN = '''
-from variants.implementation import KernelImplementation
-from variants.kernels.eager import EagerKernel
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.kernels.eager import EagerKernel
 
 IMPLEMENTATION = KernelImplementation(name="plug_eager", path="standard", kernel=EagerKernel(),
                                       description="a test plugin: eager attention under another name")
@@ -159,8 +159,8 @@ def test_subcommands_dispatch_to_each_commands_main(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["../x", "", "a/b", "-x", ".hidden"])
 def test_a_run_name_that_is_not_a_folder_name_is_refused_before_hydra_makes_it(name):
-    from harness.errors import UserError
-    from harness.sweep.overrides import check_overrides
+    from attnbench.harness.errors import UserError
+    from attnbench.harness.sweep.overrides import check_overrides
 
     with pytest.raises(UserError, match=r"^name="):
         check_overrides(["model=tiny", "device=cpu", f"name={name}"])

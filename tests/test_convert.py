@@ -1,4 +1,4 @@
-"""GQA -> MLA conversion (``variants.convert``) on tiny layers with fresh random weights.
+"""GQA -> MLA conversion (``attnbench.variants.convert``) on tiny layers with fresh random weights.
 
 Legend: B batch, T tokens, D hidden.
 """
@@ -8,11 +8,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import reference, rel_err
 from tests.shapes import COMPILING
 from tests.test_cost import count_flops
-from variants.convert import METHODS, available_rank, convert, method_names
+from attnbench.variants.convert import METHODS, available_rank, convert, method_names
 
 F64 = torch.float64
 HIDDEN, HEADS, HEAD_DIM = 24, 4, 8

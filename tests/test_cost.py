@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
-import variants
+from attnbench import variants
 from tests.shapes import COMPILING, MLA_SETTINGS, TINY, TINY_Q, VARIANTS, build_mla
-from variants.presets import load_preset
+from attnbench.variants.presets import load_preset
 
 aten = torch.ops.aten
 B, MAX_LEN = 2, 16

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.measure.timer import BATCH_TARGET_MS, MAX_BATCH, CudaTimer, MeasureSettings, measure
+from attnbench.harness.measure.timer import BATCH_TARGET_MS, MAX_BATCH, CudaTimer, MeasureSettings, measure
 
 
 class SimDevice:
@@ -114,7 +114,7 @@ def test_held_timing_of_many_tiny_kernels_is_below_per_call_on_cuda():
 
 
 def test_timing_mode_names_each_cuda_choice_and_refuses_per_call_graphs():
-    from harness.measure.parse import timing_mode
+    from attnbench.harness.measure.parse import timing_mode
 
     cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
     assert timing_mode(cpu, cuda_graph=False, cuda_timing="per_call") == "cpu_wall"

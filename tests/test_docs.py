@@ -39,7 +39,7 @@ def test_the_readme_keeps_its_two_set_up_commands():
 def test_every_run_key_is_in_the_key_table():
     import dataclasses
 
-    from harness.sweep.schema import RunConfig
+    from attnbench.harness.sweep.schema import RunConfig
 
     table = (ROOT / "docs" / "cli.md").read_text().split("## Keys", 1)[1].split("\n## ", 1)[0]
     documented = set(re.findall(r"`([a-z_]+)[=`.]", table))

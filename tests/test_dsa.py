@@ -8,19 +8,19 @@ import dataclasses
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
 from tests.reference_dsa import index_scores, reference_dsa, top_k
 from tests.test_cost import count_flops
-from variants.implementation import KernelImplementation
-from variants.indexer import selected_keep
-from variants.kernels.mla_eager import EagerMLAKernel
-from variants.kernels.mla_sdpa import SdpaMLAKernel
-from variants.kernels.mla_sparse_eager import EagerSparseMLAKernel
-from variants.kernels.mla_sparse_sdpa import SdpaSparseMLAKernel
-from variants.mask import AttnMask
-from variants.registry import IMPLEMENTATIONS
-from variants.shape import ModelShape
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.indexer import selected_keep
+from attnbench.variants.kernels.mla_eager import EagerMLAKernel
+from attnbench.variants.kernels.mla_sdpa import SdpaMLAKernel
+from attnbench.variants.kernels.mla_sparse_eager import EagerSparseMLAKernel
+from attnbench.variants.kernels.mla_sparse_sdpa import SdpaSparseMLAKernel
+from attnbench.variants.mask import AttnMask
+from attnbench.variants.registry import IMPLEMENTATIONS
+from attnbench.variants.shape import ModelShape
 
 F64 = torch.float64
 # Dimensions distinct where they can be (a transposed weight cannot pass). 14 indexer heads: a score is
@@ -255,8 +255,8 @@ def test_cross_attention_and_other_refusals_are_one_line():
 
 
 def test_variant_all_makes_dsa_only_where_the_shape_compresses_queries():
-    from harness.sweep.plan import plan_cases
-    from variants.presets import load_preset
+    from attnbench.harness.sweep.plan import plan_cases
+    from attnbench.variants.presets import load_preset
 
     def planned(model: str) -> set[str]:
         preset = dataclasses.asdict(load_preset(model))
@@ -270,9 +270,9 @@ def test_variant_all_makes_dsa_only_where_the_shape_compresses_queries():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_the_numerics_gate_exercises_the_selection(phase, dtype):
-    from harness.measure import numerics
-    from harness.measure.case import Case
-    from variants.presets import load_preset
+    from attnbench.harness.measure import numerics
+    from attnbench.harness.measure.case import Case
+    from attnbench.variants.presets import load_preset
 
     shape = load_preset("tiny_dsa")
     small = numerics.reduce_shape(shape)
@@ -284,9 +284,9 @@ def test_the_numerics_gate_exercises_the_selection(phase, dtype):
 
 
 def _gate(impl: str = "absorbed", dtype: str = "float32", phase: str = "prefill") -> tuple[float, float]:
-    from harness.measure import numerics
-    from harness.measure.case import Case
-    from variants.presets import load_preset
+    from attnbench.harness.measure import numerics
+    from attnbench.harness.measure.case import Case
+    from attnbench.variants.presets import load_preset
 
     case = Case(variant="dsa", impl=impl, compile=None, phase=phase, model="tiny_dsa", shape=load_preset("tiny_dsa"),
                 batch=2, seq=1024, decode_len=2, dtype=dtype, device="cpu")
@@ -294,7 +294,7 @@ def _gate(impl: str = "absorbed", dtype: str = "float32", phase: str = "prefill"
 
 
 def test_the_gate_fails_a_selection_that_is_not_a_top_k(monkeypatch):
-    from variants.indexer import LightningIndexer
+    from attnbench.variants.indexer import LightningIndexer
 
     original = LightningIndexer.forward
 
@@ -325,7 +325,7 @@ def test_the_gate_fails_wrong_attention_on_the_right_selection(monkeypatch):
 
 
 def test_shortfall_is_zero_for_a_top_k_and_infinite_for_a_wrong_count():
-    from harness.measure.selection import shortfall
+    from attnbench.harness.measure.selection import shortfall
 
     inf = float("-inf")
     scores = torch.tensor([[[1.0, inf, inf], [0.5, 2.0, inf], [3.0, 1.0, 2.0]]])
@@ -336,7 +336,7 @@ def test_shortfall_is_zero_for_a_top_k_and_infinite_for_a_wrong_count():
 
 
 def test_an_fp8_cache_quantizes_the_latent_and_the_indexer_keys():
-    from harness.measure import numerics
+    from attnbench.harness.measure import numerics
 
     v32 = ModelShape(hidden=7168, heads=128, head_dim=128, d_c=512, d_r=64, q_rank=1536, nope_head_dim=128,
                      v_head_dim=128, rope_layout="interleaved", kv_dtype="fp8_e4m3", name="deepseek_v32")
@@ -354,8 +354,8 @@ def test_an_fp8_cache_quantizes_the_latent_and_the_indexer_keys():
         assert 1e-3 < err, impl
     with pytest.raises(ValueError, match="^kv_dtype=fp8_e4m3: the sdpa kernel reads the packed cache rows"):
         fp8.new_cache(1, 8, impl="absorbed_sdpa")
-    from harness.measure.case import Case
-    from variants.presets import load_preset
+    from attnbench.harness.measure.case import Case
+    from attnbench.variants.presets import load_preset
 
     for phase in ("prefill", "decode"):
         case = Case(variant="dsa", impl="absorbed", compile=None, phase=phase, model="tiny_dsa",

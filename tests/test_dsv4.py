@@ -7,13 +7,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.dsv4_reference import brute_force_topk, layer_freqs, pooled_entries, reference
 from tests.reference import rel_err
 from tests.test_cost import count_flops
-from variants.families.dsv4 import cache_layout_of, layer_for_kind, model_kv_bytes, model_kv_bytes_per_token
-from variants.families.dsv4.compressor import select_topk
-from variants.shape import ModelShape
+from attnbench.variants.families.dsv4 import cache_layout_of, layer_for_kind, model_kv_bytes, model_kv_bytes_per_token
+from attnbench.variants.families.dsv4.compressor import select_topk
+from attnbench.variants.shape import ModelShape
 
 # Window 8 with entries every 2 (CSA) or 8 (HCA) tokens, 3 picked: 24 tokens run past the window's end,
 # past the first compressed blocks, and CSA's 12 entries outnumber the picks (selection matters). 16
@@ -244,7 +244,7 @@ def test_v4_flash_kv_per_token_and_the_whole_model():
     context = 1 << 17
     assert model_kv_bytes(V4_FLASH, context=context, dtype=bf16) == 2 * full + context * 6584
 
-    from harness.report.analysis.costmodel import model_cost
+    from attnbench.harness.report.analysis.costmodel import model_cost
 
     cost = model_cost("csa", V4_FLASH, "bfloat16")
     assert cost.kv_bytes_per_token_model == 6584 and cost.ring_layers == 0

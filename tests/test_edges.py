@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
-from harness.errors import UserError
-from harness.results import merge
-from harness.results.paths import check_inside, check_out_dir, check_run_name
-from harness.sweep import pinning, status
+from attnbench.harness import results
+from attnbench.harness.errors import UserError
+from attnbench.harness.results import merge
+from attnbench.harness.results.paths import check_inside, check_out_dir, check_run_name
+from attnbench.harness.sweep import pinning, status
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_sweep" / "rows" / "rows.parquet"
 
@@ -52,8 +52,8 @@ def test_check_out_dir(tmp_path):
 def test_run_job_refuses_a_name_that_leaves_results(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from harness.sweep.job import run_job
-    from variants.presets import conf_root
+    from attnbench.harness.sweep.job import run_job
+    from attnbench.variants.presets import conf_root
 
     with initialize_config_dir(config_dir=str(conf_root()), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "measure.calibrate=false", "device=cpu", "name=.."])
@@ -129,8 +129,8 @@ def test_an_unreadable_row_file_is_named_by_every_reader_and_missing_for_resume(
     with pytest.raises(results.UnreadableRowFile, match="^" + fix.replace(".", r"\.")):
         results.load(root)
     assert merge.main([str(root), "--out", str(tmp_path / "merged")]) == 2
-    from harness.nightly.cli import main as nightly_main
-    from harness.report.__main__ import main as report_main
+    from attnbench.harness.nightly.cli import main as nightly_main
+    from attnbench.harness.report.__main__ import main as report_main
 
     assert report_main([str(root), "--out", str(tmp_path / "report")]) == 2
     assert nightly_main(["ingest", str(root), "--db", str(tmp_path / "h.sqlite")]) == 2
@@ -180,8 +180,8 @@ def test_corrupt_plan_or_multirun_is_one_line(tmp_path, name, text, capsys):
 def test_markdown_and_mathtext_escaping():
     import pandas as pd
 
-    from harness.text import escape
-    from harness.report.tables.formats import markdown_grid
+    from attnbench.harness.text import escape
+    from attnbench.harness.report.tables.formats import markdown_grid
 
     nasty = "Xeon | `rm` <b>$x$</b>\nnext"
     grid = markdown_grid(pd.DataFrame({"device": [nasty], "latency_ms": [1.5]}))
@@ -195,8 +195,8 @@ def test_a_dollar_device_name_reaches_a_figure_title_as_text(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from harness.report.analysis.baseline import Baseline
-    from harness.report.page.build import build_report
+    from attnbench.harness.report.analysis.baseline import Baseline
+    from attnbench.harness.report.page.build import build_report
 
     table = pq.read_table(FIXTURE)
     device = "Weird $\\nosuchcommand{1}$ CPU"  # as mathtext this raises while the figure is drawn
@@ -216,8 +216,8 @@ def test_a_dollar_device_name_reaches_a_figure_title_as_text(tmp_path):
 def test_resume_reruns_the_case_of_an_unreadable_row_file_and_nothing_else(tmp_path, kind):
     from hydra import compose, initialize_config_dir
 
-    from harness.sweep.job import run_job
-    from variants.presets import conf_root
+    from attnbench.harness.sweep.job import run_job
+    from attnbench.variants.presets import conf_root
 
     with initialize_config_dir(config_dir=str(conf_root()), version_base="1.3"):
         first = compose("config", overrides=["experiment=smoke", "measure.calibrate=false", "device=cpu",

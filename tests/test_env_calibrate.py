@@ -9,11 +9,11 @@ from datetime import datetime
 import pytest
 import torch
 
-from harness.measure import calibrate
+from attnbench.harness.measure import calibrate
 
-from harness.measure import env
-from harness.measure.calibrate import Ceilings, ceilings
-from harness.measure.env import ENV_COLUMNS, environment, fingerprint
+from attnbench.harness.measure import env
+from attnbench.harness.measure.calibrate import Ceilings, ceilings
+from attnbench.harness.measure.env import ENV_COLUMNS, environment, fingerprint
 from tests.fake_nvml import FakeNvml
 
 TINY = 1 << 16  # copy buffer bytes for tests

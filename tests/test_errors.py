@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.app.main import main
-from harness.errors import BUG_EXIT, INTERRUPT_EXIT, USER_EXIT, UserError, boundary, guarded, report
+from attnbench.harness.app.main import main
+from attnbench.harness.errors import BUG_EXIT, INTERRUPT_EXIT, USER_EXIT, UserError, boundary, guarded, report
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["model=tiny", "device=cpu", "measure=quick", "variant=mha", "impl=eager", "seq=32"]
@@ -95,7 +95,7 @@ def test_a_hydra_job_ends_at_its_boundary(raised, code, text, tmp_path, monkeypa
             raise type(raised)(raised.errno, raised.strerror, raised.filename.format(out=out))
         raise raised
 
-    monkeypatch.setattr("harness.app.main.run", fail)
+    monkeypatch.setattr("attnbench.harness.app.main.run", fail)
     with pytest.raises(SystemExit) as exit_info:
         main([*TINY, "name=mine", f"hydra.run.dir={out}"])
     assert exit_info.value.code == code
@@ -118,7 +118,7 @@ def test_a_results_folder_that_is_a_file_is_refused_before_hydra(tmp_path, monke
 
 
 def test_an_empty_home_never_means_slash_dot_cache(tmp_path, monkeypatch, capsys):
-    from harness.measure.calibrate import cache_dir_of
+    from attnbench.harness.measure.calibrate import cache_dir_of
 
     monkeypatch.setenv("HOME", "")
     monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
@@ -133,8 +133,8 @@ def test_an_empty_home_never_means_slash_dot_cache(tmp_path, monkeypatch, capsys
 
 
 def test_a_locked_history_is_named_at_once(tmp_path, monkeypatch, capsys):
-    from harness.nightly import dbfile
-    from harness.nightly.cli import main as nightly
+    from attnbench.harness.nightly import dbfile
+    from attnbench.harness.nightly.cli import main as nightly
 
     db = tmp_path / "h.sqlite"
     assert nightly(["ingest", str(ROOT / "tests" / "fixtures" / "report_sweep"), "--db", str(db), "--commit", "a1"]) == 0
@@ -151,19 +151,19 @@ def test_a_locked_history_is_named_at_once(tmp_path, monkeypatch, capsys):
 
 
 def test_status_resumes_with_the_sweeps_config_dir():
-    from harness.sweep.status import resume_command
+    from attnbench.harness.sweep.status import resume_command
 
     multirun = {"hydra": {"overrides": {"task": ["model=mine", "seq=32,64"], "hydra": ["hydra.mode=MULTIRUN"]},
                           "runtime": {"config_sources": [
                               {"provider": "main", "schema": "file", "path": "/checkout/conf"},
                               {"provider": "command-line", "schema": "file", "path": "/my conf"}]}}}
     command = resume_command(Path("results/s"), multirun)
-    assert command == "python -m harness --config-dir '/my conf' -m model=mine seq=32,64 name=s resume=true"
+    assert command == "python -m attnbench.harness --config-dir '/my conf' -m model=mine seq=32,64 name=s resume=true"
 
 
 SIGINT_SCRIPT = """
 import os, signal, sys, time
-import harness.app.main as app
+import attnbench.harness.app.main as app
 def interrupted(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)
     time.sleep(30)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
+from attnbench.harness import results
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "docs" / "examples" / "attnbench_example_impl"
@@ -35,7 +35,7 @@ def _env(site: Path) -> dict[str, str]:
 
 
 def test_the_installed_package_registers_its_implementation(site: Path) -> None:
-    code = ("from variants.registry import IMPLEMENTATIONS; i = IMPLEMENTATIONS.get('example_online'); "
+    code = ("from attnbench.variants.registry import IMPLEMENTATIONS; i = IMPLEMENTATIONS.get('example_online'); "
             "print(type(i).__module__, i.path, i.kernel.name)")
     proc = subprocess.run([sys.executable, "-c", code], env=_env(site), cwd=site.parent, capture_output=True,
                           text=True, timeout=120)

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-import variants.core.families
-import variants.registry
-from variants.core.family import Family, shape_field, shape_keys
-from variants.registry import FAMILIES, VARIANTS, Registry, family_of, family_shape
-from variants.shape import ModelShape, field_names
+import attnbench.variants.core.families
+import attnbench.variants.registry
+from attnbench.variants.core.family import Family, shape_field, shape_keys
+from attnbench.variants.registry import FAMILIES, VARIANTS, Registry, family_of, family_shape
+from attnbench.variants.shape import ModelShape, field_names
 
 
 def test_every_variant_has_exactly_one_family_and_the_families_agree_on_shared_keys():
@@ -47,12 +47,12 @@ class ToySpec:
 def toy_family(monkeypatch):
     toy = Family(name="toyfam", description="toy", variants=(ToySpec(),), shape=ToyShape,
                  reduce=lambda shape: {"chunk_size": min(shape.chunk_size, 4)})
-    families = Registry("family", package="variants.families", entry_point_group="none", attribute="FAMILY")
+    families = Registry("family", package="attnbench.variants.families", entry_point_group="none", attribute="FAMILY")
     families.add(toy.name, toy)
-    specs = Registry("variant", package="variants.families", entry_point_group="none")
+    specs = Registry("variant", package="attnbench.variants.families", entry_point_group="none")
     specs.add("toy", ToySpec())
-    monkeypatch.setattr(variants.core.families, "FAMILIES", families)
-    monkeypatch.setattr(variants.registry, "VARIANTS", specs)
+    monkeypatch.setattr(attnbench.variants.core.families, "FAMILIES", families)
+    monkeypatch.setattr(attnbench.variants.registry, "VARIANTS", specs)
     return toy
 
 
@@ -71,6 +71,6 @@ def test_a_new_familys_key_is_routed_read_validated_and_recorded(toy_family):
     assert json.loads(family_shape(shape, "toy")) == {"chunk_size": 16}
     assert family_shape(base, "toy") is None  # at its default: the case_id it had before the key existed
 
-    from harness.measure.numerics import reduce_shape
+    from attnbench.harness.measure.numerics import reduce_shape
 
     assert reduce_shape(shape, "toy").chunk_size == 4 and reduce_shape(shape, "toy").heads == 2

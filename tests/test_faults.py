@@ -13,12 +13,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness import results
-from harness.errors import UserError
-from harness.report import build_report
-from harness.report.__main__ import main as report_main
-from harness.report.page import build as report_build
-from harness.results import merge
+from attnbench.harness import results
+from attnbench.harness.errors import UserError
+from attnbench.harness.report import build_report
+from attnbench.harness.report.__main__ import main as report_main
+from attnbench.harness.report.page import build as report_build
+from attnbench.harness.results import merge
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "report_sweep"
@@ -149,7 +149,7 @@ def test_load_refuses_two_ok_rows_of_one_case_as_merge_does(tmp_path):
 def _compose(*overrides: str):
     from hydra import compose, initialize_config_dir
 
-    from variants.presets import conf_root
+    from attnbench.variants.presets import conf_root
 
     with initialize_config_dir(config_dir=str(conf_root()), version_base="1.3"):
         return compose("config", overrides=["experiment=smoke", "device=cpu", "variant=mha", "impl=eager",
@@ -159,18 +159,18 @@ def _compose(*overrides: str):
 @pytest.fixture
 def fake_cases(monkeypatch):
     """Cases 'measured' in no time: an ok row of the job's columns (resume and the config check are under test)."""
-    from variants.registry import VARIANTS
+    from attnbench.variants.registry import VARIANTS
 
     def run_case(case, ctx):
         return {**ctx.job_columns, "case_id": case.case_id(VARIANTS.get(case.variant).uses), "status": "ok",
                 "reason": "", "finished_at": pd.Timestamp.now(tz="UTC"), "latency_ms": 1.0, "latency_ci_rel": 0.01,
                 "n_reps": 3}
 
-    monkeypatch.setattr("harness.sweep.job.run_case", run_case)
+    monkeypatch.setattr("attnbench.harness.sweep.job.run_case", run_case)
 
 
 def test_resume_refuses_a_changed_configuration_and_keeps_the_stored_one(tmp_path, fake_cases):
-    from harness.sweep.job import run_job
+    from attnbench.harness.sweep.job import run_job
 
     root = tmp_path / "ed"
     assert len(run_job(_compose("measure.warmup_reps=1"), job_dir=root, root=root)) == 1
@@ -189,7 +189,7 @@ def test_resume_refuses_a_changed_configuration_and_keeps_the_stored_one(tmp_pat
 _HOLD = """
 import sys, time
 from pathlib import Path
-from harness.sweep.claim import claimed
+from attnbench.harness.sweep.claim import claimed
 with claimed(Path(sys.argv[1]), launcher=sys.argv[2]):
     print("held", flush=True)
     time.sleep(60)
@@ -203,8 +203,8 @@ def test_a_second_sweep_under_the_same_name_is_refused_naming_the_holder(tmp_pat
     import subprocess
     import sys
 
-    from harness.sweep.claim import claimed
-    from harness.sweep.job import run_job
+    from attnbench.harness.sweep.claim import claimed
+    from attnbench.harness.sweep.job import run_job
 
     root = tmp_path / "ed"
     holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(root), "basic"], stdout=subprocess.PIPE, text=True,
@@ -233,7 +233,7 @@ def _night(tmp_path: Path, name: str, time_utc: str, seed: int) -> Path:
 
 
 def test_a_run_stamped_in_the_future_is_refused_at_ingest_naming_the_stamp(tmp_path, capsys):
-    from harness.nightly import cli
+    from attnbench.harness.nightly import cli
 
     db = tmp_path / "h.sqlite"
     skewed = _night(tmp_path, "skewed", "2099-01-01T00:00:00+00:00", seed=0)
@@ -246,8 +246,8 @@ def test_a_run_stamped_in_the_future_is_refused_at_ingest_naming_the_stamp(tmp_p
 def test_runs_are_ordered_by_ingestion_and_an_old_history_keeps_its_order(tmp_path):
     import sqlite3
 
-    from harness.nightly.ingest import read_run
-    from harness.nightly.store import SCHEMA_VERSION, History
+    from attnbench.harness.nightly.ingest import read_run
+    from attnbench.harness.nightly.store import SCHEMA_VERSION, History
 
     history = History(tmp_path / "h.sqlite")
 
@@ -283,7 +283,7 @@ def _sweep_with_a_linked_job(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_a_linked_job_folder_is_refused_by_name_by_every_reader(tmp_path, capsys):
-    from harness.sweep import status
+    from attnbench.harness.sweep import status
 
     root, link = _sweep_with_a_linked_job(tmp_path)
     for read in (results.load, lambda r: merge.merge([r]), results.finished_case_ids, status.status):
@@ -313,7 +313,7 @@ def test_the_workers_of_one_parallel_sweep_share_its_name(tmp_path, monkeypatch)
     import subprocess
     import sys
 
-    from harness.sweep.claim import SWEEP_ENV, claimed
+    from attnbench.harness.sweep.claim import SWEEP_ENV, claimed
 
     root = tmp_path / "ed"
     env = {**os.environ, SWEEP_ENV: "host:1:abc"}  # as the launching process sets it for its workers

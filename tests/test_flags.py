@@ -12,18 +12,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import results
-from harness.measure import runner, trust
-from harness.measure.runner import RunContext, run_case
-from harness.measure.stats import summarize
-from harness.measure.timer import Measurement
-from harness.sweep.job import measure_settings, run_job
-from harness.sweep.plan import plan_cases
+from attnbench.harness import results
+from attnbench.harness.measure import runner, trust
+from attnbench.harness.measure.runner import RunContext, run_case
+from attnbench.harness.measure.stats import summarize
+from attnbench.harness.measure.timer import Measurement
+from attnbench.harness.sweep.job import measure_settings, run_job
+from attnbench.harness.sweep.plan import plan_cases
 from tests.nightly_rows import lognormal_samples, row as nightly_row, write_run
 from tests.test_run import _job_cfg
-from variants.implementation import KernelImplementation
-from variants.kernels.eager import EagerKernel
-from variants.registry import IMPLEMENTATIONS
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.kernels.eager import EagerKernel
+from attnbench.variants.registry import IMPLEMENTATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "report_sweep"
@@ -163,7 +163,7 @@ def test_old_row_files_load_with_empty_flags():
 
 
 def test_the_sweep_summary_shows_the_flags(tmp_path):
-    from harness.sweep.summary import summarize
+    from attnbench.harness.sweep.summary import summarize
 
     text = summarize(_flagged_fixture(tmp_path)).markdown()
     assert "2 rows flagged: 1 noisy, 1 fallback, 1 busy." in text
@@ -172,11 +172,11 @@ def test_the_sweep_summary_shows_the_flags(tmp_path):
 
 
 def test_a_report_figure_draws_a_flagged_row_hollow_and_lists_it(tmp_path):
-    from harness.report import figures, flagged
-    from harness.report.analysis.baseline import Baseline, with_ratios
-    from harness.report.analysis.capacity import RESERVE
-    from harness.report.data import prepare
-    from harness.report.tables.views import cases_table
+    from attnbench.harness.report import figures, flagged
+    from attnbench.harness.report.analysis.baseline import Baseline, with_ratios
+    from attnbench.harness.report.analysis.capacity import RESERVE
+    from attnbench.harness.report.data import prepare
+    from attnbench.harness.report.tables.views import cases_table
 
     ok, _ = with_ratios(prepare(results.load(_flagged_fixture(tmp_path))).ok, Baseline())
     drawn = figures.draw("latency", figures.FigureInput(ok=ok, capacity=pd.DataFrame(), budget_bytes=None,
@@ -192,10 +192,10 @@ def test_a_report_figure_draws_a_flagged_row_hollow_and_lists_it(tmp_path):
 
 
 def test_nightly_never_judges_against_a_flagged_baseline_row(tmp_path):
-    from harness.nightly.compare import compare
-    from harness.nightly.ingest import read_run
-    from harness.nightly.markdown import render
-    from harness.nightly.store import History
+    from attnbench.harness.nightly.compare import compare
+    from attnbench.harness.nightly.ingest import read_run
+    from attnbench.harness.nightly.markdown import render
+    from attnbench.harness.nightly.store import History
 
     history = History(tmp_path / "h.sqlite")
     ids = []

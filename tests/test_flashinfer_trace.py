@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.app.main import main as attnbench
-from harness.errors import UserError
-from harness.interop.flashinfer_trace import load, model
-from harness.interop.flashinfer_trace.export import export
+from attnbench.harness.app.main import main as attnbench
+from attnbench.harness.errors import UserError
+from attnbench.harness.interop.flashinfer_trace import load, model
+from attnbench.harness.interop.flashinfer_trace.export import export
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ROWS = FIXTURES / "report_sweep" / "rows" / "rows.parquet"
@@ -125,8 +125,8 @@ def test_reference_catches_a_wrong_kernel(exported: Path) -> None:
     """The oracle fails a kernel that attends without the causal mask (the prefill queries see the future)."""
     body = next(d for name, d in load.read_folder(exported).definitions.items() if "_gqa_prefill_" in name)
     inputs = load.random_inputs(body, {"batch_size": 1, "len_kv": 6})
-    from harness.measure.numerics import relative_error
-    from harness.interop.flashinfer_trace.reference import load_run
+    from attnbench.harness.measure.numerics import relative_error
+    from attnbench.harness.interop.flashinfer_trace.reference import load_run
     import torch.nn.functional as F
 
     q, k, v = (inputs[n].transpose(1, 2) for n in ("q", "k", "v"))
@@ -167,9 +167,9 @@ def test_imported_cases_have_the_exported_rows_case_ids(exported: Path) -> None:
     """The overrides compose, through attnbench's own config and planner, to the very cases exported."""
     from hydra import compose, initialize_config_dir
 
-    from harness.sweep.plan import plan_cases
-    from variants.presets import conf_root
-    from variants.registry import VARIANTS
+    from attnbench.harness.sweep.plan import plan_cases
+    from attnbench.variants.presets import conf_root
+    from attnbench.variants.registry import VARIANTS
 
     frame = pd.read_parquet(ROWS)
     want = set(frame.loc[frame["impl"] == "eager", "case_id"])

@@ -9,10 +9,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
-from variants.mask import and_masks, block_mask, causal, document, make_mask, or_masks, prefix
-from variants.shape import ModelShape
+from attnbench.variants.mask import and_masks, block_mask, causal, document, make_mask, or_masks, prefix
+from attnbench.variants.shape import ModelShape
 
 pytestmark = pytest.mark.compile
 

@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
-from harness.measure import numerics
-from harness.measure.case import Case
+from attnbench import variants
+from attnbench.harness.measure import numerics
+from attnbench.harness.measure.case import Case
 from tests.reference import rel_err
 from tests.shapes import COMPILING, TINY
-from variants import quant
-from variants.cache import CacheField, CacheLayout, KVCache
-from variants.presets import load_preset
-from variants.registry import IMPLEMENTATIONS
+from attnbench.variants import quant
+from attnbench.variants.cache import CacheField, CacheLayout, KVCache
+from attnbench.variants.presets import load_preset
+from attnbench.variants.registry import IMPLEMENTATIONS
 
 FP8 = "fp8_e4m3"
 

@@ -9,18 +9,18 @@ import math
 import pytest
 import torch
 
-import variants
-from harness.measure import numerics
-from harness.measure.case import Case
-from harness.report.analysis.costmodel import model_cost
+from attnbench import variants
+from attnbench.harness.measure import numerics
+from attnbench.harness.measure.case import Case
+from attnbench.harness.report.analysis.costmodel import model_cost
 from tests.reference import rel_err
 from tests.test_dsv4 import SHAPE, _randomize
-from variants import fp8_model1
-from variants.cache import KVCache
-from variants.families.dsv4 import model_kv_bytes_per_token
-from variants.fp8_model1 import Model1Format
-from variants.presets import load_preset
-from variants.registry import IMPLEMENTATIONS
+from attnbench.variants import fp8_model1
+from attnbench.variants.cache import KVCache
+from attnbench.variants.families.dsv4 import model_kv_bytes_per_token
+from attnbench.variants.fp8_model1 import Model1Format
+from attnbench.variants.presets import load_preset
+from attnbench.variants.registry import IMPLEMENTATIONS
 
 M1 = "fp8_model1"
 V4 = Model1Format(512, 64)  # a V4-Flash entry: 448 nope dims, 64 rotary

@@ -1,11 +1,11 @@
-"""``variants.from_hf`` layers give the ``transformers`` layers' outputs, prefill and decode."""
+"""``attnbench.variants.from_hf`` layers give the ``transformers`` layers' outputs, prefill and decode."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
 
 transformers = pytest.importorskip("transformers", reason="the interop tests need the 'test' extra (transformers)")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
-from harness.report import figures
-from harness.report.page.gallery import FIXTURES, SHOTS, V2_LITE, V4_FLASH, V32, gallery
+from attnbench.harness import results
+from attnbench.harness.report import figures
+from attnbench.harness.report.page.gallery import FIXTURES, SHOTS, V2_LITE, V4_FLASH, V32, gallery
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "figures"

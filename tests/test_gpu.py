@@ -9,8 +9,8 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness import results
-from harness.sweep.job import run_job
+from attnbench.harness import results
+from attnbench.harness.sweep.job import run_job
 from tests.test_run import CONF, _job_cfg
 
 pytestmark = pytest.mark.gpu

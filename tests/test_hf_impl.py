@@ -9,23 +9,23 @@ import sys
 import pytest
 import torch
 
-import variants
-from harness.measure import numerics
-from harness.measure.case import Case
+from attnbench import variants
+from attnbench.harness.measure import numerics
+from attnbench.harness.measure.case import Case
 from tests.reference import rel_err
 from tests.shapes import TINY, TINY_Q, build_mla
 from tests.test_cost import count_flops
 from tests.test_run import ROOT
-from variants.families.gqa import GQA
-from variants.hf_peer import HFSpec, linear_slots, register
-from variants.hf_peer.maps.gqa import gqa as gqa_map
-from variants.hf_peer.maps.gqa import kv_views
-from variants.presets import load_preset
-from variants.registry import IMPLEMENTATIONS
-from variants.rope import Rope, default_inv_freq
+from attnbench.variants.families.gqa import GQA
+from attnbench.variants.hf_peer import HFSpec, linear_slots, register
+from attnbench.variants.hf_peer.maps.gqa import gqa as gqa_map
+from attnbench.variants.hf_peer.maps.gqa import kv_views
+from attnbench.variants.presets import load_preset
+from attnbench.variants.registry import IMPLEMENTATIONS
+from attnbench.variants.rope import Rope, default_inv_freq
 
 pytest.importorskip("transformers", reason="hf runs transformers' modules: the 'hf' (or 'test') extra")
-from variants.hf_peer import runtime  # noqa: E402 - imports transformers
+from attnbench.variants.hf_peer import runtime  # noqa: E402 - imports transformers
 
 B, PREFILL, MAX_LEN = 2, 5, 14
 HALF = TINY.replace(rope_layout="half")
@@ -224,8 +224,8 @@ def test_a_quantized_cache_is_refused():
 
 
 def test_a_cross_attention_case_is_a_skipped_row():
-    from harness.measure.runner import RunContext, run_case
-    from harness.measure.timer import MeasureSettings
+    from attnbench.harness.measure.runner import RunContext, run_case
+    from attnbench.harness.measure.timer import MeasureSettings
 
     case = Case(variant="mla", impl="hf", compile=None, phase="decode", model="tiny", shape=load_preset("tiny"),
                 batch=1, seq=16, decode_len=1, dtype="float32", device="cpu", attention="cross",
@@ -269,7 +269,7 @@ def test_without_transformers_hf_is_skipped_with_the_install_hint(monkeypatch):
 
 
 def test_importing_variants_does_not_import_transformers():
-    code = ("import sys, variants, torch; from variants.registry import IMPLEMENTATIONS; "
+    code = ("import sys, torch; from attnbench import variants; from attnbench.variants.registry import IMPLEMENTATIONS; "
             "hf = IMPLEMENTATIONS.get('hf'); layer = variants.build('mla', model='tiny', device='meta'); "
             "assert hf.supports(layer, phase='decode', device=torch.device('cpu'), dtype=torch.float32) is None; "
             "assert 'transformers' not in sys.modules, 'imported'")

@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
-from variants.presets import load_preset
+from attnbench.variants.presets import load_preset
 
 transformers = pytest.importorskip("transformers", reason="the interop tests need the 'test' extra (transformers)")
 from transformers import DynamicCache  # noqa: E402

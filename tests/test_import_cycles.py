@@ -4,8 +4,8 @@ Every ``import`` and ``from ... import`` counts, function-level ones included: a
 inside a function still ties the two modules together, it only defers the failure. Imports under
 ``if TYPE_CHECKING:`` count too: a module annotated with a type of a module that uses it cannot
 make that import real without failing ("partially initialized module"), so the two are one unit.
-A submodule's implicit import of its parent packages is left out (``variants.layer`` runs
-``variants/__init__.py`` first, which re-exports it); an explicit ``from variants import build``
+A submodule's implicit import of its parent packages is left out (``attnbench.variants.layer`` runs
+``variants/__init__.py`` first, which re-exports it); an explicit ``from attnbench.variants import build``
 inside the package does count.
 
 Modules loaded by name are read too (``by_name=True``): ``import_module("a.b")`` with a literal, and
@@ -23,7 +23,8 @@ PACKAGES = ("harness", "variants")
 
 
 def _module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    """The name a module imports by: the repository's folders are installed under ``attnbench``."""
+    parts = ["attnbench", *path.relative_to(ROOT).with_suffix("").parts]
     if parts[-1] == "__init__":
         parts.pop()
     return ".".join(parts)
@@ -70,7 +71,7 @@ def _loaded_by_name(tree: ast.AST) -> list[str]:
 
 
 def _resolve(name: str, modules: dict[str, Path]) -> str | None:
-    """The longest project module that ``name`` is or lies in (``variants.layer.Step`` -> ``variants.layer``)."""
+    """The longest project module that ``name`` is or lies in (``attnbench.variants.layer.Step`` -> ``attnbench.variants.layer``)."""
     while name and name not in modules:
         name = name.rpartition(".")[0]
     return name or None
@@ -163,10 +164,11 @@ def test_the_core_imports_nothing_above_it() -> None:
     # they stand on (not moved, so that branches editing them merge): shape, cache and its views, masks,
     # cost records, kernel protocols.
     graph = import_graph(by_name=False)
-    above = ("variants.families", "variants.impls", "variants.layer", "variants.implementation", "harness")
-    leaves = ("variants.shape", "variants.cache", "variants.cache_view", "variants.quant", "variants.mask",
-              "variants.cost", "variants.kernel")
-    for module in (m for m in graph if m.startswith("variants.core") or m in leaves):
+    above = tuple(f"attnbench.{m}" for m in ("variants.families", "variants.impls", "variants.layer",
+                                             "variants.implementation", "harness"))
+    leaves = tuple(f"attnbench.variants.{m}" for m in ("shape", "cache", "cache_view", "quant", "mask", "cost",
+                                                       "kernel"))
+    for module in (m for m in graph if m.startswith("attnbench.variants.core") or m in leaves):
         reached, todo = set(), [module]
         while todo:
             for nxt in graph[todo.pop()] - reached:
@@ -228,12 +230,12 @@ def test_folders_have_no_cycles_but_the_known_ones() -> None:
 
 def test_the_checker_sees_function_level_imports_and_cycles() -> None:
     # The checker itself must be able to fail: a hand-made cycle through a function-level import.
-    tree = ast.parse("def f():\n    from variants.layer import x\nif TYPE_CHECKING:\n    import harness\n")
+    tree = ast.parse("def f():\n    from attnbench.variants.layer import x\nif TYPE_CHECKING:\n    import attnbench.harness\n")
     names = [n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in _imports(tree)]
-    assert names == ["variants.layer", "harness"]
+    assert names == ["attnbench.variants.layer", "attnbench.harness"]
     names = [n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
              for n in _imports(tree, type_checking=False)]
-    assert names == ["variants.layer"]
+    assert names == ["attnbench.variants.layer"]
     tree = ast.parse("importlib.import_module('a.b')\nR = Registry('x', package='c.d')\nimport_module(name)\n")
     assert _loaded_by_name(tree) == ["a.b", "c.d"]
     assert cycles({"a": {"b"}, "b": {"a", "c"}, "c": set()}) == [frozenset({"a", "b"})]
@@ -241,8 +243,8 @@ def test_the_checker_sees_function_level_imports_and_cycles() -> None:
     assert find_cycle({"a": {"b"}, "b": set()}) is None
     # and the real graph has edges (an empty graph would pass trivially)
     graph = import_graph()
-    assert "variants.cache" in graph["variants.layer"]
-    assert "variants" in graph["harness.studies.lowrank.study"]
+    assert "attnbench.variants.cache" in graph["attnbench.variants.layer"]
+    assert "attnbench.variants" in graph["attnbench.harness.studies.lowrank.study"]
 
 
 # Plugin discovery: a registry imports every module of a package by name on its first lookup, and those
@@ -250,13 +252,13 @@ def test_the_checker_sees_function_level_imports_and_cycles() -> None:
 # the registry). These loads close cycles that only the discovery's laziness keeps from failing; no other
 # module may load by name into a cycle. (issue 20: to remove, plugins would export an attribute the
 # registry collects, and the layer would take implementations, not names.)
-KNOWN_DISCOVERY = ("variants.registry", "variants.core.families", "variants.convert.method", "variants.hf_peer",
-                   "harness.report.figures")
+KNOWN_DISCOVERY = ("attnbench.variants.registry", "attnbench.variants.core.families", "attnbench.variants.convert.method", "attnbench.variants.hf_peer",
+                   "attnbench.harness.report.figures")
 
 
 def test_by_name_loads_close_no_cycle_but_plugin_discovery() -> None:
     static, by_name = import_graph(), import_graph(by_name=True)
-    assert by_name["variants.core.families"] - static["variants.core.families"]  # the loads are seen
+    assert by_name["attnbench.variants.core.families"] - static["attnbench.variants.core.families"]  # the loads are seen
     trimmed = {m: targets if m not in KNOWN_DISCOVERY else static[m] for m, targets in by_name.items()}
     cycle = find_cycle(trimmed)
     assert cycle is None, "import cycle through a load by name: " + " -> ".join(cycle)

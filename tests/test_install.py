@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import results
+from attnbench.harness import results
 
 ROOT = Path(__file__).resolve().parent.parent
 # Left out of the copy that is built: outputs, caches and build leftovers (stale files in build/ would
@@ -45,17 +45,18 @@ def wheel(tmp_path_factory) -> Path:
 
 def test_the_wheel_holds_the_configs_and_the_app(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    configs = {f"attnbench_conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
+    configs = {f"attnbench/conf/{p.relative_to(ROOT / 'conf').as_posix()}" for p in (ROOT / "conf").rglob("*.yaml")}
     assert configs and configs <= names, sorted(configs - names)
-    code = {p.relative_to(ROOT).as_posix() for top in ("harness", "variants")
+    code = {f"attnbench/{p.relative_to(ROOT).as_posix()}" for top in ("harness", "variants")
             for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}
     # Data the code reads beside itself (the models state_vs_kv compares) ships too.
-    code |= {p.relative_to(ROOT).as_posix() for top in ("harness", "variants") for p in (ROOT / top).rglob("*.yaml")}
+    code |= {f"attnbench/{p.relative_to(ROOT).as_posix()}" for top in ("harness", "variants") for p in (ROOT / top).rglob("*.yaml")}
     assert code <= names, sorted(code - names)
-    assert {"attnbench_conf/__init__.py", "harness/__main__.py", "harness/app/main.py"} <= names
-    assert not any(n.startswith(("conf/", "tests/", "results/")) for n in names)
+    assert {"attnbench/conf/__init__.py", "attnbench/harness/__main__.py", "attnbench/harness/app/main.py"} <= names
+    # One namespace: no generic top-level package (harness, variants and conf are names others use on PyPI).
+    assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"attnbench"}, names
     entry_points = next(n for n in names if n.endswith(".dist-info/entry_points.txt"))
-    assert "attnbench = harness.app.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "attnbench = attnbench.harness.app.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def _venv(path: Path) -> Path:
@@ -97,12 +98,14 @@ def test_an_installed_attnbench_runs_outside_the_checkout(wheel, tmp_path, mode)
     frame = results.load(cwd / "results" / "installed")
     assert set(frame["variant"]) == {"mla"} and (frame["status"] == "ok").all() and len(frame) >= 2 - len(few)
 
-    check = ("import variants, harness, attnbench_conf; "
-             "layer = variants.build('mla', model='deepseek_v3', device='meta'); "
+    check = ("import attnbench.variants, attnbench.harness as harness, attnbench.conf; "
+             "layer = attnbench.variants.build('mla', model='deepseek_v3', device='meta'); "
              "print(type(layer).__name__); "
-             "print(harness.__file__); print(attnbench_conf.__file__)")
+             "print(harness.__file__); print(attnbench.conf.__file__); "
+             "import importlib.util; print([n for n in ('harness', 'variants', 'conf') if importlib.util.find_spec(n)])")
     proc = subprocess.run([str(python), "-c", check], cwd=cwd, capture_output=True, text=True, timeout=300,
                           env=_clean_env())
     assert proc.returncode == 0, proc.stderr[-3000:]
-    _, code_file, conf_file = proc.stdout.strip().splitlines()
+    _, code_file, conf_file, generic = proc.stdout.strip().splitlines()
+    assert generic == "[]", f"the install claims generic top-level names: {generic}"
     assert Path(code_file).is_relative_to(where) and Path(conf_file).is_relative_to(where), proc.stdout

@@ -12,13 +12,13 @@ from types import ModuleType
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
 from tests.shapes import TINY
 from tests.test_dsv4 import SHAPE as DSV4_SHAPE
-from variants.cache import KVCache
-from variants.kernels.eager import EagerKernel
-from variants.mask import AttnMask
+from attnbench.variants.cache import KVCache
+from attnbench.variants.kernels.eager import EagerKernel
+from attnbench.variants.mask import AttnMask
 
 ROOT = Path(__file__).resolve().parent.parent
 F64 = torch.float64

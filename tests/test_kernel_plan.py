@@ -8,11 +8,11 @@ from typing import Any
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import reference, rel_err
 from tests.shapes import TINY
-from variants.families.mla import MLA
-from variants.registry import IMPLEMENTATIONS
+from attnbench.variants.families.mla import MLA
+from attnbench.variants.registry import IMPLEMENTATIONS
 
 
 @dataclass

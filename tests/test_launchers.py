@@ -20,16 +20,16 @@ import pandas as pd
 import pytest
 from hydra import compose, initialize_config_dir
 
-from harness import results
+from attnbench.harness import results
 
-from harness.sweep import overrides
+from attnbench.harness.sweep import overrides
 
-from harness.results import merge
+from attnbench.harness.results import merge
 
-from harness.sweep import pinning
+from attnbench.harness.sweep import pinning
 
-from harness.sweep import status
-from harness.errors import UserError
+from attnbench.harness.sweep import status
+from attnbench.harness.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -149,7 +149,7 @@ def test_killed_joblib_sweep_resumes_without_loss_or_repeat(tmp_path):
     assert len(report.missing) == NUM_KILLED_CASES - len(before)
     assert status.main([str(root)]) == 1
     command = shlex.split(report.resume_command)
-    assert command[:4] == ["python", "-m", "harness", "-m"] and command[-1] == "resume=true"
+    assert command[:4] == ["python", "-m", "attnbench.harness", "-m"] and command[-1] == "resume=true"
 
     resumed = _run(command[1:])  # the command status printed, as a user would paste it
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -201,7 +201,7 @@ def test_merge_rejects_overlapping_sources_and_output(tmp_path):
 
 _WORKER = textwrap.dedent("""
     import json, sys, time
-    from harness.sweep.pinning import pinned_device
+    from attnbench.harness.sweep.pinning import pinned_device
     lock_dir, out, jobs, hold = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
     with open(out, "w") as f:
         for _ in range(jobs):
@@ -249,7 +249,7 @@ def test_more_workers_than_gpus_wait_instead_of_sharing(tmp_path):
 
 
 def test_a_killed_job_releases_its_gpu(tmp_path):
-    code = ("import sys, time; from harness.sweep.pinning import pinned_device\n"
+    code = ("import sys, time; from attnbench.harness.sweep.pinning import pinned_device\n"
             "with pinned_device('cuda', lock_dir=sys.argv[1], gpu_ids=['fake-0']) as dev:\n"
             "    print(dev, flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,

@@ -6,15 +6,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
 from tests.reference_linear import REFERENCES
-from variants.families.gdn import config_from_shape as gdn_config
-from variants.families.gdn.cost import recurrent_state_bytes, state_bytes_per_sequence
-from variants.families.gdn.rule import CHUNKED, RECURRENT
-from variants.families.kda import config_from_shape as kda_config
-from variants.registry import IMPLEMENTATIONS
-from variants.shape import ModelShape
+from attnbench.variants.families.gdn import config_from_shape as gdn_config
+from attnbench.variants.families.gdn.cost import recurrent_state_bytes, state_bytes_per_sequence
+from attnbench.variants.families.gdn.rule import CHUNKED, RECURRENT
+from attnbench.variants.families.kda import config_from_shape as kda_config
+from attnbench.variants.registry import IMPLEMENTATIONS
+from attnbench.variants.shape import ModelShape
 
 # Tiny: 2 key heads; gdn with 4 value heads (two per key head, as Qwen3-Next's 16 and 32).
 TINY_LINEAR = ModelShape.from_dict(dict(hidden=32, heads=2, head_dim=8, linear_num_key_heads=2,
@@ -157,8 +157,8 @@ def test_fp8_state_and_softmax_kernels_are_refused_with_a_reason(variant):
 @pytest.mark.parametrize("variant", LINEAR)
 @pytest.mark.parametrize("phase", ["prefill", "decode"])
 def test_the_numerics_gate_passes_the_chunked_implementation(variant, phase):
-    from harness.measure import numerics
-    from harness.measure.case import Case
+    from attnbench.harness.measure import numerics
+    from attnbench.harness.measure.case import Case
 
     case = Case(variant=variant, impl="chunked", compile=None, phase=phase, model="tiny_linear", shape=TINY[variant],
                 batch=2, seq=4096, decode_len=2, dtype="float32", device="cpu")
@@ -168,7 +168,7 @@ def test_the_numerics_gate_passes_the_chunked_implementation(variant, phase):
 
 @pytest.mark.parametrize("variant", LINEAR)
 def test_the_gate_reduces_the_linear_heads_and_keeps_the_grouping_and_dims(variant):
-    from harness.measure import numerics
+    from attnbench.harness.measure import numerics
 
     value_heads = {"gdn": 32, "kda": 16}[variant]
     shape = QWEN3_NEXT.replace(linear_num_key_heads=16, linear_num_value_heads=value_heads)

@@ -50,8 +50,8 @@ def _module(kind: str):
 @pytest.mark.parametrize("impl", ["eager", "chunked"])
 @pytest.mark.parametrize("kind", ["gdn", "kda"])
 def test_from_hf_matches_transformers_in_prefill_and_token_by_token_decode(kind, impl, seed, monkeypatch):
-    from variants.families.gdn.hf import from_hf as gdn_from_hf
-    from variants.families.kda.hf import from_hf as kda_from_hf
+    from attnbench.variants.families.gdn.hf import from_hf as gdn_from_hf
+    from attnbench.variants.families.kda.hf import from_hf as kda_from_hf
 
     modeling, config, module = _module(kind)
     module = module.double()
@@ -79,7 +79,7 @@ def test_from_hf_matches_transformers_in_prefill_and_token_by_token_decode(kind,
 
 
 def test_from_hf_refuses_other_modules():
-    from variants.families.gdn.hf import from_hf
+    from attnbench.variants.families.gdn.hf import from_hf
 
     with pytest.raises(ValueError, match="supported: Qwen3NextGatedDeltaNet"):
         from_hf(torch.nn.Linear(2, 2))

@@ -1,4 +1,4 @@
-"""The low-rank study end to end on a tiny random Llama (``harness.studies.lowrank``); no real weights needed."""
+"""The low-rank study end to end on a tiny random Llama (``attnbench.harness.studies.lowrank``); no real weights needed."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.report import figures as report_figures
-from harness.report.figures import FigureInput
-from harness.studies.lowrank.hooks import capture_attention_inputs, swapped_attention
-from harness.studies.lowrank.perplexity import perplexity
-from harness.studies.lowrank.schema import COLUMNS
-from harness.studies.lowrank.settings import StudySettings
-from harness.studies.lowrank.study import load_results, study_model
-from harness.studies.lowrank.summary import summary_table
-from harness.studies.lowrank.text import reference_text, text_label, token_slices
+from attnbench.harness.report import figures as report_figures
+from attnbench.harness.report.figures import FigureInput
+from attnbench.harness.studies.lowrank.hooks import capture_attention_inputs, swapped_attention
+from attnbench.harness.studies.lowrank.perplexity import perplexity
+from attnbench.harness.studies.lowrank.schema import COLUMNS
+from attnbench.harness.studies.lowrank.settings import StudySettings
+from attnbench.harness.studies.lowrank.study import load_results, study_model
+from attnbench.harness.studies.lowrank.summary import summary_table
+from attnbench.harness.studies.lowrank.text import reference_text, text_label, token_slices
 
 NAMES = ("error_vs_dc", "perplexity_vs_dc", "tradeoff")
 transformers = pytest.importorskip("transformers", reason="the study needs the 'lowrank' or 'test' extra")
@@ -86,8 +86,7 @@ def test_adapter_and_full_rank_conversion_keep_the_perplexity(tiny_llama, tmp_pa
 
 
 def test_adapter_refuses_what_it_cannot_reproduce(tiny_llama):
-    import variants
-
+    from attnbench import variants
     model, _, evaluation = tiny_llama
     layer = variants.from_hf(model.model.layers[0].self_attn)
     with swapped_attention(model, {0: layer}, impl="eager"), pytest.raises(ValueError, match="use_cache=False"):
@@ -164,7 +163,7 @@ def test_hydra_experiment_composes_and_reaches_main(tmp_path, monkeypatch):
     into the study's settings (the study itself is replaced: it needs the real weights)."""
     from hydra import compose, initialize_config_dir
 
-    import harness.studies.lowrank.study as study
+    import attnbench.harness.studies.lowrank.study as study
 
     conf = Path(__file__).resolve().parent.parent / "conf"
     (tmp_path / "config.yaml").write_text(
@@ -184,7 +183,7 @@ def test_hydra_experiment_composes_and_reaches_main(tmp_path, monkeypatch):
 
 def test_report_command_draws_a_study(tiny_llama, tmp_path):
     """The report command takes a study folder (alone) and writes its table and three figures."""
-    from harness.report.__main__ import main as report_main
+    from attnbench.harness.report.__main__ import main as report_main
 
     model, calib, evaluation = tiny_llama
     study = tmp_path / "study"

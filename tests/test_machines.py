@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from harness import results
-from harness.errors import UserError
-from harness.report.analysis.baseline import Baseline
-from harness.report.data import load_rows, prepare
-from harness.report.page.build import build_report
-from harness.results import merge
+from attnbench.harness import results
+from attnbench.harness.errors import UserError
+from attnbench.harness.report.analysis.baseline import Baseline
+from attnbench.harness.report.data import load_rows, prepare
+from attnbench.harness.report.page.build import build_report
+from attnbench.harness.results import merge
 
 FIXTURE = Path(__file__).parent / "fixtures" / "report_sweep" / "rows" / "rows.parquet"
 
@@ -69,8 +69,8 @@ def test_run_job_twice_on_two_hosts_keeps_both(tmp_path, monkeypatch):
     """Two real tiny sweeps under one name, the host name patched between them."""
     from hydra import compose, initialize_config_dir
 
-    from harness.sweep.job import run_job
-    from variants.presets import conf_root
+    from attnbench.harness.sweep.job import run_job
+    from attnbench.variants.presets import conf_root
 
     with initialize_config_dir(config_dir=str(conf_root()), version_base="1.3"):
         cfg = compose("config", overrides=["experiment=smoke", "measure.calibrate=false", "device=cpu",

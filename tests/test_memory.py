@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-import variants
-from harness.measure.memory import _cgroup_headroom_bytes, available_bytes, step_peak_bytes, tensor_bytes
+from attnbench import variants
+from attnbench.harness.measure.memory import _cgroup_headroom_bytes, available_bytes, step_peak_bytes, tensor_bytes
 from tests.shapes import TINY
 
 MB10 = 10_000_000

@@ -9,13 +9,13 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
-import variants
+from attnbench import variants
 from tests.deepseek_absorb import DeepSeekAbsorbPeer
 from tests.reference import rel_err
 from tests.shapes import MLA_SETTINGS, TINY, TINY_Q, build_mla
-from variants.kernels.eager import EagerKernel
-from variants.kernels.mla_eager import EagerMLAKernel
-from variants.mask import make_mask
+from attnbench.variants.kernels.eager import EagerKernel
+from attnbench.variants.kernels.mla_eager import EagerMLAKernel
+from attnbench.variants.mask import make_mask
 
 aten = torch.ops.aten
 ABSORBED = ("absorbed", "absorbed_sdpa", "absorbed_fold_o")

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness.nightly import cli
-from harness.nightly.compare import FingerprintMismatch, compare, judge_timing
-from harness.nightly.ingest import read_run
-from harness.nightly.ratio import ratio_ci, run_to_run_sd_log, widen
-from harness.nightly.store import History
+from attnbench.harness.nightly import cli
+from attnbench.harness.nightly.compare import FingerprintMismatch, compare, judge_timing
+from attnbench.harness.nightly.ingest import read_run
+from attnbench.harness.nightly.ratio import ratio_ci, run_to_run_sd_log, widen
+from attnbench.harness.nightly.store import History
 from tests.nightly_rows import FIGURES, case_id, lognormal_samples, row, write_run
 
 ABSORBED = "mla-absorbed"

@@ -3,7 +3,7 @@ alarm from the second night on, and a 30% slowdown put into the code is caught.
 
 Each night is a real harness run (``run_job``, ``measure=quick``, four small cases: gqa eager/sdpa,
 prefill/decode) ingested under its own commit and compared as the workflow does
-(``python -m harness.nightly compare``), in a fresh history. The slowdown is in the code, not in the
+(``python -m attnbench.harness.nightly compare``), in a fresh history. The slowdown is in the code, not in the
 numbers: the ``sdpa`` implementation is replaced by one whose step runs the real step and then
 keeps the core busy for ``factor - 1`` times as long as that step took, so every timed call does
 30% more work. Nothing else differs between the two series (same cases, settings and process).
@@ -25,10 +25,10 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness.nightly import cli
-from harness.nightly.store import History
-from harness.sweep.job import run_job
-from variants.registry import IMPLEMENTATIONS
+from attnbench.harness.nightly import cli
+from attnbench.harness.nightly.store import History
+from attnbench.harness.sweep.job import run_job
+from attnbench.variants.registry import IMPLEMENTATIONS
 
 # Real repeated timings judged by the nightly rule: whether a 30% slowdown is confirmed within three
 # nights depends on the machine's load (it failed 1 run in 3 on this quiet 2-core CPU, never the

@@ -27,16 +27,16 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import variants
-from harness import results
-from harness.sweep.job import run_job
-from harness.nightly import cli
-from harness.nightly.compare import compare, judge_timing
-from harness.nightly.ingest import read_run
-from harness.nightly.store import History
-from harness.sweep.plan import plan_cases
-from harness.measure.stats import summarize
-from harness.measure.timer import CpuTimer
+from attnbench import variants
+from attnbench.harness import results
+from attnbench.harness.sweep.job import run_job
+from attnbench.harness.nightly import cli
+from attnbench.harness.nightly.compare import compare, judge_timing
+from attnbench.harness.nightly.ingest import read_run
+from attnbench.harness.nightly.store import History
+from attnbench.harness.sweep.plan import plan_cases
+from attnbench.harness.measure.stats import summarize
+from attnbench.harness.measure.timer import CpuTimer
 from tests.test_nightly_compare import _inject
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
@@ -70,7 +70,7 @@ def _harness_run(out: Path):
 
 
 def _step(case):
-    """The step the harness timed for ``case``, prepared the way ``harness.measure.runner`` prepares it."""
+    """The step the harness timed for ``case``, prepared the way ``attnbench.harness.measure.runner`` prepares it."""
     layer = variants.build(case.variant, case.shape, dtype=case.torch_dtype, device="cpu", seed=0)
     cache = layer.new_cache(case.batch, case.max_len, impl=case.impl)
     cache.fill_random_(case.seq, seed=0)
@@ -80,7 +80,7 @@ def _step(case):
 
 def _interleaved_runs(step) -> list[list[float]]:
     """Ten runs' samples, each run timed in ``ROUNDS`` blocks of ``REPS`` calls, the blocks of all runs in
-    rotating round-robin order. The collector is paused while timing, as ``harness.measure.timer.measure`` does."""
+    rotating round-robin order. The collector is paused while timing, as ``attnbench.harness.measure.timer.measure`` does."""
     timer = CpuTimer()
     samples: list[list[float]] = [[] for _ in range(NUM_RUNS)]
     with _torch_threads(1):

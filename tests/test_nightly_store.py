@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.measure.env import fingerprint
-from harness.nightly import cli
-from harness.nightly.ingest import read_run
-from harness.nightly.store import History
+from attnbench.harness.measure.env import fingerprint
+from attnbench.harness.nightly import cli
+from attnbench.harness.nightly.ingest import read_run
+from attnbench.harness.nightly.store import History
 from tests.nightly_rows import ENV, MEASURE, lognormal_samples, row, write_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,7 +84,7 @@ def test_results_mixing_timing_settings_are_refused(tmp_path):
 
 _KILLED_WRITER = textwrap.dedent("""
     import sys, time
-    from harness.nightly.store import History
+    from attnbench.harness.nightly.store import History
     history = History(sys.argv[1])
     template = history.run(1)
     cases = list(history.cases(1).values())
@@ -180,7 +180,7 @@ def test_reading_a_missing_history_says_how_to_start(tmp_path):
 _LARGE_WRITER = textwrap.dedent("""
     import sys
     from dataclasses import replace
-    from harness.nightly.store import History
+    from attnbench.harness.nightly.store import History
     history = History(sys.argv[1])
     template = history.run(1)
     case = next(iter(history.cases(1).values()))

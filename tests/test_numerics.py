@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import reference, rel_err
 from tests.shapes import COMPILING, MLA_SETTINGS, TINY, TINY_Q, VARIANTS, build_mla
 

@@ -8,11 +8,11 @@ import torch
 
 from tests.reference import rel_err
 from tests.test_cache_view import _latent_cache, _reference
-from variants.cache import KVCache
-from variants.kernels import page_runs
-from variants.kernels.mla_eager import EagerMLAKernel
-from variants.kernels.mla_sdpa import SdpaMLAKernel
-from variants.mask import AttnMask
+from attnbench.variants.cache import KVCache
+from attnbench.variants.kernels import page_runs
+from attnbench.variants.kernels.mla_eager import EagerMLAKernel
+from attnbench.variants.kernels.mla_sdpa import SdpaMLAKernel
+from attnbench.variants.mask import AttnMask
 
 F64 = torch.float64
 

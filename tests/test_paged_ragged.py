@@ -7,12 +7,12 @@ import math
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
 from tests.test_cost import count_flops
 from tests.shapes import TINY
-from variants.cache import CacheField, CacheLayout
-from variants.registry import IMPLEMENTATIONS
+from attnbench.variants.cache import CacheField, CacheLayout
+from attnbench.variants.registry import IMPLEMENTATIONS
 
 CASES = [("gqa", "eager"), ("gqa", "sdpa"), ("mqa", "eager"), ("mla", "eager"), ("mla", "absorbed"),
          ("mla", "absorbed_sdpa"), ("mla", "absorbed_fold_o"), ("mla", "expanded")]

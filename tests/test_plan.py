@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.measure.parse import format_size, parse_size
-from harness.sweep.overrides import check_overrides
-from harness.errors import UserError
-from harness.sweep.plan import plan_cases
-from variants.presets import load_preset
-from variants.registry import VARIANTS
+from attnbench.harness.measure.parse import format_size, parse_size
+from attnbench.harness.sweep.overrides import check_overrides
+from attnbench.harness.errors import UserError
+from attnbench.harness.sweep.plan import plan_cases
+from attnbench.variants.presets import load_preset
+from attnbench.variants.registry import VARIANTS
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -89,7 +89,7 @@ def test_case_identity_ignores_keys_the_variant_does_not_use():
     b = plan_cases(_cfg(variant={"name": "mha"}, impl={"name": "eager"}, d_c=32))[0]
     c = plan_cases(_cfg(variant={"name": "mla"}, impl={"name": "eager"}, d_c=16))[0]
     d = plan_cases(_cfg(variant={"name": "mla"}, impl={"name": "eager"}, d_c=32))[0]
-    from variants.registry import VARIANTS
+    from attnbench.variants.registry import VARIANTS
 
     assert a.case_id(VARIANTS.get("mha").uses) == b.case_id(VARIANTS.get("mha").uses)
     assert c.case_id(VARIANTS.get("mla").uses) != d.case_id(VARIANTS.get("mla").uses)

@@ -10,14 +10,14 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-import variants
-from harness import results
-from harness.measure.memory import _cpu_transient_peak_bytes
-from harness.measure.runner import RunContext, run_case
-from harness.measure.timer import MeasureSettings
-from harness.sweep.plan import plan_cases
+from attnbench import variants
+from attnbench.harness import results
+from attnbench.harness.measure.memory import _cpu_transient_peak_bytes
+from attnbench.harness.measure.runner import RunContext, run_case
+from attnbench.harness.measure.timer import MeasureSettings
+from attnbench.harness.sweep.plan import plan_cases
 from tests.test_run import CONF, ROOT
-from variants.registry import IMPLEMENTATIONS
+from attnbench.variants.registry import IMPLEMENTATIONS
 
 ONE_SAMPLE = MeasureSettings(warmup_reps=0, warmup_s=0.0, min_reps=1, max_reps=1, target_ci_rel=0.0, budget_s=0.01)
 # Decode short and at 128k; prefill where eager's scores stay small (1k: 48 MiB of them). Every

@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from harness import results
-from harness.measure import parse as parse_module
-from harness.measure import probes, runner
-from harness.sweep.job import run_job
+from attnbench.harness import results
+from attnbench.harness.measure import parse as parse_module
+from attnbench.harness.measure import probes, runner
+from attnbench.harness.sweep.job import run_job
 from tests.test_run import _job_cfg
 
 
@@ -117,7 +117,7 @@ def test_cuda_rows_carry_backend_working_set_and_full_shape_check(tmp_path):
 
 @pytest.mark.gpu
 def test_graph_peak_memory_counts_the_private_pool():
-    from harness.measure.timer import capture_cuda_graph
+    from attnbench.harness.measure.timer import capture_cuda_graph
 
     a = torch.randn(2048, 2048, device="cuda")
     replay = capture_cuda_graph(lambda: (a @ a).relu().sum(0), device="cuda")
@@ -128,7 +128,7 @@ def test_graph_peak_memory_counts_the_private_pool():
 def test_calibration_clock_times_a_device_other_than_the_current_one():
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two CUDA devices to tell device N from the current device")
-    from harness.measure.calibrate import best_call_s
+    from attnbench.harness.measure.calibrate import best_call_s
 
     x = torch.randn(1 << 26, device="cuda:1")
     with torch.cuda.device(0):

@@ -8,8 +8,8 @@ import logging
 
 import pytest
 
-from harness.sweep import progress as progress_mod
-from harness.sweep.progress import Progress, StatusLine, SweepState
+from attnbench.harness.sweep import progress as progress_mod
+from attnbench.harness.sweep.progress import Progress, StatusLine, SweepState
 
 
 class Terminal(io.StringIO):
@@ -35,7 +35,7 @@ def test_terminal_shows_job_case_stage_and_sweep_eta(sweep: SweepState, caplog: 
     job.stage("compiling")
     assert "job 3/20 · case 1/4 mla/absorbed decode b=1 seq=4k · compiling 0s · ETA ?" in screen.getvalue()
     job.started -= 10.0  # the first case took 10 s
-    with caplog.at_level(logging.INFO, logger="harness"):
+    with caplog.at_level(logging.INFO, logger="attnbench.harness"):
         job.update("mla/absorbed decode b=1 seq=4k", _ok_row())
     assert "[1/4] mla/absorbed decode b=1 seq=4k: 1 ms" in caplog.text  # the log line is kept
     # 3 cases left in this job + 17 jobs not started x 4 cases, at 10 s each.
@@ -78,8 +78,8 @@ def test_a_real_job_reports_its_stages_in_order(tmp_path, monkeypatch: pytest.Mo
     """run_job -> runner: the status line passes gate, building, first call and timing for one tiny case."""
     from hydra import compose, initialize_config_dir
 
-    from harness.sweep.job import run_job
-    from variants.presets import conf_root
+    from attnbench.harness.sweep.job import run_job
+    from attnbench.variants.presets import conf_root
 
     screen = Terminal()
     monkeypatch.setattr(progress_mod, "_SWEEP", [SweepState(num_jobs=2, job=0)])

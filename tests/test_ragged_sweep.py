@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import variants
-from harness import results
-from harness.measure.predict import predict_memory
-from harness.report.analysis.capacity import MAX_CONTEXT, longest_context
-from harness.report.analysis.costmodel import model_cost
-from harness.sweep.plan import plan_cases
-from variants.cache import CacheLayout
-from variants.presets import load_preset
-from variants.registry import IMPLEMENTATIONS
+from attnbench import variants
+from attnbench.harness import results
+from attnbench.harness.measure.predict import predict_memory
+from attnbench.harness.report.analysis.capacity import MAX_CONTEXT, longest_context
+from attnbench.harness.report.analysis.costmodel import model_cost
+from attnbench.harness.sweep.plan import plan_cases
+from attnbench.variants.cache import CacheLayout
+from attnbench.variants.presets import load_preset
+from attnbench.variants.registry import IMPLEMENTATIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -20,11 +20,11 @@ import pyarrow.parquet as pq
 import pytest
 from hydra import compose, initialize_config_dir
 
-from harness import results
-from harness.results import merge
-from harness.results.compact import PACKED, compact
-from harness.sweep.job import run_job
-from variants.presets import conf_root
+from attnbench.harness import results
+from attnbench.harness.results import merge
+from attnbench.harness.results.compact import PACKED, compact
+from attnbench.harness.sweep.job import run_job
+from attnbench.variants.presets import conf_root
 
 TINY = ["experiment=smoke", "measure.calibrate=false", "device=cpu", "threads=1", "phase=decode"]
 JOBS = (["variant=gqa", "impl=sdpa"], ["variant=mha", "impl=eager,sdpa"])
@@ -142,7 +142,7 @@ def test_iso_text_times_of_older_row_files_load_as_timestamps(tmp_path):
 
 
 def test_a_rows_repro_command_measures_the_same_case(sweep, tmp_path, monkeypatch):
-    from harness.app.main import main
+    from attnbench.harness.app.main import main
 
     row = pd.read_parquet(sweep / results.ROWS / "1").sort_values("impl").iloc[-1]  # mha/sdpa of a 2-case job
     args = shlex.split(row["repro"])
@@ -156,8 +156,8 @@ def test_a_rows_repro_command_measures_the_same_case(sweep, tmp_path, monkeypatc
 
 
 def test_the_summary_and_the_reports_cases_table_carry_each_rows_repro(sweep):
-    from harness.report.tables.views import cases_table
-    from harness.sweep.summary import summarize
+    from attnbench.harness.report.tables.views import cases_table
+    from attnbench.harness.sweep.summary import summarize
 
     frame = results.load(sweep)
     text = summarize(sweep).markdown()

@@ -9,13 +9,13 @@ import types
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import reference, rel_err
 from tests.shapes import TINY_Q
-from variants.implementation import KernelImplementation
-from variants.kernels.eager import EagerKernel
-from variants.kernels.mla_eager import EagerMLAKernel
-from variants.registry import Registry
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.kernels.eager import EagerKernel
+from attnbench.variants.kernels.mla_eager import EagerMLAKernel
+from attnbench.variants.registry import Registry
 
 
 def test_builtin_implementations_and_variants():
@@ -50,7 +50,7 @@ def test_entry_point_plugin_is_discovered_and_runs(monkeypatch, seed):
         return [ep] if kwargs.get("group") == "attnbench.implementations" else real(**kwargs)
 
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    registry = Registry("implementation", package="variants.impls", entry_point_group="attnbench.implementations")
+    registry = Registry("implementation", package="attnbench.variants.impls", entry_point_group="attnbench.implementations")
     monkeypatch.setattr(variants.registry, "IMPLEMENTATIONS", registry)
     assert "plugged" in registry.names()
 
@@ -61,7 +61,7 @@ def test_entry_point_plugin_is_discovered_and_runs(monkeypatch, seed):
 
 
 def test_duplicate_registration_is_refused():
-    registry = Registry("implementation", package="variants.impls", entry_point_group="none")
+    registry = Registry("implementation", package="attnbench.variants.impls", entry_point_group="none")
     registry.add("x", object())
     with pytest.raises(ValueError, match="registered twice"):
         registry.add("x", object())

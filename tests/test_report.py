@@ -1,4 +1,4 @@
-"""``python -m harness.report`` on real harness results (tests/fixtures/report_sweep, made on CPU by
+"""``python -m attnbench.harness.report`` on real harness results (tests/fixtures/report_sweep, made on CPU by
 tests/fixtures/make_report_sweep.sh): every file exists and holds what it should, the numbers are
 the fixture's, the figures are print-ready, and the HTML page renders in a real headless browser."""
 
@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from harness import results
-from harness.errors import UserError
-from harness.report import build_report
-from harness.report.__main__ import main
-from harness.text.units import significant
+from attnbench.harness import results
+from attnbench.harness.errors import UserError
+from attnbench.harness.report import build_report
+from attnbench.harness.report.__main__ import main
+from attnbench.harness.text.units import significant
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "report_sweep"
@@ -243,7 +243,7 @@ def test_html_page_renders_in_headless_chromium_with_every_image_loaded(report, 
 
 @pytest.mark.skipif(_chromium() is None, reason="no chromium binary on PATH (Debian: apt-get install chromium)")
 def test_a_click_on_a_header_sorts_numbers_as_numbers_and_blanks_last(tmp_path):
-    from harness.report.page.html import SORT_SCRIPT
+    from attnbench.harness.report.page.html import SORT_SCRIPT
 
     rows = "".join(f"<tr><td>{a}</td><td>{b}</td></tr>" for a, b in
                    (("x", "1,024"), ("y", ""), ("z", "64"), ("w", "4k"), ("v", "0.5 [0.4, 0.6]")))
@@ -313,7 +313,7 @@ def test_bad_input_is_one_line_and_exit_2(args, fragment, capsys, tmp_path):
 
 
 def test_the_real_command_fails_in_one_line_without_a_traceback(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "harness.report", str(tmp_path / "nothing"), "--out",
+    done = subprocess.run([sys.executable, "-m", "attnbench.harness.report", str(tmp_path / "nothing"), "--out",
                            str(tmp_path / "r")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("error: no results at") and done.stderr.count("\n") == 1, done.stderr

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from harness import results
-from harness.report.data import prepare
-from harness.report.page import against
+from attnbench.harness import results
+from attnbench.harness.report.data import prepare
+from attnbench.harness.report.page import against
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
 

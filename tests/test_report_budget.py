@@ -13,17 +13,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness import results
-from harness.report import figures
-from harness.report.analysis.baseline import Baseline, with_ratios
-from harness.report.analysis.budget import Ladder, ratios, throughput_table
-from harness.report.analysis.capacity import largest_batch
-from harness.report.analysis.costmodel import model_cost, shape_of
-from harness.report.data import prepare
-from harness.report.figures import FigureInput
-from harness.report.figures.legend import legend_inside
-from harness.report.tables.views import throughput_view
-from variants.presets import load_preset
+from attnbench.harness import results
+from attnbench.harness.report import figures
+from attnbench.harness.report.analysis.baseline import Baseline, with_ratios
+from attnbench.harness.report.analysis.budget import Ladder, ratios, throughput_table
+from attnbench.harness.report.analysis.capacity import largest_batch
+from attnbench.harness.report.analysis.costmodel import model_cost, shape_of
+from attnbench.harness.report.data import prepare
+from attnbench.harness.report.figures import FigureInput
+from attnbench.harness.report.figures.legend import legend_inside
+from attnbench.harness.report.tables.views import throughput_view
+from attnbench.variants.presets import load_preset
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "report_sweep"
@@ -135,7 +135,7 @@ def test_the_experiments_ladder_brackets_its_gpu_budget():
 
 
 def test_cpu_rows_get_no_budget_from_host_ram_only_a_note_naming_the_option(ok):
-    from harness.report.analysis.capacity import capacity_table
+    from attnbench.harness.report.analysis.capacity import capacity_table
 
     assert ok["device_mem_total_bytes"].notna().any() and ok["device"].astype(str).str.startswith("cpu").all()
     table, notes = throughput_table(ok, budget_bytes=None, reserve=0.1, baseline_variant="mha")

@@ -10,15 +10,15 @@ import pandas as pd
 import pytest
 from matplotlib.text import Text
 
-from harness import results
-from harness.report import figures
-from harness.report.analysis.capacity import RESERVE
-from harness.report.data import prepare
-from harness.report.figures import FigureInput
-from harness.report.figures.distribution import ecdf
-from harness.report.figures.legend import legend_inside
-from harness.report.figures.style import MAX_HEIGHT_IN, MIN_TEXT_PT, VENUE_WIDTH_IN, WIDTH_IN, width_inches
-from harness.report.flagged import FLAGGED_EDGE, FLAGGED_GID
+from attnbench.harness import results
+from attnbench.harness.report import figures
+from attnbench.harness.report.analysis.capacity import RESERVE
+from attnbench.harness.report.data import prepare
+from attnbench.harness.report.figures import FigureInput
+from attnbench.harness.report.figures.distribution import ecdf
+from attnbench.harness.report.figures.legend import legend_inside
+from attnbench.harness.report.figures.style import MAX_HEIGHT_IN, MIN_TEXT_PT, VENUE_WIDTH_IN, WIDTH_IN, width_inches
+from attnbench.harness.report.flagged import FLAGGED_EDGE, FLAGGED_GID
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
 

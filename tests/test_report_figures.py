@@ -13,16 +13,16 @@ import pytest
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from harness import results
-from harness.report import figures
-from harness.report.analysis.baseline import Baseline, with_ratios
-from harness.report.analysis.capacity import RESERVE
-from harness.report.data import prepare
-from harness.report.figures import FigureInput
-from harness.report.figures.canvas import MAX_SERIES
-from harness.report.figures.legend import HEADER_GID, legend_inside
-from harness.report.figures.style import WIDTH_IN
-from harness.studies.lowrank.schema import row
+from attnbench.harness import results
+from attnbench.harness.report import figures
+from attnbench.harness.report.analysis.baseline import Baseline, with_ratios
+from attnbench.harness.report.analysis.capacity import RESERVE
+from attnbench.harness.report.data import prepare
+from attnbench.harness.report.figures import FigureInput
+from attnbench.harness.report.figures.canvas import MAX_SERIES
+from attnbench.harness.report.figures.legend import HEADER_GID, legend_inside
+from attnbench.harness.report.figures.style import WIDTH_IN
+from attnbench.harness.studies.lowrank.schema import row
 
 # The tiny model's sweep, dense MLA beside DSA (tiny_dsa) for the sparse crossover figure, and a tiny hybrid's
 # linear and full layers (tiny_hybrid) for the state_vs_kv figure.
@@ -41,7 +41,7 @@ def measured() -> FigureInput:
 
 @pytest.fixture(scope="module")
 def lowrank() -> FigureInput:
-    """A study's rows shaped as ``harness.studies.lowrank`` writes them: five methods, two d_r, four d_c
+    """A study's rows shaped as ``attnbench.harness.studies.lowrank`` writes them: five methods, two d_r, four d_c
     (ten series: more than one panel holds), the source model."""
     rows = [row(model="tiny-llama", method="source", scope="model", layer=-1, status="ok", dtype="float32",
                 perplexity=40.0, source_perplexity=40.0, source_kv_bytes_per_token=512, kv_dtype="float32",

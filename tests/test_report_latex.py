@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness.report import build_report
-from harness.report.tables.formats import to_latex
-from harness.report.tables.views import Table
+from attnbench.harness.report import build_report
+from attnbench.harness.report.tables.formats import to_latex
+from attnbench.harness.report.tables.views import Table
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
 PDFLATEX = shutil.which("pdflatex")

@@ -9,12 +9,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from harness import results
-from harness.report.analysis.baseline import Baseline, with_ratios
-from harness.report.analysis.capacity import capacity_table, longest_context
-from harness.report.analysis.costmodel import model_cost, shape_of
-from harness.report.data import apply_filters, parse_filters, prepare
-from harness.text.units import human_bytes, number, parse_bytes, tokens
+from attnbench.harness import results
+from attnbench.harness.report.analysis.baseline import Baseline, with_ratios
+from attnbench.harness.report.analysis.capacity import capacity_table, longest_context
+from attnbench.harness.report.analysis.costmodel import model_cost, shape_of
+from attnbench.harness.report.data import apply_filters, parse_filters, prepare
+from attnbench.harness.text.units import human_bytes, number, parse_bytes, tokens
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
 GiB = 2**30
@@ -148,7 +148,7 @@ def test_units():
 
 
 def test_unknown_figure_or_width_is_refused_before_anything_is_written(tmp_path):
-    from harness.report import build_report
+    from attnbench.harness.report import build_report
 
     with pytest.raises(ValueError, match="figure 'nope' is not one of: latency, kv_cache"):
         build_report(FIXTURE, tmp_path / "r", figures=("nope",))

@@ -11,17 +11,17 @@ import pytest
 from matplotlib.colors import to_hex
 from matplotlib.text import Text
 
-import variants
-from harness import results
-from harness.report import figures
-from harness.report.analysis.baseline import Baseline, with_ratios
-from harness.report.analysis.capacity import RESERVE
-from harness.report.data import prepare
-from harness.report.figures import FigureInput
-from harness.report.figures.legend import legend_inside
-from harness.report.figures.style import (IMPL_STYLES, OKABE_ITO, RC, VARIANT_COLORS, figure_style, impl_style,
+from attnbench import variants
+from attnbench.harness import results
+from attnbench.harness.report import figures
+from attnbench.harness.report.analysis.baseline import Baseline, with_ratios
+from attnbench.harness.report.analysis.capacity import RESERVE
+from attnbench.harness.report.data import prepare
+from attnbench.harness.report.figures import FigureInput
+from attnbench.harness.report.figures.legend import legend_inside
+from attnbench.harness.report.figures.style import (IMPL_STYLES, OKABE_ITO, RC, VARIANT_COLORS, figure_style, impl_style,
                                           series_style, variant_color, width_class, width_inches)
-from harness.report.figures.style import MAX_HEIGHT_IN, MIN_TEXT_PT
+from attnbench.harness.report.figures.style import MAX_HEIGHT_IN, MIN_TEXT_PT
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness import results
+from attnbench.harness import results
 
 
 def _row(case_id: str, status: str, t: float, root: str = "r1", **extra):

@@ -16,15 +16,15 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from harness import results
-from harness.errors import UserError
-from harness.sweep.job import run_job
-from harness.sweep.plan import plan_cases
-from variants.implementation import KernelImplementation
-from variants.impls.hf import transformers_missing
-from variants.kernels.eager import EagerKernel
-from variants.presets import load_preset
-from variants.registry import IMPLEMENTATIONS, VARIANTS
+from attnbench.harness import results
+from attnbench.harness.errors import UserError
+from attnbench.harness.sweep.job import run_job
+from attnbench.harness.sweep.plan import plan_cases
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.impls.hf import transformers_missing
+from attnbench.variants.kernels.eager import EagerKernel
+from attnbench.variants.presets import load_preset
+from attnbench.variants.registry import IMPLEMENTATIONS, VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
@@ -66,7 +66,7 @@ def test_every_experiment_composes_and_plans(experiment):
 
 @pytest.mark.parametrize("measure", _options("measure"))
 def test_every_measure_config_instantiates(measure):
-    from harness.sweep.job import measure_settings
+    from attnbench.harness.sweep.job import measure_settings
 
     assert measure_settings(_compose([f"measure={measure}"]).measure).min_reps >= 1
 

@@ -14,18 +14,18 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from harness import results
-from harness.measure import runner
-from harness.measure.case import Case, case_label
-from harness.measure.runner import RunContext, run_case
-from harness.results import schema
-from harness.results.conform import to_table
-from harness.sweep.job import measure_settings, run_job
-from harness.sweep.plan import plan_cases
-from harness.sweep.progress import SUMMARY_COLUMNS, summary_table
+from attnbench.harness import results
+from attnbench.harness.measure import runner
+from attnbench.harness.measure.case import Case, case_label
+from attnbench.harness.measure.runner import RunContext, run_case
+from attnbench.harness.results import schema
+from attnbench.harness.results.conform import to_table
+from attnbench.harness.sweep.job import measure_settings, run_job
+from attnbench.harness.sweep.plan import plan_cases
+from attnbench.harness.sweep.progress import SUMMARY_COLUMNS, summary_table
 from tests.test_run import _job_cfg
-from variants.registry import VARIANTS
-from variants.shape import ModelShape
+from attnbench.variants.registry import VARIANTS
+from attnbench.variants.shape import ModelShape
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "fixtures" / "report_sweep"
@@ -53,7 +53,7 @@ def _gpu_row() -> dict[str, object]:
 
 def test_the_docs_page_is_the_generated_schema():
     assert (ROOT / "docs" / "results-schema.md").read_text() == schema.markdown(), \
-        "regenerate it: python -m harness.results.schema > docs/results-schema.md"
+        "regenerate it: python -m attnbench.harness.results.schema > docs/results-schema.md"
 
 
 def test_a_real_row_file_has_every_column_in_order_with_its_declared_type(cpu_run):
@@ -163,7 +163,7 @@ def test_the_shape_columns_are_model_shape_fields_and_cover_what_variants_use():
     assert set(schema.SHAPE) <= fields
     used = {key for name in VARIANTS.names() for key in VARIANTS.get(name).uses}
     # A family's own keys that are not ModelShape fields travel in the family_shape column (gdn, kda).
-    from variants.registry import family_shape_keys
+    from attnbench.variants.registry import family_shape_keys
 
     assert used <= set(schema.SHAPE) | (set(family_shape_keys()) - fields)
 

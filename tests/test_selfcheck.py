@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.app.main import main
+from attnbench.harness.app.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_dry_run_passes_and_writes_its_summary(tmp_path):
     # CI-like: no GPU, one thread, no user cache; compile is left out here for time (test_run compiles).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(ROOT)}
-    done = subprocess.run([sys.executable, "-m", "harness.selfcheck", "--dry-run", "--out", str(tmp_path),
+    done = subprocess.run([sys.executable, "-m", "attnbench.harness.selfcheck", "--dry-run", "--out", str(tmp_path),
                            "--skip", "mla_32k_compile"], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

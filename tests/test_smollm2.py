@@ -9,15 +9,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
-from variants.convert import convert, method_names
+from attnbench.variants.convert import convert, method_names
 
 pytest.importorskip("transformers", reason="the real-model test needs the 'lowrank' extra (transformers)")
 pytest.importorskip("gguf", reason="the real-model test needs the 'lowrank' extra (gguf)")
-from harness.studies.lowrank.hooks import capture_attention_inputs  # noqa: E402
-from harness.studies.lowrank.model import INSTALL_HINT, load_smollm2, smollm2_file  # noqa: E402
-from harness.studies.lowrank.text import token_slices  # noqa: E402
+from attnbench.harness.studies.lowrank.hooks import capture_attention_inputs  # noqa: E402
+from attnbench.harness.studies.lowrank.model import INSTALL_HINT, load_smollm2, smollm2_file  # noqa: E402
+from attnbench.harness.studies.lowrank.text import token_slices  # noqa: E402
 
 if smollm2_file() is None:
     pytest.skip(f"SmolLM2's weights are not installed ({INSTALL_HINT})", allow_module_level=True)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.measure.stats import ci_rel, median_ci, summarize
+from attnbench.harness.measure.stats import ci_rel, median_ci, summarize
 
 
 def exact_coverage(n: int, low_rank: int) -> float:

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.reference import reference, rel_err
-from variants.families.swa import RingLayout
-from variants.mask import and_masks, causal, dense, document, or_masks, prefix, sink_tokens, sliding_window
-from variants.shape import ModelShape
+from attnbench.variants.families.swa import RingLayout
+from attnbench.variants.mask import and_masks, causal, dense, document, or_masks, prefix, sink_tokens, sliding_window
+from attnbench.variants.shape import ModelShape
 
 SHAPE = ModelShape(hidden=24, heads=4, head_dim=8, kv_heads=2, sliding_window=4, name="test")
 SETTINGS = {
@@ -71,7 +71,7 @@ def test_ring_layout_size_is_a_function_of_the_context():
 
 
 def test_full_layers_of_a_windowed_model_are_plain_gqa(seed):
-    from variants.families.swa import make_layer
+    from attnbench.variants.families.swa import make_layer
 
     layer = make_layer(SHAPE.replace(attn_sinks=True), "self", window=None).double()
     with torch.no_grad():
@@ -118,9 +118,9 @@ def test_learned_sinks_on_a_kernel_that_cannot_apply_them_fail_at_construction()
 
 
 def test_whole_model_kv_honours_the_layer_schedule():
-    from harness.report.analysis.capacity import longest_context
-    from harness.report.analysis.costmodel import model_cost
-    from variants.families.swa import make_layer, model_kv_bytes
+    from attnbench.harness.report.analysis.capacity import longest_context
+    from attnbench.harness.report.analysis.costmodel import model_cost
+    from attnbench.variants.families.swa import make_layer, model_kv_bytes
 
     shape = SHAPE.replace(num_layers=5, layer_pattern="SF", sink_tokens=1)  # S F S F S: 3 window layers
     assert shape.layer_windows() == [4, None, 4, None, 4]

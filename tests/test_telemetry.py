@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from harness.measure.telemetry import EMPTY_COLUMNS, NullSampler, NvmlSampler, reason_names, telemetry_for
+from attnbench.harness.measure.telemetry import EMPTY_COLUMNS, NullSampler, NvmlSampler, reason_names, telemetry_for
 from tests.fake_nvml import CONSTANTS, GIB, MIB, NVML_ERROR_UNKNOWN, FakeNvml, NVMLError, Script
 
 FAST = 0.001  # polling interval for tests, s

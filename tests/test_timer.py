@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch.utils import benchmark
 
-import harness.measure.timer
-import variants
-from harness.measure.stats import summarize
-from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, capture_cuda_graph, measure
+import attnbench.harness.measure.timer
+from attnbench import variants
+from attnbench.harness.measure.stats import summarize
+from attnbench.harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, capture_cuda_graph, measure
 from tests.shapes import TINY
 
 FAST = MeasureSettings(warmup_reps=0, warmup_s=0.0)  # fakes advance only the fake clock
@@ -177,8 +177,8 @@ def test_stops_at_max_reps(seed):
 
 def test_ci_rule_is_checked_only_every_few_reps(seed, monkeypatch):
     checks = []
-    real_ci_rel = harness.measure.timer.ci_rel
-    monkeypatch.setattr(harness.measure.timer, "ci_rel", lambda xs, c: checks.append(len(xs)) or real_ci_rel(xs, c))
+    real_ci_rel = attnbench.harness.measure.timer.ci_rel
+    monkeypatch.setattr(attnbench.harness.measure.timer, "ci_rel", lambda xs, c: checks.append(len(xs)) or real_ci_rel(xs, c))
     timer, clock = scripted(noisy_ms(seed))
     m = measure(lambda: None, timer, MeasureSettings(warmup_reps=0, warmup_s=0.0, max_reps=2000,
                                                      budget_s=math.inf, target_ci_rel=1e-6), clock=clock)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import variants
+from attnbench import variants
 from tests.shapes import TINY, TINY_Q
 
 
@@ -73,8 +73,8 @@ def test_cross_attention_needs_memory_first():
 
 
 def test_mla_converted_settings_are_validated():
-    from variants.families.mla import MLA, MLAConfig
-    from variants.rope import Rope
+    from attnbench.variants.families.mla import MLA, MLAConfig
+    from attnbench.variants.rope import Rope
 
     base = dict(hidden=24, heads=6, d_c=10, d_r=4, nope_head_dim=6, v_head_dim=5)
     with pytest.raises(ValueError, match="^rope_heads=4 does not divide heads=6; valid rope_heads: 1, 2, 3, 6$"):

@@ -1,6 +1,6 @@
 """attnbench's attention variants: MHA, MQA, GQA and MLA, their implementations and cost model.
 
-    import variants
+    from attnbench import variants
     layer = variants.build("mla", model="deepseek_v2_lite")
     cache = layer.new_cache(batch, max_len)
     y = layer.prefill(x_BLD, cache, impl="eager")
@@ -8,19 +8,19 @@
     mla = variants.to_mla(variants.build("gqa", model="smollm2_135m"), d_c=128, d_r=32)
 """
 
-from variants.build import build
-from variants.cache import CacheField, CacheLayout, KVCache
-from variants.convert import to_mla
-from variants.cost import Cost
-from variants.implementation import Implementation, KernelImplementation
-from variants.layer import COMPILE_MODES, PHASES, AttentionLayer
-from variants.registry import IMPLEMENTATIONS, VARIANTS, register_implementation, register_variant
-from variants.shape import ModelShape
+from attnbench.variants.build import build
+from attnbench.variants.cache import CacheField, CacheLayout, KVCache
+from attnbench.variants.convert import to_mla
+from attnbench.variants.cost import Cost
+from attnbench.variants.implementation import Implementation, KernelImplementation
+from attnbench.variants.layer import COMPILE_MODES, PHASES, AttentionLayer
+from attnbench.variants.registry import IMPLEMENTATIONS, VARIANTS, register_implementation, register_variant
+from attnbench.variants.shape import ModelShape
 
 
 def from_hf(module, **kwargs):  # noqa: ANN001, ANN201 - transformers is an optional dependency
-    """The attnbench layer holding a ``transformers`` attention module's weights (see ``variants.hf``)."""
-    from variants.hf import from_hf as convert
+    """The attnbench layer holding a ``transformers`` attention module's weights (see ``attnbench.variants.hf``)."""
+    from attnbench.variants.hf import from_hf as convert
 
     return convert(module, **kwargs)
 

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import torch
 
-from variants.layer import AttentionLayer
-from variants.registry import VARIANTS, family_of
-from variants.shape import ATTENTION_KINDS, AttentionKind, ModelShape, check_choice
+from attnbench.variants.layer import AttentionLayer
+from attnbench.variants.registry import VARIANTS, family_of
+from attnbench.variants.shape import ATTENTION_KINDS, AttentionKind, ModelShape, check_choice
 
 
 def build(variant: str, shape: ModelShape | None = None, *, model: str | None = None,
           attention: AttentionKind = "self", dtype: torch.dtype = torch.float32,
           device: torch.device | str = "cpu", seed: int | None = None, **dims: object) -> AttentionLayer:
-    """Build ``variant`` (a name of ``variants.variant_names()``: mha, mqa, gqa, mla, ..., or a plugged-in one).
+    """Build ``variant`` (a name of ``attnbench.variants.variant_names()``: mha, mqa, gqa, mla, ..., or a plugged-in one).
 
     The shape is ``shape``, else the preset ``model`` (``conf/model/<model>.yaml``), else ``dims``
     alone; ``dims`` (``heads=``, ``d_c=``, ...) override it. Weights take torch's default init,
@@ -21,7 +21,7 @@ def build(variant: str, shape: ModelShape | None = None, *, model: str | None = 
     spec = VARIANTS.get(variant)
     check_choice("attention", attention, ATTENTION_KINDS)
     if shape is None and model is not None:
-        from variants.presets import load_preset
+        from attnbench.variants.presets import load_preset
 
         shape = load_preset(model)
     shape = shape.replace(**dims) if shape is not None else ModelShape.from_dict(dict(dims))

@@ -26,11 +26,11 @@ FlashMLA keep it), and a *ragged* batch (``seq_lens``: each sequence at its own 
 step appends at each sequence's own position).
 
 Storage (``kv_dtype``): a field is kept in the compute dtype, or with ``storage="fp8_e4m3"`` as e4m3
-values plus float32 scales per tile of each token (``variants.quant``); ``write`` quantizes and
+values plus float32 scales per tile of each token (``attnbench.variants.quant``); ``write`` quantizes and
 ``read`` dequantizes, so a family's step reads the same tensors either way. Fields with
 ``quantize=False`` (rotary keys, as FlashMLA keeps them in bf16) stay in the compute dtype. A
 quantized layout is never packed: its fields have different dtypes (each in a buffer of its own).
-``storage="fp8_model1"`` (DeepSeek-V4's entries, ``variants.fp8_model1``): a field that names its
+``storage="fp8_model1"`` (DeepSeek-V4's entries, ``attnbench.variants.fp8_model1``): a field that names its
 trailing ``rope`` dims is kept in FlashMLA's MODEL1 blocks of bytes (584 per entry, blocks padded to
 576 bytes); ``nbytes`` and ``bytes_per_token`` count the blocks as allocated.
 """
@@ -47,9 +47,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from variants import fp8_model1, quant
-from variants.cache_view import CacheView, FieldSlot, ViewLayout
-from variants.shape import KV_DTYPES, check_choice
+from attnbench.variants import fp8_model1, quant
+from attnbench.variants.cache_view import CacheView, FieldSlot, ViewLayout
+from attnbench.variants.shape import KV_DTYPES, check_choice
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ class CacheField:
 
     @property
     def tile(self) -> int:
-        """Elements per scale of an fp8 field (``variants.quant.tile_for`` of its last dimension)."""
+        """Elements per scale of an fp8 field (``attnbench.variants.quant.tile_for`` of its last dimension)."""
         return quant.tile_for(self.shape[-1])
 
     @property
@@ -433,7 +433,7 @@ class KVCache:
     def view(self, end: int, seq_lens_B: Tensor | None = None) -> CacheView:
         """What a kernel reads for a step over positions ``[0, end)``: the storage as allocated, the
         block table, the per-sequence lengths (``seq_lens_B``, a ragged step's; None: all ``end``)
-        and fp8 scales, and where each per-position field lies (``variants.cache_view``). Nothing
+        and fp8 scales, and where each per-position field lies (``attnbench.variants.cache_view``). Nothing
         is copied; the kernel decides how to read it."""
         slots, offset = [], 0
         for field in self.layout.fields:

@@ -13,13 +13,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from variants.families.dsa import DSA, DSAConfig
-from variants.families.dsv4 import DSV4, DSV4Config
-from variants.families.gqa import GQA, GQA_SPEC, MHA, MQA, GQAConfig
-from variants.families.mla import MLA, MLAConfig
-from variants.families.swa import SWA, SWAConfig
-from variants.layer import AttentionLayer
-from variants.rope import Rope
+from attnbench.variants.families.dsa import DSA, DSAConfig
+from attnbench.variants.families.dsv4 import DSV4, DSV4Config
+from attnbench.variants.families.gqa import GQA, GQA_SPEC, MHA, MQA, GQAConfig
+from attnbench.variants.families.mla import MLA, MLAConfig
+from attnbench.variants.families.swa import SWA, SWAConfig
+from attnbench.variants.layer import AttentionLayer
+from attnbench.variants.rope import Rope
 
 _MLA = ("DeepseekV2Attention", "DeepseekV3Attention")
 _DSA = ("DeepseekV32Attention",)

@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from variants.core.plan import Implementation, LayerLike, Plan, StepPlan
-from variants.cost import Cost
-from variants.kernel import Kernel
-from variants.registry import path_unsupported
+from attnbench.variants.core.plan import Implementation, LayerLike, Plan, StepPlan
+from attnbench.variants.cost import Cost
+from attnbench.variants.kernel import Kernel
+from attnbench.variants.registry import path_unsupported
 
 if TYPE_CHECKING:
-    from variants.core.step import Phase
+    from attnbench.variants.core.step import Phase
 
 __all__ = ["Implementation", "KernelImplementation", "Plan", "StepPlan"]
 

@@ -32,8 +32,8 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor, nn
 
-from variants.cost import Cost, matmul_flops
-from variants.rope import Rope
+from attnbench.variants.cost import Cost, matmul_flops
+from attnbench.variants.rope import Rope
 
 
 MAX_BLOCKS = 64  # query blocks per step, at most (see the module docstring)

@@ -8,8 +8,8 @@ preallocated cache, never copied by the layer), queries as ``[B, L, N, E]``; the
 ``[B, L, N, V]``. Query head n reads kv head ``n // (N / K)``, the grouping GQA defines.
 
 The mask's dense form ``keep_LT`` is ``[L, T]``, or ``[B, 1, L, T]`` in a ragged decode batch
-(each sequence its own length; see ``variants.cache``). A kernel is injected into a family's step
-runner when an implementation plans (``variants.implementation``): whatever it needs set up once
+(each sequence its own length; see ``attnbench.variants.cache``). A kernel is injected into a family's step
+runner when an implementation plans (``attnbench.variants.implementation``): whatever it needs set up once
 belongs in the plan, not in ``__call__``.
 
 A kernel with ``learned_sinks = True`` also takes ``sinks_N``, one logit per query head that joins
@@ -26,8 +26,8 @@ from typing import Protocol, runtime_checkable
 
 from torch import Tensor
 
-from variants.cache_view import CacheView
-from variants.mask import AttnMask
+from attnbench.variants.cache_view import CacheView
+from attnbench.variants.mask import AttnMask
 
 
 class Kernel(Protocol):
@@ -65,7 +65,7 @@ class MLAKernel(Protocol):
     a layer that attends on selected tokens only (``dsa``) calls in its place (read with getattr;
     FlashMLA ships the pair, its dense and its sparse decode kernels).
 
-    The layer hands the kernel the cache as a ``variants.cache_view.CacheView`` (storage or page
+    The layer hands the kernel the cache as a ``attnbench.variants.cache_view.CacheView`` (storage or page
     pool, block table, lengths, fp8 scales, where ``c_kv`` and ``k_rope`` lie in a row), through
     ``attend_latent``. A kernel with ``reads_view = True`` has ``attend_view(q_lat_BLNC, q_rope_BLNR,
     view, *, scale, mask)`` and reads the view itself (FlashMLA's and FlashInfer's contract: a

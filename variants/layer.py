@@ -2,7 +2,7 @@
 
 Legend: B batch, L new query tokens, M memory tokens (cross-attention), D hidden, T visible keys.
 
-A family (``variants.families``) supplies the math: its cache layout per *path* (the dataflow an
+A family (``attnbench.variants.families``) supplies the math: its cache layout per *path* (the dataflow an
 implementation runs: ``standard``, MLA's ``absorbed`` and ``expanded``), a step runner per path
 with the attention kernel injected, and the analytic cost of each path beside that math.
 
@@ -22,19 +22,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from variants.cache import CacheLayout, KVCache
-from variants.core.step import COMPILE_MODES, PHASES, Phase, Step, StepRunner
-from variants.cost import Cost
-from variants.kernel import Kernel
-from variants.mask import CAUSAL, AttnMask, MaskFn, make_mask
+from attnbench.variants.cache import CacheLayout, KVCache
+from attnbench.variants.core.step import COMPILE_MODES, PHASES, Phase, Step, StepRunner
+from attnbench.variants.cost import Cost
+from attnbench.variants.kernel import Kernel
+from attnbench.variants.mask import CAUSAL, AttnMask, MaskFn, make_mask
 
 # Implementation names resolve in the registry (the edge), which imports no family at import time.
-from variants.registry import implementation as resolve
-from variants.registry import path_unsupported
-from variants.shape import AttentionKind, check_choice
+from attnbench.variants.registry import implementation as resolve
+from attnbench.variants.registry import path_unsupported
+from attnbench.variants.shape import AttentionKind, check_choice
 
 if TYPE_CHECKING:
-    from variants.core.plan import Implementation, Plan
+    from attnbench.variants.core.plan import Implementation, Plan
 
 __all__ = ["COMPILE_MODES", "PHASES", "AttentionLayer", "LayerPlan", "Phase", "Step", "StepRunner"]
 

@@ -26,7 +26,7 @@ import torch
 from torch._subclasses.fake_tensor import is_fake
 from torch import Tensor
 
-from variants.shape import check_positive
+from attnbench.variants.shape import check_positive
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask

@@ -13,15 +13,15 @@ from pathlib import Path
 
 import yaml
 
-from variants.shape import ModelShape
+from attnbench.variants.shape import ModelShape
 
 # conf/ as the wheel installs it (pyproject.toml, setup.py): a package of yaml files.
-CONF_PACKAGE = "attnbench_conf"
+CONF_PACKAGE = "attnbench.conf"
 
 
 def conf_root() -> Traversable:
     """The Hydra config tree that belongs to this code: the checkout's ``conf/`` beside it (a checkout
-    or an editable install), else the installed ``attnbench_conf`` package (a wheel). Code and configs
+    or an editable install), else the installed ``attnbench.conf`` package (a wheel). Code and configs
     thus always come from the same tree, even with another attnbench installed in the environment."""
     checkout = Path(__file__).resolve().parent.parent
     if (checkout / "pyproject.toml").is_file() and (checkout / "conf" / "config.yaml").is_file():

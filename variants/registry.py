@@ -1,7 +1,7 @@
 """Name -> object registries for variants and implementations, filled by decorators.
 
-Built-ins are the modules of ``variants.families`` and ``variants.impls``; adding one is one new
-folder (a family, ``variants.core.family``) or file (an implementation) there. Other packages add
+Built-ins are the modules of ``attnbench.variants.families`` and ``attnbench.variants.impls``; adding one is one new
+folder (a family, ``attnbench.variants.core.family``) or file (an implementation) there. Other packages add
 theirs through Python entry points, without editing attnbench:
 
     [project.entry-points."attnbench.implementations"]
@@ -15,21 +15,21 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from variants.core.families import FAMILIES, families, family_shape_keys
-from variants.core.family import Family
-from variants.core.registry import Registry
+from attnbench.variants.core.families import FAMILIES, families, family_shape_keys
+from attnbench.variants.core.family import Family
+from attnbench.variants.core.registry import Registry
 
 if TYPE_CHECKING:
-    from variants.core.plan import Implementation
+    from attnbench.variants.core.plan import Implementation
 
 T = TypeVar("T")
 __all__ = ["FAMILIES", "IMPLEMENTATIONS", "VARIANTS", "Registry", "families", "family_of", "family_shape",
            "family_shape_keys", "implementation", "path_unsupported", "register_implementation", "register_variant"]
 
 
-VARIANTS: Registry = Registry("variant", package="variants.families",
+VARIANTS: Registry = Registry("variant", package="attnbench.variants.families",
                               entry_point_group="attnbench.variants")
-IMPLEMENTATIONS: Registry = Registry("implementation", package="variants.impls",
+IMPLEMENTATIONS: Registry = Registry("implementation", package="attnbench.variants.impls",
                                      entry_point_group="attnbench.implementations")
 
 

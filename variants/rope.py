@@ -10,7 +10,7 @@ Both rotate pair f by angle ``position * inv_freq[f]``; they differ only in whic
 
 ``inv_freq`` is ``[F]`` (every head alike) or ``[G, F]``: heads in G consecutive groups, head n
 using row ``n // (N / G)``. The second form is what a GQA layer converted to MLA needs: each kv head
-keeps its own subset of the trained frequencies as rotary dims (``variants.convert``).
+keeps its own subset of the trained frequencies as rotary dims (``attnbench.variants.convert``).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from variants.shape import ROPE_LAYOUTS, RopeLayout, check_choice
+from attnbench.variants.shape import ROPE_LAYOUTS, RopeLayout, check_choice
 
 
 def default_inv_freq(rotary_dim: int, theta: float) -> Tensor:

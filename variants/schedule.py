@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from variants.build import build
-from variants.cache import CacheLayout
-from variants.layer import AttentionLayer
-from variants.registry import VARIANTS
-from variants.shape import AttentionKind, ModelShape
+from attnbench.variants.build import build
+from attnbench.variants.cache import CacheLayout
+from attnbench.variants.layer import AttentionLayer
+from attnbench.variants.registry import VARIANTS
+from attnbench.variants.shape import AttentionKind, ModelShape
 
 
 def layers_by_kind(variant: str, shape: ModelShape, *, attention: AttentionKind = "self",

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from variants.indexer import stable_topk
+from attnbench.variants.indexer import stable_topk
 
 
 def shortfall(scores_BLT: Tensor, idx_BLK: Tensor) -> float:
@@ -98,7 +98,7 @@ def replayed(layer: nn.Module, chosen: list[Tensor]) -> Iterator[list[float]]:
 
 
 class IndexerSelection:
-    """``variants.core.family.Selection`` for a layer whose ``indexer`` selects (see the module's docstring)."""
+    """``attnbench.variants.core.family.Selection`` for a layer whose ``indexer`` selects (see the module's docstring)."""
 
     def applies(self, layer: nn.Module) -> bool:
         return selects_tokens(layer)

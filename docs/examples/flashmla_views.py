@@ -20,7 +20,7 @@ Its fp8 caches, as ``tests/quant.py`` lays them out:
 * **MODEL1_FP8Sparse** (DeepSeek-V4, D = 512): per entry 448 e4m3 values in 7 tiles of 64 with
   ue8m0 (power-of-two) scales, 64 bf16 rotary values, a pad byte: 584 bytes; a block holds its P
   entries' 576-byte value rows, then their 8-byte scale slots, padded to a multiple of 576 bytes
-  (``variants.fp8_model1``; the k_cache tensor is ``[Q, P, 1, 584]`` bytes with the padded block
+  (``attnbench.variants.fp8_model1``; the k_cache tensor is ``[Q, P, 1, 584]`` bytes with the padded block
   as its stride).
 
 ``FlashMLAKernel`` is an ``MLAKernel`` that reads the view (``reads_view``): it hands FlashMLA the
@@ -34,7 +34,7 @@ it, no copy. With ``flash_mla`` installed and the tensors on CUDA the kernel cal
 the CPU stand-in below, which reads the same arguments as FlashMLA reads them (block table,
 lengths, fp8 bytes), so the tests check the contract on any machine.
 
-Plugging it in: ``variants.registry.register_implementation(FLASHMLA)``, then ``impl=flashmla``
+Plugging it in: ``attnbench.variants.registry.register_implementation(FLASHMLA)``, then ``impl=flashmla``
 on ``mla`` (a package with an entry point, as ``docs/examples/attnbench_example_impl``, does it
 at discovery).
 """
@@ -47,11 +47,11 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from variants import fp8_model1
-from variants.cache import KVCache
-from variants.cache_view import CacheView
-from variants.implementation import KernelImplementation
-from variants.mask import AttnMask
+from attnbench.variants import fp8_model1
+from attnbench.variants.cache import KVCache
+from attnbench.variants.cache_view import CacheView
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.mask import AttnMask
 
 V32_ROW_BYTES = 512 + 4 * 4 + 64 * 2  # 656: FlashMLA's V32_FP8Sparse token row in bf16
 

@@ -1,1 +1,1 @@
-"""The ``attnbench`` command: the Hydra app (``run.py``, ``python -m harness``) and its subcommands."""
+"""The ``attnbench`` command: the Hydra app (``run.py``, ``python -m attnbench.harness``) and its subcommands."""

@@ -1,11 +1,11 @@
 """``attnbench``: the Hydra app and the other commands, one entry point.
 
-    attnbench [key=value ...]                      # one run (python run.py and python -m harness: the same)
+    attnbench [key=value ...]                      # one run (python run.py and python -m attnbench.harness: the same)
     attnbench -m variant=mha,mla seq=1k,32k        # a sweep; every job is checked before the first starts
     attnbench --config-dir my_conf model=mine      # a preset of your own, the Hydra way
     attnbench report|merge|status|nightly|lowrank|selfcheck ...   # the other commands (each with --help)
 
-Keys: attnbench --help (every key with its comment: the installed attnbench_conf/config.yaml).
+Keys: attnbench --help (every key with its comment: the installed attnbench.conf/config.yaml).
 """
 
 from __future__ import annotations
@@ -18,27 +18,27 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from harness.errors import boundary
+from attnbench.harness.errors import boundary
 
 # Subcommand -> "module:function" taking argv (the module's own ``main(argv)``), imported when chosen.
 SUBCOMMANDS = {
-    "report": "harness.report.__main__:main",
-    "merge": "harness.results.merge:main",
-    "status": "harness.sweep.status:main",
-    "nightly": "harness.nightly.cli:main",
-    "lowrank": "harness.studies.lowrank.__main__:cli",
-    "selfcheck": "harness.selfcheck.__main__:main",
-    "export": "harness.interop.flashinfer_trace.export:main", "import-trace": "harness.interop.flashinfer_trace.load:main",
+    "report": "attnbench.harness.report.__main__:main",
+    "merge": "attnbench.harness.results.merge:main",
+    "status": "attnbench.harness.sweep.status:main",
+    "nightly": "attnbench.harness.nightly.cli:main",
+    "lowrank": "attnbench.harness.studies.lowrank.__main__:cli",
+    "selfcheck": "attnbench.harness.selfcheck.__main__:main",
+    "export": "attnbench.harness.interop.flashinfer_trace.export:main", "import-trace": "attnbench.harness.interop.flashinfer_trace.load:main",
 }
 
 
 def run(cfg: DictConfig, *, job_dir: Path, root: Path, job: dict | None = None):  # noqa: ANN201
     """The plain function behind the command line (tests call it with a composed config)."""
     if cfg.task == "lowrank":
-        from harness.studies.lowrank.study import main as lowrank_main
+        from attnbench.harness.studies.lowrank.study import main as lowrank_main
 
         return lowrank_main(cfg, job_dir)
-    from harness.sweep.job import run_job
+    from attnbench.harness.sweep.job import run_job
 
     return run_job(cfg, job_dir=job_dir, root=root, job=job)
 
@@ -47,7 +47,7 @@ def task(cfg: DictConfig) -> None:
     """Hydra's task function: one job."""
     from hydra.core.hydra_config import HydraConfig
 
-    from harness.sweep.pinning import pinned_device
+    from attnbench.harness.sweep.pinning import pinned_device
 
     hc = HydraConfig.get()
     job_dir = Path(hc.runtime.output_dir)
@@ -86,10 +86,10 @@ def hydra_app(argv: Sequence[str]) -> None:
     """The Hydra app on ``argv`` (overrides and Hydra's flags), after the pre-check."""
     import hydra
 
-    from harness.sweep.schema import store_configs
-    from harness.sweep.claim import mark_sweep
-    from harness.sweep.overrides import check_overrides, config_path
-    from harness.sweep.pinning import register_resolvers
+    from attnbench.harness.sweep.schema import store_configs
+    from attnbench.harness.sweep.claim import mark_sweep
+    from attnbench.harness.sweep.overrides import check_overrides, config_path
+    from attnbench.harness.sweep.pinning import register_resolvers
 
     check_overrides(argv)  # also fills the ConfigStore (schema, registered variants and impls)
     store_configs()

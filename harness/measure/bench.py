@@ -6,7 +6,7 @@
     print(result)             # median, its CI, n, first call, why it stopped, which timer
     result.median_ms, result.ci_rel, result.samples_ms
 
-It is the same loop that times every case of a sweep (``harness.measure.timer.measure``): the first
+It is the same loop that times every case of a sweep (``attnbench.harness.measure.timer.measure``): the first
 call is timed alone, then warm-up, then repetitions until the median's confidence interval is
 within ``target_ci_rel``, the budget runs out, or ``max_reps`` is reached. Only the timer is chosen
 here: CUDA events on a GPU (optionally with a cold L2 or a CUDA-graph replay), the wall clock on a
@@ -22,9 +22,9 @@ from dataclasses import dataclass, fields, replace
 
 import torch
 
-from harness.errors import UserError
-from harness.measure.parse import resolve_device
-from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, StopReason, Timer, capture_cuda_graph, measure
+from attnbench.harness.errors import UserError
+from attnbench.harness.measure.parse import resolve_device
+from attnbench.harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, StopReason, Timer, capture_cuda_graph, measure
 
 _SETTING_NAMES = tuple(f.name for f in fields(MeasureSettings))
 

@@ -3,7 +3,7 @@
 A roofline drawn from datasheet peaks flatters no one: boost clocks, power caps, ECC and the
 memory system of the actual machine decide what is reachable. ``ceilings(device, dtype, ...)``
 measures both roofs on the device itself and caches them as JSON under ``cache_dir``, keyed by the
-environment fingerprint (``harness.measure.env``) of the device and the calibration's own settings, so a
+environment fingerprint (``attnbench.harness.measure.env``) of the device and the calibration's own settings, so a
 driver or torch upgrade or another machine measures again, and everything else reads the file.
 
 - Copy bandwidth: ``dst.copy_(src)`` over ``size_bytes`` moves ``2 * size_bytes`` (one read, one
@@ -52,9 +52,9 @@ from pathlib import Path
 
 import torch
 
-from harness.errors import UserError
-from harness.files import atomic_write
-from harness.measure.env import environment, fingerprint
+from attnbench.harness.errors import UserError
+from attnbench.harness.files import atomic_write
+from attnbench.harness.measure.env import environment, fingerprint
 
 CPU_COPY_BYTES = 256 << 20
 CUDA_COPY_BYTES = 1 << 30

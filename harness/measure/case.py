@@ -1,7 +1,7 @@
 """A case: one thing to measure, in typed values. A job (one Hydra config) expands into several.
 
 What users type (``seq=32k``, ``device=auto``) is parsed before a case is made, once, at the edge
-(``harness.sweep.plan.job_spec``, with ``harness.measure.parse``); a case checks only that its
+(``attnbench.harness.sweep.plan.job_spec``, with ``attnbench.harness.measure.parse``); a case checks only that its
 values fit together, raising a one-line ``ValueError`` naming the bad value and what is allowed.
 """
 
@@ -18,11 +18,11 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 
-from harness.measure.parse import DTYPES, Timing
-from harness.results import schema
-from harness.text.label import case_label
-from variants.registry import family_shape
-from variants.shape import ModelShape
+from attnbench.harness.measure.parse import DTYPES, Timing
+from attnbench.harness.results import schema
+from attnbench.harness.text.label import case_label
+from attnbench.variants.registry import family_shape
+from attnbench.variants.shape import ModelShape
 
 Phase = Literal["prefill", "decode"]
 

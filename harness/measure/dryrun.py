@@ -9,7 +9,7 @@ there) follows the code exactly. A ``TorchDispatchMode`` sees each op's outputs:
 before is an allocation, released when the last tensor on it dies (CPython frees at refcount zero, as
 eager PyTorch does). Buffers a fused kernel allocates inside itself are invisible to it; those of
 PyTorch's CPU flash attention are added from the kernel's own sizing (``_cpu_flash_scratch``), and
-``harness.measure.predict`` adds a small margin for anything else.
+``attnbench.harness.measure.predict`` adds a small margin for anything else.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-import variants
-from harness.measure.case import Case
+from attnbench import variants
+from attnbench.harness.measure.case import Case
 
 
 @dataclass(frozen=True)

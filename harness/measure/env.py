@@ -22,7 +22,7 @@ from types import ModuleType
 
 import torch
 
-from harness.results import schema
+from attnbench.harness.results import schema
 
 Env = dict[str, str | int | None]
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from harness.measure.case import Case
-from variants.cost import Cost
+from attnbench.harness.measure.case import Case
+from attnbench.variants.cost import Cost
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ defines the math (head dims, d_c, d_r, q_rank, grouping) and shrinks only what m
 (hidden, number of heads, tokens, batch); a family shrinks its own keys (``Family.reduce``: a window,
 an indexer's top-k).
 
-A family that selects tokens (``Family.selection``) is checked in two halves (``variants.selection``):
+A family that selects tokens (``Family.selection``) is checked in two halves (``attnbench.variants.selection``):
 the reference attends on the implementation's selection, and that selection must be a top-k of the
 reference's scores within the tolerance; the error reported is the larger of the two.
 """
@@ -18,10 +18,10 @@ import copy
 
 import torch
 
-import variants
-from harness.measure.case import Case
-from variants.registry import FAMILIES, family_of
-from variants.shape import ModelShape
+from attnbench import variants
+from attnbench.harness.measure.case import Case
+from attnbench.variants.registry import FAMILIES, family_of
+from attnbench.variants.shape import ModelShape
 
 # Relative error allowed per dtype: a few units of round-off of an attention layer's output.
 TOLERANCE: dict[str, float] = {"float64": 1e-10, "float32": 1e-4, "float16": 5e-3, "bfloat16": 3e-2}

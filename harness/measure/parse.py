@@ -1,6 +1,6 @@
 """What a user types for a case, as the typed value a case holds: sizes (``32k``), the device
 (``auto``), the dtype and the timing mode. Called where a configuration is read, once
-(``harness.sweep.plan.job_spec``, ``harness.measure.bench``); every bad value raises a one-line
+(``attnbench.harness.sweep.plan.job_spec``, ``attnbench.harness.measure.bench``); every bad value raises a one-line
 ``UserError`` or ``ValueError`` naming it and what is allowed.
 """
 
@@ -11,8 +11,8 @@ from typing import Literal
 
 import torch
 
-from harness.errors import UserError
-from harness.text.units import format_size  # noqa: F401 - re-exported: sizes are parsed here, printed there
+from attnbench.harness.errors import UserError
+from attnbench.harness.text.units import format_size  # noqa: F401 - re-exported: sizes are parsed here, printed there
 
 Timing = Literal["cpu_wall", "cuda_events", "cuda_events_per_call", "cuda_graph"]
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16,
@@ -58,7 +58,7 @@ def resolve_device(value: str) -> torch.device:
     if value == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        from harness.measure.probes import cuda_unusable_reason, nvml_gpu_count
+        from attnbench.harness.measure.probes import cuda_unusable_reason, nvml_gpu_count
 
         # NVML sees GPUs that torch cannot use: measuring the CPU instead would be a silent fallback.
         seen = nvml_gpu_count()

@@ -4,7 +4,7 @@ On a CPU the alternative to a skip is the kernel's OOM killer ending the whole s
 device, a step predicted to take minutes would eat a sweep's time for one number.
 
 Memory comes from a dry run of the case's own set-up and step on fake tensors
-(``harness.measure.dryrun``): weights, cache, inputs, the cache fill, what the prepared step holds,
+(``attnbench.harness.measure.dryrun``): weights, cache, inputs, the cache fill, what the prepared step holds,
 the step's intermediates and output, plus the timer's own buffers. ``Prediction.step_bytes`` has the
 scope of the measured ``peak_mem_bytes`` (everything held while one step runs); ``guard_bytes``
 also covers the set-up, whichever is larger.
@@ -19,11 +19,11 @@ from typing import Literal
 
 import torch
 
-from harness.measure.case import Case
-from harness.measure.dryrun import dry_run
-from variants.cost import Cost
-from variants.implementation import Implementation
-from variants.layer import AttentionLayer
+from attnbench.harness.measure.case import Case
+from attnbench.harness.measure.dryrun import dry_run
+from attnbench.variants.cost import Cost
+from attnbench.variants.implementation import Implementation
+from attnbench.variants.layer import AttentionLayer
 
 log = logging.getLogger(__name__)
 

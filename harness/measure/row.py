@@ -1,4 +1,4 @@
-"""A case's row, assembled here and nowhere else: each stage of ``harness.measure.runner`` hands its
+"""A case's row, assembled here and nowhere else: each stage of ``attnbench.harness.measure.runner`` hands its
 values to one method named after it, and this module names the columns they go to.
 
 Every row holds every column of the schema, in its order; what a case never reaches stays None, and
@@ -15,13 +15,13 @@ from typing import Any
 
 import torch
 
-from harness.measure.calibrate import Ceilings
-from harness.measure.case import DTYPES, Case
-from harness.measure.probes import CompileWatch
-from harness.measure.timer import Measurement, Timer
-from harness.results import schema
-from variants.cost import Cost
-from variants.schedule import model_kv_bytes_per_token
+from attnbench.harness.measure.calibrate import Ceilings
+from attnbench.harness.measure.case import DTYPES, Case
+from attnbench.harness.measure.probes import CompileWatch
+from attnbench.harness.measure.timer import Measurement, Timer
+from attnbench.harness.results import schema
+from attnbench.variants.cost import Cost
+from attnbench.variants.schedule import model_kv_bytes_per_token
 
 
 @dataclass
@@ -122,6 +122,6 @@ class CaseRow:
 
 def add_trust(row: dict[str, Any], *, warnings: str, fallback_reason: str, load_start: float | None,
               load_end: float | None, flags: str) -> None:
-    """What ``harness.measure.trust`` says of a finished row."""
+    """What ``attnbench.harness.measure.trust`` says of a finished row."""
     row.update(warnings=warnings, fallback_reason=fallback_reason, load_start=load_start, load_end=load_end,
                remeasured=False, flags=flags)

@@ -1,5 +1,5 @@
 """Measure one case in named stages: support, prediction, numerics gate, build, first call, timing,
-derived metrics; every outcome is a row (``harness.measure.row`` assembles it).
+derived metrics; every outcome is a row (``attnbench.harness.measure.row`` assembles it).
 
 Order matters: nothing is allocated before the case is known to be supported and to fit, and
 nothing is timed before its output is known to be right. Set-up (weights, cache, inputs, masks,
@@ -19,20 +19,20 @@ from typing import Any, Literal
 
 import torch
 
-import variants
-from harness.measure import numerics, trust
-from harness.measure.calibrate import Ceilings, last_level_cache_bytes
-from harness.measure.case import Case
-from harness.measure.dryrun import case_inputs
-from harness.measure.memory import available_bytes, held_after, step_peak_bytes, tensor_bytes
-from harness.measure.metrics import Measured, derive
-from harness.measure.predict import built_in_rates, predict_memory, predict_seconds
-from harness.measure.probes import CUDAGRAPH_COMPILE_MODES, full_output_error, sdpa_backends, watch_compile
-from harness.measure.row import CaseRow, add_trust
-from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
-from variants.cost import Cost
-from variants.implementation import Implementation
-from variants.registry import IMPLEMENTATIONS, VARIANTS
+from attnbench import variants
+from attnbench.harness.measure import numerics, trust
+from attnbench.harness.measure.calibrate import Ceilings, last_level_cache_bytes
+from attnbench.harness.measure.case import Case
+from attnbench.harness.measure.dryrun import case_inputs
+from attnbench.harness.measure.memory import available_bytes, held_after, step_peak_bytes, tensor_bytes
+from attnbench.harness.measure.metrics import Measured, derive
+from attnbench.harness.measure.predict import built_in_rates, predict_memory, predict_seconds
+from attnbench.harness.measure.probes import CUDAGRAPH_COMPILE_MODES, full_output_error, sdpa_backends, watch_compile
+from attnbench.harness.measure.row import CaseRow, add_trust
+from attnbench.harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
+from attnbench.variants.cost import Cost
+from attnbench.variants.implementation import Implementation
+from attnbench.variants.registry import IMPLEMENTATIONS, VARIANTS
 
 _log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ def _timer(case: Case, device: torch.device) -> Timer:
 
 
 def _timer_bytes(case: Case, device: torch.device) -> int:
-    """Bytes the timer allocates for itself: the L2 flush buffer (``harness.measure.timer._l2_flusher``)."""
+    """Bytes the timer allocates for itself: the L2 flush buffer (``attnbench.harness.measure.timer._l2_flusher``)."""
     if device.type == "cuda" and case.l2_flush:
         return 2 * torch.cuda.get_device_properties(device).L2_cache_size
     return 0

@@ -1,5 +1,5 @@
-"""The selection half of the numerics gate, as a family that selects tokens declares it (``variants.selection``)."""
+"""The selection half of the numerics gate, as a family that selects tokens declares it (``attnbench.variants.selection``)."""
 
-from variants.selection import recorded, replayed, selects_tokens, shortfall
+from attnbench.variants.selection import recorded, replayed, selects_tokens, shortfall
 
 __all__ = ["recorded", "replayed", "selects_tokens", "shortfall"]

@@ -39,7 +39,7 @@ from typing import Any, Protocol, Self
 
 import torch
 
-from harness.results import schema
+from attnbench.harness.results import schema
 
 # The row's telemetry columns, declared in harness/results/schema.py.
 EMPTY_COLUMNS: tuple[str, ...] = schema.group("telemetry")

@@ -19,7 +19,7 @@ from typing import Literal, Protocol
 
 import torch
 
-from harness.measure.stats import ci_rel, summarize
+from attnbench.harness.measure.stats import ci_rel, summarize
 
 StopReason = Literal["ci_target", "budget", "max_reps"]
 
@@ -319,7 +319,7 @@ def measure(fn: Callable[[], object], timer: Timer, settings: MeasureSettings = 
     step's output before timing it), so it is recorded and not made again.
 
     The median is the statistic, not the mean: preemption on shared machines adds rare, large,
-    one-sided outliers that the median ignores (see ``harness.measure.stats``).
+    one-sided outliers that the median ignores (see ``attnbench.harness.measure.stats``).
     """
     start_s = clock()
     if first_call_ms is None:

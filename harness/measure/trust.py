@@ -28,7 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.results.schema import FLAG_VALUES
+from attnbench.harness.results.schema import FLAG_VALUES
 
 # Load of other processes per CPU above which a case is `busy`: half the machine's CPUs taken by
 # others halves what a multi-threaded CPU case gets, and starves a GPU case's launching thread often.

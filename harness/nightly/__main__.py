@@ -1,8 +1,8 @@
-"""``python -m harness.nightly ...``: see ``harness.nightly.cli``."""
+"""``python -m attnbench.harness.nightly ...``: see ``attnbench.harness.nightly.cli``."""
 
 import sys
 
-from harness.nightly.cli import main
+from attnbench.harness.nightly.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

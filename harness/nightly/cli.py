@@ -1,11 +1,11 @@
-"""``python -m harness.nightly``: keep a history of runs and judge each new run against it.
+"""``python -m attnbench.harness.nightly``: keep a history of runs and judge each new run against it.
 
-    python -m harness.nightly ingest results/nightly-123 --commit $SHA     # add a run; prints its id
-    python -m harness.nightly compare --markdown summary.md --plots plots  # latest vs last good run
-    python -m harness.nightly compare --run 12 --baseline 9                # named runs (9: a run id)
-    python -m harness.nightly history                                      # the runs it holds
-    python -m harness.nightly accept 12                                    # an intended slowdown: new baseline
-    python -m harness.nightly gc --keep 200                                # drop partial and old runs
+    python -m attnbench.harness.nightly ingest results/nightly-123 --commit $SHA     # add a run; prints its id
+    python -m attnbench.harness.nightly compare --markdown summary.md --plots plots  # latest vs last good run
+    python -m attnbench.harness.nightly compare --run 12 --baseline 9                # named runs (9: a run id)
+    python -m attnbench.harness.nightly history                                      # the runs it holds
+    python -m attnbench.harness.nightly accept 12                                    # an intended slowdown: new baseline
+    python -m attnbench.harness.nightly gc --keep 200                                # drop partial and old runs
 
 The history is ``--db``, else ``$ATTNBENCH_HISTORY``, else ``results/history.sqlite``.
 Exit status: 0 no regression (or no baseline yet, or a slowdown suspected in this run only), 1 a
@@ -22,8 +22,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.errors import ArgumentParser, UserError, guarded
-from harness.nightly.compare import (
+from attnbench.harness.errors import ArgumentParser, UserError, guarded
+from attnbench.harness.nightly.compare import (
     DEFAULT_CONFIRM,
     DEFAULT_THRESHOLD,
     check_comparable,
@@ -31,10 +31,10 @@ from harness.nightly.compare import (
     check_threshold,
     compare,
 )
-from harness.nightly.ingest import read_run
-from harness.nightly.markdown import render, render_no_baseline
-from harness.nightly.store import History, Run
-from harness.results.paths import check_out_dir, check_out_file
+from attnbench.harness.nightly.ingest import read_run
+from attnbench.harness.nightly.markdown import render, render_no_baseline
+from attnbench.harness.nightly.store import History, Run
+from attnbench.harness.results.paths import check_out_dir, check_out_file
 
 DEFAULT_DB = Path("results") / "history.sqlite"
 ENV_DB = "ATTNBENCH_HISTORY"
@@ -172,7 +172,7 @@ def _compare(history: History, args: argparse.Namespace) -> int:
 
 def _plot(history: History, run: Run, out: Path, kinds: dict[str, str], baseline: Run,
           threshold: float) -> list[Path]:
-    from harness.nightly.trend import plot_trends  # deferred: matplotlib only when plotting
+    from attnbench.harness.nightly.trend import plot_trends  # deferred: matplotlib only when plotting
 
     return plot_trends(history, run, out, kinds=kinds, baseline=baseline, threshold=threshold)
 

@@ -2,7 +2,7 @@
 figures exactly.
 
 **Timing rule.** For a case that ran (``ok``) in both runs, ``ratio = median(new) / median(base)``
-with a 95% percentile-bootstrap interval over both runs' raw samples (``harness.nightly.ratio``),
+with a 95% percentile-bootstrap interval over both runs' raw samples (``attnbench.harness.nightly.ratio``),
 widened by the case's run-to-run spread: the robust spread of its median over the recent runs on
 the fingerprint, this one included (``history_ms``), once there are at least ``MIN_HISTORY_RUNS``
 of them. With ``t`` the threshold (default 0.05):
@@ -27,11 +27,11 @@ of them. With ``t`` the threshold (default 0.05):
 ``broken`` (a regression); now ``skipped`` is ``skipped``; the reverse is ``fixed``; a case in one
 run only is ``new`` or ``missing``; neither run timed it: ``not_timed``.
 
-**Flagged rows** (``harness.measure.trust``: noisy, fallback, busy, above_ceiling) are never a
+**Flagged rows** (``attnbench.harness.measure.trust``: noisy, fallback, busy, above_ceiling) are never a
 baseline: a case whose baseline row is flagged is ``flagged_baseline``, not judged, and says why. A
 flagged row in the new run is judged, and its verdict's detail names its flags.
 
-**Deterministic figures** (``harness.nightly.store.FIGURES``) are compared exactly and every
+**Deterministic figures** (``attnbench.harness.nightly.store.FIGURES``) are compared exactly and every
 change is reported. Growth of a memory figure (``peak_mem_bytes``, ``kv_cache_bytes``,
 ``kv_bytes_per_token``) by more than ``t`` makes the path *hungrier*: a regression. A change in the
 cost model's ``flops`` or ``bytes_min`` means the code path itself changed; it is reported at the
@@ -49,10 +49,10 @@ from dataclasses import dataclass, replace
 from itertools import pairwise
 from typing import Literal
 
-from harness.nightly.flags import flags_of
-from harness.nightly.ingest import describe_difference
-from harness.nightly.ratio import RatioCI, ratio_ci, run_to_run_sd_log, widen
-from harness.nightly.store import FIGURES, CaseRecord, Run
+from attnbench.harness.nightly.flags import flags_of
+from attnbench.harness.nightly.ingest import describe_difference
+from attnbench.harness.nightly.ratio import RatioCI, ratio_ci, run_to_run_sd_log, widen
+from attnbench.harness.nightly.store import FIGURES, CaseRecord, Run
 
 Kind = Literal["regression", "suspect", "improvement", "unchanged", "noisy", "broken", "skipped", "fixed", "new",
                "missing", "not_timed", "flagged_baseline"]

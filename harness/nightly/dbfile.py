@@ -47,7 +47,7 @@ BUSY_TIMEOUT_S = 2
 def _locked_error(path: Path, error: sqlite3.Error) -> Exception | None:
     """``SetupError`` for a history another process holds locked ("database is locked"), else None."""
     if isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
-        from harness.errors import SetupError
+        from attnbench.harness.errors import SetupError
 
         return SetupError(f"history {path} is locked by another process; retry when it has finished")
     return None
@@ -77,13 +77,13 @@ def schema_version(con: sqlite3.Connection, path: Path, *, newest: int) -> int:
 def reading(path: Path, *, newest: int) -> Iterator[sqlite3.Connection]:
     """A connection to the history at ``path``, which must exist and be a history."""
     if not path.exists():
-        raise ValueError(f"no history at {path}; ingest a run first (python -m harness.nightly ingest ...)")
+        raise ValueError(f"no history at {path}; ingest a run first (python -m attnbench.harness.nightly ingest ...)")
     if path.is_dir():
         raise NotAHistory(f"{path} is a folder, not an attnbench history file")
     con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         if schema_version(con, path, newest=newest) == 0:
-            raise ValueError(f"{path} holds no runs yet; ingest a run first (python -m harness.nightly ingest ...)")
+            raise ValueError(f"{path} holds no runs yet; ingest a run first (python -m attnbench.harness.nightly ingest ...)")
         yield con
     except sqlite3.DatabaseError as error:  # a damaged page found by a later query
         raise _locked_error(path, error) or NotAHistory(f"{path} is not a sound attnbench history ({error})") from None

@@ -1,4 +1,4 @@
-"""A row's ``flags`` (``harness.measure.trust``) in the nightly history.
+"""A row's ``flags`` (``attnbench.harness.measure.trust``) in the nightly history.
 
 The history keeps an ``ok`` case's ``reason`` (always empty in the row) and no flags column; the
 flags travel in that reason as ``flags: noisy,busy``, so the history's tables stay as they are and
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from harness.measure.trust import parse
+from attnbench.harness.measure.trust import parse
 
 PREFIX = "flags: "
 

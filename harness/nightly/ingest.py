@@ -1,6 +1,6 @@
-"""From a results folder (``harness.results``) to one run of the history: its fingerprint and cases.
+"""From a results folder (``attnbench.harness.results``) to one run of the history: its fingerprint and cases.
 
-The fingerprint is ``harness.measure.env.fingerprint`` over the rows' ``env_*`` columns (device model,
+The fingerprint is ``attnbench.harness.measure.env.fingerprint`` over the rows' ``env_*`` columns (device model,
 driver, CUDA, torch, CPU model and count) plus the settings that change what a timing means:
 
 - ``torch_threads`` (a row column): intra-op threads change CPU timings outright;
@@ -30,13 +30,13 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from harness import results
-from harness.errors import UserError
-from harness.results.layout import job_dir_of
-from harness.text.label import case_label
-from harness.measure.env import FINGERPRINT_FIELDS, fingerprint
-from harness.nightly.flags import reason_with_flags
-from harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun
+from attnbench.harness import results
+from attnbench.harness.errors import UserError
+from attnbench.harness.results.layout import job_dir_of
+from attnbench.harness.text.label import case_label
+from attnbench.harness.measure.env import FINGERPRINT_FIELDS, fingerprint
+from attnbench.harness.nightly.flags import reason_with_flags
+from attnbench.harness.nightly.store import FIGURES, LABEL_COLUMNS, CaseRecord, NewRun
 
 MEASURE_SETTINGS: tuple[str, ...] = ("warmup_reps", "warmup_s", "cuda_graph", "l2_flush")
 ROW_SETTINGS: tuple[str, ...] = ("torch_threads",)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from harness.nightly.compare import MEMORY_FIGURES, CaseVerdict, Comparison, FigureChange
-from harness.nightly.store import Run
-from harness.text import escape
+from attnbench.harness.nightly.compare import MEMORY_FIGURES, CaseVerdict, Comparison, FigureChange
+from attnbench.harness.nightly.store import Run
+from attnbench.harness.text import escape
 
 _ALWAYS_COUNTED = ("regression", "improvement", "unchanged", "noisy")
 _PLURAL = {"flagged_baseline": "flagged baselines", "regression": "regressions", "improvement": "improvements", "not_timed": "not timed",

@@ -9,7 +9,7 @@ a co-tenant's burst or a cache state lasts for many consecutive repetitions, and
 samples would then promise an interval narrower than the data support. The block is longer than
 the n^(1/3) that is optimal for smooth statistics of weakly dependent data (Hall, Horowitz & Jing,
 *Biometrika* 82(3), 1995), on purpose: machine states persist for hundreds of repetitions. Like
-the median's order-statistic CI in ``harness.measure.stats`` it assumes nothing about the shape of the
+the median's order-statistic CI in ``attnbench.harness.measure.stats`` it assumes nothing about the shape of the
 distribution. The generator is seeded, so the same samples always give the same interval.
 
 The bootstrap sees only the noise within each run. Run-to-run noise (clocks, thermal state, the

@@ -3,7 +3,7 @@
 A nightly CI runner keeps the file between nights (a cache or an artifact). Tables:
 
 - ``runs``: one row per ingested run: ``run_id``, ``commit``, ``time_utc`` (when the run started),
-  ``fingerprint`` (``harness.measure.env.fingerprint`` of the machine and timing settings) and the fields
+  ``fingerprint`` (``attnbench.harness.measure.env.fingerprint`` of the machine and timing settings) and the fields
   it was made from (JSON), ``status`` (``complete`` or ``partial``), ``verdict`` (``pass``,
   ``regression``, ``accepted`` or null before any comparison), ``source`` (the results path),
   ``name`` (the run root) and ``notes``.
@@ -14,7 +14,7 @@ A nightly CI runner keeps the file between nights (a cache or an artifact). Tabl
 A run is added once: ``digest`` identifies its content (fingerprint, start time and every case's
 identity, status, figures and raw samples), and a second ingest of the same results is refused.
 
-Crash safety and identification are ``harness.nightly.dbfile``'s: every change is one transaction
+Crash safety and identification are ``attnbench.harness.nightly.dbfile``'s: every change is one transaction
 on a private copy that atomically replaces the file, so a writer killed at any moment leaves the
 previous history, whole, in the one file the workflow carries. A ``partial`` run can therefore only
 come from an older attnbench or a foreign tool; every query here ignores it and ``gc`` deletes it.
@@ -42,8 +42,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from harness.nightly.dbfile import APPLICATION_ID, reading, replacing
-from harness.results import schema
+from attnbench.harness.nightly.dbfile import APPLICATION_ID, reading, replacing
+from attnbench.harness.results import schema
 
 SCHEMA_VERSION = 3
 # suspect: a timing slowdown seen in this run only, not yet confirmed (harness.nightly.compare).
@@ -157,7 +157,7 @@ class History:
 
     @contextmanager
     def _write(self, *, vacuum: bool = False) -> Iterator[sqlite3.Connection]:
-        """One transaction on a copy that replaces the file when it commits (``harness.nightly.dbfile``)."""
+        """One transaction on a copy that replaces the file when it commits (``attnbench.harness.nightly.dbfile``)."""
         with replacing(self.path, newest=SCHEMA_VERSION, vacuum=vacuum) as (con, version):
             if version < SCHEMA_VERSION:
                 _upgrade(con, version)

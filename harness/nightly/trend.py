@@ -12,8 +12,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from harness.nightly.store import History, Run
-from harness.text import escape
+from attnbench.harness.nightly.store import History, Run
+from attnbench.harness.text import escape
 
 MAX_POINTS = 60  # the newest runs shown per plot
 

@@ -1,4 +1,4 @@
-"""``python -m harness.report RESULTS... [--out DIR] [--filter key=value ...] [--baseline ...]
+"""``python -m attnbench.harness.report RESULTS... [--out DIR] [--filter key=value ...] [--baseline ...]
 [--budget 80GiB] [--batches 1,8,64]``: write a comparison report of any set of result rows.
 
 Bad input is one line ``error: ...`` on stderr and exit status 2, never a traceback.
@@ -14,16 +14,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import ArgumentParser, UserError, guarded
-from harness.report.analysis.baseline import Baseline
-from harness.report.analysis.capacity import RESERVE
-from harness.report.data import apply_filters, load_rows, parse_filters, prepare
-from harness.report.figures.style import WIDTH_IN
-from harness.report.page import against
-from harness.report.page.build import build_report
-from harness.report.page.lowrank import split_inputs
-from harness.results.paths import check_out_dir
-from harness.text.units import parse_bytes
+from attnbench.harness.errors import ArgumentParser, UserError, guarded
+from attnbench.harness.report.analysis.baseline import Baseline
+from attnbench.harness.report.analysis.capacity import RESERVE
+from attnbench.harness.report.data import apply_filters, load_rows, parse_filters, prepare
+from attnbench.harness.report.figures.style import WIDTH_IN
+from attnbench.harness.report.page import against
+from attnbench.harness.report.page.build import build_report
+from attnbench.harness.report.page.lowrank import split_inputs
+from attnbench.harness.results.paths import check_out_dir
+from attnbench.harness.text.units import parse_bytes
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         budget_bytes=parse_bytes("--budget", args.budget) if args.budget else None,
         batches=_batches(args.batches), reserve=args.reserve,
         widths=_widths(args.widths),
-        command=shlex.join(["python", "-m", "harness.report", *argv]))
+        command=shlex.join(["python", "-m", "attnbench.harness.report", *argv]))
     if args.against:
         new, old = (prepare(r if isinstance(r, pd.DataFrame) else load_rows(r), filters).ok
                     for r in (bench, args.against))

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import results
-from harness.report import flagged
-from harness.results import schema
+from attnbench.harness import results
+from attnbench.harness.report import flagged
+from attnbench.harness.results import schema
 
 DEVICE = "env_device_name"
 # What fixes a case apart from the axis a figure varies; two rows differing in any of these are
@@ -62,7 +62,7 @@ def apply_filters(frame: pd.DataFrame, filters: Mapping[str, Iterable[str]]) -> 
     for key, values in filters.items():
         if key not in frame.columns:
             raise ValueError(f"filter key {key!r} is not a results column; valid: {', '.join(FILTER_HINT)}, "
-                             "or any column that python -m harness.results.schema lists")
+                             "or any column that python -m attnbench.harness.results.schema lists")
         wanted = {str(v) for v in values}
         frame = frame[frame[key].map(as_text).isin(wanted)]
         if frame.empty:

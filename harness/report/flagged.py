@@ -1,4 +1,4 @@
-"""Rows that carry a flag (``harness.measure.trust``: noisy, fallback, busy, above_ceiling), as the
+"""Rows that carry a flag (``attnbench.harness.measure.trust``: noisy, fallback, busy, above_ceiling), as the
 report shows them: hollow grey markers in a figure, a list under it, a dagger in a table. Never
 silently mixed with clean rows, never left out either: a reader sees the number and its doubt."""
 
@@ -8,8 +8,8 @@ import math
 
 import pandas as pd
 
-from harness.text.label import case_label
-from harness.measure.trust import parse
+from attnbench.harness.text.label import case_label
+from attnbench.harness.measure.trust import parse
 
 FLAGGED_GID = "flagged"  # marks the hollow markers of flagged rows (tests find them by it)
 FLAGGED_EDGE = "0.55"  # grey: a flagged point reads as doubtful beside its series' solid markers

@@ -5,7 +5,7 @@ Kept below all three rooms so that a table can sort like a figure without import
 
 from __future__ import annotations
 
-from variants.registry import families
+from attnbench.variants.registry import families
 
 # Implementations from the plainest to the most specialised; figures give each its marker and line style.
 IMPL_ORDER: tuple[str, ...] = ("eager", "sdpa", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded")

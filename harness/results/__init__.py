@@ -1,6 +1,6 @@
 """Results: the row schema, the row store (one parquet file per finished case), loading, and merging.
 
-The store's names are loaded on first use (PEP 562), so that ``python -m harness.results.schema``
+The store's names are loaded on first use (PEP 562), so that ``python -m attnbench.harness.results.schema``
 runs the schema module once, not after the package has already imported it through the store.
 """
 
@@ -15,7 +15,7 @@ __all__ = ["DuplicateCase", "IDENTITY", "LinkInResults", "PLAN", "ROWS", "STATUS
 
 def __getattr__(name: str) -> Any:
     if name in __all__:
-        from harness.results import store
+        from attnbench.harness.results import store
 
         return getattr(store, name)
-    raise AttributeError(f"module 'harness.results' has no attribute {name!r}")
+    raise AttributeError(f"module 'attnbench.harness.results' has no attribute {name!r}")

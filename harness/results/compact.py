@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from harness.results import conform
-from harness.results.store import UnreadableRowFile, drop_copies, read_table, write_table
+from attnbench.harness.results import conform
+from attnbench.harness.results.store import UnreadableRowFile, drop_copies, read_table, write_table
 
 PACKED = "packed"  # packed.<time_ns>.parquet; a case's own file is <case_id>.<time_ns>.parquet
 

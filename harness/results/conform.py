@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 
-from harness.results import schema
+from attnbench.harness.results import schema
 
 # Old name -> the schema's name for the same value.
 _RENAMED = {"host": "env_host", "device_index": "env_device_index"}
@@ -26,7 +26,7 @@ _PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 class ColumnTypeError(TypeError):
-    """A row file's column holds values of another type than ``harness.results.schema`` declares."""
+    """A row file's column holds values of another type than ``attnbench.harness.results.schema`` declares."""
 
 
 def _missing(value: Any) -> bool:

@@ -1,9 +1,9 @@
 """Merge the jobs of one or more sweeps (or runs) into one result set, refusing a case measured twice.
 
-    python -m harness.results.merge results/ctx_h100 --out results/paper              # one sweep's jobs
-    python -m harness.results.merge results/part1 results/part2 --out results/paper   # several sweeps
-    python -m harness.results.merge results/a results/b --out merged --prefer newest     # keep the later ok row
-    python -m harness.results.merge results/a results/b --out merged --prefer results/b  # keep b's ok rows
+    python -m attnbench.harness.results.merge results/ctx_h100 --out results/paper              # one sweep's jobs
+    python -m attnbench.harness.results.merge results/part1 results/part2 --out results/paper   # several sweeps
+    python -m attnbench.harness.results.merge results/a results/b --out merged --prefer newest     # keep the later ok row
+    python -m attnbench.harness.results.merge results/a results/b --out merged --prefer results/b  # keep b's ok rows
 
 Each job writes only its own files, so nothing is merged while jobs run; this is the one step that
 puts them together. One row per case and machine (host and device: two machines' sweeps run under
@@ -12,7 +12,7 @@ failed attempt followed by an ``ok`` one is one case, as in ``results.load``). A
 ``ok`` row in two places on one machine (two sweeps, two jobs of one sweep, or one job run twice
 without ``resume``) is a duplicate: the merge names it and both places, writes nothing and exits 2, unless
 ``--prefer`` says which to keep. Cases that were never measured are simply absent: they are not
-results (``python -m harness.sweep.status`` lists them).
+results (``python -m attnbench.harness.sweep.status`` lists them).
 
 Writes ``<out>/rows/merged.parquet`` (so ``results.load(out)`` reads it like any run) and
 ``<out>/manifest.json`` (sources, their jobs, hosts and launchers, counts, duplicates resolved).
@@ -28,11 +28,11 @@ from typing import Any
 
 import pandas as pd
 
-from harness import results
-from harness.errors import ArgumentParser, UserError, guarded
-from harness.results.layout import job_dir_of
-from harness.text.label import case_label
-from harness.results.paths import check_out_dir
+from attnbench.harness import results
+from attnbench.harness.errors import ArgumentParser, UserError, guarded
+from attnbench.harness.results.layout import job_dir_of
+from attnbench.harness.text.label import case_label
+from attnbench.harness.results.paths import check_out_dir
 
 MERGED = "merged.parquet"
 MANIFEST = "manifest.json"
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"merged {merged.manifest['cases']} cases ({counts}) from {len(args.sources)} source(s) into {path}")
     for item in merged.manifest["duplicates_resolved"]:
         print(f"  duplicate {item['label']}: kept {item['kept']}")
-    print("cases never measured are not in it: python -m harness.sweep.status <sweep> lists them")
+    print("cases never measured are not in it: python -m attnbench.harness.sweep.status <sweep> lists them")
     return 0
 
 

@@ -12,7 +12,7 @@ import re
 import unicodedata
 from pathlib import Path
 
-from harness.errors import UserError
+from attnbench.harness.errors import UserError
 
 NAME_MAX = 200  # below every common file system's 255-byte limit, with room for a suffix
 _ALLOWED = "letters, digits and . _ - + = , : @ (not starting with - or ., at most 200 characters)"

@@ -4,7 +4,7 @@ Every list of columns elsewhere derives from ``COLUMNS``: a case's identity (``c
 columns nulled when a case does not pass, the progress summary, the report's and the nightly
 history's column lists. Row files are written with ``ARROW_SCHEMA`` (every column, stable types,
 nullable, never Arrow's ``null`` type), so plain ``pandas.read_parquet`` concatenates CPU and GPU
-rows. ``docs/results-schema.md`` is generated from here: ``python -m harness.results.schema``.
+rows. ``docs/results-schema.md`` is generated from here: ``python -m attnbench.harness.results.schema``.
 
 Units are in the names (``_ms``, ``_s``, ``_bytes``, ``_w``, ``_j``, ``_pct``, ``_mhz``); the three
 rates without a suffix are decimal: ``gbps`` is GB/s = 1e9 bytes/s, ``tflops`` is 1e12 FLOP/s. Each
@@ -20,15 +20,15 @@ from typing import Literal
 
 import pyarrow as pa
 
-from variants.registry import family_shape_keys
-from variants.shape import ModelShape, field_names
+from attnbench.variants.registry import family_shape_keys
+from attnbench.variants.shape import ModelShape, field_names
 
 Kind = Literal["string", "int64", "float64", "bool", "timestamp", "list<float64>"]
 Group = Literal["identity", "case", "trust", "shape", "timing", "derived", "memory", "numerics", "telemetry",
                 "overhead", "provenance", "env"]
 GROUPS: tuple[str, ...] = ("identity", "case", "trust", "shape", "timing", "derived", "memory", "numerics",
                            "telemetry", "overhead", "provenance", "env")
-# The pyarrow type each kind is written as, and the pandas dtype ``harness.results.load`` gives it.
+# The pyarrow type each kind is written as, and the pandas dtype ``attnbench.harness.results.load`` gives it.
 ARROW_TYPES: dict[str, pa.DataType] = {
     "string": pa.string(), "int64": pa.int64(), "float64": pa.float64(), "bool": pa.bool_(),
     "timestamp": pa.timestamp("us", tz="UTC"), "list<float64>": pa.list_(pa.float64()),
@@ -67,7 +67,7 @@ def _c(name: str, kind: Kind, unit: str, group: Group, meaning: str, **flags: bo
 
 def family_columns() -> tuple[Column, ...]:
     """A column per family shape key that is a ``ModelShape`` field (the others travel in ``family_shape``),
-    with the kind, unit and meaning its family declares (``variants.core.family.shape_field``)."""
+    with the kind, unit and meaning its family declares (``attnbench.variants.core.family.shape_field``)."""
     fields = set(field_names(ModelShape))
     return tuple(Column(key.name, key.kind, key.unit, "shape", key.meaning, identity=key.identity)  # type: ignore[arg-type]
                  for key in family_shape_keys().values() if key.name in fields)
@@ -287,7 +287,7 @@ def group(name: Group) -> tuple[str, ...]:
 def markdown() -> str:
     """The schema as the markdown page ``docs/results-schema.md``."""
     lines = ["# Results schema", "",
-             "Generated from `harness/results/schema.py` by `python -m harness.results.schema`; do not edit by hand.",
+             "Generated from `harness/results/schema.py` by `python -m attnbench.harness.results.schema`; do not edit by hand.",
              "", *__doc__.strip().split("\n\n")[2:], "",
              "**Identity** marks the columns hashed into `case_id` (shape columns only where the variant uses "
              "them; `decode_len` only for decode). **Nulled** marks the measured figures that are empty unless "

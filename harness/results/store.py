@@ -1,12 +1,12 @@
 """The results store: one parquet file per finished case, written the moment it finishes.
 
-Layout of a run or sweep root ``results/<name>/`` (``harness.results.layout``): row files only under
+Layout of a run or sweep root ``results/<name>/`` (``attnbench.harness.results.layout``): row files only under
 ``<root>/rows/`` (``rows/<case_id>.<attempt>.parquet`` for a single run, ``rows/<job number>/...`` in a
 sweep), so ``pandas.read_parquet(<root>/rows)`` reads them; each job folder (the root for a single
 run, ``<root>/<job number>/`` in a sweep) holds ``config.yaml`` (the job's resolved config),
 ``env.json``, ``plan.json`` and its log. Every file is written to a temporary name and renamed, so a
 killed run leaves complete files only, and concurrent jobs never share a file. A job that finishes
-packs its one-row files into one file (``harness.results.compact``); readers take both forms.
+packs its one-row files into one file (``attnbench.harness.results.compact``); readers take both forms.
 
 ``load(paths or globs)`` returns one DataFrame over any set of runs and sweeps, one row per case
 and place it ran (``IDENTITY``: the run or sweep folder's name, the host and the device), so two
@@ -17,9 +17,9 @@ A row file that cannot be read (truncated, empty, damaged, not an attnbench row 
 skipped silently: ``load`` raises ``UnreadableRowFile`` naming it and the fix, and resume
 (``finished_case_ids``) sets it aside as ``<file>.unreadable`` with a warning, so its case re-runs.
 
-Every row file holds every column of ``harness.results.schema`` in its declared Arrow type, so
+Every row file holds every column of ``attnbench.harness.results.schema`` in its declared Arrow type, so
 plain ``pandas.read_parquet`` concatenates any of them; files written before the schema are
-conformed when read here (``harness.results.conform``).
+conformed when read here (``attnbench.harness.results.conform``).
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from harness.errors import UserError
-from harness.files import atomic_write
-from harness.results import conform
-from harness.results.layout import ROWS, is_row_file, job_dir_of, rows_dir
-from harness.results.schema import COLUMNS, STATUS_VALUES
+from attnbench.harness.errors import UserError
+from attnbench.harness.files import atomic_write
+from attnbench.harness.results import conform
+from attnbench.harness.results.layout import ROWS, is_row_file, job_dir_of, rows_dir
+from attnbench.harness.results.schema import COLUMNS, STATUS_VALUES
 
 PLAN = "plan.json"  # per job: the cases it planned (case_id, label), written before the first is measured
 # Where a row was measured: rows of one case that differ in any of these are different results
@@ -63,7 +63,7 @@ class UnreadableRowFile(UserError):
 
 
 def write_row(job_dir: Path, row: Mapping[str, object], *, root: Path | None = None) -> Path:
-    """Write one case's row as its own parquet file, every column of ``harness.results.schema`` in
+    """Write one case's row as its own parquet file, every column of ``attnbench.harness.results.schema`` in
     its declared type (absent ones null), under the job's rows folder (``layout.rows_dir``; without
     ``root``, ``<job_dir>/rows``); returns its path."""
     assert row.get("status") in STATUS_VALUES, f"bad status {row.get('status')!r}"
@@ -84,7 +84,7 @@ def write_table(path: Path, table: pa.Table) -> None:
 
 
 def write_frame(path: Path, frame: pd.DataFrame) -> None:
-    """A whole result set as one parquet file (``harness.results.merge``)."""
+    """A whole result set as one parquet file (``attnbench.harness.results.merge``)."""
     write_table(Path(path), conform.from_frame(frame))
 
 
@@ -162,7 +162,7 @@ def load(paths: str | Path | Iterable[str | Path], *, attempts: bool = False) ->
     frame = frame.assign(_origin=[str(job_dir_of(f)) for f in frame["_file"]])
     kept, duplicates, _ = pick_per_case(frame, list(IDENTITY))
     if duplicates:
-        raise DuplicateCase(duplicates, fix="merge the folders with python -m harness.results.merge ... "
+        raise DuplicateCase(duplicates, fix="merge the folders with python -m attnbench.harness.results.merge ... "
                                             "--prefer newest (or --prefer <folder>), or move one row file away")
     frame = frame.loc[kept].drop(columns=["_file", "_origin"])
     return frame.sort_values(["run_root", "finished_at"]).reset_index(drop=True)
@@ -184,7 +184,7 @@ class DuplicateCase(UserError):
     """A case with ``ok`` rows in two places where one result is expected; names the first and both places."""
 
     def __init__(self, duplicates: list[pd.DataFrame], *, fix: str) -> None:
-        from harness.text.label import case_label  # torch-heavy: only when there is something to name
+        from attnbench.harness.text.label import case_label  # torch-heavy: only when there is something to name
 
         first = duplicates[0]
         a, b = first.iloc[0], first.iloc[1]

@@ -1,2 +1,2 @@
-"""``attnbench selfcheck`` (``python -m harness.selfcheck``): the one command that proves the GPU paths
+"""``attnbench selfcheck`` (``python -m attnbench.harness.selfcheck``): the one command that proves the GPU paths
 on a new machine (issue 15). See docs/gpu.md."""

@@ -1,4 +1,4 @@
-"""``python -m harness.selfcheck [--dry-run] [--out DIR] [--skip STEP ...]``: run every acceptance step,
+"""``python -m attnbench.harness.selfcheck [--dry-run] [--out DIR] [--skip STEP ...]``: run every acceptance step,
 each time-limited, and write ``summary.md`` and ``summary.json`` in the output folder. Exit 0 when no
 step failed (skips are listed with their reason), 1 otherwise, 2 for a usage error."""
 
@@ -10,9 +10,9 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 
-from harness.errors import ArgumentParser, UserError, guarded
-from harness.results.paths import check_out_dir
-from harness.selfcheck.steps import Result, plan, run_step
+from attnbench.harness.errors import ArgumentParser, UserError, guarded
+from attnbench.harness.results.paths import check_out_dir
+from attnbench.harness.selfcheck.steps import Result, plan, run_step
 
 
 @guarded("selfcheck")

@@ -1,7 +1,7 @@
 """An independent timing of MLA's absorbed decode step with ``triton.testing.do_bench``, against the
-harness's row of the same case (within 10%): ``python -m harness.selfcheck.dobench ROWS_DIR...``.
+harness's row of the same case (within 10%): ``python -m attnbench.harness.selfcheck.dobench ROWS_DIR...``.
 
-The step is rebuilt as ``harness.measure.runner`` builds it (same seed, shape, cache fill), then
+The step is rebuilt as ``attnbench.harness.measure.runner`` builds it (same seed, shape, cache fill), then
 handed to ``do_bench`` (its own L2 flush, CUDA events, median), not to our timer.
 """
 
@@ -19,12 +19,12 @@ def main(argv: list[str]) -> int:
     import triton.testing
     from omegaconf import OmegaConf
 
-    import variants
-    from harness import results
-    from harness.measure.case import Case
-    from harness.measure.dryrun import case_inputs
-    from harness.sweep.overrides import config_path
-    from harness.sweep.plan import resolve_shape
+    from attnbench import variants
+    from attnbench.harness import results
+    from attnbench.harness.measure.case import Case
+    from attnbench.harness.measure.dryrun import case_inputs
+    from attnbench.harness.sweep.overrides import config_path
+    from attnbench.harness.sweep.plan import resolve_shape
 
     worst = 0.0
     for folder in map(Path, argv):
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
         x_BLD, memory_BMD = case_inputs(case, layer.hidden, device, dtype, 0)
         step = layer.prepare("decode", x_BLD, cache, impl=case.impl, memory_BMD=memory_BMD)
         if case.timing == "cuda_graph":
-            from harness.measure.timer import capture_cuda_graph
+            from attnbench.harness.measure.timer import capture_cuda_graph
 
             step = capture_cuda_graph(step, device=device)
         # do_bench flushes L2 before every call; our row is hot unless l2_flush: compare like with like.

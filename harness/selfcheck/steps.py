@@ -83,7 +83,7 @@ def plan(out: Path, *, dry_run: bool) -> list[Step]:
         mla_impls = ()
         base = ("device=cuda", "dtype=bfloat16", "measure.budget_s=2", "measure.telemetry_window_s=1.0")
         seq_one, seqs, batches = "seq=32k", "seq=4k,32k", "batch=1,8"
-    app = (PY, "-m", "harness")
+    app = (PY, "-m", "attnbench.harness")
 
     def run(name: str, *extra: str) -> tuple[str, ...]:
         return (*app, *base, "phase=decode", f"hydra.run.dir={out / name}", *extra)
@@ -104,7 +104,7 @@ def plan(out: Path, *, dry_run: bool) -> list[Step]:
         Step("sweep", (*app, "-m", *base, "measure=quick", "phase=decode", "impl=sdpa,absorbed,absorbed_sdpa",
                        "variant=mha,gqa,mla", seqs, batches, f"hydra.sweep.dir={out / 'sweep'}"), 150,
              check=_rows_ok("sweep", cuda=not dry_run)),
-        Step("do_bench", (PY, "-m", "harness.selfcheck.dobench", str(out / "mla_32k_graph"), str(out / "mla_32k")),
+        Step("do_bench", (PY, "-m", "attnbench.harness.selfcheck.dobench", str(out / "mla_32k_graph"), str(out / "mla_32k")),
              60, skip=cuda_skip or _no_triton()),
         Step("nvml_columns", (), 5, skip=cuda_skip, check=_nvml_filled),
         Step("report", (*app, "report", str(out / "sweep"), "--out", str(out / "report")), 60,
@@ -128,7 +128,7 @@ def _no_triton() -> str:
 
 def _rows_ok(name: str, *, cuda: bool) -> Callable[[Path], str]:
     def check(out: Path) -> str:
-        from harness import results
+        from attnbench.harness import results
 
         frame = results.load(out / name)
         if frame.empty:
@@ -152,7 +152,7 @@ def _rows_ok(name: str, *, cuda: bool) -> Callable[[Path], str]:
 
 
 def _nvml_filled(out: Path) -> str:
-    from harness import results
+    from attnbench.harness import results
 
     frame = results.load(out / "mla_32k")
     ok = frame[frame.status == "ok"]

@@ -27,7 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
+from attnbench.harness.errors import UserError
 
 LOCK = ".attnbench.lock"
 SWEEP_ENV = "ATTNBENCH_SWEEP"

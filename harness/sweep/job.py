@@ -17,25 +17,25 @@ import pandas as pd
 import torch
 import yaml
 
-from harness import results
-from harness.measure.calibrate import Ceilings, cache_dir_of, ceilings
-from harness.measure.case import Case
-from harness.measure.env import environment
-from harness.errors import UserError
-from harness.logs import echoed
-from harness.results.compact import compact
-from harness.results.layout import rows_dir
-from harness.results.paths import check_inside, check_run_name
-from harness.measure.memory import total_memory_bytes
-from harness.sweep.claim import claimed
-from harness.sweep.plan import plan_cases
-from harness.sweep.progress import Progress, summary_table
-from harness.sweep.repro import command, job_overrides
-from harness.measure import trust
-from harness.measure.runner import RunContext, run_case
-from harness.measure.telemetry import telemetry_for
-from harness.measure.timer import MeasureSettings
-from variants.registry import VARIANTS
+from attnbench.harness import results
+from attnbench.harness.measure.calibrate import Ceilings, cache_dir_of, ceilings
+from attnbench.harness.measure.case import Case
+from attnbench.harness.measure.env import environment
+from attnbench.harness.errors import UserError
+from attnbench.harness.logs import echoed
+from attnbench.harness.results.compact import compact
+from attnbench.harness.results.layout import rows_dir
+from attnbench.harness.results.paths import check_inside, check_run_name
+from attnbench.harness.measure.memory import total_memory_bytes
+from attnbench.harness.sweep.claim import claimed
+from attnbench.harness.sweep.plan import plan_cases
+from attnbench.harness.sweep.progress import Progress, summary_table
+from attnbench.harness.sweep.repro import command, job_overrides
+from attnbench.harness.measure import trust
+from attnbench.harness.measure.runner import RunContext, run_case
+from attnbench.harness.measure.telemetry import telemetry_for
+from attnbench.harness.measure.timer import MeasureSettings
+from attnbench.variants.registry import VARIANTS
 
 _log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
     env = environment(device)
     results.write_json(job_dir / "env.json", env)
     case_ids = [case.case_id(VARIANTS.get(case.variant).uses) for case in cases]
-    # The job's plan, for `python -m harness.sweep.status`: a job that dies part-way leaves its cases listed.
+    # The job's plan, for `python -m attnbench.harness.sweep.status`: a job that dies part-way leaves its cases listed.
     results.write_json(job_dir / results.PLAN, {
         "job_num": (job or {}).get("job_num"), "device": cases[0].device,
         "cases": [{"case_id": cid, "label": case.label()} for cid, case in zip(case_ids, cases, strict=True)]})

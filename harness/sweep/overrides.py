@@ -3,9 +3,9 @@ starts, so a mistake costs one line (exit status 2), never a traceback or a half
 
 Hydra composes each job exactly as it will (the same search path, ``--config-dir``, ``-cp``/``-cn``,
 ``hydra.searchpath``; a sweep expanded by its ``BasicSweeper``): the typed schema
-(``harness.sweep.schema``) refuses a wrong type, an unknown key or group option, and its long message is
+(``attnbench.harness.sweep.schema``) refuses a wrong type, an unknown key or group option, and its long message is
 condensed here to one line. What Hydra cannot know (k/M sizes, heads % kv_heads, registry names, the
-device) comes from ``harness.sweep.plan.plan_cases`` on each job (layers on the meta device). One bad
+device) comes from ``attnbench.harness.sweep.plan.plan_cases`` on each job (layers on the meta device). One bad
 combination among good ones refuses the whole sweep, naming the combination.
 """
 
@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, InterpolationResolutionError,
                               OmegaConfBaseException, ValidationError)
 
-from harness.errors import UserError
+from attnbench.harness.errors import UserError
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -34,12 +34,12 @@ LAUNCHER_PLUGINS = {"joblib": "hydra_plugins.hydra_joblib_launcher",
 # Launchers whose jobs run on this machine: elsewhere (SLURM) the device is not looked for here.
 LOCAL_LAUNCHERS = ("BasicLauncher", "JoblibLauncher", "LocalLauncher")
 # The module of the Hydra task function: a relative -cp/--config-path is relative to it, as in Hydra.
-TASK_MODULE = "harness.app.main"
+TASK_MODULE = "attnbench.harness.app.main"
 
 
 def config_path() -> str:
     """The primary config source Hydra gets: the checkout's ``conf/`` folder, or the installed package."""
-    from variants.presets import CONF_PACKAGE, conf_root
+    from attnbench.variants.presets import CONF_PACKAGE, conf_root
 
     root = conf_root()
     return str(root) if isinstance(root, Path) else f"pkg://{CONF_PACKAGE}"
@@ -47,7 +47,7 @@ def config_path() -> str:
 
 def _check_launcher(name: str) -> None:
     """A launcher whose plugin is missing is one line naming the extra, not Hydra's search-path dump."""
-    from variants.presets import conf_root
+    from attnbench.variants.presets import conf_root
 
     base = name
     preset = conf_root() / "hydra" / "launcher" / f"{name}.yaml"
@@ -64,7 +64,7 @@ def _schema_field(key: str) -> Any:
     import dataclasses
     import typing
 
-    from harness.sweep.schema import RunConfig
+    from attnbench.harness.sweep.schema import RunConfig
 
     node: Any = RunConfig
     hint: Any = None
@@ -97,7 +97,7 @@ def _keys(parent: str) -> list[str]:
     """The schema's keys under ``parent`` ("" for the top level), dotted."""
     import dataclasses
 
-    from harness.sweep.schema import RunConfig
+    from attnbench.harness.sweep.schema import RunConfig
 
     node = _schema_field(parent) if parent else RunConfig
     prefix = f"{parent}." if parent else ""
@@ -274,7 +274,7 @@ def check_added_keys(overrides: Sequence[str]) -> None:
 
 def check_group_paths(overrides: Sequence[str]) -> None:
     """A group option is a preset's name, never a path: ``model=../../tmp/x`` would load any yaml file."""
-    from variants.presets import preset_names
+    from attnbench.variants.presets import preset_names
 
     for text in overrides:
         key, sep, value = text.lstrip("+~").partition("=")
@@ -306,9 +306,9 @@ def _resolved(cfg: DictConfig) -> None:
 
 def _check_job(cfg: DictConfig, *, multirun: bool) -> None:
     """What one job's composed config must hold beyond Hydra's types: ranges, the device, resume's name."""
-    from harness.sweep.schema import check_ranges
-    from harness.measure.calibrate import cache_dir_of
-    from harness.measure.parse import check_device_name
+    from attnbench.harness.sweep.schema import check_ranges
+    from attnbench.harness.measure.calibrate import cache_dir_of
+    from attnbench.harness.measure.parse import check_device_name
 
     check_ranges(cfg)
     check_device_name(str(cfg.device))
@@ -324,8 +324,8 @@ def _check_job(cfg: DictConfig, *, multirun: bool) -> None:
 def check_cache_dir(path: Path) -> None:
     """The calibration cache folder, made now (the job would make it first thing): a path it cannot
     be made at (a file in the way, /proc, read-only) is one line before any run folder exists."""
-    from harness.errors import describe_os_error
-    from harness.results.paths import check_out_dir
+    from attnbench.harness.errors import describe_os_error
+    from attnbench.harness.results.paths import check_out_dir
 
     check_out_dir(path, flag="calibration_dir")
     try:
@@ -339,7 +339,7 @@ def check_output_dir(cfg: DictConfig, *, multirun: bool) -> Path:
     the working folder or one above it (Hydra writes .hydra/, rows/ and job folders into it)."""
     import os
 
-    from harness.results.paths import check_out_dir
+    from attnbench.harness.results.paths import check_out_dir
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     value = str(OmegaConf.select(cfg, key))
@@ -355,13 +355,13 @@ def check_output_dir(cfg: DictConfig, *, multirun: bool) -> Path:
 
 def check_lowrank(cfg: DictConfig) -> None:
     """``task=lowrank`` needs the study's ``lowrank`` block (experiment=lowrank_smollm2), checked whole."""
-    from harness.studies.lowrank.settings import StudySettings, check_model
-    from harness.sweep.plan import group_name
+    from attnbench.harness.studies.lowrank.settings import StudySettings, check_model
+    from attnbench.harness.sweep.plan import group_name
 
     block = cfg.get("lowrank")
     if block is None:
         raise UserError("task=lowrank needs the study's settings: add experiment=lowrank_smollm2 "
-                        "(or run python -m harness.studies.lowrank)")
+                        "(or run python -m attnbench.harness.studies.lowrank)")
     settings = StudySettings.from_mapping({**OmegaConf.to_container(block, resolve=True),
                                            "model": group_name(cfg.model)})
     check_model(settings.model, settings.layers)
@@ -372,10 +372,10 @@ def check_overrides(argv: Sequence[str], conf: str | Path | None = None) -> None
     every job of a sweep's); ``conf`` is the primary config folder (default: :func:`config_path`)."""
     from hydra._internal.utils import get_args_parser
 
-    from harness.sweep.schema import store_configs
-    from harness.sweep.pinning import register_resolvers
-    from harness.results.paths import check_run_name
-    from harness.sweep.plan import plan_cases
+    from attnbench.harness.sweep.schema import store_configs
+    from attnbench.harness.sweep.pinning import register_resolvers
+    from attnbench.harness.results.paths import check_run_name
+    from attnbench.harness.sweep.plan import plan_cases
 
     args = get_args_parser().parse_args(list(argv))
     if args.shell_completion or args.hydra_help or args.experimental_rerun is not None:

@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from harness.errors import UserError
-from harness.logs import echoed
+from attnbench.harness.errors import UserError
+from attnbench.harness.logs import echoed
 
 _log = logging.getLogger(__name__)
 

@@ -15,15 +15,15 @@ from typing import Any
 
 import torch
 
-import variants
-from harness.errors import UserError
-from harness.measure.case import Case, Phase
-from harness.measure.parse import Timing, parse_size, resolve_device, resolve_dtype, timing_mode
-from harness.results import schema
-from variants.layer import COMPILE_MODES
-from variants.cache import check_page_size
-from variants.registry import IMPLEMENTATIONS, VARIANTS
-from variants.shape import ModelShape
+from attnbench import variants
+from attnbench.harness.errors import UserError
+from attnbench.harness.measure.case import Case, Phase
+from attnbench.harness.measure.parse import Timing, parse_size, resolve_device, resolve_dtype, timing_mode
+from attnbench.harness.results import schema
+from attnbench.variants.layer import COMPILE_MODES
+from attnbench.variants.cache import check_page_size
+from attnbench.variants.registry import IMPLEMENTATIONS, VARIANTS
+from attnbench.variants.shape import ModelShape
 
 PHASE_CHOICES = ("decode", "prefill", "both")
 # A top-level key named like an integer shape column overrides the preset (conf/config.yaml lists

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 import pandas as pd
 from hydra.experimental.callback import Callback
 
-from harness.results import schema
+from attnbench.harness.results import schema
 
 # The schema's summary columns; the one free-text column goes last so that the figures line up.
 SUMMARY_COLUMNS = (*(c for c in schema.SUMMARY if c != "reason"), "reason")
@@ -165,7 +165,7 @@ class SweepProgress(Callback):
     def on_multirun_start(self, config: Any, **kwargs: Any) -> None:
         from omegaconf import OmegaConf
 
-        from harness.sweep.overrides import BASIC_SWEEPER, sweep_overrides
+        from attnbench.harness.sweep.overrides import BASIC_SWEEPER, sweep_overrides
 
         num_jobs = None
         if config.hydra.sweeper.get("_target_") == BASIC_SWEEPER:  # other sweepers choose jobs as they go

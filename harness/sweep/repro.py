@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 if TYPE_CHECKING:  # torch-heavy; the report imports markdown_lines without it
-    from harness.measure.case import Case
+    from attnbench.harness.measure.case import Case
 
 PROGRAM = "attnbench"
 # Measure keys that do not change what is measured (harness.sweep.job.RESUME_FREE): never printed.
@@ -44,7 +44,7 @@ def _value(value: Any) -> str:
 
 def _measure_presets() -> dict[str, dict[str, Any]]:
     """``conf/measure/*.yaml`` as values: each preset is ``default`` with its own keys on top."""
-    from variants.presets import conf_root
+    from attnbench.variants.presets import conf_root
 
     folder = conf_root() / "measure"
     files = {p.name.removesuffix(".yaml"): yaml.safe_load(p.read_text()) or {}
@@ -67,7 +67,7 @@ def measure_overrides(measure: Mapping[str, Any]) -> list[str]:
 
 def job_overrides(cfg: Mapping[str, Any]) -> list[str]:
     """What every case of a job shares: shape keys set on the preset, kv_dtype, seed, threads, measure."""
-    from harness.sweep.plan import SHAPE_KEYS
+    from attnbench.harness.sweep.plan import SHAPE_KEYS
 
     out = [f"{k}={_value(cfg[k])}" for k in SHAPE_KEYS if cfg.get(k) is not None]
     if cfg.get("kv_dtype") not in (None, "auto"):
@@ -78,7 +78,7 @@ def job_overrides(cfg: Mapping[str, Any]) -> list[str]:
 
 def case_overrides(case: Case) -> list[str]:
     """What picks this one case out of its job's: its own settings, written as a job would set them."""
-    from harness.text.units import format_size
+    from attnbench.harness.text.units import format_size
 
     out = [f"model={case.model}", f"variant={case.variant}", f"impl={case.impl}", f"phase={case.phase}",
            f"dtype={case.dtype}", f"device={case.device.split(':')[0]}"]

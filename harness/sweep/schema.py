@@ -5,7 +5,7 @@ hold only the types (every field ``MISSING``), so a value is never written twice
 Numeric keys carry their range as field metadata (``Range``): Hydra checks the type, and
 :func:`check_ranges` the range (finite, positive, sizes a row's int64 columns hold), both in the
 pre-check. What Hydra cannot know (k/M sizes, heads % kv_heads, registry names, the device) is checked
-by ``harness.sweep.overrides`` on every job of a sweep, before the first one starts.
+by ``attnbench.harness.sweep.overrides`` on every job of a sweep, before the first one starts.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from harness.errors import UserError
-from harness.measure.parse import DTYPES, MAX_SIZE
-from harness.measure.timer import CUDA_TIMINGS
-from harness.sweep.plan import PHASE_CHOICES
-from variants.layer import COMPILE_MODES
-from variants.shape import ATTENTION_KINDS, KV_DTYPES
+from attnbench.harness.errors import UserError
+from attnbench.harness.measure.parse import DTYPES, MAX_SIZE
+from attnbench.harness.measure.timer import CUDA_TIMINGS
+from attnbench.harness.sweep.plan import PHASE_CHOICES
+from attnbench.variants.layer import COMPILE_MODES
+from attnbench.variants.shape import ATTENTION_KINDS, KV_DTYPES
 
 # StrEnums: a composed value compares and prints as the plain string (cfg.phase == "decode"), and Hydra
 # lists the members when a value is not one of them. Built from the lists the code checks against.
@@ -82,7 +82,7 @@ SCHEMA_NAME = "attnbench_schema"
 
 @dataclass
 class MeasureConfig:
-    """``measure`` (conf/measure/*.yaml): the timing rules and guards of ``harness.sweep.job``."""
+    """``measure`` (conf/measure/*.yaml): the timing rules and guards of ``attnbench.harness.sweep.job``."""
 
     warmup_reps: int = _ranged(0, COUNT.high)
     warmup_s: float = _ranged(0, allow_inf=False)
@@ -179,7 +179,7 @@ def check_ranges(cfg: Mapping[str, Any]) -> None:
 def store_configs() -> None:
     """Put the schema and one ``variant``/``impl`` option per registered name (entry-point plugins
     included) in Hydra's ConfigStore. Called at start-up, before anything composes; idempotent."""
-    from variants.registry import IMPLEMENTATIONS, VARIANTS
+    from attnbench.variants.registry import IMPLEMENTATIONS, VARIANTS
 
     store = ConfigStore.instance()
     store.store(name=SCHEMA_NAME, node=RunConfig, provider="attnbench")

@@ -1,6 +1,6 @@
 """What a sweep planned against what it measured: which cases are ok, failed, or missing.
 
-    python -m harness.sweep.status results/<name> [more sweeps or runs]
+    python -m attnbench.harness.sweep.status results/<name> [more sweeps or runs]
 
 A case is *missing* when no row exists for it: its job has not run yet, is still running, or died
 (killed, node lost, time limit). A died job's in-flight case has no row, only perhaps a ``.tmp``
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import yaml
 
-from harness import results
-from harness.errors import ArgumentParser, UserError, guarded
-from harness.sweep.overrides import BASIC_SWEEPER, compose_job, config_path, sweep_overrides
+from attnbench.harness import results
+from attnbench.harness.errors import ArgumentParser, UserError, guarded
+from attnbench.harness.sweep.overrides import BASIC_SWEEPER, compose_job, config_path, sweep_overrides
 
 DETAILED = ("missing", "error", "oom", "incorrect")  # listed case by case; other statuses are counted
 
@@ -129,7 +129,7 @@ def _swept_keys(jobs: list[PlannedJob]) -> set[str]:
 
 
 def _conf_dir(multirun: dict | None) -> str:
-    """The sweep's primary config source (a folder, or pkg://attnbench_conf), else this install's."""
+    """The sweep's primary config source (a folder, or pkg://attnbench.conf), else this install's."""
     for source in ((multirun or {}).get("hydra", {}).get("runtime", {}).get("config_sources") or []):
         if source.get("provider") == "main" and source.get("schema") == "file" and Path(source["path"]).is_dir():
             return str(source["path"])
@@ -145,9 +145,9 @@ def _config_dirs(multirun: dict | None) -> list[str]:
 def _plan_here(overrides: list[str], conf_dir: str,
                config_dir: str | None = None) -> tuple[tuple[tuple[str, str], ...] | None, str]:
     """Compose a job's config and plan it on this machine; (cases, note) or (None, why not)."""
-    from harness.sweep.schema import store_configs
-    from harness.sweep.plan import plan_cases
-    from variants.registry import VARIANTS
+    from attnbench.harness.sweep.schema import store_configs
+    from attnbench.harness.sweep.plan import plan_cases
+    from attnbench.variants.registry import VARIANTS
 
     try:
         store_configs()
@@ -262,8 +262,8 @@ def resume_command(root: Path, multirun: dict | None) -> str | None:
         task.append(f"name={Path(root).name}")  # the default name is a time stamp: name the folder
     # The sweep's own presets (model=mine from --config-dir) must be found again when it resumes.
     config_dirs = [arg for path in _config_dirs(multirun) for arg in ("--config-dir", path)]
-    # python -m harness: the attnbench command wherever attnbench is importable (a checkout or an install).
-    return shlex.join(["python", "-m", "harness", *config_dirs, "-m", *task, *hydra_args, "resume=true"])
+    # python -m attnbench.harness: the attnbench command wherever attnbench is installed (editable or not).
+    return shlex.join(["python", "-m", "attnbench.harness", *config_dirs, "-m", *task, *hydra_args, "resume=true"])
 
 
 def status(root: Path) -> SweepStatus:

@@ -10,12 +10,12 @@ submitit), loads every row under the sweep folder and writes
 
 Rows are ordered by setting (phase, context, batch, compile mode), then variant and
 implementation, so the cases to compare sit next to each other. Speed-up is the report's:
-MHA/eager latency at the same setting over the case's latency (``harness.report.analysis.baseline``).
+MHA/eager latency at the same setting over the case's latency (``attnbench.harness.report.analysis.baseline``).
 Failed cases keep their row with status and reason: a sweep whose every case failed still gets its
 table. A job that raises (rather than recording its cases' failures) stops Hydra before this
-callback; ``python -m harness.sweep.status <sweep dir>`` tells what is missing then.
+callback; ``python -m attnbench.harness.sweep.status <sweep dir>`` tells what is missing then.
 
-    python -m harness.sweep.summary results/<name>     # the same table for any finished sweep
+    python -m attnbench.harness.sweep.summary results/<name>     # the same table for any finished sweep
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from harness import results
-from harness.measure import trust
-from harness.text.repro import markdown_lines
+from attnbench.harness import results
+from attnbench.harness.measure import trust
+from attnbench.harness.text.repro import markdown_lines
 
 MARKDOWN, CSV = "summary.md", "summary.csv"
 # What tells cases apart, in table order; a column whose value is the same in every row is left out.
@@ -66,7 +66,7 @@ class Summary:
         return trust.count_line(self.frame["flags"]) if "flags" in self.frame.columns else ""
 
     def markdown(self) -> str:
-        from harness.text.escape import markdown  # the folder and the notes hold the user's values
+        from attnbench.harness.text.escape import markdown  # the folder and the notes hold the user's values
 
         lines = [f"# Sweep {markdown(self.root)}", "", f"{len(self.frame)} cases: {self.counts()}.", ""]
         flagged = self.flagged()
@@ -79,8 +79,8 @@ class Summary:
 
 def summarize(root: str | Path) -> Summary:
     """The comparison table of every case under a sweep (or run) folder."""
-    from harness.report.analysis.baseline import Baseline, with_ratios  # matplotlib comes with harness.report
-    from harness.report.figures.style import impl_sort_key, variant_sort_key
+    from attnbench.harness.report.analysis.baseline import Baseline, with_ratios  # matplotlib comes with harness.report
+    from attnbench.harness.report.figures.style import impl_sort_key, variant_sort_key
 
     root = Path(root)
     rows = results.load(root) if root.exists() else pd.DataFrame()
@@ -113,8 +113,8 @@ def _ordered(rows: pd.DataFrame, variant_key: Any, impl_key: Any) -> pd.DataFram
 
 
 def _markdown_table(frame: pd.DataFrame, constant: list[str]) -> str:
-    from harness.report.tables.formats import markdown_grid
-    from harness.text.units import human_bytes, number
+    from attnbench.harness.report.tables.formats import markdown_grid
+    from attnbench.harness.text.units import human_bytes, number
 
     shown = pd.DataFrame(index=frame.index)
     if "job_num" in frame.columns and frame["job_num"].notna().any():
@@ -167,7 +167,7 @@ class SweepSummary(Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.sweep.summary", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m attnbench.harness.sweep.summary", description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a sweep or run folder (results/<name>)")
     parser.add_argument("--write", action="store_true", help="also write summary.md and summary.csv there")
     args = parser.parse_args(argv)

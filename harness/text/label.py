@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from harness.text.units import format_size
+from attnbench.harness.text.units import format_size
 
 
 def case_label(row: Mapping[str, Any]) -> str:

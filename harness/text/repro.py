@@ -1,10 +1,10 @@
-"""A table's repro commands (the ``repro`` column, ``harness.sweep.repro``) as markdown under it."""
+"""A table's repro commands (the ``repro`` column, ``attnbench.harness.sweep.repro``) as markdown under it."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from harness.text.escape import code  # the commands carry the user's preset names
+from attnbench.harness.text.escape import code  # the commands carry the user's preset names
 
 
 def markdown_lines(commands: Iterable[object], *, what: str = "row") -> list[str]:

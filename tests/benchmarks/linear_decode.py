@@ -23,8 +23,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-import variants
-from variants.shape import ModelShape
+from attnbench import variants
+from attnbench.variants.shape import ModelShape
 
 QWEN3_NEXT_LINEAR = ModelShape.from_dict(dict(
     hidden=2048, heads=16, head_dim=256, linear_num_key_heads=16, linear_num_value_heads=32, linear_key_head_dim=128,

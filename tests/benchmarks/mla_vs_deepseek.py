@@ -5,7 +5,7 @@
 
 Legend: B batch, L new queries, D hidden, S cached tokens.
 
-The case of issue 13: DeepSeek-V2-Lite's attention (``variants.build("mla", model="deepseek_v2_lite")``),
+The case of issue 13: DeepSeek-V2-Lite's attention (``attnbench.variants.build("mla", model="deepseek_v2_lite")``),
 float32, batch 1, one decode token after S cached ones, one thread. Both sides are prepared
 outside the timing: attnbench's closure from ``layer.prepare("decode", ...)``, the peer
 (``tests.deepseek_absorb``) on the same layer's weights over a copy of the same cache contents.
@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-import variants
+from attnbench import variants
 from tests.deepseek_absorb import DeepSeekAbsorbPeer
 from tests.reference import rel_err
 

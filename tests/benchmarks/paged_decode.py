@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-import variants
+from attnbench import variants
 from tests.reference import rel_err
 from tests.test_cache_view import _PeakBytes
 

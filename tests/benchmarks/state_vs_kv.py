@@ -5,7 +5,7 @@
 
 Legend: S cached tokens.
 
-Memory: for the seven models of ``harness.report.analysis.state_kv.models()``, one sequence's cache over the whole
+Memory: for the seven models of ``attnbench.harness.report.analysis.state_kv.models()``, one sequence's cache over the whole
 model in bf16 (each layer's own layout: a full layer's KV grows with S, a linear layer's state does not,
 a window layer's ring stops at its window), from the cost model at 4k, 32k, 128k and 1M.
 
@@ -25,9 +25,9 @@ import time
 
 import torch
 
-import variants
-from harness.report.analysis.state_kv import available, crossover_tokens, memory_table, models
-from variants.shape import LAYER_KINDS
+from attnbench import variants
+from attnbench.harness.report.analysis.state_kv import available, crossover_tokens, memory_table, models
+from attnbench.variants.shape import LAYER_KINDS
 
 MEMORY_CONTEXTS = (4096, 32768, 131072, 1048576)
 

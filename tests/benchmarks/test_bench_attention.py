@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-import variants
-from variants.registry import IMPLEMENTATIONS, VARIANTS
+from attnbench import variants
+from attnbench.variants.registry import IMPLEMENTATIONS, VARIANTS
 
 FORCE_ENV = "ATTNBENCH_BENCH_FORCE_IMPL"
 PHASES = ("prefill", "decode")

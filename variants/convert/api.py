@@ -30,12 +30,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from variants.convert.method import METHODS, LowRankMethod
-from variants.convert.partial_rope import PAIR_STRATEGIES, PairStrategy, rotary_dims, select_pairs
-from variants.families.gqa import GQA
-from variants.families.mla import MLA, MLAConfig
-from variants.rope import Rope
-from variants.shape import check_choice
+from attnbench.variants.convert.method import METHODS, LowRankMethod
+from attnbench.variants.convert.partial_rope import PAIR_STRATEGIES, PairStrategy, rotary_dims, select_pairs
+from attnbench.variants.families.gqa import GQA
+from attnbench.variants.families.mla import MLA, MLAConfig
+from attnbench.variants.rope import Rope
+from attnbench.variants.shape import check_choice
 
 
 @dataclass(frozen=True)

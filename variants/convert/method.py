@@ -16,7 +16,7 @@ from typing import Protocol
 
 from torch import Tensor
 
-from variants.registry import Registry
+from attnbench.variants.registry import Registry
 
 
 class Factorize(Protocol):
@@ -37,7 +37,7 @@ class LowRankMethod:
             raise ValueError(f"method name {self.name!r} is not allowed: use a Python identifier")
 
 
-METHODS: Registry = Registry("low-rank method", package="variants.convert.methods",
+METHODS: Registry = Registry("low-rank method", package="attnbench.variants.convert.methods",
                              entry_point_group="attnbench.lowrank_methods")
 
 

@@ -28,7 +28,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from variants.families.gqa import GQA
+from attnbench.variants.families.gqa import GQA
 
 PairStrategy = Literal["auto", "norm", "high", "low", "uniform"]
 PAIR_STRATEGIES: tuple[str, ...] = ("auto", "norm", "high", "low", "uniform")

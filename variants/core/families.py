@@ -1,15 +1,15 @@
-"""Every family package's ``FAMILY`` (``variants.core.family``), discovered on the first lookup.
+"""Every family package's ``FAMILY`` (``attnbench.variants.core.family``), discovered on the first lookup.
 
-Kept apart from the variant and implementation registries (``variants.registry``) so that
-``variants.shape`` can read the families' declared keys without importing what the layers import.
+Kept apart from the variant and implementation registries (``attnbench.variants.registry``) so that
+``attnbench.variants.shape`` can read the families' declared keys without importing what the layers import.
 """
 
 from __future__ import annotations
 
-from variants.core.family import ENTRY_POINT_GROUP, Family, ShapeKey, shape_keys
-from variants.core.registry import Registry
+from attnbench.variants.core.family import ENTRY_POINT_GROUP, Family, ShapeKey, shape_keys
+from attnbench.variants.core.registry import Registry
 
-FAMILIES: Registry[Family] = Registry("family", package="variants.families", entry_point_group=ENTRY_POINT_GROUP,
+FAMILIES: Registry[Family] = Registry("family", package="attnbench.variants.families", entry_point_group=ENTRY_POINT_GROUP,
                                       attribute="FAMILY")
 
 
@@ -19,5 +19,5 @@ def families() -> list[Family]:
 
 
 def family_shape_keys() -> dict[str, ShapeKey]:
-    """Every family's shape keys (``variants.core.family.shape_keys``), declared once."""
+    """Every family's shape keys (``attnbench.variants.core.family.shape_keys``), declared once."""
     return shape_keys(families())

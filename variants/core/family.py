@@ -2,14 +2,14 @@
 
 A family is a package ``variants/families/<name>/`` whose ``__init__.py`` exports ``FAMILY``, a
 ``Family``. Other packages add theirs through the ``attnbench.families`` entry-point group
-(``myfam = "my_pkg.myfam:FAMILY"``). Nothing central lists families: ``variants.registry.FAMILIES``
+(``myfam = "my_pkg.myfam:FAMILY"``). Nothing central lists families: ``attnbench.variants.registry.FAMILIES``
 discovers them, and the harness reaches a family only through ``family_of(variant)``, never by name.
 
 A new family provides, from its own folder:
 
-- ``variants``: its ``VariantSpec``s (``variants.variant``), each registered with ``register_variant``
+- ``variants``: its ``VariantSpec``s (``attnbench.variants.variant``), each registered with ``register_variant``
   when the package is imported (the layer, its paths, cache layout, step runners and cost live in the
-  layer class, ``variants.layer.AttentionLayer``);
+  layer class, ``attnbench.variants.layer.AttentionLayer``);
 - ``shape``: a frozen dataclass of its own shape keys, each with a default, declared with
   ``shape_field`` (its unit and meaning become the row column's). Presets stay flat YAML: each key
   goes to the family that declares it; a key two families declare must agree on type and default.
@@ -44,7 +44,7 @@ ENTRY_POINT_GROUP = "attnbench.families"
 
 # -- the pieces a family hands over ---------------------------------------------------------------
 class VariantLike(Protocol):
-    """What the core reads of a ``variants.variant.VariantSpec`` (kept structural: the core imports no layer)."""
+    """What the core reads of a ``attnbench.variants.variant.VariantSpec`` (kept structural: the core imports no layer)."""
 
     name: str
     description: str
@@ -81,7 +81,7 @@ class CacheLayoutLike(Protocol):
 
 @runtime_checkable
 class Cache(Protocol):
-    """What the harness does with a layer's cache (``variants.cache.KVCache`` meets it)."""
+    """What the harness does with a layer's cache (``attnbench.variants.cache.KVCache`` meets it)."""
 
     batch: int
     max_len: int
@@ -100,12 +100,12 @@ class Cache(Protocol):
         ...
 
     def view(self, end: int, seq_lens_B: Any = None) -> Any:
-        """What a kernel receives (storage, block table, lengths, scales, layout): ``variants.cache_view``."""
+        """What a kernel receives (storage, block table, lengths, scales, layout): ``attnbench.variants.cache_view``."""
         ...
 
 
 class Selection(Protocol):
-    """How the numerics gate checks a family that selects tokens (``harness.measure.numerics``).
+    """How the numerics gate checks a family that selects tokens (``attnbench.harness.measure.numerics``).
 
     ``recorded(layer)`` yields the list each selection the layer makes is appended to, in call order;
     ``replayed(layer, chosen)`` makes the reference layer use those selections instead of its own and
@@ -143,7 +143,7 @@ class ReportHints:
 
 @dataclass(frozen=True)
 class TraceHints:
-    """How a family's kernel maps to FlashInfer-Trace (``harness.interop.flashinfer_trace``)."""
+    """How a family's kernel maps to FlashInfer-Trace (``attnbench.harness.interop.flashinfer_trace``)."""
 
     op_type: str  # the Definition's op_type, e.g. "gqa_dense"; its kind (the text before "_") picks the inputs
     # The kernel's kv heads for a row (variant, heads, kv_heads...); None: ``kv_heads`` or ``heads``.
@@ -191,13 +191,13 @@ class Family:
 def shape_field(default: object, *, meaning: str, unit: str = "", kind: str | None = None,
                 identity: bool = True) -> Any:
     """A field of a family's shape dataclass, with what its row column says: ``meaning``, ``unit`` and
-    ``kind`` (``harness.results.schema.Kind``; None: from the annotation). ``identity``: enters case_id."""
+    ``kind`` (``attnbench.harness.results.schema.Kind``; None: from the annotation). ``identity``: enters case_id."""
     return field(default=default, metadata={"meaning": meaning, "unit": unit, "kind": kind, "identity": identity})
 
 
 @dataclass(frozen=True)
 class ShapeKey:
-    """One family shape key as the row declares it (``harness.results.schema`` turns it into a column)."""
+    """One family shape key as the row declares it (``attnbench.harness.results.schema`` turns it into a column)."""
 
     name: str
     kind: str  # "int64", "float64", "bool" or "string"

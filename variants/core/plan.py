@@ -1,7 +1,7 @@
 """Plan, then run: what an implementation sets up once on a layer, and the protocol every implementation meets.
 
 An implementation *plans* once per layer (``Implementation.plan``) and returns a ``Plan``; the plan
-*binds* a step (``variants.core.step.Step``) into the zero-argument closure that is timed. The layer
+*binds* a step (``attnbench.variants.core.step.Step``) into the zero-argument closure that is timed. The layer
 is seen here only as ``LayerLike`` (what an implementation reads of it), so the core imports no layer.
 """
 
@@ -15,13 +15,13 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from variants.core.step import Phase, Step, StepRunner
-    from variants.cost import Cost
-    from variants.kernel import Kernel
+    from attnbench.variants.core.step import Phase, Step, StepRunner
+    from attnbench.variants.cost import Cost
+    from attnbench.variants.kernel import Kernel
 
 
 class LayerLike(Protocol):
-    """What an implementation reads of a layer (``variants.layer.AttentionLayer`` meets it)."""
+    """What an implementation reads of a layer (``attnbench.variants.layer.AttentionLayer`` meets it)."""
 
     variant: str
     paths: tuple[str, ...]

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Literal
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from variants.cache import KVCache
-    from variants.mask import AttnMask
+    from attnbench.variants.cache import KVCache
+    from attnbench.variants.mask import AttnMask
 
 Phase = Literal["prefill", "decode"]
 PHASES: tuple[str, ...] = ("prefill", "decode")

@@ -2,8 +2,8 @@
 
 Legend: B batch, L new queries, T keys the module attends to, S cache rows, X per-head width.
 
-A family registers one function per layer class, in a module of ``variants.hf_peer.maps``
-(discovered on the first lookup, as ``variants.registry`` discovers implementations; nothing to
+A family registers one function per layer class, in a module of ``attnbench.variants.hf_peer.maps``
+(discovered on the first lookup, as ``attnbench.variants.registry`` discovers implementations; nothing to
 edit elsewhere)::
 
     @register(DSA)
@@ -11,7 +11,7 @@ edit elsewhere)::
         ...  # the transformers class, its config, the weight names; a string says why not
 
 The function reads the layer's configuration only: it runs on meta-device layers, without
-``transformers`` installed (``supports`` asks it), and returns data. ``variants.hf_peer.runtime``
+``transformers`` installed (``supports`` asks it), and returns data. ``attnbench.variants.hf_peer.runtime``
 (imported when ``hf`` plans) builds the module from that data and runs it. Lookup is by the
 layer's exact class: a subclass (a new family built on MLA) has no transformers module until it
 registers its own, rather than silently running its parent's.
@@ -30,8 +30,8 @@ import torch
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from variants.cache import KVCache
-    from variants.layer import AttentionLayer, Step
+    from attnbench.variants.cache import KVCache
+    from attnbench.variants.layer import AttentionLayer, Step
 
 Read = Literal["cache", "cache_then_new", "new"]
 
@@ -65,7 +65,7 @@ class HFSpec:
     ``modeling`` is the family's modeling module (``transformers.models.llama.modeling_llama``);
     ``attention`` and ``config`` are class names in it. The module is built with ``layer_idx=0``
     from ``config(**config_kwargs)``, takes the layer's parameters by ``weights`` (its parameter name
-    -> the layer's, the inverse of ``variants.hf``'s mapping), shared rather than copied, then gets
+    -> the layer's, the inverse of ``attnbench.variants.hf``'s mapping), shared rather than copied, then gets
     ``attributes`` set (dotted names: ``"kv_a_layernorm.variance_epsilon"``). ``cache`` gives the
     key and value tensors transformers' cache layer holds for this module, ``[B, heads, S, X]``, as
     views of the attnbench cache (the module reads and writes the cache in place; nothing is
@@ -113,9 +113,9 @@ def _discover() -> None:
     if _discovered:
         return
     _discovered = True
-    maps = importlib.import_module("variants.hf_peer.maps")
+    maps = importlib.import_module("attnbench.variants.hf_peer.maps")
     for info in pkgutil.iter_modules(maps.__path__):
-        importlib.import_module(f"variants.hf_peer.maps.{info.name}")
+        importlib.import_module(f"attnbench.variants.hf_peer.maps.{info.name}")
 
 
 def spec_for(layer: AttentionLayer) -> HFSpec | str:
@@ -130,7 +130,7 @@ def spec_for(layer: AttentionLayer) -> HFSpec | str:
 
 
 def weight_names(names: Mapping[str, str], layer: AttentionLayer) -> dict[str, str]:
-    """``{transformers parameter name: the layer's}`` from a by-module mapping (``variants.hf``'s
+    """``{transformers parameter name: the layer's}`` from a by-module mapping (``attnbench.variants.hf``'s
     ``{transformers module: attnbench module}``), for the modules the layer has."""
     out = {}
     for hf_module, ours in names.items():

@@ -37,8 +37,8 @@ from torch import Tensor, nn
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
 
-from variants.hf_peer import HFSpec, Slots
-from variants.layer import AttentionLayer, Step
+from attnbench.variants.hf_peer import HFSpec, Slots
+from attnbench.variants.layer import AttentionLayer, Step
 
 
 class FixedSlotLayer(CacheLayerMixin):

@@ -1,1 +1,1 @@
-"""Built-in implementations, one file each; ``variants.registry`` discovers every module here."""
+"""Built-in implementations, one file each; ``attnbench.variants.registry`` discovers every module here."""

@@ -19,16 +19,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from variants.cost import Cost
-from variants.implementation import KernelImplementation
-from variants.kernels.mla_eager import EagerMLAKernel
-from variants.kernels.mla_sdpa import SdpaMLAKernel
-from variants.kernels.mla_sparse_eager import EagerSparseMLAKernel
-from variants.kernels.mla_sparse_sdpa import SdpaSparseMLAKernel
-from variants.registry import register_implementation
+from attnbench.variants.cost import Cost
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.kernels.mla_eager import EagerMLAKernel
+from attnbench.variants.kernels.mla_sdpa import SdpaMLAKernel
+from attnbench.variants.kernels.mla_sparse_eager import EagerSparseMLAKernel
+from attnbench.variants.kernels.mla_sparse_sdpa import SdpaSparseMLAKernel
+from attnbench.variants.registry import register_implementation
 
 if TYPE_CHECKING:
-    from variants.layer import AttentionLayer
+    from attnbench.variants.layer import AttentionLayer
 
 
 @dataclass(frozen=True)

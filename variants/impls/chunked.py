@@ -6,9 +6,9 @@ registers it under a name the harness can look up before any family is imported 
 protocol of issue 20 is to let a family declare its implementations from its folder).
 """
 
-from variants.families.gdn.rule import CHUNKED
-from variants.implementation import KernelImplementation
-from variants.registry import register_implementation
+from attnbench.variants.families.gdn.rule import CHUNKED
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.registry import register_implementation
 
 IMPLEMENTATION = register_implementation(KernelImplementation(
     name="chunked", path="chunked", kernel=CHUNKED,  # type: ignore[arg-type]

@@ -1,9 +1,9 @@
 """``eager``: the standard path with explicit matmuls and a float32 softmax (MLA up-projects the
 cached latent to per-head keys and values every step)."""
 
-from variants.implementation import KernelImplementation
-from variants.kernels.eager import EagerKernel
-from variants.registry import register_implementation
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.kernels.eager import EagerKernel
+from attnbench.variants.registry import register_implementation
 
 IMPLEMENTATION = register_implementation(KernelImplementation(
     name="eager", path="standard", kernel=EagerKernel(),

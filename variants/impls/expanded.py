@@ -4,9 +4,9 @@ DeepSeek's reference "naive" mode: the comparison point that shows what MLA's la
 Its cache holds N * (qk_nope + d_r + v_head) values per token instead of d_c + d_r.
 """
 
-from variants.implementation import KernelImplementation
-from variants.kernels.eager import EagerKernel
-from variants.registry import register_implementation
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.kernels.eager import EagerKernel
+from attnbench.variants.registry import register_implementation
 
 IMPLEMENTATION = register_implementation(KernelImplementation(
     name="expanded", path="expanded", kernel=EagerKernel(),

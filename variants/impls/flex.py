@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
-from variants.implementation import KernelImplementation, StepPlan
-from variants.kernels.flex import FlexCompiler, FlexKernel
-from variants.mask import block_mask
-from variants.registry import register_implementation
+from attnbench.variants.implementation import KernelImplementation, StepPlan
+from attnbench.variants.kernels.flex import FlexCompiler, FlexKernel
+from attnbench.variants.mask import block_mask
+from attnbench.variants.registry import register_implementation
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from variants.layer import AttentionLayer, Phase, Step
+    from attnbench.variants.layer import AttentionLayer, Phase, Step
 
 
 @dataclass(frozen=True)

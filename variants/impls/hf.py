@@ -1,12 +1,12 @@
 """``hf``: transformers' own attention module, run under attnbench's timer, cache and numerics gate.
 
 The peer everyone knows, beside attnbench's implementations in one sweep. ``plan`` builds the
-module the layer maps to (``variants.hf_peer``: LlamaAttention, Qwen2Attention with q/k/v biases,
+module the layer maps to (``attnbench.variants.hf_peer``: LlamaAttention, Qwen2Attention with q/k/v biases,
 MistralAttention for a plain window, GptOssAttention for learned sinks, DeepseekV3Attention for
 MLA), holding the layer's parameters (shared, not copied); ``bind`` gives it what a transformers
 decoder layer would: rotary embeddings from the family's rotary class, transformers' own mask for
 its attention implementation, and a cache layer on the attnbench cache's buffers that writes at
-the step's positions (``variants.hf_peer.runtime`` says why not ``StaticCache`` as is). The module
+the step's positions (``attnbench.variants.hf_peer.runtime`` says why not ``StaticCache`` as is). The module
 runs transformers' ``sdpa`` attention, or ``eager`` where the model declares no SDPA support
 (gpt-oss, whose sinks SDPA cannot apply); the row's ``sdpa_backend`` says which kernel ran.
 
@@ -23,16 +23,16 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from variants.cost import Cost
-from variants.hf_peer import spec_for
-from variants.registry import register_implementation
+from attnbench.variants.cost import Cost
+from attnbench.variants.hf_peer import spec_for
+from attnbench.variants.registry import register_implementation
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from variants.hf_peer.runtime import HFPlan
-    from variants.layer import AttentionLayer, Phase
-    from variants.mask import AttnMask
+    from attnbench.variants.hf_peer.runtime import HFPlan
+    from attnbench.variants.layer import AttentionLayer, Phase
+    from attnbench.variants.mask import AttnMask
 
 INSTALL_HINT = "pip install 'attnbench[hf]'"
 
@@ -96,7 +96,7 @@ class HFImplementation:
         spec = spec_for(layer)
         if isinstance(spec, str):
             raise ValueError(spec)
-        from variants.hf_peer.runtime import HFPlan
+        from attnbench.variants.hf_peer.runtime import HFPlan
 
         return HFPlan.build(layer, spec)
 

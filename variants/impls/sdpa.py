@@ -1,8 +1,8 @@
 """``sdpa``: the standard path through torch's fused scaled_dot_product_attention."""
 
-from variants.implementation import KernelImplementation
-from variants.kernels.sdpa import SdpaKernel
-from variants.registry import register_implementation
+from attnbench.variants.implementation import KernelImplementation
+from attnbench.variants.kernels.sdpa import SdpaKernel
+from attnbench.variants.registry import register_implementation
 
 IMPLEMENTATION = register_implementation(KernelImplementation(
     name="sdpa", path="standard", kernel=SdpaKernel(),

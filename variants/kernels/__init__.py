@@ -1,1 +1,1 @@
-"""Attention kernels (see ``variants.kernel.Kernel``): one file each."""
+"""Attention kernels (see ``attnbench.variants.kernel.Kernel``): one file each."""

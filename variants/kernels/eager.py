@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from variants.mask import AttnMask
+from attnbench.variants.mask import AttnMask
 
 
 class EagerKernel:

@@ -2,7 +2,7 @@
 
 Legend: B batch, L queries, T keys, N query heads, K kv heads, E query/key dim, V value dim.
 
-The ``BlockMask`` comes from the layer's mask function (``variants.mask.block_mask``), so a window,
+The ``BlockMask`` comes from the layer's mask function (``attnbench.variants.mask.block_mask``), so a window,
 sink tokens or a ring cache's row positions cost flex nothing per step beyond skipping blocks.
 Learned sinks (gpt-oss) are applied from the log-sum-exp flex returns: with a sink logit ``s`` the
 softmax over ``[scores, s]`` without the sink column is ``softmax(scores) * sigmoid(lse - s)``.
@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from variants.mask import AttnMask
+from attnbench.variants.mask import AttnMask
 
 if TYPE_CHECKING:
     from torch.nn.attention.flex_attention import BlockMask

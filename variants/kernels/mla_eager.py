@@ -1,4 +1,4 @@
-"""MLA's latent attention with explicit matmuls and a float32 softmax (see ``variants.kernel.MLAKernel``).
+"""MLA's latent attention with explicit matmuls and a float32 softmax (see ``attnbench.variants.kernel.MLAKernel``).
 
 Legend: B batch, L queries, T keys, N query heads, C latent, R rotary dim, G rotary keys per token,
 n = N / G query heads per rotary key, M = N·L query rows, J = G·R.
@@ -9,8 +9,8 @@ key, ``q_rope·k_rope_g`` (width R) for that key's n heads. Nothing is concatena
 slot is zero-padded; the cache pieces are read in place (strided views of the packed rows).
 
 Given the cache as a view (``attend_view``, ``reads_view = True``), a paged one-token decode step
-reads each sequence's runs of pages in place (``variants.kernels.page_runs``: views of the pool, in
-chunks); otherwise a paged, fp8 or long cache is read once, chunk by chunk (``variants.kernels.split_kv``): each chunk's rows (a view of the
+reads each sequence's runs of pages in place (``attnbench.variants.kernels.page_runs``: views of the pool, in
+chunks); otherwise a paged, fp8 or long cache is read once, chunk by chunk (``attnbench.variants.kernels.split_kv``): each chunk's rows (a view of the
 contiguous buffer, or its pages copied out of the pool through the block table, dequantized if
 fp8) serve both score terms and the values (c_kv is key and value at once), and the chunks'
 partial softmaxes are combined by log-sum-exp. Nothing the size of the cache is allocated.
@@ -21,11 +21,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from variants.cache_view import CacheView
-from variants.kernel import SparseMLAKernel
-from variants.kernels import page_runs
-from variants.kernels.split_kv import LseCombine, chunk_tokens
-from variants.mask import AttnMask
+from attnbench.variants.cache_view import CacheView
+from attnbench.variants.kernel import SparseMLAKernel
+from attnbench.variants.kernels import page_runs
+from attnbench.variants.kernels.split_kv import LseCombine, chunk_tokens
+from attnbench.variants.mask import AttnMask
 
 
 class EagerMLAKernel:
@@ -33,7 +33,7 @@ class EagerMLAKernel:
     the keys into blocks of that many and combines the blocks' partial softmaxes (flash-decoding), so
     each block of the cache is still in the CPU's cache when its values are read. Up to
     ``one_pass_keys`` keys it stays one pass: a latent that fits the last-level cache whole gains
-    nothing from blocks and pays their bookkeeping (both measured, see ``variants.impls.absorbed``).
+    nothing from blocks and pays their bookkeeping (both measured, see ``attnbench.variants.impls.absorbed``).
     ``sparse``: the kernel a layer attending on selected tokens only (dsa) calls in its place."""
 
     name = "eager"

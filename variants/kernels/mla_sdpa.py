@@ -16,10 +16,10 @@ them onto the one latent key, which is how the causal masks reach the kernel.
 
 Given the cache as a view (``attend_view``): a contiguous cache is read in place (the packed rows as
 a view); a paged one, in a one-token decode step on CPU, is read in place, each sequence's runs of
-consecutive pages as views of the pool (``variants.kernels.page_runs``); where the runs are short,
+consecutive pages as views of the pool (``attnbench.variants.kernels.page_runs``); where the runs are short,
 split-KV, a group of pages at a time copied out of the pool through the block table, each through the fused CPU kernel that also returns its
 log-sum-exp (``aten._scaled_dot_product_flash_attention_for_cpu``), combined by
-``variants.kernels.split_kv``. A paged prefill (several queries under a causal mask) or a paged
+``attnbench.variants.kernels.split_kv``. A paged prefill (several queries under a causal mask) or a paged
 cache on another device is gathered first, as a kernel without a paged read would need.
 """
 
@@ -29,11 +29,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants.cache_view import CacheView
-from variants.kernel import SparseMLAKernel
-from variants.kernels import page_runs
-from variants.kernels.split_kv import CHUNK_BYTES, LseCombine, chunk_tokens
-from variants.mask import AttnMask
+from attnbench.variants.cache_view import CacheView
+from attnbench.variants.kernel import SparseMLAKernel
+from attnbench.variants.kernels import page_runs
+from attnbench.variants.kernels.split_kv import CHUNK_BYTES, LseCombine, chunk_tokens
+from attnbench.variants.mask import AttnMask
 
 
 def slot_rope_query(q_rope_BLNR: Tensor, groups: int) -> Tensor:

@@ -6,7 +6,7 @@ A decode step of one query per sequence sees all of its sequence's rows, in any 
 the weighted sum do not depend on the keys' order). Pages a sequence holds at consecutive pool
 indices, ascending or descending, are one ``[t, W]`` view of the pool (``pool[lo:hi + 1]``
 flattened), read where it lies; a last page only partly filled is a view of its filled rows. A
-kernel attends to each piece and combines the pieces by log-sum-exp (``variants.kernels.split_kv``):
+kernel attends to each piece and combines the pieces by log-sum-exp (``attnbench.variants.kernels.split_kv``):
 no page is copied. Allocators hand out runs of pages (``KVCache`` gives each sequence one
 descending run; vLLM's free list gives runs until it fragments); where the runs are short (below
 ``MIN_RUN_ROWS`` rows on average) a kernel copies pages out in chunks instead, as
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from variants.cache_view import CacheView
+from attnbench.variants.cache_view import CacheView
 
 MIN_RUN_ROWS = 1024  # rows per piece on average below which a copy in chunks is cheaper
 

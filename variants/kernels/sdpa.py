@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from variants.mask import AttnMask
+from attnbench.variants.mask import AttnMask
 
 
 class SdpaKernel:

@@ -17,8 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from harness.errors import ArgumentParser, UserError
-from harness.interop.flashinfer_trace import model
+from attnbench.harness.errors import ArgumentParser, UserError
+from attnbench.harness.interop.flashinfer_trace import model
 
 FORMATS = ("flashinfer-trace",)
 
@@ -111,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _export(sources: list[str], *, fmt: str, out: Path) -> Exported:
     if fmt not in FORMATS:
         raise UserError(f"--format {fmt!r} is not known; valid: {', '.join(FORMATS)}")
-    from harness.results.store import load
+    from attnbench.harness.results.store import load
 
     frame = load(sources)
     if frame.empty:

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from harness.errors import ArgumentParser, UserError
-from harness.interop.flashinfer_trace import model
-from harness.interop.flashinfer_trace.reference import load_run
+from attnbench.harness.errors import ArgumentParser, UserError
+from attnbench.harness.interop.flashinfer_trace import model
+from attnbench.harness.interop.flashinfer_trace.reference import load_run
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,9 @@ def random_inputs(definition: dict[str, Any], axes: dict[str, int], *, seed: int
 
 def run_impl_kernel(definition: dict[str, Any], impl: str, inputs: dict[str, Any]) -> torch.Tensor:
     """attnbench's ``impl`` kernel on the Definition's inputs (the kernel an impl injects into its layer)."""
-    from variants.kernel import MLAKernel
-    from variants.mask import make_mask
-    from variants.registry import implementation
+    from attnbench.variants.kernel import MLAKernel
+    from attnbench.variants.mask import make_mask
+    from attnbench.variants.registry import implementation
 
     kernel = getattr(implementation(impl), "kernel", None)
     mla = definition["op_type"] in model.LATENT_OPS
@@ -130,7 +130,7 @@ def run_impl_kernel(definition: dict[str, Any], impl: str, inputs: dict[str, Any
 def check_against_reference(definition: dict[str, Any], impl: str, *, axes: dict[str, int],
                             seed: int = 0) -> OracleCheck:
     """The Definition's reference ``run()`` and attnbench's ``impl`` on the same random inputs."""
-    from harness.measure.numerics import TOLERANCE, relative_error
+    from attnbench.harness.measure.numerics import TOLERANCE, relative_error
 
     inputs = random_inputs(definition, axes, seed=seed)
     expected = load_run(definition["reference"])(**inputs)

@@ -1,7 +1,7 @@
 """How an attnbench row maps to FlashInfer-Trace's Definition, Workload and Trace, and back.
 
 A Definition is the attention *kernel* of one variant at fixed heads and dims (the piece a kernel
-author swaps: ``variants.kernel``), with var axes ``batch_size`` and ``len_kv`` (and ``len_q`` = the
+author swaps: ``attnbench.variants.kernel``), with var axes ``batch_size`` and ``len_kv`` (and ``len_q`` = the
 prompt in prefill). Its name and tags keep what attnbench needs to rebuild the case (the model preset
 and the layer's other shape keys), so that importing it gives the same cases back. A Trace's
 latency is attnbench's: the whole layer step (projections, RoPE, cache write and this kernel).
@@ -13,10 +13,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from harness.errors import UserError
-from harness.interop.flashinfer_trace.reference import GQA_SOURCE, MLA_SOURCE
-from variants.core.family import TraceHints
-from variants.registry import families, family_of
+from attnbench.harness.errors import UserError
+from attnbench.harness.interop.flashinfer_trace.reference import GQA_SOURCE, MLA_SOURCE
+from attnbench.variants.core.family import TraceHints
+from attnbench.variants.registry import families, family_of
 
 # attnbench status -> FlashInfer-Trace EvaluationStatus. skipped and oom have no counterpart
 # (flashinfer-bench evaluates every solution it is given): they are not exported as traces.

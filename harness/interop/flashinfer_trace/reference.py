@@ -5,7 +5,7 @@ C latent (ckv) dim, R rotary (kpe) dim.
 
 Each source defines ``run(...)`` over the Definition's inputs, as flashinfer-bench runs a reference;
 the queries are the last L of the T positions (decode: L new tokens after T - L cached; prefill:
-L = T), causal. These restate the math of ``variants.kernels.eager`` and ``mla_eager`` without
+L = T), causal. These restate the math of ``attnbench.variants.kernels.eager`` and ``mla_eager`` without
 importing attnbench, so that a reader of the trace can run them alone.
 """
 

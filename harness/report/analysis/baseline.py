@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS, as_text
-from variants.registry import families
+from attnbench.harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS, as_text
+from attnbench.variants.registry import families
 
 # Every identity column but the variant and implementation compared, and the device it ran on.
 JOIN_COLUMNS = (*SHAPE_COLUMNS, *(c for c in CASE_COLUMNS if c not in ("variant", "impl", "model")), DEVICE)

@@ -30,12 +30,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from harness.report.analysis.capacity import HOW_TO_BUDGET, NO_BUDGET, device_memory, largest_batch
-from harness.report.analysis.costmodel import ModelCost, model_cost, shape_of
-from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
-from harness.report.order import impl_sort_key, variant_sort_key
-from variants.registry import VARIANTS
-from variants.shape import ModelShape
+from attnbench.harness.report.analysis.capacity import HOW_TO_BUDGET, NO_BUDGET, device_memory, largest_batch
+from attnbench.harness.report.analysis.costmodel import ModelCost, model_cost, shape_of
+from attnbench.harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
+from attnbench.harness.report.order import impl_sort_key, variant_sort_key
+from attnbench.variants.registry import VARIANTS
+from attnbench.variants.shape import ModelShape
 
 # A decode setting: everything but the batch (and what is compared: variant, implementation, compile mode;
 # family_shape holds only the keys its row's variant uses, so variants at one model differ there).

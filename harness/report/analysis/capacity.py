@@ -29,9 +29,9 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from harness.report.analysis.costmodel import ModelCost, model_cost, shape_of
-from harness.report.data import DEVICE, SHAPE_COLUMNS
-from harness.report.order import variant_sort_key
+from attnbench.harness.report.analysis.costmodel import ModelCost, model_cost, shape_of
+from attnbench.harness.report.data import DEVICE, SHAPE_COLUMNS
+from attnbench.harness.report.order import variant_sort_key
 
 RESERVE = 0.10
 MAX_CONTEXT = 2 ** 40  # tokens: the answer for a cache whose size stops growing with the context

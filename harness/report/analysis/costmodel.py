@@ -20,13 +20,13 @@ from functools import lru_cache
 import pandas as pd
 import torch
 
-import variants
-from harness.measure.case import DTYPES
-from harness.report.data import SHAPE_COLUMNS
-from harness.results import schema
-from variants.cache import CacheLayout
-from variants.schedule import model_layouts, model_params
-from variants.shape import ModelShape, check_choice
+from attnbench import variants
+from attnbench.harness.measure.case import DTYPES
+from attnbench.harness.report.data import SHAPE_COLUMNS
+from attnbench.harness.results import schema
+from attnbench.variants.cache import CacheLayout
+from attnbench.variants.schedule import model_layouts, model_params
+from attnbench.variants.shape import ModelShape, check_choice
 
 # The cache layout each variant needs at least: MLA caches its latent (eager, sdpa and absorbed
 # all read it); "expanded" (decompressed K/V per head) is a choice of implementation, not of the variant.

@@ -3,7 +3,7 @@
 A hybrid keeps a fixed-size state in its linear layers (Gated DeltaNet, KDA: the float32 recurrent
 state ``N·K·V`` and the short convolution's window) and a growing KV cache in its few full layers;
 every other model's cache grows in every layer (or stops at a ring: gpt-oss's window layers). The
-bytes are the cost model's (``harness.report.analysis.costmodel``, each layer's own cache layout asked for its
+bytes are the cost model's (``attnbench.harness.report.analysis.costmodel``, each layer's own cache layout asked for its
 bytes at the context), never ``tokens x bytes per token`` assumed here.
 
 ``models()`` are the seven models (``state_kv_models.yaml``) the ``state_vs_kv`` experiment compares, each with the variant that
@@ -22,10 +22,10 @@ from importlib import resources
 import torch
 import yaml
 
-from harness.report.analysis.costmodel import model_cost
-from variants.presets import load_preset
-from variants.registry import VARIANTS
-from variants.shape import ModelShape
+from attnbench.harness.report.analysis.costmodel import model_cost
+from attnbench.variants.presets import load_preset
+from attnbench.variants.registry import VARIANTS
+from attnbench.variants.shape import ModelShape
 
 
 @dataclass(frozen=True)

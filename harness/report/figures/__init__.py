@@ -23,8 +23,8 @@ from typing import Literal
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.report.figures.style import DPI, WIDTH_IN, figure_style, width_class, width_inches
-from variants.registry import Registry
+from attnbench.harness.report.figures.style import DPI, WIDTH_IN, figure_style, width_class, width_inches
+from attnbench.variants.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -65,7 +65,7 @@ class FigureSpec:
     rows: RowsKind = "measured"  # which rows of a FigureInput it draws (and ``needs`` is checked in)
 
 
-FIGURES: Registry = Registry("figure", package="harness.report.figures", entry_point_group="attnbench.figures")
+FIGURES: Registry = Registry("figure", package="attnbench.harness.report.figures", entry_point_group="attnbench.figures")
 
 
 def figure(*, name: str, order: int, title: str, needs: Sequence[str], why_missing: str = "",

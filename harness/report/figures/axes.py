@@ -12,9 +12,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from harness.report.figures.style import variant_color
-from harness.text import escape
-from harness.text.units import human_bytes, number, tokens
+from attnbench.harness.report.figures.style import variant_color
+from attnbench.harness.text import escape
+from attnbench.harness.text.units import human_bytes, number, tokens
 
 
 def axis_inches(ax: Axes, which: str) -> float:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from matplotlib.axes import Axes
 
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.canvas import series_figure
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.canvas import series_figure
 
 
 def _ceiling(ax: Axes) -> None:

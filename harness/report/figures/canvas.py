@@ -18,16 +18,16 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from harness.report import flagged
-from harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
-from harness.report.figures import Drawn
-from harness.report.figures.axes import (axis_inches, batch_axis, context_axis, device_title, facet_title, log_axis,
+from attnbench.harness.report import flagged
+from attnbench.harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
+from attnbench.harness.report.figures import Drawn
+from attnbench.harness.report.figures.axes import (axis_inches, batch_axis, context_axis, device_title, facet_title, log_axis,
                                          subtitle)
-from harness.report.figures.legend import legend
-from harness.report.figures.style import MAX_HEIGHT_IN, impl_sort_key, series_style, variant_sort_key
-from harness.text import escape
-from harness.text.units import tokens
-from variants.registry import IMPLEMENTATIONS
+from attnbench.harness.report.figures.legend import legend
+from attnbench.harness.report.figures.style import MAX_HEIGHT_IN, impl_sort_key, series_style, variant_sort_key
+from attnbench.harness.text import escape
+from attnbench.harness.text.units import tokens
+from attnbench.variants.registry import IMPLEMENTATIONS
 
 PANEL_HEIGHT_IN = {"single": 2.3, "double": 2.5}
 LEGEND_HEIGHT_IN = {"single": 1.2, "double": 0.7}  # single: three legend columns, more rows (headed)
@@ -117,7 +117,7 @@ def series(rows: pd.DataFrame) -> Iterator[tuple[tuple[str, str, str], pd.DataFr
 def plot_series(ax: Axes, rows: pd.DataFrame, x: str, y: str, *, band: tuple[str, str] | None = None,
                 scale: float = 1.0) -> None:
     """One line per (variant, impl, compile), optionally with a shaded band (a confidence interval);
-    a flagged row's point is a hollow grey marker on the line (``harness.report.flagged``)."""
+    a flagged row's point is a hollow grey marker on the line (``attnbench.harness.report.flagged``)."""
     for (variant, impl, compile_mode), group in series(rows):
         group = group.sort_values(x)
         style = series_style(variant, impl, compile_mode)

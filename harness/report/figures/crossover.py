@@ -17,16 +17,16 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from harness.report.data import DEVICE
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.axes import context_axis, device_title, log_axis, subtitle
-from harness.report.figures.canvas import Panel, drawn_rows, new_figure, plot_series
-from harness.report.figures.legend import legend
-from harness.report.figures.style import variant_color
-from harness.report.flagged import with_listing
-from harness.text import escape
-from harness.text.units import tokens
-from variants.registry import families
+from attnbench.harness.report.data import DEVICE
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.axes import context_axis, device_title, log_axis, subtitle
+from attnbench.harness.report.figures.canvas import Panel, drawn_rows, new_figure, plot_series
+from attnbench.harness.report.figures.legend import legend
+from attnbench.harness.report.figures.style import variant_color
+from attnbench.harness.report.flagged import with_listing
+from attnbench.harness.text import escape
+from attnbench.harness.text.units import tokens
+from attnbench.variants.registry import families
 
 
 def crossover_variants(role: str) -> tuple[str, ...]:

@@ -18,14 +18,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.axes import Axes
 
-from harness.report import flagged
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.axes import device_title, log_axis, subtitle
-from harness.report.figures.canvas import MAX_SERIES, Panel, new_figure, panels, series
-from harness.report.figures.legend import legend
-from harness.report.figures.style import series_style, variant_sort_key
-from harness.text import escape
-from harness.text.units import tokens
+from attnbench.harness.report import flagged
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.axes import device_title, log_axis, subtitle
+from attnbench.harness.report.figures.canvas import MAX_SERIES, Panel, new_figure, panels, series
+from attnbench.harness.report.figures.legend import legend
+from attnbench.harness.report.figures.style import series_style, variant_sort_key
+from attnbench.harness.text import escape
+from attnbench.harness.text.units import tokens
 
 TITLE = "Distribution of the timed samples"
 

@@ -1,10 +1,10 @@
 """Figure 7: energy per generated token against context length, from NVML's energy counter over a
-separate window of at least one second (``harness.measure.telemetry``); CUDA devices only."""
+separate window of at least one second (``attnbench.harness.measure.telemetry``); CUDA devices only."""
 
 from __future__ import annotations
 
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.canvas import series_figure
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.canvas import series_figure
 
 
 @figure(name="energy_per_token", order=7, title="Energy per token against context length",

@@ -3,8 +3,8 @@ the 95% confidence interval of the median as a band."""
 
 from __future__ import annotations
 
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.canvas import series_figure
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.canvas import series_figure
 
 BAND = ("latency_ci_low_ms", "latency_ci_high_ms")
 

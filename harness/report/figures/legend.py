@@ -12,8 +12,8 @@ from matplotlib.figure import Figure
 from matplotlib.legend import Legend
 from matplotlib.lines import Line2D
 
-from harness.report import flagged
-from harness.report.figures.style import impl_sort_key, impl_style, variant_color, variant_sort_key
+from attnbench.harness.report import flagged
+from attnbench.harness.report.figures.style import impl_sort_key, impl_style, variant_color, variant_sort_key
 
 
 HEADER_GID = "legend-header"  # marks a heading entry in a legend's handles

@@ -1,4 +1,4 @@
-"""Figures 20-22: a low-rank study's rows (``harness.studies.lowrank``, columns ``harness.studies.lowrank.schema``).
+"""Figures 20-22: a low-rank study's rows (``attnbench.harness.studies.lowrank``, columns ``attnbench.harness.studies.lowrank.schema``).
 
 Colour keys the factorization method (``style.METHOD_COLORS``); a second ``d_r`` in the rows shows
 as a line style. The source GQA model, unconverted, is the dotted line or the star.
@@ -11,12 +11,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.axes import log_axis
-from harness.report.figures.canvas import MAX_SERIES, new_figure
-from harness.report.figures.legend import header, place_legend
-from harness.report.figures.style import method_color, method_sort_key
-from harness.text import escape
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.axes import log_axis
+from attnbench.harness.report.figures.canvas import MAX_SERIES, new_figure
+from attnbench.harness.report.figures.legend import header, place_legend
+from attnbench.harness.report.figures.style import method_color, method_sort_key
+from attnbench.harness.text import escape
 
 WHY = "the study writes them for converted layers that ran (status ok)"
 _D_R_LINES: tuple[object, ...] = ("-", "--", ":", "-.")

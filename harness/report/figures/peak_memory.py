@@ -7,15 +7,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from harness.report.analysis.capacity import longest_context
-from harness.report.analysis.costmodel import model_cost, shape_of
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.axes import bytes_axis, context_axis, device_title, facet_title, subtitle
-from harness.report.figures.canvas import caption_for, drawn_rows, facet, new_figure, panels, plot_series
-from harness.report.figures.legend import legend
-from harness.report.figures.style import variant_color, variant_sort_key
-from harness.report.flagged import with_listing
-from harness.text.units import human_bytes, tokens
+from attnbench.harness.report.analysis.capacity import longest_context
+from attnbench.harness.report.analysis.costmodel import model_cost, shape_of
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.axes import bytes_axis, context_axis, device_title, facet_title, subtitle
+from attnbench.harness.report.figures.canvas import caption_for, drawn_rows, facet, new_figure, panels, plot_series
+from attnbench.harness.report.figures.legend import legend
+from attnbench.harness.report.figures.style import variant_color, variant_sort_key
+from attnbench.harness.report.flagged import with_listing
+from attnbench.harness.text.units import human_bytes, tokens
 
 
 @figure(name="peak_memory", order=3, title="Peak memory against context length", needs=("peak_mem_bytes", "seq"))

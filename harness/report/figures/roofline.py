@@ -1,6 +1,6 @@
 """Figure 4: the roofline. Arithmetic intensity (cost-model FLOPs per minimum byte) against the
 achieved FLOP rate, one point per measured case, under the device's measured copy-bandwidth and
-matmul ceilings (``harness.measure.calibrate``), per device and dtype (the ceilings depend on both)."""
+matmul ceilings (``attnbench.harness.measure.calibrate``), per device and dtype (the ceilings depend on both)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from harness.report import flagged
-from harness.report.data import DEVICE
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.axes import device_title, facet_title, log_axis, subtitle
-from harness.report.figures.canvas import MAX_SERIES, new_figure, split_variants
-from harness.report.figures.legend import header, place_legend
-from harness.report.figures.style import variant_color, variant_sort_key
+from attnbench.harness.report import flagged
+from attnbench.harness.report.data import DEVICE
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.axes import device_title, facet_title, log_axis, subtitle
+from attnbench.harness.report.figures.canvas import MAX_SERIES, new_figure, split_variants
+from attnbench.harness.report.figures.legend import header, place_legend
+from attnbench.harness.report.figures.style import variant_color, variant_sort_key
 
 NEEDS = ("intensity_flops_per_byte", "tflops", "ceiling_copy_gbps", "ceiling_matmul_tflops")
 PHASE_MARKERS = {"decode": "o", "prefill": "^"}

@@ -1,7 +1,7 @@
 """Figure 10: state against KV (issue 21): what a sequence costs a hybrid and the models it is chosen against.
 
 Three panels. Left: one sequence's cache over the whole model in bf16 against context for the seven
-models of ``harness.report.analysis.state_kv.models()`` (cost model: each layer's own layout at the context; solid
+models of ``attnbench.harness.report.analysis.state_kv.models()`` (cost model: each layer's own layout at the context; solid
 up to 128k, the contexts a CPU measures, dashed beyond, to 1M). Middle: one decode step of one layer of
 each kind, measured (the rows of the models and variants the experiment names). Right: where one linear
 layer's fixed state (float32 ``N·K·V``) equals one full layer's growing KV, for each hybrid (a dotted
@@ -15,16 +15,16 @@ import pandas as pd
 import torch
 from matplotlib.lines import Line2D
 
-from harness.report import flagged
-from harness.text import escape
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.axes import bytes_axis, context_axis, log_axis, subtitle
-from harness.report.figures.canvas import new_figure
-from harness.report.figures.legend import header, place_legend
-from harness.report.analysis.state_kv import MODEL_CONTEXTS, available, crossover_tokens, layer_bytes, model_bytes, models
-from harness.report.figures.style import variant_color
-from harness.text.units import tokens
-from variants.registry import families
+from attnbench.harness.report import flagged
+from attnbench.harness.text import escape
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.axes import bytes_axis, context_axis, log_axis, subtitle
+from attnbench.harness.report.figures.canvas import new_figure
+from attnbench.harness.report.figures.legend import header, place_legend
+from attnbench.harness.report.analysis.state_kv import MODEL_CONTEXTS, available, crossover_tokens, layer_bytes, model_bytes, models
+from attnbench.harness.report.figures.style import variant_color
+from attnbench.harness.text.units import tokens
+from attnbench.variants.registry import families
 
 MEASURED_MAX = 131072  # the longest context the experiment measures on a CPU; the cost model goes on
 # One colour per model of ``models()`` (matplotlib's tab10): variants' own colours repeat among seven models.

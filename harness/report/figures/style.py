@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import matplotlib
 
-from harness.report.order import IMPL_ORDER, impl_sort_key, variant_order, variant_sort_key  # noqa: F401 - re-exported
-from variants.registry import families
+from attnbench.harness.report.order import IMPL_ORDER, impl_sort_key, variant_order, variant_sort_key  # noqa: F401 - re-exported
+from attnbench.variants.registry import families
 
 # Column widths of two-column journals and proceedings (IEEE, ACM, NeurIPS double: ~7 in).
 WIDTH_IN: dict[str, float] = {"single": 3.5, "double": 7.0}

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.canvas import series_figure
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.canvas import series_figure
 
 
 @figure(name="decode_throughput", order=6, title="Decode throughput against batch size",

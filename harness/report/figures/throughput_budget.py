@@ -4,7 +4,7 @@ generation throughput", section 3.2.3), each variant at the largest batch the bu
 A line per variant, by its implementation fastest at the budget (with no budget in reach: at its
 largest measured batch): for every batch between that implementation's smallest and largest
 measured one, the point is (the budget that batch needs, its tokens/s), computed as
-``harness.report.analysis.budget`` computes the table, the latency interpolated linearly in batch between the
+``attnbench.harness.report.analysis.budget`` computes the table, the latency interpolated linearly in batch between the
 measured batches, which carry the markers. At the report's budget (``--budget``, else the device's
 memory) a star per variant marks its throughput there, hollow when its latency is interpolated, and
 the legend gives the ratios between variants.
@@ -16,15 +16,15 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from harness.report.analysis.budget import Ladder, VariantAtSetting, at_budget, budget_of, ratio_words, variants_of
-from harness.report.analysis.budget import ratios as budget_ratios
-from harness.report.analysis.capacity import HOW_TO_BUDGET, NO_BUDGET
-from harness.report.figures import Drawn, FigureInput, figure
-from harness.report.figures.axes import bytes_axis, device_title, log_axis, subtitle
-from harness.report.figures.canvas import caption_for, new_figure, panels
-from harness.report.figures.legend import header, place_legend
-from harness.report.figures.style import impl_sort_key, impl_style, variant_color
-from harness.text.units import human_bytes, significant, tokens
+from attnbench.harness.report.analysis.budget import Ladder, VariantAtSetting, at_budget, budget_of, ratio_words, variants_of
+from attnbench.harness.report.analysis.budget import ratios as budget_ratios
+from attnbench.harness.report.analysis.capacity import HOW_TO_BUDGET, NO_BUDGET
+from attnbench.harness.report.figures import Drawn, FigureInput, figure
+from attnbench.harness.report.figures.axes import bytes_axis, device_title, log_axis, subtitle
+from attnbench.harness.report.figures.canvas import caption_for, new_figure, panels
+from attnbench.harness.report.figures.legend import header, place_legend
+from attnbench.harness.report.figures.style import impl_sort_key, impl_style, variant_color
+from attnbench.harness.text.units import human_bytes, significant, tokens
 
 POINTS = 64  # batches evaluated along a line (every batch when there are fewer)
 

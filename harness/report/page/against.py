@@ -1,9 +1,9 @@
-"""``python -m harness.report NEW --against OLD``: how much faster each case is than before, and
+"""``python -m attnbench.harness.report NEW --against OLD``: how much faster each case is than before, and
 whether that is more than noise, from the rows alone (no ``nightly ingest``, no SQLite).
 
 Per case (matched by ``case_id``, measured in both), the ratio of median latencies new / old with
 its 95% interval from the nightly's moving-block bootstrap over both rows' raw samples
-(``harness.nightly.ratio.ratio_ci``); a case is significant when the interval excludes 1. Written
+(``attnbench.harness.nightly.ratio.ratio_ci``); a case is significant when the interval excludes 1. Written
 to ``<out>/against/``: a ratio table (md, tex, csv, html), a ratio figure (pdf, png), and the cases
 measured on one side only, listed under the table.
 """
@@ -17,14 +17,14 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from harness.nightly.ratio import ratio_ci
-from harness.report.data import DEVICE
-from harness.report.figures import save
-from harness.report.figures.canvas import new_figure
-from harness.report.figures.style import figure_style, variant_color, width_inches
-from harness.report.tables.formats import to_html, write_table
-from harness.report.tables.views import Table
-from harness.text.units import count, like, significant, tokens
+from attnbench.harness.nightly.ratio import ratio_ci
+from attnbench.harness.report.data import DEVICE
+from attnbench.harness.report.figures import save
+from attnbench.harness.report.figures.canvas import new_figure
+from attnbench.harness.report.figures.style import figure_style, variant_color, width_inches
+from attnbench.harness.report.tables.formats import to_html, write_table
+from attnbench.harness.report.tables.views import Table
+from attnbench.harness.text.units import count, like, significant, tokens
 
 # B batch, S context: the columns that name a case to a reader (case_id names it to the harness).
 LABEL_COLUMNS = ("variant", "impl", "phase", "batch", "seq")

@@ -28,22 +28,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.errors import UserError
-from harness.report import figures as figure_registry
-from harness.report.analysis.baseline import Baseline, with_ratios
-from harness.report.analysis.budget import throughput_table
-from harness.report.analysis.capacity import RESERVE, capacity_table
-from harness.report.data import ReportData, load_rows, prepare
-from harness.report.figures import FigureInput, PageFigure
-from harness.report.figures.style import WIDTH_IN, width_inches
-from harness.report.page.html import page
-from harness.report.page.lowrank import lowrank_part
-from harness.report.page.part import Part
-from harness.report.tables.formats import markdown_grid, write_table
-from harness.report.tables.views import (Table, capacity_view, cases_table, not_measured_table, sources_table,
+from attnbench.harness.errors import UserError
+from attnbench.harness.report import figures as figure_registry
+from attnbench.harness.report.analysis.baseline import Baseline, with_ratios
+from attnbench.harness.report.analysis.budget import throughput_table
+from attnbench.harness.report.analysis.capacity import RESERVE, capacity_table
+from attnbench.harness.report.data import ReportData, load_rows, prepare
+from attnbench.harness.report.figures import FigureInput, PageFigure
+from attnbench.harness.report.figures.style import WIDTH_IN, width_inches
+from attnbench.harness.report.page.html import page
+from attnbench.harness.report.page.lowrank import lowrank_part
+from attnbench.harness.report.page.part import Part
+from attnbench.harness.report.tables.formats import markdown_grid, write_table
+from attnbench.harness.report.tables.views import (Table, capacity_view, cases_table, not_measured_table, sources_table,
                                          throughput_view)
-from harness.text.repro import markdown_lines
-from harness.text import escape
+from attnbench.harness.text.repro import markdown_lines
+from attnbench.harness.text import escape
 
 MANIFEST = "manifest.txt"
 # The manifest's first line: a manifest without it was not written by this report, and lists nothing it may replace.
@@ -67,9 +67,9 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
                  filters: Mapping[str, Iterable[str]] | None = None, baseline: Baseline = DEFAULT_BASELINE,
                  budget_bytes: int | None = None, batches: Sequence[int] | None = None, reserve: float = RESERVE,
                  widths: Sequence[str] = tuple(WIDTH_IN), figures: Sequence[str] | None = None,
-                 command: str = "python -m harness.report", lowrank: pd.DataFrame | None = None) -> Report:
-    """Write the report of ``rows`` (a DataFrame from ``harness.results.load``, or paths and globs),
-    and of a low-rank study's rows (``harness.studies.lowrank``) when ``lowrank`` is given."""
+                 command: str = "python -m attnbench.harness.report", lowrank: pd.DataFrame | None = None) -> Report:
+    """Write the report of ``rows`` (a DataFrame from ``attnbench.harness.results.load``, or paths and globs),
+    and of a low-rank study's rows (``attnbench.harness.studies.lowrank``) when ``lowrank`` is given."""
     for width in widths:
         width_inches(width)  # a ValueError naming the valid widths
     known = [spec.name for spec in figure_registry.specs()]

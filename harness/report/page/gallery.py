@@ -1,5 +1,5 @@
-"""``python -m harness.report.page.gallery [--out docs/figures]``: the docs' gallery, every figure kind drawn
-by the report's own code (``harness.report.figures.draw``) at single-column width from the committed
+"""``python -m attnbench.harness.report.page.gallery [--out docs/figures]``: the docs' gallery, every figure kind drawn
+by the report's own code (``attnbench.harness.report.figures.draw``) at single-column width from the committed
 real-shape result set ``tests/fixtures/gallery/`` (CPU, one layer, DeepSeek-V2-Lite, -V3.2-Exp,
 -V4-Flash and Qwen3-Next shapes; measured by ``tests/fixtures/make_gallery.sh``, which then runs this). It writes a
 small PNG per shot and ``README.md`` beside them: each figure's claim, selection and caption, and how
@@ -17,15 +17,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness import results
-from harness.measure.trust import count_line
-from harness.report import figures
-from harness.report.analysis.baseline import Baseline, default_variant, with_ratios
-from harness.report.analysis.capacity import RESERVE
-from harness.report.data import prepare
-from harness.report.figures import FigureInput
-from harness.report.figures.style import figure_style
-from harness.text.units import human_bytes
+from attnbench.harness import results
+from attnbench.harness.measure.trust import count_line
+from attnbench.harness.report import figures
+from attnbench.harness.report.analysis.baseline import Baseline, default_variant, with_ratios
+from attnbench.harness.report.analysis.capacity import RESERVE
+from attnbench.harness.report.data import prepare
+from attnbench.harness.report.figures import FigureInput
+from attnbench.harness.report.figures.style import figure_style
+from attnbench.harness.text.units import human_bytes
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURES = (ROOT / "tests" / "fixtures" / "gallery",)
@@ -151,7 +151,7 @@ def _readme(drawn: Sequence[Drawn], left_out: dict[str, str], ok: pd.DataFrame) 
          "shapes (DeepSeek-V2-Lite, DeepSeek-V3.2-Exp, DeepSeek-V4-Flash, Qwen3-Next-80B-A3B), measured on a CPU. Made by"),
         "",
         "    bash tests/fixtures/make_gallery.sh     # measure the rows again (about 30 min), then draw",
-        "    python -m harness.report.page.gallery   # draw from the committed rows only",
+        "    python -m attnbench.harness.report.page.gallery   # draw from the committed rows only",
         "",
         (f"Measured on {_machine(ok)} These are CPU timings of float32 kernels on a loaded machine: read the "
          "ratios between variants, not the absolute times, and not as a GPU's (on a CPU, MLA's absorbed step at "
@@ -170,7 +170,7 @@ def _readme(drawn: Sequence[Drawn], left_out: dict[str, str], ok: pd.DataFrame) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m harness.report.page.gallery", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m attnbench.harness.report.page.gallery", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs/figures", help="folder for the PNGs and README.md (default: "
                                                                "docs/figures)")
     args = parser.parse_args(argv)

@@ -15,9 +15,9 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from harness.report.figures import PageFigure
-from harness.report.tables.formats import to_html
-from harness.report.tables.views import Table
+from attnbench.harness.report.figures import PageFigure
+from attnbench.harness.report.tables.formats import to_html
+from attnbench.harness.report.tables.views import Table
 
 _STYLE = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;

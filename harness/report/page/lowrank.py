@@ -1,7 +1,7 @@
 """The low-rank study's part of a report: its headline table and its figures (registered in
-``harness.report.figures.lowrank`` and drawn like every other figure).
+``attnbench.harness.report.figures.lowrank`` and drawn like every other figure).
 
-A study folder (``harness.studies.lowrank``) holds ``lowrank-*.parquet`` files rather than harness row
+A study folder (``attnbench.harness.studies.lowrank``) holds ``lowrank-*.parquet`` files rather than harness row
 files; ``split_inputs`` tells the two apart so one command reports either, or both together.
 """
 
@@ -14,14 +14,14 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from harness.errors import UserError
-from harness.report import figures as figure_registry
-from harness.report.figures.style import WIDTH_IN
-from harness.report.page.part import Part
-from harness.report.tables.formats import write_table
-from harness.report.tables.views import Table
-from harness.studies.lowrank.summary import summary_table
-from harness.text.units import number
+from attnbench.harness.errors import UserError
+from attnbench.harness.report import figures as figure_registry
+from attnbench.harness.report.figures.style import WIDTH_IN
+from attnbench.harness.report.page.part import Part
+from attnbench.harness.report.tables.formats import write_table
+from attnbench.harness.report.tables.views import Table
+from attnbench.harness.studies.lowrank.summary import summary_table
+from attnbench.harness.text.units import number
 
 PATTERN = "lowrank-*.parquet"
 

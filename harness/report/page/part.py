@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.report.page.html import PageFigure
-from harness.report.tables.views import Table
+from attnbench.harness.report.page.html import PageFigure
+from attnbench.harness.report.tables.views import Table
 
 
 @dataclass(frozen=True)

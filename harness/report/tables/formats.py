@@ -1,7 +1,7 @@
 """Writers of a ``Table``: markdown, LaTeX (booktabs, siunitx) and CSV files, and an HTML fragment.
 
 Each file format is one registered function; the report writes every registered format. LaTeX and
-HTML go through pandas' ``Styler`` (``harness.report.tables.latex`` lays out the LaTeX columns).
+HTML go through pandas' ``Styler`` (``attnbench.harness.report.tables.latex`` lays out the LaTeX columns).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.report.tables import latex
-from harness.report.tables.views import Table
-from harness.text import escape
+from attnbench.harness.report.tables import latex
+from attnbench.harness.report.tables.views import Table
+from attnbench.harness.text import escape
 
 Writer = Callable[[Table], str]
 WRITERS: dict[str, Writer] = {}

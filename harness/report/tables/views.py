@@ -15,10 +15,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from harness.report import flagged
-from harness.report.data import DEVICE
-from harness.report.order import impl_sort_key, variant_sort_key
-from harness.text.units import byte_unit, count, like, significant, tokens
+from attnbench.harness.report import flagged
+from attnbench.harness.report.data import DEVICE
+from attnbench.harness.report.order import impl_sort_key, variant_sort_key
+from attnbench.harness.text.units import byte_unit, count, like, significant, tokens
 
 # Folded into the caption when constant; always shown otherwise.
 SETTING_COLUMNS = {DEVICE: "device", "model": "model", "dtype": "dtype", "compile": "compile",
@@ -180,7 +180,7 @@ def capacity_view(capacity: pd.DataFrame) -> Table:
 
 
 def throughput_view(rows: pd.DataFrame) -> Table:
-    """``harness.report.analysis.budget.throughput_table``: each variant at the largest batch that fits the budget."""
+    """``attnbench.harness.report.analysis.budget.throughput_table``: each variant at the largest batch that fits the budget."""
     raw = _sorted(rows)
     mem_unit, mem_scale = byte_unit(raw["model_bytes"])
     base = str(raw["baseline_variant"].iloc[0])

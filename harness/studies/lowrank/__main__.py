@@ -1,4 +1,4 @@
-"""``python -m harness.studies.lowrank [key=value ...] [--out DIR]``: the low-rank study from the command line.
+"""``python -m attnbench.harness.studies.lowrank [key=value ...] [--out DIR]``: the low-rank study from the command line.
 
 Reads ``conf/experiment/lowrank_smollm2.yaml`` (the same settings a Hydra run with
 ``experiment=lowrank_smollm2`` uses), applies ``key=value`` overrides to its ``lowrank:`` block
@@ -16,10 +16,10 @@ import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from harness.errors import ArgumentParser, UserError, guarded
-from harness.results.paths import check_out_dir
-from harness.studies.lowrank.settings import StudySettings, check_model
-from variants.presets import conf_root, preset_names
+from attnbench.harness.errors import ArgumentParser, UserError, guarded
+from attnbench.harness.results.paths import check_out_dir
+from attnbench.harness.studies.lowrank.settings import StudySettings, check_model
+from attnbench.variants.presets import conf_root, preset_names
 
 
 def settings_of(overrides: list[str]) -> tuple[str, dict]:
@@ -54,8 +54,8 @@ def cli(argv: list[str] | None = None) -> int:
         raise UserError(f"--out {args.out!r} is empty; give a folder to write to")
     out = check_out_dir(args.out)
     out.mkdir(parents=True, exist_ok=True)  # before the weights load: a folder it can't make (/proc/x) is one line
-    from harness.studies.lowrank.study import main  # deferred: torch models only when the settings are sound
-    from harness.studies.lowrank.summary import summary_table
+    from attnbench.harness.studies.lowrank.study import main  # deferred: torch models only when the settings are sound
+    from attnbench.harness.studies.lowrank.summary import summary_table
 
     df = main({"model": model, "lowrank": block}, out)
     print(summary_table(df).to_string())

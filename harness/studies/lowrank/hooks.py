@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from variants.layer import AttentionLayer
+from attnbench.variants.layer import AttentionLayer
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:

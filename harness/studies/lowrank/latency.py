@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, measure
-from variants.layer import AttentionLayer
+from attnbench.harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, measure
+from attnbench.variants.layer import AttentionLayer
 
 # Short: the study times a handful of layers per combination, beside hours of conversion.
 SETTINGS = MeasureSettings(warmup_reps=3, warmup_s=0.1, min_reps=10, budget_s=1.0)

@@ -4,7 +4,7 @@ Scopes: ``layer`` (one converted layer: errors and cache size), ``model`` (every
 converted: perplexity, and the mean of the layer errors), ``latency`` (one layer's decode step).
 The source model appears as ``method="source"`` rows (``d_c``/``d_r`` null): its perplexity with
 Hugging Face's attention is ``source_perplexity``, with the unconverted layers running through
-attnbench (``variants.from_hf``) ``perplexity``; the two agree when the adapter is right.
+attnbench (``attnbench.variants.from_hf``) ``perplexity``; the two agree when the adapter is right.
 """
 
 from __future__ import annotations

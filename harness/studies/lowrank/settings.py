@@ -12,9 +12,9 @@ from typing import Any
 
 import torch
 
-from harness.measure.case import DTYPES
-from variants.convert.partial_rope import PAIR_STRATEGIES
-from variants.shape import check_choice, check_keys, check_positive, field_names
+from attnbench.harness.measure.case import DTYPES
+from attnbench.variants.convert.partial_rope import PAIR_STRATEGIES
+from attnbench.variants.shape import check_choice, check_keys, check_positive, field_names
 
 MAX_TOKENS = 1 << 20  # tokens of one text or window: far above the study's texts, below an int overflow
 MAX_DIM = 1 << 16  # d_c, d_r: far above any model's head dims
@@ -61,8 +61,8 @@ class StudySettings:
             _check_at_most("d_r", value, MAX_DIM)
             if value % 2:
                 raise ValueError(f"d_r={value} is odd; allowed: even values (rotary dims come in pairs)")
-        from variants.convert.method import METHODS
-        from variants.registry import IMPLEMENTATIONS
+        from attnbench.variants.convert.method import METHODS
+        from attnbench.variants.registry import IMPLEMENTATIONS
 
         for method in self.methods:
             METHODS.get(method)  # the registry's one line: unknown low-rank method ...; valid: ...
@@ -104,9 +104,9 @@ def check_model(model: str, layers: tuple[int, ...] | list[int] | None) -> None:
     among its layers: checked before the weights are read, as a one-line ``UserError``."""
     import yaml
 
-    from harness.errors import UserError
-    from harness.studies.lowrank.model import WEIGHTS
-    from variants.presets import conf_root, preset_names
+    from attnbench.harness.errors import UserError
+    from attnbench.harness.studies.lowrank.model import WEIGHTS
+    from attnbench.variants.presets import conf_root, preset_names
 
     presets = {name: yaml.safe_load((conf_root() / "model" / f"{name}.yaml").read_text()) or {}
                for name in preset_names()}

@@ -24,19 +24,19 @@ from typing import Any
 import pandas as pd
 from torch import Tensor, nn
 
-import variants
-from harness.measure.case import DTYPES
-from harness.report.figures import FigureInput, draw_all
-from harness.studies.lowrank.hooks import capture_attention_inputs, decoder_layers, swapped_attention
-from harness.studies.lowrank.latency import decode_latency
-from harness.studies.lowrank.model import load_model
-from harness.studies.lowrank.perplexity import perplexity
-from harness.studies.lowrank.schema import row
-from harness.studies.lowrank.settings import StudySettings
-from harness.studies.lowrank.text import reference_text, text_label, token_slices
-from variants.convert import METHODS, available_rank, convert
-from variants.layer import AttentionLayer
-from variants.presets import load_preset
+from attnbench import variants
+from attnbench.harness.measure.case import DTYPES
+from attnbench.harness.report.figures import FigureInput, draw_all
+from attnbench.harness.studies.lowrank.hooks import capture_attention_inputs, decoder_layers, swapped_attention
+from attnbench.harness.studies.lowrank.latency import decode_latency
+from attnbench.harness.studies.lowrank.model import load_model
+from attnbench.harness.studies.lowrank.perplexity import perplexity
+from attnbench.harness.studies.lowrank.schema import row
+from attnbench.harness.studies.lowrank.settings import StudySettings
+from attnbench.harness.studies.lowrank.text import reference_text, text_label, token_slices
+from attnbench.variants.convert import METHODS, available_rank, convert
+from attnbench.variants.layer import AttentionLayer
+from attnbench.variants.presets import load_preset
 
 # Settings a finished combination's file must match to be reused instead of recomputed.
 _REUSE_KEYS = ("model", "rope_pairs", "impl", "dtype", "kv_dtype", "calib_tokens", "eval_tokens", "act_tokens",

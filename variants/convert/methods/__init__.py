@@ -1,1 +1,1 @@
-"""Built-in low-rank methods, one file each; ``variants.convert.method.METHODS`` discovers them."""
+"""Built-in low-rank methods, one file each; ``attnbench.variants.convert.method.METHODS`` discovers them."""

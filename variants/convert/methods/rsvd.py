@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from variants.convert.method import LowRankMethod, register_method
+from attnbench.variants.convert.method import LowRankMethod, register_method
 
 OVERSAMPLE = 8  # Halko et al. section 4.2: 5-10 extra columns make the range finder reliable
 POWER_ITERATIONS = 2  # torch.svd_lowrank's default niter

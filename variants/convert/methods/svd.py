@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from variants.convert.method import LowRankMethod, register_method
+from attnbench.variants.convert.method import LowRankMethod, register_method
 
 
 def factorize(W_OD: Tensor, rank: int, *, X_TD: Tensor | None = None) -> tuple[Tensor, Tensor]:

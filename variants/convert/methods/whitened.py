@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from variants.convert.method import LowRankMethod, register_method
+from attnbench.variants.convert.method import LowRankMethod, register_method
 
 DAMPING = 1e-6
 

@@ -1,9 +1,9 @@
 """DeepSeek-V3.2's sparse attention: MLA over the tokens a lightning indexer selects."""
 
-from variants.core.family import Family, ReportHints, VariantHints
-from variants.families.dsa.layer import DSA, DSA_SPEC, DSAConfig
-from variants.families.dsa.shape import DSAShape, reduce_indexer
-from variants.selection import INDEXER_SELECTION
+from attnbench.variants.core.family import Family, ReportHints, VariantHints
+from attnbench.variants.families.dsa.layer import DSA, DSA_SPEC, DSAConfig
+from attnbench.variants.families.dsa.shape import DSAShape, reduce_indexer
+from attnbench.variants.selection import INDEXER_SELECTION
 
 
 def _validate(shape, variant: str) -> str | None:  # noqa: ANN001 - a ModelShape

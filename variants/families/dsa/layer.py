@@ -4,8 +4,8 @@ Legend: B batch, L new queries, T keys readable (cache rows), D hidden, N heads,
 C latent d_c, R rotary d_r, P nope, V value, H indexer heads, I indexer head dim,
 K selected tokens per query (min(index_topk, T)).
 
-DeepSeek-V3.2-Exp keeps DeepSeek-V3's MLA (``variants.families.mla``; query compression is
-required, the indexer's query comes from it) and adds a lightning indexer (``variants.indexer``)
+DeepSeek-V3.2-Exp keeps DeepSeek-V3's MLA (``attnbench.variants.families.mla``; query compression is
+required, the indexer's query comes from it) and adds a lightning indexer (``attnbench.variants.indexer``)
 that picks each query's top-k tokens; attention runs over those only. Per token and layer the
 cache holds MLA's latent and rope key, packed as FlashMLA reads them, and the indexer's key in a
 buffer of its own: C + R + I values (512 + 64 + 128 = 704, 1,408 B in bf16 at DeepSeek-V3.2's shape;
@@ -37,17 +37,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from variants.cache import CacheField, CacheLayout, KVCache
-from variants.cost import Cost, matmul_flops
-from variants.families.mla import MLA, MLAConfig
-from variants.indexer import LightningIndexer, selected_keep
-from variants.kernel import Kernel, MLAKernel, SparseMLAKernel
-from variants.layer import Step, StepRunner
-from variants.mask import CAUSAL, AttnMask, MaskFn
-from variants.registry import register_variant
-from variants.rope import Rope
-from variants.shape import AttentionKind, ModelShape, check_positive
-from variants.variant import VariantSpec
+from attnbench.variants.cache import CacheField, CacheLayout, KVCache
+from attnbench.variants.cost import Cost, matmul_flops
+from attnbench.variants.families.mla import MLA, MLAConfig
+from attnbench.variants.indexer import LightningIndexer, selected_keep
+from attnbench.variants.kernel import Kernel, MLAKernel, SparseMLAKernel
+from attnbench.variants.layer import Step, StepRunner
+from attnbench.variants.mask import CAUSAL, AttnMask, MaskFn
+from attnbench.variants.registry import register_variant
+from attnbench.variants.rope import Rope
+from attnbench.variants.shape import AttentionKind, ModelShape, check_positive
+from attnbench.variants.variant import VariantSpec
 
 # The dense paths' mask: the selection (a dense keep made in the step), within the causal prefix. Not
 # ``plain_causal``: a fused kernel must apply the tensor, not its own causal mask.

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from variants.core.family import shape_field
-from variants.families.mla.shape import MLAShape, check_latent
-from variants.shape import check_positive
+from attnbench.variants.core.family import shape_field
+from attnbench.variants.families.mla.shape import MLAShape, check_latent
+from attnbench.variants.shape import check_positive
 
 
 @dataclass(frozen=True)

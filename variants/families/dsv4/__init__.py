@@ -1,7 +1,7 @@
 """DeepSeek-V4's attention: window layers with a compressed branch, CSA (sparse) and HCA (heavily compressed)."""
 
-from variants.core.family import Family, ReportHints, VariantHints
-from variants.families.dsv4.layer import (
+from attnbench.variants.core.family import Family, ReportHints, VariantHints
+from attnbench.variants.families.dsv4.layer import (
     CSA_SPEC,
     DSV4,
     HCA_SPEC,
@@ -12,7 +12,7 @@ from variants.families.dsv4.layer import (
     model_kv_bytes,
     model_kv_bytes_per_token,
 )
-from variants.families.dsv4.shape import DSV4Shape, reduce_dsv4
+from attnbench.variants.families.dsv4.shape import DSV4Shape, reduce_dsv4
 
 
 def _validate(shape, variant: str) -> str | None:  # noqa: ANN001 - a ModelShape

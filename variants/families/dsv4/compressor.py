@@ -33,9 +33,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from variants.cache import CacheField, KVCache
-from variants.indexer import stable_topk
-from variants.rope import Rope, rotate
+from attnbench.variants.cache import CacheField, KVCache
+from attnbench.variants.indexer import stable_topk
+from attnbench.variants.rope import Rope, rotate
 
 _PAIR = 2  # a token's kv and gate
 

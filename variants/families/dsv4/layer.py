@@ -18,7 +18,7 @@ G groups, each group's ``N·H/G`` values to rank O (block-diagonal ``o_a_proj``)
 Layer kinds (``ModelShape.layer_pattern`` letters): ``S`` window only (RoPE base ``rope_theta``);
 ``H``, HCA: one entry per ``hca_rate`` = 128 tokens, every query attends to all closed ones (dense,
 its design); ``C``, CSA: one entry per ``csa_rate`` = 4 tokens over overlapping windows, and a
-lightning indexer picks the ``index_topk`` = 512 each query attends to (``variants.families.
+lightning indexer picks the ``index_topk`` = 512 each query attends to (``attnbench.variants.families.
 dsv4_compressor``). C and H layers, their compressors and indexer rotate with ``compress_rope_theta``.
 Variant ``csa`` builds a C layer, ``hca`` an H layer; the schedule builds the model's mix.
 
@@ -50,16 +50,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch._subclasses.fake_tensor import is_fake
 
-from variants.cache import CacheField, CacheLayout, KVCache
-from variants.cost import Cost, matmul_flops
-from variants.families.dsv4.compressor import Compressor, Indexer, compressor_fields, rotate_tail_, select_topk
-from variants.families.swa import ring_positions
-from variants.kernel import Kernel
-from variants.layer import AttentionLayer, Phase, Step, StepRunner
-from variants.mask import AttnMask, causal_window, dense
-from variants.registry import register_variant
-from variants.rope import Rope
-from variants.shape import (
+from attnbench.variants.cache import CacheField, CacheLayout, KVCache
+from attnbench.variants.cost import Cost, matmul_flops
+from attnbench.variants.families.dsv4.compressor import Compressor, Indexer, compressor_fields, rotate_tail_, select_topk
+from attnbench.variants.families.swa import ring_positions
+from attnbench.variants.kernel import Kernel
+from attnbench.variants.layer import AttentionLayer, Phase, Step, StepRunner
+from attnbench.variants.mask import AttnMask, causal_window, dense
+from attnbench.variants.registry import register_variant
+from attnbench.variants.rope import Rope
+from attnbench.variants.shape import (
     KV_DTYPES,
     AttentionKind,
     KvDtype,
@@ -69,7 +69,7 @@ from variants.shape import (
     check_positive,
     divisors,
 )
-from variants.variant import VariantSpec
+from attnbench.variants.variant import VariantSpec
 
 KINDS: dict[str, str] = {"S": "window only", "C": "window + CSA", "H": "window + HCA"}
 VARIANT_OF_KIND = {"C": "csa", "H": "hca", "S": "dsv4_window"}  # S layers are not a registered variant

@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from variants.core.family import shape_field
-from variants.families.dsa.shape import IndexerShape, check_indexer, reduce_indexer
-from variants.families.mla.shape import MLAShape, check_latent
-from variants.families.swa.shape import WindowShape, check_window, reduce_window
-from variants.shape import check_positive
+from attnbench.variants.core.family import shape_field
+from attnbench.variants.families.dsa.shape import IndexerShape, check_indexer, reduce_indexer
+from attnbench.variants.families.mla.shape import MLAShape, check_latent
+from attnbench.variants.families.swa.shape import WindowShape, check_window, reduce_window
+from attnbench.variants.shape import check_positive
 
 
 @dataclass(frozen=True)

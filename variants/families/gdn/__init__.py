@@ -10,13 +10,13 @@
 
 from __future__ import annotations
 
-from variants.core.family import Family, ReportHints, VariantHints
-from variants.families.gdn.layer import GDN, GDNConfig
-from variants.families.gdn.shape import LinearShape, reduce_linear
-from variants.layer import AttentionLayer
-from variants.registry import VARIANTS, register_variant
-from variants.shape import AttentionKind, ModelShape
-from variants.variant import VariantSpec
+from attnbench.variants.core.family import Family, ReportHints, VariantHints
+from attnbench.variants.families.gdn.layer import GDN, GDNConfig
+from attnbench.variants.families.gdn.shape import LinearShape, reduce_linear
+from attnbench.variants.layer import AttentionLayer
+from attnbench.variants.registry import VARIANTS, register_variant
+from attnbench.variants.shape import AttentionKind, ModelShape
+from attnbench.variants.variant import VariantSpec
 
 SHAPE_KEYS: tuple[str, ...] = ("hidden", "heads", "head_dim", "linear_num_key_heads", "linear_num_value_heads",
                                "linear_key_head_dim", "linear_value_head_dim", "linear_conv_kernel_dim", "kv_dtype")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from variants.shape import check_positive
+from attnbench.variants.shape import check_positive
 
 
 @dataclass(frozen=True)

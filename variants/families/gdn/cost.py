@@ -25,10 +25,10 @@ from __future__ import annotations
 import math
 import torch
 
-from variants.cost import Cost, matmul_flops
-from variants.families.gdn.config import DeltaConfig
-from variants.families.gdn.rule import SUB
-from variants.families.gdn.state import StateLayout
+from attnbench.variants.cost import Cost, matmul_flops
+from attnbench.variants.families.gdn.config import DeltaConfig
+from attnbench.variants.families.gdn.rule import SUB
+from attnbench.variants.families.gdn.state import StateLayout
 
 CHUNK = 64
 

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from variants.families.gdn.layer import GDN, GDNConfig
+from attnbench.variants.families.gdn.layer import GDN, GDNConfig
 
 HF_CLASSES: tuple[str, ...] = ("Qwen3NextGatedDeltaNet",)
 

@@ -26,21 +26,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from variants.cost import Cost
-from variants.families.gdn import cost as costs
-from variants.families.gdn.config import DeltaConfig, GDNConfig
-from variants.families.gdn.rule import CHUNKED, RECURRENT, DeltaRuleKernel, is_delta_rule_kernel
-from variants.families.gdn.state import StateCache, StateLayout
-from variants.kernel import Kernel
-from variants.layer import PHASES, AttentionLayer, Step, StepRunner
-from variants.mask import AttnMask
-from variants.registry import implementation as resolve
-from variants.registry import path_unsupported
-from variants.shape import check_choice
+from attnbench.variants.cost import Cost
+from attnbench.variants.families.gdn import cost as costs
+from attnbench.variants.families.gdn.config import DeltaConfig, GDNConfig
+from attnbench.variants.families.gdn.rule import CHUNKED, RECURRENT, DeltaRuleKernel, is_delta_rule_kernel
+from attnbench.variants.families.gdn.state import StateCache, StateLayout
+from attnbench.variants.kernel import Kernel
+from attnbench.variants.layer import PHASES, AttentionLayer, Step, StepRunner
+from attnbench.variants.mask import AttnMask
+from attnbench.variants.registry import implementation as resolve
+from attnbench.variants.registry import path_unsupported
+from attnbench.variants.shape import check_choice
 
 if TYPE_CHECKING:
-    from variants.implementation import Implementation
-    from variants.layer import Phase
+    from attnbench.variants.implementation import Implementation
+    from attnbench.variants.layer import Phase
 
 # The implementation the harness's numerics gate runs as its float64 reference is named ``eager``; on a
 # delta-rule layer its dataflow is the recurrent form (the readable baseline).

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from variants.cache import CacheLayout
+from attnbench.variants.cache import CacheLayout
 
 
 def state_dtype(compute: torch.dtype) -> torch.dtype:
@@ -84,7 +84,7 @@ class StateLayout(CacheLayout):
 class StateCache:
     """The state of ``batch`` sequences for one layer, allocated once.
 
-    Offers what ``variants.layer.LayerPlan`` and the harness use of a ``KVCache`` (``layout``,
+    Offers what ``attnbench.variants.layer.LayerPlan`` and the harness use of a ``KVCache`` (``layout``,
     ``length``, ``advance``, ``fill_random_``, ``nbytes``, ``plans``); ``max_len`` only bounds the
     ``length`` counter (a state holds any context)."""
 

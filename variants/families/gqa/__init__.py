@@ -4,9 +4,9 @@ Every key it reads is universal (``kv_heads`` included) but Qwen3-Next's gated f
 (``shape.py``: output gate, partial RoPE, q/k norm).
 """
 
-from variants.core.family import Family, ReportHints, TraceHints, VariantHints
-from variants.families.gqa.layer import GQA, GQA_SPEC, MHA, MQA, GQAConfig
-from variants.families.gqa.shape import GQAShape
+from attnbench.variants.core.family import Family, ReportHints, TraceHints, VariantHints
+from attnbench.variants.families.gqa.layer import GQA, GQA_SPEC, MHA, MQA, GQAConfig
+from attnbench.variants.families.gqa.shape import GQAShape
 
 
 def _kv_heads(row) -> int:  # noqa: ANN001 - a row mapping

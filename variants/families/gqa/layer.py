@@ -22,13 +22,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from variants.cache import CacheField, CacheLayout
-from variants.cost import Cost, matmul_flops
-from variants.kernel import Kernel
-from variants.layer import AttentionLayer, Step, StepRunner
-from variants.registry import register_variant
-from variants.rope import Rope
-from variants.shape import (
+from attnbench.variants.cache import CacheField, CacheLayout
+from attnbench.variants.cost import Cost, matmul_flops
+from attnbench.variants.kernel import Kernel
+from attnbench.variants.layer import AttentionLayer, Step, StepRunner
+from attnbench.variants.registry import register_variant
+from attnbench.variants.rope import Rope
+from attnbench.variants.shape import (
     ATTENTION_KINDS,
     KV_DTYPES,
     AttentionKind,
@@ -39,8 +39,8 @@ from variants.shape import (
     check_positive,
     divisors,
 )
-from variants.families.gqa.shape import QK_NORMS
-from variants.variant import VariantSpec
+from attnbench.variants.families.gqa.shape import QK_NORMS
+from attnbench.variants.variant import VariantSpec
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from variants.core.family import shape_field
-from variants.shape import check_choice
+from attnbench.variants.core.family import shape_field
+from attnbench.variants.shape import check_choice
 
 QK_NORMS: tuple[str, ...] = ("none", "rms", "zero_centered")
 

@@ -1,6 +1,6 @@
 """Kimi Delta Attention (Kimi Linear's linear-attention layers): one folder, registered as variant ``kda``.
 
-It reuses the gdn folder's delta rule, state cache and step (``variants.families.gdn``); this folder
+It reuses the gdn folder's delta rule, state cache and step (``attnbench.variants.families.gdn``); this folder
 holds what differs: the per-channel forget gate, separate q/k/v projections, the sigmoid-gated norm
 with its low-rank gate (``layer.py``), their cost and ``from_hf`` for ``KimiLinearDeltaAttention``
 (``hf.py``).
@@ -8,13 +8,13 @@ with its low-rank gate (``layer.py``), their cost and ``from_hf`` for ``KimiLine
 
 from __future__ import annotations
 
-from variants.core.family import Family, ReportHints, VariantHints
-from variants.families.gdn.shape import LinearShape, reduce_linear
-from variants.families.kda.layer import KDA, KDAConfig
-from variants.layer import AttentionLayer
-from variants.registry import VARIANTS, register_variant
-from variants.shape import AttentionKind, ModelShape
-from variants.variant import VariantSpec
+from attnbench.variants.core.family import Family, ReportHints, VariantHints
+from attnbench.variants.families.gdn.shape import LinearShape, reduce_linear
+from attnbench.variants.families.kda.layer import KDA, KDAConfig
+from attnbench.variants.layer import AttentionLayer
+from attnbench.variants.registry import VARIANTS, register_variant
+from attnbench.variants.shape import AttentionKind, ModelShape
+from attnbench.variants.variant import VariantSpec
 
 SHAPE_KEYS: tuple[str, ...] = ("hidden", "heads", "head_dim", "linear_num_key_heads", "linear_key_head_dim",
                                "linear_conv_kernel_dim", "kv_dtype")

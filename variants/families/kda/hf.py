@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from variants.families.kda.layer import KDA, KDAConfig
+from attnbench.variants.families.kda.layer import KDA, KDAConfig
 
 HF_CLASSES: tuple[str, ...] = ("KimiLinearDeltaAttention",)
 

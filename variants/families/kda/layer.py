@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from variants.cost import Cost, matmul_flops
-from variants.families.gdn.cost import delta_cost
-from variants.families.gdn.config import DeltaConfig
-from variants.families.gdn.layer import DeltaRuleLayer, GatedRMSNorm
+from attnbench.variants.cost import Cost, matmul_flops
+from attnbench.variants.families.gdn.cost import delta_cost
+from attnbench.variants.families.gdn.config import DeltaConfig
+from attnbench.variants.families.gdn.layer import DeltaRuleLayer, GatedRMSNorm
 
 
 @dataclass(frozen=True)

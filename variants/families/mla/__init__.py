@@ -1,8 +1,8 @@
 """Multi-head latent attention (DeepSeek-V2/V3): the layer, its paths and kernels' protocol, its shape keys."""
 
-from variants.core.family import Family, ReportHints, TraceHints, VariantHints
-from variants.families.mla.layer import MLA, MLA_SPEC, MLAConfig
-from variants.families.mla.shape import MLAShape
+from attnbench.variants.core.family import Family, ReportHints, TraceHints, VariantHints
+from attnbench.variants.families.mla.layer import MLA, MLA_SPEC, MLAConfig
+from attnbench.variants.families.mla.shape import MLAShape
 
 FAMILY = Family(
     name="mla",

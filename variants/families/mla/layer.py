@@ -18,7 +18,7 @@ rotated; the R "rope" dims of the query and of the shared key stay position-free
 position reaches the model only through its KDA layers. Kimi Linear has no query compression
 (q_lora_rank null) and softmax scale ``1/sqrt(P + R)``, as DeepSeek's.
 
-Two settings generalise DeepSeek's layer for GQA models converted to MLA (``variants.convert``):
+Two settings generalise DeepSeek's layer for GQA models converted to MLA (``attnbench.variants.convert``):
 ``rope_heads = G`` caches G rotary keys per token instead of one (query head n uses key
 ``n // (N / G)``, as GQA's query heads use their kv head; DeepSeek's MLA is G = 1), each group
 with its own RoPE frequencies when ``Rope.inv_freq`` is ``[G, R/2]``; and ``latent_norm=False``
@@ -29,8 +29,8 @@ and layer, in all but ``expanded``):
 - ``standard``: up-project the whole cached latent to per-head K, V every step, then attend.
 - ``absorbed``: ``q_lat = q_nope W_UK`` per head, then an ``MLAKernel`` attends on the latent,
   one key shared by all heads, given q_lat, q_rope and a view of the cache (storage or page pool,
-  block table, lengths, fp8 scales: ``variants.cache_view``), which the kernel reads as it likes
-  (``variants.kernel.attend_latent``); then W_UV (or W_O·W_UV folded, ``fold_o``).
+  block table, lengths, fp8 scales: ``attnbench.variants.cache_view``), which the kernel reads as it likes
+  (``attnbench.variants.kernel.attend_latent``); then W_UV (or W_O·W_UV folded, ``fold_o``).
 - ``expanded``: cache per-head K (P + R) and V (V), up-projected once when written.
 """
 
@@ -43,14 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from variants.cache import CacheField, CacheLayout
-from variants.cache_view import CacheView
-from variants.cost import Cost, matmul_flops
-from variants.kernel import Kernel, MLAKernel, attend_latent
-from variants.layer import AttentionLayer, Step, StepRunner
-from variants.registry import register_variant
-from variants.rope import Rope
-from variants.shape import (
+from attnbench.variants.cache import CacheField, CacheLayout
+from attnbench.variants.cache_view import CacheView
+from attnbench.variants.cost import Cost, matmul_flops
+from attnbench.variants.kernel import Kernel, MLAKernel, attend_latent
+from attnbench.variants.layer import AttentionLayer, Step, StepRunner
+from attnbench.variants.registry import register_variant
+from attnbench.variants.rope import Rope
+from attnbench.variants.shape import (
     ATTENTION_KINDS,
     KV_DTYPES,
     AttentionKind,
@@ -61,7 +61,7 @@ from variants.shape import (
     check_positive,
     divisors,
 )
-from variants.variant import VariantSpec
+from attnbench.variants.variant import VariantSpec
 
 
 @dataclass(frozen=True)

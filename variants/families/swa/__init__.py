@@ -1,7 +1,7 @@
 """Sliding-window GQA (Mistral, gpt-oss): a ring cache of the window, learned sinks or sink tokens."""
 
-from variants.core.family import Family, ReportHints, VariantHints
-from variants.families.swa.layer import (
+from attnbench.variants.core.family import Family, ReportHints, VariantHints
+from attnbench.variants.families.swa.layer import (
     SWA,
     SWA_SPEC,
     RingLayout,
@@ -12,7 +12,7 @@ from variants.families.swa.layer import (
     ring_positions,
     ring_rows,
 )
-from variants.families.swa.shape import WindowShape, reduce_window
+from attnbench.variants.families.swa.shape import WindowShape, reduce_window
 
 
 def _validate(shape, variant: str) -> str | None:  # noqa: ANN001 - a ModelShape

@@ -26,15 +26,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from variants.cache import CacheLayout, KVCache
-from variants.cost import Cost
-from variants.families.gqa import GQA, GQAConfig
-from variants.kernel import Kernel
-from variants.layer import Step, StepRunner
-from variants.mask import AttnMask, MaskFn, causal_window, make_mask
-from variants.registry import register_variant
-from variants.shape import AttentionKind, ModelShape, check_positive
-from variants.variant import VariantSpec
+from attnbench.variants.cache import CacheLayout, KVCache
+from attnbench.variants.cost import Cost
+from attnbench.variants.families.gqa import GQA, GQAConfig
+from attnbench.variants.kernel import Kernel
+from attnbench.variants.layer import Step, StepRunner
+from attnbench.variants.mask import AttnMask, MaskFn, causal_window, make_mask
+from attnbench.variants.registry import register_variant
+from attnbench.variants.shape import AttentionKind, ModelShape, check_positive
+from attnbench.variants.variant import VariantSpec
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from variants.core.family import shape_field
-from variants.shape import LAYER_KINDS, check_positive
+from attnbench.variants.core.family import shape_field
+from attnbench.variants.shape import LAYER_KINDS, check_positive
 
 
 @dataclass(frozen=True)

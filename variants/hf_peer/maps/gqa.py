@@ -18,16 +18,16 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from variants.families.gqa import GQA, GQAConfig
-from variants.families.swa import SWA, ring_rows
-from variants.hf import _GQA_NAMES, _QWEN3_NEXT_NAMES
-from variants.hf_peer import HFSpec, Slots, linear_slots, register, weight_names
+from attnbench.variants.families.gqa import GQA, GQAConfig
+from attnbench.variants.families.swa import SWA, ring_rows
+from attnbench.variants.hf import _GQA_NAMES, _QWEN3_NEXT_NAMES
+from attnbench.variants.hf_peer import HFSpec, Slots, linear_slots, register, weight_names
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from variants.cache import KVCache
-    from variants.layer import Step
+    from attnbench.variants.cache import KVCache
+    from attnbench.variants.layer import Step
 
 
 def kv_views(cache: KVCache) -> tuple[Tensor, Tensor]:

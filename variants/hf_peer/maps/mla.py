@@ -16,14 +16,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from variants.families.mla import MLA
-from variants.hf import _MLA_NAMES
-from variants.hf_peer import HFSpec, register, weight_names
+from attnbench.variants.families.mla import MLA
+from attnbench.variants.hf import _MLA_NAMES
+from attnbench.variants.hf_peer import HFSpec, register, weight_names
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from variants.cache import KVCache
+    from attnbench.variants.cache import KVCache
 
 
 def latent_views(cache: KVCache) -> tuple[Tensor, Tensor]:

@@ -2,7 +2,7 @@
 
 Legend: B batch, L queries, T keys, N query heads, K kv heads, G = N / K, E key dim, V value dim.
 
-It shows both halves of interface v2 (``variants.implementation``):
+It shows both halves of interface v2 (``attnbench.variants.implementation``):
 
 - ``plan(layer, compile=...)`` runs once per layer, outside every timed step: here it checks the
   layer and asks the family for its step runner with this package's kernel injected (a wrapper of
@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from variants.implementation import KernelImplementation, StepPlan
-from variants.mask import AttnMask
+from attnbench.variants.implementation import KernelImplementation, StepPlan
+from attnbench.variants.mask import AttnMask
 
 
 class OnlineSoftmaxKernel:

@@ -50,15 +50,14 @@ def _module(kind: str):
 @pytest.mark.parametrize("impl", ["eager", "chunked"])
 @pytest.mark.parametrize("kind", ["gdn", "kda"])
 def test_from_hf_matches_transformers_in_prefill_and_token_by_token_decode(kind, impl, seed, monkeypatch):
-    from attnbench.variants.families.gdn.hf import from_hf as gdn_from_hf
-    from attnbench.variants.families.kda.hf import from_hf as kda_from_hf
+    from attnbench import variants
 
     modeling, config, module = _module(kind)
     module = module.double()
     with torch.no_grad():  # weights far from init (transformers leaves A_log and dt_bias empty in kda)
         for param in module.parameters():
             param.normal_(0, 0.3)
-    layer = (gdn_from_hf if kind == "gdn" else kda_from_hf)(module)
+    layer = variants.from_hf(module)  # the public entry point finds the family's own converter
     assert layer.variant == kind
     monkeypatch.setattr(modeling, "torch", _Float64AsFloat32("torch"))
     B, L, P = 2, 90, 70  # a prefill of two chunks, then 20 tokens one at a time
@@ -79,7 +78,11 @@ def test_from_hf_matches_transformers_in_prefill_and_token_by_token_decode(kind,
 
 
 def test_from_hf_refuses_other_modules():
+    from attnbench import variants
     from attnbench.variants.families.gdn.hf import from_hf
 
     with pytest.raises(ValueError, match="supported: Qwen3NextGatedDeltaNet"):
         from_hf(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="^cannot convert Linear; supported: .*KimiLinearDeltaAttention, "
+                                         "Qwen3NextGatedDeltaNet$"):
+        variants.from_hf(torch.nn.Linear(2, 2))

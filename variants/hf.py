@@ -19,6 +19,7 @@ from attnbench.variants.families.gqa import GQA, GQA_SPEC, MHA, MQA, GQAConfig
 from attnbench.variants.families.mla import MLA, MLAConfig
 from attnbench.variants.families.swa import SWA, SWAConfig
 from attnbench.variants.layer import AttentionLayer
+from attnbench.variants.registry import families
 from attnbench.variants.rope import Rope
 
 _MLA = ("DeepseekV2Attention", "DeepseekV3Attention")
@@ -92,7 +93,8 @@ def _dsv4(module: nn.Module) -> AttentionLayer:
 
 def from_hf(module: nn.Module) -> AttentionLayer:
     """Convert a DeepseekV2/V3/V3.2/V4, Llama, Mistral, Qwen2, GptOss, Qwen3Next or KimiLinear attention module
-    (same dtype and device).
+    (same dtype and device), or a linear-attention module a family declares (``Family.from_hf``:
+    Qwen3NextGatedDeltaNet to ``gdn``, KimiLinearDeltaAttention to ``kda``).
 
     A Qwen3Next module (its full-attention layers) becomes a ``gqa`` layer with the output gate,
     partial RoPE and zero-centred q/k norms; a KimiLinearAttention module (its MLA layers) an ``mla``
@@ -106,9 +108,13 @@ def from_hf(module: nn.Module) -> AttentionLayer:
     (variant ``dsv4_window``), as its layer type says.
     """
     kind = type(module).__name__
-    supported = _MLA + _DSA + _GQA + _DSV4 + _QWEN3_NEXT + _KIMI
+    # Families that carry their own converter (the linear families: Gated DeltaNet, KDA) declare it.
+    converters = {name: convert for family in families() for name, convert in family.from_hf.items()}
+    supported = _MLA + _DSA + _GQA + _DSV4 + _QWEN3_NEXT + _KIMI + tuple(sorted(converters))
     if kind not in supported:
         raise ValueError(f"cannot convert {kind}; supported: {', '.join(supported)}")
+    if kind in converters:
+        return converters[kind](module)
     if kind in _DSV4:
         return _dsv4(module)
     if kind in _QWEN3_NEXT:

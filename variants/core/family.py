@@ -171,6 +171,9 @@ class Family:
     validate: Callable[[ShapeLike, str], str | None] = always_valid  # (shape, variant) -> why not, or None
     report: ReportHints = ReportHints()
     trace: TraceHints | None = None
+    # transformers attention classes this family converts (class name -> converter taking the module), read
+    # by ``attnbench.variants.from_hf``: a new family's converter lives in its own folder.
+    from_hf: Mapping[str, Callable[[Any], Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         assert self.variants, f"family {self.name} has no variants"

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from attnbench.variants.core.family import Family, ReportHints, VariantHints
+from attnbench.variants.families.gdn import hf
 from attnbench.variants.families.gdn.layer import GDN, GDNConfig
 from attnbench.variants.families.gdn.shape import LinearShape, reduce_linear
 from attnbench.variants.layer import AttentionLayer
@@ -74,4 +75,5 @@ FAMILY = Family(
     validate=_validate,
     # Okabe-Ito's colours are spent: a darkened green, apart from them and from kda's grey in greyscale.
     report=ReportHints(order=70, group="linear", variants={GDN_SPEC.name: VariantHints(color="#4B6E2E")}),
+    from_hf={name: hf.from_hf for name in hf.HF_CLASSES},
 )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from attnbench.variants.core.family import Family, ReportHints, VariantHints
 from attnbench.variants.families.gdn.shape import LinearShape, reduce_linear
+from attnbench.variants.families.kda import hf
 from attnbench.variants.families.kda.layer import KDA, KDAConfig
 from attnbench.variants.layer import AttentionLayer
 from attnbench.variants.registry import VARIANTS, register_variant
@@ -68,4 +69,5 @@ FAMILY = Family(
     reference_impl="eager",  # the recurrent form
     validate=_validate,
     report=ReportHints(order=71, group="linear", variants={KDA_SPEC.name: VariantHints(color="#7F7F7F")}),
+    from_hf={name: hf.from_hf for name in hf.HF_CLASSES},
 )

@@ -45,6 +45,28 @@ def test_terminal_shows_job_case_stage_and_sweep_eta(sweep: SweepState, caplog: 
     assert screen.getvalue().endswith("job 3/20 · case 2/4 mla/eager decode b=1 seq=4k · timing 0s · ETA 00:11:50")
 
 
+def test_a_log_line_from_any_logger_never_lands_on_the_status_line(sweep: SweepState) -> None:
+    screen = Terminal()
+    handler = logging.StreamHandler(screen)  # the console handler Hydra puts on the root logger
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        job = Progress(2, line=StatusLine(screen))
+        job.start("mha/eager decode seq=128")
+        job.stage("timing")
+        logging.getLogger("attnbench.harness.measure.runner").warning("flagged noisy")
+        status = "case 1/2 mha/eager decode seq=128 · timing 0s · ETA ?"
+        # The line is padded over, then the record starts at column 0 on its own line.
+        assert re.search(re.escape(status) + r"\r +\rflagged noisy\n$", screen.getvalue()), repr(screen.getvalue())
+        job.update("mha/eager decode seq=128", _ok_row())
+        job.update("mha/eager decode seq=256", _ok_row())
+        assert handler.filters == []  # the job's line is gone: nothing left on the root's handlers
+        logging.getLogger("x").warning("after the job")
+        assert screen.getvalue().endswith("\nafter the job\n")  # no erase: no line was showing
+    finally:
+        root.removeHandler(handler)
+
+
 def test_quiet_off_a_terminal(sweep: SweepState) -> None:
     piped = io.StringIO()  # isatty() is False: a log file, CI, a pipe
     job = Progress(2, line=StatusLine(piped))

@@ -55,26 +55,54 @@ def _hms(seconds: float) -> str:
 
 
 class StatusLine:
-    """One line rewritten in place with ``\\r``; writes nothing unless ``stream`` is a terminal."""
+    """One line rewritten in place with ``\\r``; writes nothing unless ``stream`` is a terminal.
+
+    While it shows, any log record (from any logger: the runner's, Hydra's, torch's) first erases it, so
+    a log line never lands on the end of the status line; the next ``show`` draws it again below.
+    """
 
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.live = bool(getattr(self.stream, "isatty", lambda: False)())
         self._width = 0
+        self._guard = _EraseFirst(self)
+        self._guarded: list[logging.Handler] = []
 
     def show(self, text: str) -> None:
         if not self.live:
             return
+        if not self._guarded:  # the root's handlers: every propagated record passes through them
+            self._guarded = list(logging.getLogger().handlers)
+            for handler in self._guarded:
+                handler.addFilter(self._guard)
         # Pad over the previous text, so a shorter line leaves no tail of the longer one.
         self.stream.write("\r" + text.ljust(self._width))
         self.stream.flush()
         self._width = len(text)
 
-    def clear(self) -> None:
+    def erase(self) -> None:
         if self.live and self._width:
             self.stream.write("\r" + " " * self._width + "\r")
             self.stream.flush()
             self._width = 0
+
+    def clear(self) -> None:
+        self.erase()
+        for handler in self._guarded:
+            handler.removeFilter(self._guard)
+        self._guarded = []
+
+
+class _EraseFirst(logging.Filter):
+    """A handler filter that erases the status line before the record is written; it passes every record."""
+
+    def __init__(self, line: StatusLine) -> None:
+        super().__init__()
+        self.line = line
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.line.erase()
+        return True
 
 
 class Progress:

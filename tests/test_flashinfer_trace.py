@@ -95,6 +95,18 @@ def test_every_exported_file_matches_flashinfer_benchs_schema(exported: Path) ->
     assert all(w["solution"] is None and w["evaluation"] is None for w in works)
 
 
+def test_a_trace_carries_the_gates_absolute_error_and_nan_only_without_one() -> None:
+    from attnbench.harness.interop.flashinfer_trace import model
+
+    row = pd.read_parquet(ROWS).query("status == 'ok'").iloc[0].to_dict()
+    row.pop("numerics_max_abs_err", None)  # a row written before the column
+    assert math.isnan(model.trace(row, reference_latency_ms=None)["evaluation"]["correctness"]["max_absolute_error"])
+    row["numerics_max_abs_err"] = 3.5e-7
+    correctness = model.trace(row, reference_latency_ms=None)["evaluation"]["correctness"]
+    assert correctness["max_absolute_error"] == 3.5e-7
+    assert correctness["max_relative_error"] == row["numerics_rel_err"]
+
+
 def test_import_gives_the_exported_cases_back(exported: Path) -> None:
     frame = pd.read_parquet(ROWS)
     frame = frame[frame["status"] != "skipped"]

@@ -127,7 +127,7 @@ SCHEMA = {
     "latency_ci_low_ms", "latency_ci_high_ms", "latency_ci_rel", "n_reps", "samples_ms", "first_call_ms",
     "warmup_reps", "tokens_per_s", "flops", "tflops", "bytes_min", "gbps", "frac_peak_bandwidth", "frac_peak_flops",
     "peak_mem_bytes", "kv_cache_bytes", "kv_cache_bytes_analytic", "kv_bytes_per_token", "kv_bytes_per_token_model",
-    "intensity_flops_per_byte", "numerics_rel_err", "numerics_tol", "harness_overhead_s", "case_wall_s",
+    "intensity_flops_per_byte", "numerics_rel_err", "numerics_max_abs_err", "numerics_tol", "harness_overhead_s", "case_wall_s",
     "predicted_mem_bytes", "nvml_power_mean_w", "nvml_energy_per_token_j", "nvml_throttled", "env_device_name",
     "env_torch", "env_git_commit", "env_host", "env_time_utc", "run_root", "launcher", "env_device_index", "timing",
     "l2_flush", "finished_at",
@@ -148,6 +148,7 @@ def test_schema_and_derived_values(tmp_path):
     assert row.tokens_per_s == pytest.approx(row.batch * row.q_len / (row.latency_ms / 1e3))
     assert row.gbps == pytest.approx(row.bytes_min / (row.latency_ms / 1e3) / 1e9)
     assert row.kv_cache_bytes == row.kv_cache_bytes_analytic
+    assert 0 < row.numerics_max_abs_err < 1e-3  # float32 against float64: small, and not a zero left unset
     assert row.peak_mem_bytes >= row.kv_cache_bytes
     assert len(row.samples_ms) == row.n_reps
     assert 0 <= row.harness_overhead_s <= row.case_wall_s

@@ -15,6 +15,7 @@ reference's scores within the tolerance; the error reported is the larger of the
 from __future__ import annotations
 
 import copy
+from typing import NamedTuple
 
 import torch
 
@@ -60,6 +61,18 @@ def reduce_shape(shape: ModelShape, variant: str | None = None) -> ModelShape:
     return small.replace(**changes)
 
 
+class Agreement(NamedTuple):
+    """One numerics check: the gate holds ``rel_err`` to ``tol``; ``max_abs_err`` is recorded beside it."""
+
+    rel_err: float  # norm(actual - reference) / norm(reference)
+    max_abs_err: float  # largest elementwise difference, in the output's units
+    tol: float
+
+
+def max_abs_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    return (actual.double().cpu() - expected.double().cpu()).abs().max().item()
+
+
 def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     expected = expected.double().cpu()
     return ((actual.double().cpu() - expected).norm() / expected.norm().clamp_min(1e-300)).item()
@@ -77,6 +90,12 @@ def _run(layer: variants.AttentionLayer, case: Case, impl: str, x_BTD: torch.Ten
 
 def check(case: Case, *, seed: int = 0) -> tuple[float, float]:
     """(relative error, tolerance) of ``case.impl`` against the float64 reference, reduced shape."""
+    agreement = compare(case, seed=seed)
+    return agreement.rel_err, agreement.tol
+
+
+def compare(case: Case, *, seed: int = 0) -> Agreement:
+    """``case.impl``'s output against the float64 reference on a reduced shape of the case."""
     family = family_of(case.variant)
     small = reduce_shape(case.shape, case.variant)
     layer = variants.build(case.variant, small, attention=case.attention, dtype=case.torch_dtype,
@@ -99,9 +118,10 @@ def check(case: Case, *, seed: int = 0) -> tuple[float, float]:
     if selection is None or not selection.applies(layer):
         expected = _run(reference, case, family.reference_impl, x_BTD, memory, prefix)
         actual = _run(layer, case, case.impl, x_case, memory_case, prefix)
-        return relative_error(actual, expected), tolerance(case)
+        return Agreement(relative_error(actual, expected), max_abs_error(actual, expected), tolerance(case))
     with selection.recorded(layer) as chosen:
         actual = _run(layer, case, case.impl, x_case, memory_case, prefix)
     with selection.replayed(reference, chosen) as shortfalls:
         expected = _run(reference, case, family.reference_impl, x_BTD, memory, prefix)
-    return max(relative_error(actual, expected), *shortfalls), tolerance(case)
+    return Agreement(max(relative_error(actual, expected), *shortfalls), max_abs_error(actual, expected),
+                     tolerance(case))

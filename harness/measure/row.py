@@ -68,8 +68,9 @@ class CaseRow:
     def step_time(self, step_s: float) -> None:
         self.values["predicted_step_s"] = step_s
 
-    def gate(self, *, rel_err: float, tol: float, seconds: float) -> None:
-        self.values.update(numerics_rel_err=rel_err, numerics_tol=tol, numerics_s=seconds)
+    def gate(self, *, rel_err: float, max_abs_err: float, tol: float, seconds: float) -> None:
+        self.values.update(numerics_rel_err=rel_err, numerics_max_abs_err=max_abs_err, numerics_tol=tol,
+                           numerics_s=seconds)
 
     def build(self, *, kv_cache_bytes: int, seconds: float) -> None:
         self.values.update(kv_cache_bytes=kv_cache_bytes, setup_s=seconds)

@@ -246,8 +246,8 @@ def _gate(case: Case, ctx: RunContext, row: CaseRow) -> Stop | None:
         return None
     mark = time.perf_counter()
     ctx.stage("gate")
-    err, tol = numerics.check(case, seed=ctx.seed)
-    row.gate(rel_err=err, tol=tol, seconds=time.perf_counter() - mark)
+    err, max_abs, tol = numerics.compare(case, seed=ctx.seed)
+    row.gate(rel_err=err, max_abs_err=max_abs, tol=tol, seconds=time.perf_counter() - mark)
     if not err <= tol:  # also catches NaN
         return Stop("incorrect", f"relative error {err:.3g} > {tol:g} against the float64 reference"
                                  + (" (fp8 cache tolerance)" if case.shape.kv_dtype != "auto" else ""))

@@ -205,6 +205,8 @@ COLUMNS: tuple[Column, ...] = (
     # Numerics: kept on failure, they are the reason for an incorrect status.
     _c("numerics_rel_err", "float64", "relative", "numerics", "error against the float64 reference, reduced shape",
        **_S),
+    _c("numerics_max_abs_err", "float64", "", "numerics", "largest elementwise |output - reference| of that check "
+       "(the layer's output units; FlashInfer-Trace's max_absolute_error)"),
     _c("numerics_tol", "float64", "relative", "numerics", "tolerance numerics_rel_err is held to"),
     _c("numerics_compile_rel_err", "float64", "relative", "numerics", "compiled output against the uncompiled one"),
     _c("numerics_full_rel_err", "float64", "relative", "numerics", "one full-shape output of the timed step (graph "

@@ -1,5 +1,5 @@
-"""The Python API (``attnbench.harness.bench``, ``attnbench.harness.config``, ``attnbench.harness.run``) and where progress goes:
-through ``logging`` (caplog, a bare notebook's stderr, Hydra's job log) and, after a multirun, into
+"""The Python API (``attnbench.harness.bench``, ``attnbench.harness.config``, ``attnbench.harness.run``) and where
+progress goes: through ``logging`` (caplog, a bare notebook's stderr, Hydra's job log) and, after a multirun, into
 one comparison table beside the jobs."""
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ def test_bench_times_a_matmul_near_an_independent_loop():
         seen.append((before, result.median_ms, after))
         if min(before, after) / 10 <= result.median_ms <= max(before, after) * 10:
             return
-    raise AssertionError(f"attnbench.harness.bench median far from an independent loop (before, bench, after ms): {seen}")
+    raise AssertionError("attnbench.harness.bench median far from an independent loop "
+                         f"(before, bench, after ms): {seen}")
 
 
 @pytest.mark.parametrize(("fn", "kwargs", "message"), [
@@ -164,7 +165,8 @@ def test_import_harness_stays_cheap():
 
 def test_shown_prints_to_stderr_in_a_bare_notebook_and_leaves_nothing_behind(monkeypatch, capsys):
     monkeypatch.setattr(logging.getLogger(), "handlers", [])  # as in a fresh interpreter
-    logger, harness_logger = logging.getLogger("attnbench.harness.sweep.progress"), logging.getLogger("attnbench.harness")
+    logger, harness_logger = (logging.getLogger("attnbench.harness.sweep.progress"),
+                              logging.getLogger("attnbench.harness"))
     level = harness_logger.level
     with shown("info"):
         logger.info("[1/2] a case")

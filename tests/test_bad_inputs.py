@@ -26,8 +26,9 @@ MAINS = {"report": "attnbench.harness.report.__main__:main", "merge": "attnbench
          "status": "attnbench.harness.sweep.status:main", "nightly": "attnbench.harness.nightly.cli:main",
          "lowrank": "attnbench.harness.studies.lowrank.__main__:cli", "run": "attnbench.harness.app.main:main",
          "selfcheck": "attnbench.harness.selfcheck.__main__:main"}
-MODULES = {"report": "attnbench.harness.report", "merge": "attnbench.harness.results.merge", "status": "attnbench.harness.sweep.status",
-           "nightly": "attnbench.harness.nightly", "lowrank": "attnbench.harness.studies.lowrank"}
+MODULES = {"report": "attnbench.harness.report", "merge": "attnbench.harness.results.merge",
+           "status": "attnbench.harness.sweep.status", "nightly": "attnbench.harness.nightly",
+           "lowrank": "attnbench.harness.studies.lowrank"}
 
 OK = "{w}/ok"  # a readable sweep
 REPORT = [

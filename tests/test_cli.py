@@ -128,7 +128,8 @@ def test_an_entry_point_implementation_is_selectable(tmp_path):
     info.mkdir(parents=True)
     (site / "attnbench_testplug.py").write_text(PLUGIN)
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: attnbench-testplug\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[attnbench.implementations]\nplug_eager = attnbench_testplug:IMPLEMENTATION\n")
+    (info / "entry_points.txt").write_text("[attnbench.implementations]\n"
+                                           "plug_eager = attnbench_testplug:IMPLEMENTATION\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(ROOT), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "run"
     proc = _run(["impl=plug_eager", "variant=mha", *TINY_RUN, f"hydra.run.dir={out}"], env=env)

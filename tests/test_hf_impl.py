@@ -269,7 +269,8 @@ def test_without_transformers_hf_is_skipped_with_the_install_hint(monkeypatch):
 
 
 def test_importing_variants_does_not_import_transformers():
-    code = ("import sys, torch; from attnbench import variants; from attnbench.variants.registry import IMPLEMENTATIONS; "
+    code = ("import sys, torch; from attnbench import variants; "
+            "from attnbench.variants.registry import IMPLEMENTATIONS; "
             "hf = IMPLEMENTATIONS.get('hf'); layer = variants.build('mla', model='tiny', device='meta'); "
             "assert hf.supports(layer, phase='decode', device=torch.device('cpu'), dtype=torch.float32) is None; "
             "assert 'transformers' not in sys.modules, 'imported'")

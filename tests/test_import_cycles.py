@@ -71,7 +71,8 @@ def _loaded_by_name(tree: ast.AST) -> list[str]:
 
 
 def _resolve(name: str, modules: dict[str, Path]) -> str | None:
-    """The longest project module that ``name`` is or lies in (``attnbench.variants.layer.Step`` -> ``attnbench.variants.layer``)."""
+    """The longest project module that ``name`` is or lies in
+    (``attnbench.variants.layer.Step`` -> ``attnbench.variants.layer``)."""
     while name and name not in modules:
         name = name.rpartition(".")[0]
     return name or None
@@ -230,7 +231,8 @@ def test_folders_have_no_cycles_but_the_known_ones() -> None:
 
 def test_the_checker_sees_function_level_imports_and_cycles() -> None:
     # The checker itself must be able to fail: a hand-made cycle through a function-level import.
-    tree = ast.parse("def f():\n    from attnbench.variants.layer import x\nif TYPE_CHECKING:\n    import attnbench.harness\n")
+    tree = ast.parse("def f():\n    from attnbench.variants.layer import x\n"
+                     "if TYPE_CHECKING:\n    import attnbench.harness\n")
     names = [n.module if isinstance(n, ast.ImportFrom) else n.names[0].name for n in _imports(tree)]
     assert names == ["attnbench.variants.layer", "attnbench.harness"]
     names = [n.module if isinstance(n, ast.ImportFrom) else n.names[0].name
@@ -252,13 +254,15 @@ def test_the_checker_sees_function_level_imports_and_cycles() -> None:
 # the registry). These loads close cycles that only the discovery's laziness keeps from failing; no other
 # module may load by name into a cycle. (issue 20: to remove, plugins would export an attribute the
 # registry collects, and the layer would take implementations, not names.)
-KNOWN_DISCOVERY = ("attnbench.variants.registry", "attnbench.variants.core.families", "attnbench.variants.convert.method", "attnbench.variants.hf_peer",
+KNOWN_DISCOVERY = ("attnbench.variants.registry", "attnbench.variants.core.families",
+                   "attnbench.variants.convert.method", "attnbench.variants.hf_peer",
                    "attnbench.harness.report.figures")
 
 
 def test_by_name_loads_close_no_cycle_but_plugin_discovery() -> None:
     static, by_name = import_graph(), import_graph(by_name=True)
-    assert by_name["attnbench.variants.core.families"] - static["attnbench.variants.core.families"]  # the loads are seen
+    # the loads are seen
+    assert by_name["attnbench.variants.core.families"] - static["attnbench.variants.core.families"]
     trimmed = {m: targets if m not in KNOWN_DISCOVERY else static[m] for m, targets in by_name.items()}
     cycle = find_cycle(trimmed)
     assert cycle is None, "import cycle through a load by name: " + " -> ".join(cycle)

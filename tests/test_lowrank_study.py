@@ -1,4 +1,5 @@
-"""The low-rank study end to end on a tiny random Llama (``attnbench.harness.studies.lowrank``); no real weights needed."""
+"""The low-rank study end to end on a tiny random Llama (``attnbench.harness.studies.lowrank``);
+no real weights needed."""
 
 from __future__ import annotations
 

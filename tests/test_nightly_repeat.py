@@ -80,7 +80,8 @@ def _step(case):
 
 def _interleaved_runs(step) -> list[list[float]]:
     """Ten runs' samples, each run timed in ``ROUNDS`` blocks of ``REPS`` calls, the blocks of all runs in
-    rotating round-robin order. The collector is paused while timing, as ``attnbench.harness.measure.timer.measure`` does."""
+    rotating round-robin order. The collector is paused while timing, as
+    ``attnbench.harness.measure.timer.measure`` does."""
     timer = CpuTimer()
     samples: list[list[float]] = [[] for _ in range(NUM_RUNS)]
     with _torch_threads(1):

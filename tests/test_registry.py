@@ -50,7 +50,8 @@ def test_entry_point_plugin_is_discovered_and_runs(monkeypatch, seed):
         return [ep] if kwargs.get("group") == "attnbench.implementations" else real(**kwargs)
 
     monkeypatch.setattr(importlib.metadata, "entry_points", entry_points)
-    registry = Registry("implementation", package="attnbench.variants.impls", entry_point_group="attnbench.implementations")
+    registry = Registry("implementation", package="attnbench.variants.impls",
+                        entry_point_group="attnbench.implementations")
     monkeypatch.setattr(variants.registry, "IMPLEMENTATIONS", registry)
     assert "plugged" in registry.names()
 

@@ -19,8 +19,8 @@ from attnbench.harness.report.analysis.capacity import RESERVE
 from attnbench.harness.report.data import prepare
 from attnbench.harness.report.figures import FigureInput
 from attnbench.harness.report.figures.legend import legend_inside
-from attnbench.harness.report.figures.style import (IMPL_STYLES, OKABE_ITO, RC, VARIANT_COLORS, figure_style, impl_style,
-                                          series_style, variant_color, width_class, width_inches)
+from attnbench.harness.report.figures.style import (IMPL_STYLES, OKABE_ITO, RC, VARIANT_COLORS, figure_style,
+                                                    impl_style, series_style, variant_color, width_class, width_inches)
 from attnbench.harness.report.figures.style import MAX_HEIGHT_IN, MIN_TEXT_PT
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "report_sweep"

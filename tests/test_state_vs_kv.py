@@ -9,7 +9,8 @@ import torch
 from attnbench.harness.report import figures, flagged
 from attnbench.harness.report.analysis.capacity import RESERVE
 from attnbench.harness.report.figures import FigureInput
-from attnbench.harness.report.analysis.state_kv import available, crossover_tokens, layer_bytes, memory_table, model_bytes, models
+from attnbench.harness.report.analysis.state_kv import (available, crossover_tokens, layer_bytes, memory_table,
+                                                        model_bytes, models)
 
 BY_PRESET = {m.preset: m for m in models()}
 QWEN, KIMI = BY_PRESET["qwen3_next_80b_a3b"], BY_PRESET["kimi_linear_48b_a3b"]

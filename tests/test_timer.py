@@ -178,7 +178,8 @@ def test_stops_at_max_reps(seed):
 def test_ci_rule_is_checked_only_every_few_reps(seed, monkeypatch):
     checks = []
     real_ci_rel = attnbench.harness.measure.timer.ci_rel
-    monkeypatch.setattr(attnbench.harness.measure.timer, "ci_rel", lambda xs, c: checks.append(len(xs)) or real_ci_rel(xs, c))
+    monkeypatch.setattr(attnbench.harness.measure.timer, "ci_rel",
+                        lambda xs, c: checks.append(len(xs)) or real_ci_rel(xs, c))
     timer, clock = scripted(noisy_ms(seed))
     m = measure(lambda: None, timer, MeasureSettings(warmup_reps=0, warmup_s=0.0, max_reps=2000,
                                                      budget_s=math.inf, target_ci_rel=1e-6), clock=clock)

@@ -12,7 +12,8 @@ from attnbench.variants.shape import ATTENTION_KINDS, AttentionKind, ModelShape,
 def build(variant: str, shape: ModelShape | None = None, *, model: str | None = None,
           attention: AttentionKind = "self", dtype: torch.dtype = torch.float32,
           device: torch.device | str = "cpu", seed: int | None = None, **dims: object) -> AttentionLayer:
-    """Build ``variant`` (a name of ``attnbench.variants.variant_names()``: mha, mqa, gqa, mla, ..., or a plugged-in one).
+    """Build ``variant`` (a name of ``attnbench.variants.variant_names()``:
+    mha, mqa, gqa, mla, ..., or a plugged-in one).
 
     The shape is ``shape``, else the preset ``model`` (``conf/model/<model>.yaml``), else ``dims``
     alone; ``dims`` (``heads=``, ``d_c=``, ...) override it. Weights take torch's default init,

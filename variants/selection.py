@@ -98,7 +98,8 @@ def replayed(layer: nn.Module, chosen: list[Tensor]) -> Iterator[list[float]]:
 
 
 class IndexerSelection:
-    """``attnbench.variants.core.family.Selection`` for a layer whose ``indexer`` selects (see the module's docstring)."""
+    """``attnbench.variants.core.family.Selection`` for a layer whose ``indexer`` selects
+    (see the module's docstring)."""
 
     def applies(self, layer: nn.Module) -> bool:
         return selects_tokens(layer)

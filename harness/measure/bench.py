@@ -24,7 +24,8 @@ import torch
 
 from attnbench.harness.errors import UserError
 from attnbench.harness.measure.parse import resolve_device
-from attnbench.harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, StopReason, Timer, capture_cuda_graph, measure
+from attnbench.harness.measure.timer import (CpuTimer, CudaTimer, MeasureSettings, StopReason, Timer,
+                                             capture_cuda_graph, measure)
 
 _SETTING_NAMES = tuple(f.name for f in fields(MeasureSettings))
 

@@ -1,4 +1,5 @@
-"""The selection half of the numerics gate, as a family that selects tokens declares it (``attnbench.variants.selection``)."""
+"""The selection half of the numerics gate, as a family that selects tokens declares it
+(``attnbench.variants.selection``)."""
 
 from attnbench.variants.selection import recorded, replayed, selects_tokens, shortfall
 

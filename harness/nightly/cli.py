@@ -4,7 +4,8 @@
     python -m attnbench.harness.nightly compare --markdown summary.md --plots plots  # latest vs last good run
     python -m attnbench.harness.nightly compare --run 12 --baseline 9                # named runs (9: a run id)
     python -m attnbench.harness.nightly history                                      # the runs it holds
-    python -m attnbench.harness.nightly accept 12                                    # an intended slowdown: new baseline
+    python -m attnbench.harness.nightly accept 12                                    # an intended slowdown:
+                                                                                     # new baseline
     python -m attnbench.harness.nightly gc --keep 200                                # drop partial and old runs
 
 The history is ``--db``, else ``$ATTNBENCH_HISTORY``, else ``results/history.sqlite``.

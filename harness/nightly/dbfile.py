@@ -83,7 +83,8 @@ def reading(path: Path, *, newest: int) -> Iterator[sqlite3.Connection]:
     con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         if schema_version(con, path, newest=newest) == 0:
-            raise ValueError(f"{path} holds no runs yet; ingest a run first (python -m attnbench.harness.nightly ingest ...)")
+            raise ValueError(f"{path} holds no runs yet; ingest a run first "
+                             "(python -m attnbench.harness.nightly ingest ...)")
         yield con
     except sqlite3.DatabaseError as error:  # a damaged page found by a later query
         raise _locked_error(path, error) or NotAHistory(f"{path} is not a sound attnbench history ({error})") from None

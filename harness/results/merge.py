@@ -2,7 +2,8 @@
 
     python -m attnbench.harness.results.merge results/ctx_h100 --out results/paper              # one sweep's jobs
     python -m attnbench.harness.results.merge results/part1 results/part2 --out results/paper   # several sweeps
-    python -m attnbench.harness.results.merge results/a results/b --out merged --prefer newest     # keep the later ok row
+    python -m attnbench.harness.results.merge results/a results/b --out merged --prefer newest     # keep the later
+                                                                                                   # ok row
     python -m attnbench.harness.results.merge results/a results/b --out merged --prefer results/b  # keep b's ok rows
 
 Each job writes only its own files, so nothing is merged while jobs run; this is the one step that

@@ -289,7 +289,8 @@ def group(name: Group) -> tuple[str, ...]:
 def markdown() -> str:
     """The schema as the markdown page ``docs/results-schema.md``."""
     lines = ["# Results schema", "",
-             "Generated from `harness/results/schema.py` by `python -m attnbench.harness.results.schema`; do not edit by hand.",
+             "Generated from `harness/results/schema.py` by `python -m attnbench.harness.results.schema`; "
+             "do not edit by hand.",
              "", *__doc__.strip().split("\n\n")[2:], "",
              "**Identity** marks the columns hashed into `case_id` (shape columns only where the variant uses "
              "them; `decode_len` only for decode). **Nulled** marks the measured figures that are empty unless "

@@ -167,7 +167,8 @@ class SweepSummary(Callback):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attnbench.harness.sweep.summary", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m attnbench.harness.sweep.summary",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("root", type=Path, help="a sweep or run folder (results/<name>)")
     parser.add_argument("--write", action="store_true", help="also write summary.md and summary.csv there")
     args = parser.parse_args(argv)

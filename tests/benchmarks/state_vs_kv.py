@@ -5,8 +5,8 @@
 
 Legend: S cached tokens.
 
-Memory: for the seven models of ``attnbench.harness.report.analysis.state_kv.models()``, one sequence's cache over the whole
-model in bf16 (each layer's own layout: a full layer's KV grows with S, a linear layer's state does not,
+Memory: for the seven models of ``attnbench.harness.report.analysis.state_kv.models()``, one sequence's cache over the
+whole model in bf16 (each layer's own layout: a full layer's KV grows with S, a linear layer's state does not,
 a window layer's ring stops at its window), from the cost model at 4k, 32k, 128k and 1M.
 
 Latency: one layer of each kind, float32 on the CPU, batch 1, one decode token after S cached ones,

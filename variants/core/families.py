@@ -9,8 +9,8 @@ from __future__ import annotations
 from attnbench.variants.core.family import ENTRY_POINT_GROUP, Family, ShapeKey, shape_keys
 from attnbench.variants.core.registry import Registry
 
-FAMILIES: Registry[Family] = Registry("family", package="attnbench.variants.families", entry_point_group=ENTRY_POINT_GROUP,
-                                      attribute="FAMILY")
+FAMILIES: Registry[Family] = Registry("family", package="attnbench.variants.families",
+                                      entry_point_group=ENTRY_POINT_GROUP, attribute="FAMILY")
 
 
 def families() -> list[Family]:

@@ -44,7 +44,8 @@ ENTRY_POINT_GROUP = "attnbench.families"
 
 # -- the pieces a family hands over ---------------------------------------------------------------
 class VariantLike(Protocol):
-    """What the core reads of a ``attnbench.variants.variant.VariantSpec`` (kept structural: the core imports no layer)."""
+    """What the core reads of a ``attnbench.variants.variant.VariantSpec``
+    (kept structural: the core imports no layer)."""
 
     name: str
     description: str

@@ -1,1 +1,2 @@
-"""Attention families, one package each exporting ``FAMILY`` (``attnbench.variants.core.family``); discovered by name."""
+"""Attention families, one package each exporting ``FAMILY`` (``attnbench.variants.core.family``);
+discovered by name."""

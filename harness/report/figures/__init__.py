@@ -65,7 +65,8 @@ class FigureSpec:
     rows: RowsKind = "measured"  # which rows of a FigureInput it draws (and ``needs`` is checked in)
 
 
-FIGURES: Registry = Registry("figure", package="attnbench.harness.report.figures", entry_point_group="attnbench.figures")
+FIGURES: Registry = Registry("figure", package="attnbench.harness.report.figures",
+                             entry_point_group="attnbench.figures")
 
 
 def figure(*, name: str, order: int, title: str, needs: Sequence[str], why_missing: str = "",

@@ -21,8 +21,8 @@ from matplotlib.figure import Figure
 from attnbench.harness.report import flagged
 from attnbench.harness.report.data import CASE_COLUMNS, DEVICE, SHAPE_COLUMNS
 from attnbench.harness.report.figures import Drawn
-from attnbench.harness.report.figures.axes import (axis_inches, batch_axis, context_axis, device_title, facet_title, log_axis,
-                                         subtitle)
+from attnbench.harness.report.figures.axes import (axis_inches, batch_axis, context_axis, device_title, facet_title,
+                                                   log_axis, subtitle)
 from attnbench.harness.report.figures.legend import legend
 from attnbench.harness.report.figures.style import MAX_HEIGHT_IN, impl_sort_key, series_style, variant_sort_key
 from attnbench.harness.text import escape

@@ -12,7 +12,8 @@ from attnbench.harness.report.figures import Drawn, FigureInput, figure
 from attnbench.harness.report.figures.axes import bytes_axis, context_axis, device_title, subtitle
 from attnbench.harness.report.figures.canvas import caption_for, drawn_rows, new_figure, panels
 from attnbench.harness.report.figures.legend import header, place_legend
-from attnbench.harness.report.figures.style import impl_sort_key, impl_style, series_style, variant_color, variant_sort_key
+from attnbench.harness.report.figures.style import (impl_sort_key, impl_style, series_style, variant_color,
+                                                    variant_sort_key)
 
 
 @figure(name="kv_cache", order=2, title="KV-cache bytes against context length",

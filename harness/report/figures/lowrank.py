@@ -1,4 +1,5 @@
-"""Figures 20-22: a low-rank study's rows (``attnbench.harness.studies.lowrank``, columns ``attnbench.harness.studies.lowrank.schema``).
+"""Figures 20-22: a low-rank study's rows (``attnbench.harness.studies.lowrank``, columns
+``attnbench.harness.studies.lowrank.schema``).
 
 Colour keys the factorization method (``style.METHOD_COLORS``); a second ``d_r`` in the rows shows
 as a line style. The source GQA model, unconverted, is the dotted line or the star.

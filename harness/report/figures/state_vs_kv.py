@@ -1,8 +1,8 @@
 """Figure 10: state against KV (issue 21): what a sequence costs a hybrid and the models it is chosen against.
 
 Three panels. Left: one sequence's cache over the whole model in bf16 against context for the seven
-models of ``attnbench.harness.report.analysis.state_kv.models()`` (cost model: each layer's own layout at the context; solid
-up to 128k, the contexts a CPU measures, dashed beyond, to 1M). Middle: one decode step of one layer of
+models of ``attnbench.harness.report.analysis.state_kv.models()`` (cost model: each layer's own layout at the context;
+solid up to 128k, the contexts a CPU measures, dashed beyond, to 1M). Middle: one decode step of one layer of
 each kind, measured (the rows of the models and variants the experiment names). Right: where one linear
 layer's fixed state (float32 ``N·K·V``) equals one full layer's growing KV, for each hybrid (a dotted
 vertical at the crossing: 1,024 tokens for Qwen3-Next, ~1,820 for Kimi Linear, in bf16).

@@ -16,7 +16,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from attnbench.harness.report.analysis.budget import Ladder, VariantAtSetting, at_budget, budget_of, ratio_words, variants_of
+from attnbench.harness.report.analysis.budget import (Ladder, VariantAtSetting, at_budget, budget_of, ratio_words,
+                                                      variants_of)
 from attnbench.harness.report.analysis.budget import ratios as budget_ratios
 from attnbench.harness.report.analysis.capacity import HOW_TO_BUDGET, NO_BUDGET
 from attnbench.harness.report.figures import Drawn, FigureInput, figure

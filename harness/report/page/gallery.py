@@ -170,7 +170,8 @@ def _readme(drawn: Sequence[Drawn], left_out: dict[str, str], ok: pd.DataFrame) 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m attnbench.harness.report.page.gallery", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m attnbench.harness.report.page.gallery",
+                                     description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="docs/figures", help="folder for the PNGs and README.md (default: "
                                                                "docs/figures)")
     args = parser.parse_args(argv)

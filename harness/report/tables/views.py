@@ -180,7 +180,8 @@ def capacity_view(capacity: pd.DataFrame) -> Table:
 
 
 def throughput_view(rows: pd.DataFrame) -> Table:
-    """``attnbench.harness.report.analysis.budget.throughput_table``: each variant at the largest batch that fits the budget."""
+    """``attnbench.harness.report.analysis.budget.throughput_table``:
+    each variant at the largest batch that fits the budget."""
     raw = _sorted(rows)
     mem_unit, mem_scale = byte_unit(raw["model_bytes"])
     base = str(raw["baseline_variant"].iloc[0])

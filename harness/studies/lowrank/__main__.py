@@ -1,4 +1,5 @@
-"""``python -m attnbench.harness.studies.lowrank [key=value ...] [--out DIR]``: the low-rank study from the command line.
+"""``python -m attnbench.harness.studies.lowrank [key=value ...] [--out DIR]``: the low-rank study from the \
+command line.
 
 Reads ``conf/experiment/lowrank_smollm2.yaml`` (the same settings a Hydra run with
 ``experiment=lowrank_smollm2`` uses), applies ``key=value`` overrides to its ``lowrank:`` block

@@ -52,7 +52,8 @@ from torch._subclasses.fake_tensor import is_fake
 
 from attnbench.variants.cache import CacheField, CacheLayout, KVCache
 from attnbench.variants.cost import Cost, matmul_flops
-from attnbench.variants.families.dsv4.compressor import Compressor, Indexer, compressor_fields, rotate_tail_, select_topk
+from attnbench.variants.families.dsv4.compressor import (Compressor, Indexer, compressor_fields, rotate_tail_,
+                                                         select_topk)
 from attnbench.variants.families.swa import ring_positions
 from attnbench.variants.kernel import Kernel
 from attnbench.variants.layer import AttentionLayer, Phase, Step, StepRunner

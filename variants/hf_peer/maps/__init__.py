@@ -1,1 +1,2 @@
-"""One module per family: the function mapping its layers to a transformers module (``attnbench.variants.hf_peer.register``)."""
+"""One module per family: the function mapping its layers to a transformers module
+(``attnbench.variants.hf_peer.register``)."""

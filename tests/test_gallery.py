@@ -69,3 +69,23 @@ def test_docs_hold_exactly_the_gallery_and_the_readme_shows_its_two_claims(drawn
     assert [line for line in committed.splitlines() if line.startswith("## ")] == headings
     front = (ROOT / "README.md").read_text()
     assert "docs/figures/throughput_budget.png" in front and "docs/figures/sparse_crossover.png" in front
+
+
+def test_a_roofline_of_flagged_rows_still_tells_the_variants_apart():
+    # Every gallery row is flagged (a loaded CPU): grey points would all look alike.
+    import pandas as pd
+
+    from attnbench.harness.report.analysis.capacity import RESERVE
+    from attnbench.harness.report.data import prepare
+    from attnbench.harness.report.figures import FigureInput
+    from attnbench.harness.report.figures.style import variant_color
+    from attnbench.harness.report.flagged import FLAGGED_GID
+    from matplotlib.colors import to_hex
+
+    ok = prepare(results.load(list(FIXTURES)), {"model": [V2_LITE]}).ok
+    drawn = figures.draw("roofline", FigureInput(ok=ok, capacity=pd.DataFrame(), budget_bytes=None, reserve=RESERVE))
+    points = [c for ax in drawn.figure.axes for c in ax.collections if c.get_gid() == FLAGGED_GID]
+    edges = {to_hex(c.get_edgecolor()[0]) for c in points}
+    assert points and all(len(c.get_facecolor()) == 0 or c.get_facecolor()[0][3] == 0 for c in points)
+    assert edges == {to_hex(variant_color(v)) for v in ok.loc[ok["flags"].astype(str) != "", "variant"].unique()}
+    assert len(edges) >= 3 and "dotted edge: a flagged row" in drawn.caption

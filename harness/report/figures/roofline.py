@@ -88,12 +88,15 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
             for part, hollow in ((group[~doubt], False), (group[doubt], True)):
                 if part.empty:
                     continue
-                # A flagged row: hollow and grey (harness.report.flagged).
-                edge = flagged.FLAGGED_EDGE if hollow else color
+                # A flagged row is hollow with a dotted edge: here the edge keeps the variant's colour, not
+                # the grey of line figures, whose line carries the colour; points alone would lose it, and a
+                # figure whose rows are all flagged (a loaded CPU) would no longer tell variants apart.
                 face = "none" if hollow else (color if compile_mode == "none" else "white")
                 ax.scatter(part["intensity_flops_per_byte"].astype(float), part["tflops"].astype(float) * 1e3,
-                           s=batch_area(part["batch"]), marker=PHASE_MARKERS.get(str(phase), "s"), edgecolors=edge,
-                           facecolors=face, linewidths=0.7, alpha=0.85, gid=flagged.FLAGGED_GID if hollow else None)
+                           s=batch_area(part["batch"]), marker=PHASE_MARKERS.get(str(phase), "s"), edgecolors=color,
+                           facecolors=face, linewidths=0.9 if hollow else 0.7, alpha=0.85,
+                           linestyles=(0, (1, 1)) if hollow else "solid",
+                           gid=flagged.FLAGGED_GID if hollow else None)
         words.append(f"{device} ({dtype}): copy {bandwidth:.3g} GB/s, matmul {compute:.3g} GFLOP/s, "
                      f"ridge at {ridge:.3g} FLOP/byte")
     for ax, (device, dtype, _, only, _shown) in zip(axes, facets, strict=True):
@@ -110,6 +113,7 @@ def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     subtitle(fig, usable, device=devices[0] if len(devices) == 1 else None)
     place_legend(fig, _handles(usable))
     return Drawn(fig, flagged.with_listing("Roofline: each point is one measured case (every implementation and context; colour: "
-                      "variant, marker: phase, area: batch; hollow: torch.compile); x: the "
+                      "variant, marker: phase, area: batch; hollow: torch.compile; hollow with a dotted edge: a "
+                      "flagged row); x: the "
                       "cost model's FLOPs over its minimum bytes; y: those FLOPs over the median latency. "
                       f"Ceilings as measured on the device: {'; '.join(words)}.", usable))

@@ -85,3 +85,20 @@ def shown(level: LevelName | None) -> Iterator[None]:
         else:
             with echoed(sys.stderr, level=number):
                 yield
+
+
+def to_log_files(logger: logging.Logger, message: str, *, exc_info: BaseException) -> int:
+    """Hand one record with ``exc_info``'s traceback to the file handlers only (Hydra's job log), at
+    whatever level: the console keeps its one line per case, the job log keeps what a bug report needs.
+    Returns how many files took it (0 outside Hydra, where the caller's DEBUG record remains)."""
+    record = logger.makeRecord(logger.name, logging.ERROR, "(traceback)", 0, message, (),
+                               (type(exc_info), exc_info, exc_info.__traceback__))
+    files = 0
+    current: logging.Logger | None = logger
+    while current is not None:
+        for handler in current.handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.handle(record)
+                files += 1
+        current = current.parent if current.propagate else None
+    return files

@@ -13,7 +13,9 @@ from attnbench.variants.families.gdn import config_from_shape as gdn_config
 from attnbench.variants.families.gdn.cost import recurrent_state_bytes, state_bytes_per_sequence
 from attnbench.variants.families.gdn.rule import CHUNKED, RECURRENT
 from attnbench.variants.families.kda import config_from_shape as kda_config
+from attnbench.variants.presets import load_preset
 from attnbench.variants.registry import IMPLEMENTATIONS
+from attnbench.variants.schedule import model_kv_bytes_per_token
 from attnbench.variants.shape import ModelShape
 
 # Tiny: 2 key heads; gdn with 4 value heads (two per key head, as Qwen3-Next's 16 and 32).
@@ -183,3 +185,14 @@ def test_a_shape_without_linear_keys_has_no_linear_layer(variant):
     plain = ModelShape.from_dict(dict(hidden=32, heads=2, head_dim=8, name="plain"))
     with pytest.raises(ValueError, match=f"variant={variant} needs linear_num_key_heads .* plain has none"):
         variants.build(variant, plain)
+
+
+@pytest.mark.parametrize(("variant", "model"), [("gdn", "qwen3_next_80b_a3b"), ("kda", "kimi_linear_48b_a3b")])
+def test_a_hybrids_model_wide_cache_bytes_are_the_same_on_every_path(variant, model):
+    """The row's whole-model KV bytes under the chunked implementation: its path runs the linear layers
+    only, so the full layers (gated GQA, NoPE MLA) keep their standard cache; 'chunked' reached the
+    GQA layer's cache_layout and every gdn/chunked row at Qwen3-Next's preset was an AssertionError."""
+    shape = load_preset(model)
+    per_path = {path: model_kv_bytes_per_token(variant, shape, torch.bfloat16, path=path)
+                for path in ("standard", "chunked")}
+    assert per_path["chunked"] == per_path["standard"] > 0

@@ -35,9 +35,15 @@ def layers_by_kind(variant: str, shape: ModelShape, *, attention: AttentionKind 
 
 
 def model_layouts(variant: str, shape: ModelShape, *, path: str = "standard") -> tuple[CacheLayout, ...]:
-    """Each layer's cache layout, in the schedule's order."""
+    """Each layer's cache layout, in the schedule's order. ``path`` is the implementation's, which
+    runs the variant's own layers; a hybrid's other layers (Qwen3-Next's gated GQA beside ``gdn``
+    run ``chunked``) keep the cache their standard path stores."""
     by_kind = layers_by_kind(variant, shape)
-    return tuple(by_kind[kind].cache_layout(path) for kind in shape.layer_kinds())
+    return tuple(_layout(by_kind[kind], path) for kind in shape.layer_kinds())
+
+
+def _layout(layer: AttentionLayer, path: str) -> CacheLayout:
+    return layer.cache_layout(path if path in layer.paths else "standard")
 
 
 def model_kv_bytes_per_token(variant: str, shape: ModelShape, dtype: torch.dtype, *, path: str = "standard") -> int:

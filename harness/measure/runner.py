@@ -12,14 +12,17 @@ from __future__ import annotations
 import gc
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
 from attnbench import variants
+from attnbench.harness.logs import to_log_files
 from attnbench.harness.measure import numerics, trust
 from attnbench.harness.measure.calibrate import Ceilings, last_level_cache_bytes
 from attnbench.harness.measure.case import Case
@@ -61,7 +64,12 @@ ABOVE_CEILING = 1.05  # a fraction of a roof above this is not timing noise
 
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+    if text:
+        return f"{type(error).__name__}: {text[0]}"[:500]
+    # A bare exception (an assert) says nothing by itself: where it was raised does.
+    frames = traceback.extract_tb(error.__traceback__)
+    where = f" at {'/'.join(Path(frames[-1].filename).parts[-2:])}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    return f"{type(error).__name__}{where} (the traceback is in the job log)"[:500]
 
 
 def _timer(case: Case, device: torch.device) -> Timer:
@@ -171,8 +179,9 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     except torch.OutOfMemoryError as error:
         return row.finish("oom", _one_line(error))
     except Exception as error:  # noqa: BLE001 - a failing case is a row, the sweep goes on
-        # The row keeps one line; the traceback is for whoever runs with log level DEBUG.
-        _log.debug("%s failed", case.label(), exc_info=True)
+        # The row keeps one line; the traceback goes to the job log file (not the console).
+        if not to_log_files(_log, f"{case.label()} failed", exc_info=error):
+            _log.debug("%s failed", case.label(), exc_info=True)
         return row.finish("error", _one_line(error))
     finally:
         del built  # the case's tensors, released before the collection

@@ -18,15 +18,20 @@ import torch
 
 from attnbench.harness.measure import calibrate
 from attnbench.harness.measure.calibrate import ceilings
+from attnbench.harness.measure.cpuload import others_share
 
 ROOT = Path(__file__).resolve().parent.parent
 BUFFER = 64 << 20  # past the last-level cache of most CPUs, short enough for a unit test
 
 
 def test_read_ceiling_is_at_least_the_copy_ceiling_on_cpu(monkeypatch):
-    """Real measurement: a read stream moves bytes at least as fast as a copy (which also writes and,
-    on CPUs, reads each destination line before writing it). One thread: on a CPU shared with other
-    test runs, oversubscribed OpenMP barriers slow multi-threaded reductions far more than memcpy."""
+    """Real measurement: a read stream moves bytes nearly as fast as a copy, or faster (a copy also
+    writes and, with ordinary stores, reads each destination line first). Not always faster: with
+    non-temporal stores (glibc's memcpy on large buffers) a copy skips that read, and one core's
+    read stream is bound by its outstanding misses; measured on one AMD EPYC core, 64 MiB: copy
+    45.5-46.3 GB/s, read 41.3-42.7 GB/s (0.89-0.92x). The bound catches a read probe that lags
+    memory (a float sum ran 10-15% below a max on a 2-core CPU). One thread: on a CPU shared with
+    other test runs, oversubscribed OpenMP barriers slow multi-threaded reductions far more than memcpy."""
     monkeypatch.setattr(calibrate, "CPU_MATMUL_SIZES", (128,))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -36,7 +41,7 @@ def test_read_ceiling_is_at_least_the_copy_ceiling_on_cpu(monkeypatch):
         torch.set_num_threads(threads)
     print(f"\ncpu float32: copy {m.copy_gbps:.2f} GB/s, read {m.read_gbps:.2f} GB/s, "
           f"matmul {m.matmul_tflops:.4f} TFLOP/s, others used {m.others_cpu_share}")
-    assert m.read_gbps >= m.copy_gbps > 0
+    assert m.read_gbps >= 0.8 * m.copy_gbps > 0
 
 
 def _burn(stop_at: float) -> None:
@@ -70,9 +75,9 @@ def test_a_calibration_on_a_busy_cpu_is_not_cached(tmp_path, caplog):
 
 def test_the_load_probe_sees_only_our_own_work_as_ours():
     """The probe subtracts this process's CPU time: our own busy loop is not "others"."""
-    with calibrate._others_load() as load:
+    with others_share() as load:
         _burn(time.monotonic() + 0.5)
-    assert load.share is None or load.share < 0.9  # one of our CPUs was ours; shared machines add noise
+    assert load.value is None or load.value < 0.9  # one of our CPUs was ours; shared machines add noise
 
 
 def test_a_quiet_measurement_is_cached_and_replaces_a_busy_one(tmp_path, monkeypatch):

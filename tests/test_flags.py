@@ -4,8 +4,12 @@ flag the row, and the sweep summary, the report's figures and tables and nightly
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
+import subprocess
+import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -13,7 +17,7 @@ import pandas as pd
 import pytest
 
 from attnbench.harness import results
-from attnbench.harness.measure import runner, trust
+from attnbench.harness.measure import cpuload, runner, trust
 from attnbench.harness.measure.runner import RunContext, run_case
 from attnbench.harness.measure.stats import summarize
 from attnbench.harness.measure.timer import Measurement
@@ -36,6 +40,19 @@ NOISIER = (1.0, 2.0, 1.0, 40.0, 1.0, 50.0, 60.0, 1.0, 70.0)  # a wider CI than N
 def quiet(monkeypatch):
     """A machine with no other load: only the flags under test appear (this one may be busy)."""
     monkeypatch.setattr(trust, "load_per_cpu", lambda: 0.0)
+    monkeypatch.setattr(cpuload, "others_share", _share(0.0))
+
+
+def _share(value: float | None):
+    """A stand-in for cpuload.others_share whose block always reports ``value``."""
+
+    @contextlib.contextmanager
+    def others_share():
+        share = cpuload.Share()
+        yield share
+        share.value = value
+
+    return others_share
 
 
 def _fake_measure(monkeypatch, *samples: tuple[float, ...]) -> list[int]:
@@ -132,9 +149,45 @@ def test_a_fallback_message_flags_the_row(how, message, monkeypatch, quiet):
 def test_a_high_load_flags_the_row_busy(load, busy, monkeypatch):
     monkeypatch.setattr(runner, "measure", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not timed")))
     (case,) = plan_cases(_mla_decode())
-    row = run_case(case, RunContext(settings=measure_settings(_mla_decode()["measure"]), load=lambda: load))
+    row = run_case(case, RunContext(settings=measure_settings(_mla_decode()["measure"]), load=lambda: load,
+                                    others=_share(0.0)))
     assert row["status"] == "error"  # failed rows keep their flags: a busy machine may explain them
     assert ("busy" in row["flags"].split(",")) is busy and row["load_start"] == row["load_end"] == load
+
+
+@pytest.mark.parametrize(("share", "busy"), [(0.6, True), (0.1, False), (None, False)])
+def test_others_taking_our_cpus_during_the_case_flag_it_busy(share, busy, monkeypatch):
+    """The load average lags by a minute; what others took during the case itself flags it at once."""
+    monkeypatch.setattr(runner, "measure", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("not timed")))
+    monkeypatch.setattr(runner.torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(cpuload, "cpus", lambda: {0, 1})
+    (case,) = plan_cases(_mla_decode())
+    row = run_case(case, RunContext(settings=measure_settings(_mla_decode()["measure"]), load=lambda: 0.0,
+                                    others=_share(share)))
+    assert ("busy" in row["flags"].split(",")) is busy and row["others_cpu_share"] == share
+
+
+def test_a_share_counts_only_beyond_the_cpus_our_threads_leave_free():
+    assert trust.is_crowded(0.5, own_threads=2, cpus=2)  # half our two cores taken: our 2 threads wait
+    assert not trust.is_crowded(0.5, own_threads=1, cpus=2)  # one thread of ours: the other core was free
+    assert trust.is_crowded(0.8, own_threads=1, cpus=2)
+    assert not trust.is_crowded(None, own_threads=2, cpus=2)
+
+
+def test_a_real_process_burning_a_cpu_shows_in_the_share():
+    """A busy loop in another process for 1 s: at least a quarter of our CPUs (all of one of ours
+    at 2 CPUs; with more CPUs, the loop's one CPU is a smaller share, so the bound is 1 / CPUs)."""
+    among = cpuload.cpus()
+    loop = "import time\nend = time.time() + 3\nwhile time.time() < end: pass"
+    burner = subprocess.Popen([sys.executable, "-c", loop])
+    try:
+        time.sleep(0.3)  # the interpreter has started and spins
+        with cpuload.others_share() as share:
+            time.sleep(1.0)
+    finally:
+        burner.kill()
+        burner.wait()
+    assert share.value is not None and share.value >= 0.8 / len(among)
 
 
 def test_busy_takes_this_process_own_threads_out_of_the_load():

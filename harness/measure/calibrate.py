@@ -54,6 +54,7 @@ import torch
 
 from attnbench.harness.errors import UserError
 from attnbench.harness.files import atomic_write
+from attnbench.harness.measure.cpuload import others_share
 from attnbench.harness.measure.env import environment, fingerprint
 
 CPU_COPY_BYTES = 256 << 20
@@ -216,7 +217,7 @@ class Measurement:
 
 def measure(device: torch.device, dtype: torch.dtype, *, size_bytes: int) -> Measurement:
     """Measured copy GB/s (read + write), read GB/s and matmul TFLOP/s for ``dtype`` on ``device``."""
-    with _others_load() as load:
+    with others_share() as load:
         numel = max(1, size_bytes // dtype.itemsize)
         src = torch.zeros(numel, dtype=dtype, device=device)  # zeros, not empty: pages are touched now
         dst = torch.empty_like(src)
@@ -239,44 +240,7 @@ def measure(device: torch.device, dtype: torch.dtype, *, size_bytes: int) -> Mea
             "matmul": (lambda: torch.mm(a, b, out=out), 2 * n**3)}, device)
     read = max(rates["read"], rates["read_gemv"])
     return Measurement(rates["copy"] / 1e9, read / 1e9, rates["matmul"] / 1e12, stable,
-                       load.share if device.type == "cpu" else None)
-
-
-class _Load:
-    share: float | None = None
-
-
-def _cpu_ticks(cpus: set[int]) -> tuple[int, int] | None:
-    """(busy, total) clock ticks of ``cpus`` from /proc/stat; None where there is no /proc/stat."""
-    try:
-        lines = Path("/proc/stat").read_text().splitlines()
-    except OSError:
-        return None
-    busy = total = 0
-    for line in lines:
-        name, *fields = line.split()
-        if not (name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus):
-            continue
-        ticks = [int(f) for f in fields[:8]]  # user nice system idle iowait irq softirq steal
-        total += sum(ticks)
-        busy += sum(ticks) - ticks[3] - ticks[4]
-    return busy, total
-
-
-@contextlib.contextmanager
-def _others_load() -> Iterator[_Load]:
-    """How much of this process's CPUs other processes used during the block (``share`` after it)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    load = _Load()
-    start, own_start = _cpu_ticks(cpus), os.times()
-    yield load
-    end, own_end = _cpu_ticks(cpus), os.times()
-    if start is None or end is None or end[1] <= start[1]:
-        return
-    tick_s = 1.0 / os.sysconf("SC_CLK_TCK")
-    own_s = (own_end.user + own_end.system) - (own_start.user + own_start.system)
-    others_s = (end[0] - start[0]) * tick_s - own_s
-    load.share = min(1.0, max(0.0, others_s / ((end[1] - start[1]) * tick_s)))
+                       load.value if device.type == "cpu" else None)
 
 
 def _settings(device: torch.device, dtype: torch.dtype, size_bytes: int) -> dict[str, object]:

@@ -122,7 +122,7 @@ class CaseRow:
 
 
 def add_trust(row: dict[str, Any], *, warnings: str, fallback_reason: str, load_start: float | None,
-              load_end: float | None, flags: str) -> None:
+              load_end: float | None, others_cpu_share: float | None, flags: str) -> None:
     """What ``attnbench.harness.measure.trust`` says of a finished row."""
     row.update(warnings=warnings, fallback_reason=fallback_reason, load_start=load_start, load_end=load_end,
-               remeasured=False, flags=flags)
+               others_cpu_share=others_cpu_share, remeasured=False, flags=flags)

@@ -23,7 +23,7 @@ import torch
 
 from attnbench import variants
 from attnbench.harness.logs import to_log_files
-from attnbench.harness.measure import numerics, trust
+from attnbench.harness.measure import cpuload, numerics, trust
 from attnbench.harness.measure.calibrate import Ceilings, last_level_cache_bytes
 from attnbench.harness.measure.case import Case
 from attnbench.harness.measure.dryrun import case_inputs
@@ -56,6 +56,8 @@ class RunContext:
     recalibrated: bool = False
     # The machine's load per CPU, read at each case's start and end; None: trust.load_per_cpu (tests inject one).
     load: Callable[[], float | None] | None = None
+    # Others' share of our CPUs during each case; None: cpuload.others_share (tests inject one).
+    others: Callable[[], AbstractContextManager[cpuload.Share]] | None = None
     stage: Callable[[str], None] = lambda name: None  # told each stage of a case (harness.sweep.progress)
 
 
@@ -68,7 +70,8 @@ def _one_line(error: BaseException) -> str:
         return f"{type(error).__name__}: {text[0]}"[:500]
     # A bare exception (an assert) says nothing by itself: where it was raised does.
     frames = traceback.extract_tb(error.__traceback__)
-    where = f" at {'/'.join(Path(frames[-1].filename).parts[-2:])}:{frames[-1].lineno} in {frames[-1].name}" if frames else ""
+    last = frames[-1] if frames else None
+    where = f" at {'/'.join(Path(last.filename).parts[-2:])}:{last.lineno} in {last.name}" if last else ""
     return f"{type(error).__name__}{where} (the traceback is in the job log)"[:500]
 
 
@@ -93,7 +96,7 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     load_start = load()
     # Build, numerics, first call and timing: a warning anywhere in them (a recompile limit, an
     # unfused fallback) is the case's, and goes to its row and to the job log.
-    with trust.catching() as caught:
+    with (ctx.others or cpuload.others_share)() as others, trust.catching() as caught:
         if device.type != "cuda":
             row = _run_case(case, ctx)
         else:
@@ -101,12 +104,12 @@ def run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
             # allocation inside (the layer's, torch's, inductor's) then means N, not device 0 (issue 15, item 9).
             with torch.cuda.device(device):
                 row = _run_case(case, ctx)
-    _trust(row, case, ctx, caught, load_start=load_start, load_end=load())
+    _trust(row, case, ctx, caught, load_start=load_start, load_end=load(), others=others.value)
     return row
 
 
 def _trust(row: dict[str, Any], case: Case, ctx: RunContext, caught: trust.Caught, *, load_start: float | None,
-           load_end: float | None) -> None:
+           load_end: float | None, others: float | None) -> None:
     """The row's warnings, load and flags (harness.measure.trust)."""
     for text, count in caught.counts.items():
         _log.warning("%s: %s%s", case.label(), text, f" (x{count})" if count > 1 else "")
@@ -114,12 +117,13 @@ def _trust(row: dict[str, Any], case: Case, ctx: RunContext, caught: trust.Caugh
     if not reason and case.device.startswith("cuda") and "math" in (row.get("sdpa_backend") or "").split(","):
         reason = "SDPA ran its math backend on CUDA (no fused kernel took these shapes)"
     threads = torch.get_num_threads()
-    busy = any(trust.is_busy(load, own_threads=threads) for load in (load_start, load_end))
+    busy = (any(trust.is_busy(load, own_threads=threads) for load in (load_start, load_end))
+            or trust.is_crowded(others, own_threads=threads))
     above = row["status"] == "ok" and _above_ceiling(row)
     flags = trust.flags(row, target_ci_rel=ctx.settings.target_ci_rel, fallback=bool(reason), busy=busy,
                         above_ceiling=above)
     add_trust(row, warnings=caught.text(), fallback_reason=reason, load_start=load_start, load_end=load_end,
-              flags=flags)
+              others_cpu_share=others, flags=flags)
     if row["flags"]:
         _log.info("%s: flagged %s%s", case.label(), row["flags"], f" ({reason})" if reason else "")
 

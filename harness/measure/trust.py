@@ -7,10 +7,13 @@
   once per process and on stderr; the case catches every Python warning and every record of the
   ``torch._dynamo``/``torch._inductor`` loggers while it runs, and SDPA's math backend on CUDA
   counts too (no fused kernel took the shapes).
-- ``busy``: other processes competed for the CPUs. The 1-minute load average is read at the case's
-  start and end (``os.getloadavg``: one system call, no sampling window to wait for, no
-  dependency). It counts this process's own threads too, so the rule subtracts them:
-  ``load - torch threads / CPUs > BUSY_LOAD`` at either end.
+- ``busy``: other processes competed for the CPUs. Two readings, either one flags: the 1-minute load
+  average at the case's start and end (``os.getloadavg``; it counts this process's own threads too,
+  so the rule subtracts them: ``load - torch threads / CPUs > BUSY_LOAD`` at either end), and the
+  share of our CPUs other processes used during the case itself (``harness.measure.cpuload``, from
+  ``/proc/stat``): over ``BUSY_SHARE`` beyond what our torch threads leave free. The load average
+  lags by about a minute, so a load that starts during a short case shows only in the share; a
+  2-thread CPU step on 2 cores with one core taken by another process can run 10-100x slower.
 - ``above_ceiling``: faster than a calibrated roof allows (``runner.ABOVE_CEILING``), still after
   the runner measured the ceilings again or found the working set cache-resident.
 """
@@ -28,11 +31,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from attnbench.harness.measure import cpuload
 from attnbench.harness.results.schema import FLAG_VALUES
 
 # Load of other processes per CPU above which a case is `busy`: half the machine's CPUs taken by
 # others halves what a multi-threaded CPU case gets, and starves a GPU case's launching thread often.
 BUSY_LOAD = 0.5
+# Share of our CPUs other processes may take during a case beyond those our threads leave free: a
+# quarter (half a core of two) is already far above an idle machine's background (~1%).
+BUSY_SHARE = 0.25
 WARNINGS_MAX_CHARS = 2000
 # What torch writes when a kernel leaves its path: dynamo's recompile limit (formerly cache_size_limit),
 # flex_attention run without compilation, inductor's and SDPA's "falling back to ...".
@@ -57,6 +64,14 @@ def is_busy(load: float | None, *, own_threads: int, cpus: int | None = None) ->
     if load is None:
         return False
     return load - own_threads / (cpus or os.cpu_count() or 1) > BUSY_LOAD
+
+
+def is_crowded(share: float | None, *, own_threads: int, cpus: int | None = None) -> bool:
+    """Others took more of our CPUs during the case than our ``own_threads`` leave free, by ``BUSY_SHARE``."""
+    if share is None:
+        return False
+    free = max(0.0, 1.0 - own_threads / (cpus or len(cpuload.cpus()) or 1))
+    return share > free + BUSY_SHARE
 
 
 @dataclass

@@ -128,7 +128,8 @@ COLUMNS: tuple[Column, ...] = (
     # where a list column would not.
     _c("flags", "string", "", "trust", "comma-separated, in this order: noisy (latency_ci_rel over "
        "measure.target_ci_rel), fallback (a kernel fell back or ran another path than its label: fallback_reason), "
-       "busy (other processes' load over 0.5 per CPU at the case's start or end), above_ceiling (above a calibrated "
+       "busy (other processes' load over 0.5 per CPU at the case's start or end, or their share of our CPUs during "
+       "the case over 0.25 beyond what our threads leave free), above_ceiling (above a calibrated "
        "roof after the ceilings were checked); empty: none", **_S),
     _c("fallback_reason", "string", "", "trust", "the message that made the row a fallback (torch's warning, or "
        "SDPA's math backend on CUDA); empty: none"),
@@ -137,6 +138,8 @@ COLUMNS: tuple[Column, ...] = (
     _c("load_start", "float64", "tasks/CPU", "trust", "the machine's 1-minute load average over its CPU count when "
        "the case started (this process's own threads included; null: not available)"),
     _c("load_end", "float64", "tasks/CPU", "trust", "the same when the case finished"),
+    _c("others_cpu_share", "float64", "fraction", "trust", "the share of this process's CPUs other processes used "
+       "while the case ran (/proc/stat less this process's CPU time; null: not available)"),
     _c("remeasured", "bool", "", "trust", "the row was noisy and its case was measured again at the end of the "
        "job; the row holds the measurement with the tighter CI"),
     # Analytic counts from the variant's cost model (variants/cost.py).

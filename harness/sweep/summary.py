@@ -46,7 +46,8 @@ FLAG_MEANINGS = {"noisy": "CI over measure.target_ci_rel", "fallback": "another 
 CASE_COLUMNS = ("variant", "impl")
 CSV_COLUMNS = ("job_num", *CASE_COLUMNS, *SETTING_COLUMNS, "status", "flags", "latency_ms", "latency_ci_low_ms",
                "latency_ci_high_ms", "latency_ci_rel", "n_reps", "speedup", "tokens_per_s", "peak_mem_bytes",
-               "remeasured", "fallback_reason", "load_start", "load_end", "reason", "case_id", "job_dir", "repro")
+               "remeasured", "fallback_reason", "load_start", "load_end", "others_cpu_share", "reason", "case_id",
+               "job_dir", "repro")
 
 
 @dataclass(frozen=True)

@@ -167,6 +167,8 @@ class _Broken:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 80.00 GiB (injected)")
         if self.fault == "error":
             raise RuntimeError("kernel launch failed (injected)")
+        if self.fault == "value":
+            raise ValueError("a shape this kernel never expected (injected)")
         return EagerKernel()(q, k, v, scale=scale, mask=mask) * 1.5  # wrong numbers, fast
 
 
@@ -188,6 +190,25 @@ def test_each_fault_is_a_row_and_the_sweep_goes_on(tmp_path, monkeypatch):
     reason = frame[frame.impl == "absorbed"].iloc[0].reason
     assert reason.startswith("absorbed applies to dsa, mla only; mha supports: eager")
     assert len(results.load(tmp_path)) == len(frame)
+
+
+def test_a_setting_attnbench_refuses_once_built_is_a_skip_and_a_foreign_value_error_an_error(tmp_path, monkeypatch):
+    """hf takes no block table and a linear state has no pages: found when the step is built or the
+    cache sized, after support; they are skips with the refusal's reason. A ValueError raised outside
+    attnbench's code (here by a test kernel) stays an error: it may be a bug."""
+    IMPLEMENTATIONS.names()
+    impl = KernelImplementation(name="test_value", path="standard", kernel=_Broken("value", "value"),
+                                description="fault injection")
+    monkeypatch.setitem(IMPLEMENTATIONS._items, impl.name, impl)
+    cfg = _job_cfg(variant="mha", impl="eager", phase="decode", model="smollm2_135m", page_size=64)
+    cfg.impl = ["hf", "test_value"]
+    frame = run_job(cfg, job_dir=tmp_path / "paged", root=tmp_path / "paged", log=io.StringIO())
+    by_impl = frame.set_index("impl")
+    assert by_impl.loc["hf", "status"] == "skipped" and "block table" in by_impl.loc["hf", "reason"]
+    assert by_impl.loc["test_value", "status"] == "error"
+    cfg = _job_cfg(variant="gdn", impl="eager", phase="decode", model="tiny_hybrid", page_size=64)
+    row = run_job(cfg, job_dir=tmp_path / "gdn", root=tmp_path / "gdn", log=io.StringIO()).iloc[0]
+    assert row.status == "skipped" and row.reason.startswith("page_size=64: a linear-attention state has no pages")
 
 
 def test_case_that_cannot_fit_is_skipped_before_allocating(tmp_path):

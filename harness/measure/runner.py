@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from attnbench import variants
+from attnbench import harness, variants
 from attnbench.harness.logs import to_log_files
 from attnbench.harness.measure import cpuload, numerics, trust
 from attnbench.harness.measure.calibrate import Ceilings, last_level_cache_bytes
@@ -73,6 +73,18 @@ def _one_line(error: BaseException) -> str:
     last = frames[-1] if frames else None
     where = f" at {'/'.join(Path(last.filename).parts[-2:])}:{last.lineno} in {last.name}" if last else ""
     return f"{type(error).__name__}{where} (the traceback is in the job log)"[:500]
+
+
+def _refusal(error: BaseException) -> bool:
+    """A ``ValueError`` that attnbench's own code raised with a message: a setting the implementation
+    or cache does not take (hf on a paged cache), found only once the step is built. The code's
+    convention (``ValueError`` for a refused input, ``assert`` for an invariant) makes it a skip with
+    its reason, not an error; a ``ValueError`` from inside torch stays an error."""
+    frames = traceback.extract_tb(error.__traceback__)
+    if not isinstance(error, ValueError) or not str(error).strip() or not frames:
+        return False
+    roots = [str(Path(p).resolve()) for package in (variants, harness) for p in package.__path__]
+    return str(Path(frames[-1].filename).resolve()).startswith(tuple(roots))
 
 
 def _timer(case: Case, device: torch.device) -> Timer:
@@ -183,6 +195,8 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     except torch.OutOfMemoryError as error:
         return row.finish("oom", _one_line(error))
     except Exception as error:  # noqa: BLE001 - a failing case is a row, the sweep goes on
+        if _refusal(error):
+            return row.finish("skipped", str(error).strip().splitlines()[0])
         # The row keeps one line; the traceback goes to the job log file (not the console).
         if not to_log_files(_log, f"{case.label()} failed", exc_info=error):
             _log.debug("%s failed", case.label(), exc_info=True)

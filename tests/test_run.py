@@ -262,3 +262,15 @@ def test_compiled_case_reports_first_call_apart_and_checks_numerics(tmp_path):
     assert row.status == "ok", row.reason
     assert row.compile == "default" and row.numerics_compile_rel_err <= 1e-4
     assert row.first_call_ms > 10 * row.latency_ms  # compilation is in the first call only
+
+
+def test_variant_all_says_which_variants_it_leaves_out_and_why():
+    """variant=all measures what the shape makes; a variant dropped whole is named with its reason
+    (an fp8 cache has no linear-attention state; kda refuses GDN's value-head grouping)."""
+    cfg = _job_cfg(variant="all", impl="eager", model="tiny_hybrid", kv_dtype="fp8_e4m3")
+    left_out: dict[str, str] = {}
+    cases = plan_cases(cfg, left_out=left_out)
+    assert {case.variant for case in cases}.isdisjoint(left_out)
+    assert left_out["gdn"].startswith("kv_dtype='fp8_e4m3' is not supported by a linear-attention layer")
+    assert "value heads" in left_out["kda"] and "sliding_window" in left_out["swa"]
+    assert {case.variant for case in cases} | set(left_out) == set(VARIANTS.names())

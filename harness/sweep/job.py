@@ -102,10 +102,13 @@ def _warnings_logged() -> Iterator[None]:
 
 def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None,
              hold: ExitStack) -> pd.DataFrame:
+    left_out: dict[str, str] = {}
     try:
-        cases = plan_cases(cfg)
+        cases = plan_cases(cfg, left_out=left_out)
     except ValueError as error:
         raise UserError(str(error)) from None
+    for variant, reason in left_out.items():
+        _log.info("variant=all leaves out %s: %s", variant, reason)
     job_dir, root = Path(job_dir), Path(root)
     # Nothing is written outside the run's folder: name= is one folder name (results/<name>), and the
     # job's folder lies under the run or sweep root.

@@ -139,12 +139,13 @@ class JobSpec:
         return str(self.device) if self.device.type == "cpu" else f"cuda:{self.device.index or 0}"
 
 
-def plan_cases(cfg: Mapping[str, Any], *, local: bool = True) -> list[Case]:
+def plan_cases(cfg: Mapping[str, Any], *, local: bool = True, left_out: dict[str, str] | None = None) -> list[Case]:
     """Every case of one job, in a stable order; raises ``ValueError`` for bad input.
 
     ``local=False``: the job will run on another machine (a SLURM launcher), so a ``cuda`` device is
-    not looked for here (the pre-check on a login node without a GPU)."""
-    return expand(job_spec(cfg, local=local))
+    not looked for here (the pre-check on a login node without a GPU). ``left_out`` receives each
+    variant ``all`` dropped whole, with why (the job log says it)."""
+    return expand(job_spec(cfg, local=local), left_out=left_out)
 
 
 def job_spec(cfg: Mapping[str, Any], *, local: bool = True) -> JobSpec:
@@ -189,26 +190,32 @@ def _compile_mode(cfg: Mapping[str, Any]) -> str | None:
     return mode
 
 
-def expand(spec: JobSpec) -> list[Case]:
+def expand(spec: JobSpec, *, left_out: dict[str, str] | None = None) -> list[Case]:
     """The job's cases: each variant the shape makes, by each implementation and phase that runs it
-    (or was asked for by name: then its reason becomes a skipped row)."""
+    (or was asked for by name: then its reason becomes a skipped row). ``left_out``: see plan_cases."""
     cases = []
     for variant in spec.variants:
         # Built on the meta device: checks the shape for this variant and asks support without
         # allocating a single weight.
         try:
             layer = variants.build(variant, spec.shape, attention=spec.attention, dtype=spec.dtype, device="meta")
-        except ValueError:
+        except ValueError as error:
             if spec.variants_named:
                 raise
-            continue  # "all": only the variants this shape makes (swa needs a sliding window)
+            if left_out is not None:  # "all": only the variants this shape makes (swa needs a sliding window)
+                left_out[variant] = str(error)
+            continue
+        reasons = []
         for impl_name in spec.impls:
             impl = IMPLEMENTATIONS.get(impl_name)
             for phase in spec.phases:
                 reason = impl.supports(layer, phase=phase, device=spec.device, dtype=spec.dtype)
                 if reason is not None and not (spec.impls_named and spec.variants_named):
+                    reasons.append(reason)
                     continue  # "all": only what runs
                 cases.append(_case(spec, variant, impl_name, phase))
+        if left_out is not None and reasons and not any(case.variant == variant for case in cases):
+            left_out[variant] = reasons[0]  # no implementation runs it here (gdn with an fp8 cache)
     if not cases:
         raise ValueError(f"no implementation among {', '.join(spec.impls)} supports "
                          f"{', '.join(spec.variants)} on {spec.device.type} in {spec.dtype_name}")

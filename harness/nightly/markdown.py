@@ -91,9 +91,12 @@ def _timing_table(title: str, verdicts: Iterable[CaseVerdict]) -> list[str]:
     if not rows:
         return []
     head = [f"### {title}", ""] if title else []
-    return [*head, "| case | baseline ms | new ms | change | 95% interval |", "|---|---:|---:|---:|---|",
+    # The verdict's detail (a flagged row in this run: noisy, busy; how many runs confirmed it) beside
+    # its numbers, so a slower row measured on a busy machine reads as such.
+    return [*head, "| case | baseline ms | new ms | change | 95% interval | note |", "|---|---:|---:|---:|---|---|",
             *(f"| {_cell(v.label)} | {_ms(v.base_ms)} | {_ms(v.new_ms)} | {_pct(v.ci.ratio - 1)} | "
-              f"[{_pct(v.ci.low - 1)}, {_pct(v.ci.high - 1)}] |" for v in rows if v.ci is not None), ""]
+              f"[{_pct(v.ci.low - 1)}, {_pct(v.ci.high - 1)}] | {_cell(v.detail)} |" for v in rows if v.ci is not None),
+            ""]
 
 
 def _status_table(title: str, verdicts: Iterable[CaseVerdict]) -> list[str]:

@@ -38,3 +38,17 @@ def test_a_faster_case_is_significant_and_one_sided_cases_are_listed(old, tmp_pa
     assert {"against.md", "against.tex", "against.csv", "against.html", "against.png", "against.pdf"} <= names
     md = (tmp_path / "against" / "against.md").read_text()
     assert "only in OLD: " in md and "| * |" in md.replace("|*|", "| * |")
+
+
+def test_a_small_change_is_not_significant_and_a_flagged_case_carries_a_dagger(old, tmp_path):
+    """3% slower, every sample: the interval is tight but inside +-5%, so no star (two identical runs
+    differ that much); a row flagged busy in NEW is marked and listed with its flag."""
+    new = old.copy()
+    new["samples_ms"] = new["samples_ms"].map(lambda s: np.asarray(s) * 1.03)
+    busy = new.index[0]
+    new.at[busy, "flags"] = "busy"
+    _, result = against.write(new, old, tmp_path)
+    assert not result.ratios["significant"].any()
+    md = (tmp_path / "against" / "against.md").read_text()
+    label = against._label(new.loc[busy])
+    assert f"| {label} †" in md and f"† flagged in {label}: new busy" in md

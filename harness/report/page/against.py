@@ -3,7 +3,11 @@ whether that is more than noise, from the rows alone (no ``nightly ingest``, no 
 
 Per case (matched by ``case_id``, measured in both), the ratio of median latencies new / old with
 its 95% interval from the nightly's moving-block bootstrap over both rows' raw samples
-(``attnbench.harness.nightly.ratio.ratio_ci``); a case is significant when the interval excludes 1. Written
+(``attnbench.harness.nightly.ratio.ratio_ci``); a case is significant when the whole interval lies
+beyond ``THRESHOLD`` either way, as the nightly judges: the interval covers the sampling within each
+run, not how runs differ (two back-to-back runs of the same code on a quiet 2-core CPU differed by up
+to 8% on 0.1-ms steps, and two-fold where torch's two threads fell into a slow mode for one job).
+A case flagged in either run (noisy, busy, ...) carries a dagger and is listed under the table. Written
 to ``<out>/against/``: a ratio table (md, tex, csv, html), a ratio figure (pdf, png), and the cases
 measured on one side only, listed under the table.
 """
@@ -18,7 +22,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from attnbench.harness.nightly.ratio import ratio_ci
+from attnbench.harness.measure.trust import parse
 from attnbench.harness.report.data import DEVICE
+from attnbench.harness.report.flagged import DAGGER
 from attnbench.harness.report.figures import save
 from attnbench.harness.report.figures.canvas import new_figure
 from attnbench.harness.report.figures.style import figure_style, variant_color, width_inches
@@ -29,6 +35,7 @@ from attnbench.harness.text.units import count, like, significant, tokens
 # B batch, S context: the columns that name a case to a reader (case_id names it to the harness).
 LABEL_COLUMNS = ("variant", "impl", "phase", "batch", "seq")
 CONFIDENCE = 0.95
+THRESHOLD = 0.05  # a change the sampling interval puts wholly beyond +-5% (the nightly's default)
 
 
 @dataclass(frozen=True)
@@ -51,7 +58,8 @@ def compare(new_ok: pd.DataFrame, old_ok: pd.DataFrame) -> Against:
                     "old_ms": float(np.median(old.at[case, "samples_ms"])),
                     "new_ms": float(np.median(new.at[case, "samples_ms"])),
                     "ratio": ci.ratio, "ratio_low": ci.low, "ratio_high": ci.high,
-                    "significant": not ci.low <= 1.0 <= ci.high})
+                    "significant": ci.low > 1 + THRESHOLD or ci.high < 1 / (1 + THRESHOLD),
+                    "flags_new": _flags(new.loc[case]), "flags_old": _flags(old.loc[case])})
     return Against(pd.DataFrame(out), tuple(_label(new.loc[c]) for c in new.index if c not in old.index),
                    tuple(_label(old.loc[c]) for c in old.index if c not in new.index))
 
@@ -61,6 +69,10 @@ def _by_case(ok: pd.DataFrame) -> pd.DataFrame:
     return usable.drop_duplicates("case_id", keep="last").set_index("case_id", drop=False)
 
 
+def _flags(row: pd.Series) -> str:
+    return ",".join(parse(row.get("flags")))
+
+
 def _label(row: pd.Series) -> str:
     return f"{row['variant']}/{row['impl']} {row['phase']} batch {count(row['batch'])} context {tokens(row['seq'])}"
 
@@ -68,20 +80,27 @@ def _label(row: pd.Series) -> str:
 def table(result: Against) -> Table:
     raw = result.ratios
     ratio = raw["ratio"].map(significant) if len(raw) else pd.Series(dtype=str)
+    flagged = [bool(r.get("flags_new") or r.get("flags_old")) for _, r in raw.iterrows()]
     shown = pd.DataFrame({
-        "case": [_label(r) for _, r in raw.iterrows()],
+        "case": [_label(r) + (f" {DAGGER}" if f else "") for (_, r), f in zip(raw.iterrows(), flagged, strict=True)],
         "old (ms)": raw.get("old_ms", pd.Series(dtype=float)).map(significant),
         "new (ms)": raw.get("new_ms", pd.Series(dtype=float)).map(significant),
         "new/old (×)": ratio,
         "95% CI (×)": [f"[{like(lo, m)}, {like(hi, m)}]" for lo, hi, m in
                        zip(raw.get("ratio_low", []), raw.get("ratio_high", []), ratio, strict=True)],
-        # * : the interval excludes 1 (faster below 1, slower above).
+        # * : the interval lies wholly beyond +-THRESHOLD (faster below 1, slower above).
         "sig.": ["*" if s else "" for s in raw.get("significant", [])],
     })
-    below = "; ".join([*(f"only in NEW: {c}" for c in result.only_new),
+    doubts = [f"{_label(r)}: " + "; ".join(f"{side} {r[f'flags_{side}']}" for side in ("new", "old")
+                                           if r[f"flags_{side}"])
+              for (_, r), f in zip(raw.iterrows(), flagged, strict=True) if f]
+    below = "; ".join([*(f"{DAGGER} flagged in {d}" for d in doubts),
+                       *(f"only in NEW: {c}" for c in result.only_new),
                        *(f"only in OLD: {c}" for c in result.only_old)])
     caption = ("Median latency of NEW over OLD per case measured in both, with its 95% interval from a moving-block "
-               "bootstrap of both runs' samples; * the interval excludes 1 (below 1: NEW is faster).")
+               f"bootstrap of both runs' samples; * the interval lies wholly beyond +-{THRESHOLD:.0%} (below 1: NEW "
+               "is faster). The interval covers sampling within each run, not run-to-run variation. "
+               f"{DAGGER}: a row flagged in either run (noisy, fallback, busy or above_ceiling), listed below.")
     return Table("against", "NEW against OLD", raw, shown, caption, below)
 
 
@@ -101,7 +120,7 @@ def figure(result: Against, *, width: str = "single") -> Figure:
         ax.axvline(1.0, color="0.3", linewidth=0.8)
         ax.set_xscale("log")
         ax.set_yticks(y, [_label(r) for _, r in raw.iterrows()], fontsize=6)
-        ax.set_xlabel("new / old median latency (×, log; filled: interval excludes 1)")
+        ax.set_xlabel(f"new / old median latency (×, log; filled: interval beyond ±{THRESHOLD:.0%})")
     return fig
 
 

@@ -189,6 +189,8 @@ RUN = [(argv + (" measure=quick" if "device=" in argv else " device=cpu measure=
     ("name=${oc.env:ATTNBENCH_TEST_SURELY_UNSET}", "ATTNBENCH_TEST_SURELY_UNSET"),
     ("+seqq=1", "unknown key 'seqq'"), ("++colour=red", "unknown key 'colour'"),
     ("++measure.colour=1", "unknown key 'measure.colour'"),
+    ("model=tiny_hybrid linear_num_key_heads=0", "set it as model.linear_num_key_heads="),
+    ("model=tiny_hybrid model.linear_num_key_heads=0", "linear_num_key_heads=0 is not allowed"),
     ("measure.target_ci_rel=0", "measure.target_ci_rel=0.0"), ("measure.target_ci_rel=1", "measure.target_ci_rel=1.0"),
     ("measure.memory_headroom=-1", "measure.memory_headroom=-1.0"),
     ("measure.memory_headroom=1.5", "measure.memory_headroom=1.5"),

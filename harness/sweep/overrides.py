@@ -24,6 +24,7 @@ from omegaconf.errors import (ConfigAttributeError, ConfigKeyError, Interpolatio
                               OmegaConfBaseException, ValidationError)
 
 from attnbench.harness.errors import UserError
+from attnbench.variants.core.families import family_shape_keys
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
@@ -114,6 +115,8 @@ def condense(error: BaseException) -> str:
     if isinstance(cause, OmegaConfBaseException) and cause.full_key:
         key = str(cause.full_key)
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):  # a key the schema doesn't have (colour=red)
+            if "." not in key and key in family_shape_keys():  # a preset's key, set through its group
+                return f"unknown key {key!r}: it is a shape key of the model preset; set it as model.{key}=..."
             return f"unknown key {key!r}; valid keys: {', '.join(_keys(key.rpartition('.')[0]))}"
         if isinstance(cause, ValidationError):  # a wrong type or choice (seed=abc, phase=train)
             return f"{key}={cause.value!r} is not {_allowed(key)}"

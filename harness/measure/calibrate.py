@@ -14,9 +14,11 @@ driver or torch upgrade or another machine measures again, and everything else r
 - Read bandwidth: the faster of two read-only streams over the same buffer, row maxima and a
   matrix-vector product (each reads ``size_bytes`` and writes one element per row). Which one a CPU
   runs faster differs by machine (2-core AMD EPYC, one thread, 64 MiB: row maxima 8.8-10.9 GB/s,
-  BLAS gemv 12.1-15.4, copy 11.2); a read roof below what a gemv reaches would be no roof. Decode reads far more than it writes (the cache, the weights), so a read stream is its roof; it can
-  legitimately beat the copy rate (whose writes cost a read-for-ownership on CPUs, unless the copy
-  uses non-temporal stores: then both are about equal). The memory roof is the faster of the two.
+  BLAS gemv 12.1-15.4, copy 11.2); a read roof below what a gemv reaches would be no roof. Decode
+  reads far more than it writes (the cache, the weights), so a read stream is its roof; it can
+  legitimately beat the copy rate (whose writes cost a read-for-ownership on CPUs), or fall below it
+  when the copy uses non-temporal stores (one AMD EPYC core, 64 MiB: copy 45.5-46.3 GB/s, read
+  41.3-42.7). The memory roof is the faster of the two.
 - Each rate is the best of several repetitions (noise on a shared machine only ever adds time),
   taken in rounds (copy, read, matmul in turn, so they are compared under the same conditions)
   until no rate's best improves by more than ``STABLE_REL`` in a round; CUDA is timed with

@@ -10,12 +10,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
-import pandas as pd
 import torch
 
 from attnbench.harness.measure.parse import DTYPES, Timing

@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+from torch._subclasses.fake_tensor import DataDependentOutputException
 
 from attnbench.harness.measure.case import Case
 from attnbench.harness.measure.dryrun import dry_run
+from attnbench.harness.measure.refusal import is_refusal
 from attnbench.variants.cost import Cost
 from attnbench.variants.implementation import Implementation
 from attnbench.variants.layer import AttentionLayer
@@ -79,8 +81,14 @@ def predict_memory(case: Case, layer: AttentionLayer, impl: Implementation, cost
     try:
         run = dry_run(case, seed=seed)
     except Exception as error:  # noqa: BLE001 - any op fake tensors cannot run; the estimate below still guards
-        log.warning("memory dry run of %s failed (%s: %s); predicting from the cost model instead",
-                    case.label(), type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        if is_refusal(error):
+            raise  # the case's setting is refused (hf on a paged cache): a skip, not an estimate
+        # A step that reads host data (a paged step's block table) cannot run on fake tensors: expected,
+        # not worth a warning per case; anything else is.
+        expected = isinstance(error, DataDependentOutputException)
+        (log.info if expected else log.warning)(
+            "memory dry run of %s failed (%s: %s); predicting from the cost model instead",
+            case.label(), type(error).__name__, str(error).splitlines()[0] if str(error) else "")
         return _from_cost(case, layer, impl, cost, timer_bytes=timer_bytes)
     step = run.step_peak_bytes
     resident = run.weight_bytes + run.cache_bytes + run.input_bytes + run.prepared_bytes

@@ -162,5 +162,6 @@ def cuda_unusable_reason() -> str:
     try:
         torch.cuda.init()
     except Exception as error:  # noqa: BLE001 - the reason is the point; torch raises RuntimeError/AssertionError
-        return f"torch.cuda.init() failed: {str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__}"
+        text = str(error).strip()
+        return f"torch.cuda.init() failed: {text.splitlines()[0] if text else type(error).__name__}"
     return "torch.cuda.is_available() is False"

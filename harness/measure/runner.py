@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 import torch
 
-from attnbench import harness, variants
+from attnbench import variants
 from attnbench.harness.logs import to_log_files
 from attnbench.harness.measure import cpuload, numerics, trust
 from attnbench.harness.measure.calibrate import Ceilings, last_level_cache_bytes
@@ -30,6 +30,7 @@ from attnbench.harness.measure.dryrun import case_inputs
 from attnbench.harness.measure.memory import available_bytes, held_after, step_peak_bytes, tensor_bytes
 from attnbench.harness.measure.metrics import Measured, derive
 from attnbench.harness.measure.predict import built_in_rates, predict_memory, predict_seconds
+from attnbench.harness.measure.refusal import is_refusal
 from attnbench.harness.measure.probes import CUDAGRAPH_COMPILE_MODES, full_output_error, sdpa_backends, watch_compile
 from attnbench.harness.measure.row import CaseRow, add_trust
 from attnbench.harness.measure.timer import CpuTimer, CudaTimer, MeasureSettings, Timer, capture_cuda_graph, measure
@@ -75,23 +76,12 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}{where} (the traceback is in the job log)"[:500]
 
 
-def _refusal(error: BaseException) -> bool:
-    """A ``ValueError`` that attnbench's own code raised with a message: a setting the implementation
-    or cache does not take (hf on a paged cache), found only once the step is built. The code's
-    convention (``ValueError`` for a refused input, ``assert`` for an invariant) makes it a skip with
-    its reason, not an error; a ``ValueError`` from inside torch stays an error."""
-    frames = traceback.extract_tb(error.__traceback__)
-    if not isinstance(error, ValueError) or not str(error).strip() or not frames:
-        return False
-    roots = [str(Path(p).resolve()) for package in (variants, harness) for p in package.__path__]
-    return str(Path(frames[-1].filename).resolve()).startswith(tuple(roots))
-
-
 def _timer(case: Case, device: torch.device) -> Timer:
     # The case's timing mode is part of its identity: the timer follows it (Case checks it fits the device).
     if device.type != "cuda":
         return CpuTimer()
-    return CudaTimer(device, l2_flush=case.l2_flush, mode="per_call" if case.timing == "cuda_events_per_call" else "held")
+    mode = "per_call" if case.timing == "cuda_events_per_call" else "held"
+    return CudaTimer(device, l2_flush=case.l2_flush, mode=mode)
 
 
 def _timer_bytes(case: Case, device: torch.device) -> int:
@@ -195,7 +185,7 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
     except torch.OutOfMemoryError as error:
         return row.finish("oom", _one_line(error))
     except Exception as error:  # noqa: BLE001 - a failing case is a row, the sweep goes on
-        if _refusal(error):
+        if is_refusal(error):
             return row.finish("skipped", str(error).strip().splitlines()[0])
         # The row keeps one line; the traceback goes to the job log file (not the console).
         if not to_log_files(_log, f"{case.label()} failed", exc_info=error):

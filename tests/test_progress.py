@@ -45,6 +45,15 @@ def test_terminal_shows_job_case_stage_and_sweep_eta(sweep: SweepState, caplog: 
     assert screen.getvalue().endswith("job 3/20 · case 2/4 mla/eager decode b=1 seq=4k · timing 0s · ETA 00:11:50")
 
 
+def test_a_case_with_too_few_repetitions_says_so_not_plus_minus_inf(sweep: SweepState,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    job = Progress(1, line=StatusLine(io.StringIO()))
+    job.start("mla/eager prefill seq=2k")
+    with caplog.at_level(logging.INFO, logger="attnbench.harness"):
+        job.update("mla/eager prefill seq=2k", _ok_row() | {"latency_ci_rel": float("inf"), "n_reps": 3})
+    assert "1 ms (no CI: too few repetitions, n=3)" in caplog.text and "inf" not in caplog.text
+
+
 def test_a_log_line_from_any_logger_never_lands_on_the_status_line(sweep: SweepState) -> None:
     screen = Terminal()
     handler = logging.StreamHandler(screen)  # the console handler Hydra puts on the root logger

@@ -15,6 +15,7 @@ is not written at all.
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from collections.abc import Mapping
@@ -165,7 +166,9 @@ class Progress:
     def update(self, label: str, row: Mapping[str, Any]) -> None:
         self.done += 1
         if row["status"] == "ok":
-            outcome = f"{row['latency_ms']:.4g} ms (+-{row['latency_ci_rel']:.1%}, n={row['n_reps']})"
+            ci = float(row["latency_ci_rel"])
+            spread = "no CI: too few repetitions" if math.isinf(ci) else f"+-{ci:.1%}"
+            outcome = f"{row['latency_ms']:.4g} ms ({spread}, n={row['n_reps']})"
         else:
             outcome = f"{row['status']}: {row['reason']}"
         self.line.clear()  # the log line goes where the status line was

@@ -133,8 +133,13 @@ def _machine(ok: pd.DataFrame) -> str:
     loads = pd.to_numeric(ok.get("load_start", pd.Series(dtype=float)), errors="coerce").dropna()
     load = (f", 1-minute load average {loads.min():.1f}-{loads.max():.1f} tasks per core while measuring"
             if not loads.empty else "")
+    others = pd.to_numeric(ok.get("others_cpu_share", pd.Series(dtype=float)), errors="coerce").dropna()
+    if not others.empty:  # what other processes took of our CPUs during the cases themselves
+        load += f", other processes using {others.min():.0%}-{others.max():.0%} of its CPUs during the cases"
     flags = count_line(list(ok["flags"])) if "flags" in ok.columns else ""
-    return (f"{first['env_device_name']} ({int(first['env_cpu_count'])} cores, shared with other jobs{load}), "
+    busy = "flags" in ok.columns and ok["flags"].fillna("").astype(str).str.contains("busy").any()
+    return (f"{first['env_device_name']} ({int(first['env_cpu_count'])} cores, "
+            f"{'shared with other jobs' if busy else 'no other heavy job running'}{load}), "
             f"{first['dtype']}, one thread, measure=quick, {len(ok)} measured rows. "
             + (f"{flags} Flagged rows are drawn with hollow grey markers and named under each figure: busy, "
                "other processes took the CPU while the case ran; noisy, the 95% confidence interval of its "

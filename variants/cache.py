@@ -191,6 +191,13 @@ class CacheLayout:
         """Bytes one sequence's cache holds at ``context`` tokens, each field's real rows."""
         return sum(f.bytes_for_rows(self.rows(f, context), dtype) for f in self.fields)
 
+    def check_pageable(self, page_size: int) -> None:
+        """Pages hold positions: fields with rows of their own (a ring, compressed entries: swa, csa,
+        hca) are not paged. A user's setting, so a ValueError (the case is skipped with it)."""
+        if not all(f.per_position for f in self.fields):
+            raise ValueError(f"page_size={page_size}: a ring (sliding-window) or compressed cache is not paged; "
+                             "leave page_size unset for this layout")
+
     def nbytes(self, *, batch: int, context: int | Sequence[int], dtype: torch.dtype,
                page_size: int | None = None) -> int:
         """Bytes of a cache of ``batch`` sequences holding ``context`` tokens each (one number, or
@@ -199,7 +206,7 @@ class CacheLayout:
         lengths = _lengths(batch, context)
         if page_size is None:
             return batch * self.bytes_at(max(lengths), dtype)
-        assert all(f.per_position for f in self.fields), "pages hold per-position fields only"
+        self.check_pageable(page_size)
         per_token = self.bytes_per_token(dtype)
         check_page_size(page_size)
         pages = [math.ceil(self.positions(n) / page_size) for n in lengths]
@@ -263,10 +270,11 @@ class KVCache:
         self.block_table: Tensor | None = None
         if self.page_size is None:
             rows: tuple[int, ...] = (batch, layout.positions(self.max_len))  # a ring keeps fewer rows
-        elif layout.positions(self.max_len) != self.max_len or not all(f.per_position for f in layout.fields):
+        elif layout.positions(self.max_len) != self.max_len:  # a ring layout, whatever its fields
             raise ValueError(f"page_size={page_size}: a ring (sliding-window) or compressed cache is not paged; "
                              "leave page_size unset for this layout")
         else:
+            layout.check_pageable(self.page_size)
             P = self.page_size
             pages = [math.ceil(n / P) for n in capacities]
             num_pages = sum(pages)

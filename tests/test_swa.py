@@ -70,6 +70,14 @@ def test_ring_layout_size_is_a_function_of_the_context():
     assert layout.bytes_at(10_000, torch.bfloat16) == 6 * 2 * 2 * 8 * 2
 
 
+@pytest.mark.parametrize("max_len", [3, 4, 64])
+def test_a_ring_is_never_paged_even_while_the_context_fits_its_window(max_len):
+    """A context within the window kept the ring's rows one per position, and a paged cache was built;
+    a prefill past the window then wrote ring slots into pages (an assert): refused up front instead."""
+    with pytest.raises(ValueError, match=r"^page_size=2: a ring \(sliding-window\) or compressed cache is not paged"):
+        _layer(next(iter(SETTINGS))).new_cache(1, max_len, page_size=2)
+
+
 def test_full_layers_of_a_windowed_model_are_plain_gqa(seed):
     from attnbench.variants.families.swa import make_layer
 

@@ -270,7 +270,7 @@ class KVCache:
         self.block_table: Tensor | None = None
         if self.page_size is None:
             rows: tuple[int, ...] = (batch, layout.positions(self.max_len))  # a ring keeps fewer rows
-        elif layout.positions(self.max_len) != self.max_len:  # a ring layout, whatever its fields
+        elif layout.positions(2 ** 62) != 2 ** 62:  # a ring layout, even while the context fits its window
             raise ValueError(f"page_size={page_size}: a ring (sliding-window) or compressed cache is not paged; "
                              "leave page_size unset for this layout")
         else:

@@ -141,10 +141,11 @@ def _machine(ok: pd.DataFrame) -> str:
     return (f"{first['env_device_name']} ({int(first['env_cpu_count'])} cores, "
             f"{'shared with other jobs' if busy else 'no other heavy job running'}{load}), "
             f"{first['dtype']}, one thread, measure=quick, {len(ok)} measured rows. "
-            + (f"{flags} Flagged rows are drawn with hollow grey markers and named under each figure: busy, "
-               "other processes took the CPU while the case ran; noisy, the 95% confidence interval of its "
-               "median is wider than the 5% target, or unbounded (no CI: too few samples in measure=quick's "
-               "budget). Their medians are real timings; read them as rough." if flags else "No row is flagged."))
+            + (f"{flags} Flagged rows are drawn with hollow grey markers and named under each figure"
+               + (": busy, other processes took the CPU while the case ran; noisy," if busy else "; noisy:")
+               + " the 95% confidence interval of its median is wider than the 5% target, or unbounded (no CI: "
+               "too few samples in measure=quick's budget). Their medians are real timings; read them as rough."
+               if flags else "No row is flagged."))
 
 
 def _readme(drawn: Sequence[Drawn], left_out: dict[str, str], ok: pd.DataFrame) -> str:
@@ -155,10 +156,10 @@ def _readme(drawn: Sequence[Drawn], left_out: dict[str, str], ok: pd.DataFrame) 
          "code from the committed result set `tests/fixtures/gallery/`: one attention layer at real model "
          "shapes (DeepSeek-V2-Lite, DeepSeek-V3.2-Exp, DeepSeek-V4-Flash, Qwen3-Next-80B-A3B), measured on a CPU. Made by"),
         "",
-        "    bash tests/fixtures/make_gallery.sh     # measure the rows again (about 30 min), then draw",
+        "    bash tests/fixtures/make_gallery.sh     # measure the rows again (7 min quiet, 30 loaded), then draw",
         "    python -m attnbench.harness.report.page.gallery   # draw from the committed rows only",
         "",
-        (f"Measured on {_machine(ok)} These are CPU timings of float32 kernels on a loaded machine: read the "
+        (f"Measured on {_machine(ok)} These are CPU timings of float32 kernels: read the "
          "ratios between variants, not the absolute times, and not as a GPU's (on a CPU, MLA's absorbed step at "
          "these batches is bound by its matmuls over the latent, not by reading its cache); the comparison at a GPU's real budget is the "
          "command in `docs/report.md`, section 'Decode throughput at a memory budget'. Budget of the "

@@ -101,8 +101,8 @@ def _warnings_logged() -> Iterator[None]:
             logging.captureWarnings(False)
 
 
-def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None,
-             hold: ExitStack) -> pd.DataFrame:
+def _plan(cfg: Mapping[str, Any]) -> list[Case]:
+    """The job's cases; each variant ``all`` leaves out is named in the log, with why."""
     left_out: dict[str, str] = {}
     try:
         cases = plan_cases(cfg, left_out=left_out)
@@ -110,6 +110,12 @@ def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[
         raise UserError(str(error)) from None
     for variant, reason in left_out.items():
         _log.info("variant=all leaves out %s: %s", variant, reason)
+    return cases
+
+
+def _run_job(cfg: Mapping[str, Any], *, job_dir: Path, root: Path, job: Mapping[str, Any] | None,
+             hold: ExitStack) -> pd.DataFrame:
+    cases = _plan(cfg)
     job_dir, root = Path(job_dir), Path(root)
     # Nothing is written outside the run's folder: name= is one folder name (results/<name>), and the
     # job's folder lies under the run or sweep root.

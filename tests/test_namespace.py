@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BARE = ("harness", "variants", "conf", "attnbench_conf")
 # `import harness`, `from variants.x import y`, `python -m harness` inside a string or a doc.
 IN_TEXT = re.compile(r"(?:^|[\s;\"'(`])(?:(?<!attnbench )import|from)\s+(?:harness|variants|attnbench_conf)\b(?!\.(?:md|py|yaml)\b)"
-                     r"|-m\s+(?:harness|variants)\b(?![./])", re.M)
+                     r"|-m\s+(?:harness|variants)\b(?![./])|pydoc\s+(?:harness|variants)\.", re.M)
 
 
 def _tracked(*suffixes: str) -> list[Path]:
@@ -51,5 +51,5 @@ def test_the_check_can_fail() -> None:
     source = ('import harness\nfrom variants.registry import X\nimport attnbench.harness\nfrom attnbench import conf\n'
               'ok = "from attnbench import harness"\n'
               'code = "import sys; from harness.sweep import y"\ncmd = ["python -m harness status"]\n'
-              'doc = "see harness.md and variants.py"\n')
-    assert bare_imports(source) == ["harness", "variants.registry", "from harness", "-m harness"]
+              'doc = "see harness.md and variants.py"\nhelp = "(python -m pydoc harness.interop.x)"\n')
+    assert bare_imports(source) == ["harness", "variants.registry", "from harness", "pydoc harness.", "-m harness"]

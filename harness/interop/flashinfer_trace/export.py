@@ -92,7 +92,7 @@ def _write(path: Path, text: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="attnbench export",
                             description="Write a results folder's rows in an exchange format "
-                                        "(python -m pydoc harness.interop.flashinfer_trace).")
+                                        "(python -m pydoc attnbench.harness.interop.flashinfer_trace).")
     parser.add_argument("results", nargs="+", help="results folders or row files")
     parser.add_argument("--format", required=True, help=f"one of: {', '.join(FORMATS)}")
     parser.add_argument("--out", required=True, type=Path, help="folder to write")

@@ -144,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="attnbench import-trace",
                             description="Print the attnbench sweeps measuring a FlashInfer-Trace folder's "
                                         "definitions at its workloads' shapes "
-                                        "(python -m pydoc harness.interop.flashinfer_trace).")
+                                        "(python -m pydoc attnbench.harness.interop.flashinfer_trace).")
     parser.add_argument("folder", type=Path, help="a FlashInfer-Trace folder (definitions/, workloads/)")
     parser.add_argument("--impl", default="all", help="attnbench implementations to measure (default: all)")
     parser.add_argument("--name", default="flashinfer_trace", help="results/<name>/ of the sweeps")

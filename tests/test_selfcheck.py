@@ -34,3 +34,25 @@ def test_an_unknown_step_is_a_one_line_usage_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: --skip 'nope' is not a step; valid: nvidia_smi, versions, gpu_tests,")
     assert err.count("\n") == 1
+
+
+def test_without_a_gpu_every_step_reports_and_none_crashes_the_command(tmp_path, monkeypatch, capsys):
+    """The GPU run on a CPU machine: a note first, each GPU step fails with its reason, and the NVML
+    check (whose rows never came) fails itself instead of ending the command in a traceback."""
+    from attnbench.harness.selfcheck import steps
+
+    def run(argv, **kwargs):  # noqa: ANN001 - every step's command fails as it does without CUDA
+        return subprocess.CompletedProcess(argv, 2, "", "error: device=cuda: no CUDA device\n")
+
+    monkeypatch.setattr(steps.subprocess, "run", run)
+    monkeypatch.chdir(tmp_path)  # no tests/ folder here: gpu_tests is skipped with why
+    assert main(["selfcheck", "--out", str(tmp_path / "out")]) == 1
+    printed = capsys.readouterr().out
+    import torch
+
+    assert printed.startswith("note: no CUDA device here") is not torch.cuda.is_available()
+    outcomes = {s["name"]: (s["outcome"], s["detail"]) for s in
+                json.loads((tmp_path / "out" / "summary.json").read_text())["steps"]}
+    assert outcomes["gpu_tests"] == ("skip", "no tests/ folder in the working directory (run from a checkout)")
+    assert outcomes["mla_32k"] == ("fail", "exit status 2: error: device=cuda: no CUDA device")
+    assert outcomes["nvml_columns"][0] == "fail" and "no rows from mla_32k" in outcomes["nvml_columns"][1]

@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise UserError(f"--skip {unknown[0]!r} is not a step; valid: {', '.join(names)}")
     out.mkdir(parents=True, exist_ok=True)
+    if not args.dry_run and not _cuda_present():
+        print("note: no CUDA device here (torch.cuda.is_available() is False): the GPU steps fail by design; "
+              "attnbench selfcheck --dry-run rehearses them on the CPU", flush=True)
     steps = plan(out.resolve(), dry_run=args.dry_run)
     results: list[Result] = []
     for step in steps:
@@ -41,6 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     _write_summary(out, results, dry_run=args.dry_run)
     print(f"summary: {out / 'summary.md'}")
     return 1 if any(r.outcome in ("fail", "timeout") for r in results) else 0
+
+
+def _cuda_present() -> bool:
+    import torch  # here: --help and usage errors stay fast
+
+    return torch.cuda.is_available()
 
 
 def _write_summary(out: Path, results: list[Result], *, dry_run: bool) -> None:

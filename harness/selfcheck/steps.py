@@ -61,12 +61,17 @@ def run_step(step: Step, out: Path) -> Result:
         text = done.stdout + done.stderr
         (folder / "output.txt").write_text(text)
         if done.returncode != 0:
+            said = [line.strip() for line in text.splitlines() if line.startswith("error:")]  # attnbench's one line
             return Result(step.name, "fail", time.perf_counter() - started, command,
-                          f"exit status {done.returncode}", text.splitlines()[-20:])
+                          f"exit status {done.returncode}" + (f": {said[-1]}" if said else ""), text.splitlines()[-20:])
         tail = text.splitlines()[-5:]
     else:
         tail = []
-    problem = step.check(out) if step.check is not None else ""
+    try:
+        problem = step.check(out) if step.check is not None else ""
+    except Exception as error:  # noqa: BLE001 - a check that cannot read its step's output fails that step only
+        text = str(error).strip()
+        problem = f"its check could not run: {type(error).__name__}: {text.splitlines()[0] if text else ''}"
     return Result(step.name, "fail" if problem else "pass", time.perf_counter() - started, command, problem, tail)
 
 
@@ -94,7 +99,8 @@ def plan(out: Path, *, dry_run: bool) -> list[Step]:
         Step("nvidia_smi", (smi or "nvidia-smi",), 30,
              skip="dry run" if dry_run else "" if smi else "nvidia-smi is not on PATH"),
         Step("versions", (PY, "-c", _VERSIONS), 60),
-        Step("gpu_tests", (PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"), 150),
+        Step("gpu_tests", (PY, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"), 150,
+             skip="" if Path("tests").is_dir() else "no tests/ folder in the working directory (run from a checkout)"),
         Step("mla_32k", run("mla_32k", *mla), 60, check=_rows_ok("mla_32k", cuda=not dry_run)),
         Step("mla_32k_graph", run("mla_32k_graph", *mla, "measure.cuda_graph=true"), 45, skip=cuda_skip,
              check=_rows_ok("mla_32k_graph", cuda=True)),
@@ -155,6 +161,8 @@ def _nvml_filled(out: Path) -> str:
     from attnbench.harness import results
 
     frame = results.load(out / "mla_32k")
+    if frame.empty or "status" not in frame:
+        return "no rows from mla_32k to read (see that step)"
     ok = frame[frame.status == "ok"]
     empty = [c for c in NVML_COLUMNS if c not in ok or ok[c].isna().any()]
     return f"NVML columns empty: {', '.join(empty)}" if empty or ok.empty else ""

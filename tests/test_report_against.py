@@ -52,3 +52,16 @@ def test_a_small_change_is_not_significant_and_a_flagged_case_carries_a_dagger(o
     md = (tmp_path / "against" / "against.md").read_text()
     label = against._label(new.loc[busy])
     assert f"| {label} †" in md and f"† flagged in {label}: new busy" in md
+
+
+def test_the_same_report_against_command_runs_twice_into_one_folder(tmp_path, capsys):
+    """against/ is part of the report: in its manifest, so a rebuild replaces it (it was written after
+    the manifest, and the second run refused the folder as holding files no report wrote)."""
+    from attnbench.harness.report.__main__ import main as report_main
+
+    argv = [str(FIXTURE), "--against", str(FIXTURE), "--out", str(tmp_path / "r"), "--filter", "variant=mha",
+            "--widths", "single"]
+    assert report_main(argv) == 0 and report_main(argv) == 0
+    manifest = (tmp_path / "r" / "manifest.txt").read_text()
+    assert "against/against.md" in manifest and "against/against.png" in manifest
+    assert "case(s) measured in both, 0 changed beyond +-5%" in capsys.readouterr().out

@@ -17,7 +17,7 @@ import pandas as pd
 from attnbench.harness.errors import ArgumentParser, UserError, guarded
 from attnbench.harness.report.analysis.baseline import Baseline
 from attnbench.harness.report.analysis.capacity import RESERVE
-from attnbench.harness.report.data import apply_filters, load_rows, parse_filters, prepare
+from attnbench.harness.report.data import apply_filters, load_rows, parse_filters
 from attnbench.harness.report.figures.style import WIDTH_IN
 from attnbench.harness.report.page import against
 from attnbench.harness.report.page.build import build_report
@@ -69,7 +69,8 @@ def _batches(text: str | None) -> list[int] | None:
     except ValueError:
         values = []
     if not values or any(not 0 < v <= MAX_BATCH for v in values):
-        raise ValueError(f"--batches {text!r} is not a list of positive integers, each at most {MAX_BATCH} (e.g. 1,8,64)")
+        raise ValueError(f"--batches {text!r} is not a list of positive integers, each at most {MAX_BATCH} "
+                         "(e.g. 1,8,64)")
     return values
 
 
@@ -100,13 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         bench, out, filters=filters, baseline=baseline, lowrank=lowrank,
         budget_bytes=parse_bytes("--budget", args.budget) if args.budget else None,
         batches=_batches(args.batches), reserve=args.reserve,
-        widths=_widths(args.widths),
+        widths=_widths(args.widths), against_old=load_rows(args.against) if args.against else None,
         command=shlex.join(["python", "-m", "attnbench.harness.report", *argv]))
-    if args.against:
-        new, old = (prepare(r if isinstance(r, pd.DataFrame) else load_rows(r), filters).ok
-                    for r in (bench, args.against))
-        against_files, _ = against.write(new, old, report.out)
-        print(f"against: {report.out / 'against' / 'against.md'} ({len(against_files)} files)")
+    compared = report.against
+    if compared is not None:
+        both, stars = len(compared.ratios), int(compared.ratios.get("significant", pd.Series(dtype=bool)).sum())
+        print(f"against: {report.out / 'against' / 'against.md'}: {both} case(s) measured in both, {stars} changed "
+              f"beyond +-{against.THRESHOLD:.0%}; {len(compared.only_new)} only in NEW, {len(compared.only_old)} "
+              "only in OLD")
     print(f"report: {report.out / 'report.html'} ({len(report.files)} files; devices: {', '.join(report.devices)})")
     for name, why in report.left_out.items():
         print(f"left out {name}: {why}")

@@ -36,6 +36,8 @@ from attnbench.harness.report.analysis.capacity import RESERVE, capacity_table
 from attnbench.harness.report.data import ReportData, load_rows, prepare
 from attnbench.harness.report.figures import FigureInput, PageFigure
 from attnbench.harness.report.figures.style import WIDTH_IN, width_inches
+from attnbench.harness.report.page import against
+from attnbench.harness.report.page.against import Against
 from attnbench.harness.report.page.html import page
 from attnbench.harness.report.page.lowrank import lowrank_part
 from attnbench.harness.report.page.part import Part
@@ -61,15 +63,18 @@ class Report:
     figures: Mapping[str, str]  # figure name -> caption if drawn
     left_out: Mapping[str, str]  # figure name -> why it was left out
     devices: tuple[str, ...]
+    against: Against | None = None  # the comparison with earlier rows, when asked for
 
 
 def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: str | Path, *,
                  filters: Mapping[str, Iterable[str]] | None = None, baseline: Baseline = DEFAULT_BASELINE,
                  budget_bytes: int | None = None, batches: Sequence[int] | None = None, reserve: float = RESERVE,
                  widths: Sequence[str] = tuple(WIDTH_IN), figures: Sequence[str] | None = None,
-                 command: str = "python -m attnbench.harness.report", lowrank: pd.DataFrame | None = None) -> Report:
+                 command: str = "python -m attnbench.harness.report", lowrank: pd.DataFrame | None = None,
+                 against_old: pd.DataFrame | None = None) -> Report:
     """Write the report of ``rows`` (a DataFrame from ``attnbench.harness.results.load``, or paths and globs),
-    and of a low-rank study's rows (``attnbench.harness.studies.lowrank``) when ``lowrank`` is given."""
+    and of a low-rank study's rows (``attnbench.harness.studies.lowrank``) when ``lowrank`` is given;
+    ``against_old``: earlier rows to compare with (``against/``, in the manifest like every file here)."""
     for width in widths:
         width_inches(width)  # a ValueError naming the valid widths
     known = [spec.name for spec in figure_registry.specs()]
@@ -96,9 +101,14 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     building = _beside(out, "building")
     try:
         building.mkdir(parents=True)
+        compared = None
+        if against_old is not None:  # written before the manifest, so a rebuild may replace them
+            new_ok, old_ok = (prepare(r, filters).ok for r in (frame, against_old))
+            against_files, compared = against.write(new_ok, old_ok, building)
         part = _write_all(frame, building, command=command, filters=filters, baseline=baseline,
                           budget_bytes=budget_bytes, batches=batches, reserve=reserve, widths=widths, figures=figures,
-                          lowrank=lowrank)
+                          lowrank=lowrank,
+                          extra=tuple(f.relative_to(building) for f in against_files) if compared else ())
         _swap_in(building, out)
     except OSError as error:  # named by the folder the user gave, not the hidden one beside it
         if error.filename is None or not str(error.filename).startswith(str(building)):
@@ -107,21 +117,22 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
     finally:
         shutil.rmtree(building, ignore_errors=True)  # only left when the build failed: all of it ours
     files = [out / p for p in part.files]
-    return Report(out, tuple(files), tuple(part.notes), part.drawn, part.left_out, part.devices)
+    return Report(out, tuple(files), tuple(part.notes), part.drawn, part.left_out, part.devices, compared)
 
 
 def _write_all(frame: pd.DataFrame, out: Path, *, command: str, filters: Mapping[str, Iterable[str]] | None,
                baseline: Baseline, budget_bytes: int | None, batches: Sequence[int] | None, reserve: float,
-               widths: Sequence[str], figures: Sequence[str] | None, lowrank: pd.DataFrame | None) -> Part:
+               widths: Sequence[str], figures: Sequence[str] | None, lowrank: pd.DataFrame | None,
+               extra: tuple[Path, ...] = ()) -> Part:
     """Every file of the report under ``out`` (a fresh folder), the manifest last; the part's files
-    are returned relative to ``out``."""
+    are returned relative to ``out``. ``extra``: files already written there (``against/``), listed too."""
     part = Part()
     if not frame.empty:
         part = _benchmark_part(frame, out, filters=filters, baseline=baseline, budget_bytes=budget_bytes,
                                batches=batches, reserve=reserve, widths=widths, figures=figures)
     if lowrank is not None:
         part = part.plus(lowrank_part(lowrank, out, widths=widths, figures=figures))
-    files = list(part.files)
+    files = [*part.files, *(out / p for p in extra)]
     sources = part.sources or Table("sources", "Where the rows came from", pd.DataFrame(), pd.DataFrame(), "")
     files.append(_write(out / "report.md", _markdown(command, sources, part.notes, part.tables, part.figures, out)))
     files.append(_write(out / "report.html", page(title=TITLE, command=command, sources=sources, notes=part.notes,

@@ -161,6 +161,7 @@ class _Broken:
 
     def __init__(self, name: str, fault: str) -> None:
         self.name, self.fault = name, fault
+        self.finished_full_calls = 0
 
     def __call__(self, q, k, v, *, scale, mask):  # noqa: ANN001
         if self.fault == "oom":
@@ -169,6 +170,12 @@ class _Broken:
             raise RuntimeError("kernel launch failed (injected)")
         if self.fault == "value":
             raise ValueError("a shape this kernel never expected (injected)")
+        if self.fault == "slow":
+            full = k.numel() > 8192  # the gate's reduced shape stays fast
+            for _ in range(200 if full else 0):
+                time.sleep(0.01)  # many small steps: what a recurrent prefill is, and no roofline sees
+            self.finished_full_calls += full
+            return EagerKernel()(q, k, v, scale=scale, mask=mask)
         return EagerKernel()(q, k, v, scale=scale, mask=mask) * 1.5  # wrong numbers, fast
 
 
@@ -209,6 +216,21 @@ def test_a_setting_attnbench_refuses_once_built_is_a_skip_and_a_foreign_value_er
     cfg = _job_cfg(variant="gdn", impl="eager", phase="decode", model="tiny_hybrid", page_size=64)
     row = run_job(cfg, job_dir=tmp_path / "gdn", root=tmp_path / "gdn", log=io.StringIO()).iloc[0]
     assert row.status == "skipped" and row.reason.startswith("page_size=64: a linear-attention state has no pages")
+
+
+def test_a_step_of_many_small_steps_is_stopped_at_max_step_s(tmp_path, monkeypatch):
+    """The roofline predicts microseconds; the step sleeps 2 s in 10-ms slices. Its first call is
+    stopped at max_step_s (and so is the memory dry run), and the case is skipped saying so."""
+    IMPLEMENTATIONS.names()
+    slow = _Broken("slow", "slow")
+    impl = KernelImplementation(name="test_slow", path="standard", kernel=slow, description="fault injection")
+    monkeypatch.setitem(IMPLEMENTATIONS._items, impl.name, impl)
+    cfg = _job_cfg(variant="mha", impl="eager", phase="decode", seq=256, **{"measure.max_step_s": 0.3})
+    cfg.impl = ["test_slow"]
+    row = run_job(cfg, job_dir=tmp_path, root=tmp_path, log=io.StringIO()).iloc[0]
+    assert row.status == "skipped" and row.reason == ("max_step_s guard: its first call ran past 0.3 s and was "
+                                                      "stopped (measure.max_step_s=0.3)")
+    assert slow.finished_full_calls == 0  # neither the dry run nor the first call ran its 2 s
 
 
 def test_case_that_cannot_fit_is_skipped_before_allocating(tmp_path):

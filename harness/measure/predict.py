@@ -13,6 +13,7 @@ also covers the set-up, whichever is larger.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Literal
@@ -21,6 +22,7 @@ import torch
 from torch._subclasses.fake_tensor import DataDependentOutputException
 
 from attnbench.harness.measure.case import Case
+from attnbench.harness.measure.deadline import Overran, deadline
 from attnbench.harness.measure.dryrun import dry_run
 from attnbench.harness.measure.refusal import is_refusal
 from attnbench.variants.cost import Cost
@@ -72,20 +74,21 @@ class Prediction:
 
 
 def predict_memory(case: Case, layer: AttentionLayer, impl: Implementation, cost: Cost, *,
-                   timer_bytes: int = 0, seed: int = 0) -> Prediction:
+                   timer_bytes: int = 0, seed: int = 0, max_s: float = math.inf) -> Prediction:
     """Bytes the case needs; from a dry run, or from the cost model if the dry run cannot run the step."""
     if not getattr(impl, "runs_on_fake_tensors", True):
         # flex's compiled kernel cannot run under the allocation tracker, and a failed attempt leaves
         # dynamo marking the function skipped for the rest of the process: the cost model it is.
         return _from_cost(case, layer, impl, cost, timer_bytes=timer_bytes)
     try:
-        run = dry_run(case, seed=seed)
+        with deadline(max_s, "the memory dry run"):  # fake tensors run a recurrent step token by token too
+            run = dry_run(case, seed=seed)
     except Exception as error:  # noqa: BLE001 - any op fake tensors cannot run; the estimate below still guards
         if is_refusal(error):
             raise  # the case's setting is refused (hf on a paged cache): a skip, not an estimate
         # A step that reads host data (a paged step's block table) cannot run on fake tensors: expected,
         # not worth a warning per case; anything else is.
-        expected = isinstance(error, DataDependentOutputException)
+        expected = isinstance(error, (DataDependentOutputException, Overran))
         (log.info if expected else log.warning)(
             "memory dry run of %s failed (%s: %s); predicting from the cost model instead",
             case.label(), type(error).__name__, str(error).splitlines()[0] if str(error) else "")

@@ -26,6 +26,7 @@ from attnbench.harness.logs import to_log_files
 from attnbench.harness.measure import cpuload, numerics, trust
 from attnbench.harness.measure.calibrate import Ceilings, last_level_cache_bytes
 from attnbench.harness.measure.case import Case
+from attnbench.harness.measure.deadline import Overran, deadline
 from attnbench.harness.measure.dryrun import case_inputs
 from attnbench.harness.measure.memory import available_bytes, held_after, step_peak_bytes, tensor_bytes
 from attnbench.harness.measure.metrics import Measured, derive
@@ -184,6 +185,8 @@ def _run_case(case: Case, ctx: RunContext) -> dict[str, Any]:
         return row.finish("ok", "")
     except torch.OutOfMemoryError as error:
         return row.finish("oom", _one_line(error))
+    except Overran as error:
+        return row.finish("skipped", f"max_step_s guard: {error} (measure.max_step_s={ctx.max_step_s:g})")
     except Exception as error:  # noqa: BLE001 - a failing case is a row, the sweep goes on
         if is_refusal(error):
             return row.finish("skipped", str(error).strip().splitlines()[0])
@@ -219,7 +222,7 @@ def _predict(case: Case, supported: Supported, ctx: RunContext, row: CaseRow) ->
     step would outlast ``max_step_s``, is a skip."""
     device = torch.device(case.device)
     predicted = predict_memory(case, supported.meta, supported.impl, supported.cost,
-                               timer_bytes=_timer_bytes(case, device), seed=ctx.seed)
+                               timer_bytes=_timer_bytes(case, device), seed=ctx.seed, max_s=ctx.max_step_s)
     row.prediction(case, supported.cost, device, mem_bytes=predicted.total_bytes)
     if case.timing == "cuda_graph" and case.compile in CUDAGRAPH_COMPILE_MODES:
         return Stop("skipped", f"measure.cuda_graph=true with compile={case.compile} would capture inside inductor's "
@@ -302,7 +305,8 @@ def _first_call(case: Case, supported: Supported, built: Built, ctx: RunContext,
     against the uncompiled one's, and which SDPA backends the uncompiled step runs."""
     built.timer = _timer(case, torch.device(case.device))
     ctx.stage("compiling" if case.compile is not None else "first call")
-    with watch_compile(case.compile) as compiled:
+    # The roofline guard cannot see many small sequential steps (a recurrent prefill): stopped here.
+    with watch_compile(case.compile) as compiled, deadline(ctx.max_step_s, "its first call"):
         first_call_ms = built.timer.time_ms(built.step)
     row.first_call(first_call_ms, compiled)
     if compiled.cudagraph_skipped:

@@ -50,7 +50,7 @@ def config(*overrides: str, config_name: str = "config") -> DictConfig:
     """
     for override in overrides:
         if not isinstance(override, str):
-            raise UserError(f"override {override!r} is not allowed: pass strings such as 'variant=mla'")
+            raise UserError(f"override {override!r} is not allowed: pass strings such as 'seq=1k'")
     check_group_lists(overrides)
     try:
         with _config_source():

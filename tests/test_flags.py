@@ -244,22 +244,28 @@ def test_a_report_figure_draws_a_flagged_row_hollow_and_lists_it(tmp_path):
     assert table.shown["variant/impl"].str.endswith(flagged.DAGGER).sum() == 2 and flagged.DAGGER in table.caption
 
 
-def test_nightly_never_judges_against_a_flagged_baseline_row(tmp_path):
+def _compared(tmp_path: Path, runs: list[list[dict]]):
+    """The nightly comparison of the last of ``runs`` (each a run's rows, a day apart) against the first."""
     from attnbench.harness.nightly.compare import compare
     from attnbench.harness.nightly.ingest import read_run
-    from attnbench.harness.nightly.markdown import render
     from attnbench.harness.nightly.store import History
 
     history = History(tmp_path / "h.sqlite")
     ids = []
-    for i, flags in enumerate(("noisy", "")):
-        rows = [nightly_row("mla-absorbed", lognormal_samples(1.0, seed=i), flags=flags),
-                nightly_row("mla-eager", lognormal_samples(1.0, seed=i), flags="")]
+    for i, rows in enumerate(runs):
         run, cases = read_run(write_run(tmp_path / f"r{i}", rows, time_utc=f"2026-01-0{i + 1}T00:00:00+00:00"),
                               commit=f"c{i}")
         ids.append(history.add_run(run, cases))
-    base, new = (history.run(i) for i in ids)
-    result = compare(new, base, history.cases(new.run_id), history.cases(base.run_id))
+    base, new = history.run(ids[0]), history.run(ids[-1])
+    return compare(new, base, history.cases(new.run_id), history.cases(base.run_id))
+
+
+def test_nightly_never_judges_against_a_flagged_baseline_row(tmp_path):
+    from attnbench.harness.nightly.markdown import render
+
+    result = _compared(tmp_path, [[nightly_row("mla-absorbed", lognormal_samples(1.0, seed=i), flags=flags),
+                                   nightly_row("mla-eager", lognormal_samples(1.0, seed=i), flags="")]
+                                  for i, flags in enumerate(("noisy", ""))])
     (flagged_case,) = result.of("flagged_baseline")
     assert "flagged noisy" in flagged_case.detail and flagged_case.ci is None
     assert len(result.of("unchanged")) == 1 and not result.failed
@@ -268,20 +274,10 @@ def test_nightly_never_judges_against_a_flagged_baseline_row(tmp_path):
 
 def test_nightly_tables_say_when_a_judged_row_of_this_run_is_flagged(tmp_path):
     """A slower row measured on a busy machine is judged (the CI decides), and its table row says busy."""
-    from attnbench.harness.nightly.compare import compare
-    from attnbench.harness.nightly.ingest import read_run
     from attnbench.harness.nightly.markdown import render
-    from attnbench.harness.nightly.store import History
 
-    history = History(tmp_path / "h.sqlite")
-    ids = []
-    for i, (median, flags) in enumerate(((1.0, ""), (1.5, "busy"))):
-        rows = [nightly_row("mla-absorbed", lognormal_samples(median, seed=i), flags=flags)]
-        run, cases = read_run(write_run(tmp_path / f"r{i}", rows, time_utc=f"2026-01-0{i + 1}T00:00:00+00:00"),
-                              commit=f"c{i}")
-        ids.append(history.add_run(run, cases))
-    base, new = (history.run(i) for i in ids)
-    result = compare(new, base, history.cases(new.run_id), history.cases(base.run_id))
+    result = _compared(tmp_path, [[nightly_row("mla-absorbed", lognormal_samples(median, seed=i), flags=flags)]
+                                  for i, (median, flags) in enumerate(((1.0, ""), (1.5, "busy")))])
     (suspect,) = result.of("suspect")
     row = next(line for line in render(result).splitlines() if line.startswith(f"| {suspect.label}"))
     assert row.endswith("| this run's row is flagged busy |")

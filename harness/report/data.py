@@ -47,12 +47,12 @@ class ReportData:
 
 
 def parse_filters(items: Iterable[str]) -> dict[str, list[str]]:
-    """``["variant=mha,mla", "seq=4096"]`` -> ``{"variant": ["mha", "mla"], "seq": ["4096"]}``."""
+    """``["phase=decode", "seq=4096,32768"]`` -> ``{"phase": ["decode"], "seq": ["4096", "32768"]}``."""
     filters: dict[str, list[str]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key.strip() or not value.strip():
-            raise ValueError(f"filter {item!r} is not key=value[,value...] (e.g. variant=mha,mla)")
+            raise ValueError(f"filter {item!r} is not key=value[,value...] (e.g. seq=4096,32768)")
         filters.setdefault(key.strip(), []).extend(v.strip() for v in value.split(",") if v.strip())
     return filters
 

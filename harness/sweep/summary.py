@@ -88,7 +88,8 @@ def summarize(root: str | Path) -> Summary:
     if rows.empty:
         return Summary(root, pd.DataFrame(columns=list(CSV_COLUMNS)), f"(no rows under {root})\n", ())
     ok = rows[rows["status"] == "ok"]
-    rated, _ = with_ratios(ok, Baseline())  # its notes name the report's --baseline flag: ours are below
+    baseline = Baseline()  # the variant a family declares the baseline, eager
+    rated, _ = with_ratios(ok, baseline)  # its notes name the report's --baseline flag: ours are below
     rows = rows.assign(speedup=rated["speedup"].reindex(rows.index))
     rows = _ordered(rows, variant_sort_key, impl_sort_key)
     frame = rows[[c for c in CSV_COLUMNS if c in rows.columns]].reset_index(drop=True)
@@ -98,8 +99,9 @@ def summarize(root: str | Path) -> Summary:
     notes = [", ".join(f"{c}={frame[c].iloc[0]}" for c in said) + " in every case."] if said else []
     without = int((frame["status"].eq("ok") & frame["speedup"].isna()).sum())
     if without < len(ok):
-        notes.append("speedup: mha/eager latency at the same setting over the case's latency (above 1: faster)"
-                     + (f"; {without} measured case(s) have no mha/eager case at their setting." if without else "."))
+        notes.append(f"speedup: {baseline.label()} latency at the same setting over the case's latency (above 1: "
+                     "faster)" + (f"; {without} measured case(s) have no {baseline.label()} case at their setting."
+                                  if without else "."))
     again = int(frame["remeasured"].fillna(False).astype(bool).sum()) if "remeasured" in frame.columns else 0
     if again:
         notes.append(f"{again} case(s) were noisy and measured again at the end of their job; each row holds the "

@@ -92,7 +92,8 @@ def crossing(dense: pd.DataFrame, sparse: pd.DataFrame) -> tuple[str, float | No
 
 @figure(name="sparse_crossover", order=9, title="Where sparse attention starts to pay",
         needs=("latency_ms", "bytes_min", "seq"),
-        why_missing="measure variant=mla and dsa, csa or hca in decode at two or more contexts")
+        why_missing="measure the dense variant and a sparse one (their families' crossover roles) in decode "
+                    "at two or more contexts")
 def draw(data: FigureInput, width: str, width_in: float) -> Drawn:
     dense_variant, sparse_variants = crossover_variants("dense")[0], crossover_variants("sparse")
     rows = data.ok[(data.ok["phase"] == "decode") & data.ok["variant"].isin((dense_variant, *sparse_variants))]

@@ -306,7 +306,9 @@ def _first_call(case: Case, supported: Supported, built: Built, ctx: RunContext,
     built.timer = _timer(case, torch.device(case.device))
     ctx.stage("compiling" if case.compile is not None else "first call")
     # The roofline guard cannot see many small sequential steps (a recurrent prefill): stopped here.
-    with watch_compile(case.compile) as compiled, deadline(ctx.max_step_s, "its first call"):
+    # Not a compiled first call: it holds the compile, which is no step's time (and is not interrupted).
+    limit = ctx.max_step_s if case.compile is None else float("inf")
+    with watch_compile(case.compile) as compiled, deadline(limit, "its first call"):
         first_call_ms = built.timer.time_ms(built.step)
     row.first_call(first_call_ms, compiled)
     if compiled.cudagraph_skipped:

@@ -195,8 +195,7 @@ class CacheLayout:
         """Pages hold positions: fields with rows of their own (a ring, compressed entries: swa, csa,
         hca) are not paged. A user's setting, so a ValueError (the case is skipped with it)."""
         if not all(f.per_position for f in self.fields):
-            raise ValueError(f"page_size={page_size}: a ring (sliding-window) or compressed cache is not paged; "
-                             "leave page_size unset for this layout")
+            raise _not_paged(page_size)
 
     def nbytes(self, *, batch: int, context: int | Sequence[int], dtype: torch.dtype,
                page_size: int | None = None) -> int:
@@ -211,6 +210,11 @@ class CacheLayout:
         check_page_size(page_size)
         pages = [math.ceil(self.positions(n) / page_size) for n in lengths]
         return sum(pages) * page_size * per_token + batch * max(pages) * _TABLE_DTYPE.itemsize
+
+
+def _not_paged(page_size: object) -> ValueError:
+    return ValueError(f"page_size={page_size}: a ring (sliding-window) or compressed cache is not paged; "
+                      "leave page_size unset for this layout")
 
 
 _TABLE_DTYPE = torch.int32  # block tables are int32 in vLLM, FlashInfer and FlashMLA
@@ -271,8 +275,7 @@ class KVCache:
         if self.page_size is None:
             rows: tuple[int, ...] = (batch, layout.positions(self.max_len))  # a ring keeps fewer rows
         elif layout.positions(2 ** 62) != 2 ** 62:  # a ring layout, even while the context fits its window
-            raise ValueError(f"page_size={page_size}: a ring (sliding-window) or compressed cache is not paged; "
-                             "leave page_size unset for this layout")
+            raise _not_paged(page_size)
         else:
             layout.check_pageable(self.page_size)
             P = self.page_size

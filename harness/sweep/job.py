@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import warnings
 from collections.abc import Iterator, Mapping
@@ -37,6 +36,7 @@ from attnbench.harness.measure.runner import RunContext, run_case
 from attnbench.harness.measure.telemetry import telemetry_for
 from attnbench.harness.measure.timer import MeasureSettings
 from attnbench.variants.registry import VARIANTS
+from attnbench.harness.text.units import ci_text
 
 _log = logging.getLogger(__name__)
 
@@ -236,19 +236,14 @@ def remeasure_noisy(measured: list[tuple[Case, dict[str, Any], Path]], ctx: RunC
         again = {**run_case(case, ctx), "repro": first.get("repro")}
         better = again if again["status"] == "ok" and _ci_rel(again) < _ci_rel(first) else first
         kept = dict(better, remeasured=True)
-        _log.info("%s: measured again: %s then %s; kept the %s%s", case.label(), _ci_text(first),
-                  _ci_text(again) if again["status"] == "ok" else f"{again['status']}",
+        _log.info("%s: measured again: %s then %s; kept the %s%s", case.label(), ci_text(_ci_rel(first)),
+                  ci_text(_ci_rel(again)) if again["status"] == "ok" else f"{again['status']}",
                   "second" if better is again else "first",
                   f", still {kept['flags']}" if kept["flags"] else "")
         replacement = results.write_row(job_dir, kept, root=root)
         os.unlink(path)  # only now: its replacement (the same numbers, or better ones) is on disk
         out[i] = (case, kept, replacement)
     return out
-
-
-def _ci_text(row: Mapping[str, Any]) -> str:
-    ci = _ci_rel(row)
-    return "no CI" if math.isinf(ci) else f"+-{100 * ci:.1f}%"
 
 
 def _ci_rel(row: Mapping[str, Any]) -> float:

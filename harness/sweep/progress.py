@@ -15,7 +15,6 @@ is not written at all.
 from __future__ import annotations
 
 import logging
-import math
 import sys
 import time
 from collections.abc import Mapping
@@ -26,6 +25,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 
 from attnbench.harness.results import schema
+from attnbench.harness.text.units import ci_text
 
 # The schema's summary columns; the one free-text column goes last so that the figures line up.
 SUMMARY_COLUMNS = (*(c for c in schema.SUMMARY if c != "reason"), "reason")
@@ -166,8 +166,7 @@ class Progress:
     def update(self, label: str, row: Mapping[str, Any]) -> None:
         self.done += 1
         if row["status"] == "ok":
-            ci = float(row["latency_ci_rel"])
-            spread = "no CI: too few repetitions" if math.isinf(ci) else f"+-{ci:.1%}"
+            spread = ci_text(row["latency_ci_rel"], unbounded="no CI: too few repetitions")
             outcome = f"{row['latency_ms']:.4g} ms ({spread}, n={row['n_reps']})"
         else:
             outcome = f"{row['status']}: {row['reason']}"

@@ -21,7 +21,6 @@ callback; ``python -m attnbench.harness.sweep.status <sweep dir>`` tells what is
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -117,7 +116,7 @@ def _ordered(rows: pd.DataFrame, variant_key: Any, impl_key: Any) -> pd.DataFram
 
 def _markdown_table(frame: pd.DataFrame, constant: list[str]) -> str:
     from attnbench.harness.report.tables.formats import markdown_grid
-    from attnbench.harness.text.units import human_bytes, number
+    from attnbench.harness.text.units import ci_text, human_bytes, number
 
     shown = pd.DataFrame(index=frame.index)
     if "job_num" in frame.columns and frame["job_num"].notna().any():
@@ -132,7 +131,7 @@ def _markdown_table(frame: pd.DataFrame, constant: list[str]) -> str:
         shown["flags"] = frame["flags"].map(lambda v: ",".join(trust.parse(v)))
     if "latency_ms" in frame.columns and frame["latency_ms"].notna().any():
         shown["latency_ms"] = frame["latency_ms"].map(number)
-        shown["ci"] = frame["latency_ci_rel"].map(_relative)
+        shown["ci"] = frame["latency_ci_rel"].map(ci_text)
     optional = (("speedup", lambda v: "" if pd.isna(v) else f"{v:.2f}x"), ("tokens_per_s", number),
                 ("peak_mem_bytes", lambda v: "" if pd.isna(v) else human_bytes(v)))
     for column, fmt in optional:
@@ -142,10 +141,6 @@ def _markdown_table(frame: pd.DataFrame, constant: list[str]) -> str:
     return markdown_grid(shown)
 
 
-def _relative(value: object) -> str:
-    if value is None or pd.isna(value):
-        return ""
-    return "no CI" if math.isinf(float(value)) else f"+-{float(value):.1%}"
 
 
 def write(summary: Summary) -> tuple[Path, Path]:

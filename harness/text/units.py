@@ -106,6 +106,13 @@ def tokens(value: object) -> str:
     return f"{n:,}"
 
 
+def ci_text(value: object, *, unbounded: str = "no CI") -> str:
+    """A relative CI half-width as ``+-4.1%``; ``unbounded`` where it is infinite (too few samples), "" where none."""
+    if value is None or pd.isna(value):
+        return ""
+    return unbounded if math.isinf(float(value)) else f"+-{float(value):.1%}"
+
+
 def _nan(value: object) -> bool:
     if value is pd.NA:  # a missing cell of a nullable integer column
         return True

@@ -108,7 +108,7 @@ def build_report(rows: pd.DataFrame | str | Path | Iterable[str | Path], out: st
         part = _write_all(frame, building, command=command, filters=filters, baseline=baseline,
                           budget_bytes=budget_bytes, batches=batches, reserve=reserve, widths=widths, figures=figures,
                           lowrank=lowrank,
-                          extra=tuple(f.relative_to(building) for f in against_files) if compared else ())
+                          extra=() if compared is None else tuple(f.relative_to(building) for f in against_files))
         _swap_in(building, out)
     except OSError as error:  # named by the folder the user gave, not the hidden one beside it
         if error.filename is None or not str(error.filename).startswith(str(building)):

@@ -158,14 +158,28 @@ def test_the_summary_columns_come_from_the_schema(cpu_run):
     assert header and set(header) <= set(schema.SUMMARY)
 
 
-def test_the_shape_columns_are_model_shape_fields_and_cover_what_variants_use():
-    fields = {f.name for f in dataclasses.fields(ModelShape)}
-    assert set(schema.SHAPE) <= fields
-    used = {key for name in VARIANTS.names() for key in VARIANTS.get(name).uses}
-    # A family's own keys that are not ModelShape fields travel in the family_shape column (gdn, kda).
+def test_the_shape_columns_are_model_shape_fields_or_declared_columns_and_cover_what_variants_use():
     from attnbench.variants.registry import family_shape_keys
 
-    assert used <= set(schema.SHAPE) | (set(family_shape_keys()) - fields)
+    fields = {f.name for f in dataclasses.fields(ModelShape)}
+    declared = family_shape_keys()
+    assert set(schema.SHAPE) <= fields | {k for k, key in declared.items() if key.column}
+    used = {key for name in VARIANTS.names() for key in VARIANTS.get(name).uses}
+    # A family's other keys travel in the family_shape column (gdn, kda).
+    assert used <= set(schema.SHAPE) | (set(declared) - fields)
+
+
+def test_model_shape_holds_only_universal_fields_and_family_keys_keep_their_columns():
+    fields = {f.name for f in dataclasses.fields(ModelShape)}
+    assert fields == {"hidden", "heads", "head_dim", "kv_heads", "num_layers", "rope_theta", "rope_layout", "qkv_bias",
+                      "layer_pattern", "kv_dtype", "name", "weights", "extra"}
+    # The columns rows had when these keys were ModelShape fields: stored results and case_ids stay readable.
+    assert {"d_c", "d_r", "q_rank", "nope_head_dim", "v_head_dim", "sliding_window", "attn_sinks", "sink_tokens",
+            "index_heads", "index_head_dim", "index_topk", "csa_rate", "hca_rate", "o_groups", "o_rank",
+            "compress_rope_theta"} <= set(schema.SHAPE)
+    shape = ModelShape(hidden=64, heads=4, head_dim=16, d_c=32)
+    assert shape.d_c == 32 and shape.d_r == 64 and shape == ModelShape(hidden=64, heads=4, head_dim=16, d_c=32, d_r=64)
+    assert shape.replace(d_c=512) == ModelShape(hidden=64, heads=4, head_dim=16) and shape.as_dict()["d_r"] == 64
 
 
 # Rows as the harness wrote them before the declared schema (the report fixture of that time, kept as it was).

@@ -52,12 +52,13 @@ def family_of(variant: str) -> Family:
 
 
 def family_shape(shape: Any, variant: str) -> str | None:
-    """The family keys of ``shape`` that are not ``ModelShape`` fields and that ``variant`` uses, as JSON text
-    (the row's ``family_shape`` column); None when there are none."""
+    """The family keys of ``shape`` that are neither ``ModelShape`` fields nor columns of their own and that
+    ``variant`` uses, as JSON text (the row's ``family_shape`` column); None when there are none."""
     values = shape.family_values()
+    declared = family_shape_keys()
     # A key at its default is left out: the case_id a case had before its family declared the key.
-    defaults = {key: declared.default for key, declared in family_shape_keys().items()}
-    used = {key: values[key] for key in VARIANTS.get(variant).uses if key in values and values[key] != defaults[key]}
+    used = {key: values[key] for key in VARIANTS.get(variant).uses
+            if key in values and not declared[key].column and values[key] != declared[key].default}
     return json.dumps(used, sort_keys=True) if used else None
 
 

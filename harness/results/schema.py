@@ -66,11 +66,12 @@ def _c(name: str, kind: Kind, unit: str, group: Group, meaning: str, **flags: bo
 
 
 def family_columns() -> tuple[Column, ...]:
-    """A column per family shape key that is a ``ModelShape`` field (the others travel in ``family_shape``),
-    with the kind, unit and meaning its family declares (``attnbench.variants.core.family.shape_field``)."""
+    """A column per family shape key its family declares a column, or that is a ``ModelShape`` field (the
+    others travel in ``family_shape``), with the kind, unit and meaning its family declares
+    (``attnbench.variants.core.family.shape_field``)."""
     fields = set(field_names(ModelShape))
     return tuple(Column(key.name, key.kind, key.unit, "shape", key.meaning, identity=key.identity)  # type: ignore[arg-type]
-                 for key in family_shape_keys().values() if key.name in fields)
+                 for key in family_shape_keys().values() if key.column or key.name in fields)
 
 
 _ID = {"identity": True}

@@ -15,9 +15,17 @@ FAMILIES: Registry[Family] = Registry("family", package="attnbench.variants.fami
 
 def families() -> list[Family]:
     """Every family, in report order (``ReportHints.order``, then name)."""
-    return sorted(FAMILIES, key=lambda f: (f.report.order, f.name))
+    return _in_order(FAMILIES)
+
+
+def _in_order(registry: Registry[Family]) -> list[Family]:
+    return sorted(registry, key=lambda f: (f.report.order, f.name))
 
 
 def family_shape_keys() -> dict[str, ShapeKey]:
     """Every family's shape keys (``attnbench.variants.core.family.shape_keys``), declared once."""
-    return shape_keys(families())
+    return FAMILIES.derived(_shape_keys)
+
+
+def _shape_keys(registry: Registry[Family]) -> dict[str, ShapeKey]:
+    return shape_keys(_in_order(registry))

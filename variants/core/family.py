@@ -11,10 +11,12 @@ A new family provides, from its own folder:
   when the package is imported (the layer, its paths, cache layout, step runners and cost live in the
   layer class, ``attnbench.variants.layer.AttentionLayer``);
 - ``shape``: a frozen dataclass of its own shape keys, each with a default, declared with
-  ``shape_field`` (its unit and meaning become the row column's). Presets stay flat YAML: each key
-  goes to the family that declares it; a key two families declare must agree on type and default.
-  ``ModelShape`` keeps the universal keys (hidden, heads, head_dim, kv_heads, num_layers, rope_*,
-  qkv_bias, kv_dtype, name, weights) and reads a family key as an attribute (``shape.d_c``);
+  ``shape_field`` (its unit and meaning become the row column's; ``column=True`` gives the key a row
+  column of its own, else it travels in the row's ``family_shape``). Presets stay flat YAML: each key
+  goes to the family that declares it; a key two families declare must agree on type, default and
+  column. ``ModelShape`` keeps the universal keys (hidden, heads, head_dim, kv_heads, num_layers,
+  rope_*, qkv_bias, layer_pattern, kv_dtype, name, weights) and takes a family key as a keyword and
+  reads it as an attribute (``shape.d_c``);
 - ``reduce``: the changes to its own keys that make the numerics gate's small shape (the harness
   has already shrunk hidden, heads and kv_heads; the reduced shape is passed in);
 - ``reference_impl``: the implementation that runs the float64 reference of the gate;
@@ -193,10 +195,13 @@ class Family:
 
 # -- shape fields ---------------------------------------------------------------------------------
 def shape_field(default: object, *, meaning: str, unit: str = "", kind: str | None = None,
-                identity: bool = True) -> Any:
+                identity: bool = True, column: bool = False) -> Any:
     """A field of a family's shape dataclass, with what its row column says: ``meaning``, ``unit`` and
-    ``kind`` (``attnbench.harness.results.schema.Kind``; None: from the annotation). ``identity``: enters case_id."""
-    return field(default=default, metadata={"meaning": meaning, "unit": unit, "kind": kind, "identity": identity})
+    ``kind`` (``attnbench.harness.results.schema.Kind``; None: from the annotation). ``identity``: enters case_id.
+    ``column``: a row column of its own (the figures and tables select on it); else it travels in the row's
+    ``family_shape`` column, with the family's other keys."""
+    return field(default=default, metadata={"meaning": meaning, "unit": unit, "kind": kind, "identity": identity,
+                                            "column": column})
 
 
 @dataclass(frozen=True)
@@ -210,6 +215,7 @@ class ShapeKey:
     default: object
     identity: bool
     families: tuple[str, ...]  # every family declaring it
+    column: bool = False  # a row column of its own; else in the row's family_shape column
 
 
 _KINDS = (("bool", "bool"), ("int", "int64"), ("float", "float64"), ("str", "string"))
@@ -232,6 +238,10 @@ def _default(f: dataclasses.Field) -> object:
     return f.default_factory()
 
 
+def _said(key: ShapeKey) -> str:
+    return f"{key.kind}={key.default!r}" + (" (a column)" if key.column else "")
+
+
 def shape_keys(families: Iterator[Family] | tuple[Family, ...] | list[Family]) -> dict[str, ShapeKey]:
     """Every family shape key, once, in the order families declare them; two declarations of one key
     must agree on kind and default (d_c for mla, dsa and csa)."""
@@ -241,14 +251,14 @@ def shape_keys(families: Iterator[Family] | tuple[Family, ...] | list[Family]) -
             continue
         for f in dataclasses.fields(family.shape):
             key = ShapeKey(f.name, _kind(f), f.metadata.get("unit", ""), f.metadata.get("meaning", ""), _default(f),
-                           f.metadata.get("identity", True), (family.name,))
+                           f.metadata.get("identity", True), (family.name,), f.metadata.get("column", False))
             seen = out.get(f.name)
             if seen is None:
                 out[f.name] = key
                 continue
-            if (seen.kind, seen.default) != (key.kind, key.default):
-                raise ValueError(f"shape key {f.name!r} is declared by {', '.join(seen.families)} as "
-                                 f"{seen.kind}={seen.default!r} and by {family.name} as {key.kind}={key.default!r}; "
-                                 "one key must have one type and default")
+            if (seen.kind, seen.default, seen.column) != (key.kind, key.default, key.column):
+                raise ValueError(f"shape key {f.name!r} is declared by {', '.join(seen.families)} as {_said(seen)} "
+                                 f"and by {family.name} as {_said(key)}; one key must have one type, default and "
+                                 "column")
             out[f.name] = dataclasses.replace(seen, families=(*seen.families, family.name))
     return out

@@ -10,8 +10,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import pkgutil
-from collections.abc import Iterator
-from typing import Generic, TypeVar
+from collections.abc import Callable, Iterator
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -25,6 +25,8 @@ class Registry(Generic[T]):
         self.attribute = attribute
         self._items: dict[str, T] = {}
         self._discovered = False
+        # What ``derived`` computed from the items, by function, with the item count it was computed at.
+        self._derived: dict[Callable[..., Any], tuple[int, Any]] = {}
 
     def add(self, name: str, item: T) -> T:
         existing = self._items.get(name)
@@ -62,3 +64,14 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[T]:
         return iter([self._items[n] for n in self.names()])
+
+    def derived(self, fn: Callable[[Registry[T]], Any]) -> Any:
+        """``fn(self)``, computed again only once an item was added since: read on every shape attribute
+        (``attnbench.variants.shape.ModelShape``), which must not rebuild it each time."""
+        self._discover()
+        count = len(self._items)
+        seen = self._derived.get(fn)
+        if seen is None or seen[0] != count:
+            seen = (count, fn(self))
+            self._derived[fn] = seen
+        return seen[1]

@@ -11,9 +11,9 @@ from attnbench.variants.shape import check_positive
 
 @dataclass(frozen=True)
 class IndexerShape:
-    index_heads: int = shape_field(64, meaning="lightning indexer heads (dsa, csa)")
-    index_head_dim: int = shape_field(128, meaning="lightning indexer head dim (dsa, csa)")
-    index_topk: int = shape_field(2048, meaning="tokens (dsa) or compressed entries (csa) each query attends to")
+    index_heads: int = shape_field(64, meaning="lightning indexer heads (dsa, csa)", column=True)
+    index_head_dim: int = shape_field(128, meaning="lightning indexer head dim (dsa, csa)", column=True)
+    index_topk: int = shape_field(2048, meaning="tokens (dsa) or compressed entries (csa) each query attends to", column=True)
 
     def __post_init__(self) -> None:
         check_indexer(self)

@@ -14,11 +14,11 @@ from attnbench.variants.shape import check_positive
 
 @dataclass(frozen=True)
 class DSV4Shape(MLAShape, IndexerShape, WindowShape):
-    csa_rate: int = shape_field(4, unit="tokens", meaning="CSA: tokens per compressed entry")
-    hca_rate: int = shape_field(128, unit="tokens", meaning="HCA: tokens per compressed entry")
-    o_groups: int | None = shape_field(None, meaning="groups of the grouped output projection (null: one projection)")
-    o_rank: int | None = shape_field(None, meaning="rank of each output group (null: none)")
-    compress_rope_theta: float | None = shape_field(None, meaning="RoPE base of compressed layers (null: rope_theta)")
+    csa_rate: int = shape_field(4, unit="tokens", meaning="CSA: tokens per compressed entry", column=True)
+    hca_rate: int = shape_field(128, unit="tokens", meaning="HCA: tokens per compressed entry", column=True)
+    o_groups: int | None = shape_field(None, meaning="groups of the grouped output projection (null: one projection)", column=True)
+    o_rank: int | None = shape_field(None, meaning="rank of each output group (null: none)", column=True)
+    compress_rope_theta: float | None = shape_field(None, meaning="RoPE base of compressed layers (null: rope_theta)", column=True)
 
     def __post_init__(self) -> None:
         check_latent(self)

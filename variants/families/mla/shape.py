@@ -10,11 +10,11 @@ from attnbench.variants.shape import check_positive
 
 @dataclass(frozen=True)
 class MLAShape:
-    d_c: int = shape_field(512, meaning="MLA latent c_kv width")  # DeepSeek-V2: 4 * d_h
-    d_r: int = shape_field(64, meaning="MLA decoupled RoPE width")  # DeepSeek-V2: d_h / 2
-    q_rank: int | None = shape_field(None, meaning="MLA query compression rank (null: plain query projection)")
-    nope_head_dim: int | None = shape_field(None, meaning="MLA qk_nope_head_dim (null: head_dim)")
-    v_head_dim: int | None = shape_field(None, meaning="MLA v_head_dim (null: head_dim)")
+    d_c: int = shape_field(512, meaning="MLA latent c_kv width", column=True)  # DeepSeek-V2: 4 * d_h
+    d_r: int = shape_field(64, meaning="MLA decoupled RoPE width", column=True)  # DeepSeek-V2: d_h / 2
+    q_rank: int | None = shape_field(None, meaning="MLA query compression rank (null: plain query projection)", column=True)
+    nope_head_dim: int | None = shape_field(None, meaning="MLA qk_nope_head_dim (null: head_dim)", column=True)
+    v_head_dim: int | None = shape_field(None, meaning="MLA v_head_dim (null: head_dim)", column=True)
     mla_use_nope: bool = shape_field(False, meaning="mla: no RoPE on the decoupled query and key dims (Kimi Linear)")
 
     def __post_init__(self) -> None:

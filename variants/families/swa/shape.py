@@ -10,11 +10,11 @@ from attnbench.variants.shape import LAYER_KINDS, check_positive
 
 @dataclass(frozen=True)
 class WindowShape:
-    sliding_window: int | None = shape_field(None, unit="tokens", meaning="swa's window W (null: none)")
+    sliding_window: int | None = shape_field(None, unit="tokens", meaning="swa's window W (null: none)", column=True)
     layer_pattern: str | None = shape_field(None, meaning="window (S) and full (F) layers, repeated over "
-                                            "num_layers (null: every layer has the window)")
-    attn_sinks: bool = shape_field(False, meaning="one learned sink logit per query head (gpt-oss)")
-    sink_tokens: int = shape_field(0, unit="tokens", meaning="StreamingLLM sink tokens always visible to swa")
+                                            "num_layers (null: every layer has the window)", column=True)
+    attn_sinks: bool = shape_field(False, meaning="one learned sink logit per query head (gpt-oss)", column=True)
+    sink_tokens: int = shape_field(0, unit="tokens", meaning="StreamingLLM sink tokens always visible to swa", column=True)
 
     def __post_init__(self) -> None:
         check_window(self)

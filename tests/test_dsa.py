@@ -13,7 +13,7 @@ from tests.reference import rel_err
 from tests.reference_dsa import index_scores, reference_dsa, top_k
 from tests.test_cost import count_flops
 from attnbench.variants.implementation import KernelImplementation
-from attnbench.variants.indexer import selected_keep
+from attnbench.variants.families.dsa.indexer import selected_keep
 from attnbench.variants.kernels.mla_eager import EagerMLAKernel
 from attnbench.variants.kernels.mla_sdpa import SdpaMLAKernel
 from attnbench.variants.kernels.mla_sparse_eager import EagerSparseMLAKernel
@@ -294,7 +294,7 @@ def _gate(impl: str = "absorbed", dtype: str = "float32", phase: str = "prefill"
 
 
 def test_the_gate_fails_a_selection_that_is_not_a_top_k(monkeypatch):
-    from attnbench.variants.indexer import LightningIndexer
+    from attnbench.variants.families.dsa.indexer import LightningIndexer
 
     original = LightningIndexer.forward
 
@@ -325,7 +325,7 @@ def test_the_gate_fails_wrong_attention_on_the_right_selection(monkeypatch):
 
 
 def test_shortfall_is_zero_for_a_top_k_and_infinite_for_a_wrong_count():
-    from attnbench.harness.measure.selection import shortfall
+    from attnbench.variants.families.dsa.selection import shortfall
 
     inf = float("-inf")
     scores = torch.tensor([[[1.0, inf, inf], [0.5, 2.0, inf], [3.0, 1.0, 2.0]]])

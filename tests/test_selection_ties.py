@@ -12,7 +12,7 @@ from tests.reference import rel_err
 from tests.test_dsa import SHAPE as DSA_SHAPE
 from tests.test_dsv4 import SHAPE as CSA_SHAPE
 from tests.test_dsv4 import _randomize
-from attnbench.variants.indexer import stable_topk
+from attnbench.variants.topk import stable_topk
 
 F64 = torch.float64
 B = 2

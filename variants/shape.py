@@ -121,6 +121,11 @@ class ModelShape:
         if self.rope_theta <= 0:
             raise ValueError(f"rope_theta={self.rope_theta!r} is not allowed: it must be positive")
 
+    def __repr__(self) -> str:
+        # Family keys as keywords, as the shape takes them (not as the ``extra`` pairs holding them).
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self) if f.name != "extra")
+        return f"ModelShape({fields}{''.join(f', {key}={value!r}' for key, value in self.extra)})"
+
     def __getattr__(self, name: str) -> object:
         # Only reached for a name that is not a field: a family key kept in ``extra``, or its default.
         if name.startswith("__") or name == "extra":

@@ -9,7 +9,7 @@ and the traffic are proportional to K, not to T), then, as ``EagerMLAKernel`` do
 cache, folds the N heads into the rows of one matmul per score term (every head shares the latent
 key) and takes the softmax in float32. Unused slots (-1) are masked. The gathered rows of a block of
 queries stay under ``gather_bytes`` (a prefill of L queries would otherwise gather L·K rows at once),
-in at most ``attnbench.variants.indexer.MAX_BLOCKS`` blocks.
+in at most ``attnbench.variants.topk.MAX_BLOCKS`` blocks.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from attnbench.variants.indexer import block_rows
+from attnbench.variants.topk import block_rows
 
 
 def gather_rows(x_BTF: Tensor, idx_BnK: Tensor) -> Tensor:
@@ -28,7 +28,7 @@ def gather_rows(x_BTF: Tensor, idx_BnK: Tensor) -> Tensor:
 
 def query_blocks(num_queries: int, row_bytes: int, budget: int) -> list[tuple[int, int]]:
     """Query ranges ``[l0, l1)`` whose gathered rows (``row_bytes`` per query) stay within ``budget``,
-    at most ``attnbench.variants.indexer.MAX_BLOCKS`` of them (larger blocks rather than a million-step loop)."""
+    at most ``attnbench.variants.topk.MAX_BLOCKS`` of them (larger blocks rather than a million-step loop)."""
     step = block_rows(num_queries, row_bytes, budget)
     return [(l0, min(l0 + step, num_queries)) for l0 in range(0, num_queries, step)]
 

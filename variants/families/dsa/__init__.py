@@ -3,7 +3,7 @@
 from attnbench.variants.core.family import Family, ReportHints, VariantHints
 from attnbench.variants.families.dsa.layer import DSA, DSA_SPEC, DSAConfig
 from attnbench.variants.families.dsa.shape import DSAShape, reduce_indexer
-from attnbench.variants.selection import INDEXER_SELECTION
+from attnbench.variants.families.dsa.selection import INDEXER_SELECTION
 
 
 def _validate(shape, variant: str) -> str | None:  # noqa: ANN001 - a ModelShape

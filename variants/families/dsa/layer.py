@@ -5,7 +5,7 @@ C latent d_c, R rotary d_r, P nope, V value, H indexer heads, I indexer head dim
 K selected tokens per query (min(index_topk, T)).
 
 DeepSeek-V3.2-Exp keeps DeepSeek-V3's MLA (``attnbench.variants.families.mla``; query compression is
-required, the indexer's query comes from it) and adds a lightning indexer (``attnbench.variants.indexer``)
+required, the indexer's query comes from it) and adds a lightning indexer (``attnbench.variants.families.dsa.indexer``)
 that picks each query's top-k tokens; attention runs over those only. Per token and layer the
 cache holds MLA's latent and rope key, packed as FlashMLA reads them, and the indexer's key in a
 buffer of its own: C + R + I values (512 + 64 + 128 = 704, 1,408 B in bf16 at DeepSeek-V3.2's shape;
@@ -40,7 +40,7 @@ from torch import Tensor
 from attnbench.variants.cache import CacheField, CacheLayout, KVCache
 from attnbench.variants.cost import Cost, matmul_flops
 from attnbench.variants.families.mla import MLA, MLAConfig
-from attnbench.variants.indexer import LightningIndexer, selected_keep
+from attnbench.variants.families.dsa.indexer import LightningIndexer, selected_keep
 from attnbench.variants.kernel import Kernel, MLAKernel, SparseMLAKernel
 from attnbench.variants.layer import Step, StepRunner
 from attnbench.variants.mask import CAUSAL, AttnMask, MaskFn

@@ -34,7 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from attnbench.variants.cache import CacheField, KVCache
-from attnbench.variants.indexer import stable_topk
+from attnbench.variants.topk import stable_topk
 from attnbench.variants.rope import Rope, rotate
 
 _PAIR = 2  # a token's kv and gate

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from attnbench.variants.indexer import stable_topk
+from attnbench.variants.topk import stable_topk
 
 
 def shortfall(scores_BLT: Tensor, idx_BLK: Tensor) -> float:

@@ -119,7 +119,7 @@ class CacheView:
     def gather(self, name: str) -> Tensor:
         """``[B, T, F]``: field ``name`` over the whole prefix. A view when the cache is contiguous and in
         the compute dtype; otherwise a copy of the whole prefix (the adapter for kernels that take
-        contiguous tensors, ``attnbench.variants.kernel.attend_latent``)."""
+        contiguous tensors, ``attnbench.variants.families.mla.kernel.attend_latent``)."""
         return self.rows(name, 0, self.kv_len)
 
     def gather_buffer(self, buffer: str) -> Tensor:

@@ -1,4 +1,4 @@
-"""MLA's latent attention with explicit matmuls and a float32 softmax (see ``attnbench.variants.kernel.MLAKernel``).
+"""MLA's latent attention with explicit matmuls and a float32 softmax (see ``attnbench.variants.families.mla.kernel.MLAKernel``).
 
 Legend: B batch, L queries, T keys, N query heads, C latent, R rotary dim, G rotary keys per token,
 n = N / G query heads per rotary key, M = N·L query rows, J = G·R.
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from attnbench.variants.cache_view import CacheView
-from attnbench.variants.kernel import SparseMLAKernel
+from attnbench.variants.families.mla.kernel import SparseMLAKernel
 from attnbench.variants.kernels import page_runs
 from attnbench.variants.kernels.split_kv import LseCombine, chunk_tokens
 from attnbench.variants.mask import AttnMask

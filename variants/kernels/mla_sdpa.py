@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnbench.variants.cache_view import CacheView
-from attnbench.variants.kernel import SparseMLAKernel
+from attnbench.variants.families.mla.kernel import SparseMLAKernel
 from attnbench.variants.kernels import page_runs
 from attnbench.variants.kernels.split_kv import CHUNK_BYTES, LseCombine, chunk_tokens
 from attnbench.variants.mask import AttnMask

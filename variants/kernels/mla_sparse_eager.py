@@ -1,5 +1,5 @@
 """MLA's absorbed attention over each query's selected cache rows, explicit matmuls (see
-``attnbench.variants.kernel.SparseMLAKernel``).
+``attnbench.variants.families.mla.kernel.SparseMLAKernel``).
 
 Legend: B batch, L queries, T cache rows, N query heads, C latent, R rotary dim, K selected rows per
 query, n queries in a block, X = B·n (batch and query folded).

@@ -1,5 +1,5 @@
 """MLA's absorbed attention over each query's selected rows through ``scaled_dot_product_attention``
-on the packed cache rows (see ``attnbench.variants.kernel.SparseMLAKernel``).
+on the packed cache rows (see ``attnbench.variants.families.mla.kernel.SparseMLAKernel``).
 
 Legend: B batch, L queries, T cache rows, N query heads, C latent, R rotary dim, E = C + R,
 K selected rows per query, n queries in a block, X = B·n (batch and query folded).

@@ -105,15 +105,20 @@ def random_inputs(definition: dict[str, Any], axes: dict[str, int], *, seed: int
     return inputs
 
 
+def _latent(kernel: object) -> bool:
+    # A latent-attention kernel declares which cache rows it reads (``packed_cache``, part of its
+    # family's kernel protocol); a kernel on per-head keys and values has no such attribute.
+    return hasattr(kernel, "packed_cache")
+
+
 def run_impl_kernel(definition: dict[str, Any], impl: str, inputs: dict[str, Any]) -> torch.Tensor:
     """attnbench's ``impl`` kernel on the Definition's inputs (the kernel an impl injects into its layer)."""
-    from attnbench.variants.kernel import MLAKernel
     from attnbench.variants.mask import make_mask
     from attnbench.variants.registry import implementation
 
     kernel = getattr(implementation(impl), "kernel", None)
     mla = definition["op_type"] in model.LATENT_OPS
-    if kernel is None or getattr(kernel, "flex", True) is None or isinstance(kernel, MLAKernel) != mla:
+    if kernel is None or getattr(kernel, "flex", True) is None or _latent(kernel) != mla:
         raise UserError(f"impl {impl} has no {'MLA kernel' if mla else 'attention kernel'} to run on "
                         f"{definition['name']}; try: {'absorbed, absorbed_sdpa' if mla else 'eager, sdpa'}")
     first = inputs["q_nope" if mla else "q"]

@@ -41,7 +41,8 @@ from attnbench.variants.cache import CacheField, CacheLayout, KVCache
 from attnbench.variants.cost import Cost, matmul_flops
 from attnbench.variants.families.mla import MLA, MLAConfig
 from attnbench.variants.families.dsa.indexer import LightningIndexer, selected_keep
-from attnbench.variants.kernel import Kernel, MLAKernel, SparseMLAKernel
+from attnbench.variants.families.mla.kernel import MLAKernel, SparseMLAKernel
+from attnbench.variants.kernel import Kernel
 from attnbench.variants.layer import Step, StepRunner
 from attnbench.variants.mask import CAUSAL, AttnMask, MaskFn
 from attnbench.variants.registry import register_variant
@@ -141,7 +142,7 @@ class DSA(MLA):
             raise ValueError(reason)
         if path == "absorbed":
             if not isinstance(kernel, MLAKernel):
-                raise ValueError(f"the absorbed path needs an MLA kernel (variants.kernel.MLAKernel) with a sparse "
+                raise ValueError(f"the absorbed path needs an MLA kernel (variants.families.mla.kernel.MLAKernel) with a sparse "
                                  f"counterpart; {kernel.name!r} is a q/k/v kernel")
             weights = self.absorbed_weights(fold_o=options["fold_o"])  # once per plan
             sparse: SparseMLAKernel = kernel.sparse  # type: ignore[attr-defined]

@@ -30,7 +30,7 @@ and layer, in all but ``expanded``):
 - ``absorbed``: ``q_lat = q_nope W_UK`` per head, then an ``MLAKernel`` attends on the latent,
   one key shared by all heads, given q_lat, q_rope and a view of the cache (storage or page pool,
   block table, lengths, fp8 scales: ``attnbench.variants.cache_view``), which the kernel reads as it likes
-  (``attnbench.variants.kernel.attend_latent``); then W_UV (or W_O·W_UV folded, ``fold_o``).
+  (``attnbench.variants.families.mla.kernel.attend_latent``); then W_UV (or W_O·W_UV folded, ``fold_o``).
 - ``expanded``: cache per-head K (P + R) and V (V), up-projected once when written.
 """
 
@@ -46,7 +46,8 @@ from torch import Tensor, nn
 from attnbench.variants.cache import CacheField, CacheLayout
 from attnbench.variants.cache_view import CacheView
 from attnbench.variants.cost import Cost, matmul_flops
-from attnbench.variants.kernel import Kernel, MLAKernel, attend_latent
+from attnbench.variants.families.mla.kernel import MLAKernel, attend_latent
+from attnbench.variants.kernel import Kernel
 from attnbench.variants.layer import AttentionLayer, Step, StepRunner
 from attnbench.variants.registry import register_variant
 from attnbench.variants.rope import Rope
@@ -215,7 +216,7 @@ class MLA(AttentionLayer):
             return lambda step: self._expanded(step, kernel)
         assert path == "absorbed"
         if not isinstance(kernel, MLAKernel):
-            raise ValueError(f"the absorbed path needs an MLA kernel (variants.kernel.MLAKernel) that takes "
+            raise ValueError(f"the absorbed path needs an MLA kernel (variants.families.mla.kernel.MLAKernel) that takes "
                              f"q_lat, q_rope, c_kv and k_rope; {kernel.name!r} is a q/k/v kernel")
         # Once per plan: a decode loop that keeps its plan never rebuilds these.
         weights = self.absorbed_weights(fold_o=options["fold_o"])

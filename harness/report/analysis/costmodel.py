@@ -95,7 +95,7 @@ def shape_of(row: pd.Series | dict) -> ModelShape:
         kind = schema.BY_NAME[key].kind
         values[key] = int(value) if kind == "int64" else float(value) if kind == "float64" else (
             bool(value) if kind == "bool" else str(value))
-    # The family keys the row's variant uses that are not ModelShape fields (absent: their defaults).
+    # The family keys the row's variant uses that have no column of their own (absent: their defaults).
     family = row.get("family_shape")
     if isinstance(family, str) and family:
         values.update(json.loads(family))

@@ -191,6 +191,9 @@ RUN = [(argv + (" measure=quick" if "device=" in argv else " device=cpu measure=
     ("++measure.colour=1", "unknown key 'measure.colour'"),
     ("model=tiny_hybrid linear_num_key_heads=0", "set it as model.linear_num_key_heads="),
     ("model=tiny_hybrid model.linear_num_key_heads=0", "linear_num_key_heads=0 is not allowed"),
+    # A shape key the preset does not set (tiny has no window): Hydra's +, not an empty list of keys.
+    ("model.sliding_window=4", "add it with +model.sliding_window="),
+    ("model.colour=red", "unknown key 'model.colour'; valid shape keys: attn_output_gate"),
     ("measure.target_ci_rel=0", "measure.target_ci_rel=0.0"), ("measure.target_ci_rel=1", "measure.target_ci_rel=1.0"),
     ("measure.memory_headroom=-1", "measure.memory_headroom=-1.0"),
     ("measure.memory_headroom=1.5", "measure.memory_headroom=1.5"),

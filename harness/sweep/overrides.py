@@ -105,6 +105,18 @@ def _keys(parent: str) -> list[str]:
     return sorted(f"{prefix}{f.name}" for f in dataclasses.fields(node)) if dataclasses.is_dataclass(node) else []
 
 
+def _preset_key(name: str) -> str:
+    """Why ``model.<name>=...`` was refused: a shape key this preset does not set needs Hydra's ``+``;
+    any other name is no shape key at all."""
+    from attnbench.variants.shape import ModelShape, field_names
+
+    valid = sorted({*field_names(ModelShape), *family_shape_keys()} - {"extra"})
+    if name in valid:
+        return (f"model.{name} is not set by this model preset; add it with +model.{name}=... "
+                "(Hydra's + adds a key a config does not have)")
+    return f"unknown key 'model.{name}'; valid shape keys: {', '.join(valid)}"
+
+
 def condense(error: BaseException) -> str:
     """Hydra's multi-line composition error as one line: the value, the key, what is allowed."""
     if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options is not None:
@@ -117,6 +129,8 @@ def condense(error: BaseException) -> str:
         if isinstance(cause, (ConfigAttributeError, ConfigKeyError)):  # a key the schema doesn't have (colour=red)
             if "." not in key and key in family_shape_keys():  # a preset's key, set through its group
                 return f"unknown key {key!r}: it is a shape key of the model preset; set it as model.{key}=..."
+            if key.startswith("model."):  # the preset is data, not schema: its keys are the shape's
+                return _preset_key(key.partition(".")[2])
             return f"unknown key {key!r}; valid keys: {', '.join(_keys(key.rpartition('.')[0]))}"
         if isinstance(cause, ValidationError):  # a wrong type or choice (seed=abc, phase=train)
             return f"{key}={cause.value!r} is not {_allowed(key)}"

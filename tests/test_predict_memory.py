@@ -88,3 +88,33 @@ def test_one_million_token_prefill_without_calibration_is_skipped_by_a_named_gua
     assert all(r.startswith("max_step_s guard: predicted") or r.endswith("(memory_headroom guard)")
                for r in frame["reason"])
     assert time.monotonic() - started < 120
+
+
+def test_fill_random_of_some_sequences_leaves_the_others():
+    layer = variants.build("gqa", model="tiny")
+    cache = layer.new_cache(3, 64, impl="eager")
+    cache.fill_random_(40, seed=1, sequences=1)
+    for buf in cache.buffers.values():
+        assert buf[0, :40].abs().sum() > 0 and buf[1:].abs().sum() == 0
+    assert cache.length == 40
+
+
+def test_a_case_whose_weights_and_cache_cannot_fit_is_not_dry_run(monkeypatch):
+    # batch 100000 at 1M tokens: fake tensors took over a minute to say what the layout says at once.
+    from attnbench.harness.measure import predict
+
+    ran = []
+
+    def refuse(*args, **kwargs):
+        ran.append(True)
+        raise RuntimeError("the dry run ran")  # predict_memory falls back to the cost model on any error
+
+    monkeypatch.setattr(predict, "dry_run", refuse)
+    case = next(c for c in _cases("decode", "1M") if c.impl == "eager" and c.variant == "gqa")
+    meta = variants.build(case.variant, case.shape, dtype=case.torch_dtype, device="meta")
+    impl = IMPLEMENTATIONS.get(case.impl)
+    cost = impl.cost(meta, batch=case.batch, q_len=case.q_len, cached=case.cached, new_kv=case.new_kv)
+    found = predict.predict_memory(case, meta, impl, cost, fits_bytes=1 << 20)
+    assert found.method == "cost_model" and found.cache_bytes > 1 << 20 and not ran
+    predict.predict_memory(case, meta, impl, cost, fits_bytes=float("inf"))
+    assert ran  # a case that may fit is dry-run

@@ -481,7 +481,7 @@ class KVCache:
         table = [] if self.block_table is None else [self.block_table]
         return sum(buf.numel() * buf.element_size() for buf in [*self.buffers.values(), *table])
 
-    def fill_random_(self, length: int, *, seed: int = 0) -> None:
+    def fill_random_(self, length: int, *, seed: int = 0, sequences: int | None = None) -> None:
         """Fill [0, length) with unit-normal values, drawn on the cache's device, and mark it valid.
 
         Stands in for a long prefill when only the decode step is measured: the step's cost does
@@ -489,7 +489,10 @@ class KVCache:
         The values are drawn straight into the cache's storage (``normal_`` on a view), one batch
         row at a time so that each view is contiguous (the vectorised path): nothing beside the
         cache is allocated, so the memory a case is predicted to need holds during set-up too.
-        Seeded per buffer, so the same seed gives the same values.
+        Seeded per buffer, so the same seed gives the same values. ``sequences``: draw into the first
+        that many batch rows only, the rest left as they are (the memory dry run: an in-place draw
+        allocates nothing, one row shows it, and a loop over a 100000-sequence batch on fake tensors
+        took minutes).
         """
         if not 0 <= length <= self.max_len:
             raise ValueError(f"fill length {length} is outside [0, max_len={self.max_len}]")
@@ -500,9 +503,9 @@ class KVCache:
             rows = self.layout.positions(length) if field is None else self.layout.rows(field, length)
             generator = torch.Generator(device=buf.device).manual_seed(seed)
             if name in self.model1:
-                self.model1[name].fill_random_(rows, generator)
+                self.model1[name].fill_random_(rows, generator, sequences)
                 continue
-            for row_SX in buf[:, :rows]:
+            for row_SX in buf[:sequences, :rows]:
                 if buf.dtype == quant.FP8:
                     # Bytes below 0x7F are the finite non-negative e4m3 values (0x7F is NaN); the
                     # scale rows below keep them about unit-sized, as normal_ does for the others.

@@ -201,9 +201,10 @@ class Model1Rows:
         scales = self.fmt.scales(self.blocks_BNW)[batch, block, slot]
         return decode(values, scales, self.fmt, dtype)
 
-    def fill_random_(self, rows: int, generator: torch.Generator) -> None:
-        """Rows [0, rows) of every sequence: unit-normal entries, quantized and stored (a benchmark's prefill)."""
-        for b in range(self.blocks_BNW.shape[0]):  # one sequence at a time: a transient of one sequence's rows
+    def fill_random_(self, rows: int, generator: torch.Generator, sequences: int | None = None) -> None:
+        """Rows [0, rows) of every sequence (or of the first ``sequences``): unit-normal entries, quantized
+        and stored (a benchmark's prefill)."""
+        for b in range(self.blocks_BNW.shape[0])[:sequences]:  # one sequence at a time: a transient of one sequence's rows
             self._write_one(b, torch.randn(rows, self.fmt.width, generator=generator, device=self.blocks_BNW.device))
 
     def _write_one(self, b: int, x_RX: Tensor) -> None:

@@ -146,7 +146,7 @@ def dry_run(case: Case, *, seed: int = 0) -> DryRun:
         tracker = _Allocations(known_weights | known_cache)
         with tracker:
             if case.phase == "decode":
-                cache.fill_random_(case.seq, seed=seed)
+                cache.fill_random_(case.seq, seed=seed, sequences=1)  # in place: one shows what all allocate
                 if case.seq_lens is not None:
                     cache.set_seq_lens(case.seq_lens)
             x_BLD, memory_BMD = case_inputs(case, layer.hidden, device, case.torch_dtype, seed)

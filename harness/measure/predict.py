@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -74,14 +76,22 @@ class Prediction:
 
 
 def predict_memory(case: Case, layer: AttentionLayer, impl: Implementation, cost: Cost, *,
-                   timer_bytes: int = 0, seed: int = 0, max_s: float = math.inf) -> Prediction:
-    """Bytes the case needs; from a dry run, or from the cost model if the dry run cannot run the step."""
+                   timer_bytes: int = 0, seed: int = 0, max_s: float = math.inf,
+                   fits_bytes: float = math.inf) -> Prediction:
+    """Bytes the case needs; from a dry run, or from the cost model if the dry run cannot run the step
+    or need not: when weights and cache alone exceed ``fits_bytes`` (what the guard lets a case hold)."""
     if not getattr(impl, "runs_on_fake_tensors", True):
         # flex's compiled kernel cannot run under the allocation tracker, and a failed attempt leaves
         # dynamo marking the function skipped for the rest of the process: the cost model it is.
         return _from_cost(case, layer, impl, cost, timer_bytes=timer_bytes)
+    if sum(_resident_bytes(case, layer, impl)) > fits_bytes:
+        # Both are exact (parameters, the cache's layout): a dry run could only agree, and at absurd
+        # sizes (batch 100000 at 1M tokens) fake tensors took over a minute to say so.
+        return _from_cost(case, layer, impl, cost, timer_bytes=timer_bytes)
     try:
-        with deadline(max_s, "the memory dry run"):  # fake tensors run a recurrent step token by token too
+        # Fake tensors run a recurrent step token by token too. Torch logs its own traceback when the
+        # deadline stops an op inside fake-tensor dispatch: the line below says what happened instead.
+        with deadline(max_s, "the memory dry run"), _quiet(logging.getLogger("torch._subclasses.fake_tensor")):
             run = dry_run(case, seed=seed)
     except Exception as error:  # noqa: BLE001 - any op fake tensors cannot run; the estimate below still guards
         if is_refusal(error):
@@ -101,12 +111,28 @@ def predict_memory(case: Case, layer: AttentionLayer, impl: Implementation, cost
                       setup_bytes=run.setup_peak_bytes + unseen)
 
 
+@contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def _resident_bytes(case: Case, layer: AttentionLayer, impl: Implementation) -> tuple[int, int]:
+    """The weights' and the cache's bytes, from the parameters and the cache's layout."""
+    weights = sum(p.numel() for p in layer.parameters()) * case.torch_dtype.itemsize
+    cache = layer.cache_layout(impl.path).nbytes(batch=case.batch, context=case.capacities,
+                                                 dtype=case.torch_dtype, page_size=case.page_size)
+    return weights, cache
+
+
 def _from_cost(case: Case, layer: AttentionLayer, impl: Implementation, cost: Cost, *,
                timer_bytes: int) -> Prediction:
     b = case.torch_dtype.itemsize
-    weights = sum(p.numel() for p in layer.parameters()) * b
-    cache = layer.cache_layout(impl.path).nbytes(batch=case.batch, context=case.capacities,
-                                                 dtype=case.torch_dtype, page_size=case.page_size)
+    weights, cache = _resident_bytes(case, layer, impl)
     memory_tokens = case.seq if case.attention == "cross" and case.phase == "prefill" else 0
     inputs = case.batch * (case.q_len + memory_tokens) * layer.hidden * b
     transient = cost.transient_bytes

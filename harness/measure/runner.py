@@ -222,7 +222,8 @@ def _predict(case: Case, supported: Supported, ctx: RunContext, row: CaseRow) ->
     step would outlast ``max_step_s``, is a skip."""
     device = torch.device(case.device)
     predicted = predict_memory(case, supported.meta, supported.impl, supported.cost,
-                               timer_bytes=_timer_bytes(case, device), seed=ctx.seed, max_s=ctx.max_step_s)
+                               timer_bytes=_timer_bytes(case, device), seed=ctx.seed, max_s=ctx.max_step_s,
+                               fits_bytes=ctx.memory_headroom * available_bytes(device))
     row.prediction(case, supported.cost, device, mem_bytes=predicted.total_bytes)
     if case.timing == "cuda_graph" and case.compile in CUDAGRAPH_COMPILE_MODES:
         return Stop("skipped", f"measure.cuda_graph=true with compile={case.compile} would capture inside inductor's "

@@ -100,7 +100,8 @@ class ModelShape:
         # Written out (the dataclass keeps it) so that a family's key is a keyword like any field.
         fields, keys = _route(values)
         given = tuple(map(tuple, fields.pop("extra", ())))  # a dict of dataclasses.asdict: pairs as lists
-        missing = [f.name for f in dataclasses.fields(self) if f.default is dataclasses.MISSING and f.name not in fields]
+        missing = [f.name for f in dataclasses.fields(self)
+                   if f.default is dataclasses.MISSING and f.name not in fields]
         if missing:
             raise TypeError(f"ModelShape() lacks {', '.join(missing)}")
         for f in dataclasses.fields(self):
@@ -188,10 +189,15 @@ def _route(values: dict) -> tuple[dict, dict]:
     if not rest:
         return fields, rest
     declared = family_keys()
-    check_keys("shape key", rest, {*_FIELDS - {"extra"}, *declared})
+    check_keys("shape key", rest, shape_key_names())
     for family in {family for key in rest for family in declared[key].families}:
         check_family_values(family, {k: v for k, v in rest.items() if family in declared[k].families})
     return fields, rest
+
+
+def shape_key_names() -> list[str]:
+    """Every key a shape takes: the universal fields and every family's keys, sorted."""
+    return sorted({*_FIELDS - {"extra"}, *family_keys()})
 
 
 def _same(value: object, default: object) -> bool:

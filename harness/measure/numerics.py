@@ -7,9 +7,10 @@ defines the math (head dims, d_c, d_r, q_rank, grouping) and shrinks only what m
 (hidden, number of heads, tokens, batch); a family shrinks its own keys (``Family.reduce``: a window,
 an indexer's top-k).
 
-A family that selects tokens (``Family.selection``) is checked in two halves (e.g. ``attnbench.variants.families.dsa.selection``):
-the reference attends on the implementation's selection, and that selection must be a top-k of the
-reference's scores within the tolerance; the error reported is the larger of the two.
+A family that selects tokens (``Family.selection``) is checked in two halves (e.g.
+``attnbench.variants.families.dsa.selection``): the reference attends on the implementation's
+selection, and that selection must be a top-k of the reference's scores within the tolerance; the
+error reported is the larger of the two.
 """
 
 from __future__ import annotations

@@ -221,23 +221,27 @@ def _predict(case: Case, supported: Supported, ctx: RunContext, row: CaseRow) ->
     """Memory and time, predicted before anything is allocated: a case that would not fit, or whose
     step would outlast ``max_step_s``, is a skip."""
     device = torch.device(case.device)
+    free = _free_bytes(device)
     predicted = predict_memory(case, supported.meta, supported.impl, supported.cost,
                                timer_bytes=_timer_bytes(case, device), seed=ctx.seed, max_s=ctx.max_step_s,
-                               fits_bytes=ctx.memory_headroom * available_bytes(device))
+                               fits_bytes=ctx.memory_headroom * free)
     row.prediction(case, supported.cost, device, mem_bytes=predicted.total_bytes)
     if case.timing == "cuda_graph" and case.compile in CUDAGRAPH_COMPILE_MODES:
         return Stop("skipped", f"measure.cuda_graph=true with compile={case.compile} would capture inside inductor's "
                                "own CUDA graphs; valid: compile=default/none with cuda_graph=true, or cuda_graph=false")
-    return _memory_guard(predicted.guard_bytes, device, ctx) or _step_guard(supported.cost, device, ctx, row)
+    return _memory_guard(predicted.guard_bytes, free, device, ctx) or _step_guard(supported.cost, device, ctx, row)
 
 
-def _memory_guard(guard_bytes: int, device: torch.device, ctx: RunContext) -> Stop | None:
+def _free_bytes(device: torch.device) -> int:
     # The previous case's tensors are gone only once collected, and their blocks stay in PyTorch's
     # cache until emptied: read free memory after both, or a multirun skips cases that fit (item 4).
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    free = available_bytes(device)
+    return available_bytes(device)
+
+
+def _memory_guard(guard_bytes: int, free: int, device: torch.device, ctx: RunContext) -> Stop | None:
     if guard_bytes > ctx.memory_headroom * free:
         return Stop("skipped", f"predicted {guard_bytes / 2**30:.1f} GiB > {ctx.memory_headroom:.0%} of "
                                f"{free / 2**30:.1f} GiB free on {device.type} (memory_headroom guard)")

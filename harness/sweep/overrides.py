@@ -108,9 +108,9 @@ def _keys(parent: str) -> list[str]:
 def _preset_key(name: str) -> str:
     """Why ``model.<name>=...`` was refused: a shape key this preset does not set needs Hydra's ``+``;
     any other name is no shape key at all."""
-    from attnbench.variants.shape import ModelShape, field_names
+    from attnbench.variants.shape import shape_key_names
 
-    valid = sorted({*field_names(ModelShape), *family_shape_keys()} - {"extra"})
+    valid = shape_key_names()
     if name in valid:
         return (f"model.{name} is not set by this model preset; add it with +model.{name}=... "
                 "(Hydra's + adds a key a config does not have)")

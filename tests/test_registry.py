@@ -20,7 +20,7 @@ from attnbench.variants.registry import Registry
 
 def test_builtin_implementations_and_variants():
     assert variants.implementation_names() == [
-        "absorbed", "absorbed_fold_o", "absorbed_sdpa", "chunked", "eager", "expanded", "flex", "hf", "sdpa"]
+        "absorbed", "absorbed_fold_o", "absorbed_native", "absorbed_sdpa", "chunked", "eager", "expanded", "flex", "hf", "sdpa"]
     assert variants.variant_names() == ["csa", "dsa", "gdn", "gqa", "hca", "kda", "mha", "mla", "mqa", "swa"]
 
 

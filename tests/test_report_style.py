@@ -55,7 +55,8 @@ def test_every_builtin_implementation_has_a_distinct_marker_and_line_style():
     markers = [m for m, _ in IMPL_STYLES.values()]
     lines = [str(ls) for _, ls in IMPL_STYLES.values()]
     assert len(set(markers)) == len(markers) and len(set(lines)) == len(lines)
-    assert set(IMPL_STYLES) == {"eager", "sdpa", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded"}
+    assert set(IMPL_STYLES) == {"eager", "sdpa", "absorbed", "absorbed_sdpa", "absorbed_native", "absorbed_fold_o",
+                                "expanded"}
 
 
 def test_compiled_cases_are_hollow_markers_of_the_same_colour():

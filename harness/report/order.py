@@ -8,7 +8,8 @@ from __future__ import annotations
 from attnbench.variants.registry import families
 
 # Implementations from the plainest to the most specialised; figures give each its marker and line style.
-IMPL_ORDER: tuple[str, ...] = ("eager", "sdpa", "absorbed", "absorbed_sdpa", "absorbed_fold_o", "expanded")
+IMPL_ORDER: tuple[str, ...] = ("eager", "sdpa", "absorbed", "absorbed_sdpa", "absorbed_native", "absorbed_fold_o",
+                                  "expanded")
 
 
 def variant_order() -> tuple[str, ...]:

@@ -77,10 +77,11 @@ IMPL_STYLES: dict[str, tuple[str, object]] = {
     "sdpa": ("s", (0, (4, 2))),
     "absorbed": ("^", (0, (6, 2, 1, 2))),
     "absorbed_sdpa": ("v", (0, (1, 1.6))),
+    "absorbed_native": ("p", (0, (2, 1, 2, 3))),
     "absorbed_fold_o": ("D", (0, (9, 2.5))),
     "expanded": ("X", (0, (3, 1.5, 1, 1.5, 1, 1.5))),
 }
-_FALLBACK_MARKERS = ("P", "*", "h", "<", ">", "p")
+_FALLBACK_MARKERS = ("P", "*", "h", "<", ">", "8")
 _FALLBACK_LINES: tuple[object, ...] = ((0, (1, 1)), (0, (5, 2, 1, 2)), (0, (2, 2)))
 
 # The implementations drawn in the order tables list them (harness.report.order).

@@ -1,0 +1,109 @@
+"""MLA's absorbed decode in one pass over the packed latent cache, by attnbench's C++ kernel.
+
+Legend: B batch, L queries, T keys, N query heads, C latent, R rotary dim, G rotary keys per token,
+J = G·R, E = C + J, M = L·N query rows of one sequence.
+
+A decode step (every query row of a sequence sees the same keys: ``mask.full``, or one query per
+sequence whose mask is its length) on a float32 CPU cache, contiguous or paged, goes to
+``native/mla_decode.cpp``: it reads each cached row ``[c_kv; k_rope]`` once, as key and (its first
+C columns) as value, with an online softmax. A paged cache is handed over as segments, one per run
+of consecutive pages (``page_runs``), read where they lie; nothing is copied or gathered. Anything
+else (a causal prefill, an fp8 cache, another dtype or device) runs as ``SdpaMLAKernel``, whose
+numerics the gate checks just the same.
+
+The C++ is built for the machine at plan time (``attnbench.variants.kernels.native``); this kernel
+only prepares the queries (scaled, padded to groups of 16 rows, transposed) and the segment table,
+per-step set-up of a few hundred floats and pointers.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+import torch
+from attnbench.variants.cache_view import CacheView
+from attnbench.variants.kernels import native, page_runs
+from attnbench.variants.kernels.mla_sdpa import SdpaMLAKernel, slot_rope_query
+from attnbench.variants.mask import AttnMask
+from torch import Tensor
+
+SOURCE = "mla_decode.cpp"
+ROWS = 16  # query rows per group: one vector register of float32 on AVX-512
+
+
+def _decode_lib() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
+    fn = native.library(SOURCE).attnbench_mla_decode
+    if fn.argtypes is None:
+        p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+        fn.argtypes = [p, p, p, i, i, i, i, p, p, p, i64, i]
+        fn.restype = i
+    return fn
+
+
+class NativeMLAKernel(SdpaMLAKernel):
+    name = "native"
+
+    def unavailable(self) -> str | None:
+        """Why the C++ kernel can't run here (no compiler, a failed build), or None once it is built."""
+        reason = native.unavailable(SOURCE)
+        return None if reason is None else f"the native MLA kernel is unavailable: {reason}"
+
+    def __call__(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, c_kv_BTC: Tensor, k_rope_BTJ: Tensor, *,
+                 scale: float, mask: AttnMask, kv_BTE: Tensor | None = None) -> Tensor:
+        assert kv_BTE is not None, "the packed-row kernel needs the packed cache view"
+        if not mask.full or not self._runs_natively(q_lat_BLNC, kv_BTE):
+            return super().__call__(q_lat_BLNC, q_rope_BLNR, c_kv_BTC, k_rope_BTJ, scale=scale, mask=mask,
+                                    kv_BTE=kv_BTE)
+        B, T = kv_BTE.shape[:2]
+        segments = [(kv_BTE[b].data_ptr(), T) for b in range(B)]
+        return self._decode(q_lat_BLNC, q_rope_BLNR, segments, [0, *range(1, B + 1)], kv_BTE.stride(1),
+                            width=kv_BTE.shape[-1], scale=scale)
+
+    def attend_view(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, *,
+                    scale: float, mask: AttnMask) -> Tensor:
+        buffer = view.layout.slot("c_kv").buffer
+        storage = view.storage[buffer]
+        by_length = q_lat_BLNC.shape[1] == 1 and view.seq_lens_B is not None
+        if not (mask.full or by_length) or not self._runs_natively(q_lat_BLNC, storage) \
+                or not view.layout.shares_buffer("c_kv", "k_rope") or view.layout.slot("c_kv").offset != 0:
+            return super().attend_view(q_lat_BLNC, q_rope_BLNR, view, scale=scale, mask=mask)
+        lengths = view.seq_lens_B.tolist() if view.seq_lens_B is not None else [view.kv_len] * view.batch
+        if view.layout.paged:
+            pieces = page_runs.pieces(view, buffer, min_rows=0)
+            assert pieces is not None
+            per_sequence = [[(p.data_ptr(), p.shape[0]) for p in seq] for seq in pieces]
+        else:
+            per_sequence = [[(storage[b].data_ptr(), int(n))] for b, n in enumerate(lengths)]
+        starts = [0]
+        for seq in per_sequence:
+            starts.append(starts[-1] + len(seq))
+        width = view.layout.slot("c_kv").width + view.layout.slot("k_rope").width
+        return self._decode(q_lat_BLNC, q_rope_BLNR, [s for seq in per_sequence for s in seq], starts,
+                            storage.stride(-2), width=width, scale=scale)
+
+    @staticmethod
+    def _runs_natively(q_lat_BLNC: Tensor, rows: Tensor) -> bool:
+        C = q_lat_BLNC.shape[-1]
+        return (q_lat_BLNC.device.type == "cpu" and q_lat_BLNC.dtype == torch.float32 and rows.dtype == torch.float32
+                and rows.stride(-1) == 1 and C % ROWS == 0)
+
+    def _decode(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, segments: list[tuple[int, int]], starts: list[int],
+                stride: int, *, width: int, scale: float) -> Tensor:
+        """``[B, L, N, C]`` from the segment table: sequence b reads ``segments[starts[b]:starts[b + 1]]``,
+        each ``(address, rows)`` of ``stride`` floats whose first ``width`` are the packed row."""
+        B, L, N, C = q_lat_BLNC.shape
+        G = max(1, (width - C) // q_rope_BLNR.shape[-1])
+        M = L * N
+        groups = -(-M // ROWS)
+        q_BME = torch.cat((q_lat_BLNC, slot_rope_query(q_rope_BLNR, G)), dim=-1).reshape(B, M, -1)
+        assert q_BME.shape[-1] == width, "the query's width is the packed row's"
+        qT_BgER = q_BME.new_zeros(B, groups * ROWS, width)
+        qT_BgER[:, :M] = q_BME * scale
+        qT_BgER = qT_BgER.view(B, groups, ROWS, width).transpose(-1, -2).contiguous()
+        acc = q_BME.new_empty(B, groups, ROWS, C)
+        out_BMC = q_BME.new_empty(B, M, C)
+        table = torch.tensor([[a for a, _ in segments], [n for _, n in segments]], dtype=torch.int64)
+        starts_t = torch.tensor(starts, dtype=torch.int64)
+        _decode_lib()(qT_BgER.data_ptr(), acc.data_ptr(), out_BMC.data_ptr(), B, M, width, C,
+                      table[0].data_ptr(), table[1].data_ptr(), starts_t.data_ptr(), stride, torch.get_num_threads())
+        return out_BMC.view(B, L, N, C)

@@ -22,15 +22,16 @@ from attnbench.variants.mask import AttnMask
 F64 = torch.float64
 
 
-def _latent_cache(page_size: int | None, lens: list[int], *, G: int = 1, C: int = 10, R: int = 4) -> KVCache:
-    layer = variants.build("mla", TINY.replace(d_c=C, d_r=R), dtype=F64)
+def _latent_cache(page_size: int | None, lens: list[int], *, G: int = 1, C: int = 10, R: int = 4,
+                  dtype: torch.dtype = F64) -> KVCache:
+    layer = variants.build("mla", TINY.replace(d_c=C, d_r=R), dtype=dtype)
     layout = layer.cache_layout("absorbed")
     if G > 1:  # several rotary keys per token (layers converted from GQA)
         from attnbench.variants.cache import CacheField, CacheLayout
         layout = CacheLayout((CacheField("c_kv", (C,)), CacheField("k_rope", (G * R,), quantize=False)), packed=True)
     capacity = max(lens) + 1
     cache = KVCache(layout, batch=len(lens), max_len=capacity if page_size is None else [capacity] * len(lens),
-                    dtype=F64, device="cpu", page_size=page_size)
+                    dtype=dtype, device="cpu", page_size=page_size)
     cache.fill_random_(capacity, seed=3)
     cache.set_seq_lens(lens)
     return cache

@@ -49,8 +49,9 @@ def test_the_wheel_holds_the_configs_and_the_app(wheel):
     assert configs and configs <= names, sorted(configs - names)
     code = {f"attnbench/{p.relative_to(ROOT).as_posix()}" for top in ("harness", "variants")
             for p in (ROOT / top).rglob("*.py") if "__pycache__" not in p.parts}
-    # Data the code reads beside itself (the models state_vs_kv compares) ships too.
-    code |= {f"attnbench/{p.relative_to(ROOT).as_posix()}" for top in ("harness", "variants") for p in (ROOT / top).rglob("*.yaml")}
+    # Data the code reads beside itself (the models state_vs_kv compares, the C++ kernels built at plan time) ships too.
+    code |= {f"attnbench/{p.relative_to(ROOT).as_posix()}" for top in ("harness", "variants")
+             for pattern in ("*.yaml", "*.cpp") for p in (ROOT / top).rglob(pattern)}
     assert code <= names, sorted(code - names)
     assert {"attnbench/conf/__init__.py", "attnbench/harness/__main__.py", "attnbench/harness/app/main.py"} <= names
     # One namespace: no generic top-level package (harness, variants and conf are names others use on PyPI).

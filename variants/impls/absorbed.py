@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
+
 from attnbench.variants.core.plan import LayerLike, Plan
 from attnbench.variants.cost import Cost
 from attnbench.variants.implementation import KernelImplementation

@@ -21,21 +21,22 @@ from __future__ import annotations
 import ctypes
 
 import torch
+from torch import Tensor
+
 from attnbench.variants.cache_view import CacheView
 from attnbench.variants.kernels import native, page_runs
 from attnbench.variants.kernels.mla_sdpa import SdpaMLAKernel, slot_rope_query
 from attnbench.variants.mask import AttnMask
-from torch import Tensor
 
 SOURCE = "mla_decode.cpp"
-ROWS = 16  # query rows per group: one vector register of float32 on AVX-512
+ROWS = 16  # the C++ kernel's value width step (one vector of float32 on AVX-512)
 
 
 def _decode_lib() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
     fn = native.library(SOURCE).attnbench_mla_decode
     if fn.argtypes is None:
         p, i, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
-        fn.argtypes = [p, p, p, i, i, i, i, p, p, p, i64, i]
+        fn.argtypes = [p, i64, ctypes.c_float, p, i, i, i, i, p, p, p, i64, i]
         fn.restype = i
     return fn
 
@@ -93,17 +94,16 @@ class NativeMLAKernel(SdpaMLAKernel):
         each ``(address, rows)`` of ``stride`` floats whose first ``width`` are the packed row."""
         B, L, N, C = q_lat_BLNC.shape
         G = max(1, (width - C) // q_rope_BLNR.shape[-1])
-        M = L * N
-        groups = -(-M // ROWS)
-        q_BME = torch.cat((q_lat_BLNC, slot_rope_query(q_rope_BLNR, G)), dim=-1).reshape(B, M, -1)
-        assert q_BME.shape[-1] == width, "the query's width is the packed row's"
-        qT_BgER = q_BME.new_zeros(B, groups * ROWS, width)
-        qT_BgER[:, :M] = q_BME * scale
-        qT_BgER = qT_BgER.view(B, groups, ROWS, width).transpose(-1, -2).contiguous()
-        acc = q_BME.new_empty(B, groups, ROWS, C)
-        out_BMC = q_BME.new_empty(B, M, C)
-        table = torch.tensor([[a for a, _ in segments], [n for _, n in segments]], dtype=torch.int64)
-        starts_t = torch.tensor(starts, dtype=torch.int64)
-        _decode_lib()(qT_BgER.data_ptr(), acc.data_ptr(), out_BMC.data_ptr(), B, M, width, C,
-                      table[0].data_ptr(), table[1].data_ptr(), starts_t.data_ptr(), stride, torch.get_num_threads())
-        return out_BMC.view(B, L, N, C)
+        q_BLNE = torch.cat((q_lat_BLNC, slot_rope_query(q_rope_BLNR, G)), dim=-1)
+        assert q_BLNE.shape[-1] == width and q_BLNE.is_contiguous(), "the query's rows are the packed row's width"
+        out_BLNC = q_BLNE.new_empty(B, L, N, C)
+        # The table as ctypes arrays: a few microseconds, where two torch.tensor calls cost ~20.
+        n = len(segments)
+        addresses = (ctypes.c_int64 * n)(*(a for a, _ in segments))
+        rows = (ctypes.c_int64 * n)(*(r for _, r in segments))
+        first = (ctypes.c_int64 * len(starts))(*starts)
+        failed = _decode_lib()(q_BLNE.data_ptr(), L * N * width, scale, out_BLNC.data_ptr(), B, L * N, width, C,
+                               addresses, rows, first, stride, torch.get_num_threads())
+        if failed:
+            raise MemoryError("the native MLA kernel could not allocate its scratch (about 70 KB per 16 heads)")
+        return out_BLNC

@@ -64,5 +64,6 @@ def _build(source: str) -> ctypes.CDLL | str:
             done = subprocess.run([cxx, *FLAGS, *extra, src, "-o", out], check=False, capture_output=True, text=True)
             if done.returncode == 0:
                 return ctypes.CDLL(out)
-        lines = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines() or ["?"]
+        lines = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.splitlines() \
+            or [f"exit status {done.returncode}"]
         return f"{os.path.basename(cxx)} could not build {source}: {lines[0].strip()}"

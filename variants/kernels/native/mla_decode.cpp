@@ -16,6 +16,7 @@
 // block loop, so a block is read once for every group; sequences run in parallel under OpenMP.
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 namespace {
@@ -151,24 +152,34 @@ void attend_block(Group& g, const float* kv, int n, int64_t stride, int E, int C
 
 }  // namespace
 
-// qT: [B][groups][E][16] queries, scaled and transposed; acc: [B][groups][16][C] scratch;
+// q: row m of sequence b at q + b*q_stride + m*E (E floats: [q_lat; q_rope in its key's slot]);
 // out: [B][M][C]. Sequence b reads segments seg_start[b] .. seg_start[b+1]-1, segment i holding
 // seg_len[i] rows of `stride` floats from seg_ptr[i] (a contiguous cache is one segment per
-// sequence, a paged one a run of pages each). C must be a multiple of 16. Returns 0.
-extern "C" int attnbench_mla_decode(const float* qT, float* acc, float* out, int B, int M, int E, int C,
-                                    const int64_t* seg_ptr, const int64_t* seg_len, const int64_t* seg_start,
+// sequence, a paged one a run of pages each); a row's first E floats are its key, its first C its
+// value. C must be a multiple of 16. Returns 0, or 1 if the scratch could not be allocated.
+extern "C" int attnbench_mla_decode(const float* q, int64_t q_stride, float scale, float* out, int B, int M, int E,
+                                    int C, const int64_t* seg_ptr, const int64_t* seg_len, const int64_t* seg_start,
                                     int64_t stride, int threads) {
     const int groups = (M + 15) / 16;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && B > 1)
+    int failed = 0;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && B > 1) reduction(|: failed)
     for (int b = 0; b < B; b++) {
         alignas(64) float s[kBlock * 16];
         Group gs[64];
         const int gn = groups < 64 ? groups : 64;
+        // Up to 64 groups' transposed queries and accumulators: 16 (E + C) floats, 70 KB, a group.
+        float* scratch = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * gn * 16 * (E + C)));
+        if (scratch == nullptr) { failed = 1; continue; }
         for (int g0 = 0; g0 < groups; g0 += gn) {  // more than 1024 rows: several passes of 64 groups
             const int ng = groups - g0 < gn ? groups - g0 : gn;
             for (int g = 0; g < ng; g++) {
-                const int64_t at = (int64_t)b * groups + g0 + g;
-                gs[g] = Group{qT + at * E * 16, acc + at * 16 * C, splat(-INFINITY), v16{}};
+                float* qT = scratch + (int64_t)g * (E * 16 + 16 * C);
+                for (int d = 0; d < E; d++)
+                    for (int m = 0; m < 16; m++) {
+                        const int row = (g0 + g) * 16 + m;
+                        qT[d * 16 + m] = row < M ? q[b * q_stride + (int64_t)row * E + d] * scale : 0.0f;
+                    }
+                gs[g] = Group{qT, qT + E * 16, splat(-INFINITY), v16{}};
                 std::memset(gs[g].acc, 0, sizeof(float) * 16 * C);
             }
             for (int64_t i = seg_start[b]; i < seg_start[b + 1]; i++) {
@@ -189,6 +200,7 @@ extern "C" int attnbench_mla_decode(const float* qT, float* acc, float* out, int
                 }
             }
         }
+        std::free(scratch);
     }
-    return 0;
+    return failed;
 }

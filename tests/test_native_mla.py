@@ -1,0 +1,126 @@
+"""absorbed_native: the C++ decode kernel equals one softmax over the cache, reads a paged cache in
+place, runs as absorbed_sdpa where it does not apply, and says why where it can't be built.
+
+Legend: B batch, L queries, T keys read, N heads, C latent, R rotary dim.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from attnbench import variants
+from attnbench.variants.kernels import mla_native, native
+from attnbench.variants.kernels.mla_native import NativeMLAKernel
+from attnbench.variants.mask import AttnMask
+from attnbench.variants.registry import IMPLEMENTATIONS
+from tests.reference import rel_err
+from tests.shapes import TINY
+from tests.test_cache_view import _latent_cache, _PeakBytes, _reference
+
+C, R = 48, 4  # C: two 32-column tiles would need 64, so one and a 16-column rest; E = 52, no multiple of 16
+SHAPE = TINY.replace(d_c=C, d_r=R)
+
+
+@pytest.fixture
+def native_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many times the C++ kernel ran (rows per call): a fallback to absorbed_sdpa can't pass as it."""
+    calls: list[int] = []
+    real = mla_native._decode_lib
+
+    def counted():  # noqa: ANN202
+        fn = real()
+        return lambda *args: calls.append(args[5]) or fn(*args)
+
+    monkeypatch.setattr(mla_native, "_decode_lib", counted)
+    return calls
+
+
+@pytest.mark.parametrize("heads", [4, 20])  # a partial group of 16 rows; a full group and a partial one
+@pytest.mark.parametrize("G", [1, 2])
+@pytest.mark.parametrize("page_size", [None, 4])
+def test_native_decode_equals_one_softmax(page_size: int | None, G: int, heads: int, native_calls: list[int]) -> None:
+    # Ragged: over a block of 96 keys, under the 8 keys scored together, and neither.
+    lens = [230, 5, 101]
+    cache = _latent_cache(page_size, lens, G=G, C=C, R=R, dtype=torch.float32)
+    B, L = len(lens), 1
+    T = max(lens) + L
+    keep_B1LT = torch.arange(T).view(1, 1, 1, T) <= torch.tensor(lens).view(-1, 1, 1, 1)
+    generator = torch.Generator().manual_seed(heads + G)
+    q_lat_BLNC = torch.randn(B, L, heads, C, generator=generator)
+    q_rope_BLNR = torch.randn(B, L, heads, R, generator=generator)
+    view = cache.view(T, torch.tensor(lens, dtype=torch.int32) + L)
+    got = NativeMLAKernel().attend_view(q_lat_BLNC, q_rope_BLNR, view, scale=0.3,
+                                        mask=AttnMask(L, T, min(lens), keep_B1LT))
+    want = _reference(q_lat_BLNC.double(), q_rope_BLNR.double(), cache.read("c_kv", T).double(),
+                      cache.read("k_rope", T).double(), keep_B1LT, 0.3)
+    assert native_calls == [L * heads]
+    assert rel_err(got, want) <= 2e-6  # float32 round-off over 230 keys
+
+
+def test_native_decode_in_a_layer_equals_absorbed_sdpa_and_prefill_falls_back(native_calls: list[int]) -> None:
+    torch.manual_seed(0)
+    layer = variants.build("mla", SHAPE)
+    x_BTD = torch.randn(2, 8, SHAPE.hidden)
+    outs = {}
+    for impl in ("absorbed_sdpa", "absorbed_native"):
+        cache = layer.new_cache(2, 8, impl=impl)
+        ys = [layer.prefill(x_BTD[:, :5], cache, impl=impl)]
+        ys += [layer.decode(x_BTD[:, t:t + 1], cache, impl=impl) for t in (5, 6, 7)]
+        outs[impl] = torch.cat(ys, dim=1)
+    assert native_calls == [SHAPE.heads] * 3  # the decode steps; the causal prefill ran as absorbed_sdpa
+    assert torch.equal(outs["absorbed_native"][:, :5], outs["absorbed_sdpa"][:, :5])
+    assert rel_err(outs["absorbed_native"], outs["absorbed_sdpa"]) <= 1e-5
+
+
+def test_a_sequence_with_no_key_gives_zeros() -> None:
+    kv_TE = torch.randn(4, C + R)
+    q_lat_BLNC, q_rope_BLNR = torch.randn(2, 1, 4, C), torch.randn(2, 1, 4, R)
+    out_BLNC = NativeMLAKernel()._decode(q_lat_BLNC, q_rope_BLNR, [(kv_TE.data_ptr(), 0), (kv_TE.data_ptr(), 4)],
+                                         [0, 1, 2], kv_TE.stride(0), width=C + R, scale=0.5)
+    assert torch.equal(out_BLNC[0], torch.zeros(1, 4, C))
+    want = torch.softmax(torch.cat((q_lat_BLNC[1], q_rope_BLNR[1]), -1) @ kv_TE.T * 0.5, -1) @ kv_TE[:, :C]
+    assert rel_err(out_BLNC[1], want) <= 1e-6
+
+
+def test_a_paged_native_step_allocates_nothing_proportional_to_the_cache(native_calls: list[int]) -> None:
+    layer = variants.build("mla", SHAPE)
+    x_B1D = torch.randn(2, 1, SHAPE.hidden)
+    peaks, cache_bytes = [], []
+    for context in (2048, 8192):
+        cache = layer.new_cache(2, [context + 1, context + 1], impl="absorbed_native", page_size=64)
+        cache.fill_random_(context)
+        cache.set_seq_lens([context, context - 100])
+        step = layer.prepare("decode", x_B1D, cache, impl="absorbed_native")
+        step()  # warm-up: RoPE tables
+        with _PeakBytes() as meter:
+            step()
+        peaks.append(meter.peak)
+        cache_bytes.append(cache.nbytes())
+    assert len(native_calls) == 4
+    assert peaks[1] < cache_bytes[1] / 16, (peaks, cache_bytes)  # no copy of the cache
+    assert peaks[1] <= peaks[0] * 1.05, (peaks, cache_bytes)  # 4x the cache, the same peak
+
+
+@pytest.fixture
+def fresh_build() -> Iterator[None]:
+    """Forget the process's build before and after: the test's compiler must not stay for the others."""
+    native._build.cache_clear()
+    yield
+    native._build.cache_clear()
+
+
+@pytest.mark.parametrize(("compiler", "reason"), [("no-such-c++", "no C++ compiler found"),
+                                                  ("false", "false could not build mla_decode.cpp: exit status 1")])
+def test_without_a_working_compiler_it_is_unsupported_with_the_reason(
+        monkeypatch: pytest.MonkeyPatch, fresh_build: None, compiler: str, reason: str) -> None:
+    monkeypatch.setenv("CXX", compiler)
+    layer = variants.build("mla", SHAPE)
+    impl = IMPLEMENTATIONS.get("absorbed_native")
+    got = impl.supports(layer, phase="decode", device=torch.device("cpu"), dtype=torch.float32)
+    assert got is not None and reason in got, got
+    with pytest.raises(RuntimeError, match=re.escape(reason)):
+        impl.plan(layer)

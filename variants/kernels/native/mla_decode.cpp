@@ -13,11 +13,12 @@
 // GCC/Clang vector extensions, not intrinsics: the same source compiles to AVX-512, AVX2 or NEON
 // with -march=native. Rows are processed in groups of 16 (one vector); a partial last group is
 // padded with zero queries whose outputs are discarded. Groups of one sequence run inside the
-// block loop, so a block is read once for every group; sequences run in parallel under OpenMP.
+// block loop, so a block is read once for every group.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <vector>
 
 namespace {
 
@@ -150,6 +151,46 @@ void attend_block(Group& g, const float* kv, int n, int64_t stride, int E, int C
     for (; c < C; c += 16) weighted_values<16, 1>(g, kv, n, stride, C, s, r, 0, c);
 }
 
+// A share of one sequence's keys: rows [r0, r1) of sequence b, counted along its segments in order.
+struct Part {
+    int b;
+    int64_t r0, r1;
+};
+
+// The part's unnormalised state into `state` (per group: acc [16][C], then max [16] and sum [16]),
+// its transposed, scaled queries into `qT` (per group [E][16]).
+void attend_part(const Part& part, const float* q, int64_t q_stride, float scale, int M, int E, int C,
+                 const int64_t* seg_ptr, const int64_t* seg_len, const int64_t* seg_start, int64_t stride,
+                 float* qT, float* state) {
+    const int groups = (M + 15) / 16;
+    std::vector<Group> gs(groups);
+    for (int g = 0; g < groups; g++) {
+        float* qg = qT + (int64_t)g * E * 16;
+        for (int d = 0; d < E; d++)
+            for (int m = 0; m < 16; m++) {
+                const int row = g * 16 + m;
+                qg[d * 16 + m] = row < M ? q[part.b * q_stride + (int64_t)row * E + d] * scale : 0.0f;
+            }
+        gs[g] = Group{qg, state + (int64_t)g * (16 * C + 32), splat(-INFINITY), v16{}};
+        std::memset(gs[g].acc, 0, sizeof(float) * 16 * C);
+    }
+    alignas(64) float s[kBlock * 16];
+    int64_t seen = 0;  // rows of the sequence before segment i
+    for (int64_t i = seg_start[part.b]; i < seg_start[part.b + 1] && seen < part.r1; seen += seg_len[i], i++) {
+        const int64_t lo = part.r0 > seen ? part.r0 - seen : 0;
+        const int64_t hi = part.r1 - seen < seg_len[i] ? part.r1 - seen : seg_len[i];
+        const float* base = reinterpret_cast<const float*>(seg_ptr[i]);
+        for (int64_t t0 = lo; t0 < hi; t0 += kBlock) {
+            const int n = (int)(hi - t0 < kBlock ? hi - t0 : kBlock);
+            for (int g = 0; g < groups; g++) attend_block(gs[g], base + t0 * stride, n, stride, E, C, s);
+        }
+    }
+    for (int g = 0; g < groups; g++) {
+        store(gs[g].acc + 16 * C, gs[g].max);
+        store(gs[g].acc + 16 * C + 16, gs[g].sum);
+    }
+}
+
 }  // namespace
 
 // q: row m of sequence b at q + b*q_stride + m*E (E floats: [q_lat; q_rope in its key's slot]);
@@ -157,50 +198,61 @@ void attend_block(Group& g, const float* kv, int n, int64_t stride, int E, int C
 // seg_len[i] rows of `stride` floats from seg_ptr[i] (a contiguous cache is one segment per
 // sequence, a paged one a run of pages each); a row's first E floats are its key, its first C its
 // value. C must be a multiple of 16. Returns 0, or 1 if the scratch could not be allocated.
+//
+// Split-KV (flash-decoding) across `threads`: a sequence's keys are cut into parts, enough for every
+// thread to have one when the batch is smaller than the thread count (none under 4 blocks); each
+// part keeps its own softmax state, and the parts are combined by their maxima at the end. With one
+// thread, or a batch as large as the thread count, each sequence is one part, read in one pass.
 extern "C" int attnbench_mla_decode(const float* q, int64_t q_stride, float scale, float* out, int B, int M, int E,
                                     int C, const int64_t* seg_ptr, const int64_t* seg_len, const int64_t* seg_start,
                                     int64_t stride, int threads) {
     const int groups = (M + 15) / 16;
-    int failed = 0;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && B > 1) reduction(|: failed)
+    const int want = threads > B ? (threads + B - 1) / B : 1;  // parts per sequence
+    std::vector<Part> parts;
+    std::vector<int> first(B + 1, 0);
     for (int b = 0; b < B; b++) {
-        alignas(64) float s[kBlock * 16];
-        Group gs[64];
-        const int gn = groups < 64 ? groups : 64;
-        // Up to 64 groups' transposed queries and accumulators: 16 (E + C) floats, 70 KB, a group.
-        float* scratch = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * gn * 16 * (E + C)));
-        if (scratch == nullptr) { failed = 1; continue; }
-        for (int g0 = 0; g0 < groups; g0 += gn) {  // more than 1024 rows: several passes of 64 groups
-            const int ng = groups - g0 < gn ? groups - g0 : gn;
-            for (int g = 0; g < ng; g++) {
-                float* qT = scratch + (int64_t)g * (E * 16 + 16 * C);
-                for (int d = 0; d < E; d++)
-                    for (int m = 0; m < 16; m++) {
-                        const int row = (g0 + g) * 16 + m;
-                        qT[d * 16 + m] = row < M ? q[b * q_stride + (int64_t)row * E + d] * scale : 0.0f;
-                    }
-                gs[g] = Group{qT, qT + E * 16, splat(-INFINITY), v16{}};
-                std::memset(gs[g].acc, 0, sizeof(float) * 16 * C);
-            }
-            for (int64_t i = seg_start[b]; i < seg_start[b + 1]; i++) {
-                const float* base = reinterpret_cast<const float*>(seg_ptr[i]);
-                for (int64_t t0 = 0; t0 < seg_len[i]; t0 += kBlock) {
-                    const int n = (int)(seg_len[i] - t0 < kBlock ? seg_len[i] - t0 : kBlock);
-                    for (int g = 0; g < ng; g++) attend_block(gs[g], base + t0 * stride, n, stride, E, C, s);
-                }
-            }
-            for (int g = 0; g < ng; g++) {
-                for (int m = 0; m < 16; m++) {
-                    const int row = (g0 + g) * 16 + m;
-                    if (row >= M) break;
-                    // A sequence with no key gives zeros (its sum is 0), not 0/0.
-                    const float inv = gs[g].sum[m] > 0.0f ? 1.0f / gs[g].sum[m] : 0.0f;
-                    float* o = out + ((int64_t)b * M + row) * C;
-                    for (int c = 0; c < C; c++) o[c] = gs[g].acc[m * C + c] * inv;
-                }
-            }
+        int64_t rows = 0;
+        for (int64_t i = seg_start[b]; i < seg_start[b + 1]; i++) rows += seg_len[i];
+        int64_t n = rows / (4 * kBlock);
+        n = n < 1 ? 1 : (n > want ? want : n);
+        const int64_t blocks = (rows + kBlock - 1) / kBlock;
+        for (int64_t k = 0; k < n; k++) {  // whole blocks to each part but the last
+            const int64_t r0 = blocks * k / n * kBlock, r1 = k + 1 == n ? rows : blocks * (k + 1) / n * kBlock;
+            parts.push_back(Part{b, r0, r1});
         }
-        std::free(scratch);
+        first[b + 1] = (int)parts.size();
     }
-    return failed;
+    const int64_t per_part = (int64_t)groups * (16 * E + 16 * C + 32);  // floats: queries, then state
+    const int np = (int)parts.size();
+    float* scratch = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * per_part * np));
+    if (scratch == nullptr) return 1;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && np > 1)
+    for (int k = 0; k < np; k++) {
+        float* qT = scratch + k * per_part;
+        attend_part(parts[k], q, q_stride, scale, M, E, C, seg_ptr, seg_len, seg_start, stride, qT,
+                    qT + (int64_t)groups * 16 * E);
+    }
+    for (int b = 0; b < B; b++) {
+        for (int row = 0; row < M; row++) {
+            const int g = row / 16, m = row % 16;
+            auto state = [&](int k) { return scratch + k * per_part + (int64_t)groups * 16 * E + (int64_t)g * (16 * C + 32); };
+            float top = -INFINITY;
+            for (int k = first[b]; k < first[b + 1]; k++) top = state(k)[16 * C + m] > top ? state(k)[16 * C + m] : top;
+            float total = 0.0f;
+            float* o = out + ((int64_t)b * M + row) * C;
+            std::memset(o, 0, sizeof(float) * C);
+            for (int k = first[b]; k < first[b + 1]; k++) {
+                const float* st = state(k);
+                // A part that saw no key has max -inf and sum 0: its weight is 0, not nan.
+                const float w = st[16 * C + 16 + m] > 0.0f ? std::exp(st[16 * C + m] - top) : 0.0f;
+                total += w * st[16 * C + 16 + m];
+                for (int c = 0; c < C; c++) o[c] += w * st[m * C + c];
+            }
+            // A sequence with no key gives zeros (its sum is 0), not 0/0.
+            const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+            for (int c = 0; c < C; c++) o[c] *= inv;
+        }
+    }
+    std::free(scratch);
+    return 0;
 }

@@ -102,7 +102,7 @@ def compare(context: int, *, impl: str = "absorbed", rounds: int = 21, reps: int
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--contexts", type=int, nargs="+", default=list(CONTEXTS))
-    parser.add_argument("--impls", nargs="+", default=["absorbed"])
+    parser.add_argument("--impls", nargs="+", default=["absorbed", "absorbed_sdpa", "absorbed_native"])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)

@@ -107,7 +107,7 @@ def measure(impl: str, batch: int, context: int, *, rounds: int, reps: int) -> R
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--impls", nargs="+", default=["absorbed", "absorbed_sdpa"])
+    parser.add_argument("--impls", nargs="+", default=["absorbed", "absorbed_sdpa", "absorbed_native"])
     parser.add_argument("--batches", type=int, nargs="+", default=[2, 8])
     parser.add_argument("--contexts", type=int, nargs="+", default=[4096, 32768])
     parser.add_argument("--rounds", type=int, default=7)

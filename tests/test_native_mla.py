@@ -77,17 +77,18 @@ def test_native_decode_equals_one_softmax(page_size: int | None, G: int, heads: 
     assert rel_err(got, want) <= 2e-6  # float32 round-off over up to 1000 keys
 
 
-def test_native_decode_in_a_layer_equals_absorbed_sdpa_and_prefill_falls_back(native_calls: list[int]) -> None:
+@pytest.mark.parametrize("shape", [SHAPE, TINY], ids=["C48", "C10"])  # C10: no 16-column tile at all
+def test_native_decode_in_a_layer_equals_absorbed_sdpa_and_prefill_falls_back(shape, native_calls: list[int]) -> None:  # noqa: ANN001
     torch.manual_seed(0)
-    layer = variants.build("mla", SHAPE)
-    x_BTD = torch.randn(2, 8, SHAPE.hidden)
+    layer = variants.build("mla", shape)
+    x_BTD = torch.randn(2, 8, shape.hidden)
     outs = {}
     for impl in ("absorbed_sdpa", "absorbed_native"):
         cache = layer.new_cache(2, 8, impl=impl)
         ys = [layer.prefill(x_BTD[:, :5], cache, impl=impl)]
         ys += [layer.decode(x_BTD[:, t:t + 1], cache, impl=impl) for t in (5, 6, 7)]
         outs[impl] = torch.cat(ys, dim=1)
-    assert native_calls == [SHAPE.heads] * 3  # the decode steps; the causal prefill ran as absorbed_sdpa
+    assert native_calls == [shape.heads] * 3  # the decode steps; the causal prefill ran absorbed_sdpa's code
     assert torch.equal(outs["absorbed_native"][:, :5], outs["absorbed_sdpa"][:, :5])
     assert rel_err(outs["absorbed_native"], outs["absorbed_sdpa"]) <= 1e-5
 
@@ -152,3 +153,16 @@ def test_a_native_case_runs_through_the_harness_with_its_memory_predicted(native
     assert row["status"] == "ok", row["reason"]
     assert native_calls  # the numerics gate and the timed steps ran the C++ kernel
     assert 1.0 <= row["predicted_mem_bytes"] / row["peak_mem_bytes"] <= 1.5
+
+
+def test_what_the_native_kernel_cannot_run_is_an_error_or_a_reason() -> None:
+    layer = variants.build("mla", SHAPE)
+    cache = layer.new_cache(1, 8, impl="absorbed_native")
+    layer.prefill(torch.randn(1, 4, SHAPE.hidden), cache, impl="absorbed_native")
+    with pytest.raises(ValueError, match="2 queries under a causal mask over 6 keys: use absorbed_sdpa"):
+        layer.decode(torch.randn(1, 2, SHAPE.hidden), cache, impl="absorbed_native")  # two new tokens
+    impl = IMPLEMENTATIONS.get("absorbed_native")
+    cpu = torch.device("cpu")
+    assert "float32 only" in impl.supports(layer, phase="decode", device=cpu, dtype=torch.float64)
+    dsa = variants.build("dsa", TINY.replace(q_rank=7, index_heads=2, index_head_dim=8, index_topk=4))
+    assert "sparse" in impl.supports(dsa, phase="decode", device=cpu, dtype=torch.float32)

@@ -11,6 +11,7 @@ packed rows with attnbench's C++ decode kernel (``variants.kernels.mla_native``;
 
 On ``dsa`` each runs its kernel's sparse counterpart (``EagerSparseMLAKernel``,
 ``SdpaSparseMLAKernel``): the same math on the rows the indexer selected, gathered per query.
+``absorbed_native`` has none, so ``dsa`` refuses it with the reason.
 """
 
 from __future__ import annotations
@@ -80,10 +81,10 @@ ABSORBED_SDPA = register_implementation(AbsorbedImplementation(
     description="MLA absorbed, attention through scaled_dot_product_attention on the packed cache"))
 
 ABSORBED_NATIVE = register_implementation(NativeImplementation(
-    name="absorbed_native", path="absorbed", kernel=NativeMLAKernel(sparse=SdpaSparseMLAKernel()),
+    name="absorbed_native", path="absorbed", kernel=NativeMLAKernel(),
     options={"fold_o": False}, devices=("cpu",), dtypes=(torch.float32,),
     description="MLA absorbed, decode in one pass over the packed latent cache by a C++ kernel built for "
-                "this CPU (a C++ compiler needed); prefill as absorbed_sdpa"))
+                "this CPU (a C++ compiler needed; float32); its prefill is absorbed_sdpa's kernel"))
 
 ABSORBED_FOLD_O = register_implementation(AbsorbedImplementation(
     name="absorbed_fold_o", path="absorbed", kernel=EAGER_MLA, options={"fold_o": True},

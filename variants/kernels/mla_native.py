@@ -6,14 +6,14 @@ J = G·R, E = C + J, M = L·N query rows of one sequence.
 A decode step (every query row of a sequence sees the same keys: ``mask.full``, or one query per
 sequence whose mask is its length) on a float32 CPU cache, contiguous or paged, goes to
 ``native/mla_decode.cpp``: it reads each cached row ``[c_kv; k_rope]`` once, as key and (its first
-C columns) as value, with an online softmax. A paged cache is handed over as segments, one per run
-of consecutive pages (``page_runs``), read where they lie; nothing is copied or gathered. Anything
-else (a causal prefill, an fp8 cache, another dtype or device) runs as ``SdpaMLAKernel``, whose
-numerics the gate checks just the same.
+C columns) as value, with an online softmax, and splits a sequence's keys across threads when the
+batch is smaller than the thread count (flash-decoding). A paged cache is handed over as segments,
+one per run of consecutive pages (``page_runs``), read where they lie; nothing is copied or
+gathered. A prefill runs ``SdpaMLAKernel``'s code (see ``NativeMLAKernel``).
 
-The C++ is built for the machine at plan time (``attnbench.variants.kernels.native``); this kernel
-only prepares the queries (scaled, padded to groups of 16 rows, transposed) and the segment table,
-per-step set-up of a few hundred floats and pointers.
+The C++ is built for the machine at plan time (``attnbench.variants.kernels.native``). Per step this
+module joins the query's two parts, allocates the output and lists the segments; the C++ scales and
+transposes the queries and holds its own scratch.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from attnbench.variants.kernels.mla_sdpa import SdpaMLAKernel, slot_rope_query
 from attnbench.variants.mask import AttnMask
 
 SOURCE = "mla_decode.cpp"
-ROWS = 16  # the C++ kernel's value width step (one vector of float32 on AVX-512)
 
 
 def _decode_lib() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
@@ -43,6 +42,13 @@ def _decode_lib() -> ctypes._CFuncPtr:  # type: ignore[name-defined]
 
 
 class NativeMLAKernel(SdpaMLAKernel):
+    """Decode steps through the C++ kernel; a prefill (square causal mask) through ``SdpaMLAKernel``'s
+    code, by design and declared in the implementation's description: the C++ kernel is written for
+    decode, and a generation loop (and the numerics gate, which prefills before it decodes) keeps
+    one implementation. Anything else it can't run (several new tokens under a causal mask, another
+    dtype or device) is an error that says why, never another kernel in its place. No sparse
+    counterpart: ``dsa`` refuses it."""
+
     name = "native"
 
     def unavailable(self) -> str | None:
@@ -53,9 +59,11 @@ class NativeMLAKernel(SdpaMLAKernel):
     def __call__(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, c_kv_BTC: Tensor, k_rope_BTJ: Tensor, *,
                  scale: float, mask: AttnMask, kv_BTE: Tensor | None = None) -> Tensor:
         assert kv_BTE is not None, "the packed-row kernel needs the packed cache view"
-        if not mask.full or not self._runs_natively(q_lat_BLNC, kv_BTE):
+        if not mask.full:
+            self._prefill_only(mask)
             return super().__call__(q_lat_BLNC, q_rope_BLNR, c_kv_BTC, k_rope_BTJ, scale=scale, mask=mask,
                                     kv_BTE=kv_BTE)
+        self._check(q_lat_BLNC, kv_BTE)
         B, T = kv_BTE.shape[:2]
         segments = [] if is_fake(kv_BTE) else [(kv_BTE[b].data_ptr(), T) for b in range(B)]
         return self._decode(q_lat_BLNC, q_rope_BLNR, segments, [0, *range(1, B + 1)], kv_BTE.stride(1),
@@ -63,12 +71,14 @@ class NativeMLAKernel(SdpaMLAKernel):
 
     def attend_view(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, view: CacheView, *,
                     scale: float, mask: AttnMask) -> Tensor:
+        if not (mask.full or (q_lat_BLNC.shape[1] == 1 and view.seq_lens_B is not None)):
+            self._prefill_only(mask)
+            return super().attend_view(q_lat_BLNC, q_rope_BLNR, view, scale=scale, mask=mask)
         buffer = view.layout.slot("c_kv").buffer
         storage = view.storage[buffer]
-        by_length = q_lat_BLNC.shape[1] == 1 and view.seq_lens_B is not None
-        if not (mask.full or by_length) or not self._runs_natively(q_lat_BLNC, storage) \
-                or not view.layout.shares_buffer("c_kv", "k_rope") or view.layout.slot("c_kv").offset != 0:
-            return super().attend_view(q_lat_BLNC, q_rope_BLNR, view, scale=scale, mask=mask)
+        self._check(q_lat_BLNC, storage)
+        assert view.layout.shares_buffer("c_kv", "k_rope") and view.layout.slot("c_kv").offset == 0, \
+            "the packed rows [c_kv; k_rope] in the compute dtype (kernel_unsupported refuses an fp8 cache)"
         width = view.layout.slot("c_kv").width + view.layout.slot("k_rope").width
         if is_fake(storage):  # a dry run: the step's allocations without reading memory that is not there
             return self._decode(q_lat_BLNC, q_rope_BLNR, [], [], 0, width=width, scale=scale)
@@ -86,10 +96,19 @@ class NativeMLAKernel(SdpaMLAKernel):
                             storage.stride(-2), width=width, scale=scale)
 
     @staticmethod
-    def _runs_natively(q_lat_BLNC: Tensor, rows: Tensor) -> bool:
-        C = q_lat_BLNC.shape[-1]
-        return (q_lat_BLNC.device.type == "cpu" and q_lat_BLNC.dtype == torch.float32 and rows.dtype == torch.float32
-                and rows.stride(-1) == 1 and C % ROWS == 0)
+    def _prefill_only(mask: AttnMask) -> None:
+        if not mask.square_causal:
+            raise ValueError(f"absorbed_native's C++ kernel attends decode steps (every query of a sequence "
+                             f"seeing its whole cache); this step has {mask.q_len} queries under a causal mask "
+                             f"over {mask.kv_len} keys: use absorbed_sdpa")
+
+    @staticmethod
+    def _check(q_lat_BLNC: Tensor, rows: Tensor) -> None:
+        if q_lat_BLNC.device.type != "cpu" or q_lat_BLNC.dtype != torch.float32 or rows.dtype != torch.float32:
+            raise ValueError(f"absorbed_native's C++ kernel runs float32 on the CPU, not "
+                             f"{str(q_lat_BLNC.dtype).removeprefix('torch.')} on {q_lat_BLNC.device.type}: "
+                             "use absorbed_sdpa")
+        assert rows.stride(-1) == 1, "cache rows are contiguous"
 
     def _decode(self, q_lat_BLNC: Tensor, q_rope_BLNR: Tensor, segments: list[tuple[int, int]], starts: list[int],
                 stride: int, *, width: int, scale: float) -> Tensor:

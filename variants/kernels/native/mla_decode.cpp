@@ -127,6 +127,24 @@ void weighted_values(Group& g, const float* kv, int n, int64_t stride, int C, co
         for (int k = 0; k < Cols; k++) store(g.acc + (m0 + m) * C + c + 16 * k, a[m][k]);
 }
 
+// The last C % 16 columns: as weighted_values<16, 1>, through zero-padded vectors (C = 10, say).
+void value_tail(Group& g, const float* kv, int n, int64_t stride, int C, const float* s, const float* rescale, int c) {
+    const size_t bytes = sizeof(float) * (C - c);
+    v16 a[16];
+    for (int m = 0; m < 16; m++) {
+        v16 x = v16{};
+        std::memcpy(&x, g.acc + m * C + c, bytes);
+        a[m] = x * rescale[m];
+    }
+    for (int j = 0; j < n; j++) {
+        v16 v = v16{};
+        std::memcpy(&v, kv + j * stride + c, bytes);
+        const float* p = s + j * 16;
+        for (int m = 0; m < 16; m++) a[m] += p[m] * v;
+    }
+    for (int m = 0; m < 16; m++) std::memcpy(g.acc + m * C + c, &a[m], bytes);
+}
+
 // One block into a group's state: online softmax, then acc = acc * rescale + p^T V over the block.
 void attend_block(Group& g, const float* kv, int n, int64_t stride, int E, int C, float* s) {
     scores(g, kv, n, stride, E, s);
@@ -148,7 +166,8 @@ void attend_block(Group& g, const float* kv, int n, int64_t stride, int E, int C
         weighted_values<8, 2>(g, kv, n, stride, C, s, r, 0, c);
         weighted_values<8, 2>(g, kv, n, stride, C, s, r, 8, c);
     }
-    for (; c < C; c += 16) weighted_values<16, 1>(g, kv, n, stride, C, s, r, 0, c);
+    for (; c + 16 <= C; c += 16) weighted_values<16, 1>(g, kv, n, stride, C, s, r, 0, c);
+    if (c < C) value_tail(g, kv, n, stride, C, s, r, c);
 }
 
 // A share of one sequence's keys: rows [r0, r1) of sequence b, counted along its segments in order.
@@ -197,7 +216,7 @@ void attend_part(const Part& part, const float* q, int64_t q_stride, float scale
 // out: [B][M][C]. Sequence b reads segments seg_start[b] .. seg_start[b+1]-1, segment i holding
 // seg_len[i] rows of `stride` floats from seg_ptr[i] (a contiguous cache is one segment per
 // sequence, a paged one a run of pages each); a row's first E floats are its key, its first C its
-// value. C must be a multiple of 16. Returns 0, or 1 if the scratch could not be allocated.
+// value. Returns 0, or 1 if the scratch could not be allocated.
 //
 // Split-KV (flash-decoding) across `threads`: a sequence's keys are cut into parts, enough for every
 // thread to have one when the batch is smaller than the thread count (none under 4 blocks); each

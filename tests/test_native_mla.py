@@ -81,14 +81,15 @@ def test_native_decode_equals_one_softmax(page_size: int | None, G: int, heads: 
 def test_native_decode_in_a_layer_equals_absorbed_sdpa_and_prefill_falls_back(shape, native_calls: list[int]) -> None:  # noqa: ANN001
     torch.manual_seed(0)
     layer = variants.build("mla", shape)
-    x_BTD = torch.randn(2, 8, shape.hidden)
+    x_BTD = torch.randn(2, 9, shape.hidden)
     outs = {}
     for impl in ("absorbed_sdpa", "absorbed_native"):
-        cache = layer.new_cache(2, 8, impl=impl)
+        cache = layer.new_cache(2, 9, impl=impl)
         ys = [layer.prefill(x_BTD[:, :5], cache, impl=impl)]
-        ys += [layer.decode(x_BTD[:, t:t + 1], cache, impl=impl) for t in (5, 6, 7)]
+        ys += [layer.decode(x_BTD[:, t:t + 1], cache, impl=impl) for t in (5, 6)]
+        ys.append(layer.decode(x_BTD[:, 7:], cache, impl=impl))  # one token, then a causal step of two
         outs[impl] = torch.cat(ys, dim=1)
-    assert native_calls == [shape.heads] * 3  # the decode steps; the causal prefill ran absorbed_sdpa's code
+    assert native_calls == [shape.heads] * 2 + [2 * shape.heads]  # the prefill ran absorbed_sdpa's code
     assert torch.equal(outs["absorbed_native"][:, :5], outs["absorbed_sdpa"][:, :5])
     assert rel_err(outs["absorbed_native"], outs["absorbed_sdpa"]) <= 1e-5
 
@@ -96,8 +97,8 @@ def test_native_decode_in_a_layer_equals_absorbed_sdpa_and_prefill_falls_back(sh
 def test_a_sequence_with_no_key_gives_zeros() -> None:
     kv_TE = torch.randn(4, C + R)
     q_lat_BLNC, q_rope_BLNR = torch.randn(2, 1, 4, C), torch.randn(2, 1, 4, R)
-    out_BLNC = NativeMLAKernel()._decode(q_lat_BLNC, q_rope_BLNR, [(kv_TE.data_ptr(), 0), (kv_TE.data_ptr(), 4)],
-                                         [0, 1, 2], kv_TE.stride(0), width=C + R, scale=0.5)
+    out_BLNC = NativeMLAKernel()._decode(q_lat_BLNC, q_rope_BLNR, kv_TE, [0, 0], [0, 4], [0, 1, 2], [0, 4],
+                                         kv_TE.stride(0), width=C + R, scale=0.5)
     assert torch.equal(out_BLNC[0], torch.zeros(1, 4, C))
     want = torch.softmax(torch.cat((q_lat_BLNC[1], q_rope_BLNR[1]), -1) @ kv_TE.T * 0.5, -1) @ kv_TE[:, :C]
     assert rel_err(out_BLNC[1], want) <= 1e-6
@@ -159,8 +160,9 @@ def test_what_the_native_kernel_cannot_run_is_an_error_or_a_reason() -> None:
     layer = variants.build("mla", SHAPE)
     cache = layer.new_cache(1, 8, impl="absorbed_native")
     layer.prefill(torch.randn(1, 4, SHAPE.hidden), cache, impl="absorbed_native")
-    with pytest.raises(ValueError, match="2 queries under a causal mask over 6 keys: use absorbed_sdpa"):
-        layer.decode(torch.randn(1, 2, SHAPE.hidden), cache, impl="absorbed_native")  # two new tokens
+    cache.set_seq_lens([4])
+    with pytest.raises(ValueError, match=r"this step \(2 queries over 6 keys, ragged\) is not one: use absorbed_sdpa"):
+        layer.decode(torch.randn(1, 2, SHAPE.hidden), cache, impl="absorbed_native")  # two tokens, ragged
     impl = IMPLEMENTATIONS.get("absorbed_native")
     cpu = torch.device("cpu")
     assert "float32 only" in impl.supports(layer, phase="decode", device=cpu, dtype=torch.float64)

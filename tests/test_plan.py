@@ -52,9 +52,10 @@ def test_all_means_every_supported_combination():
     assert ("mla", "absorbed") in pairs and ("mha", "absorbed") not in pairs
     assert ("dsa", "absorbed") in pairs and ("dsa", "flex") not in pairs
     assert {c.variant for c in cases} == {"mha", "mqa", "gqa", "mla", "dsa"}  # tiny compresses queries: dsa
-    # mha, mqa, gqa: eager, sdpa, flex; mla: those, hf, absorbed x3, expanded; dsa: mla's but flex and hf.
-    assert len(cases) == 3 * 3 + 8 + 6
-    assert {i for v, i in pairs if v == "dsa"} == {i for v, i in pairs if v == "mla"} - {"flex", "hf"}
+    # mha, mqa, gqa: eager, sdpa, flex; mla: those, hf, absorbed x4, expanded; dsa: mla's but flex, hf and
+    # absorbed_native (no sparse kernel).
+    assert len(cases) == 3 * 3 + 9 + 6
+    assert {i for v, i in pairs if v == "dsa"} == {i for v, i in pairs if v == "mla"} - {"flex", "hf", "absorbed_native"}
 
 
 def test_named_unsupported_combination_is_planned_to_be_skipped():

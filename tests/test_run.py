@@ -102,8 +102,8 @@ def test_single_run_end_to_end(tmp_path):
     frame = results.load(out)
     # hf joins "all" wherever transformers is installed (the 'hf' extra; the 'test' extra has it).
     hf = set() if transformers_missing() else {"hf"}
-    assert set(frame["impl"]) == {"eager", "sdpa", "flex", "absorbed", "absorbed_sdpa", "absorbed_fold_o",
-                                  "expanded"} | hf
+    assert set(frame["impl"]) == {"eager", "sdpa", "flex", "absorbed", "absorbed_sdpa", "absorbed_native",
+                                  "absorbed_fold_o", "expanded"} | hf
     assert (frame["status"] == "ok").all()
     assert (out / "config.yaml").exists() and (out / "env.json").exists()
     assert "latency_ms" in proc.stdout and "absorbed_sdpa" in proc.stdout  # the summary table

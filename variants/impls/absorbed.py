@@ -56,6 +56,14 @@ class NativeImplementation(AbsorbedImplementation):
     def supports(self, layer: LayerLike, *, phase: Phase, device: torch.device, dtype: torch.dtype) -> str | None:
         return super().supports(layer, phase=phase, device=device, dtype=dtype) or self.kernel.unavailable()
 
+    def cost(self, layer: AttentionLayer, *, batch: int, q_len: int, cached: int, new_kv: int,
+             dtype: torch.dtype | None = None) -> Cost:
+        # A decode step scores the packed rows but takes their first C columns as the value; a
+        # self-attention prefill (SDPA's code) reads the packed rows as both.
+        prefill = cached == 0 and q_len > 1 and getattr(layer, "attention", "self") == "self"
+        return layer.cost(path=self.path, batch=batch, q_len=q_len, cached=cached, new_kv=new_kv, dtype=dtype,
+                          packed_cache=True, packed_value=prefill, **self.options)
+
     def plan(self, layer: LayerLike, *, compile: str | None = None) -> Plan:
         reason = self.kernel.unavailable()
         if reason is not None:

@@ -287,19 +287,23 @@ class MLA(AttentionLayer):
         return self._output(o_NMV.transpose(0, 1).view(B, L, N, -1))
 
     # -- cost, beside the math above ------------------------------------------------------------
-    def absorbed_widths(self, *, packed_cache: bool) -> tuple[int, int]:
+    def absorbed_widths(self, *, packed_cache: bool, packed_value: bool | None = None) -> tuple[int, int]:
         """Key and value widths the absorbed path's kernel multiplies: on the packed rows (both
-        C + J, the zero-padded rotary slots included), or on the pieces (C + R per score, value C)."""
+        C + J, the zero-padded rotary slots included), or on the pieces (C + R per score, value C).
+        ``packed_value=False`` with ``packed_cache``: a kernel that scores the packed rows but takes
+        only their first C columns as the value (``absorbed_native``'s decode)."""
         c = self.config
         J = c.rope_heads * c.d_r
-        return (c.d_c + J, c.d_c + J) if packed_cache else (c.d_c + c.d_r, c.d_c)
+        packed_value = packed_cache if packed_value is None else packed_value
+        return (c.d_c + J if packed_cache else c.d_c + c.d_r), (c.d_c + J if packed_value else c.d_c)
 
     def params_by_module(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in module.parameters())
                 for name, module in self.named_children() if isinstance(module, (nn.Linear, nn.RMSNorm))}
 
     def cost(self, *, path: str, batch: int, q_len: int, cached: int, new_kv: int,
-             dtype: torch.dtype | None = None, fold_o: bool = False, packed_cache: bool = False) -> Cost:
+             dtype: torch.dtype | None = None, fold_o: bool = False, packed_cache: bool = False,
+             packed_value: bool | None = None) -> Cost:
         c = self.config
         b = (dtype or self.dtype).itemsize
         B, L, S, W = batch, q_len, cached, new_kv
@@ -312,7 +316,7 @@ class MLA(AttentionLayer):
             q_flops = matmul_flops(B * L, D, Q) + matmul_flops(B * L, Q, N * (P + R))
         latent_flops = matmul_flops(B * W, D, C + J)  # kv_a_proj on the new tokens
         o_flops = matmul_flops(B * L, N * V, D)
-        absorbed_qk, absorbed_v = self.absorbed_widths(packed_cache=packed_cache)
+        absorbed_qk, absorbed_v = self.absorbed_widths(packed_cache=packed_cache, packed_value=packed_value)
         if path == "standard":
             path_flops = (matmul_flops(B * T, C, N * (P + V))  # re-expand the whole cache
                           + matmul_flops(B * N * L, P + R, T) + matmul_flops(B * N * L, T, V) + o_flops)
@@ -340,7 +344,9 @@ class MLA(AttentionLayer):
         memory_in = W if self.attention == "cross" else 0
         if path == "absorbed":
             qk_dim, v_dim = absorbed_qk, absorbed_v
-            if packed_cache:
+            if packed_cache and absorbed_v == C:
+                transient = B * L * N * (3 * C + J + V)  # q_lat, padded q, o_lat, o
+            elif packed_cache:
                 transient = B * L * N * (2 * (C + J) + C + V)  # q_lat, padded q, o_lat, o
             else:
                 transient = B * L * N * (3 * C + R + V)  # q_lat, scaled q_lat and q_rope, o_lat, o

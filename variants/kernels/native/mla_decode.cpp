@@ -14,6 +14,7 @@
 // with -march=native. Rows are processed in groups of 16 (one vector); a partial last group is
 // padded with zero queries whose outputs are discarded. Groups of one sequence run inside the
 // block loop, so a block is read once for every group.
+#include <climits>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -51,10 +52,12 @@ inline v16 exp_nonpositive(v16 x) {
     return p * (v16)((n_i + 127) << 23);
 }
 
-struct Group {  // one group of 16 query rows: its queries and its running softmax state
+struct Group {  // one group of 16 query rows: its queries, what each sees, its running softmax state
     const float* qT;  // [E][16], pre-scaled
     float* acc;       // [16][C]
     v16 max, sum;
+    v16 limit;        // row m sees the sequence's keys [0, limit[m]) (a causal step of several queries)
+    int64_t least;    // the smallest of them: blocks below it need no mask
 };
 
 // Scores of keys [0, n) of a block: s[j] holds key j's score for the group's 16 rows. kKeys keys at a
@@ -146,14 +149,21 @@ void value_tail(Group& g, const float* kv, int n, int64_t stride, int C, const f
 }
 
 // One block into a group's state: online softmax, then acc = acc * rescale + p^T V over the block.
-void attend_block(Group& g, const float* kv, int n, int64_t stride, int E, int C, float* s) {
+// `key0`: the block's first key within its sequence, for the causal mask of several new queries.
+void attend_block(Group& g, const float* kv, int n, int64_t key0, int64_t stride, int E, int C, float* s) {
     scores(g, kv, n, stride, E, s);
+    const v16 none = splat(-INFINITY);
+    if (key0 + n > g.least) {  // a key here some row does not see: its score is -inf
+        for (int j = 0; j < n; j++) store(s + j * 16, splat((float)(key0 + j)) < g.limit ? load(s + j * 16) : none);
+    }
     v16 max = g.max;
     for (int j = 0; j < n; j++) { const v16 x = load(s + j * 16); max = x > max ? x : max; }
-    const v16 rescale = exp_nonpositive(g.max - max);
+    // A row that has seen no key yet keeps max -inf: its rescale is 1 and its weights 0, not nan.
+    const v16 rescale = max == none ? splat(1.0f) : exp_nonpositive(g.max - max);
     v16 sum = v16{};
     for (int j = 0; j < n; j++) {
-        const v16 p = exp_nonpositive(load(s + j * 16) - max);
+        const v16 x = load(s + j * 16);
+        const v16 p = x == none ? v16{} : exp_nonpositive(x - max);
         store(s + j * 16, p);
         sum += p;
     }
@@ -178,9 +188,9 @@ struct Part {
 
 // The part's unnormalised state into `state` (per group: acc [16][C], then max [16] and sum [16]),
 // its transposed, scaled queries into `qT` (per group [E][16]).
-void attend_part(const Part& part, const float* q, int64_t q_stride, float scale, int M, int E, int C,
-                 const int64_t* seg_ptr, const int64_t* seg_len, const int64_t* seg_start, int64_t stride,
-                 float* qT, float* state) {
+void attend_part(const Part& part, const float* q, int64_t q_stride, float scale, int M, int N, int E, int C,
+                 const int64_t* seg_ptr, const int64_t* seg_len, const int64_t* seg_start, const int64_t* limit,
+                 int64_t stride, float* qT, float* state) {
     const int groups = (M + 15) / 16;
     std::vector<Group> gs(groups);
     for (int g = 0; g < groups; g++) {
@@ -190,7 +200,15 @@ void attend_part(const Part& part, const float* q, int64_t q_stride, float scale
                 const int row = g * 16 + m;
                 qg[d * 16 + m] = row < M ? q[part.b * q_stride + (int64_t)row * E + d] * scale : 0.0f;
             }
-        gs[g] = Group{qg, state + (int64_t)g * (16 * C + 32), splat(-INFINITY), v16{}};
+        alignas(64) float lim[16];
+        int64_t least = INT64_MAX;
+        for (int m = 0; m < 16; m++) {
+            const int row = g * 16 + m < M ? g * 16 + m : M - 1;  // a padding row sees what the last one does
+            const int64_t seen = limit[(int64_t)part.b * (M / N) + row / N];
+            lim[m] = (float)seen;  // exact below 2^24 keys
+            least = seen < least ? seen : least;
+        }
+        gs[g] = Group{qg, state + (int64_t)g * (16 * C + 32), splat(-INFINITY), v16{}, load(lim), least};
         std::memset(gs[g].acc, 0, sizeof(float) * 16 * C);
     }
     alignas(64) float s[kBlock * 16];
@@ -201,7 +219,7 @@ void attend_part(const Part& part, const float* q, int64_t q_stride, float scale
         const float* base = reinterpret_cast<const float*>(seg_ptr[i]);
         for (int64_t t0 = lo; t0 < hi; t0 += kBlock) {
             const int n = (int)(hi - t0 < kBlock ? hi - t0 : kBlock);
-            for (int g = 0; g < groups; g++) attend_block(gs[g], base + t0 * stride, n, stride, E, C, s);
+            for (int g = 0; g < groups; g++) attend_block(gs[g], base + t0 * stride, n, seen + t0, stride, E, C, s);
         }
     }
     for (int g = 0; g < groups; g++) {
@@ -212,8 +230,10 @@ void attend_part(const Part& part, const float* q, int64_t q_stride, float scale
 
 }  // namespace
 
-// q: row m of sequence b at q + b*q_stride + m*E (E floats: [q_lat; q_rope in its key's slot]);
-// out: [B][M][C]. Sequence b reads segments seg_start[b] .. seg_start[b+1]-1, segment i holding
+// q: row m of sequence b at q + b*q_stride + m*E (E floats: [q_lat; q_rope in its key's slot]), the
+// M = L*N rows of L queries of N heads each; query l of sequence b sees the sequence's keys
+// [0, limit[b*L + l]) (its length in a one-token step; a causal step of several tokens gives each its
+// own). out: [B][M][C]. Sequence b reads segments seg_start[b] .. seg_start[b+1]-1, segment i holding
 // seg_len[i] rows of `stride` floats from seg_ptr[i] (a contiguous cache is one segment per
 // sequence, a paged one a run of pages each); a row's first E floats are its key, its first C its
 // value. Returns 0, or 1 if the scratch could not be allocated.
@@ -222,9 +242,9 @@ void attend_part(const Part& part, const float* q, int64_t q_stride, float scale
 // thread to have one when the batch is smaller than the thread count (none under 4 blocks); each
 // part keeps its own softmax state, and the parts are combined by their maxima at the end. With one
 // thread, or a batch as large as the thread count, each sequence is one part, read in one pass.
-extern "C" int attnbench_mla_decode(const float* q, int64_t q_stride, float scale, float* out, int B, int M, int E,
-                                    int C, const int64_t* seg_ptr, const int64_t* seg_len, const int64_t* seg_start,
-                                    int64_t stride, int threads) {
+extern "C" int attnbench_mla_decode(const float* q, int64_t q_stride, float scale, float* out, int B, int M, int N,
+                                    int E, int C, const int64_t* seg_ptr, const int64_t* seg_len,
+                                    const int64_t* seg_start, const int64_t* limit, int64_t stride, int threads) {
     const int groups = (M + 15) / 16;
     const int want = threads > B ? (threads + B - 1) / B : 1;  // parts per sequence
     std::vector<Part> parts;
@@ -248,7 +268,7 @@ extern "C" int attnbench_mla_decode(const float* q, int64_t q_stride, float scal
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && np > 1)
     for (int k = 0; k < np; k++) {
         float* qT = scratch + k * per_part;
-        attend_part(parts[k], q, q_stride, scale, M, E, C, seg_ptr, seg_len, seg_start, stride, qT,
+        attend_part(parts[k], q, q_stride, scale, M, N, E, C, seg_ptr, seg_len, seg_start, limit, stride, qT,
                     qT + (int64_t)groups * 16 * E);
     }
     for (int b = 0; b < B; b++) {

@@ -64,7 +64,8 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 @pytest.mark.parametrize(("lens", "threads"), [
     ([230, 5, 101], 1),  # ragged: over a block of 96 keys, under the 8 keys scored together, and neither
     ([1000, 700, 9], 6),  # split-KV: 2 parts of the first sequence (4 blocks each at least), 1 of the others
-], indirect=["threads"], ids=["one-pass", "split"])
+    ([40, 3, 17, 96, 1, 60], 1),  # more sequences than one round of scratch holds (4 a thread)
+], indirect=["threads"], ids=["one-pass", "split", "rounds"])
 @pytest.mark.parametrize("heads", [4, 20])  # a partial group of 16 rows; a full group and a partial one
 @pytest.mark.parametrize("G", [1, 2])
 @pytest.mark.parametrize("page_size", [None, 4])

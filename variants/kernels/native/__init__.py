@@ -2,7 +2,7 @@
 
 Each source here is built with the system's C++ compiler (``$CXX``, else ``c++``, ``g++`` or
 ``clang++``) at ``-O3 -march=native``, into a private temporary folder, and loaded with ctypes;
-the folder is removed once the library is loaded. A build takes about half a second and happens
+the folder is removed once the library is loaded. A build takes about a second and happens
 once per process, during an implementation's ``plan`` (set-up, never timed). Nothing is cached on
 disk, so a library built for one machine's instruction set never reaches another (a cluster's
 shared home, a container image). Without a compiler an implementation that needs one declares
@@ -59,7 +59,7 @@ def _build(source: str) -> ctypes.CDLL | str:
         with open(src, "w") as f:
             f.write(code)
         out = os.path.join(folder, source.rsplit(".", 1)[0] + ".so")
-        # OpenMP where the compiler has it (GCC does; Apple's clang does not): sequences in parallel.
+        # OpenMP where the compiler has it (GCC does; Apple's clang does not): parts of the work in parallel.
         for extra in (("-fopenmp",), ()):
             done = subprocess.run([cxx, *FLAGS, *extra, src, "-o", out], check=False, capture_output=True, text=True)
             if done.returncode == 0:

@@ -28,7 +28,7 @@ typedef int32_t v16i __attribute__((vector_size(64)));
 
 constexpr int kBlock = 96;     // keys per block: 96 rows of 576 floats (221 KB) stay in L2
 constexpr int kKeys = 8;       // keys whose scores accumulate together: 8 registers, FMA latency x ports
-constexpr int kAhead = 64;     // rows ahead the prefetch reaches (one block)
+constexpr int kAhead = 64;     // rows ahead the scores' prefetch reaches (into the next block)
 
 inline v16 load(const float* p) { v16 v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, v16 v) { std::memcpy(p, &v, sizeof v); }
@@ -228,6 +228,31 @@ void attend_part(const Part& part, const float* q, int64_t q_stride, float scale
     }
 }
 
+// One sequence's parts (`count` of them, `per_part` floats apart from `state`) into its rows of
+// `out` ([M][C]): each part's output weighted by exp(its max - the largest) and normalised by the
+// weighted sums, as flash-decoding combines its splits.
+void combine(const float* state, int count, int64_t per_part, int groups, int M, int E, int C, float* out) {
+    for (int row = 0; row < M; row++) {
+        const int g = row / 16, m = row % 16;
+        auto part = [&](int k) { return state + k * per_part + (int64_t)groups * 16 * E + (int64_t)g * (16 * C + 32); };
+        float top = -INFINITY;
+        for (int k = 0; k < count; k++) top = part(k)[16 * C + m] > top ? part(k)[16 * C + m] : top;
+        float total = 0.0f;
+        float* o = out + (int64_t)row * C;
+        std::memset(o, 0, sizeof(float) * C);
+        for (int k = 0; k < count; k++) {
+            const float* st = part(k);
+            // A part that saw no key has max -inf and sum 0: its weight is 0, not nan.
+            const float w = st[16 * C + 16 + m] > 0.0f ? std::exp(st[16 * C + m] - top) : 0.0f;
+            total += w * st[16 * C + 16 + m];
+            for (int c = 0; c < C; c++) o[c] += w * st[m * C + c];
+        }
+        // A sequence with no key gives zeros (its sum is 0), not 0/0.
+        const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+        for (int c = 0; c < C; c++) o[c] *= inv;
+    }
+}
+
 }  // namespace
 
 // q: row m of sequence b at q + b*q_stride + m*E (E floats: [q_lat; q_rope in its key's slot]), the
@@ -261,36 +286,25 @@ extern "C" int attnbench_mla_decode(const float* q, int64_t q_stride, float scal
         }
         first[b + 1] = (int)parts.size();
     }
+    // Scratch for a few parts per thread at a time, whatever the batch: 70 KB a part at 16 heads
+    // (a batch of 100,000 sequences would otherwise ask for 7 GB the memory prediction can't see).
     const int64_t per_part = (int64_t)groups * (16 * E + 16 * C + 32);  // floats: queries, then state
-    const int np = (int)parts.size();
-    float* scratch = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * per_part * np));
+    const int cap = (threads > 1 ? threads : 1) * 4 > want ? (threads > 1 ? threads : 1) * 4 : want;
+    float* scratch = static_cast<float*>(std::aligned_alloc(64, sizeof(float) * per_part * cap));
     if (scratch == nullptr) return 1;
+    for (int b0 = 0; b0 < B;) {
+        int b1 = b0 + 1;  // sequences [b0, b1): whole sequences, at most `cap` parts
+        while (b1 < B && first[b1 + 1] - first[b0] <= cap) b1++;
+        const int k0 = first[b0], np = first[b1] - k0;
 #pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && np > 1)
-    for (int k = 0; k < np; k++) {
-        float* qT = scratch + k * per_part;
-        attend_part(parts[k], q, q_stride, scale, M, N, E, C, seg_ptr, seg_len, seg_start, limit, stride, qT,
-                    qT + (int64_t)groups * 16 * E);
-    }
-    for (int b = 0; b < B; b++) {
-        for (int row = 0; row < M; row++) {
-            const int g = row / 16, m = row % 16;
-            auto state = [&](int k) { return scratch + k * per_part + (int64_t)groups * 16 * E + (int64_t)g * (16 * C + 32); };
-            float top = -INFINITY;
-            for (int k = first[b]; k < first[b + 1]; k++) top = state(k)[16 * C + m] > top ? state(k)[16 * C + m] : top;
-            float total = 0.0f;
-            float* o = out + ((int64_t)b * M + row) * C;
-            std::memset(o, 0, sizeof(float) * C);
-            for (int k = first[b]; k < first[b + 1]; k++) {
-                const float* st = state(k);
-                // A part that saw no key has max -inf and sum 0: its weight is 0, not nan.
-                const float w = st[16 * C + 16 + m] > 0.0f ? std::exp(st[16 * C + m] - top) : 0.0f;
-                total += w * st[16 * C + 16 + m];
-                for (int c = 0; c < C; c++) o[c] += w * st[m * C + c];
-            }
-            // A sequence with no key gives zeros (its sum is 0), not 0/0.
-            const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-            for (int c = 0; c < C; c++) o[c] *= inv;
+        for (int k = 0; k < np; k++) {
+            float* qT = scratch + k * per_part;
+            attend_part(parts[k0 + k], q, q_stride, scale, M, N, E, C, seg_ptr, seg_len, seg_start, limit, stride,
+                        qT, qT + (int64_t)groups * 16 * E);
         }
+        for (int b = b0; b < b1; b++) combine(scratch + (int64_t)(first[b] - k0) * per_part, first[b + 1] - first[b],
+                                              per_part, groups, M, E, C, out + (int64_t)b * M * C);
+        b0 = b1;
     }
     std::free(scratch);
     return 0;

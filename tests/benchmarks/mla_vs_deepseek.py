@@ -20,6 +20,12 @@ average ~5 from other processes), speed vs DeepSeek absorb, median (IQR):
 before (main 97eb200): absorbed 1.005x (0.93-1.06) at 4k, 1.080x (1.05-1.14) at 32k;
 absorbed_sdpa 0.605x, 0.252x. After: absorbed 1.025x (0.93-1.21) at 4k, 1.196x (1.02-1.35) at 32k;
 absorbed_sdpa 1.098x (0.96-1.29), 1.462x (1.13-1.58); absorbed_fold_o 0.745x, 1.210x.
+
+Measured 2026-12-06 on a quiet 2-core Intel Xeon (AVX-512; one thread: 161 GFLOP/s sgemm, 13-16 GB/s
+read), 21 rounds of 5 steps: absorbed 0.943x (0.915-0.964) at 4k, 0.968x (0.948-0.976) at 32k;
+absorbed_sdpa 1.037x (1.026-1.052), 1.326x (1.295-1.341); absorbed_native (the C++ kernel)
+1.193x (1.166-1.250), 1.863x (1.835-1.888). Over the day absorbed_native gave 1.16-1.22x at 4k and
+1.80-1.96x at 32k while the peer's 4k step ranged 6.2-9.0 ms.
 """
 
 from __future__ import annotations

@@ -3,8 +3,9 @@
 Legend: B batch, L queries, T keys, N query heads, C latent, R rotary dim, G rotary keys per token,
 J = G·R, E = C + J, M = L·N query rows of one sequence.
 
-A decode step (every query row of a sequence sees the same keys: ``mask.full``, or one query per
-sequence whose mask is its length) on a float32 CPU cache, contiguous or paged, goes to
+A decode step (every query of a sequence sees its whole cache: ``mask.full``, or one query per
+sequence whose mask is its length; or several new tokens, each seeing the prefix up to itself) on a
+float32 CPU cache, contiguous or paged, goes to
 ``native/mla_decode.cpp``: it reads each cached row ``[c_kv; k_rope]`` once, as key and (its first
 C columns) as value, with an online softmax, and splits a sequence's keys across threads when the
 batch is smaller than the thread count (flash-decoding). A paged cache is handed over as segments,

@@ -36,8 +36,9 @@ inline v16 splat(float x) { return v16{} + x; }
 
 // exp(x) for x <= 0 (every argument here is a score minus its running maximum): 2^n * e^f with n the
 // nearest integer to x*log2(e) and |f| <= ln(2)/2, e^f by its Taylor series to degree 7 (truncation
-// below 1e-8, under float32's 6e-8 rounding). Below -87 it returns ~1.6e-38, which only ever
-// multiplies a zero state (a maximum of -inf at the start).
+// below 1e-8, under float32's 6e-8 rounding). Below -87 it returns ~1.6e-38 (a key that far below the
+// maximum weighs that instead of less: nothing beside the maximum's weight of 1). A score of -inf (a
+// key the row does not see) never reaches it: attend_block gives that key the weight 0 itself.
 inline v16 exp_nonpositive(v16 x) {
     x = x < -87.0f ? splat(-87.0f) : x;
     const v16 t = x * 1.44269504088896341f;

@@ -125,7 +125,9 @@ def repeated(tmp_path_factory) -> Nights:
     codes, outputs = [], []
     for k, samples in enumerate(_interleaved_runs(_step(case))):
         root = tmp / f"night-{k}"
-        row = {**template, **summarize(samples), "samples_ms": samples, "run_root": root.name,
+        # The template's flags judged the harness run's own samples (on a loaded machine: noisy or busy);
+        # these rows carry other samples, and a flagged row would be no baseline at all.
+        row = {**template, **summarize(samples), "flags": "", "samples_ms": samples, "run_root": root.name,
                "env_time_utc": f"2026-01-{k + 1:02d}T00:00:00+00:00"}
         results.write_row(root, row)
         shutil.copy(tmp / "harness" / "config.yaml", root / "config.yaml")
@@ -181,5 +183,9 @@ def test_two_real_harness_runs_agree_on_every_deterministic_figure(repeated, tmp
     ids.append(history.add_run(*read_run(tmp_path / "again", commit="b")))
     base, new = (history.run(i) for i in ids)
     result = compare(new, base, history.cases(new.run_id), history.cases(base.run_id))
-    assert len(result.cases) == 2 and all(v.ci is not None for v in result.cases)
+    assert len(result.cases) == 2
+    # Each case is judged, unless a loaded machine flagged one run's row noisy (CI's two shared cores
+    # do, at this 0.2 s budget): that is said, not judged. The figures below are what this test is for.
+    assert all(v.ci is not None or (v.kind == "flagged_baseline" and "flagged" in v.detail)
+               for v in result.cases), result.cases
     assert result.figures == ()  # FLOPs, bytes, KV sizes and the CPU tracked-tensor peak: all equal

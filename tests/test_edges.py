@@ -7,6 +7,7 @@ import os
 import stat
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from attnbench.harness import results
@@ -240,3 +241,36 @@ def test_resume_reruns_the_case_of_an_unreadable_row_file_and_nothing_else(tmp_p
     assert sorted(after["case_id"]) == sorted(before["case_id"]) and set(after["status"]) == {"ok"}
     assert damaged_case in set(before["case_id"])
     assert files[0].with_name(files[0].name + ".unreadable").exists()  # kept aside, not deleted
+
+
+def test_a_folder_that_cannot_be_made_is_refused(tmp_path, monkeypatch):
+    """Where mkdir fails though os.access says yes (root in /proc, a read-only mount): one line, no traceback."""
+    import errno
+    import tempfile
+
+    def read_only(**_):  # noqa: ANN003
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+    monkeypatch.setattr(tempfile, "mkdtemp", read_only)
+    with pytest.raises(UserError, match=r"^--out .*new: a folder can't be made in .*\(Read-only file system\); give"):
+        check_out_dir(tmp_path / "new")
+
+
+def test_the_probe_leaves_nothing_behind(tmp_path):
+    check_out_dir(tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_case_too_large_to_record_is_a_skipped_row(tmp_path):
+    """batch 1e8 at 32k: the prefill's FLOPs (~1e21) exceed a row's int64 columns. The sweep records a
+    skipped row that says so (the write once raised Arrow's OverflowError and ended the sweep)."""
+    from attnbench.harness.sweep.job import run_job
+    from tests.test_run import _job_cfg
+
+    cfg = _job_cfg(variant="mla", impl="absorbed", phase="both", seq="32k", batch=100_000_000)
+    run_job(cfg, job_dir=tmp_path, root=tmp_path, log=io.StringIO())
+    rows = results.load(tmp_path).set_index("phase")
+    assert set(rows.index) == {"prefill", "decode"} and set(rows.status) == {"skipped"}
+    assert rows.loc["prefill", "reason"].startswith("the case is too large to record: flops=")
+    assert rows.loc["prefill", "flops"] is None or pd.isna(rows.loc["prefill", "flops"])
+    assert rows.loc["prefill", "kv_cache_bytes_analytic"] > 0  # the counts that fit are kept

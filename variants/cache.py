@@ -202,14 +202,16 @@ class CacheLayout:
         """Bytes of a cache of ``batch`` sequences holding ``context`` tokens each (one number, or
         one per sequence: a ragged batch). Contiguous: every sequence gets the longest one's
         rows. Paged: each sequence whole pages of its own, plus the int32 block table."""
-        lengths = _lengths(batch, context)
+        # One context for all: arithmetic, not a list per sequence (a batch of 2^31-1 built 17 GB of lists).
+        lengths = [context] if isinstance(context, int) else _lengths(batch, context)
         if page_size is None:
             return batch * self.bytes_at(max(lengths), dtype)
         self.check_pageable(page_size)
         per_token = self.bytes_per_token(dtype)
         check_page_size(page_size)
         pages = [math.ceil(self.positions(n) / page_size) for n in lengths]
-        return sum(pages) * page_size * per_token + batch * max(pages) * _TABLE_DTYPE.itemsize
+        total = batch * pages[0] if isinstance(context, int) else sum(pages)
+        return total * page_size * per_token + batch * max(pages) * _TABLE_DTYPE.itemsize
 
 
 def _not_paged(page_size: object) -> ValueError:

@@ -23,6 +23,8 @@ from attnbench.harness.results import schema
 from attnbench.variants.cost import Cost
 from attnbench.variants.schedule import model_kv_bytes_per_token
 
+INT64_MAX = 2**63 - 1
+
 
 @dataclass
 class CaseRow:
@@ -44,9 +46,10 @@ class CaseRow:
     def __getitem__(self, name: str) -> Any:
         return self.values[name]
 
-    def support(self, case: Case, cost: Cost, *, cache_bytes: int, path: str) -> None:
-        """The cost model's counts for the case, known before anything is allocated."""
-        self.values.update(
+    def support(self, case: Case, cost: Cost, *, cache_bytes: int, path: str) -> str | None:
+        """The cost model's counts for the case, known before anything is allocated; why the case is too
+        large to record (a count beyond the row's int64 columns, left empty), or None."""
+        counts = dict(
             flops=cost.flops, indexer_flops=cost.indexer_flops, indexer_bytes=cost.indexer_bytes,
             bytes_min=cost.bytes_min, weight_bytes=cost.weight_bytes, cache_read_bytes=cost.cache_read_bytes,
             cache_write_bytes=cost.cache_write_bytes, activation_bytes=cost.activation_bytes, params=cost.params,
@@ -56,6 +59,15 @@ class CaseRow:
                                                               path=path),
             # The layout's function of the context (pages, rings), not tokens x bytes per token.
             kv_cache_bytes_analytic=cache_bytes, intensity_flops_per_byte=cost.intensity)
+        # An absurd size (batch 1e8 at 32k: 1e19 FLOPs) is a skipped row that says so, not an Arrow
+        # OverflowError when the row is written (which ended the whole sweep).
+        over = {k: v for k, v in counts.items() if isinstance(v, int) and not -INT64_MAX <= v <= INT64_MAX}
+        self.values.update({k: v for k, v in counts.items() if k not in over})
+        if not over:
+            return None
+        name, value = next(iter(over.items()))
+        return (f"the case is too large to record: {name}={value:.3g} is beyond a row's int64 "
+                f"(at most {INT64_MAX:.3g}); use a smaller batch or seq")
 
     def prediction(self, case: Case, cost: Cost, device: torch.device, *, mem_bytes: int) -> None:
         """Predicted memory, and the bytes one step touches against the L2 size: a hot-cache figure

@@ -213,7 +213,9 @@ def _support(case: Case, row: CaseRow) -> Supported | Stop:
     cost = impl.cost(meta, batch=case.batch, q_len=case.q_len, cached=case.cached, new_kv=case.new_kv)
     cache_bytes = meta.cache_layout(impl.path).nbytes(batch=case.batch, context=case.capacities, dtype=dtype,
                                                       page_size=case.page_size)
-    row.support(case, cost, cache_bytes=cache_bytes, path=impl.path)
+    too_large = row.support(case, cost, cache_bytes=cache_bytes, path=impl.path)
+    if too_large is not None:
+        return Stop("skipped", too_large)
     return Supported(impl=impl, meta=meta, cost=cost)
 
 

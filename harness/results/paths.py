@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 import unicodedata
 from pathlib import Path
 
@@ -62,6 +63,11 @@ def check_out_dir(path: str | Path, *, flag: str = "--out") -> Path:
         raise UserError(f"{flag} {path}: {existing} is a file, not a folder; give a folder to write to")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UserError(f"{flag} {path}: {existing} is not writable; give a folder you can write to")
+    try:  # root passes os.access everywhere, yet can't make a folder in /proc or on a read-only mount
+        os.rmdir(tempfile.mkdtemp(prefix=".attnbench-probe-", dir=existing))
+    except OSError as error:
+        raise UserError(f"{flag} {path}: a folder can't be made in {existing} ({error.strerror}); "
+                        "give a folder you can write to") from None
     return path
 
 

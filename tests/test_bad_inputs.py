@@ -10,6 +10,7 @@ the results folder a command may write to. Commands run in-process through their
 from __future__ import annotations
 
 import importlib
+import os
 import shlex
 import shutil
 import subprocess
@@ -25,7 +26,9 @@ FIXTURE = Path(__file__).parent / "fixtures" / "report_sweep"
 MAINS = {"report": "attnbench.harness.report.__main__:main", "merge": "attnbench.harness.results.merge:main",
          "status": "attnbench.harness.sweep.status:main", "nightly": "attnbench.harness.nightly.cli:main",
          "lowrank": "attnbench.harness.studies.lowrank.__main__:cli", "run": "attnbench.harness.app.main:main",
-         "selfcheck": "attnbench.harness.selfcheck.__main__:main"}
+         "selfcheck": "attnbench.harness.selfcheck.__main__:main",
+         "export": "attnbench.harness.interop.flashinfer_trace.export:main",
+         "import-trace": "attnbench.harness.interop.flashinfer_trace.load:main"}
 MODULES = {"report": "attnbench.harness.report", "merge": "attnbench.harness.results.merge",
            "status": "attnbench.harness.sweep.status", "nightly": "attnbench.harness.nightly",
            "lowrank": "attnbench.harness.studies.lowrank"}
@@ -115,6 +118,11 @@ NIGHTLY = [
     (f"ingest {OK} {DB} --commit ''", "''"),
     (f"ingest {OK} {DB} --commit=-x", "'-x'"),
     (f"ingest {OK} --commit abc123 --db {{w}}", "{w}"),  # a folder: the history's own "not a history" line
+    # A pipe (as a device node): as root, --db /dev/null once replaced /dev/null with a SQLite file.
+    (f"ingest {OK} --commit abc123 --db {{w}}/fifo", "{w}/fifo is not a regular file"),
+    ("gc --db {w}/fifo", "{w}/fifo is not a regular file"),
+    ("gc --db {res}/none.sqlite", "no history at {res}/none.sqlite"),
+    (f"gc {DB} --keep 99999999999999999999999", "keep=99999999999999999999999"),
     (f"ingest {OK} --db ''", "''"),
     (f"ingest {OK} --commit abc123 --db {{res}}/bad.sqlite", "{res}/bad.sqlite"),
     (f"ingest {OK} --commit abc123 --db {{w}}/afile/h.sqlite", "{w}/afile"),
@@ -186,6 +194,8 @@ RUN = [(argv + (" measure=quick" if "device=" in argv else " device=cpu measure=
     ("decode_len=9223372036854775808", "decode_len=9223372036854775808"), ("heads=0", "heads=0"),
     ("head_dim=99999999999", "head_dim=99999999999"), ("threads=0", "threads=0"),
     ("seq=10^12", "seq=10^12"), ("name=résumé", "name=résumé"),
+    ("seq_lens=[]", "seq_lens=[] holds no length"),
+    ("seq_lens=spread batch=2147483647", "batch=2147483647: a ragged batch holds at most 1048576"),
     ("name=${oc.env:ATTNBENCH_TEST_SURELY_UNSET}", "ATTNBENCH_TEST_SURELY_UNSET"),
     ("+seqq=1", "unknown key 'seqq'"), ("++colour=red", "unknown key 'colour'"),
     ("++measure.colour=1", "unknown key 'measure.colour'"),
@@ -227,9 +237,23 @@ SELFCHECK = [
     ("--out", "--out"), ("--out /proc/attnbench-test/x", "/proc/attnbench-test"),
     ("--out {res}/s --skip nope", "'nope'"), ("--bogus", "--bogus"),
 ]
+EXPORT = [(f"--format flashinfer-trace {item}", named) for item, named in [
+    (f"{OK} --out {{w}}/afile", "{w}/afile"), (f"{OK} --out {{w}}/afile/sub", "{w}/afile"),
+    (f"{OK} --out ''", "''"), (f"{OK} --out /proc/attnbench-test/x", "/proc/attnbench-test"),
+    ("{w}/nothing --out {res}/x", "{w}/nothing"), ("{w}/empty --out {res}/x", "{w}/empty"),
+]] + [(f"--format bogus {OK} --out {{res}}/x", "'bogus'")]
+IMPORT_TRACE = [
+    ("{w}/trace_not_json", "x.json is not JSON"), ("{w}/trace_list", "x.json holds a JSON list"),
+    ("{w}/trace_name_int", "not 5"), ("{w}/trace_workload_bad", "d.jsonl:2 is not JSON"),
+    ("{w}/trace_workload_shape", "d.jsonl:1: a workload line holds"),
+    ("''", "''"), ("{w}/empty", "{w}/empty has no definitions/"),
+    ("{w}/trace_ok --impl bogus", "'bogus'"), ("{w}/trace_ok --impl eager,", "''"),
+    ("{w}/trace_ok --name ../../etc", "'../../etc'"), ("{w}/trace_ok --name ''", "''"),
+]
 TABLE = [(cmd, argv, named) for cmd, rows in (("report", REPORT), ("merge", MERGE), ("status", STATUS),
                                                ("nightly", NIGHTLY), ("lowrank", LOWRANK), ("run", RUN),
-                                               ("selfcheck", SELFCHECK))
+                                               ("selfcheck", SELFCHECK), ("export", EXPORT),
+                                               ("import-trace", IMPORT_TRACE))
          for argv, named in rows]
 
 
@@ -260,6 +284,19 @@ def world(tmp_path_factory) -> Path:
     frame[frame["run_root"] == "report_decode"].to_parquet(one / "rows" / "rows.parquet")
     assert nightly(["ingest", str(one), "--db", str(w / "h.sqlite"), "--commit", "abc123"]) == 0
     (w / "empty").mkdir()
+    os.mkfifo(w / "fifo")
+    definition = '{"name": "d", "op_type": "gqa_dense"}'
+    for name, files in {
+        "trace_not_json": {"definitions/x.json": "garbage"},
+        "trace_list": {"definitions/x.json": "[1, 2]"},
+        "trace_name_int": {"definitions/x.json": '{"name": 5}'},
+        "trace_workload_bad": {"definitions/d.json": definition, "workloads/d.jsonl": '\n{"definition": "d"\n'},
+        "trace_workload_shape": {"definitions/d.json": definition, "workloads/d.jsonl": '{"definition": 3}\n'},
+        "trace_ok": {"definitions/d.json": definition},
+    }.items():
+        for rel, text in files.items():
+            (w / name / rel).parent.mkdir(parents=True, exist_ok=True)
+            (w / name / rel).write_text(text)
     plan = '{"job_num": 0, "device": "cpu", "cases": []}'
     for name, files in {
         "plan_not_json": {"0/plan.json": "{not json"},

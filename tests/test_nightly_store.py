@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
+import stat
 import sqlite3
 import subprocess
 import sys
@@ -250,7 +252,7 @@ def _foreign_sqlite(path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("kind", ["text", "foreign-sqlite", "folder"])
+@pytest.mark.parametrize("kind", ["text", "foreign-sqlite", "folder", "fifo"])
 @pytest.mark.parametrize("command", ["ingest", "compare", "history", "accept", "gc"])
 def test_a_file_that_is_not_a_history_is_refused_in_one_line(tmp_path, capsys, kind, command):
     db = tmp_path / "history.sqlite"
@@ -258,6 +260,8 @@ def test_a_file_that_is_not_a_history_is_refused_in_one_line(tmp_path, capsys, k
         db.write_text("run,latency_ms\n1,0.5\n" * 200)
     elif kind == "foreign-sqlite":
         _foreign_sqlite(db)
+    elif kind == "fifo":  # as a device node: as root, the writer's atomic replace once replaced /dev/null
+        os.mkfifo(db)
     else:
         db.mkdir()
     before = db.read_bytes() if db.is_file() else None
@@ -267,6 +271,16 @@ def test_a_file_that_is_not_a_history_is_refused_in_one_line(tmp_path, capsys, k
     assert err.startswith(f"error: {db} is ") and "not an attnbench history" in err and err.count("\n") == 1, err
     if before is not None:
         assert db.read_bytes() == before  # a foreign file is never written to
+    assert stat.S_ISFIFO(db.stat().st_mode) == (kind == "fifo")
+
+
+def test_gc_refuses_a_missing_history_and_an_absurd_keep(tmp_path, capsys):
+    db = tmp_path / "history.sqlite"
+    assert cli.main(["gc", "--db", str(db)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: no history at {db}") and not db.exists()
+    assert cli.main(["ingest", str(_simple_run(tmp_path, "night-1")), "--commit", "c1", "--db", str(db)]) == 0
+    assert cli.main(["gc", "--db", str(db), "--keep", str(10**23)]) == 2
+    assert capsys.readouterr().err == f"error: keep={10**23} is not allowed: keep must be an integer from 1 to 2^63-1\n"
 
 
 _V1_RUNS = """CREATE TABLE runs (

@@ -73,13 +73,22 @@ def schema_version(con: sqlite3.Connection, path: Path, *, newest: int) -> int:
                       f"user_version {version}, tables: {found})")
 
 
+def _check_file(path: Path) -> None:
+    """An existing ``path`` is a regular file: the writer's atomic replace would otherwise put a
+    SQLite file in place of a device (as root, ``--db /dev/null`` replaced /dev/null)."""
+    if path.is_dir():
+        raise NotAHistory(f"{path} is a folder, not an attnbench history file")
+    if path.exists() and not path.is_file():
+        raise NotAHistory(f"{path} is not a regular file (a device, a pipe or a socket), so not an attnbench "
+                          "history; give a history file (e.g. results/history.sqlite)")
+
+
 @contextmanager
 def reading(path: Path, *, newest: int) -> Iterator[sqlite3.Connection]:
     """A connection to the history at ``path``, which must exist and be a history."""
     if not path.exists():
         raise ValueError(f"no history at {path}; ingest a run first (python -m attnbench.harness.nightly ingest ...)")
-    if path.is_dir():
-        raise NotAHistory(f"{path} is a folder, not an attnbench history file")
+    _check_file(path)
     con = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
     try:
         if schema_version(con, path, newest=newest) == 0:
@@ -97,8 +106,7 @@ def replacing(path: Path, *, newest: int, vacuum: bool = False) -> Iterator[tupl
     """``(connection, schema version found)`` on a private copy of ``path`` inside one open
     transaction; on a clean exit the transaction commits and the copy replaces ``path`` atomically.
     Any exception discards the copy and leaves ``path`` untouched."""
-    if path.is_dir():
-        raise NotAHistory(f"{path} is a folder, not an attnbench history file")
+    _check_file(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(path):
         for stale in path.parent.glob(f".{path.name}.*.tmp*"):  # copies of writers killed earlier

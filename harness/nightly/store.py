@@ -208,8 +208,10 @@ class History:
     def gc(self, *, keep: int | None = None) -> int:
         """Delete partial runs and, with ``keep``, all but the newest ``keep`` complete runs of each
         fingerprint; returns how many runs were deleted."""
-        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
-            raise ValueError(f"keep={keep!r} is not allowed: keep must be an integer >= 1")
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= 2**63 - 1):
+            raise ValueError(f"keep={keep!r} is not allowed: keep must be an integer from 1 to 2^63-1")
+        if not self.path.exists():  # nothing to collect: not a new, empty history in its place
+            raise ValueError(f"no history at {self.path}; nothing to collect")
         with self._write(vacuum=True) as con:
             doomed = [r[0] for r in con.execute("SELECT run_id FROM runs WHERE status != 'complete'")]
             if keep is not None:

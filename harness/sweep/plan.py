@@ -83,6 +83,7 @@ def _device(value: str, *, local: bool) -> torch.device:
 
 
 SEQ_LENS_DISTRIBUTIONS: tuple[str, ...] = ("spread",)
+MAX_RAGGED_BATCH = 2**20  # a list of 2^31 lengths took 17 GB before the memory guard could skip the case
 
 
 def _int_or(value: Any) -> Any:
@@ -96,10 +97,19 @@ def ragged_lengths(value: Any, *, seq: int, batch: int) -> tuple[int, ...] | Non
     (``spread``: ``seq·(b+1)/batch``, from short to the full context). None: a uniform batch."""
     if value in (None, "none"):
         return None
+    if batch > MAX_RAGGED_BATCH:  # one length per sequence, in the plan and in the cache's tables
+        raise ValueError(f"seq_lens with batch={batch}: a ragged batch holds at most {MAX_RAGGED_BATCH} sequences "
+                         "(one length each); use a smaller batch, or seq_lens=none")
     if isinstance(value, str) and value in SEQ_LENS_DISTRIBUTIONS:
         return tuple(max(1, seq * (b + 1) // batch) for b in range(batch))
-    items = value.split(",") if isinstance(value, str) else list(value)
+    if isinstance(value, str):
+        items = value.split(",") if value.strip() else []
+    else:
+        items = list(value)
     lengths = [parse_size("seq_lens", item.strip() if isinstance(item, str) else item) for item in items]
+    if not lengths:
+        raise ValueError(f"seq_lens={value!r} holds no length; give sizes like [1k,4k], a distribution "
+                         f"({', '.join(SEQ_LENS_DISTRIBUTIONS)}), or none")
     if len(lengths) > batch or batch % len(lengths):
         raise ValueError(f"seq_lens has {len(lengths)} lengths for batch={batch}; give batch lengths "
                          f"(or a number of lengths that divides it, repeated)")

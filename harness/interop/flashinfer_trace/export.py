@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 
 import pandas as pd
 
-from attnbench.harness.errors import ArgumentParser, UserError
+from attnbench.harness.errors import ArgumentParser, UserError, guarded
 from attnbench.harness.interop.flashinfer_trace import model
+from attnbench.harness.results.paths import check_out_dir
 
 FORMATS = ("flashinfer-trace",)
 
@@ -40,7 +40,8 @@ def _reference_latency(rows: list[dict[str, Any]]) -> dict[str, float]:
     """case_id without the impl -> the uncompiled eager row's latency (the reference solution)."""
     keys = {}
     for row in rows:
-        if row["impl"] == "eager" and row["compile"] == "none" and row["status"] == "ok":
+        if row["impl"] == "eager" and row["compile"] == "none" and row["status"] == "ok" \
+                and row["latency_ms"] is not None:
             keys[_case_key(row)] = float(row["latency_ms"])
     return keys
 
@@ -62,6 +63,8 @@ def export(frame: pd.DataFrame, out: Path) -> Exported:
             why = f"status {row['status']} (no FlashInfer-Trace counterpart)"
         if why is None and row["status"] not in model.STATUS:
             why = f"status {row['status']} (unknown)"
+        if why is None and row["status"] == "ok" and row["latency_ms"] is None:
+            why = "status ok without latency_ms (a damaged row: no trace claims a time it lacks)"
         if why is not None:
             left_out[why] = left_out.get(why, 0) + 1
             continue
@@ -89,19 +92,16 @@ def _write(path: Path, text: str) -> None:
     path.write_text(text)
 
 
+@guarded("export")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="attnbench export",
                             description="Write a results folder's rows in an exchange format "
                                         "(python -m pydoc attnbench.harness.interop.flashinfer_trace).")
     parser.add_argument("results", nargs="+", help="results folders or row files")
     parser.add_argument("--format", required=True, help=f"one of: {', '.join(FORMATS)}")
-    parser.add_argument("--out", required=True, type=Path, help="folder to write")
+    parser.add_argument("--out", required=True, help="folder to write")
     args = parser.parse_args(argv)
-    try:
-        done = _export(args.results, fmt=args.format, out=args.out)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    done = _export(args.results, fmt=args.format, out=check_out_dir(args.out, flag="--out"))
     print(f"{args.out}: {done.definitions} definitions, {done.workloads} workloads, {done.traces} traces")
     for why, count in done.left_out.items():
         print(f"  left out {count} rows: {why}")

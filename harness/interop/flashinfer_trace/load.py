@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,9 +16,10 @@ from typing import Any
 
 import torch
 
-from attnbench.harness.errors import ArgumentParser, UserError
+from attnbench.harness.errors import ArgumentParser, UserError, guarded
 from attnbench.harness.interop.flashinfer_trace import model
 from attnbench.harness.interop.flashinfer_trace.reference import load_run
+from attnbench.harness.results.paths import check_run_name
 
 
 @dataclass(frozen=True)
@@ -35,18 +35,35 @@ def read_folder(root: Path) -> Folder:
                         "(definitions/, workloads/, traces/)")
     definitions = {}
     for path in sorted((root / "definitions").rglob("*.json")):
-        body = json.loads(path.read_text())
+        body = _json(path, path.read_text(errors="replace"))
+        if not isinstance(body.get("name"), str) or not body["name"]:
+            raise UserError(f"{path}: a definition's \"name\" is a non-empty string, not {body.get('name')!r}")
         definitions[body["name"]] = body
     workloads: dict[str, list[dict[str, Any]]] = {name: [] for name in definitions}
     for path in sorted((root / "workloads").rglob("*.jsonl")) if (root / "workloads").is_dir() else []:
-        for line in path.read_text().splitlines():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
             if line.strip():
-                entry = json.loads(line)
+                entry = _json(f"{path}:{number}", line)
+                if not isinstance(entry.get("definition"), str) or not isinstance(entry.get("workload"), dict):
+                    raise UserError(f"{path}:{number}: a workload line holds \"definition\" (a name) and "
+                                    "\"workload\" (an object)")
                 if entry["definition"] not in definitions:
                     raise UserError(f"{path}: workload of definition {entry['definition']!r}, which "
                                     f"definitions/ lacks; known: {', '.join(sorted(definitions))}")
                 workloads[entry["definition"]].append(entry["workload"])
     return Folder(definitions, workloads)
+
+
+def _json(where: object, text: str) -> dict[str, Any]:
+    """``text`` as a JSON object, else ``UserError`` naming ``where`` (a file, or a file and line)."""
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise UserError(f"{where} is not JSON ({error.msg} at line {error.lineno}, column {error.colno}); "
+                        "give a FlashInfer-Trace folder") from None
+    if not isinstance(body, dict):
+        raise UserError(f"{where} holds a JSON {type(body).__name__}, not an object; give a FlashInfer-Trace folder")
+    return body
 
 
 def case_overrides(folder: Folder) -> list[list[str]]:
@@ -145,28 +162,40 @@ def check_against_reference(definition: dict[str, Any], impl: str, *, axes: dict
                        float((actual.double() - expected.double()).abs().max()), TOLERANCE[dtype])
 
 
+@guarded("import-trace")
 def main(argv: Sequence[str] | None = None) -> int:
     parser = ArgumentParser(prog="attnbench import-trace",
                             description="Print the attnbench sweeps measuring a FlashInfer-Trace folder's "
                                         "definitions at its workloads' shapes "
                                         "(python -m pydoc attnbench.harness.interop.flashinfer_trace).")
-    parser.add_argument("folder", type=Path, help="a FlashInfer-Trace folder (definitions/, workloads/)")
+    parser.add_argument("folder", help="a FlashInfer-Trace folder (definitions/, workloads/)")
     parser.add_argument("--impl", default="all", help="attnbench implementations to measure (default: all)")
     parser.add_argument("--name", default="flashinfer_trace", help="results/<name>/ of the sweeps")
     parser.add_argument("--check", action="store_true",
                         help="also run each definition's reference run() against --impl's kernel at a tiny shape")
     args = parser.parse_args(argv)
-    try:
-        folder = read_folder(args.folder)
-        for command in sweep_commands(folder, impl=args.impl, name=args.name):
-            print(command)
-        if args.check:
-            for line in _checks(folder, args.impl):
-                print(line)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    if not args.folder.strip():  # before Path(): Path("") is the current folder
+        raise UserError("folder '' is empty; give a FlashInfer-Trace folder (definitions/, workloads/)")
+    check_run_name(args.name)
+    _check_impls(args.impl)
+    folder = read_folder(Path(args.folder))
+    for command in sweep_commands(folder, impl=args.impl, name=args.name):
+        print(command)
+    if args.check:
+        for line in _checks(folder, args.impl):
+            print(line)
     return 0
+
+
+def _check_impls(impl: str) -> None:
+    """``--impl``: ``all`` or registered implementations, comma-separated (what the printed sweep takes)."""
+    from attnbench.variants.registry import IMPLEMENTATIONS
+
+    known = IMPLEMENTATIONS.names()
+    bad = [name for name in impl.split(",") if name not in known] if impl != "all" else []
+    if bad:
+        raise UserError(f"--impl {bad[0]!r} is not an implementation; valid: all, {', '.join(known)} "
+                        "(several: comma-separated)")
 
 
 def _checks(folder: Folder, impl: str) -> list[str]:

@@ -158,7 +158,8 @@ NIGHTLY = [
     ("gc --db {res}/bad.sqlite", "{res}/bad.sqlite"),
     (f"compare {DB} --run 99999999999999999999", "--run=99999999999999999999"),  # issue 19: past SQLite's int
     (f"compare {DB} --run=-1", "--run=-1"),
-    (f"compare {DB} --baseline 99999999999999999999", "--run=99999999999999999999"),
+    (f"compare {DB} --baseline 99999999999999999999", "--baseline=99999999999999999999"),
+    (f"compare {DB} --run 1 --baseline 1", "--baseline=1 is the run being judged"),
     (f"accept {DB} 99999999999999999999", "--run=99999999999999999999"),
 ]
 LOWRANK = [(f"{item} --out {{res}}/lr", named) for item, named in [

@@ -206,19 +206,22 @@ _COMMANDS = {"ingest": _ingest, "compare": _compare, "history": _history, "accep
 MAX_RUN_ID = 2**63 - 1  # SQLite's INTEGER: a larger id can't be in any history (it would overflow the query)
 
 
-def _run_id(text: str) -> int:
+def _run_id(text: str, *, flag: str = "--run") -> int:
     try:
         run_id = int(text)
     except ValueError:
-        raise UserError(f"--run={text!r} is not a run id; use an integer from `history`, or latest") from None
+        raise UserError(f"{flag}={text!r} is not a run id; use an integer from `history`, or latest") from None
     if not 1 <= run_id <= MAX_RUN_ID:
-        raise UserError(f"--run={text} is not a run id; run ids are integers from 1 (see `history`), or latest")
+        raise UserError(f"{flag}={text} is not a run id; run ids are integers from 1 (see `history`), or latest")
     return run_id
 
 
 def _named_baseline(history: History, run: Run, text: str) -> Run:
     if text.isdigit():
-        return history.run(_run_id(text))
+        baseline = history.run(_run_id(text, flag="--baseline"))
+        if baseline.run_id == run.run_id:
+            raise UserError(f"--baseline={text} is the run being judged (run {run.run_id}); give an earlier run")
+        return baseline
     matches = [r for r in history.runs() if r.commit.startswith(text) and r.run_id != run.run_id]
     if not matches:
         raise ValueError(f"--baseline={text!r} is not last-good, a run id, or the commit of a run in {history.path}")

@@ -30,9 +30,10 @@ absorbed_sdpa 1.037x (1.026-1.052), 1.326x (1.295-1.341); absorbed_native (the C
 Measured 2026-12-06 on the same machine, slower again (the peer's 4k step 7.9-10.0 ms), 21 rounds
 of 5 steps: absorbed 0.954x (0.914-1.010) at 4k, 0.984x (0.960-1.000) at 32k; absorbed_sdpa
 1.019x (1.006-1.059), 1.259x (1.240-1.286); absorbed_native 1.175x (1.128-1.229), 1.844x
-(1.767-1.883). Profiled at 4k (absorbed_native): the three weight projections take 3.4 ms of the
-6.7 ms step and the two absorption bmm 0.74 ms, the same work as the peer's; the C++ kernel
-1.4 ms with the cache warm, 2.1 ms inside the step (the weights have evicted it).
+(1.767-1.883). Profiled at 4k (absorbed_native, torch.profiler): the three weight projections
+take 3.4 ms of the step and the two absorption bmm 0.74 ms, the same work as the peer's. Timed
+with the kernel wrapped, earlier that day (steps of 8.0-9.8 ms): the C++ kernel 1.4 ms alone with
+the cache warm, 2.0-2.6 ms inside the step, where the weights have evicted the cache.
 """
 
 from __future__ import annotations

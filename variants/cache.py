@@ -517,3 +517,4 @@ class KVCache:
                 else:
                     row_SX.normal_(generator=generator)
         self.length = length
+        self.seq_lens = None  # every sequence now holds ``length``: an earlier ragged batch's lengths would hide the fill

@@ -153,6 +153,7 @@ class AttentionLayer(nn.Module):
         return self.plan(impl, compile=compile).bind(phase, x_BLD, cache, memory_BMD=memory_BMD)
 
     def _cached_plan(self, cache: KVCache, impl: str | Implementation, compile: str | None) -> LayerPlan:
+        _check_cache(cache)
         implementation = resolve(impl)
         key = (id(self), implementation.name, compile)
         plan = cache.plans.get(key)
@@ -164,6 +165,13 @@ class AttentionLayer(nn.Module):
     def _make_step(self, phase: Phase, x_BLD: Tensor, cache: KVCache, memory_BMD: Tensor | None,
                    kernel: Kernel) -> Step:
         check_choice("phase", phase, PHASES)
+        if not _same_device(x_BLD.device, self.device):
+            raise ValueError(f"x is on {x_BLD.device} but the layer on {self.device}; move one to the other")
+        if getattr(cache, "dtype", self.dtype) != self.dtype:
+            raise ValueError(f"the cache holds {cache.dtype} but the layer {self.dtype}; make the cache with "
+                             "layer.new_cache")
+        if getattr(self, "rope", None) is not None:  # a cache made elsewhere (KVCache(...), a twin layer's)
+            self.rope.reserve(cache.max_len, dtype=self.dtype, device=self.device)
         if x_BLD.dim() != 3 or x_BLD.shape[-1] != self.hidden or x_BLD.shape[0] != cache.batch:
             raise ValueError(f"x has shape {tuple(x_BLD.shape)}; expected [batch={cache.batch}, L, hidden={self.hidden}]")
         if x_BLD.dtype != self.dtype:
@@ -187,9 +195,15 @@ class AttentionLayer(nn.Module):
         if phase == "prefill":
             if memory_BMD is None:
                 raise ValueError("cross-attention prefill needs memory_BMD, the sequence to attend to")
+            if not isinstance(memory_BMD, Tensor) or memory_BMD.dim() != 3:
+                raise ValueError(f"memory_BMD must be a tensor [batch={cache.batch}, M, hidden={self.hidden}]")
             M = memory_BMD.shape[1]
-            if memory_BMD.shape[0] != cache.batch or memory_BMD.shape[-1] != self.hidden:
-                raise ValueError(f"memory has shape {tuple(memory_BMD.shape)}; expected [batch={cache.batch}, M, hidden={self.hidden}]")
+            if memory_BMD.shape[0] != cache.batch or memory_BMD.shape[-1] != self.hidden or M < 1:
+                raise ValueError(f"memory has shape {tuple(memory_BMD.shape)}; expected [batch={cache.batch}, M >= 1, "
+                                 f"hidden={self.hidden}]")
+            if memory_BMD.dtype != self.dtype or not _same_device(memory_BMD.device, self.device):
+                raise ValueError(f"memory is {memory_BMD.dtype} on {memory_BMD.device} but the layer {self.dtype} "
+                                 f"on {self.device}")
             if M > cache.max_len:
                 raise ValueError(f"memory of {M} tokens exceeds the cache's max_len={cache.max_len}")
             mask = make_mask(q_len=L, kv_len=M, q_offset=None, device=device)
@@ -241,6 +255,9 @@ class LayerPlan:
     def bind(self, phase: Phase, x_BLD: Tensor, cache: KVCache, *,
              memory_BMD: Tensor | None = None) -> Callable[[], Tensor]:
         layer, implementation = self.layer, self.implementation
+        if not isinstance(x_BLD, Tensor):
+            raise ValueError(f"x is a {type(x_BLD).__name__}; give a torch.Tensor [batch, L, hidden={layer.hidden}]")
+        _check_cache(cache)
         reason = implementation.supports(layer, phase=phase, device=x_BLD.device, dtype=x_BLD.dtype)
         if reason is not None:
             raise ValueError(reason)
@@ -261,3 +278,13 @@ class LayerPlan:
         if self.layer.attention == "self":
             cache.advance(x_BLD.shape[1])
         return y_BLD
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """Same type, and the same index where both name one (``cuda`` and ``cuda:0`` agree)."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def _check_cache(cache: object) -> None:
+    if not isinstance(getattr(cache, "plans", None), dict):
+        raise ValueError(f"cache is a {type(cache).__name__}; give a cache made by layer.new_cache(batch, max_len)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from attnbench.variants.shape import ROPE_LAYOUTS, RopeLayout, check_choice
+from attnbench.variants.shape import ROPE_LAYOUTS, RopeLayout, check_choice, check_theta
 
 
 def default_inv_freq(rotary_dim: int, theta: float) -> Tensor:
@@ -61,7 +61,7 @@ class Rope(nn.Module):
         self.rotary_dim = rotary_dim
         self.layout: RopeLayout = layout
         self.scaling = scaling
-        inv = default_inv_freq(rotary_dim, theta) if inv_freq is None else inv_freq.float()
+        inv = default_inv_freq(rotary_dim, check_theta("theta", theta)) if inv_freq is None else inv_freq.float()
         F = rotary_dim // 2
         if inv.shape[-1:] != (F,) or inv.dim() not in (1, 2) or inv.shape[0] == 0:
             raise ValueError(f"inv_freq has shape {tuple(inv.shape)}; expected [{F}] or [groups, {F}] "

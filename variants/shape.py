@@ -119,8 +119,7 @@ class ModelShape:
             raise ValueError(f"layer_pattern={self.layer_pattern!r} is not allowed: it must be a string of the "
                              f"letters {letters}, e.g. SF")
         check_choice("kv_dtype", self.kv_dtype, KV_DTYPES)
-        if self.rope_theta <= 0:
-            raise ValueError(f"rope_theta={self.rope_theta!r} is not allowed: it must be positive")
+        check_theta("rope_theta", self.rope_theta)
 
     def __repr__(self) -> str:
         # Family keys as keywords, as the shape takes them (not as the ``extra`` pairs holding them).
@@ -220,3 +219,10 @@ def _merged(old: tuple[tuple[str, object], ...], new: dict) -> tuple[tuple[str, 
         declared = family_keys()
         merged = {k: v for k, v in merged.items() if not _same(v, declared[k].default)}
     return tuple(sorted(merged.items()))
+
+
+def check_theta(name: str, theta: object) -> float:
+    """A RoPE base: a finite positive number (NaN passed ``<= 0`` and made every output NaN)."""
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < float("inf"):
+        raise ValueError(f"{name}={theta!r} is not allowed: it must be a finite positive number (e.g. 10000)")
+    return float(theta)

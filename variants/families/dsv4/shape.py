@@ -9,7 +9,7 @@ from attnbench.variants.core.family import shape_field
 from attnbench.variants.families.dsa.shape import IndexerShape, check_indexer, reduce_indexer
 from attnbench.variants.families.mla.shape import MLAShape, check_latent
 from attnbench.variants.families.swa.shape import WindowShape, check_window, reduce_window
-from attnbench.variants.shape import check_positive
+from attnbench.variants.shape import check_positive, check_theta
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,8 @@ class DSV4Shape(MLAShape, IndexerShape, WindowShape):
             check_positive(name, getattr(self, name))
         for name in ("o_groups", "o_rank"):
             check_positive(name, getattr(self, name), optional=True)
-        if self.compress_rope_theta is not None and self.compress_rope_theta <= 0:
-            raise ValueError(f"compress_rope_theta={self.compress_rope_theta!r} is not allowed: it must be "
-                             "positive or null")
+        if self.compress_rope_theta is not None:
+            check_theta("compress_rope_theta", self.compress_rope_theta)
 
 
 def reduce_dsv4(shape) -> dict[str, object]:  # noqa: ANN001 - a ModelShape, its heads already reduced

@@ -30,7 +30,7 @@ from attnbench.variants.cache import CacheLayout, KVCache
 from attnbench.variants.cost import Cost
 from attnbench.variants.families.gqa import GQA, GQAConfig
 from attnbench.variants.kernel import Kernel
-from attnbench.variants.layer import Step, StepRunner
+from attnbench.variants.layer import Phase, Step, StepRunner
 from attnbench.variants.mask import AttnMask, MaskFn, causal_window, make_mask
 from attnbench.variants.registry import register_variant
 from attnbench.variants.shape import AttentionKind, ModelShape, check_positive
@@ -132,6 +132,13 @@ class SWA(GQA):
         if start == 0:
             return new_L
         return torch.cat([ring_positions(start - 1, rows=rows, sinks=s, device=device), new_L])
+
+    def _make_step(self, phase: Phase, x_BLD: Tensor, cache: KVCache, memory_BMD: Tensor | None,
+                   kernel: Kernel) -> Step:
+        if self.config.window is not None and cache.seq_lens is not None and phase == "decode":
+            raise ValueError(f"seq_lens={cache.seq_lens}: a sliding-window layer decodes uniform batches only (its "
+                             "ring of window rows follows one position for the batch); leave seq_lens unset")
+        return super()._make_step(phase, x_BLD, cache, memory_BMD, kernel)
 
     def step_runner(self, path: str, kernel: Kernel, **options: Any) -> StepRunner:
         assert path == "standard" and not options

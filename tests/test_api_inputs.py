@@ -78,3 +78,38 @@ def test_a_cache_made_without_the_layer_gets_its_rope_table(gqa):
         cache.set_seq_lens([3, 10])
         outputs.append(gqa.decode(_x(2, 1), cache))
     torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("batch", "max_len"), [("2", 8), (None, 8), (True, 8), (1, 8.0), (1, None), (1, "8"),
+                                                (2, [8.7, 8.2]), (0, 8), (1, [8, 0])])
+def test_cache_sizes_are_positive_integers(gqa, batch, max_len):
+    with pytest.raises(ValueError, match=r"^cache batch=.*: both must be positive integers"):
+        gqa.new_cache(batch, max_len, page_size=8 if isinstance(max_len, list) else None)
+
+
+def test_a_huge_uniform_batch_builds_no_list_per_sequence(gqa):
+    """A uniform cache's capacities and page table are arithmetic: 10^9 sequences fail in the
+    allocator's own words at once, not with a MemoryError building Python lists first."""
+    with pytest.raises(RuntimeError, match="allocate"):
+        gqa.new_cache(10**9, 10**6)
+    paged = gqa.new_cache(3, 20, page_size=8)
+    assert paged.block_table.tolist() == [[8, 7, 6], [5, 4, 3], [2, 1, 0]]  # reverse order, as a ragged one's
+    assert paged.capacities == [20, 20, 20]
+
+
+@pytest.mark.parametrize("seq_lens", [3, None, "12", [1.9, 2.9, 1], ["1", "2", "3"], [True, False, True]])
+def test_seq_lens_are_integers(gqa, seq_lens):
+    with pytest.raises(ValueError, match=r"^seq_lens=.* is not allowed: one integer length per sequence \(3\)"):
+        gqa.new_cache(3, 20, page_size=8).set_seq_lens(seq_lens)
+
+
+def test_a_state_cache_range_checks_its_lengths():
+    cache = variants.build("gdn", model="tiny_hybrid").new_cache(2, 8)
+    with pytest.raises(ValueError, match=r"^seq_lens\[1\]=99 is outside \[0, 8\]"):
+        cache.set_seq_lens([3, 99])
+
+
+@pytest.mark.parametrize("name", ["../config", "model/tiny", "/etc/passwd"])
+def test_a_preset_is_a_name_not_a_path(name):
+    with pytest.raises(ValueError, match=r"^unknown model preset .*; valid: deepseek_v2"):
+        variants.build("gqa", model=name)

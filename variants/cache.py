@@ -39,7 +39,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -231,6 +232,29 @@ def check_page_size(page_size: object) -> int:
     return page_size
 
 
+def _is_integer(n: object) -> bool:
+    """An int, a numpy or 0-dim torch integer (what ``operator.index`` takes); not a bool, a float or text."""
+    if isinstance(n, bool):
+        return False
+    try:
+        operator.index(n)
+    except TypeError:
+        return False
+    return True
+
+
+def _check_sizes(batch: object, max_len: object) -> None:
+    """A positive integer batch, and a positive integer capacity or a list of them (never a float
+    truncated, a bool, or a string read as a list of characters)."""
+    def positive(n: object) -> bool:
+        return _is_integer(n) and operator.index(n) > 0
+
+    sizes = max_len if isinstance(max_len, Sequence) and not isinstance(max_len, (str, bytes)) else [max_len]
+    if not positive(batch) or not sizes or not all(positive(n) for n in sizes):
+        raise ValueError(f"cache batch={batch!r}, max_len={max_len!r}: both must be positive integers "
+                         "(max_len may be one per sequence in a paged cache)")
+
+
 def _lengths(batch: int, context: int | Sequence[int]) -> list[int]:
     if isinstance(context, int):
         return [context] * batch
@@ -258,16 +282,20 @@ class KVCache:
 
     def __init__(self, layout: CacheLayout, *, batch: int, max_len: int | Sequence[int], dtype: torch.dtype,
                  device: torch.device | str, page_size: int | None = None) -> None:
-        capacities = _lengths(batch, max_len) if isinstance(batch, int) and batch > 0 else []
-        if batch <= 0 or not capacities or min(capacities) <= 0:
-            raise ValueError(f"cache batch={batch}, max_len={max_len}: both must be positive integers")
+        _check_sizes(batch, max_len)
+        batch = operator.index(batch)
+        if not isinstance(max_len, Sequence):
+            max_len = operator.index(max_len)
         if page_size is None and not isinstance(max_len, int):
             raise ValueError(f"max_len={list(max_len)}: one capacity per sequence needs a paged cache "
                              "(page_size=...)")
+        uniform = isinstance(max_len, int)
+        # One capacity for all: no list of `batch` entries (a batch of 10^9 raised MemoryError building it).
+        capacities = [max_len] if uniform else _lengths(batch, max_len)
         self.layout = layout
         self.batch = batch
         self.max_len = max(capacities)
-        self.capacities = capacities
+        self._capacities = None if uniform else capacities
         self.page_size = None if page_size is None else check_page_size(page_size)
         self.length = 0
         self.seq_lens: list[int] | None = None
@@ -282,12 +310,16 @@ class KVCache:
             layout.check_pageable(self.page_size)
             P = self.page_size
             pages = [math.ceil(n / P) for n in capacities]
-            num_pages = sum(pages)
-            order = list(range(num_pages - 1, -1, -1))
-            table = torch.zeros(batch, max(pages), dtype=_TABLE_DTYPE)  # unused slots: page 0, never read
-            for b, n in enumerate(pages):
-                table[b, :n] = torch.tensor(order[:n], dtype=_TABLE_DTYPE)
-                del order[:n]
+            if uniform:  # sequence b's pages, in reverse order as below: one arange, no loop over the batch
+                num_pages = batch * pages[0]
+                table = (num_pages - 1 - torch.arange(num_pages, dtype=torch.int64)).to(_TABLE_DTYPE).view(batch, -1)
+            else:
+                num_pages = sum(pages)
+                order = list(range(num_pages - 1, -1, -1))
+                table = torch.zeros(batch, max(pages), dtype=_TABLE_DTYPE)  # unused slots: page 0, never read
+                for b, n in enumerate(pages):
+                    table[b, :n] = torch.tensor(order[:n], dtype=_TABLE_DTYPE)
+                    del order[:n]
             self.block_table = table.to(device)
             rows = (num_pages, P)
         self.dtype = dtype
@@ -353,9 +385,18 @@ class KVCache:
             return self._gather(self.buffers["packed"], self.max_len)
         return self.buffers["packed"]
 
+    @property
+    def capacities(self) -> list[int]:
+        """Positions each sequence can hold: ``max_len`` for all, or a paged cache's own per sequence."""
+        return [self.max_len] * self.batch if self._capacities is None else self._capacities
+
     def set_seq_lens(self, seq_lens: Sequence[int]) -> None:
         """Make the batch ragged: sequence b holds ``seq_lens[b]`` valid positions."""
-        lengths = [int(n) for n in seq_lens]
+        items = list(seq_lens) if isinstance(seq_lens, Iterable) and not isinstance(seq_lens, (str, bytes)) else None
+        if items is None or not all(_is_integer(n) for n in items):
+            raise ValueError(f"seq_lens={seq_lens!r} is not allowed: one integer length per sequence "
+                             f"({self.batch})")
+        lengths = [operator.index(n) for n in items]
         if len(lengths) != self.batch:
             raise ValueError(f"seq_lens={lengths} has {len(lengths)} lengths for a cache of batch={self.batch}; "
                              f"give exactly {self.batch}")

@@ -119,6 +119,9 @@ class StateCache:
         if len(lengths) != self.batch:
             raise ValueError(f"seq_lens={lengths} has {len(lengths)} lengths for a cache of batch={self.batch}; "
                              f"give exactly {self.batch}")
+        for b, n in enumerate(lengths):  # as KVCache.set_seq_lens: a length the cache can't have held is refused
+            if not 0 <= n <= self.max_len:
+                raise ValueError(f"seq_lens[{b}]={n} is outside [0, {self.max_len}], that sequence's capacity")
         self.seq_lens = lengths
         self.length = max(lengths)
 

@@ -113,3 +113,20 @@ def test_a_state_cache_range_checks_its_lengths():
 def test_a_preset_is_a_name_not_a_path(name):
     with pytest.raises(ValueError, match=r"^unknown model preset .*; valid: deepseek_v2"):
         variants.build("gqa", model=name)
+
+
+@pytest.mark.parametrize(("kw", "message"), [
+    ({"dtype": "float32"}, r"^dtype='float32' is not allowed: a floating torch.dtype"),
+    ({"dtype": torch.int32}, r"^dtype=torch.int32 is not allowed"),
+    ({"device": "gpu"}, r"^device='gpu' is not a device; valid: cpu, cuda"),
+    ({"shape": {"hidden": 64}}, r"^shape=\{'hidden': 64\} is not a ModelShape"),
+])
+def test_build_names_a_bad_dtype_device_or_shape(kw, message):
+    with pytest.raises(ValueError, match=message):
+        variants.build("gqa", **({"model": "tiny"} | kw))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_build_on_cuda_without_cuda_says_so():
+    with pytest.raises(ValueError, match=r"^device='cuda': CUDA is not available here"):
+        variants.build("gqa", model="tiny", device="cuda")

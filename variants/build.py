@@ -21,6 +21,11 @@ def build(variant: str, shape: ModelShape | None = None, *, model: str | None = 
     """
     spec = VARIANTS.get(variant)
     check_choice("attention", attention, ATTENTION_KINDS)
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+        raise ValueError(f"dtype={dtype!r} is not allowed: a floating torch.dtype (torch.float32, torch.bfloat16, ...)")
+    device = _device(device)
+    if shape is not None and not isinstance(shape, ModelShape):
+        raise ValueError(f"shape={shape!r} is not a ModelShape; pass a preset as model=..., or dims as keywords")
     if shape is None and model is not None:
         from attnbench.variants.presets import load_preset
 
@@ -29,10 +34,20 @@ def build(variant: str, shape: ModelShape | None = None, *, model: str | None = 
     reason = family_of(variant).validate(shape, variant)  # a preset this variant cannot build (dsa: no q_rank)
     if reason is not None:
         raise ValueError(reason)
-    device = torch.device(device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         if seed is not None:
             torch.manual_seed(seed)
         with device:
             layer = spec.make(shape, attention)
     return layer.to(dtype=dtype)
+
+
+def _device(device: object) -> torch.device:
+    """``device`` as a torch.device that exists here; else ValueError naming it."""
+    try:
+        resolved = torch.device(device)  # type: ignore[arg-type]
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device; valid: cpu, cuda, cuda:<index>, meta") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available here; valid: cpu, meta")
+    return resolved

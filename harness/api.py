@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from attnbench.harness.errors import UserError
-from attnbench.harness.sweep.overrides import check_group_lists, condense
+from attnbench.harness.results.paths import check_out_dir
+from attnbench.harness.sweep.overrides import check_added_keys, check_group_lists, condense
 from attnbench.harness.logs import LevelName, shown
 
 
@@ -51,7 +53,10 @@ def config(*overrides: str, config_name: str = "config") -> DictConfig:
     for override in overrides:
         if not isinstance(override, str):
             raise UserError(f"override {override!r} is not allowed: pass strings such as 'seq=1k'")
+    if not isinstance(config_name, str) or not config_name.strip():
+        raise UserError(f"config_name={config_name!r} is not allowed: the name of a config in conf/ (default: config)")
     check_group_lists(overrides)
+    check_added_keys(overrides)  # "+seqq=1" is an unknown key here as on the command line, not a new one
     try:
         with _config_source():
             return compose(config_name=config_name, overrides=list(overrides))
@@ -86,11 +91,21 @@ def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: Leve
     if job_cfg.get("task", "benchmark") != "benchmark":
         raise UserError(f"task={str(job_cfg.task)!r} is not run by harness.run, which runs task=benchmark; "
                         "the low-rank study is harness.studies.lowrank.study.main(cfg, out)")
-    out = Path(out)
+    if not isinstance(out, (str, PathLike)):
+        raise UserError(f"out={out!r} is not allowed: the job folder to write, a str or a Path")
+    out = check_out_dir(out, flag="out")
+    missing = [key for key in _default_keys() if key not in job_cfg]
+    if missing:
+        raise UserError(f"cfg lacks {', '.join(missing)}; start from harness.config(...) and change what you need")
     with shown(log_level), pinned_device(str(job_cfg.get("device", "auto")),
                                          lock_dir=job_cfg.get("gpu_lock_dir")) as device:
         job_cfg.device = device
         return run_job(job_cfg, job_dir=out, root=out)
+
+
+def _default_keys() -> list[str]:
+    """The keys of the default config, which every job reads."""
+    return [key for key in config() if key != "hydra"]
 
 
 def _own_copy(cfg: DictConfig | Mapping[str, Any]) -> DictConfig:

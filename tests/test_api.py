@@ -148,6 +148,10 @@ def test_run_takes_hydra_compose_output_as_a_plain_mapping_and_leaves_it_unchang
     (lambda: harness.run(42, out="unused"), r"cfg=int is not allowed"),
     (lambda: harness.run(harness.config(*TINY, "seq=abc"), out="unused"), r"seq"),
     (lambda: harness.run(harness.config(*TINY, "task=lowrank"), out="unused"), r"task='lowrank' is not run"),
+    (lambda: harness.run(harness.config(*TINY), out=None), r"^out=None is not allowed: the job folder"),
+    (lambda: harness.run({"variant": "mla"}, out="unused"), r"^cfg lacks model, impl, "),
+    (lambda: harness.config("+colour=1"), r"^unknown key 'colour' \(added with \+\)"),
+    (lambda: harness.config(config_name=None), r"^config_name=None is not allowed"),
 ])
 def test_config_and_run_refuse_bad_input_in_one_line(call, message):
     with pytest.raises(UserError, match=message) as error:

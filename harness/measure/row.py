@@ -61,7 +61,7 @@ class CaseRow:
             kv_cache_bytes_analytic=cache_bytes, intensity_flops_per_byte=cost.intensity)
         # An absurd size (batch 1e8 at 32k: 1e19 FLOPs) is a skipped row that says so, not an Arrow
         # OverflowError when the row is written (which ended the whole sweep).
-        over = {k: v for k, v in counts.items() if isinstance(v, int) and not -INT64_MAX <= v <= INT64_MAX}
+        over = {k: v for k, v in counts.items() if isinstance(v, int) and not -INT64_MAX - 1 <= v <= INT64_MAX}
         self.values.update({k: v for k, v in counts.items() if k not in over})
         if not over:
             return None

@@ -96,7 +96,7 @@ def run(cfg: DictConfig | Mapping[str, Any], *, out: str | Path, log_level: Leve
     out = check_out_dir(out, flag="out")
     missing = [key for key in _default_keys() if key not in job_cfg]
     if missing:
-        raise UserError(f"cfg lacks {', '.join(missing)}; start from harness.config(...) and change what you need")
+        raise UserError(f"cfg lacks {', '.join(missing)}; build it with harness.config(...) and change what you need")
     with shown(log_level), pinned_device(str(job_cfg.get("device", "auto")),
                                          lock_dir=job_cfg.get("gpu_lock_dir")) as device:
         job_cfg.device = device

@@ -36,7 +36,7 @@ def preset_names() -> list[str]:
 def load_preset(name: str) -> ModelShape:
     path = conf_root() / "model" / f"{name}.yaml"
     # A name, not a path: "../config" or an absolute path would load another yaml as a model.
-    if not isinstance(name, str) or name not in preset_names() or not path.is_file():
+    if name not in preset_names():
         raise ValueError(f"unknown model preset {name!r}; valid: {', '.join(preset_names())}")
     return ModelShape.from_dict(yaml.safe_load(path.read_text()))
 

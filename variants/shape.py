@@ -14,6 +14,7 @@ so a new family adds keys without editing this file.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
@@ -223,6 +224,6 @@ def _merged(old: tuple[tuple[str, object], ...], new: dict) -> tuple[tuple[str, 
 
 def check_theta(name: str, theta: object) -> float:
     """A RoPE base: a finite positive number (NaN passed ``<= 0`` and made every output NaN)."""
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not 0 < theta < float("inf"):
+    if isinstance(theta, bool) or not isinstance(theta, numbers.Real) or not 0 < theta < float("inf"):
         raise ValueError(f"{name}={theta!r} is not allowed: it must be a finite positive number (e.g. 10000)")
     return float(theta)

@@ -71,6 +71,11 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
 @pytest.mark.parametrize("page_size", [None, 4])
 def test_native_decode_equals_one_softmax(page_size: int | None, G: int, heads: int, lens: list[int], threads: int,
                                           native_calls: list[int]) -> None:
+    _assert_one_softmax(page_size, G, heads, lens)
+    assert native_calls == [heads]
+
+
+def _assert_one_softmax(page_size: int | None, G: int, heads: int, lens: list[int]) -> None:
     cache = _latent_cache(page_size, lens, G=G, C=C, R=R, dtype=torch.float32)
     B, L = len(lens), 1
     T = max(lens) + L
@@ -83,8 +88,26 @@ def test_native_decode_equals_one_softmax(page_size: int | None, G: int, heads: 
                                         mask=AttnMask(L, T, min(lens), keep_B1LT))
     want = _reference(q_lat_BLNC.double(), q_rope_BLNR.double(), cache.read("c_kv", T).double(),
                       cache.read("k_rope", T).double(), keep_B1LT, 0.3)
-    assert native_calls == [L * heads]
     assert rel_err(got, want) <= 2e-6  # float32 round-off over up to 1000 keys
+
+
+# The kernel's vector is the register of the instruction set it is built for (4, 8 or 16 floats), and
+# its tiles and groups of rows follow: each width this CPU can run, built for it, on a ragged case
+# (20 heads: groups of 4, 8 or 16 with a partial one; C = 48 and E = 52, no multiple of 16).
+MARCHES = {"x86-64": "DEFAULT", "x86-64-v3": "AVX2", "x86-64-v4": "AVX512"}
+
+
+@pytest.mark.parametrize("march", MARCHES)
+def test_native_decode_equals_one_softmax_at_every_vector_width_this_cpu_runs(
+        monkeypatch: pytest.MonkeyPatch, fresh_build: None, march: str) -> None:
+    capability = torch.backends.cpu.get_cpu_capability()  # DEFAULT, AVX2 or AVX512 on x86; else another name
+    runs = {"DEFAULT": ["x86-64"], "AVX2": ["x86-64", "x86-64-v3"], "AVX512": list(MARCHES)}.get(capability, [])
+    if march not in runs:
+        pytest.skip(f"this CPU ({capability}) cannot run code built with -march={march}")
+    monkeypatch.setattr(native, "FLAGS", tuple(f"-march={march}" if f == "-march=native" else f for f in native.FLAGS))
+    if (reason := native.unavailable(mla_native.SOURCE)) is not None:
+        pytest.skip(reason)
+    _assert_one_softmax(4, 2, 20, [230, 5, 101])
 
 
 @pytest.mark.parametrize("shape", [SHAPE, TINY], ids=["C48", "C10"])  # C10: no 16-column tile at all

@@ -66,7 +66,10 @@ def threads(request: pytest.FixtureRequest) -> Iterator[int]:
     ([1000, 700, 9], 6),  # split-KV: 2 parts of the first sequence (4 blocks each at least), 1 of the others
     ([40, 3, 17, 96, 1, 60], 1),  # more sequences than one round of scratch holds (4 a thread)
 ], indirect=["threads"], ids=["one-pass", "split", "rounds"])
-@pytest.mark.parametrize("heads", [4, 20])  # a partial group of 16 rows; a full group and a partial one
+# Rows go in groups of a vector's width W (16 AVX-512, 8 AVX2, 4 SSE/NEON), scored two groups at once:
+# 4 heads are one group, partial where W > 4; 20 are pairs and a group left alone (partial with W = 8),
+# or (W = 16) a pair with a partial group in it.
+@pytest.mark.parametrize("heads", [4, 20])
 @pytest.mark.parametrize("G", [1, 2])
 @pytest.mark.parametrize("page_size", [None, 4])
 def test_native_decode_equals_one_softmax(page_size: int | None, G: int, heads: int, lens: list[int], threads: int,

@@ -33,7 +33,17 @@ of 5 steps: absorbed 0.954x (0.914-1.010) at 4k, 0.984x (0.960-1.000) at 32k; ab
 (1.767-1.883). Profiled at 4k (absorbed_native, torch.profiler): the three weight projections
 take 3.4 ms of the step and the two absorption bmm 0.74 ms, the same work as the peer's. Timed
 with the kernel wrapped, earlier that day (steps of 8.0-9.8 ms): the C++ kernel 1.4 ms alone with
-the cache warm, 2.0-2.6 ms inside the step, where the weights have evicted the cache.
+the cache warm, 2.0-2.6 ms inside the step, where the weights have evicted the cache. Later, with
+the kernel's prefetches into L2 instead of L1, 41 rounds: absorbed_native 1.265x (1.228-1.291) at
+4k, 2.015x (1.972-2.053) at 32k.
+
+Measured 2026-12-06 on a quiet 2-core AMD EPYC (Zen 1: AVX2, 128-bit FMA units; one thread: 35
+GFLOP/s sgemm), 41 rounds of 5 steps: absorbed 1.028x (1.014-1.039) at 4k, 0.974x (0.964-0.987) at
+32k; absorbed_sdpa 1.169x (1.161-1.188), 1.239x (1.226-1.250); absorbed_native 1.365x
+(1.343-1.382), 1.635x (1.619-1.649), its step 10.1 ms and 40.5 ms against the peer's 13.6 and 66.2.
+Here the kernel is bound by arithmetic (4.7 ms alone at 4k keys: 32 GFLOP/s). Before its vectors
+followed the register width, the AVX-512-shaped kernel spilled its tiles on AVX2: absorbed_native
+0.283x at 4k, the kernel alone 41 ms.
 """
 
 from __future__ import annotations

@@ -22,6 +22,9 @@ reading page runs in place, paged/contiguous CPU time, median of 7-9 rounds of 3
 Measured 2026-12-06 on a 2-core Intel Xeon (AVX-512), 7 rounds: absorbed_native 1.03x (B=2) and 1.02x
 (B=8) at 4k, 0.97x and 1.02x at 32k; a paged step's peak allocation 0.20 and 0.81 MiB against caches
 of 18 to 577 MiB (its C++ kernel reads each run of pages where it lies).
+Measured 2026-12-06 on a quiet 2-core AMD EPYC (Zen 1, AVX2), 7 rounds of 3 steps, B=2 and B=8:
+absorbed 1.05x and 0.98x at 4k, 1.04x and 0.96x at 32k; absorbed_sdpa 1.06x and 1.08x, 1.01x and
+1.02x; absorbed_native 1.01x and 1.01x, 1.01x and 1.00x; the same peaks (0.20 to 1.13 MiB).
 """
 
 from __future__ import annotations

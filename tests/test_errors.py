@@ -161,8 +161,11 @@ def test_status_resumes_with_the_sweeps_config_dir():
     assert command == "python -m attnbench.harness --config-dir '/my conf' -m model=mine seq=32,64 name=s resume=true"
 
 
+# Ctrl-C at a terminal. A suite started as a background job (`cmd &` in a script) hands its children
+# SIGINT ignored, and Python then installs no handler: the script asks for the terminal's default.
 SIGINT_SCRIPT = """
 import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import attnbench.harness.app.main as app
 def interrupted(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGINT)

@@ -6,6 +6,7 @@ Legend: B batch, L queries, T keys read, N heads, C latent, R rotary dim.
 
 from __future__ import annotations
 
+import platform
 import re
 from collections.abc import Iterator
 
@@ -97,16 +98,16 @@ def _assert_one_softmax(page_size: int | None, G: int, heads: int, lens: list[in
 # The kernel's vector is the register of the instruction set it is built for (4, 8 or 16 floats), and
 # its tiles and groups of rows follow: each width this CPU can run, built for it, on a ragged case
 # (20 heads: groups of 4, 8 or 16 with a partial one; C = 48 and E = 52, no multiple of 16).
-MARCHES = {"x86-64": "DEFAULT", "x86-64-v3": "AVX2", "x86-64-v4": "AVX512"}
+MARCHES = ("x86-64", "x86-64-v3", "x86-64-v4")  # SSE2, AVX2, AVX-512: torch's DEFAULT, AVX2, AVX512 on x86
 
 
 @pytest.mark.parametrize("march", MARCHES)
 def test_native_decode_equals_one_softmax_at_every_vector_width_this_cpu_runs(
         monkeypatch: pytest.MonkeyPatch, fresh_build: None, march: str) -> None:
-    capability = torch.backends.cpu.get_cpu_capability()  # DEFAULT, AVX2 or AVX512 on x86; else another name
-    runs = {"DEFAULT": ["x86-64"], "AVX2": ["x86-64", "x86-64-v3"], "AVX512": list(MARCHES)}.get(capability, [])
-    if march not in runs:
-        pytest.skip(f"this CPU ({capability}) cannot run code built with -march={march}")
+    capability = torch.backends.cpu.get_cpu_capability()
+    runs = {"DEFAULT": 1, "AVX2": 2, "AVX512": 3}.get(capability, 0) if platform.machine() in ("x86_64", "AMD64") else 0
+    if MARCHES.index(march) >= runs:
+        pytest.skip(f"this CPU ({platform.machine()}, {capability}) cannot run code built with -march={march}")
     monkeypatch.setattr(native, "FLAGS", tuple(f"-march={march}" if f == "-march=native" else f for f in native.FLAGS))
     if (reason := native.unavailable(mla_native.SOURCE)) is not None:
         pytest.skip(reason)

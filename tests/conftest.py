@@ -8,6 +8,17 @@ import pytest
 import torch
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread per test process, and in every process a test starts (through the
+    environment), unless OMP_NUM_THREADS says otherwise. The README's two pytest-xdist workers share
+    two cores: with torch's default of a thread per core, each worker's parallel regions wait on
+    threads the other worker has descheduled (whole suite on a quiet 2-core Zen 1: 12:53 -> 11:13).
+    A test that needs several threads sets them itself (test_native_mla's ``threads``)."""
+    if "OMP_NUM_THREADS" not in os.environ:  # set, torch has read it already
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _config_store() -> None:
     """What the app does at start-up before Hydra composes: the typed schema and one variant/impl option
